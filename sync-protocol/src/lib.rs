@@ -1,0 +1,31 @@
+//! Baraza's wire protocol and sync session, with no I/O.
+//!
+//! This crate is what a tablet and the server agree on: the messages
+//! ([`message`]), their encoding ([`codec`], the only place that knows CBOR),
+//! the limits ([`limits`]), and the session state machines ([`session`])
+//! that reconcile many Automerge documents over one connection.
+//!
+//! It is not a runtime: there is no tokio, no socket, no sled and no clock
+//! here. The server and the client SDK each drive a session over their own
+//! transport and store; the simulator tests drive both over memory.
+//!
+//! A typical connection: the client sends `Hello{cursor}`; the server
+//! answers `Welcome` and streams `Changes` for every document changed in its
+//! feed since the cursor, then `Cursor`; meanwhile the client pipelines one
+//! `Push` per locally changed document (its changes since the heads the
+//! server last acknowledged) and the server answers each, once durable, with
+//! the changes the client lacks and an `Ack`. Where the two sides do not
+//! share known heads, the automerge sync protocol (`Sync`) takes over for
+//! that document.
+
+pub mod codec;
+pub mod docsync;
+pub mod limits;
+pub mod message;
+pub mod replica;
+pub mod session;
+
+pub use limits::Limits;
+pub use message::*;
+pub use replica::{ClientDriver, DriveError, Replica};
+pub use session::*;

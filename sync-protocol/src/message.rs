@@ -1,0 +1,324 @@
+//! Wire messages. Every frame carries exactly one [`Message`]; the codec
+//! module turns them into bytes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use automerge::ChangeHash;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Every version this build can speak, oldest first.
+pub const SUPPORTED_VERSIONS: &[u32] = &[1];
+
+/// A record's stable identity: 16 random bytes, shown as a UUID.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DocId(#[serde(with = "serde_bytes")] [u8; 16]);
+
+impl DocId {
+    /// Wraps 16 bytes (for example a v4 UUID) as a document id.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        DocId(bytes)
+    }
+
+    /// The raw 16 bytes, as stored in keys.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Display for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for DocId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DocId({self})")
+    }
+}
+
+/// A document id that is not 32 hex digits (dashes allowed).
+#[derive(Debug, thiserror::Error)]
+#[error("not a document id: expected 32 hex digits, optionally with dashes")]
+pub struct ParseDocIdError;
+
+impl FromStr for DocId {
+    type Err = ParseDocIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
+        if digits.len() != 32 {
+            return Err(ParseDocIdError);
+        }
+        let mut out = [0u8; 16];
+        for (i, pair) in digits.chunks(2).enumerate() {
+            let hi = hex_val(pair[0]).ok_or(ParseDocIdError)?;
+            let lo = hex_val(pair[1]).ok_or(ParseDocIdError)?;
+            out[i] = (hi << 4) | lo;
+        }
+        Ok(DocId::from_bytes(out))
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// One head of a document: the hash of a change nobody depends on yet.
+/// Sent as 32 raw bytes rather than automerge's hex string form, to halve
+/// the bytes a reconnect spends on heads.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Head(#[serde(with = "serde_bytes")] [u8; 32]);
+
+impl Head {
+    /// The raw hash bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Head {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", ChangeHash::from(*self))
+    }
+}
+
+impl From<ChangeHash> for Head {
+    fn from(h: ChangeHash) -> Self {
+        Head(h.0)
+    }
+}
+
+impl From<Head> for ChangeHash {
+    fn from(h: Head) -> Self {
+        ChangeHash(h.0)
+    }
+}
+
+/// Converts automerge heads to wire heads.
+pub fn to_heads(hashes: &[ChangeHash]) -> Vec<Head> {
+    hashes.iter().copied().map(Head::from).collect()
+}
+
+/// Converts wire heads to automerge heads.
+pub fn to_hashes(heads: &[Head]) -> Vec<ChangeHash> {
+    heads.iter().copied().map(ChangeHash::from).collect()
+}
+
+/// Identifies one server store. A client that sees a different id than the
+/// one its cursor belongs to (the store was replaced, or restarted after an
+/// unclean stop and may have lost unflushed writes) re-offers everything.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StoreId(#[serde(with = "serde_bytes")] [u8; 16]);
+
+impl StoreId {
+    /// Wraps 16 random bytes.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        StoreId(bytes)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for StoreId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0.iter() {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A position in the server's changes feed. Sequence numbers only grow.
+pub type Seq = u64;
+
+/// Why the peer is refusing something. Stable names: clients match on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not valid CBOR, or not a well-formed message.
+    MalformedFrame,
+    /// The frame is larger than the receiver accepts.
+    FrameTooLarge,
+    /// The hello named a protocol version the receiver does not speak.
+    UnsupportedVersion,
+    /// The message type is not one this version knows.
+    UnknownMessageType,
+    /// The message is valid but not allowed in the current phase.
+    UnexpectedMessage,
+    /// Automerge bytes that do not decode.
+    CorruptChanges,
+    /// The document would grow past the size limit.
+    DocTooLarge,
+    /// More changes in one message than allowed.
+    TooManyChanges,
+    /// The device may not do this.
+    Forbidden,
+    /// The server could not store the change; nothing was acknowledged.
+    StorageFailure,
+}
+
+/// Everything that crosses the wire. The first message a client sends is
+/// always [`Message::Hello`]; the server answers [`Message::Welcome`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Message {
+    /// Client → server, first frame: who I am in the feed.
+    Hello(Hello),
+    /// Server → client: the handshake is accepted.
+    Welcome(Welcome),
+    /// Client → server: my changes to one document since the heads we last
+    /// agreed on.
+    Push(Push),
+    /// Server → client: these heads of this document are durable on the server.
+    Ack(Ack),
+    /// Server → client: changes to a document the client lacks.
+    Changes(Changes),
+    /// Server → client: you now have everything up to this feed position.
+    Cursor(CursorMsg),
+    /// Either way: an automerge sync-protocol message for one document, used
+    /// when the two sides do not share known heads.
+    Sync(SyncMsg),
+    /// Either way: something was refused.
+    Error(ErrorMsg),
+}
+
+impl Message {
+    /// The wire name of this message's type.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Welcome(_) => "welcome",
+            Message::Push(_) => "push",
+            Message::Ack(_) => "ack",
+            Message::Changes(_) => "changes",
+            Message::Cursor(_) => "cursor",
+            Message::Sync(_) => "sync",
+            Message::Error(_) => "error",
+        }
+    }
+
+    /// Every type name this version knows, for telling unknown types apart
+    /// from malformed ones.
+    pub const KINDS: &'static [&'static str] = &[
+        "hello", "welcome", "push", "ack", "changes", "cursor", "sync", "error",
+    ];
+}
+
+/// The client's opening message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version the client speaks.
+    pub version: u32,
+    /// The store the client's cursor belongs to, if it has synced before.
+    pub store: Option<StoreId>,
+    /// The last feed position the client fully received (0 if none).
+    pub cursor: Seq,
+}
+
+/// The server's answer to a hello.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// Protocol version chosen for this connection.
+    pub version: u32,
+    /// The server's store id.
+    pub store: StoreId,
+    /// The feed position at the time of the hello: once the client has a
+    /// cursor at least this far, it has everything the server had then.
+    pub seq: Seq,
+    /// True when the client's cursor belongs to another store (or is ahead of
+    /// this one): it must forget its cursor and re-offer all it holds.
+    pub reset: bool,
+}
+
+/// A client's changes to one document.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Push {
+    /// The document.
+    pub doc: DocId,
+    /// Heads the server acknowledged before: the changes below are the ones
+    /// since these.
+    pub base: Vec<Head>,
+    /// The client's heads after these changes.
+    pub heads: Vec<Head>,
+    /// Raw automerge changes, one per element.
+    pub changes: Vec<ByteBuf>,
+}
+
+/// Durability acknowledgement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The document.
+    pub doc: DocId,
+    /// The server's heads for it, all stored durably.
+    pub heads: Vec<Head>,
+}
+
+/// Changes the client lacks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Changes {
+    /// Numbers the `Changes` messages of one connection from 1, so a
+    /// [`CursorMsg`] can say how many must have arrived before the client
+    /// may move its cursor.
+    pub n: u64,
+    /// The document.
+    pub doc: DocId,
+    /// The server's heads after these changes are applied.
+    pub heads: Vec<Head>,
+    /// Concatenated automerge change chunks or a whole saved document; either
+    /// loads with `load_incremental`.
+    pub data: ByteBuf,
+}
+
+/// Feed position reached.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CursorMsg {
+    /// Everything up to and including this position has been sent.
+    pub seq: Seq,
+    /// ... in the `Changes` messages numbered up to this one.
+    pub n: u64,
+}
+
+/// One automerge sync-protocol message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncMsg {
+    /// The document.
+    pub doc: DocId,
+    /// `automerge::sync::Message::encode` output.
+    pub data: ByteBuf,
+}
+
+/// A refusal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorMsg {
+    /// Machine-readable reason.
+    pub code: ErrorCode,
+    /// The document concerned, if the error is about one.
+    pub doc: Option<DocId>,
+    /// Human-readable reason naming the problem.
+    pub message: String,
+    /// True when the sender closes the connection after this message.
+    pub fatal: bool,
+}

@@ -1,0 +1,821 @@
+//! The sans-IO sync session: both ends of one connection.
+//!
+//! A session never touches a socket, a disk or a clock. Frames go in through
+//! `handle_frame`; what the driver must do comes out as events; frames to
+//! send come out of `poll_transmit`. Documents are passed in by the driver
+//! when the session needs to read or change one, so the same session runs
+//! over sled on the server, over the tablet's store, and over plain memory
+//! in the simulator tests.
+//!
+//! Call order for both types: create, then loop { `handle_frame` for each
+//! received frame and act on the events; call the `*_applied` / `send_*`
+//! methods as the driver's work completes; drain `poll_transmit` }.
+//! Stop when `is_closed` says so.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::Automerge;
+use serde_bytes::ByteBuf;
+
+use crate::codec::{self, CodecError};
+use crate::docsync::{self, ApplyError};
+use crate::limits::Limits;
+use crate::message::*;
+
+/// A fault that ends the session. The error frame telling the peer (where
+/// there is one) is already queued when this is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The peer sent a frame we could not decode.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The peer speaks a protocol version we do not.
+    #[error("protocol version {got} is not supported; supported versions: {supported:?}")]
+    UnsupportedVersion {
+        /// What the peer asked for.
+        got: u32,
+        /// What we speak.
+        supported: &'static [u32],
+    },
+    /// A message that is not allowed at this point of the session.
+    #[error("unexpected {0} message at this point of the session")]
+    Unexpected(&'static str),
+    /// Change messages before a cursor went missing.
+    #[error("cursor follows {expected} change messages but only {got} arrived in order")]
+    Gap {
+        /// Messages the cursor vouches for.
+        expected: u64,
+        /// Messages received without a gap.
+        got: u64,
+    },
+    /// The peer reported a fatal error.
+    #[error("peer closed the session: {code:?}: {message}")]
+    Peer {
+        /// The peer's reason code.
+        code: ErrorCode,
+        /// The peer's explanation.
+        message: String,
+    },
+}
+
+/// Everything a session keeps between frames that both roles share.
+#[derive(Debug)]
+struct Wire {
+    limits: Limits,
+    outgoing: VecDeque<Vec<u8>>,
+    closed: bool,
+}
+
+impl Wire {
+    fn new(limits: Limits) -> Self {
+        Wire {
+            limits,
+            outgoing: VecDeque::new(),
+            closed: false,
+        }
+    }
+
+    fn send(&mut self, message: &Message) {
+        // Our own types always encode; if one ever did not, dropping the frame
+        // is safe: every message is re-derivable from state at the next sync.
+        if let Ok(frame) = codec::encode(message) {
+            self.outgoing.push_back(frame);
+        }
+    }
+
+    fn send_error(&mut self, code: ErrorCode, doc: Option<DocId>, message: String, fatal: bool) {
+        self.send(&Message::Error(ErrorMsg {
+            code,
+            doc,
+            message,
+            fatal,
+        }));
+        if fatal {
+            self.closed = true;
+        }
+    }
+
+    /// Decodes a frame, answering a decode failure with an error frame. A
+    /// frame that is too large or not CBOR cannot be trusted to be followed
+    /// by well-formed ones, so those close the session; an unknown type or a
+    /// known type with bad fields is refused alone.
+    fn decode(&mut self, frame: &[u8]) -> Result<Option<Message>, SessionError> {
+        match codec::decode(frame, self.limits.frame_bytes_max) {
+            Ok(m) => Ok(Some(m)),
+            Err(err) => {
+                let (code, fatal) = match &err {
+                    CodecError::TooLarge { .. } => (ErrorCode::FrameTooLarge, true),
+                    CodecError::MalformedCbor(_) => (ErrorCode::MalformedFrame, true),
+                    CodecError::UnknownType(_) => (ErrorCode::UnknownMessageType, false),
+                    CodecError::Invalid { .. } | CodecError::Encode(_) => {
+                        (ErrorCode::MalformedFrame, false)
+                    }
+                };
+                self.send_error(code, None, err.to_string(), fatal);
+                if fatal {
+                    Err(SessionError::Codec(err))
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    fn unexpected(&mut self, kind: &'static str) -> SessionError {
+        self.send_error(
+            ErrorCode::UnexpectedMessage,
+            None,
+            format!("unexpected {kind} message at this point of the session"),
+            true,
+        );
+        SessionError::Unexpected(kind)
+    }
+}
+
+/// Per-document automerge sync states for the fallback path. Kept only for
+/// the life of a connection: a live `sync::State` reused across a dropped
+/// message can stall, so every connection starts them afresh.
+#[derive(Debug, Default)]
+struct Fallback {
+    states: HashMap<DocId, sync::State>,
+}
+
+impl Fallback {
+    fn start(&mut self, wire: &mut Wire, id: DocId, doc: &Automerge) {
+        let state = self.states.entry(id).or_default();
+        if let Some(msg) = doc.generate_sync_message(state) {
+            wire.send(&Message::Sync(SyncMsg {
+                doc: id,
+                data: ByteBuf::from(msg.encode()),
+            }));
+        }
+    }
+
+    /// Applies one sync message and queues our answer. Returns whether the
+    /// document changed, and whether this side has nothing more to say.
+    fn receive(
+        &mut self,
+        wire: &mut Wire,
+        id: DocId,
+        doc: &mut Automerge,
+        data: &[u8],
+    ) -> Result<(bool, bool), ApplyError> {
+        let msg = sync::Message::decode(data).map_err(|e| ApplyError::Corrupt(e.to_string()))?;
+        let state = self.states.entry(id).or_default();
+        let before = doc.get_heads();
+        doc.receive_sync_message(state, msg)
+            .map_err(|e| ApplyError::Corrupt(e.to_string()))?;
+        let changed = doc.get_heads() != before;
+        let done = match doc.generate_sync_message(state) {
+            Some(reply) => {
+                wire.send(&Message::Sync(SyncMsg {
+                    doc: id,
+                    data: ByteBuf::from(reply.encode()),
+                }));
+                false
+            }
+            None => true,
+        };
+        if done {
+            self.states.remove(&id);
+        }
+        Ok((changed, done))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client
+// ---------------------------------------------------------------------------
+
+/// What the client driver must act on.
+#[derive(Debug, PartialEq)]
+pub enum ClientEvent {
+    /// The server accepted the hello. On `reset`, the driver forgets its
+    /// cursor and what it believed the server holds, and pushes everything.
+    Welcomed {
+        /// The server's store id, to keep with the cursor.
+        store: StoreId,
+        /// True when the client must re-offer all it holds.
+        reset: bool,
+    },
+    /// Apply these bytes to the document, then call
+    /// [`ClientSession::changes_applied`].
+    Changes(Changes),
+    /// These heads of the document are durable on the server.
+    Acked {
+        /// The document.
+        doc: DocId,
+        /// Durable heads.
+        heads: Vec<Head>,
+    },
+    /// Load the document and pass it with the bytes to
+    /// [`ClientSession::receive_sync`].
+    Sync(SyncMsg),
+    /// The feed position reached; persist it once everything before it is
+    /// stored locally.
+    Cursor(Seq),
+    /// The server refused something about one document (or, with no
+    /// document, about one message); the session goes on.
+    Refused {
+        /// The document, if the refusal is about one.
+        doc: Option<DocId>,
+        /// Why.
+        code: ErrorCode,
+        /// The server's explanation.
+        message: String,
+    },
+}
+
+/// Counts a sync reports as progress and at the end.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncCounts {
+    /// Documents pushed to the server.
+    pub docs_sent: usize,
+    /// Documents for which the server sent changes.
+    pub docs_received: usize,
+    /// Distinct documents touched by this session either way.
+    pub docs_reconciled: usize,
+    /// Pushes acknowledged durable.
+    pub acks: usize,
+    /// Refusals received.
+    pub refusals: usize,
+}
+
+#[derive(Debug)]
+enum ClientPhase {
+    WaitingForWelcome,
+    Established { welcome_seq: Seq },
+}
+
+/// The tablet's end of a connection.
+#[derive(Debug)]
+pub struct ClientSession {
+    wire: Wire,
+    phase: ClientPhase,
+    cursor: Seq,
+    in_flight: HashMap<DocId, Vec<Head>>,
+    fallback: Fallback,
+    touched: HashSet<DocId>,
+    counts: SyncCounts,
+    /// Every `Changes` numbered up to here has arrived.
+    changes_contiguous: u64,
+    /// Numbers above `changes_contiguous` that arrived early.
+    changes_early: std::collections::BTreeSet<u64>,
+}
+
+impl ClientSession {
+    /// Starts a session; the hello is queued at once. `store` and `cursor`
+    /// are what the client persisted from its last sync (None and 0 if it
+    /// never synced).
+    pub fn new(limits: Limits, store: Option<StoreId>, cursor: Seq) -> Self {
+        let mut wire = Wire::new(limits);
+        wire.send(&Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            store,
+            cursor,
+        }));
+        ClientSession {
+            wire,
+            phase: ClientPhase::WaitingForWelcome,
+            cursor,
+            in_flight: HashMap::new(),
+            fallback: Fallback::default(),
+            touched: HashSet::new(),
+            counts: SyncCounts::default(),
+            changes_contiguous: 0,
+            changes_early: Default::default(),
+        }
+    }
+
+    /// Takes the next frame to send.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.wire.outgoing.pop_front()
+    }
+
+    fn note_changes_number(&mut self, n: u64) {
+        if n <= self.changes_contiguous {
+            return;
+        }
+        self.changes_early.insert(n);
+        while self.changes_early.remove(&(self.changes_contiguous + 1)) {
+            self.changes_contiguous += 1;
+        }
+    }
+
+    /// True once the session has failed or was closed by the server.
+    pub fn is_closed(&self) -> bool {
+        self.wire.closed
+    }
+
+    /// How many more pushes may be started now.
+    pub fn push_capacity(&self) -> usize {
+        if matches!(self.phase, ClientPhase::WaitingForWelcome) {
+            return 0;
+        }
+        self.wire
+            .limits
+            .pushes_in_flight_max
+            .saturating_sub(self.in_flight.len())
+    }
+
+    /// Documents being repaired through the sync protocol. While any is
+    /// open the driver must not persist a cursor: the cursor would vouch for
+    /// changes the repair has not delivered yet.
+    pub fn repairs_open(&self) -> usize {
+        self.fallback.states.len()
+    }
+
+    /// True when this document has a push awaiting its acknowledgement.
+    pub fn is_in_flight(&self, doc: DocId) -> bool {
+        self.in_flight.contains_key(&doc)
+    }
+
+    /// Counts so far.
+    pub fn counts(&self) -> SyncCounts {
+        let mut c = self.counts.clone();
+        c.docs_reconciled = self.touched.len();
+        c
+    }
+
+    /// True when every push was acknowledged, no fallback exchange is open
+    /// and the client has received the feed up to where it stood at the hello.
+    pub fn is_settled(&self) -> bool {
+        match self.phase {
+            ClientPhase::WaitingForWelcome => false,
+            ClientPhase::Established { welcome_seq } => {
+                self.in_flight.is_empty()
+                    && self.fallback.states.is_empty()
+                    && self.cursor >= welcome_seq
+            }
+        }
+    }
+
+    /// Offers the document's changes since `known` (the heads the server
+    /// acknowledged before). Returns false if there was nothing to send, or
+    /// the session cannot take pushes now.
+    pub fn push(&mut self, id: DocId, doc: &Automerge, known: &[Head]) -> bool {
+        if self.push_capacity() == 0 || self.in_flight.contains_key(&id) {
+            return false;
+        }
+        let changes = docsync::changes_since(doc, known);
+        if changes.is_empty() {
+            return false;
+        }
+        let heads = to_heads(&doc.get_heads());
+        // A push larger than one frame allows goes through the sync protocol,
+        // which the automerge library splits by need rather than by size.
+        let bytes: usize = changes.iter().map(|c| c.raw_bytes().len()).sum();
+        if changes.len() > self.wire.limits.changes_per_message_max
+            || bytes + 1024 > self.wire.limits.frame_bytes_max
+        {
+            self.fallback.start(&mut self.wire, id, doc);
+        } else {
+            self.wire.send(&Message::Push(Push {
+                doc: id,
+                base: known.to_vec(),
+                heads: heads.clone(),
+                changes: changes
+                    .iter()
+                    .map(|c| ByteBuf::from(c.raw_bytes().to_vec()))
+                    .collect(),
+            }));
+        }
+        self.in_flight.insert(id, heads);
+        self.touched.insert(id);
+        self.counts.docs_sent += 1;
+        true
+    }
+
+    /// Feeds one received frame.
+    pub fn handle_frame(&mut self, frame: &[u8]) -> Result<Vec<ClientEvent>, SessionError> {
+        let Some(message) = self.wire.decode(frame)? else {
+            return Ok(Vec::new());
+        };
+        let mut events = Vec::new();
+        match (&self.phase, message) {
+            (ClientPhase::WaitingForWelcome, Message::Welcome(w)) => {
+                if !SUPPORTED_VERSIONS.contains(&w.version) {
+                    self.wire.closed = true;
+                    return Err(SessionError::UnsupportedVersion {
+                        got: w.version,
+                        supported: SUPPORTED_VERSIONS,
+                    });
+                }
+                if w.reset {
+                    self.cursor = 0;
+                }
+                self.phase = ClientPhase::Established {
+                    welcome_seq: w.seq,
+                };
+                events.push(ClientEvent::Welcomed {
+                    store: w.store,
+                    reset: w.reset,
+                });
+            }
+            (_, Message::Error(e)) => {
+                self.counts.refusals += 1;
+                if e.fatal {
+                    self.wire.closed = true;
+                    return Err(SessionError::Peer {
+                        code: e.code,
+                        message: e.message,
+                    });
+                }
+                if let Some(doc) = e.doc {
+                    // The push is over: keeping it in flight would wait forever.
+                    self.in_flight.remove(&doc);
+                    self.fallback.states.remove(&doc);
+                }
+                events.push(ClientEvent::Refused {
+                    doc: e.doc,
+                    code: e.code,
+                    message: e.message,
+                });
+            }
+            (ClientPhase::Established { .. }, Message::Changes(c)) => {
+                self.note_changes_number(c.n);
+                self.touched.insert(c.doc);
+                self.counts.docs_received += 1;
+                events.push(ClientEvent::Changes(c));
+            }
+            (ClientPhase::Established { .. }, Message::Ack(a)) => {
+                // The server acks a push only after applying it, so an ack ends
+                // the push; the driver folds the heads into what it knows the
+                // server holds and pushes again whatever is still not covered.
+                self.in_flight.remove(&a.doc);
+                self.counts.acks += 1;
+                events.push(ClientEvent::Acked {
+                    doc: a.doc,
+                    heads: a.heads,
+                });
+            }
+            (ClientPhase::Established { .. }, Message::Sync(s)) => {
+                self.touched.insert(s.doc);
+                events.push(ClientEvent::Sync(s));
+            }
+            (ClientPhase::Established { .. }, Message::Cursor(c)) => {
+                // A cursor is only true if every change message before it
+                // arrived; if one went missing the connection is not to be
+                // trusted, and the next one starts from the old cursor.
+                if c.n > self.changes_contiguous {
+                    self.wire.closed = true;
+                    return Err(SessionError::Gap {
+                        expected: c.n,
+                        got: self.changes_contiguous,
+                    });
+                }
+                if c.seq > self.cursor {
+                    self.cursor = c.seq;
+                    events.push(ClientEvent::Cursor(c.seq));
+                }
+            }
+            (_, other) => return Err(self.wire.unexpected(other.kind())),
+        }
+        Ok(events)
+    }
+
+    /// Reports that a [`ClientEvent::Changes`] was applied. If the document
+    /// still lacks some of the server's heads (the server assumed a base we
+    /// do not have), the sync protocol takes over for that document.
+    pub fn changes_applied(&mut self, id: DocId, doc: &Automerge, server_heads: &[Head]) {
+        if !docsync::missing(doc, server_heads).is_empty() {
+            self.fallback.start(&mut self.wire, id, doc);
+        }
+    }
+
+    /// Handles a [`ClientEvent::Sync`] against the loaded document. Returns
+    /// true if the document changed (the driver must store it).
+    pub fn receive_sync(
+        &mut self,
+        id: DocId,
+        doc: &mut Automerge,
+        data: &[u8],
+    ) -> Result<bool, ApplyError> {
+        self.fallback
+            .receive(&mut self.wire, id, doc, data)
+            .map(|(changed, _)| changed)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------
+
+/// What the server driver must act on.
+#[derive(Debug)]
+pub enum ServerEvent {
+    /// A client said hello; answer with [`ServerSession::accept`].
+    Hello(Hello),
+    /// A push with its changes already parsed (corrupt ones never get here).
+    /// Apply it durably, then call [`ServerSession::push_applied`] or
+    /// [`ServerSession::refuse`].
+    Push {
+        /// The document.
+        doc: DocId,
+        /// The heads the client believes we hold.
+        base: Vec<Head>,
+        /// The client's heads after its changes.
+        heads: Vec<Head>,
+        /// The parsed changes.
+        changes: Vec<automerge::Change>,
+        /// Their size in bytes, for the document size limit.
+        bytes: usize,
+    },
+    /// A sync-protocol message; load the document and call
+    /// [`ServerSession::receive_sync`].
+    Sync(SyncMsg),
+}
+
+/// The server's changes feed and documents, as catch-up reads them.
+pub trait Feed {
+    /// The store's failure type.
+    type Error;
+    /// Feed entries with `after < seq <= upto`, oldest first, at most `limit`.
+    /// Each document appears at most once, at its latest position.
+    fn entries_after(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, DocId)>, Self::Error>;
+    /// The document's heads as of feed position `seq` (its last write at or
+    /// before it), or None if it did not exist then.
+    fn heads_at(&mut self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, Self::Error>;
+    /// The document's current heads and the chunk bytes a holder of `base`
+    /// lacks (the whole document when `base` is None); None if unknown.
+    fn changes_since(
+        &mut self,
+        doc: DocId,
+        base: Option<&[Head]>,
+    ) -> Result<Option<(Vec<Head>, Vec<u8>)>, Self::Error>;
+}
+
+/// The result of applying a push, as the driver reports it back.
+#[derive(Debug)]
+pub struct PushOutcome {
+    /// The server's heads after the push, all durable.
+    pub heads: Vec<Head>,
+    /// Changes the client lacks (what other devices added meanwhile).
+    pub reply: Vec<u8>,
+    /// The feed position the reply reflects; later feed entries for this
+    /// document are still sent, earlier ones are skipped as already covered.
+    pub seq: Seq,
+    /// True if the push assumed a base we do not have: the driver must then
+    /// call [`ServerSession::start_sync`] instead of relying on the reply.
+    pub base_missing: bool,
+}
+
+#[derive(Debug)]
+enum ServerPhase {
+    WaitingForHello,
+    WaitingForAccept,
+    Established,
+}
+
+/// The server's end of a connection.
+#[derive(Debug)]
+pub struct ServerSession {
+    wire: Wire,
+    phase: ServerPhase,
+    sent_seq: Seq,
+    /// Documents whose push replies already carried the server's state up
+    /// to the given feed position; the feed skips them up to there, so a
+    /// device is not sent back its own changes.
+    covered: HashMap<DocId, Seq>,
+    fallback: Fallback,
+    changes_sent: u64,
+}
+
+impl ServerSession {
+    /// A session waiting for the client's hello.
+    pub fn new(limits: Limits) -> Self {
+        ServerSession {
+            wire: Wire::new(limits),
+            phase: ServerPhase::WaitingForHello,
+            sent_seq: 0,
+            covered: HashMap::new(),
+            fallback: Fallback::default(),
+            changes_sent: 0,
+        }
+    }
+
+    fn send_changes_msg(&mut self, doc: DocId, heads: Vec<Head>, data: Vec<u8>) {
+        self.changes_sent += 1;
+        self.wire.send(&Message::Changes(Changes {
+            n: self.changes_sent,
+            doc,
+            heads,
+            data: ByteBuf::from(data),
+        }));
+    }
+
+    /// Takes the next frame to send.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.wire.outgoing.pop_front()
+    }
+
+    /// True once the connection should be closed (after sending what is queued).
+    pub fn is_closed(&self) -> bool {
+        self.wire.closed
+    }
+
+    /// True once the hello was accepted: the feed may be streamed.
+    pub fn is_established(&self) -> bool {
+        matches!(self.phase, ServerPhase::Established)
+    }
+
+    /// The feed position up to which this client has been sent everything.
+    pub fn sent_seq(&self) -> Seq {
+        self.sent_seq
+    }
+
+    /// Feeds one received frame.
+    pub fn handle_frame(&mut self, frame: &[u8]) -> Result<Vec<ServerEvent>, SessionError> {
+        let Some(message) = self.wire.decode(frame)? else {
+            return Ok(Vec::new());
+        };
+        match (&self.phase, message) {
+            (ServerPhase::WaitingForHello, Message::Hello(hello)) => {
+                if !SUPPORTED_VERSIONS.contains(&hello.version) {
+                    let err = SessionError::UnsupportedVersion {
+                        got: hello.version,
+                        supported: SUPPORTED_VERSIONS,
+                    };
+                    self.wire
+                        .send_error(ErrorCode::UnsupportedVersion, None, err.to_string(), true);
+                    return Err(err);
+                }
+                self.phase = ServerPhase::WaitingForAccept;
+                Ok(vec![ServerEvent::Hello(hello)])
+            }
+            (ServerPhase::Established, Message::Push(push)) => Ok(self.check_push(push)),
+            (ServerPhase::Established, Message::Sync(s)) => Ok(vec![ServerEvent::Sync(s)]),
+            (_, Message::Error(e)) if e.fatal => {
+                self.wire.closed = true;
+                Err(SessionError::Peer {
+                    code: e.code,
+                    message: e.message,
+                })
+            }
+            (_, Message::Error(_)) => Ok(Vec::new()),
+            (_, other) => Err(self.wire.unexpected(other.kind())),
+        }
+    }
+
+    fn check_push(&mut self, push: Push) -> Vec<ServerEvent> {
+        let limits = &self.wire.limits;
+        if push.changes.len() > limits.changes_per_message_max {
+            let message = format!(
+                "push of {} changes exceeds the limit of {} per message",
+                push.changes.len(),
+                limits.changes_per_message_max
+            );
+            self.refuse(push.doc, ErrorCode::TooManyChanges, message);
+            return Vec::new();
+        }
+        let bytes = push.changes.iter().map(|c| c.len()).sum();
+        match docsync::parse_changes(&push.changes) {
+            Ok(changes) => vec![ServerEvent::Push {
+                doc: push.doc,
+                base: push.base,
+                heads: push.heads,
+                changes,
+                bytes,
+            }],
+            Err(err) => {
+                self.refuse(push.doc, ErrorCode::CorruptChanges, err.to_string());
+                Vec::new()
+            }
+        }
+    }
+
+    /// Answers the hello. `seq` is the feed's current position. A cursor
+    /// from another store, or one ahead of ours (we lost writes we had
+    /// acknowledged, which only a disk that ignored a flush can cause),
+    /// resets the client so it offers everything it holds again.
+    pub fn accept(&mut self, hello: &Hello, store: StoreId, seq: Seq) {
+        let reset = (hello.cursor > 0 && hello.store != Some(store)) || hello.cursor > seq;
+        self.sent_seq = if reset { 0 } else { hello.cursor };
+        self.phase = ServerPhase::Established;
+        self.wire.send(&Message::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            store,
+            seq,
+            reset,
+        }));
+    }
+
+    /// Refuses one document's push or sync message; the session goes on.
+    pub fn refuse(&mut self, doc: DocId, code: ErrorCode, message: String) {
+        self.wire.send_error(code, Some(doc), message, false);
+    }
+
+    /// Sends the reply to a push once it is durable.
+    pub fn push_applied(&mut self, doc: DocId, outcome: PushOutcome) {
+        if !outcome.reply.is_empty() {
+            self.send_changes_msg(doc, outcome.heads.clone(), outcome.reply);
+        }
+        self.wire.send(&Message::Ack(Ack {
+            doc,
+            heads: outcome.heads,
+        }));
+        // A push whose base we lack got no reply: the feed must still send
+        // this document.
+        if !outcome.base_missing {
+            let entry = self.covered.entry(doc).or_insert(0);
+            *entry = (*entry).max(outcome.seq);
+        }
+    }
+
+    /// Starts the sync protocol for a document whose base we lack.
+    pub fn start_sync(&mut self, id: DocId, doc: &Automerge) {
+        self.fallback.start(&mut self.wire, id, doc);
+    }
+
+    /// Applies a sync message to the loaded document and queues our answer.
+    /// Returns true if the document changed; the driver stores it and then
+    /// calls [`ServerSession::acknowledge`].
+    pub fn receive_sync(
+        &mut self,
+        id: DocId,
+        doc: &mut Automerge,
+        data: &[u8],
+    ) -> Result<bool, ApplyError> {
+        self.fallback
+            .receive(&mut self.wire, id, doc, data)
+            .map(|(changed, _)| changed)
+    }
+
+    /// Tells the client these heads are durable.
+    pub fn acknowledge(&mut self, doc: DocId, heads: Vec<Head>) {
+        self.wire.send(&Message::Ack(Ack { doc, heads }));
+    }
+
+    /// For a feed entry (document changed at `seq`), decides whether to send
+    /// it and from which feed position the client's copy is known: `None`
+    /// means skip (a push reply already carried it).
+    pub fn feed_base(&self, doc: DocId, seq: Seq) -> Option<Seq> {
+        match self.covered.get(&doc) {
+            Some(&c) if c >= seq => None,
+            Some(&c) => Some(c.max(self.sent_seq)),
+            None => Some(self.sent_seq),
+        }
+    }
+
+    /// Streams every feed entry after what this client was sent, up to
+    /// `upto` (the feed's durable position), then the cursor. Reads at most
+    /// `batch` entries per call to the feed, so a long catch-up does not
+    /// hold the store for long; call again while it returns true.
+    pub fn catch_up<F: Feed>(
+        &mut self,
+        feed: &mut F,
+        upto: Seq,
+        batch: usize,
+    ) -> Result<bool, F::Error> {
+        if !self.is_established() || upto <= self.sent_seq {
+            return Ok(false);
+        }
+        let entries = feed.entries_after(self.sent_seq, upto, batch)?;
+        let reached = if entries.len() < batch {
+            upto
+        } else {
+            entries.last().map(|e| e.0).unwrap_or(upto)
+        };
+        for (seq, doc) in entries {
+            let Some(base_seq) = self.feed_base(doc, seq) else {
+                continue;
+            };
+            let base = if base_seq == 0 {
+                None
+            } else {
+                feed.heads_at(doc, base_seq)?
+            };
+            if let Some((heads, data)) = feed.changes_since(doc, base.as_deref())? {
+                if !data.is_empty() {
+                    self.send_changes_msg(doc, heads, data);
+                }
+            }
+        }
+        self.caught_up(reached);
+        Ok(reached < upto)
+    }
+
+    /// Sends changes the client lacks.
+    pub fn send_changes(&mut self, doc: DocId, heads: Vec<Head>, data: Vec<u8>) {
+        self.send_changes_msg(doc, heads, data);
+    }
+
+    /// Everything up to `seq` has been sent.
+    pub fn caught_up(&mut self, seq: Seq) {
+        if seq <= self.sent_seq && seq != 0 {
+            return;
+        }
+        self.sent_seq = seq;
+        self.covered.retain(|_, c| *c > seq);
+        self.wire.send(&Message::Cursor(CursorMsg {
+            seq,
+            n: self.changes_sent,
+        }));
+    }
+}
