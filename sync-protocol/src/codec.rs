@@ -136,7 +136,10 @@ mod tests {
             decode(&[0xff, 0x00, 0x13], MAX),
             Err(CodecError::MalformedCbor(_) | CodecError::Invalid { .. })
         ));
-        assert!(matches!(decode(&[], MAX), Err(CodecError::MalformedCbor(_))));
+        assert!(matches!(
+            decode(&[], MAX),
+            Err(CodecError::MalformedCbor(_))
+        ));
     }
 
     #[test]
@@ -206,15 +209,26 @@ mod tests {
                     cursor: c,
                 })
             }),
-            (arb_doc(), arb_heads(), arb_heads(), proptest::collection::vec(bytes.clone(), 0..3))
+            (
+                arb_doc(),
+                arb_heads(),
+                arb_heads(),
+                proptest::collection::vec(bytes.clone(), 0..3)
+            )
                 .prop_map(|(doc, base, heads, changes)| Message::Push(Push {
                     doc,
                     base,
                     heads,
                     changes
                 })),
-            (arb_doc(), arb_heads(), bytes.clone())
-                .prop_map(|(doc, heads, data)| Message::Changes(Changes { n: 1, doc, heads, data })),
+            (arb_doc(), arb_heads(), bytes.clone()).prop_map(
+                |(doc, heads, data)| Message::Changes(Changes {
+                    n: 1,
+                    doc,
+                    heads,
+                    data
+                })
+            ),
             (any::<u64>(), any::<u64>()).prop_map(|(seq, n)| Message::Cursor(CursorMsg { seq, n })),
             (arb_doc(), bytes).prop_map(|(doc, data)| Message::Sync(SyncMsg { doc, data })),
             (any::<Option<[u8; 16]>>(), ".{0,40}", any::<bool>()).prop_map(|(d, m, fatal)| {

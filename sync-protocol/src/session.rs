@@ -405,9 +405,7 @@ impl ClientSession {
                 if w.reset {
                     self.cursor = 0;
                 }
-                self.phase = ClientPhase::Established {
-                    welcome_seq: w.seq,
-                };
+                self.phase = ClientPhase::Established { welcome_seq: w.seq };
                 events.push(ClientEvent::Welcomed {
                     store: w.store,
                     reset: w.reset,
@@ -548,8 +546,11 @@ pub trait Feed {
         &mut self,
         doc: DocId,
         base: Option<&[Head]>,
-    ) -> Result<Option<(Vec<Head>, Vec<u8>)>, Self::Error>;
+    ) -> Result<Option<DocDelta>, Self::Error>;
 }
+
+/// A document's current heads and chunk bytes to send.
+pub type DocDelta = (Vec<Head>, Vec<u8>);
 
 /// The result of applying a push, as the driver reports it back.
 #[derive(Debug)]
@@ -642,8 +643,12 @@ impl ServerSession {
                         got: hello.version,
                         supported: SUPPORTED_VERSIONS,
                     };
-                    self.wire
-                        .send_error(ErrorCode::UnsupportedVersion, None, err.to_string(), true);
+                    self.wire.send_error(
+                        ErrorCode::UnsupportedVersion,
+                        None,
+                        err.to_string(),
+                        true,
+                    );
                     return Err(err);
                 }
                 self.phase = ServerPhase::WaitingForAccept;

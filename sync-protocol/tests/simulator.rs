@@ -166,7 +166,10 @@ impl Replica for MemReplica {
     type Error = Infallible;
 
     fn doc(&mut self, id: DocId) -> Result<Option<Automerge>, Infallible> {
-        Ok(self.docs.get(&id).map(|b| Automerge::load(b).expect("own bytes load")))
+        Ok(self
+            .docs
+            .get(&id)
+            .map(|b| Automerge::load(b).expect("own bytes load")))
     }
     fn put_doc(&mut self, id: DocId, doc: &Automerge) -> Result<(), Infallible> {
         self.docs.insert(id, doc.save());
@@ -271,7 +274,8 @@ impl World {
             let mut doc = Automerge::new();
             let mut tx = doc.transaction();
             tx.put_object(ROOT, "notes", ObjType::Text).unwrap();
-            tx.put(ROOT, "title", format!("doc {}", self.next_doc)).unwrap();
+            tx.put(ROOT, "title", format!("doc {}", self.next_doc))
+                .unwrap();
             tx.commit();
             (id, doc)
         } else {
@@ -282,7 +286,8 @@ impl World {
         let mut tx = doc.transaction();
         if self.rng.random_bool(0.5) {
             let field = ["place", "status", "owner"][self.rng.random_range(0..3)];
-            tx.put(ROOT, field, self.rng.random_range(0..1000) as i64).unwrap();
+            tx.put(ROOT, field, self.rng.random_range(0..1000) as i64)
+                .unwrap();
         } else if let Some((_, notes)) = tx.get(ROOT, "notes").unwrap() {
             let len = tx.length(&notes);
             let pos = self.rng.random_range(0..=len);
@@ -444,9 +449,17 @@ impl World {
                 .map(|id| (id, tablet.replica.doc(id).unwrap().unwrap().get_heads()))
                 .collect();
             for (id, heads) in &server_docs {
-                assert_eq!(held.get(id), Some(heads), "tablet {t} differs from the server on {id}");
+                assert_eq!(
+                    held.get(id),
+                    Some(heads),
+                    "tablet {t} differs from the server on {id}"
+                );
             }
-            assert_eq!(held.len(), server_docs.len(), "tablet {t} holds other documents");
+            assert_eq!(
+                held.len(),
+                server_docs.len(),
+                "tablet {t} holds other documents"
+            );
         }
         let all_authored: Vec<(DocId, ChangeHash)> = self
             .tablets
@@ -512,7 +525,13 @@ fn reconnect_reconciles_only_what_changed() {
     assert!(before > 5);
     // Tablet 0 changes 3 documents while tablet 1 changes 2 others, offline.
     let ids: Vec<DocId> = world.tablets[0].replica.docs.keys().copied().collect();
-    for (t, id) in [(0, ids[0]), (0, ids[1]), (0, ids[2]), (1, ids[3]), (1, ids[4])] {
+    for (t, id) in [
+        (0, ids[0]),
+        (0, ids[1]),
+        (0, ids[2]),
+        (1, ids[3]),
+        (1, ids[4]),
+    ] {
         let tablet = &mut world.tablets[t];
         let mut doc = tablet.replica.doc(id).unwrap().unwrap();
         let mut tx = doc.transaction();

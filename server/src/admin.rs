@@ -1,0 +1,433 @@
+//! Administration commands (`device add|list|revoke`) and the admin socket
+//! that lets them reach a running server.
+//!
+//! sled lets one process open a data directory, so while a server runs the
+//! commands cannot open the database themselves. The server therefore
+//! listens on `DATA/admin.sock` (mode 0600, inside a 0700 data directory:
+//! filesystem permissions are the authentication) for one-line JSON
+//! requests such as `{"cmd":"device_add","name":"tablet 3"}`, each answered
+//! by one JSON line. A command first tries the socket and, if no server
+//! answers, opens the database directly.
+//!
+//! Unix only, like the rest of the server.
+
+use std::future::Future;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+
+use crate::data_dir::{DataDir, DataDirError};
+use crate::devices::{DeviceError, DeviceRecord, DeviceRegistry};
+
+/// Longest request or reply line. A reply listing thousands of devices fits
+/// comfortably; a request is a few dozen bytes.
+const LINE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Longest a request may take end to end, so a stuck client cannot hold a
+/// slot forever.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin clients served at once; anything more waits.
+const CLIENTS_MAX: usize = 8;
+/// How long a command keeps retrying the socket when the database is locked,
+/// which happens when it runs while a server is still starting up.
+const BUSY_RETRY: Duration = Duration::from_secs(3);
+
+/// Failures of admin commands and of the admin socket.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The data directory or database could not be opened.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// A device operation failed (offline path).
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The admin socket could not be bound or prepared.
+    #[error("cannot listen on admin socket {path}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// What the filesystem said.
+        #[source]
+        source: io::Error,
+    },
+    /// Talking to the running server over its socket failed.
+    #[error("admin socket {path} failed")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: io::Error,
+    },
+    /// The running server sent something that is not a reply.
+    #[error("unreadable reply from the server's admin socket")]
+    BadReply(#[source] serde_json::Error),
+    /// The server (or the offline path) refused the request.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A request line on the admin socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum AdminRequest {
+    /// Register a device.
+    DeviceAdd {
+        /// Its name.
+        name: String,
+    },
+    /// List devices.
+    DeviceList,
+    /// Revoke a device.
+    DeviceRevoke {
+        /// Its id.
+        id: String,
+    },
+}
+
+/// A reply line on the admin socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum AdminReply {
+    /// The device was registered; `token` is shown nowhere else.
+    DeviceAdded {
+        /// Device id.
+        id: String,
+        /// Device name as stored.
+        name: String,
+        /// Bearer token.
+        token: String,
+    },
+    /// All devices.
+    Devices {
+        /// The records (token hashes, never tokens).
+        devices: Vec<DeviceRecord>,
+    },
+    /// The device was revoked.
+    DeviceRevoked {
+        /// Its id.
+        id: String,
+    },
+    /// The request failed.
+    Error {
+        /// Why, for the operator.
+        message: String,
+    },
+}
+
+/// Carries out one request against a registry. Blocking: `add` and `revoke`
+/// wait for the disk.
+pub fn execute(devices: &DeviceRegistry, request: AdminRequest) -> AdminReply {
+    let result = match request {
+        AdminRequest::DeviceAdd { name } => devices.add(&name).map(|new| AdminReply::DeviceAdded {
+            id: new.identity.id,
+            name: new.identity.name,
+            token: new.token,
+        }),
+        AdminRequest::DeviceList => devices
+            .list()
+            .map(|devices| AdminReply::Devices { devices }),
+        AdminRequest::DeviceRevoke { id } => devices
+            .revoke(&id)
+            .map(|()| AdminReply::DeviceRevoked { id }),
+    };
+    result.unwrap_or_else(|error| AdminReply::Error {
+        message: error_chain(&error),
+    })
+}
+
+/// Runs a device command against the data directory at `root`: through the
+/// running server's admin socket if there is one, else on the database
+/// directly. Creates the directory if it does not exist yet, so devices can
+/// be registered before the first `serve`.
+pub fn run_command(root: &Path, request: AdminRequest) -> Result<AdminReply, AdminError> {
+    let data = DataDir::create(root)?;
+    let deadline = std::time::Instant::now() + BUSY_RETRY;
+    loop {
+        if let Some(reply) = send_to_server(&data.admin_socket(), &request)? {
+            return Ok(reply);
+        }
+        match data.open_db() {
+            Ok(db) => {
+                let devices = DeviceRegistry::open_sled(&db)?;
+                let reply = execute(&devices, request);
+                db.flush().map_err(DeviceError::from)?;
+                return Ok(reply);
+            }
+            // Locked but no socket yet: a server is starting. Give it a
+            // moment to bind the socket before giving up.
+            Err(DataDirError::Busy { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Sends one request to a running server. `Ok(None)` means no server is
+/// listening (no socket file, or a stale one left by a crash).
+pub fn send_to_server(
+    socket: &Path,
+    request: &AdminRequest,
+) -> Result<Option<AdminReply>, AdminError> {
+    let socket_error = |source| AdminError::Socket {
+        path: socket.to_path_buf(),
+        source,
+    };
+    let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(socket_error(e)),
+    };
+    stream
+        .set_read_timeout(Some(EXCHANGE_TIMEOUT))
+        .map_err(socket_error)?;
+    stream
+        .set_write_timeout(Some(EXCHANGE_TIMEOUT))
+        .map_err(socket_error)?;
+    let mut line = serde_json::to_vec(request).map_err(AdminError::BadReply)?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(socket_error)?;
+
+    let mut reply = Vec::new();
+    BufReader::new(stream)
+        .take(LINE_BYTES_MAX)
+        .read_until(b'\n', &mut reply)
+        .map_err(socket_error)?;
+    serde_json::from_slice(&reply)
+        .map(Some)
+        .map_err(AdminError::BadReply)
+}
+
+/// The running server's end of the admin socket. Dropping it removes the
+/// socket file.
+pub struct AdminServer {
+    listener: tokio::net::UnixListener,
+    path: PathBuf,
+    devices: DeviceRegistry,
+}
+
+impl AdminServer {
+    /// Binds `DATA/admin.sock`, replacing a stale file from an earlier run.
+    ///
+    /// Call only while holding the data directory's database lock: that is
+    /// what guarantees the file being replaced belongs to no live server.
+    /// Must be called inside a Tokio runtime.
+    pub fn bind(data: &DataDir, devices: DeviceRegistry) -> Result<AdminServer, AdminError> {
+        let path = data.admin_socket();
+        let bind_error = |source| AdminError::Bind {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(bind_error(e)),
+            _ => {}
+        }
+        let listener = tokio::net::UnixListener::bind(&path).map_err(bind_error)?;
+        // The directory is already private; this keeps the socket private
+        // too if the directory was created by hand with looser permissions.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(bind_error)?;
+        Ok(AdminServer {
+            listener,
+            path,
+            devices,
+        })
+    }
+
+    /// Where the socket is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves requests until `shutdown` completes, then removes the socket.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let slots = Arc::new(Semaphore::new(CLIENTS_MAX));
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "admin socket accept failed");
+                        // Accept errors such as EMFILE persist for a while;
+                        // pausing keeps this loop from spinning on them.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let devices = self.devices.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout(EXCHANGE_TIMEOUT, serve_client(stream, devices)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => tracing::debug!(%error, "admin client failed"),
+                    Err(_) => tracing::debug!("admin client timed out"),
+                }
+            });
+        }
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            if error.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(%error, path = %self.path.display(), "cannot remove admin socket");
+            }
+        }
+    }
+}
+
+async fn serve_client(stream: tokio::net::UnixStream, devices: DeviceRegistry) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    tokio::io::BufReader::new(read)
+        .take(LINE_BYTES_MAX)
+        .read_until(b'\n', &mut line)
+        .await?;
+    let reply = match serde_json::from_slice::<AdminRequest>(&line) {
+        Ok(request) => {
+            // Never log the reply: for device_add it carries the token.
+            tracing::info!(?request, "admin request");
+            tokio::task::spawn_blocking(move || execute(&devices, request))
+                .await
+                .unwrap_or_else(|error| AdminReply::Error {
+                    message: format!("admin request failed: {error}"),
+                })
+        }
+        Err(error) => AdminReply::Error {
+            message: format!("bad request: {error}"),
+        },
+    };
+    let mut out = serde_json::to_vec(&reply).map_err(io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_have_the_documented_wire_form() {
+        let request: AdminRequest =
+            serde_json::from_str(r#"{"cmd":"device_add","name":"tablet 3"}"#).unwrap();
+        assert_eq!(
+            request,
+            AdminRequest::DeviceAdd {
+                name: "tablet 3".into()
+            }
+        );
+        let list: AdminRequest = serde_json::from_str(r#"{"cmd":"device_list"}"#).unwrap();
+        assert_eq!(list, AdminRequest::DeviceList);
+        let reply = serde_json::to_string(&AdminReply::DeviceRevoked { id: "ab".into() }).unwrap();
+        assert_eq!(reply, r#"{"reply":"device_revoked","id":"ab"}"#);
+    }
+
+    #[test]
+    fn without_a_server_commands_open_the_database_directly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        let added = run_command(
+            &root,
+            AdminRequest::DeviceAdd {
+                name: "tablet".into(),
+            },
+        )
+        .unwrap();
+        let AdminReply::DeviceAdded { id, .. } = added else {
+            panic!("{added:?}");
+        };
+        let listed = run_command(&root, AdminRequest::DeviceList).unwrap();
+        let AdminReply::Devices { devices } = listed else {
+            panic!("{listed:?}");
+        };
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].id, id);
+
+        let refused = run_command(&root, AdminRequest::DeviceRevoke { id: "nope".into() }).unwrap();
+        assert!(matches!(refused, AdminReply::Error { .. }));
+    }
+
+    #[tokio::test]
+    async fn with_a_server_commands_go_through_its_socket() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = DataDir::create(&tmp.path().join("data")).unwrap();
+        let db = data.open_db().unwrap();
+        let devices = DeviceRegistry::open_sled(&db).unwrap();
+        // A stale socket file from a crashed run must not stop the bind.
+        std::fs::write(data.admin_socket(), b"").unwrap();
+        let server = AdminServer::bind(&data, devices.clone()).unwrap();
+        let mode = std::fs::metadata(server.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+
+        let root = data.root().to_path_buf();
+        let reply = tokio::task::spawn_blocking(move || {
+            run_command(&root, AdminRequest::DeviceAdd { name: "t".into() })
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let AdminReply::DeviceAdded { token, .. } = reply else {
+            panic!("{reply:?}");
+        };
+        assert!(devices.authenticate(&token).unwrap().is_some());
+
+        let socket = data.admin_socket();
+        let garbage = tokio::task::spawn_blocking(move || {
+            let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            stream.write_all(b"{\"cmd\":\"drop_tables\"}\n").unwrap();
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).unwrap();
+            reply
+        })
+        .await
+        .unwrap();
+        assert!(garbage.contains("\"reply\":\"error\""), "{garbage}");
+
+        stop.send(()).unwrap();
+        task.await.unwrap();
+        assert!(!data.admin_socket().exists());
+    }
+}

@@ -1,0 +1,540 @@
+//! Command line and configuration: the `clap` definitions of every
+//! subcommand, the TOML file format, and [`ServeConfig`], the resolved
+//! settings `serve` runs with.
+//!
+//! Each setting comes from the first of: command-line flag, environment
+//! variable (`BARAZA_*`, handled by clap), config file (`--config`), built-in
+//! default. [`ServeConfig::merge`] is the pure part of that and is what the
+//! tests exercise.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+/// Data directory used when no flag, variable or file names one.
+pub const DATA_DEFAULT: &str = "./baraza-data";
+/// Listen address used when no flag, variable or file names one.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8443";
+/// Largest sync frame when `[limits] frame_bytes_max` is not set.
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 8 * 1024 * 1024;
+/// Largest config file we read; a config file is a few hundred bytes, so
+/// anything bigger is a mistake (a database or a device file passed by error).
+const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Failures resolving the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file named by `--config` or `BARAZA_CONFIG`.
+        path: PathBuf,
+        /// What the filesystem said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is larger than any sensible config file.
+    #[error("config file {path} is larger than {CONFIG_FILE_BYTES_MAX} bytes")]
+    TooLarge {
+        /// The offending file.
+        path: PathBuf,
+    },
+    /// The config file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config file {path}")]
+    Parse {
+        /// The offending file.
+        path: PathBuf,
+        /// The parser's description, with line and column.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// The `listen` value in the config file is not an `IP:PORT` address.
+    #[error("invalid listen address {value:?} in config file (expected IP:PORT)")]
+    Listen {
+        /// The value as written.
+        value: String,
+    },
+    /// Only one of the TLS certificate and key was given.
+    #[error("--tls-cert and --tls-key must be given together (or neither, for a development certificate)")]
+    TlsHalf,
+    /// A limit was set to zero, which would refuse every message.
+    #[error("[limits] {name} must be greater than zero")]
+    ZeroLimit {
+        /// The key in the `[limits]` table.
+        name: &'static str,
+    },
+}
+
+/// `baraza-server`: the Baraza sync server and its administration commands.
+#[derive(Debug, Parser)]
+#[command(name = "baraza-server", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sync server.
+    Serve(ServeArgs),
+    /// Manage the devices allowed to sync.
+    Device {
+        /// What to do with devices.
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+}
+
+/// `device` subcommands. They work whether or not a server is running on the
+/// data directory (through its admin socket if one is).
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Register a device and print its token (shown only this once).
+    Add {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+        /// A human-readable name, e.g. "Kibera station tablet 3".
+        #[arg(long)]
+        name: String,
+    },
+    /// List registered devices (never their tokens).
+    List {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Revoke a device: its token stops working for new connections.
+    Revoke {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+        /// The device id, as printed by `device add` or `device list`.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+/// Settings shared by every subcommand.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CommonArgs {
+    /// Data directory [default: ./baraza-data]
+    #[arg(long, env = "BARAZA_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// TOML config file with keys data, listen, tls_cert, tls_key and a [limits] table.
+    #[arg(long, env = "BARAZA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `serve` flags, before merging with the config file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Data directory and config file.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Address to listen on, IP:PORT (port 0 picks a free port) [default: 127.0.0.1:8443]
+    #[arg(long, env = "BARAZA_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain; without it a development CA and certificate are generated.
+    #[arg(long, env = "BARAZA_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "BARAZA_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The config file as written. Unknown keys are errors: a misspelt limit
+/// silently ignored would leave the server running with the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory.
+    pub data: Option<PathBuf>,
+    /// Listen address, IP:PORT.
+    pub listen: Option<String>,
+    /// PEM certificate chain.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// Protocol limits, handed to the sync hub.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// The `[limits]` table. `None` means "use the sync layer's default".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest sync frame (one protocol message), in bytes.
+    pub frame_bytes_max: Option<usize>,
+    /// Largest document, in bytes.
+    pub doc_bytes_max: Option<usize>,
+    /// Most changes carried by one message.
+    pub changes_per_message_max: Option<usize>,
+}
+
+impl LimitsConfig {
+    /// The protocol limits these settings give, defaults filled in.
+    pub fn protocol_limits(&self) -> baraza_protocol::Limits {
+        let d = baraza_protocol::Limits::DEFAULT;
+        baraza_protocol::Limits {
+            frame_bytes_max: self.frame_bytes_max_or_default(),
+            doc_bytes_max: self.doc_bytes_max.unwrap_or(d.doc_bytes_max),
+            changes_per_message_max: self
+                .changes_per_message_max
+                .unwrap_or(d.changes_per_message_max),
+            pushes_in_flight_max: d.pushes_in_flight_max,
+        }
+    }
+
+    /// `frame_bytes_max`, or [`FRAME_BYTES_MAX_DEFAULT`] when unset.
+    pub fn frame_bytes_max_or_default(&self) -> usize {
+        self.frame_bytes_max.unwrap_or(FRAME_BYTES_MAX_DEFAULT)
+    }
+
+    /// Largest WebSocket message and frame accepted. Four times the protocol
+    /// frame so that the sync layer, not the WebSocket codec, is what refuses
+    /// an oversized frame and can say why.
+    pub fn ws_message_bytes_max(&self) -> usize {
+        self.frame_bytes_max_or_default().saturating_mul(4)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let limits = [
+            ("frame_bytes_max", self.frame_bytes_max),
+            ("doc_bytes_max", self.doc_bytes_max),
+            ("changes_per_message_max", self.changes_per_message_max),
+        ];
+        for (name, value) in limits {
+            if value == Some(0) {
+                return Err(ConfigError::ZeroLimit { name });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// TLS certificate and key files given by the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Everything `serve` needs, after merging flags, environment, file and
+/// defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Data directory.
+    pub data: PathBuf,
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Operator-provided certificate, or `None` for the generated
+    /// development certificate under `DATA/tls/`.
+    pub tls: Option<TlsFiles>,
+    /// Protocol limits from the config file's `[limits]` table.
+    pub limits: LimitsConfig,
+}
+
+impl ServeConfig {
+    /// Reads the config file named by `args` (if any) and merges.
+    pub fn resolve(args: &ServeArgs) -> Result<ServeConfig, ConfigError> {
+        let file = load_file(args.common.config.as_deref())?;
+        ServeConfig::merge(args, file)
+    }
+
+    /// Merges already-parsed flags/environment (`args`) over the config
+    /// file. `file` carries the file's directory, against which relative
+    /// paths written in the file are resolved, so a config file means the
+    /// same thing whatever directory the server is started from.
+    pub fn merge(
+        args: &ServeArgs,
+        file: Option<(FileConfig, PathBuf)>,
+    ) -> Result<ServeConfig, ConfigError> {
+        let (file, base) = match file {
+            Some((file, base)) => (file, base),
+            None => (FileConfig::default(), PathBuf::new()),
+        };
+        let from_file = |path: &Option<PathBuf>| path.as_ref().map(|p| base.join(p));
+
+        let data = args
+            .common
+            .data
+            .clone()
+            .or_else(|| from_file(&file.data))
+            .unwrap_or_else(|| PathBuf::from(DATA_DEFAULT));
+
+        let listen = match (args.listen, &file.listen) {
+            (Some(addr), _) => addr,
+            (None, Some(text)) => text.parse().map_err(|_| ConfigError::Listen {
+                value: text.clone(),
+            })?,
+            (None, None) => default_listen(),
+        };
+
+        // Cert and key are taken as a pair from one source so a flag for one
+        // and a file entry for the other cannot combine into a mismatch.
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => match (from_file(&file.tls_cert), from_file(&file.tls_key)) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => return Err(ConfigError::TlsHalf),
+            },
+            _ => return Err(ConfigError::TlsHalf),
+        }
+        .map(|(cert, key)| TlsFiles { cert, key });
+
+        file.limits.validate()?;
+        Ok(ServeConfig {
+            data,
+            listen,
+            tls,
+            limits: file.limits,
+        })
+    }
+}
+
+/// The data directory for the `device` commands, with the same precedence
+/// as `serve`.
+pub fn resolve_data_dir(common: &CommonArgs) -> Result<PathBuf, ConfigError> {
+    let file = load_file(common.config.as_deref())?;
+    let from_file = file.and_then(|(file, base)| file.data.map(|d| base.join(d)));
+    Ok(common
+        .data
+        .clone()
+        .or(from_file)
+        .unwrap_or_else(|| PathBuf::from(DATA_DEFAULT)))
+}
+
+/// Reads and parses a config file, returning it with its directory.
+pub fn load_file(path: Option<&Path>) -> Result<Option<(FileConfig, PathBuf)>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read_error)?.len();
+    if len > CONFIG_FILE_BYTES_MAX {
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    let file = parse_file(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(Some((file, base)))
+}
+
+/// Parses the text of a config file.
+pub fn parse_file(text: &str) -> Result<FileConfig, toml::de::Error> {
+    toml::from_str(text)
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8443))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> Option<(FileConfig, PathBuf)> {
+        Some((parse_file(text).unwrap(), PathBuf::from("/etc/baraza")))
+    }
+
+    fn args() -> ServeArgs {
+        ServeArgs::default()
+    }
+
+    #[test]
+    fn with_nothing_given_the_defaults_apply() {
+        let config = ServeConfig::merge(&args(), None).unwrap();
+        assert_eq!(config.data, PathBuf::from(DATA_DEFAULT));
+        assert_eq!(config.listen, LISTEN_DEFAULT.parse().unwrap());
+        assert_eq!(config.tls, None);
+        assert_eq!(config.limits, LimitsConfig::default());
+        assert_eq!(
+            config.limits.ws_message_bytes_max(),
+            4 * FRAME_BYTES_MAX_DEFAULT
+        );
+    }
+
+    #[test]
+    fn the_file_overrides_the_defaults_and_its_relative_paths_are_its_own() {
+        let config = ServeConfig::merge(
+            &args(),
+            file(
+                r#"
+                data = "data"
+                listen = "0.0.0.0:9443"
+                tls_cert = "/certs/cert.pem"
+                tls_key = "key.pem"
+                [limits]
+                frame_bytes_max = 1024
+                doc_bytes_max = 4096
+                changes_per_message_max = 10
+                "#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(config.data, PathBuf::from("/etc/baraza/data"));
+        assert_eq!(config.listen, "0.0.0.0:9443".parse().unwrap());
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: PathBuf::from("/certs/cert.pem"),
+                key: PathBuf::from("/etc/baraza/key.pem"),
+            })
+        );
+        assert_eq!(
+            config.limits,
+            LimitsConfig {
+                frame_bytes_max: Some(1024),
+                doc_bytes_max: Some(4096),
+                changes_per_message_max: Some(10),
+            }
+        );
+        assert_eq!(config.limits.ws_message_bytes_max(), 4096);
+    }
+
+    #[test]
+    fn flags_and_environment_override_the_file() {
+        let given = ServeArgs {
+            common: CommonArgs {
+                data: Some(PathBuf::from("flag-data")),
+                config: None,
+            },
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            tls_cert: Some(PathBuf::from("flag-cert.pem")),
+            tls_key: Some(PathBuf::from("flag-key.pem")),
+        };
+        let config = ServeConfig::merge(
+            &given,
+            file(
+                r#"
+                data = "file-data"
+                listen = "0.0.0.0:9443"
+                tls_cert = "file-cert.pem"
+                tls_key = "file-key.pem"
+                [limits]
+                frame_bytes_max = 1024
+                "#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(config.data, PathBuf::from("flag-data"));
+        assert_eq!(config.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: PathBuf::from("flag-cert.pem"),
+                key: PathBuf::from("flag-key.pem"),
+            })
+        );
+        // Limits exist only in the file, so they survive any flags.
+        assert_eq!(config.limits.frame_bytes_max, Some(1024));
+    }
+
+    #[test]
+    fn a_flag_beats_its_environment_variable() {
+        // Flags are given for every setting, so whatever BARAZA_* variables
+        // the developer's shell has set cannot change the outcome.
+        let cli = Cli::try_parse_from([
+            "baraza-server",
+            "serve",
+            "--data",
+            "d",
+            "--listen",
+            "127.0.0.1:1",
+            "--tls-cert",
+            "c",
+            "--tls-key",
+            "k",
+            "--config",
+            "f.toml",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("parsed {:?}", cli.command);
+        };
+        assert_eq!(args.common.data, Some(PathBuf::from("d")));
+        assert_eq!(args.common.config, Some(PathBuf::from("f.toml")));
+        assert_eq!(args.listen, Some("127.0.0.1:1".parse().unwrap()));
+        assert_eq!(args.tls_cert, Some(PathBuf::from("c")));
+        assert_eq!(args.tls_key, Some(PathBuf::from("k")));
+    }
+
+    #[test]
+    fn a_certificate_without_its_key_is_refused_from_any_source() {
+        let half = ServeArgs {
+            tls_cert: Some(PathBuf::from("c")),
+            ..args()
+        };
+        assert!(matches!(
+            ServeConfig::merge(&half, None),
+            Err(ConfigError::TlsHalf)
+        ));
+        assert!(matches!(
+            ServeConfig::merge(&args(), file("tls_key = \"k\"")),
+            Err(ConfigError::TlsHalf)
+        ));
+        // A flag pair is not completed by the file and vice versa.
+        assert!(matches!(
+            ServeConfig::merge(&half, file("tls_key = \"k\"")),
+            Err(ConfigError::TlsHalf)
+        ));
+    }
+
+    #[test]
+    fn mistakes_in_the_file_are_reported_not_ignored() {
+        assert!(parse_file("listen_addr = \"127.0.0.1:1\"").is_err());
+        assert!(parse_file("[limits]\nframe_byte_max = 3").is_err());
+        assert!(parse_file("[limits]\nframe_bytes_max = -3").is_err());
+        assert!(matches!(
+            ServeConfig::merge(&args(), file("listen = \"localhost\"")),
+            Err(ConfigError::Listen { .. })
+        ));
+        assert!(matches!(
+            ServeConfig::merge(&args(), file("[limits]\ndoc_bytes_max = 0")),
+            Err(ConfigError::ZeroLimit {
+                name: "doc_bytes_max"
+            })
+        ));
+    }
+
+    #[test]
+    fn device_commands_find_the_data_directory_the_same_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("baraza.toml");
+        std::fs::write(&path, "data = \"from-file\"").unwrap();
+        let from_file = CommonArgs {
+            data: None,
+            config: Some(path.clone()),
+        };
+        assert_eq!(
+            resolve_data_dir(&from_file).unwrap(),
+            tmp.path().join("from-file")
+        );
+        let from_flag = CommonArgs {
+            data: Some(PathBuf::from("flag")),
+            config: Some(path),
+        };
+        assert_eq!(resolve_data_dir(&from_flag).unwrap(), PathBuf::from("flag"));
+        assert_eq!(
+            resolve_data_dir(&CommonArgs::default()).unwrap(),
+            PathBuf::from(DATA_DEFAULT)
+        );
+    }
+}

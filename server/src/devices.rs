@@ -1,0 +1,420 @@
+//! The devices allowed to sync, and their bearer tokens.
+//!
+//! A device is registered by an administrator (`baraza-server device add`),
+//! which prints a token once; the tablet presents it as
+//! `Authorization: Bearer <token>` when opening `/v1/sync`. Only the
+//! SHA-256 of a token is stored. [`DeviceRegistry`] holds the rules (token
+//! format, names, revocation); [`DeviceStore`] is the storage underneath,
+//! implemented over sled today by [`SledDeviceStore`].
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rand::TryRngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::sync::DeviceIdentity;
+
+/// Every token starts with this, so a leaked token is recognisable in logs,
+/// pastes and secret scanners.
+pub const TOKEN_PREFIX: &str = "bz_";
+/// Longest device name accepted, in characters.
+pub const NAME_CHARS_MAX: usize = 128;
+/// Random bytes in a token (256 bits).
+const TOKEN_RANDOM_BYTES: usize = 32;
+/// Random bytes in a device id.
+const ID_RANDOM_BYTES: usize = 16;
+
+/// Failures of device operations.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The storage backend failed.
+    #[error("device storage failed")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stored record could not be decoded.
+    #[error("device record {key} is corrupt")]
+    Corrupt {
+        /// The record's key, printable.
+        key: String,
+        /// Why it could not be decoded.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The name given to `add` is empty, too long or has control characters.
+    #[error("invalid device name: {0}")]
+    InvalidName(&'static str),
+    /// No device has this id.
+    #[error("no device with id {0}")]
+    NotFound(String),
+    /// The operating system's random number generator failed.
+    #[error("cannot read random bytes from the operating system")]
+    Random(#[source] rand::rand_core::OsError),
+}
+
+impl From<sled::Error> for DeviceError {
+    fn from(error: sled::Error) -> Self {
+        DeviceError::Storage(Box::new(error))
+    }
+}
+
+/// SHA-256 of a token: the only form in which tokens are stored.
+///
+/// A fast unsalted hash is right here, unlike for passwords: tokens are 256
+/// random bits, so there is no dictionary to try and a slow hash would only
+/// slow every connection down. Lookup by hash also means no comparison of
+/// secret bytes happens, so there is no timing side channel to close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TokenHash {
+    /// Hashes a token as presented by a client.
+    pub fn of(token: &str) -> TokenHash {
+        TokenHash(Sha256::digest(token.as_bytes()).into())
+    }
+}
+
+/// What is stored for each device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Stable id, 32 hex characters.
+    pub id: String,
+    /// Name given at registration.
+    pub name: String,
+    /// SHA-256 of the token, hex.
+    pub token_hash: String,
+    /// Registration time, seconds since the Unix epoch.
+    pub created_at: u64,
+    /// Revoked devices cannot open new connections.
+    pub revoked: bool,
+}
+
+impl DeviceRecord {
+    /// The identity handed to the sync layer.
+    pub fn identity(&self) -> DeviceIdentity {
+        DeviceIdentity {
+            id: self.id.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Storage for device records, keyed by id and by token hash.
+///
+/// Kept synchronous and small so that a PostgreSQL implementation is a
+/// straightforward port; every method can fail.
+pub trait DeviceStore: Send + Sync {
+    /// Stores a new record and its token-hash index entry, both or neither.
+    fn insert(&self, record: &DeviceRecord, token_hash: &TokenHash) -> Result<(), DeviceError>;
+    /// The record whose token hashes to `hash`, revoked or not.
+    fn find_by_token(&self, hash: &TokenHash) -> Result<Option<DeviceRecord>, DeviceError>;
+    /// All records, in id order.
+    fn all(&self) -> Result<Vec<DeviceRecord>, DeviceError>;
+    /// Marks a device revoked; `false` if there is no such device.
+    fn revoke(&self, id: &str) -> Result<bool, DeviceError>;
+    /// Makes every earlier write durable.
+    fn flush(&self) -> Result<(), DeviceError>;
+}
+
+/// [`DeviceStore`] over two sled trees: `devices` (id → record as JSON) and
+/// `device_tokens` (token hash → id).
+#[derive(Clone)]
+pub struct SledDeviceStore {
+    db: sled::Db,
+    devices: sled::Tree,
+    tokens: sled::Tree,
+}
+
+impl SledDeviceStore {
+    /// Opens (creating if needed) the device trees in `db`.
+    pub fn open(db: &sled::Db) -> Result<SledDeviceStore, DeviceError> {
+        Ok(SledDeviceStore {
+            db: db.clone(),
+            devices: db.open_tree("devices")?,
+            tokens: db.open_tree("device_tokens")?,
+        })
+    }
+
+    fn decode(key: &[u8], bytes: &[u8]) -> Result<DeviceRecord, DeviceError> {
+        serde_json::from_slice(bytes).map_err(|source| DeviceError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })
+    }
+}
+
+impl DeviceStore for SledDeviceStore {
+    fn insert(&self, record: &DeviceRecord, token_hash: &TokenHash) -> Result<(), DeviceError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+        let json = serde_json::to_vec(record).map_err(|source| DeviceError::Corrupt {
+            key: record.id.clone(),
+            source,
+        })?;
+        let result = (&self.devices, &self.tokens).transaction(|(devices, tokens)| {
+            devices.insert(record.id.as_bytes(), json.as_slice())?;
+            tokens.insert(&token_hash.0[..], record.id.as_bytes())?;
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            // The closure never aborts, so this arm cannot be taken; it is
+            // mapped rather than unwrapped to keep the function total.
+            Err(TransactionError::Abort(())) => Err(DeviceError::Storage(
+                "device insert transaction aborted".into(),
+            )),
+        }
+    }
+
+    fn find_by_token(&self, hash: &TokenHash) -> Result<Option<DeviceRecord>, DeviceError> {
+        let Some(id) = self.tokens.get(hash.0)? else {
+            return Ok(None);
+        };
+        match self.devices.get(&id)? {
+            Some(bytes) => Self::decode(&id, &bytes).map(Some),
+            // An index entry without its record: treat as unknown rather
+            // than fail, so a half-deleted device can never authenticate.
+            None => Ok(None),
+        }
+    }
+
+    fn all(&self) -> Result<Vec<DeviceRecord>, DeviceError> {
+        self.devices
+            .iter()
+            .map(|entry| {
+                let (key, bytes) = entry?;
+                Self::decode(&key, &bytes)
+            })
+            .collect()
+    }
+
+    fn revoke(&self, id: &str) -> Result<bool, DeviceError> {
+        let Some(bytes) = self.devices.get(id.as_bytes())? else {
+            return Ok(false);
+        };
+        let mut record = Self::decode(id.as_bytes(), &bytes)?;
+        record.revoked = true;
+        let json = serde_json::to_vec(&record).map_err(|source| DeviceError::Corrupt {
+            key: id.to_string(),
+            source,
+        })?;
+        self.devices.insert(id.as_bytes(), json)?;
+        Ok(true)
+    }
+
+    fn flush(&self) -> Result<(), DeviceError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// A freshly registered device and its token, which exists nowhere else.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    /// The device's identity.
+    pub identity: DeviceIdentity,
+    /// The bearer token, to hand to the device once.
+    pub token: String,
+}
+
+/// Registers, authenticates, lists and revokes devices. Cheap to clone.
+#[derive(Clone)]
+pub struct DeviceRegistry {
+    store: Arc<dyn DeviceStore>,
+}
+
+impl DeviceRegistry {
+    /// A registry over any store.
+    pub fn new(store: Arc<dyn DeviceStore>) -> DeviceRegistry {
+        DeviceRegistry { store }
+    }
+
+    /// A registry over the device trees of `db`.
+    pub fn open_sled(db: &sled::Db) -> Result<DeviceRegistry, DeviceError> {
+        Ok(DeviceRegistry::new(Arc::new(SledDeviceStore::open(db)?)))
+    }
+
+    /// Registers a device named `name` and returns its token.
+    ///
+    /// The store is flushed before returning: a token printed to an
+    /// administrator must survive a crash right after, or the tablet it is
+    /// typed into would be locked out with no explanation.
+    pub fn add(&self, name: &str) -> Result<NewDevice, DeviceError> {
+        let name = validate_name(name)?;
+        let id = hex::encode(random_bytes::<ID_RANDOM_BYTES>()?);
+        let token = format!(
+            "{TOKEN_PREFIX}{}",
+            hex::encode(random_bytes::<TOKEN_RANDOM_BYTES>()?)
+        );
+        let hash = TokenHash::of(&token);
+        let record = DeviceRecord {
+            id,
+            name,
+            token_hash: hex::encode(hash.0),
+            created_at: unix_now(),
+            revoked: false,
+        };
+        self.store.insert(&record, &hash)?;
+        self.store.flush()?;
+        Ok(NewDevice {
+            identity: record.identity(),
+            token,
+        })
+    }
+
+    /// The device a token belongs to, or `None` if the token is unknown or
+    /// the device revoked.
+    pub fn authenticate(&self, token: &str) -> Result<Option<DeviceIdentity>, DeviceError> {
+        let record = self.store.find_by_token(&TokenHash::of(token))?;
+        Ok(record
+            .filter(|record| !record.revoked)
+            .map(|record| record.identity()))
+    }
+
+    /// Every registered device, revoked ones included.
+    pub fn list(&self) -> Result<Vec<DeviceRecord>, DeviceError> {
+        self.store.all()
+    }
+
+    /// Revokes a device. Connections it already has stay open until they
+    /// end; new ones are refused.
+    pub fn revoke(&self, id: &str) -> Result<(), DeviceError> {
+        if !self.store.revoke(id)? {
+            return Err(DeviceError::NotFound(id.to_string()));
+        }
+        self.store.flush()
+    }
+
+    /// Makes every earlier change durable.
+    pub fn flush(&self) -> Result<(), DeviceError> {
+        self.store.flush()
+    }
+}
+
+fn validate_name(name: &str) -> Result<String, DeviceError> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(DeviceError::InvalidName("it is empty"));
+    }
+    if name.chars().count() > NAME_CHARS_MAX {
+        return Err(DeviceError::InvalidName("it is longer than 128 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(DeviceError::InvalidName("it contains control characters"));
+    }
+    Ok(name.to_string())
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], DeviceError> {
+    let mut bytes = [0u8; N];
+    // OsRng directly: it reports failure instead of panicking as the
+    // thread-local generator would.
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(DeviceError::Random)?;
+    Ok(bytes)
+}
+
+fn unix_now() -> u64 {
+    // A clock before 1970 is a broken clock; 0 is an honest "unknown".
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> (tempfile::TempDir, sled::Db, DeviceRegistry) {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(tmp.path()).open().unwrap();
+        let registry = DeviceRegistry::open_sled(&db).unwrap();
+        (tmp, db, registry)
+    }
+
+    #[test]
+    fn a_registered_tablet_authenticates_with_its_token_and_nothing_else() {
+        let (_tmp, _db, registry) = registry();
+        let tablet = registry.add("  Kibera station tablet 3 ").unwrap();
+        assert!(tablet.token.starts_with(TOKEN_PREFIX));
+        assert_eq!(tablet.token.len(), TOKEN_PREFIX.len() + 64);
+        assert_eq!(tablet.identity.name, "Kibera station tablet 3");
+
+        let who = registry.authenticate(&tablet.token).unwrap().unwrap();
+        assert_eq!(who.id, tablet.identity.id);
+        assert_eq!(
+            registry.authenticate("bz_wrong").unwrap().map(|d| d.id),
+            None
+        );
+        assert_eq!(registry.authenticate("").unwrap().map(|d| d.id), None);
+    }
+
+    #[test]
+    fn only_the_token_hash_is_stored() {
+        let (_tmp, db, registry) = registry();
+        let tablet = registry.add("t").unwrap();
+        let secret = &tablet.token[TOKEN_PREFIX.len()..];
+        for name in db.tree_names() {
+            for entry in db.open_tree(name).unwrap().iter() {
+                let (k, v) = entry.unwrap();
+                for bytes in [&k[..], &v[..]] {
+                    let text = String::from_utf8_lossy(bytes);
+                    assert!(!text.contains(secret), "token stored in clear");
+                }
+            }
+        }
+        let listed = registry.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            listed[0].token_hash,
+            hex::encode(TokenHash::of(&tablet.token).0)
+        );
+    }
+
+    #[test]
+    fn a_revoked_device_no_longer_authenticates() {
+        let (_tmp, _db, registry) = registry();
+        let lost = registry.add("lost tablet").unwrap();
+        let kept = registry.add("kept tablet").unwrap();
+        registry.revoke(&lost.identity.id).unwrap();
+        assert!(registry.authenticate(&lost.token).unwrap().is_none());
+        assert!(registry.authenticate(&kept.token).unwrap().is_some());
+        assert!(matches!(
+            registry.revoke("nope"),
+            Err(DeviceError::NotFound(_))
+        ));
+        let revoked: Vec<bool> = registry.list().unwrap().iter().map(|d| d.revoked).collect();
+        assert_eq!(revoked.iter().filter(|r| **r).count(), 1);
+    }
+
+    #[test]
+    fn devices_survive_reopening_the_database() {
+        let tmp = tempfile::tempdir().unwrap();
+        let token = {
+            let db = sled::Config::new().path(tmp.path()).open().unwrap();
+            DeviceRegistry::open_sled(&db)
+                .unwrap()
+                .add("t")
+                .unwrap()
+                .token
+        };
+        let db = sled::Config::new().path(tmp.path()).open().unwrap();
+        let registry = DeviceRegistry::open_sled(&db).unwrap();
+        assert!(registry.authenticate(&token).unwrap().is_some());
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        let (_tmp, _db, registry) = registry();
+        for name in ["", "   ", "a\nb", &"x".repeat(NAME_CHARS_MAX + 1)] {
+            assert!(matches!(
+                registry.add(name),
+                Err(DeviceError::InvalidName(_))
+            ));
+        }
+        assert!(registry.add(&"é".repeat(NAME_CHARS_MAX)).is_ok());
+    }
+}

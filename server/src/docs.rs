@@ -1,0 +1,245 @@
+//! The server's live documents: a bounded cache over the [`Store`], and the
+//! committer that makes writes durable in groups.
+//!
+//! Connection tasks apply changes to a cached document under its own lock,
+//! then hand the resulting chunk to the committer thread. The committer
+//! takes every write waiting at that moment, commits them in one
+//! transaction with one flush (group commit: many connections share the
+//! cost of a flush), and only then answers each writer. Nobody is told a
+//! change is stored before that answer.
+
+use std::num::NonZeroUsize;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use automerge::Automerge;
+use baraza_protocol::{to_heads, DocId, Head, Seq};
+use tokio::sync::{oneshot, watch};
+
+use crate::store::{DocWrite, Store, StoreError};
+
+/// Chunks a document may accumulate before its next write compacts them.
+const CHUNKS_BEFORE_COMPACTION: u32 = 64;
+/// Most writes committed in one transaction.
+const WRITES_PER_COMMIT_MAX: usize = 1024;
+
+/// A loaded document and what the store holds of it.
+pub struct LiveDoc {
+    /// The document.
+    pub doc: Automerge,
+    /// Chunks stored so far.
+    pub chunks: u32,
+    /// Bytes stored so far (approximate after compaction).
+    pub bytes: usize,
+}
+
+/// A handle on one cached document.
+pub type DocHandle = Arc<Mutex<LiveDoc>>;
+
+/// Why a document could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum DocsError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Stored bytes did not load.
+    #[error("stored document {0} does not load: {1}")]
+    Load(DocId, String),
+    /// The committer is gone (server shutting down).
+    #[error("the committer has stopped")]
+    Stopped,
+}
+
+struct Job {
+    write: DocWrite,
+    reply: oneshot::Sender<Result<Seq, String>>,
+}
+
+/// Documents, cache and committer.
+pub struct Docs {
+    store: Arc<dyn Store>,
+    cache: Mutex<lru::LruCache<DocId, DocHandle>>,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    durable: watch::Receiver<Seq>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Docs {
+    /// Starts the committer over `store`, caching up to `cache_docs` documents.
+    pub fn start(store: Arc<dyn Store>, cache_docs: usize) -> Result<Arc<Docs>, DocsError> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (durable_tx, durable) = watch::channel(store.latest_seq()?);
+        let committer_store = store.clone();
+        let handle = std::thread::Builder::new()
+            .name("baraza-committer".into())
+            .spawn(move || commit_loop(committer_store, rx, durable_tx))
+            .map_err(|e| DocsError::Store(StoreError::Db(sled::Error::Io(e))))?;
+        let cap = NonZeroUsize::new(cache_docs.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Ok(Arc::new(Docs {
+            store,
+            cache: Mutex::new(lru::LruCache::new(cap)),
+            jobs: Mutex::new(Some(tx)),
+            durable,
+            committer: Mutex::new(Some(handle)),
+        }))
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Watches the feed position up to which everything is durable.
+    pub fn durable(&self) -> watch::Receiver<Seq> {
+        self.durable.clone()
+    }
+
+    /// How many documents are in memory.
+    pub fn cached(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// The cached document, loading it (or starting an empty one) on a miss.
+    pub fn handle(&self, id: DocId) -> Result<DocHandle, DocsError> {
+        if let Some(h) = self.cache_lock().get(&id) {
+            return Ok(h.clone());
+        }
+        let live = match self.store.load(id)? {
+            Some(stored) => LiveDoc {
+                doc: Automerge::load(&stored.bytes)
+                    .map_err(|e| DocsError::Load(id, e.to_string()))?,
+                chunks: stored.chunks,
+                bytes: stored.bytes.len(),
+            },
+            None => LiveDoc {
+                doc: Automerge::new(),
+                chunks: 0,
+                bytes: 0,
+            },
+        };
+        let mut cache = self.cache_lock();
+        // Another task may have loaded it meanwhile: there must be one copy.
+        if let Some(h) = cache.get(&id) {
+            return Ok(h.clone());
+        }
+        let handle = Arc::new(Mutex::new(live));
+        cache.put(id, handle.clone());
+        // Only documents nobody holds may leave: two live copies of one
+        // document could each compact away the other's changes.
+        while cache.len() > cache.cap().get() {
+            match cache.peek_lru() {
+                Some((_, h)) if Arc::strong_count(h) == 1 => {
+                    cache.pop_lru();
+                }
+                _ => break,
+            }
+        }
+        Ok(handle)
+    }
+
+    /// Drops a document from the cache so the next use reloads what is
+    /// stored: after a failed write the cached copy holds changes the store
+    /// does not.
+    pub fn forget(&self, id: DocId) {
+        self.cache_lock().pop(&id);
+    }
+
+    fn cache_lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<DocId, DocHandle>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Prepares the write of `chunk` (changes just applied to `live`).
+    /// Returns None if there is nothing new.
+    pub fn write_for(id: DocId, live: &mut LiveDoc, chunk: Vec<u8>) -> Option<DocWrite> {
+        if chunk.is_empty() {
+            return None;
+        }
+        let heads = to_heads(&live.doc.get_heads());
+        let compacted = if live.chunks + 1 >= CHUNKS_BEFORE_COMPACTION {
+            let save = live.doc.save();
+            live.chunks = 1;
+            live.bytes = save.len();
+            Some(save)
+        } else {
+            live.chunks += 1;
+            live.bytes += chunk.len();
+            None
+        };
+        Some(DocWrite {
+            doc: id,
+            chunk: if compacted.is_some() {
+                Vec::new()
+            } else {
+                chunk
+            },
+            heads,
+            compacted,
+        })
+    }
+
+    /// Queues a write; the receiver answers with its feed position once durable.
+    pub fn submit(&self, write: DocWrite) -> oneshot::Receiver<Result<Seq, String>> {
+        let (reply, rx) = oneshot::channel();
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = jobs.as_ref() {
+            // If the committer is gone the reply sender drops and the writer
+            // sees the channel closed: it acknowledges nothing.
+            let _ = tx.send(Job { write, reply });
+        }
+        rx
+    }
+
+    /// Stops the committer after it has committed everything queued, then
+    /// marks the store cleanly closed.
+    pub fn shutdown(&self) -> Result<(), DocsError> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = self
+            .committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = h.join();
+        }
+        self.store.close_cleanly()?;
+        Ok(())
+    }
+
+    /// The current heads and stored bytes of a document, for catch-up.
+    pub fn stored(&self, id: DocId) -> Result<Option<(Vec<Head>, Vec<u8>)>, DocsError> {
+        let Some(stored) = self.store.load(id)? else {
+            return Ok(None);
+        };
+        let heads = self.store.heads_at(id, stored.seq)?.unwrap_or_default();
+        Ok(Some((heads, stored.bytes)))
+    }
+}
+
+fn commit_loop(store: Arc<dyn Store>, rx: mpsc::Receiver<Job>, durable: watch::Sender<Seq>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < WRITES_PER_COMMIT_MAX {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let writes: Vec<DocWrite> = jobs.iter().map(|j| j.write.clone()).collect();
+        match store.commit(&writes) {
+            Ok(seqs) => {
+                if let Some(&last) = seqs.last() {
+                    durable.send_replace(last);
+                }
+                for (job, seq) in jobs.into_iter().zip(seqs) {
+                    let _ = job.reply.send(Ok(seq));
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, writes = writes.len(), "commit failed; nothing acknowledged");
+                for job in jobs {
+                    let _ = job.reply.send(Err(err.to_string()));
+                }
+            }
+        }
+    }
+}

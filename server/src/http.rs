@@ -1,0 +1,372 @@
+//! The HTTPS listener: TLS, HTTP/1.1 via hyper, routes via warp.
+//!
+//! Routes:
+//! - `GET /healthz` answers `ok`.
+//! - `GET /v1/sync` upgrades to a WebSocket for a device presenting
+//!   `Authorization: Bearer <token>`, and hands the socket to
+//!   [`SyncHub::serve_socket`]. Without a valid token it answers 401 before
+//!   any upgrade.
+//!
+//! One task per TCP connection; a semaphore bounds connections and sync
+//! sessions together. A bad handshake or stray plain-HTTP request ends only
+//! its own connection. On shutdown: stop accepting, tell every connection
+//! and session, wait a bounded time, flush the hub.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use warp::http::{HeaderMap, StatusCode};
+use warp::{Filter, Rejection, Reply};
+
+use crate::config::LimitsConfig;
+use crate::devices::DeviceRegistry;
+use crate::sync::{DeviceIdentity, SyncHub};
+
+/// Open TCP connections plus live sync sessions, at most.
+pub const CONNECTIONS_MAX: usize = 4096;
+/// A client that has not finished the TLS handshake by then is dropped, so
+/// idle half-open connections cannot use up the connection slots.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Likewise for a client that is slow to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for connections and sessions to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What the request handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The sync engine; sockets are handed to it after authentication.
+    pub hub: Arc<SyncHub>,
+    /// Token → device lookups.
+    pub devices: DeviceRegistry,
+    /// Limits from the config file; sizes the WebSocket codec.
+    pub limits: LimitsConfig,
+}
+
+/// Why a request was refused. Turned into a plain-text response by
+/// [`recover`]; the messages never include the token.
+#[derive(Debug)]
+enum Refusal {
+    /// 401: no `Authorization: Bearer` header.
+    MissingToken,
+    /// 401: the token matches no device, or a revoked one.
+    UnknownToken,
+    /// 503: the device store failed, or the server is at capacity or
+    /// shutting down.
+    Unavailable(&'static str),
+}
+
+impl warp::reject::Reject for Refusal {}
+
+/// Serves HTTPS on `listener` until `shutdown` completes, then stops
+/// accepting, signals sync sessions to end, waits up to five seconds for
+/// connections and sessions, and flushes the hub.
+///
+/// Errors only if flushing fails: failures of single connections are logged
+/// and do not stop the server.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let hub = state.hub.clone();
+
+    accept_loop(
+        listener,
+        TlsAcceptor::from(tls),
+        state,
+        slots.clone(),
+        stop_rx,
+        shutdown,
+    )
+    .await;
+
+    // Whatever happens below, new work is refused from here on.
+    let _ = stop_tx.send(true);
+    let everything = u32::try_from(CONNECTIONS_MAX).unwrap_or(u32::MAX);
+    match tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(everything)).await {
+        Ok(_) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!(
+            still_open = CONNECTIONS_MAX.saturating_sub(slots.available_permits()),
+            "connections still open after {SHUTDOWN_GRACE:?}; flushing anyway"
+        ),
+    }
+    tokio::task::spawn_blocking(move || hub.flush()).await??;
+    tracing::info!("sync hub flushed");
+    Ok(())
+}
+
+/// Accepts until `shutdown`. Owns the routes so that, once it returns, only
+/// connection and session tasks still hold connection slots.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    state: AppState,
+    slots: Arc<Semaphore>,
+    stop_rx: watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let service =
+        TowerToHyperService::new(warp::service(routes(state, slots.clone(), stop_rx.clone())));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    // ALPN only offers http/1.1 and WebSocket needs HTTP/1.1 upgrades, so
+    // there is no reason to let clients start HTTP/2 by prior knowledge.
+    let builder = Arc::new(builder.http1_only());
+
+    tokio::pin!(shutdown);
+    loop {
+        // Taking the slot before accepting leaves excess clients in the
+        // kernel's backlog instead of accepting and dropping them.
+        let slot = tokio::select! {
+            _ = &mut shutdown => return,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    // Errors such as EMFILE persist for a while; pausing
+                    // keeps this loop from spinning on them.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(serve_connection(
+            tcp,
+            peer,
+            acceptor.clone(),
+            builder.clone(),
+            service.clone(),
+            stop_rx.clone(),
+            slot,
+        ));
+    }
+}
+
+async fn serve_connection<S>(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    service: S,
+    mut stop_rx: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = warp::reply::Response,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+    let tls = tokio::select! {
+        _ = stopped(&mut stop_rx) => return,
+        result = handshake => match result {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopped(&mut stop_rx) => {
+            // Lets an in-flight request finish and closes idle keep-alive
+            // connections now instead of at the end of the grace period.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// Completes once shutdown has begun (or the server is gone). Returns no
+/// `watch::Ref`, which must not be held across an await.
+async fn stopped(stop_rx: &mut watch::Receiver<bool>) {
+    let _ = stop_rx.wait_for(|stop| *stop).await;
+}
+
+/// The warp routes, with refusals turned into responses.
+fn routes(
+    state: AppState,
+    slots: Arc<Semaphore>,
+    stop_rx: watch::Receiver<bool>,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone + Send + Sync + 'static {
+    let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok");
+
+    let devices = state.devices.clone();
+    let sync = warp::path!("v1" / "sync")
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .and_then(move |headers: HeaderMap| {
+            let devices = devices.clone();
+            async move { authenticate(&headers, &devices).await }
+        })
+        .and(warp::ws())
+        .and_then(move |device: DeviceIdentity, ws: warp::ws::Ws| {
+            let state = state.clone();
+            let slots = slots.clone();
+            let stop_rx = stop_rx.clone();
+            async move { upgrade(device, ws, state, slots, stop_rx) }
+        });
+
+    healthz.or(sync).recover(recover)
+}
+
+/// Checks the bearer token. Runs before the WebSocket filter, so a client
+/// without a valid token gets a 401, never an upgrade.
+async fn authenticate(
+    headers: &HeaderMap,
+    devices: &DeviceRegistry,
+) -> Result<DeviceIdentity, Rejection> {
+    let token = bearer_token(headers).ok_or_else(|| warp::reject::custom(Refusal::MissingToken))?;
+    let token = token.to_string();
+    let devices = devices.clone();
+    // The lookup may touch disk; keep it off the async workers.
+    let found = tokio::task::spawn_blocking(move || devices.authenticate(&token)).await;
+    match found {
+        Ok(Ok(Some(device))) => Ok(device),
+        Ok(Ok(None)) => Err(warp::reject::custom(Refusal::UnknownToken)),
+        Ok(Err(error)) => {
+            tracing::error!(
+                error = &error as &dyn std::error::Error,
+                "device lookup failed"
+            );
+            Err(warp::reject::custom(Refusal::Unavailable(
+                "device store unavailable",
+            )))
+        }
+        Err(error) => {
+            tracing::error!(%error, "device lookup task failed");
+            Err(warp::reject::custom(Refusal::Unavailable(
+                "device store unavailable",
+            )))
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is
+/// case-insensitive (RFC 9110 §11.1).
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(warp::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn upgrade(
+    device: DeviceIdentity,
+    ws: warp::ws::Ws,
+    state: AppState,
+    slots: Arc<Semaphore>,
+    stop_rx: watch::Receiver<bool>,
+) -> Result<warp::reply::Response, Rejection> {
+    if *stop_rx.borrow() {
+        return Err(warp::reject::custom(Refusal::Unavailable(
+            "server is shutting down",
+        )));
+    }
+    // The session outlives the HTTP connection task (hyper hands the socket
+    // over on upgrade), so it takes its own slot.
+    let Ok(slot) = slots.try_acquire_owned() else {
+        return Err(warp::reject::custom(Refusal::Unavailable(
+            "too many connections",
+        )));
+    };
+    tracing::info!(device_id = %device.id, device_name = %device.name, "sync session starting");
+    let bytes_max = state.limits.ws_message_bytes_max();
+    let hub = state.hub;
+    let reply = ws
+        .max_message_size(bytes_max)
+        .max_frame_size(bytes_max)
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
+            let device_id = device.id.clone();
+            hub.serve_socket(socket, device, stop_rx).await;
+            tracing::info!(%device_id, "sync session ended");
+        });
+    Ok(reply.into_response())
+}
+
+async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Rejection> {
+    let Some(refusal) = rejection.find::<Refusal>() else {
+        return Err(rejection);
+    };
+    let response = match refusal {
+        Refusal::MissingToken => unauthorized("missing bearer token"),
+        Refusal::UnknownToken => unauthorized("unknown or revoked device token"),
+        Refusal::Unavailable(why) => {
+            warp::reply::with_status(*why, StatusCode::SERVICE_UNAVAILABLE).into_response()
+        }
+    };
+    Ok(response)
+}
+
+fn unauthorized(why: &'static str) -> warp::reply::Response {
+    warp::reply::with_status(
+        warp::reply::with_header(why, "www-authenticate", "Bearer"),
+        StatusCode::UNAUTHORIZED,
+    )
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warp::http::HeaderValue;
+
+    fn headers(authorization: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            warp::http::header::AUTHORIZATION,
+            HeaderValue::from_str(authorization).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_authorization_header() {
+        assert_eq!(bearer_token(&headers("Bearer bz_abc")), Some("bz_abc"));
+        assert_eq!(bearer_token(&headers("bearer  bz_abc ")), Some("bz_abc"));
+        assert_eq!(bearer_token(&headers("Basic dXNlcjpwdw==")), None);
+        assert_eq!(bearer_token(&headers("Bearer ")), None);
+        assert_eq!(bearer_token(&headers("Bearer")), None);
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
+}

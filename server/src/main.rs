@@ -1,0 +1,188 @@
+//! `baraza-server`: runs the sync server (`serve`) or administers devices
+//! (`device add|list|revoke`). All logic lives in the library; this file
+//! wires it together and turns errors into exit codes.
+
+use std::future::Future;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+use baraza_server::admin::{self, AdminReply, AdminRequest, AdminServer};
+use baraza_server::config::{self, Cli, Command, DeviceCommand, ServeConfig};
+use baraza_server::data_dir::DataDir;
+use baraza_server::devices::DeviceRegistry;
+use baraza_server::http::{self, AppState};
+use baraza_server::sync::SyncHub;
+use baraza_server::tls;
+
+/// Errors are printed with their causes on one line (`{:#}`), not as
+/// anyhow's `Debug` form: that adds a backtrace whenever `RUST_BACKTRACE`
+/// is set, which buries the one sentence an operator needs.
+fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = ServeConfig::resolve(&args)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(serve(config))
+        }
+        Command::Device { command } => device(command),
+    }
+}
+
+/// Logs go to stderr so that stdout carries only what scripts read: the
+/// `listening on` line and the token printed by `device add`. Colours only
+/// on a terminal, so log files and journald get plain text.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let data = DataDir::create(&config.data)?;
+    let db = data.open_db()?;
+    let devices = DeviceRegistry::open_sled(&db)?;
+    let hub = open_hub(&db, &config)?;
+    let tls = tls::server_config(config.tls.as_ref(), &data.tls_dir())?;
+    if config.tls.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} with the development certificate, which is only valid for {}; \
+             remote devices will reject it (pass --tls-cert and --tls-key)",
+            config.listen,
+            tls::DEV_CERT_NAMES.join(", ")
+        );
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+
+    // Signal handlers go in before the address is announced: whoever reads
+    // it may send SIGTERM at once, and an unhandled SIGTERM kills the
+    // process without flushing.
+    let shutdown = shutdown_signal()?;
+
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    // Without the admin socket the server still syncs; only `device`
+    // commands are unavailable while it runs, so this is not fatal.
+    let admin_task = match AdminServer::bind(&data, devices.clone()) {
+        Ok(admin) => {
+            let mut stopped = admin_stopped.clone();
+            Some(tokio::spawn(admin.run(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })))
+        }
+        Err(error) => {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "admin socket unavailable; device commands will fail while the server runs"
+            );
+            None
+        }
+    };
+
+    tracing::info!("baraza-server listening on https://{addr}");
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "listening on {addr}")?;
+    stdout.flush()?;
+
+    let state = AppState {
+        hub,
+        devices: devices.clone(),
+        limits: config.limits,
+    };
+    let served = http::serve(listener, tls, state, shutdown).await;
+
+    let _ = stop_admin.send(true);
+    if let Some(task) = admin_task {
+        if let Err(error) = task.await {
+            tracing::warn!(%error, "admin socket task failed");
+        }
+    }
+    devices.flush()?;
+    db.flush_async()
+        .await
+        .context("cannot flush the database")?;
+    served?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The one place the sync hub is opened, so that passing it more settings
+/// (such as `config.limits`) is a one-line change.
+fn open_hub(db: &sled::Db, config: &ServeConfig) -> anyhow::Result<std::sync::Arc<SyncHub>> {
+    SyncHub::open_with(
+        db.clone(),
+        config.limits.protocol_limits(),
+        baraza_server::sync::CACHE_DOCS_DEFAULT,
+    )
+}
+
+/// Registers SIGTERM and SIGINT (Ctrl-C) handlers now and returns a future
+/// that completes on the first of them.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!("{name} received, shutting down");
+    })
+}
+
+fn device(command: DeviceCommand) -> anyhow::Result<()> {
+    let (common, request) = match command {
+        DeviceCommand::Add { common, name } => (common, AdminRequest::DeviceAdd { name }),
+        DeviceCommand::List { common } => (common, AdminRequest::DeviceList),
+        DeviceCommand::Revoke { common, id } => (common, AdminRequest::DeviceRevoke { id }),
+    };
+    let root = config::resolve_data_dir(&common)?;
+    let reply = admin::run_command(&root, request)?;
+    let mut stdout = std::io::stdout();
+    match reply {
+        AdminReply::DeviceAdded { id, name, token } => {
+            eprintln!("added device {id} ({name}); its token follows and will not be shown again");
+            writeln!(stdout, "{token}")?;
+        }
+        AdminReply::Devices { devices } => {
+            writeln!(stdout, "ID\tCREATED_AT\tSTATUS\tNAME")?;
+            for device in devices {
+                let status = if device.revoked { "revoked" } else { "active" };
+                writeln!(
+                    stdout,
+                    "{}\t{}\t{}\t{}",
+                    device.id, device.created_at, status, device.name
+                )?;
+            }
+        }
+        AdminReply::DeviceRevoked { id } => eprintln!("revoked device {id}"),
+        AdminReply::Error { message } => bail!("{message}"),
+    }
+    stdout.flush()?;
+    Ok(())
+}

@@ -1,0 +1,420 @@
+//! The WebSocket sync endpoint: one task per connection drives a
+//! [`ServerSession`] and carries out its events against [`Docs`].
+//!
+//! The task `select!`s on the socket, on writes becoming durable (to answer
+//! pushes in order), on the durable feed moving (live push to this device)
+//! and on shutdown. Pushes are pipelined: the task keeps reading while
+//! earlier pushes wait for their group commit.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use baraza_protocol::docsync;
+use baraza_protocol::{
+    DocId, ErrorCode, Feed, Head, Limits, PushOutcome, Seq, ServerEvent, ServerSession,
+};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{oneshot, watch};
+use warp::ws::{Message as WsMessage, WebSocket};
+
+use crate::docs::{Docs, DocsError};
+use crate::store::{SledStore, Store};
+
+/// Documents kept in memory by default.
+pub const CACHE_DOCS_DEFAULT: usize = 1024;
+/// Feed entries read per catch-up step, bounding what one step holds.
+const CATCH_UP_BATCH: usize = 256;
+
+/// Everything the sync endpoint needs, shared by all connections.
+pub struct SyncHub {
+    docs: Arc<Docs>,
+    limits: Limits,
+}
+
+/// The device a connection authenticated as.
+#[derive(Clone, Debug)]
+pub struct DeviceIdentity {
+    /// Stable device id (hex).
+    pub id: String,
+    /// Human-readable name given at `device add`.
+    pub name: String,
+}
+
+type Completion = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// A write this connection waits on, in the order it must answer them.
+enum Done {
+    Push {
+        doc: DocId,
+        heads: Vec<Head>,
+        reply: Vec<u8>,
+        base_missing: bool,
+        stored: Result<Seq, String>,
+    },
+    Sync {
+        doc: DocId,
+        heads: Vec<Head>,
+        stored: Result<Seq, String>,
+    },
+}
+
+async fn wait_stored(
+    rx: Option<oneshot::Receiver<Result<Seq, String>>>,
+    now: Seq,
+) -> Result<Seq, String> {
+    match rx {
+        Some(rx) => rx
+            .await
+            .unwrap_or_else(|_| Err("the server is shutting down".into())),
+        None => Ok(now),
+    }
+}
+
+impl SyncHub {
+    /// Opens the document store inside `db` with default limits.
+    pub fn open(db: sled::Db) -> anyhow::Result<Arc<SyncHub>> {
+        SyncHub::open_with(db, Limits::DEFAULT, CACHE_DOCS_DEFAULT)
+    }
+
+    /// Opens the document store inside `db`.
+    pub fn open_with(
+        db: sled::Db,
+        limits: Limits,
+        cache_docs: usize,
+    ) -> anyhow::Result<Arc<SyncHub>> {
+        let store = SledStore::open(db, rand::random())?;
+        tracing::info!(
+            store = ?store.store_id(),
+            documents = store.doc_count()?,
+            feed = store.latest_seq()?,
+            "document store open"
+        );
+        let docs = Docs::start(Arc::new(store), cache_docs)?;
+        Ok(Arc::new(SyncHub { docs, limits }))
+    }
+
+    /// The limits this hub enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Commits what is queued, flushes, and marks the store cleanly closed.
+    /// Called once at graceful shutdown.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        self.docs.shutdown()?;
+        Ok(())
+    }
+
+    /// Serves one upgraded WebSocket until it closes or `shutdown` fires.
+    pub async fn serve_socket(
+        self: Arc<Self>,
+        ws: WebSocket,
+        device: DeviceIdentity,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let (mut sink, mut stream) = ws.split();
+        let mut session = ServerSession::new(self.limits.clone());
+        let mut durable = self.docs.durable();
+        let mut durable_open = true;
+        let mut pending: FuturesOrdered<Completion> = FuturesOrdered::new();
+        let mut pushes = 0usize;
+        tracing::info!(device = %device.id, name = %device.name, "device connected");
+        loop {
+            if session.is_established() {
+                let upto = *durable.borrow();
+                if let Err(err) = self.catch_up(&mut session, upto, &mut sink).await {
+                    tracing::warn!(device = %device.id, error = %err, "catch-up failed");
+                    break;
+                }
+            }
+            let mut send_failed = false;
+            while let Some(frame) = session.poll_transmit() {
+                if sink.send(WsMessage::binary(frame)).await.is_err() {
+                    send_failed = true;
+                    break;
+                }
+            }
+            if send_failed {
+                break;
+            }
+            if session.is_closed() {
+                let _ = sink.close().await;
+                break;
+            }
+            let reading = pending.len() < self.limits.pushes_in_flight_max;
+            tokio::select! {
+                frame = stream.next(), if reading => match frame {
+                    Some(Ok(msg)) if msg.is_binary() || msg.is_text() => {
+                        if let Err(err) = self.on_frame(&mut session, msg.as_bytes(), &mut pending, &device) {
+                            tracing::debug!(device = %device.id, error = %err, "closing session");
+                        }
+                        pushes += 1;
+                    }
+                    Some(Ok(msg)) if msg.is_close() => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => {
+                        tracing::debug!(device = %device.id, error = %err, "websocket error");
+                        break;
+                    }
+                    None => break,
+                },
+                Some(done) = pending.next() => self.on_done(&mut session, done),
+                changed = durable.changed(), if durable_open => {
+                    if changed.is_err() {
+                        durable_open = false;
+                    }
+                }
+                _ = shutdown.changed() => {
+                    let _ = sink.send(WsMessage::close_with(1001u16, "server shutting down")).await;
+                    break;
+                }
+            }
+        }
+        tracing::info!(device = %device.id, frames = pushes, "device disconnected");
+    }
+
+    async fn catch_up(
+        &self,
+        session: &mut ServerSession,
+        upto: Seq,
+        sink: &mut futures_util::stream::SplitSink<WebSocket, WsMessage>,
+    ) -> Result<(), DocsError> {
+        let mut feed = HubFeed { docs: &self.docs };
+        while session.catch_up(&mut feed, upto, CATCH_UP_BATCH)? {
+            // Send as we go so a long catch-up never holds the whole feed.
+            while let Some(frame) = session.poll_transmit() {
+                if sink.send(WsMessage::binary(frame)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_frame(
+        &self,
+        session: &mut ServerSession,
+        frame: &[u8],
+        pending: &mut FuturesOrdered<Completion>,
+        device: &DeviceIdentity,
+    ) -> Result<(), baraza_protocol::SessionError> {
+        for event in session.handle_frame(frame)? {
+            match event {
+                ServerEvent::Hello(hello) => {
+                    let seq = *self.docs.durable().borrow();
+                    session.accept(&hello, self.docs.store().store_id(), seq);
+                    tracing::debug!(device = %device.id, cursor = hello.cursor, feed = seq, "hello");
+                }
+                ServerEvent::Push {
+                    doc,
+                    heads,
+                    changes,
+                    bytes,
+                    ..
+                } => self.on_push(session, pending, doc, heads, changes, bytes),
+                ServerEvent::Sync(msg) => self.on_sync(session, pending, msg.doc, &msg.data),
+            }
+        }
+        Ok(())
+    }
+
+    fn on_push(
+        &self,
+        session: &mut ServerSession,
+        pending: &mut FuturesOrdered<Completion>,
+        id: DocId,
+        client_heads: Vec<Head>,
+        changes: Vec<automerge::Change>,
+        bytes: usize,
+    ) {
+        let handle = match self.docs.handle(id) {
+            Ok(h) => h,
+            Err(err) => return self.storage_refusal(session, id, &err),
+        };
+        let mut live = handle.lock().unwrap_or_else(|p| p.into_inner());
+        if live.bytes + bytes > self.limits.doc_bytes_max {
+            let message = format!(
+                "document {id} would grow to {} bytes, over the limit of {} bytes",
+                live.bytes + bytes,
+                self.limits.doc_bytes_max
+            );
+            return session.refuse(id, ErrorCode::DocTooLarge, message);
+        }
+        let applied = match docsync::apply_push(&mut live.doc, changes, &client_heads) {
+            Ok(a) => a,
+            Err(err) => {
+                drop(live);
+                self.docs.forget(id);
+                return session.refuse(
+                    id,
+                    ErrorCode::CorruptChanges,
+                    format!("document {id}: {err}"),
+                );
+            }
+        };
+        if applied.base_missing {
+            session.start_sync(id, &live.doc);
+        }
+        // Submitted under the document's lock, so writes to one document
+        // reach the committer in the order they were applied.
+        let rx = Docs::write_for(id, &mut live, applied.new_chunk).map(|w| self.docs.submit(w));
+        drop(live);
+        let now = *self.docs.durable().borrow();
+        let heads = applied.heads;
+        let reply = applied.reply;
+        let base_missing = applied.base_missing;
+        pending.push_back(Box::pin(async move {
+            Done::Push {
+                doc: id,
+                heads,
+                reply,
+                base_missing,
+                stored: wait_stored(rx, now).await,
+            }
+        }));
+    }
+
+    fn on_sync(
+        &self,
+        session: &mut ServerSession,
+        pending: &mut FuturesOrdered<Completion>,
+        id: DocId,
+        data: &[u8],
+    ) {
+        let handle = match self.docs.handle(id) {
+            Ok(h) => h,
+            Err(err) => return self.storage_refusal(session, id, &err),
+        };
+        let mut live = handle.lock().unwrap_or_else(|p| p.into_inner());
+        let before = live.doc.get_heads();
+        match session.receive_sync(id, &mut live.doc, data) {
+            Ok(_) => {}
+            Err(err) => {
+                drop(live);
+                self.docs.forget(id);
+                return session.refuse(
+                    id,
+                    ErrorCode::CorruptChanges,
+                    format!("document {id}: {err}"),
+                );
+            }
+        }
+        let chunk = docsync::encode_changes(&live.doc.get_changes(&before));
+        if live.bytes + chunk.len() > self.limits.doc_bytes_max {
+            drop(live);
+            self.docs.forget(id);
+            let message = format!(
+                "document {id} would grow past the limit of {} bytes",
+                self.limits.doc_bytes_max
+            );
+            return session.refuse(id, ErrorCode::DocTooLarge, message);
+        }
+        let rx = Docs::write_for(id, &mut live, chunk).map(|w| self.docs.submit(w));
+        let heads = baraza_protocol::to_heads(&live.doc.get_heads());
+        drop(live);
+        let now = *self.docs.durable().borrow();
+        pending.push_back(Box::pin(async move {
+            Done::Sync {
+                doc: id,
+                heads,
+                stored: wait_stored(rx, now).await,
+            }
+        }));
+    }
+
+    fn on_done(&self, session: &mut ServerSession, done: Done) {
+        match done {
+            Done::Push {
+                doc,
+                heads,
+                reply,
+                base_missing,
+                stored: Ok(seq),
+            } => session.push_applied(
+                doc,
+                PushOutcome {
+                    heads,
+                    reply,
+                    seq,
+                    base_missing,
+                },
+            ),
+            Done::Sync {
+                doc,
+                heads,
+                stored: Ok(_),
+            } => session.acknowledge(doc, heads),
+            Done::Push {
+                doc,
+                stored: Err(err),
+                ..
+            }
+            | Done::Sync {
+                doc,
+                stored: Err(err),
+                ..
+            } => {
+                self.docs.forget(doc);
+                session.refuse(
+                    doc,
+                    ErrorCode::StorageFailure,
+                    format!("document {doc} was not stored: {err}; retry later"),
+                );
+            }
+        }
+    }
+
+    fn storage_refusal(&self, session: &mut ServerSession, id: DocId, err: &DocsError) {
+        tracing::error!(doc = %id, error = %err, "could not load document");
+        session.refuse(
+            id,
+            ErrorCode::StorageFailure,
+            format!("document {id} could not be loaded: {err}"),
+        );
+    }
+}
+
+/// The store seen as the session's [`Feed`].
+struct HubFeed<'a> {
+    docs: &'a Docs,
+}
+
+impl Feed for HubFeed<'_> {
+    type Error = DocsError;
+
+    fn entries_after(
+        &mut self,
+        after: Seq,
+        upto: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, DocId)>, DocsError> {
+        Ok(self.docs.store().entries_after(after, upto, limit)?)
+    }
+
+    fn heads_at(&mut self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, DocsError> {
+        Ok(self.docs.store().heads_at(doc, seq)?)
+    }
+
+    fn changes_since(
+        &mut self,
+        doc: DocId,
+        base: Option<&[Head]>,
+    ) -> Result<Option<baraza_protocol::DocDelta>, DocsError> {
+        match base {
+            // A client that never had the document gets the stored bytes as
+            // they are: no document is loaded, so a cold start costs reads only.
+            None => self.docs.stored(doc),
+            Some(base) => {
+                let handle = self.docs.handle(doc)?;
+                let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+                let data = docsync::encode_changes(&docsync::changes_since(&live.doc, base));
+                Ok(Some((
+                    baraza_protocol::to_heads(&live.doc.get_heads()),
+                    data,
+                )))
+            }
+        }
+    }
+}
