@@ -230,9 +230,9 @@ pub enum ClientEvent {
 /// Counts a sync reports as progress and at the end.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncCounts {
-    /// Documents pushed to the server.
+    /// Distinct documents pushed to the server.
     pub docs_sent: usize,
-    /// Documents for which the server sent changes.
+    /// Distinct documents for which the server sent changes.
     pub docs_received: usize,
     /// Distinct documents touched by this session either way.
     pub docs_reconciled: usize,
@@ -257,6 +257,8 @@ pub struct ClientSession {
     in_flight: HashMap<DocId, Vec<Head>>,
     fallback: Fallback,
     touched: HashSet<DocId>,
+    sent: HashSet<DocId>,
+    received: HashSet<DocId>,
     counts: SyncCounts,
     /// Every `Changes` numbered up to here has arrived.
     changes_contiguous: u64,
@@ -282,6 +284,8 @@ impl ClientSession {
             in_flight: HashMap::new(),
             fallback: Fallback::default(),
             touched: HashSet::new(),
+            sent: HashSet::new(),
+            received: HashSet::new(),
             counts: SyncCounts::default(),
             changes_contiguous: 0,
             changes_early: Default::default(),
@@ -335,6 +339,8 @@ impl ClientSession {
     pub fn counts(&self) -> SyncCounts {
         let mut c = self.counts.clone();
         c.docs_reconciled = self.touched.len();
+        c.docs_sent = self.sent.len();
+        c.docs_received = self.received.len();
         c
     }
 
@@ -383,7 +389,7 @@ impl ClientSession {
         }
         self.in_flight.insert(id, heads);
         self.touched.insert(id);
-        self.counts.docs_sent += 1;
+        self.sent.insert(id);
         true
     }
 
@@ -434,7 +440,7 @@ impl ClientSession {
             (ClientPhase::Established { .. }, Message::Changes(c)) => {
                 self.note_changes_number(c.n);
                 self.touched.insert(c.doc);
-                self.counts.docs_received += 1;
+                self.received.insert(c.doc);
                 events.push(ClientEvent::Changes(c));
             }
             (ClientPhase::Established { .. }, Message::Ack(a)) => {

@@ -1,0 +1,55 @@
+//! The SDK's error type: one enum, with messages a person can act on.
+
+/// Anything an SDK call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The local store failed (disk full, permissions, corruption).
+    #[error("local store: {0}")]
+    Store(#[from] sled::Error),
+    /// A stored value could not be read back.
+    #[error("local store holds a corrupt {what}: {reason}")]
+    Corrupt {
+        /// What was being read.
+        what: &'static str,
+        /// Why it failed.
+        reason: String,
+    },
+    /// No record with this id on this device.
+    #[error("no record {0} on this device")]
+    NotFound(String),
+    /// A record id that does not parse.
+    #[error("{0:?} is not a record id")]
+    BadId(String),
+    /// An edit that does not fit the record (e.g. splicing a non-text field).
+    #[error("{0}")]
+    BadEdit(String),
+    /// The device has not been set up with `init` yet.
+    #[error("this device is not set up: run `baraza init --server URL --ca FILE --token TOKEN`")]
+    NotConfigured,
+    /// The server URL does not parse.
+    #[error("bad server URL {0:?}: {1}")]
+    BadUrl(String, String),
+    /// TLS setup failed (CA file unreadable or invalid).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Could not reach the server.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// Where we tried.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The server refused the device's token.
+    #[error("the server refused this device: {0}")]
+    Unauthorized(String),
+    /// The sync session failed.
+    #[error("sync failed: {0}")]
+    Sync(String),
+    /// The sync did not finish in time.
+    #[error("sync timed out after {0} s without progress")]
+    Timeout(u64),
+    /// A local automerge operation failed.
+    #[error("document: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+}

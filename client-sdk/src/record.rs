@@ -1,0 +1,145 @@
+//! Reading and editing a record's fields. Issue-2 records are flat: each
+//! field is a scalar (set whole) or a text (spliced by character, so two
+//! people typing in the same field merge).
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{Automerge, ObjType, ReadDoc, Value, ROOT};
+use serde::Serialize;
+
+use crate::error::ClientError;
+
+/// One field of a record as a person sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Field {
+    /// Field name.
+    pub name: String,
+    /// The value shown (the winning one where there is a conflict).
+    pub value: String,
+    /// True for text fields (edited with splice).
+    pub text: bool,
+    /// Other values set concurrently by other devices, kept until someone
+    /// sets the field again.
+    pub conflicts: Vec<String>,
+}
+
+/// A record as a person sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Record {
+    /// The record id.
+    pub id: String,
+    /// Its fields, by name.
+    pub fields: Vec<Field>,
+    /// True if it has changes the server has not acknowledged.
+    pub unacknowledged: bool,
+}
+
+fn show(doc: &Automerge, value: &Value<'_>, obj: &automerge::ObjId) -> String {
+    match value {
+        Value::Scalar(s) => match s.as_ref() {
+            automerge::ScalarValue::Str(s) => s.to_string(),
+            other => other.to_string(),
+        },
+        Value::Object(ObjType::Text) => doc.text(obj).unwrap_or_default(),
+        Value::Object(t) => format!("<{t:?}>"),
+    }
+}
+
+/// The fields of a document.
+pub fn fields(doc: &Automerge) -> Vec<Field> {
+    doc.keys(ROOT)
+        .map(|name| {
+            let all = doc.get_all(ROOT, name.as_str()).unwrap_or_default();
+            let mut values = all
+                .iter()
+                .map(|(v, obj)| (show(doc, v, obj), v.is_object()));
+            // get_all lists the winner last.
+            let (value, text) = values.next_back().unwrap_or_else(|| (String::new(), false));
+            let conflicts = values.map(|(v, _)| v).collect();
+            Field {
+                name,
+                value,
+                text,
+                conflicts,
+            }
+        })
+        .collect()
+}
+
+fn options(now_ms: i64) -> CommitOptions {
+    // Automerge change times are whole seconds since the Unix epoch.
+    CommitOptions::default().with_time(now_ms / 1000)
+}
+
+/// Sets a scalar field.
+pub fn set(doc: &mut Automerge, field: &str, value: &str, now_ms: i64) -> Result<(), ClientError> {
+    let mut tx = doc.transaction();
+    tx.put(ROOT, field, value)?;
+    tx.commit_with(options(now_ms));
+    Ok(())
+}
+
+/// Splices into a text field, creating it if absent.
+pub fn splice(
+    doc: &mut Automerge,
+    field: &str,
+    pos: usize,
+    delete: isize,
+    text: &str,
+    now_ms: i64,
+) -> Result<(), ClientError> {
+    let mut tx = doc.transaction();
+    let obj = match tx.get(ROOT, field)? {
+        Some((Value::Object(ObjType::Text), obj)) => obj,
+        Some(_) => {
+            return Err(ClientError::BadEdit(format!(
+                "field {field:?} is not a text field; use set"
+            )))
+        }
+        None => tx.put_object(ROOT, field, ObjType::Text)?,
+    };
+    let len = tx.length(&obj);
+    if pos > len {
+        return Err(ClientError::BadEdit(format!(
+            "position {pos} is past the end of {field:?} ({len} characters)"
+        )));
+    }
+    tx.splice_text(&obj, pos, delete, text)?;
+    tx.commit_with(options(now_ms));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_sets_show_as_conflicts_and_text_merges() {
+        let mut a = Automerge::new();
+        splice(&mut a, "notes", 0, 0, "hello", 0).unwrap();
+        let mut b = a.fork();
+        set(&mut a, "place", "market", 0).unwrap();
+        set(&mut b, "place", "school", 0).unwrap();
+        splice(&mut a, "notes", 5, 0, " world", 0).unwrap();
+        splice(&mut b, "notes", 0, 0, ">> ", 0).unwrap();
+        a.merge(&mut b).unwrap();
+        let f = fields(&a);
+        let place = f.iter().find(|f| f.name == "place").unwrap();
+        assert_eq!(place.conflicts.len(), 1);
+        let mut both = vec![place.value.clone(), place.conflicts[0].clone()];
+        both.sort();
+        assert_eq!(both, vec!["market", "school"]);
+        let notes = f.iter().find(|f| f.name == "notes").unwrap();
+        assert!(notes.text);
+        assert_eq!(notes.value, ">> hello world");
+    }
+
+    #[test]
+    fn splicing_a_scalar_is_refused() {
+        let mut a = Automerge::new();
+        set(&mut a, "place", "market", 0).unwrap();
+        assert!(matches!(
+            splice(&mut a, "place", 0, 0, "x", 0),
+            Err(ClientError::BadEdit(_))
+        ));
+    }
+}

@@ -1,0 +1,274 @@
+//! Driving a sync over the network: one connection runs a
+//! [`ClientDriver`] against the [`LocalStore`]; the background loop
+//! reconnects with exponential backoff and jitter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baraza_protocol::{ClientDriver, DriveError, Limits};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::error::ClientError;
+use crate::store::LocalStore;
+use crate::transport::{self, Endpoint};
+
+/// What a sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    /// Records pushed to the server.
+    pub docs_sent: u64,
+    /// Records the server sent changes for.
+    pub docs_received: u64,
+    /// Distinct records reconciled either way.
+    pub docs_reconciled: u64,
+    /// Records the server refused (their changes stay on the device).
+    pub refused: u64,
+    /// Records still waiting for the server's acknowledgement.
+    pub unacknowledged: u64,
+}
+
+/// Progress and outcome of syncing, for a UI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum SyncEvent {
+    /// Connecting (attempt number, from 1).
+    Connecting {
+        /// Attempt number.
+        attempt: u32,
+    },
+    /// Connected and handshaking.
+    Connected,
+    /// Work done so far in this connection.
+    Progress {
+        /// Records waiting to be pushed or acknowledged.
+        to_send: u64,
+        /// Records pushed.
+        sent: u64,
+        /// Records received.
+        received: u64,
+    },
+    /// Everything local acknowledged, everything remote received.
+    Settled(SyncReport),
+    /// The connection failed; retrying after the delay (background only).
+    Failed {
+        /// Why.
+        message: String,
+        /// Delay before the next attempt, in milliseconds.
+        retry_in_ms: u64,
+    },
+    /// The server refused the device; background sync stopped.
+    Stopped {
+        /// Why.
+        message: String,
+    },
+}
+
+/// Receives sync events. Implemented by the app (or a UniFFI callback).
+pub trait SyncListener: Send + Sync {
+    /// Called from the sync task; must not block for long.
+    fn on_event(&self, event: SyncEvent);
+}
+
+/// A listener that ignores everything.
+pub struct NoListener;
+
+impl SyncListener for NoListener {
+    fn on_event(&self, _: SyncEvent) {}
+}
+
+/// How one connection should end.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Return once settled.
+    Once,
+    /// Stay connected for live changes until stopped.
+    Live,
+}
+
+/// No frame for this long while work is outstanding ends a one-shot sync.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn drive_err(e: DriveError<ClientError>) -> ClientError {
+    match e {
+        DriveError::Store(e) => e,
+        DriveError::Session(e) => ClientError::Sync(e.to_string()),
+    }
+}
+
+/// Runs one connection. Returns the report when settled (Once) or when the
+/// server closes (Live).
+pub(crate) async fn run_connection(
+    store: &LocalStore,
+    endpoint: &Endpoint,
+    limits: &Limits,
+    mode: Mode,
+    local_edits: &Notify,
+    stop: &mut watch::Receiver<bool>,
+    listener: &dyn SyncListener,
+) -> Result<SyncReport, ClientError> {
+    let mut ws = transport::connect(endpoint, limits.frame_bytes_max).await?;
+    listener.on_event(SyncEvent::Connected);
+    let mut replica = store.clone();
+    let mut driver = ClientDriver::new(limits.clone(), &mut replica).map_err(drive_err)?;
+    let mut settled_reported = false;
+    loop {
+        driver.pump(&mut replica).map_err(drive_err)?;
+        while let Some(frame) = driver.poll_transmit() {
+            ws.send(WsMessage::binary(frame))
+                .await
+                .map_err(|e| ClientError::Sync(format!("send: {e}")))?;
+        }
+        if driver.is_closed() {
+            return Err(ClientError::Sync("the session was closed".into()));
+        }
+        let counts = driver.counts();
+        if driver.is_settled() {
+            let report = report(store, &counts)?;
+            if !settled_reported {
+                store.set_last_sync(now_secs())?;
+                store.flush()?;
+                listener.on_event(SyncEvent::Settled(report.clone()));
+                settled_reported = true;
+            }
+            if mode == Mode::Once {
+                let _ = ws.close(None).await;
+                return Ok(report);
+            }
+        } else {
+            settled_reported = false;
+            listener.on_event(SyncEvent::Progress {
+                to_send: driver.queued() as u64,
+                sent: counts.docs_sent as u64,
+                received: counts.docs_received as u64,
+            });
+        }
+        tokio::select! {
+            frame = tokio::time::timeout(IDLE_TIMEOUT, ws.next()) => match frame {
+                Err(_) if mode == Mode::Once => return Err(ClientError::Timeout(IDLE_TIMEOUT.as_secs())),
+                Err(_) => {
+                    // Keep an idle live connection alive through middleboxes.
+                    ws.send(WsMessage::Ping(Vec::new().into())).await
+                        .map_err(|e| ClientError::Sync(format!("send: {e}")))?;
+                }
+                Ok(Some(Ok(WsMessage::Binary(bytes)))) => {
+                    driver.handle_frame(&bytes, &mut replica).map_err(drive_err)?;
+                }
+                Ok(Some(Ok(WsMessage::Close(frame)))) => {
+                    let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                    if mode == Mode::Live && reason.contains("shutting down") {
+                        return Err(ClientError::Sync(format!("server closed: {reason}")));
+                    }
+                    return Err(ClientError::Sync(format!("server closed the connection {reason}")));
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => return Err(ClientError::Sync(format!("receive: {e}"))),
+                Ok(None) => return Err(ClientError::Sync("connection lost".into())),
+            },
+            _ = local_edits.notified() => {
+                for id in baraza_protocol::Replica::unacknowledged(&mut replica)? {
+                    driver.enqueue(id);
+                }
+            }
+            _ = stop.changed() => {
+                let _ = ws.close(None).await;
+                return report(store, &driver.counts());
+            }
+        }
+    }
+}
+
+fn report(
+    store: &LocalStore,
+    counts: &baraza_protocol::SyncCounts,
+) -> Result<SyncReport, ClientError> {
+    Ok(SyncReport {
+        docs_sent: counts.docs_sent as u64,
+        docs_received: counts.docs_received as u64,
+        docs_reconciled: counts.docs_reconciled as u64,
+        refused: store.refusals()?.len() as u64,
+        unacknowledged: store.unacknowledged_count() as u64,
+    })
+}
+
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Backoff before attempt `attempt` (1-based): exponential from 500 ms,
+/// capped at 60 s, with full jitter in the upper half so a fleet of tablets
+/// that lost the server together does not return together.
+pub fn backoff(attempt: u32, jitter: f64) -> Duration {
+    let base_ms = 500u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(7));
+    let capped = base_ms.min(60_000) as f64;
+    let jitter = jitter.clamp(0.0, 1.0);
+    Duration::from_millis((capped * (0.5 + 0.5 * jitter)) as u64)
+}
+
+/// The background loop: connect, stay live, reconnect on failure.
+pub(crate) async fn run_background(
+    store: LocalStore,
+    endpoint: Endpoint,
+    limits: Limits,
+    local_edits: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    listener: Arc<dyn SyncListener>,
+) {
+    let mut attempt = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        attempt += 1;
+        listener.on_event(SyncEvent::Connecting { attempt });
+        let result = run_connection(
+            &store,
+            &endpoint,
+            &limits,
+            Mode::Live,
+            &local_edits,
+            &mut stop,
+            listener.as_ref(),
+        )
+        .await;
+        if *stop.borrow() {
+            return;
+        }
+        match result {
+            Err(ClientError::Unauthorized(message)) => {
+                listener.on_event(SyncEvent::Stopped { message });
+                return;
+            }
+            Err(err) => {
+                let delay = backoff(attempt, rand::random());
+                listener.on_event(SyncEvent::Failed {
+                    message: err.to_string(),
+                    retry_in_ms: delay.as_millis() as u64,
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            Ok(_) => attempt = 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_caps_and_jitters_within_bounds() {
+        assert_eq!(backoff(1, 1.0), Duration::from_millis(500));
+        assert_eq!(backoff(2, 1.0), Duration::from_millis(1000));
+        assert_eq!(backoff(1, 0.0), Duration::from_millis(250));
+        assert_eq!(backoff(30, 1.0), Duration::from_secs(60));
+        assert_eq!(backoff(30, 0.0), Duration::from_secs(30));
+    }
+}
