@@ -20,13 +20,22 @@ fn baraza(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
 #[test]
 fn an_officer_records_offline_and_the_record_survives_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let (ok, id, err) = baraza(dir.path(), &["new", "--set", "title=Night patrol", "--set", "beat=B4"]);
+    let (ok, id, err) = baraza(
+        dir.path(),
+        &["new", "--set", "title=Night patrol", "--set", "beat=B4"],
+    );
     assert!(ok, "{err}");
     let id = id.trim().to_string();
     assert_eq!(id.len(), 36, "a UUID: {id}");
 
     assert!(baraza(dir.path(), &["set", &id, "beat", "B5"]).0);
-    assert!(baraza(dir.path(), &["splice", &id, "notes", "0", "0", "Quiet night."]).0);
+    assert!(
+        baraza(
+            dir.path(),
+            &["splice", &id, "notes", "0", "0", "Quiet night."]
+        )
+        .0
+    );
     assert!(baraza(dir.path(), &["splice", &id, "notes", "0", "5", "Calm"]).0);
 
     let (ok, json, _) = baraza(dir.path(), &["--json", "show", &id]);

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use automerge::Automerge;
-use baraza_protocol::{to_heads, DocId, Head, Seq};
+use baraza_protocol::{to_heads, DocId, Seq};
 use tokio::sync::{oneshot, watch};
 
 use crate::store::{DocWrite, Store, StoreError};
@@ -206,7 +206,7 @@ impl Docs {
     }
 
     /// The current heads and stored bytes of a document, for catch-up.
-    pub fn stored(&self, id: DocId) -> Result<Option<(Vec<Head>, Vec<u8>)>, DocsError> {
+    pub fn stored(&self, id: DocId) -> Result<Option<baraza_protocol::DocDelta>, DocsError> {
         let Some(stored) = self.store.load(id)? else {
             return Ok(None);
         };

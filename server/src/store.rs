@@ -214,7 +214,7 @@ fn encode_heads(heads: &[Head]) -> Vec<u8> {
 }
 
 fn decode_heads(v: &[u8]) -> Result<Vec<Head>, StoreError> {
-    if v.len() % 32 != 0 {
+    if !v.len().is_multiple_of(32) {
         return Err(StoreError::Corrupt {
             tree: "doc_log",
             reason: format!("heads of {} bytes", v.len()),
