@@ -122,7 +122,11 @@ impl SyncHub {
         let mut pushes = 0usize;
         tracing::info!(device = %device.id, name = %device.name, "device connected");
         loop {
-            if session.is_established() {
+            // Not while pushes wait for their commit: the feed may already
+            // show their writes, and only the push replies (which mark those
+            // documents as carried) keep a device from being sent its own
+            // changes back.
+            if session.is_established() && pending.is_empty() {
                 let upto = *durable.borrow();
                 if let Err(err) = self.catch_up(&mut session, upto, &mut sink).await {
                     tracing::warn!(device = %device.id, error = %err, "catch-up failed");
@@ -344,8 +348,8 @@ impl SyncHub {
             Done::Sync {
                 doc,
                 heads,
-                stored: Ok(_),
-            } => session.acknowledge(doc, heads),
+                stored: Ok(seq),
+            } => session.acknowledge(doc, heads, seq),
             Done::Push {
                 doc,
                 stored: Err(err),

@@ -119,13 +119,15 @@ mod tests {
         let ack = Message::Ack(Ack {
             doc: DocId::from_bytes([0xab; 16]),
             heads: vec![Head::from(automerge::ChangeHash([0x11; 32]))],
+            seq: 9,
         });
         let bytes = encode(&ack).unwrap();
-        let mut expected = vec![0xa3, 0x61, b't', 0x63, b'a', b'c', b'k'];
+        let mut expected = vec![0xa4, 0x61, b't', 0x63, b'a', b'c', b'k'];
         expected.extend([0x63, b'd', b'o', b'c', 0x50]);
         expected.extend([0xab; 16]);
         expected.extend([0x65, b'h', b'e', b'a', b'd', b's', 0x81, 0x58, 0x20]);
         expected.extend([0x11; 32]);
+        expected.extend([0x63, b's', b'e', b'q', 0x09]);
         assert_eq!(bytes, expected);
         assert_eq!(decode(&expected, MAX).unwrap(), ack);
     }

@@ -274,6 +274,11 @@ pub struct Ack {
     pub doc: DocId,
     /// The server's heads for it, all stored durably.
     pub heads: Vec<Head>,
+    /// The feed position by which these heads are durable. A client is not
+    /// settled until its cursor reaches it, so its next sync does not fetch
+    /// its own writes back.
+    #[serde(default)]
+    pub seq: Seq,
 }
 
 /// Changes the client lacks.

@@ -264,6 +264,9 @@ pub struct ClientSession {
     changes_contiguous: u64,
     /// Numbers above `changes_contiguous` that arrived early.
     changes_early: std::collections::BTreeSet<u64>,
+    /// The highest feed position an ack named: the cursor must reach it
+    /// before the session is settled.
+    acked_seq: Seq,
 }
 
 impl ClientSession {
@@ -289,6 +292,7 @@ impl ClientSession {
             counts: SyncCounts::default(),
             changes_contiguous: 0,
             changes_early: Default::default(),
+            acked_seq: 0,
         }
     }
 
@@ -352,7 +356,7 @@ impl ClientSession {
             ClientPhase::Established { welcome_seq } => {
                 self.in_flight.is_empty()
                     && self.fallback.states.is_empty()
-                    && self.cursor >= welcome_seq
+                    && self.cursor >= welcome_seq.max(self.acked_seq)
             }
         }
     }
@@ -448,6 +452,7 @@ impl ClientSession {
                 // the push; the driver folds the heads into what it knows the
                 // server holds and pushes again whatever is still not covered.
                 self.in_flight.remove(&a.doc);
+                self.acked_seq = self.acked_seq.max(a.seq);
                 self.counts.acks += 1;
                 events.push(ClientEvent::Acked {
                     doc: a.doc,
@@ -730,6 +735,7 @@ impl ServerSession {
         self.wire.send(&Message::Ack(Ack {
             doc,
             heads: outcome.heads,
+            seq: outcome.seq,
         }));
         // A push whose base we lack got no reply: the feed must still send
         // this document.
@@ -758,9 +764,9 @@ impl ServerSession {
             .map(|(changed, _)| changed)
     }
 
-    /// Tells the client these heads are durable.
-    pub fn acknowledge(&mut self, doc: DocId, heads: Vec<Head>) {
-        self.wire.send(&Message::Ack(Ack { doc, heads }));
+    /// Tells the client these heads are durable as of feed position `seq`.
+    pub fn acknowledge(&mut self, doc: DocId, heads: Vec<Head>, seq: Seq) {
+        self.wire.send(&Message::Ack(Ack { doc, heads, seq }));
     }
 
     /// For a feed entry (document changed at `seq`), decides whether to send

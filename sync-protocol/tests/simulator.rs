@@ -93,7 +93,8 @@ impl SimServer {
                                 self.record(s.doc);
                             }
                             let heads = to_heads(&self.docs[&s.doc].get_heads());
-                            session.acknowledge(s.doc, heads);
+                            let seq = self.latest.get(&s.doc).copied().unwrap_or(0);
+                            session.acknowledge(s.doc, heads, seq);
                         }
                         Err(e) => session.refuse(s.doc, ErrorCode::CorruptChanges, e.to_string()),
                     }

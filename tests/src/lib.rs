@@ -1,1 +1,669 @@
-//! placeholder
+//! The end-to-end harness: real `baraza-server` processes, real TLS with
+//! the server's generated development CA, real sled files in temporary
+//! directories, and tablets that are real [`baraza_client::Client`]s.
+//!
+//! It is not a simulator: dropped, duplicated and reordered messages are
+//! the `sync-protocol` simulator's job. The faults here are the ones only
+//! real processes have: SIGKILL, SIGTERM, restarts on the same directory,
+//! hostile bytes on a real socket.
+//!
+//! Layout:
+//! - [`ServerProcess`]: starts, restarts, kills (`-9`) and stops (SIGTERM) a
+//!   server on a data directory, and registers devices on it.
+//! - [`Tablet`]: a `Client` in its own directory with its own device token.
+//! - [`RawConnection`]: a sync WebSocket that sends whatever bytes a test
+//!   wants and decodes what the server answers.
+//! - [`cli`]: the `baraza` command-line tablet.
+//!
+//! The binaries: a test crate cannot see another package's
+//! `CARGO_BIN_EXE_*`, so [`binary`] looks for them next to the test
+//! executable. Run `cargo build --workspace --bins` before `cargo test`.
+//!
+//! Every wait is bounded, and all traffic stays on 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baraza_client::{Client, Field, SyncEvent, SyncListener, SyncReport};
+use baraza_protocol::codec;
+use baraza_protocol::{ErrorMsg, Hello, Message, Welcome, PROTOCOL_VERSION};
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+
+/// How long a server may take to announce its address.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to exit after a signal.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one `sync_once` of a few hundred records may take.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a raw connection waits for the server's next frame.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The path of a workspace binary, next to the running test executable
+/// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: the end-to-end tests drive the real binaries, so run \
+         `cargo build --workspace --bins` before `cargo test`",
+        path.display()
+    );
+    path
+}
+
+/// Runs a command to completion, failing the test if it takes longer than
+/// `limit`. Output is collected on threads so a chatty child never blocks.
+pub fn run_bounded(command: &mut Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let status = match wait_bounded(&mut child, limit) {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{command:?} did not finish within {limit:?}");
+        }
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child process") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds, failing the test with
+/// `what` after `limit`. For waiting on another process or task; never a
+/// substitute for an assertion.
+pub async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Server
+// ---------------------------------------------------------------------------
+
+/// A `baraza-server serve` process on a data directory. Dropping it kills
+/// the process, so a failed assertion leaves nothing running.
+pub struct ServerProcess {
+    data: PathBuf,
+    config: Option<PathBuf>,
+    log: PathBuf,
+    child: Option<Child>,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts a server on `data` (created if missing) with default limits.
+    pub fn start(data: &Path) -> ServerProcess {
+        ServerProcess::launch(data, None)
+    }
+
+    /// Starts a server with a config file holding `toml` (written next to
+    /// the data directory), e.g. a `[limits]` table.
+    pub fn start_with_config(data: &Path, toml: &str) -> ServerProcess {
+        let config = sibling(data, "toml");
+        std::fs::write(&config, toml).expect("write the server config file");
+        ServerProcess::launch(data, Some(config))
+    }
+
+    fn launch(data: &Path, config: Option<PathBuf>) -> ServerProcess {
+        let mut server = ServerProcess {
+            data: data.to_path_buf(),
+            config,
+            log: sibling(data, "log"),
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        // Appending keeps the logs of every run on this directory together.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open the server log");
+        let mut command = server_command();
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&self.data);
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn baraza-server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines_tx, lines_rx) = mpsc::channel();
+        // Drains stdout for the server's whole life so it never blocks on a
+        // full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        self.child = Some(child);
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines_rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        self.addr = addr.trim().parse().expect("a socket address");
+                        return;
+                    }
+                }
+                Err(_) => panic!(
+                    "the server did not announce its address within {STARTUP_TIMEOUT:?}; \
+                     log:\n{}",
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    /// Starts the server again on the same data directory and config, after
+    /// [`kill9`](Self::kill9) or [`terminate`](Self::terminate). It listens
+    /// on a new port: tablets must be pointed at [`url`](Self::url) again.
+    pub fn restart(&mut self) {
+        assert!(!self.is_running(), "restart needs the server stopped first");
+        self.spawn();
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The URL tablets are configured with.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// The generated development CA tablets must trust.
+    pub fn ca_path(&self) -> PathBuf {
+        self.data.join("tls").join("ca.pem")
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// Everything the server has logged on this directory so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Registers a device through `baraza-server device add` (which goes
+    /// through the admin socket while the server runs) and returns its token.
+    pub fn add_device(&self, name: &str) -> String {
+        let output = run_bounded(
+            server_command()
+                .args(["device", "add", "--name", name, "--data"])
+                .arg(&self.data),
+            Duration::from_secs(30),
+        );
+        assert!(
+            output.status.success(),
+            "device add failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8(output.stdout).expect("a UTF-8 token");
+        let token = stdout.trim().to_string();
+        assert!(
+            !token.is_empty() && !token.contains('\n'),
+            "device add must print exactly the token: {stdout:?}"
+        );
+        token
+    }
+
+    /// Kills the server with SIGKILL: no flush, no clean-shutdown marker.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("a running server");
+        child.kill().expect("send SIGKILL");
+        let status = wait_bounded(&mut child, EXIT_TIMEOUT).expect("exit after SIGKILL");
+        assert!(!status.success(), "a killed server cannot exit cleanly");
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the process to exit; returns
+    /// its exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("a running server");
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let status = wait_bounded(child, EXIT_TIMEOUT);
+        self.child = None;
+        status.unwrap_or_else(|| {
+            panic!(
+                "the server ignored SIGTERM for {EXIT_TIMEOUT:?}; log:\n{}",
+                self.log()
+            )
+        })
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `DIR` → `DIR.<ext>`, a file beside the directory.
+fn sibling(dir: &Path, ext: &str) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(".");
+    name.push(ext);
+    PathBuf::from(name)
+}
+
+/// The server binary with no `BARAZA_*` settings leaking in from the
+/// environment the tests run in.
+fn server_command() -> Command {
+    let mut command = Command::new(binary("baraza-server"));
+    for var in [
+        "BARAZA_DATA",
+        "BARAZA_LISTEN",
+        "BARAZA_TLS_CERT",
+        "BARAZA_TLS_KEY",
+        "BARAZA_CONFIG",
+    ] {
+        command.env_remove(var);
+    }
+    command.env("RUST_LOG", "info");
+    command
+}
+
+// ---------------------------------------------------------------------------
+// Tablets
+// ---------------------------------------------------------------------------
+
+/// A tablet: an SDK [`Client`] with its own data directory, registered on
+/// the server as its own device. Derefs to the `Client`.
+pub struct Tablet {
+    name: String,
+    client: Client,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Tablet {
+    /// A new device: registers it on `server` and configures a fresh store.
+    pub fn new(server: &ServerProcess, name: &str) -> Tablet {
+        let token = server.add_device(name);
+        let dir = tempfile::tempdir().expect("a tablet directory");
+        let client = Client::open(dir.path()).expect("open the tablet store");
+        let tablet = Tablet {
+            name: name.to_string(),
+            client,
+            token,
+            _dir: dir,
+        };
+        tablet.point_at(server);
+        tablet
+    }
+
+    /// Configures the tablet for `server`'s current address (after a
+    /// restart the port changes) with its existing token.
+    pub fn point_at(&self, server: &ServerProcess) {
+        self.client
+            .configure(&server.url(), Some(&server.ca_path()), &self.token)
+            .expect("configure the tablet");
+    }
+
+    /// The device's token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The SDK client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Syncs once, failing the test if the sync fails or takes longer than
+    /// [`SYNC_TIMEOUT`].
+    pub async fn sync(&self) -> SyncReport {
+        self.sync_within(SYNC_TIMEOUT).await
+    }
+
+    /// Syncs once with an explicit time limit.
+    pub async fn sync_within(&self, limit: Duration) -> SyncReport {
+        let listener = baraza_client::NoListener;
+        match tokio::time::timeout(limit, self.client.sync_once(&listener)).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(err)) => panic!("{} could not sync: {err}", self.name),
+            Err(_) => panic!("{}'s sync did not finish within {limit:?}", self.name),
+        }
+    }
+
+    /// One field of a record, which must exist.
+    pub fn field(&self, id: &str, name: &str) -> Field {
+        let record = self.client.get(id).expect("the record is on the tablet");
+        record
+            .fields
+            .into_iter()
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("{} has no field {name:?} in {id}", self.name))
+    }
+
+    /// The value a field shows, or None if the record or field is not
+    /// (yet) on this tablet.
+    pub fn value(&self, id: &str, name: &str) -> Option<String> {
+        let record = self.client.get(id).ok()?;
+        record
+            .fields
+            .into_iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value)
+    }
+
+    /// Every record held, with its heads.
+    pub fn all_heads(&self) -> BTreeMap<String, Vec<String>> {
+        self.client
+            .list()
+            .expect("list records")
+            .into_iter()
+            .map(|id| {
+                let heads = self.client.heads(&id).expect("heads of a listed record");
+                (id, heads)
+            })
+            .collect()
+    }
+}
+
+impl Deref for Tablet {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// A listener that keeps every event, for tests that watch a background sync.
+#[derive(Default)]
+pub struct Recorder {
+    events: Mutex<Vec<SyncEvent>>,
+}
+
+impl Recorder {
+    /// A copy of the events so far.
+    pub fn events(&self) -> Vec<SyncEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How many events so far match `pred`.
+    pub fn count(&self, pred: impl Fn(&SyncEvent) -> bool) -> usize {
+        self.events().iter().filter(|e| pred(e)).count()
+    }
+}
+
+impl SyncListener for Recorder {
+    fn on_event(&self, event: SyncEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
+    }
+}
+
+/// The `baraza` command-line tablet on data directory `data`, with no
+/// `BARAZA_*` settings leaking in.
+pub fn cli(data: &Path) -> Command {
+    let mut command = Command::new(binary("baraza"));
+    for var in ["BARAZA_TABLET_DATA", "BARAZA_TOKEN", "BARAZA_LOG"] {
+        command.env_remove(var);
+    }
+    command.arg("--data").arg(data);
+    command
+}
+
+/// Runs the `baraza` CLI with `args`, bounded, requires success and
+/// returns its stdout.
+pub fn run_cli(data: &Path, args: &[&str]) -> String {
+    let output = run_bounded(cli(data).args(args), SYNC_TIMEOUT);
+    assert!(
+        output.status.success(),
+        "baraza {args:?} failed ({:?}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+// ---------------------------------------------------------------------------
+// Raw sync connections
+// ---------------------------------------------------------------------------
+
+type Socket = WebSocketStream<TlsStream<TcpStream>>;
+
+fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("read the CA file") {
+        roots.add(cert.expect("a PEM certificate")).expect("a CA");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Opens TLS to the server and attempts the WebSocket upgrade.
+async fn upgrade(
+    server: &ServerProcess,
+    authorization: Option<&str>,
+) -> Result<Socket, tokio_tungstenite::tungstenite::Error> {
+    let tcp = TcpStream::connect(server.addr())
+        .await
+        .expect("TCP connect to the server");
+    let name = ServerName::try_from("localhost").expect("a server name");
+    let tls = tls_connector(&server.ca_path())
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the server");
+    let mut request = format!("wss://localhost:{}/v1/sync", server.addr().port())
+        .into_client_request()
+        .expect("a WebSocket request");
+    if let Some(value) = authorization {
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(value).expect("a header value"),
+        );
+    }
+    tokio_tungstenite::client_async_with_config(request, tls, None)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// The HTTP status the sync endpoint answers an upgrade with, given this
+/// `Authorization` header (or none): 101 when it upgrades.
+pub async fn upgrade_status(server: &ServerProcess, authorization: Option<&str>) -> u16 {
+    let attempt = tokio::time::timeout(FRAME_TIMEOUT, upgrade(server, authorization))
+        .await
+        .expect("the upgrade is answered in time");
+    match attempt {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("the upgrade failed without an HTTP answer: {other}"),
+    }
+}
+
+/// A sync WebSocket driven by hand: the test decides every byte sent.
+pub struct RawConnection {
+    ws: Socket,
+}
+
+impl RawConnection {
+    /// Connects as the device holding `token`.
+    pub async fn open(server: &ServerProcess, token: &str) -> RawConnection {
+        let bearer = format!("Bearer {token}");
+        let ws = tokio::time::timeout(FRAME_TIMEOUT, upgrade(server, Some(&bearer)))
+            .await
+            .expect("the upgrade is answered in time")
+            .expect("the server upgrades a device with a valid token");
+        RawConnection { ws }
+    }
+
+    /// Sends one binary frame as is.
+    pub async fn send_bytes(&mut self, frame: Vec<u8>) {
+        tokio::time::timeout(FRAME_TIMEOUT, self.ws.send(WsMessage::binary(frame)))
+            .await
+            .expect("the frame is sent in time")
+            .expect("send a frame");
+    }
+
+    /// Encodes and sends one protocol message.
+    pub async fn send(&mut self, message: &Message) {
+        let frame = codec::encode(message).expect("encode a message");
+        self.send_bytes(frame).await;
+    }
+
+    /// Says hello as a new device (no store, cursor 0) and returns the
+    /// server's welcome.
+    pub async fn hello(&mut self) -> Welcome {
+        self.send(&Message::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            store: None,
+            cursor: 0,
+        }))
+        .await;
+        match self.next_message().await {
+            Some(Message::Welcome(welcome)) => welcome,
+            other => panic!("expected a welcome, got {other:?}"),
+        }
+    }
+
+    /// The server's next protocol message, or None once it has closed the
+    /// connection. Fails the test if nothing arrives within
+    /// [`FRAME_TIMEOUT`] or a frame does not decode.
+    pub async fn next_message(&mut self) -> Option<Message> {
+        loop {
+            let next = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
+                .await
+                .expect("the server answers (or closes) in time");
+            match next {
+                Some(Ok(WsMessage::Binary(bytes))) => {
+                    return Some(
+                        codec::decode(&bytes, usize::MAX).unwrap_or_else(|e| {
+                            panic!("the server sent an undecodable frame: {e}")
+                        }),
+                    )
+                }
+                Some(Ok(WsMessage::Close(_))) | None => return None,
+                // A reset right after the close frame is still a close.
+                Some(Err(_)) => return None,
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
+                Some(Ok(WsMessage::Text(text))) => {
+                    panic!("the server sent a text frame: {text:?}")
+                }
+            }
+        }
+    }
+
+    /// The next message that is not feed traffic (`changes` and `cursor`
+    /// messages carrying other devices' records), or None once closed.
+    pub async fn next_reply(&mut self) -> Option<Message> {
+        loop {
+            match self.next_message().await {
+                Some(Message::Changes(_) | Message::Cursor(_)) => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// The next reply must be an error frame; returns it.
+    pub async fn expect_error(&mut self) -> ErrorMsg {
+        match self.next_reply().await {
+            Some(Message::Error(error)) => error,
+            other => panic!("expected an error frame, got {other:?}"),
+        }
+    }
+
+    /// The server must close the connection without another reply.
+    pub async fn expect_closed(&mut self) {
+        if let Some(message) = self.next_reply().await {
+            panic!("expected the server to close the connection, got {message:?}");
+        }
+    }
+}

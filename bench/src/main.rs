@@ -1,0 +1,158 @@
+//! `baraza-bench`: end-to-end benchmarks against a real `baraza-server`.
+//!
+//! Progress and a human summary go to stderr; stdout carries one JSON line
+//! per scenario, for scripts.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+
+use baraza_bench::scenarios::{Bench, Options, Outcome};
+use baraza_bench::server::find_server_bin;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// S1: a client holding --docs synced records reconnects after --edits
+    /// offline edits while another device made --edits others.
+    S1,
+    /// S2: an empty client pulls --docs records (shares S1's setup).
+    S2,
+    /// S3: --clients clients, each with --creates new and --fanin-edits
+    /// edited records made offline, reconnect at once.
+    S3,
+}
+
+/// End-to-end benchmarks of Baraza against a real server process on
+/// 127.0.0.1 over TLS, each scenario with its own temporary data
+/// directory. Build the server with the same profile first:
+/// `cargo build --release -p baraza-server -p baraza-bench`.
+///
+/// Progress and a summary go to stderr; stdout gets one JSON line per
+/// scenario. Nothing is asserted on time.
+#[derive(Debug, Parser)]
+#[command(name = "baraza-bench", version)]
+struct Cli {
+    /// Scenarios to run (S1 and S2 share one setup).
+    #[arg(long, value_delimiter = ',', default_values = ["s1", "s2", "s3"])]
+    scenarios: Vec<Scenario>,
+    /// S1/S2: records held by the first client (about 300 bytes each).
+    #[arg(long, default_value_t = 10_000)]
+    docs: usize,
+    /// S1: records edited on each side.
+    #[arg(long, default_value_t = 50)]
+    edits: usize,
+    /// S3: clients reconnecting at once (each registers its own device).
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// S3: records each client creates offline.
+    #[arg(long, default_value_t = 20)]
+    creates: usize,
+    /// S3: existing records each client edits offline.
+    #[arg(long, default_value_t = 20)]
+    fanin_edits: usize,
+    /// S3: records every client holds (synced once) before going offline;
+    /// client i edits records i*E .. i*E+E of them, wrapping around.
+    #[arg(long, default_value_t = 1_000)]
+    pool: usize,
+    /// Threads making S3's offline edits (different clients in parallel).
+    #[arg(long, default_value_t = 8)]
+    setup_threads: usize,
+    /// Clients syncing at once in S3's unmeasured first sync.
+    #[arg(long, default_value_t = 8)]
+    setup_syncs: usize,
+    /// The baraza-server binary [default: next to this executable].
+    #[arg(long, env = "BARAZA_SERVER_BIN", value_name = "FILE")]
+    server_bin: Option<PathBuf>,
+    /// Directory for the temporary work directory [default: system temp].
+    #[arg(long, value_name = "DIR")]
+    tmp: Option<PathBuf>,
+    /// Keep the work directory (server data, logs, client stores).
+    #[arg(long)]
+    keep: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let server_bin = find_server_bin(cli.server_bin.as_deref())?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("baraza-bench-");
+    let work = match &cli.tmp {
+        Some(dir) => builder.tempdir_in(dir),
+        None => builder.tempdir(),
+    }
+    .context("cannot create a work directory")?;
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    eprintln!(
+        "baraza-bench ({profile} build); server {}; work dir {}",
+        server_bin.display(),
+        work.path().display()
+    );
+    let bench = Bench::new(Options {
+        docs: cli.docs,
+        edits: cli.edits,
+        clients: cli.clients,
+        creates: cli.creates,
+        fanin_edits: cli.fanin_edits,
+        pool: cli.pool,
+        setup_threads: cli.setup_threads,
+        setup_syncs: cli.setup_syncs,
+        server_bin: server_bin.clone(),
+        work_dir: work.path().to_path_buf(),
+    })?;
+
+    let wants = |s: Scenario| cli.scenarios.contains(&s);
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let result = (|| -> anyhow::Result<()> {
+        if wants(Scenario::S1) || wants(Scenario::S2) {
+            let (s2, s1) = bench.reconnect_and_cold_start()?;
+            if wants(Scenario::S1) {
+                emit(&s1, profile);
+                outcomes.push(s1);
+            }
+            if wants(Scenario::S2) {
+                emit(&s2, profile);
+                outcomes.push(s2);
+            }
+        }
+        if wants(Scenario::S3) {
+            let s3 = bench.fan_in()?;
+            emit(&s3, profile);
+            outcomes.push(s3);
+        }
+        Ok(())
+    })();
+
+    eprintln!("\n== summary ({profile} build)");
+    for outcome in &outcomes {
+        eprintln!("{}", outcome.summary);
+    }
+    if cli.keep || result.is_err() {
+        let kept = work.keep();
+        eprintln!("work directory kept at {}", kept.display());
+    }
+    result
+}
+
+/// Prints a scenario's JSON line on stdout as soon as it is known.
+fn emit(outcome: &Outcome, profile: &str) {
+    let mut json = outcome.json.clone();
+    if let Some(map) = json.as_object_mut() {
+        map.insert("profile".into(), profile.into());
+    }
+    println!("{json}");
+}

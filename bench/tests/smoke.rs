@@ -1,0 +1,133 @@
+//! Runs every scenario of `baraza-bench` at tiny sizes against a real
+//! server and checks that the reported counts match the setup. Nothing is
+//! asserted on time; the only time limit is a guard against a hang.
+//!
+//! Needs `baraza-server` built with the same profile next to the bench
+//! binary (`cargo test --workspace` builds it; alone, run
+//! `cargo build -p baraza-server` first).
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Guard against a hung run; far above what the tiny run needs.
+const HANG_GUARD: Duration = Duration::from_secs(600);
+
+const DOCS: u64 = 50;
+const EDITS: u64 = 5;
+const CLIENTS: u64 = 5;
+const CREATES: u64 = 3;
+const FANIN_EDITS: u64 = 3;
+const POOL: u64 = 20;
+
+fn run_bench() -> (Vec<Value>, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baraza-bench"))
+        .args(["--docs", &DOCS.to_string()])
+        .args(["--edits", &EDITS.to_string()])
+        .args(["--clients", &CLIENTS.to_string()])
+        .args(["--creates", &CREATES.to_string()])
+        .args(["--fanin-edits", &FANIN_EDITS.to_string()])
+        .args(["--pool", &POOL.to_string()])
+        .arg("--tmp")
+        .arg(tmp.path())
+        .env_remove("BARAZA_SERVER_BIN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start baraza-bench");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + HANG_GUARD;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "baraza-bench still running after {HANG_GUARD:?}; stderr:\n{}",
+                err.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stdout = out.join().unwrap();
+    let stderr = err.join().unwrap();
+    assert!(
+        status.success(),
+        "baraza-bench failed ({status}):\n{stderr}"
+    );
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    (lines, stderr)
+}
+
+fn scenario<'a>(lines: &'a [Value], name: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["scenario"] == name)
+        .unwrap_or_else(|| panic!("no {name} line in {lines:?}"))
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+#[test]
+fn every_scenario_completes_with_counts_matching_the_setup() {
+    let (lines, stderr) = run_bench();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(stderr.contains("== summary"), "{stderr}");
+
+    let s2 = scenario(&lines, "s2_cold_start");
+    assert_eq!(u(&s2["records_after"]), DOCS);
+    assert_eq!(u(&s2["report"]["docs_received"]), DOCS);
+    assert_eq!(u(&s2["report"]["docs_sent"]), 0);
+    assert_eq!(u(&s2["report"]["unacknowledged"]), 0);
+    assert_eq!(u(&s2["connections"]), 1);
+    // Every record crossed the wire: at least its field text.
+    assert!(u(&s2["bytes_down"]) > DOCS * 250, "{s2}");
+    assert!(u(&s2["bytes_up"]) > 0);
+
+    let s1 = scenario(&lines, "s1_reconnect");
+    assert_eq!(s1["converged"], true, "{s1}");
+    assert_eq!(u(&s1["report"]["docs_sent"]), EDITS);
+    let received = u(&s1["report"]["docs_received"]);
+    // The other device's edits, plus at most echoes of this one's.
+    assert!((EDITS..=2 * EDITS).contains(&received), "{s1}");
+    assert_eq!(u(&s1["report"]["unacknowledged"]), 0);
+    assert_eq!(u(&s1["report"]["refused"]), 0);
+    assert_eq!(u(&s1["connections"]), 1);
+    assert!(u(&s1["bytes_up"]) > 0 && u(&s1["bytes_down"]) > 0);
+    assert_eq!(u(&s1["setup"]["upload"]["report"]["docs_sent"]), DOCS);
+
+    let s3 = scenario(&lines, "s3_fan_in");
+    let changes = CLIENTS * (CREATES + FANIN_EDITS);
+    assert_eq!(u(&s3["failures"]), 0, "{s3}");
+    assert_eq!(u(&s3["changes_expected"]), changes);
+    assert_eq!(u(&s3["pushes_acked"]), changes, "{s3}");
+    assert_eq!(u(&s3["refused"]), 0);
+    assert_eq!(u(&s3["unacknowledged"]), 0);
+    assert_eq!(u(&s3["records_on_server"]), POOL + CLIENTS * CREATES);
+    assert_eq!(u(&s3["records_expected"]), POOL + CLIENTS * CREATES);
+    if std::path::Path::new("/proc/self/status").exists() {
+        assert!(u(&s3["server_peak_rss_kib"]) > 0, "{s3}");
+    }
+}
