@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use automerge::Automerge;
-use baraza_protocol::{to_heads, DocId, Seq};
+use baraza_protocol::{to_heads, DocDelta, DocId, Seq};
 use tokio::sync::{oneshot, watch};
 
 use crate::store::{DocWrite, Store, StoreError};
@@ -205,13 +205,17 @@ impl Docs {
         Ok(())
     }
 
-    /// The current heads and stored bytes of a document, for catch-up.
-    pub fn stored(&self, id: DocId) -> Result<Option<baraza_protocol::DocDelta>, DocsError> {
+    /// A document as stored, whole, for a client that never had it.
+    pub fn stored(&self, id: DocId) -> Result<Option<DocDelta>, DocsError> {
         let Some(stored) = self.store.load(id)? else {
             return Ok(None);
         };
         let heads = self.store.heads_at(id, stored.seq)?.unwrap_or_default();
-        Ok(Some((heads, stored.bytes)))
+        Ok(Some(DocDelta {
+            heads,
+            data: stored.bytes,
+            seq: stored.seq,
+        }))
     }
 }
 

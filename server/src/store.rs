@@ -5,8 +5,10 @@
 //! - `doc_chunks`: (doc, n) → automerge chunk bytes. A document is the
 //!   concatenation of its chunks; compaction replaces them with one save.
 //! - `doc_meta`: doc → (latest feed seq, chunk count, stored bytes).
-//! - `feed`: seq → doc, one entry per document at its latest write, so a
-//!   catch-up visits each changed document once.
+//! - `feed`: seq → doc, one entry per write. Every write stays, so a
+//!   client's cursor always means "every document as of its last write at
+//!   or before here" (catch-up skips the repeats of a document it already
+//!   sent whole). Trimming entries below every device's cursor is future work.
 //! - `doc_log`: (doc, seq) → heads after that write, so catch-up can send a
 //!   client only what it lacks since the position its cursor names.
 //! - `meta`: the store id and the clean-shutdown marker.
@@ -86,13 +88,15 @@ pub trait Store: Send + Sync + 'static {
     fn load(&self, doc: DocId) -> Result<Option<StoredDoc>, StoreError>;
     /// Commits writes atomically and durably; returns their feed positions.
     fn commit(&self, writes: &[DocWrite]) -> Result<Vec<Seq>, StoreError>;
-    /// Feed entries with `after < seq <= upto`, oldest first.
+    /// Feed entries with `after < seq <= upto`, oldest first, one per write.
     fn entries_after(
         &self,
         after: Seq,
         upto: Seq,
         limit: usize,
     ) -> Result<Vec<(Seq, DocId)>, StoreError>;
+    /// The feed position of a document's latest write.
+    fn doc_seq(&self, doc: DocId) -> Result<Option<Seq>, StoreError>;
     /// A document's heads as of feed position `seq`.
     fn heads_at(&self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, StoreError>;
     /// Marks a clean shutdown (after flushing).
@@ -271,7 +275,7 @@ impl Store for SledStore {
             |(chunks, metas, feed, log)| {
                 for (w, &seq) in writes.iter().zip(&seqs) {
                     let key = w.doc.as_bytes();
-                    let (old_seq, mut count) = match metas.get(key)? {
+                    let (_, mut count) = match metas.get(key)? {
                         Some(v) => decode_meta(&v).map_err(ConflictableTransactionError::Abort)?,
                         None => (0, 0),
                     };
@@ -285,9 +289,6 @@ impl Store for SledStore {
                     if !w.chunk.is_empty() {
                         chunks.insert(&chunk_key(w.doc, count)[..], w.chunk.as_slice())?;
                         count += 1;
-                    }
-                    if old_seq != 0 {
-                        feed.remove(&old_seq.to_be_bytes()[..])?;
                     }
                     feed.insert(&seq.to_be_bytes()[..], &key[..])?;
                     log.insert(&log_key(w.doc, seq)[..], encode_heads(&w.heads))?;
@@ -317,6 +318,13 @@ impl Store for SledStore {
             out.push((seq_from(&k, "feed")?, doc_from(&v, "feed")?));
         }
         Ok(out)
+    }
+
+    fn doc_seq(&self, doc: DocId) -> Result<Option<Seq>, StoreError> {
+        match self.meta_docs.get(doc.as_bytes())? {
+            Some(v) => Ok(Some(decode_meta(&v)?.0)),
+            None => Ok(None),
+        }
     }
 
     fn heads_at(&self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, StoreError> {
@@ -349,7 +357,7 @@ mod tests {
     }
 
     #[test]
-    fn feed_keeps_one_entry_per_document_and_history_of_heads() {
+    fn feed_keeps_every_write_and_history_of_heads() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open_path(dir.path(), [1; 16]).unwrap();
         let a = DocId::from_bytes([1; 16]);
@@ -362,7 +370,12 @@ mod tests {
         };
         assert_eq!(store.commit(&[w(a, 1), w(b, 2)]).unwrap(), vec![1, 2]);
         assert_eq!(store.commit(&[w(a, 3)]).unwrap(), vec![3]);
-        assert_eq!(store.entries_after(0, 3, 10).unwrap(), vec![(2, b), (3, a)]);
+        assert_eq!(
+            store.entries_after(0, 3, 10).unwrap(),
+            vec![(1, a), (2, b), (3, a)]
+        );
+        assert_eq!(store.entries_after(1, 3, 1).unwrap(), vec![(2, b)]);
+        assert_eq!(store.doc_seq(a).unwrap(), Some(3));
         assert_eq!(store.heads_at(a, 2).unwrap(), Some(vec![head(1)]));
         assert_eq!(store.heads_at(a, 3).unwrap(), Some(vec![head(3)]));
         assert_eq!(store.heads_at(b, 1).unwrap(), None);

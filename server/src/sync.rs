@@ -413,11 +413,16 @@ impl Feed for HubFeed<'_> {
             Some(base) => {
                 let handle = self.docs.handle(doc)?;
                 let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+                // Read under the document's lock: every committed write was
+                // applied to the live copy before its commit, so this copy
+                // holds at least the state at that position.
+                let seq = self.docs.store().doc_seq(doc)?.unwrap_or(0);
                 let data = docsync::encode_changes(&docsync::changes_since(&live.doc, base));
-                Ok(Some((
-                    baraza_protocol::to_heads(&live.doc.get_heads()),
+                Ok(Some(baraza_protocol::DocDelta {
+                    heads: baraza_protocol::to_heads(&live.doc.get_heads()),
                     data,
-                )))
+                    seq,
+                }))
             }
         }
     }

@@ -198,6 +198,7 @@ impl ClientDriver {
             ClientEvent::Acked { doc: id, heads } => {
                 if let Some(doc) = replica.doc(id)? {
                     self.fold_known(id, &doc, &heads, replica)?;
+                    self.session.repair_settled(id, &doc, &heads);
                 }
             }
             ClientEvent::Sync(s) => {

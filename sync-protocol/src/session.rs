@@ -240,6 +240,9 @@ pub struct SyncCounts {
     pub acks: usize,
     /// Refusals received.
     pub refusals: usize,
+    /// Documents whose changes arrived without their base, so the sync
+    /// protocol had to repair them. Zero in a healthy sync.
+    pub repairs: usize,
 }
 
 #[derive(Debug)]
@@ -489,7 +492,25 @@ impl ClientSession {
     /// do not have), the sync protocol takes over for that document.
     pub fn changes_applied(&mut self, id: DocId, doc: &Automerge, server_heads: &[Head]) {
         if !docsync::missing(doc, server_heads).is_empty() {
+            self.counts.repairs += 1;
             self.fallback.start(&mut self.wire, id, doc);
+        }
+    }
+
+    /// Ends a repair once an ack shows the server holds exactly this
+    /// document's state. The sync protocol ends when one side has nothing
+    /// more to say; if that side is the server, the client would otherwise
+    /// wait for a message that never comes.
+    pub fn repair_settled(&mut self, id: DocId, doc: &Automerge, acked: &[Head]) {
+        if !self.fallback.states.contains_key(&id) {
+            return;
+        }
+        let mut ours = to_heads(&doc.get_heads());
+        let mut theirs = acked.to_vec();
+        ours.sort();
+        theirs.sort();
+        if ours == theirs {
+            self.fallback.states.remove(&id);
         }
     }
 
@@ -540,8 +561,8 @@ pub enum ServerEvent {
 pub trait Feed {
     /// The store's failure type.
     type Error;
-    /// Feed entries with `after < seq <= upto`, oldest first, at most `limit`.
-    /// Each document appears at most once, at its latest position.
+    /// Feed entries with `after < seq <= upto`, oldest first, at most `limit`:
+    /// one per durable write.
     fn entries_after(
         &mut self,
         after: Seq,
@@ -551,8 +572,8 @@ pub trait Feed {
     /// The document's heads as of feed position `seq` (its last write at or
     /// before it), or None if it did not exist then.
     fn heads_at(&mut self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, Self::Error>;
-    /// The document's current heads and the chunk bytes a holder of `base`
-    /// lacks (the whole document when `base` is None); None if unknown.
+    /// The document's current state as the bytes a holder of `base` lacks
+    /// (the whole document when `base` is None); None if unknown.
     fn changes_since(
         &mut self,
         doc: DocId,
@@ -560,8 +581,17 @@ pub trait Feed {
     ) -> Result<Option<DocDelta>, Self::Error>;
 }
 
-/// A document's current heads and chunk bytes to send.
-pub type DocDelta = (Vec<Head>, Vec<u8>);
+/// What catch-up sends of one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocDelta {
+    /// The document's heads in this state.
+    pub heads: Vec<Head>,
+    /// Chunk bytes the client lacks.
+    pub data: Vec<u8>,
+    /// A feed position this state includes every write up to: later feed
+    /// entries for the document up to here need not be sent again.
+    pub seq: Seq,
+}
 
 /// The result of applying a push, as the driver reports it back.
 #[derive(Debug)]
@@ -771,7 +801,12 @@ impl ServerSession {
 
     /// For a feed entry (document changed at `seq`), decides whether to send
     /// it and from which feed position the client's copy is known: `None`
-    /// means skip (a push reply already carried it).
+    /// means skip (a push reply or an earlier entry already carried it).
+    ///
+    /// Why the base is right: the feed keeps every write, and a cursor `c`
+    /// is only sent once every write up to `c` was sent or covered, so a
+    /// client at `c` holds every document as of its last write at or
+    /// before `c`.
     pub fn feed_base(&self, doc: DocId, seq: Seq) -> Option<Seq> {
         match self.covered.get(&doc) {
             Some(&c) if c >= seq => None,
@@ -808,10 +843,15 @@ impl ServerSession {
             } else {
                 feed.heads_at(doc, base_seq)?
             };
-            if let Some((heads, data)) = feed.changes_since(doc, base.as_deref())? {
-                if !data.is_empty() {
-                    self.send_changes_msg(doc, heads, data);
+            if let Some(delta) = feed.changes_since(doc, base.as_deref())? {
+                if !delta.data.is_empty() {
+                    self.send_changes_msg(doc, delta.heads, delta.data);
                 }
+                // The document went out as it is now, which covers its later
+                // writes in the feed: skip those, so a cold start sends each
+                // document once however often it was written.
+                let entry = self.covered.entry(doc).or_insert(0);
+                *entry = (*entry).max(delta.seq);
             }
         }
         self.caught_up(reached);
