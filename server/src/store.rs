@@ -2,9 +2,13 @@
 //!
 //! [`Store`] is the seam a PostgreSQL backend will plug into, so every call
 //! can fail and nothing above it knows about sled. [`SledStore`] keeps:
-//! - `doc_chunks`: (doc, n) → automerge chunk bytes. A document is the
-//!   concatenation of its chunks; compaction replaces them with one save.
-//! - `doc_meta`: doc → (latest feed seq, chunk count, stored bytes).
+//! - `doc_chunks`: (doc, seq) → the chunk of changes written at that feed
+//!   position; (doc, 0) → a compacted save. A document is the
+//!   concatenation of its chunks, and what a client holding the document
+//!   as of position `s` lacks is the chunks after `s`: catch-up and live
+//!   push read bytes, they load no document.
+//! - `doc_meta`: doc → (latest feed seq, chunk count, position up to which
+//!   chunks were compacted into the save).
 //! - `feed`: seq → doc, one entry per write. Every write stays, so a
 //!   client's cursor always means "every document as of its last write at
 //!   or before here" (catch-up skips the repeats of a document it already
@@ -67,7 +71,7 @@ pub struct DocWrite {
 }
 
 /// What is stored of one document.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredDoc {
     /// All chunks, concatenated: loads with `Automerge::load`.
     pub bytes: Vec<u8>,
@@ -97,6 +101,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(Seq, DocId)>, StoreError>;
     /// The feed position of a document's latest write.
     fn doc_seq(&self, doc: DocId) -> Result<Option<Seq>, StoreError>;
+    /// The chunks written to a document after feed position `after`, with
+    /// the position of the latest; None if the document is unknown or was
+    /// compacted past `after` (then only the whole document will do).
+    fn chunks_after(&self, doc: DocId, after: Seq) -> Result<Option<(Vec<u8>, Seq)>, StoreError>;
     /// A document's heads as of feed position `seq`.
     fn heads_at(&self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, StoreError>;
     /// Marks a clean shutdown (after flushing).
@@ -175,13 +183,6 @@ fn seq_from(bytes: &[u8], tree: &'static str) -> Result<Seq, StoreError> {
     Ok(u64::from_be_bytes(arr))
 }
 
-fn chunk_key(doc: DocId, n: u32) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..16].copy_from_slice(doc.as_bytes());
-    k[16..].copy_from_slice(&n.to_be_bytes());
-    k
-}
-
 fn log_key(doc: DocId, seq: Seq) -> [u8; 24] {
     let mut k = [0u8; 24];
     k[..16].copy_from_slice(doc.as_bytes());
@@ -189,25 +190,37 @@ fn log_key(doc: DocId, seq: Seq) -> [u8; 24] {
     k
 }
 
-/// doc_meta value: seq (8) | chunks (4).
-fn encode_meta(seq: Seq, chunks: u32) -> [u8; 12] {
-    let mut v = [0u8; 12];
-    v[..8].copy_from_slice(&seq.to_be_bytes());
-    v[8..].copy_from_slice(&chunks.to_be_bytes());
+/// What `doc_meta` holds of a document.
+#[derive(Clone, Copy, Default)]
+struct DocMeta {
+    seq: Seq,
+    chunks: u32,
+    compacted: Seq,
+}
+
+/// doc_meta value: seq (8) | chunks (4) | compacted (8).
+fn encode_meta(m: DocMeta) -> [u8; 20] {
+    let mut v = [0u8; 20];
+    v[..8].copy_from_slice(&m.seq.to_be_bytes());
+    v[8..12].copy_from_slice(&m.chunks.to_be_bytes());
+    v[12..].copy_from_slice(&m.compacted.to_be_bytes());
     v
 }
 
-fn decode_meta(v: &[u8]) -> Result<(Seq, u32), StoreError> {
-    if v.len() != 12 {
+fn decode_meta(v: &[u8]) -> Result<DocMeta, StoreError> {
+    if v.len() != 20 {
         return Err(StoreError::Corrupt {
             tree: "doc_meta",
             reason: format!("value of {} bytes", v.len()),
         });
     }
-    let seq = seq_from(&v[..8], "doc_meta")?;
     let mut c = [0u8; 4];
-    c.copy_from_slice(&v[8..]);
-    Ok((seq, u32::from_be_bytes(c)))
+    c.copy_from_slice(&v[8..12]);
+    Ok(DocMeta {
+        seq: seq_from(&v[..8], "doc_meta")?,
+        chunks: u32::from_be_bytes(c),
+        compacted: seq_from(&v[12..], "doc_meta")?,
+    })
 }
 
 fn encode_heads(heads: &[Head]) -> Vec<u8> {
@@ -258,41 +271,60 @@ impl Store for SledStore {
         let Some(meta) = self.meta_docs.get(doc.as_bytes())? else {
             return Ok(None);
         };
-        let (seq, chunks) = decode_meta(&meta)?;
+        let meta = decode_meta(&meta)?;
         let mut bytes = Vec::new();
         for item in self.chunks.scan_prefix(doc.as_bytes()) {
             let (_, v) = item?;
             bytes.extend_from_slice(&v);
         }
-        Ok(Some(StoredDoc { bytes, chunks, seq }))
+        Ok(Some(StoredDoc {
+            bytes,
+            chunks: meta.chunks,
+            seq: meta.seq,
+        }))
     }
 
     fn commit(&self, writes: &[DocWrite]) -> Result<Vec<Seq>, StoreError> {
         let mut next = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
         let first = *next + 1;
         let seqs: Vec<Seq> = (first..first + writes.len() as u64).collect();
+        // Transactional trees cannot scan, so the chunk keys a compaction
+        // removes are listed first; commits are serialised by the lock we
+        // hold, so the list cannot go stale.
+        let mut doomed: Vec<Vec<sled::IVec>> = Vec::with_capacity(writes.len());
+        for w in writes {
+            let mut keys = Vec::new();
+            if w.compacted.is_some() {
+                for item in self.chunks.scan_prefix(w.doc.as_bytes()).keys() {
+                    keys.push(item?);
+                }
+            }
+            doomed.push(keys);
+        }
         (&self.chunks, &self.meta_docs, &self.feed, &self.log).transaction(
             |(chunks, metas, feed, log)| {
-                for (w, &seq) in writes.iter().zip(&seqs) {
+                for ((w, &seq), doomed) in writes.iter().zip(&seqs).zip(&doomed) {
                     let key = w.doc.as_bytes();
-                    let (_, mut count) = match metas.get(key)? {
+                    let mut meta = match metas.get(key)? {
                         Some(v) => decode_meta(&v).map_err(ConflictableTransactionError::Abort)?,
-                        None => (0, 0),
+                        None => DocMeta::default(),
                     };
                     if let Some(save) = &w.compacted {
-                        for n in 0..count {
-                            chunks.remove(&chunk_key(w.doc, n)[..])?;
+                        for k in doomed {
+                            chunks.remove(k)?;
                         }
-                        chunks.insert(&chunk_key(w.doc, 0)[..], save.as_slice())?;
-                        count = 1;
+                        chunks.insert(&log_key(w.doc, 0)[..], save.as_slice())?;
+                        meta.chunks = 1;
+                        meta.compacted = seq;
                     }
                     if !w.chunk.is_empty() {
-                        chunks.insert(&chunk_key(w.doc, count)[..], w.chunk.as_slice())?;
-                        count += 1;
+                        chunks.insert(&log_key(w.doc, seq)[..], w.chunk.as_slice())?;
+                        meta.chunks += 1;
                     }
+                    meta.seq = seq;
                     feed.insert(&seq.to_be_bytes()[..], &key[..])?;
                     log.insert(&log_key(w.doc, seq)[..], encode_heads(&w.heads))?;
-                    metas.insert(&key[..], &encode_meta(seq, count)[..])?;
+                    metas.insert(&key[..], &encode_meta(meta)[..])?;
                 }
                 Ok(())
             },
@@ -322,9 +354,26 @@ impl Store for SledStore {
 
     fn doc_seq(&self, doc: DocId) -> Result<Option<Seq>, StoreError> {
         match self.meta_docs.get(doc.as_bytes())? {
-            Some(v) => Ok(Some(decode_meta(&v)?.0)),
+            Some(v) => Ok(Some(decode_meta(&v)?.seq)),
             None => Ok(None),
         }
+    }
+
+    fn chunks_after(&self, doc: DocId, after: Seq) -> Result<Option<(Vec<u8>, Seq)>, StoreError> {
+        let Some(meta) = self.meta_docs.get(doc.as_bytes())? else {
+            return Ok(None);
+        };
+        let meta = decode_meta(&meta)?;
+        if after < meta.compacted {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        let start = log_key(doc, after.saturating_add(1));
+        let end = log_key(doc, Seq::MAX);
+        for item in self.chunks.range(start..=end) {
+            bytes.extend_from_slice(&item?.1);
+        }
+        Ok(Some((bytes, meta.seq)))
     }
 
     fn heads_at(&self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, StoreError> {
@@ -417,6 +466,9 @@ mod tests {
                 }])
                 .unwrap();
         }
+        // What a client holding the document as of position 1 lacks.
+        assert_eq!(store.chunks_after(a, 1).unwrap(), Some((vec![1, 2], 3)));
+        assert_eq!(store.chunks_after(a, 3).unwrap(), Some((vec![], 3)));
         store
             .commit(&[DocWrite {
                 doc: a,
@@ -428,5 +480,8 @@ mod tests {
         let loaded = store.load(a).unwrap().unwrap();
         assert_eq!(loaded.bytes, vec![7, 7, 9]);
         assert_eq!(loaded.chunks, 2);
+        // Compacted past position 3: only the whole document will do.
+        assert_eq!(store.chunks_after(a, 3).unwrap(), None);
+        assert_eq!(store.chunks_after(a, 4).unwrap(), Some((vec![], 4)));
     }
 }

@@ -397,33 +397,36 @@ impl Feed for HubFeed<'_> {
         Ok(self.docs.store().entries_after(after, upto, limit)?)
     }
 
-    fn heads_at(&mut self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, DocsError> {
-        Ok(self.docs.store().heads_at(doc, seq)?)
-    }
-
     fn changes_since(
         &mut self,
         doc: DocId,
-        base: Option<&[Head]>,
+        base: Seq,
     ) -> Result<Option<baraza_protocol::DocDelta>, DocsError> {
-        match base {
+        let store = self.docs.store();
+        if base == 0 {
             // A client that never had the document gets the stored bytes as
             // they are: no document is loaded, so a cold start costs reads only.
-            None => self.docs.stored(doc),
-            Some(base) => {
-                let handle = self.docs.handle(doc)?;
-                let live = handle.lock().unwrap_or_else(|p| p.into_inner());
-                // Read under the document's lock: every committed write was
-                // applied to the live copy before its commit, so this copy
-                // holds at least the state at that position.
-                let seq = self.docs.store().doc_seq(doc)?.unwrap_or(0);
-                let data = docsync::encode_changes(&docsync::changes_since(&live.doc, base));
-                Ok(Some(baraza_protocol::DocDelta {
-                    heads: baraza_protocol::to_heads(&live.doc.get_heads()),
-                    data,
-                    seq,
-                }))
-            }
+            return self.docs.stored(doc);
         }
+        if let Some((data, seq)) = store.chunks_after(doc, base)? {
+            let heads = store.heads_at(doc, seq)?.unwrap_or_default();
+            return Ok(Some(baraza_protocol::DocDelta { heads, data, seq }));
+        }
+        // Compacted past the client's position: compute the delta.
+        let Some(base_heads) = store.heads_at(doc, base)? else {
+            return self.docs.stored(doc);
+        };
+        let handle = self.docs.handle(doc)?;
+        let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+        // Read under the document's lock: every committed write was
+        // applied to the live copy before its commit, so this copy holds
+        // at least the state at that position.
+        let seq = store.doc_seq(doc)?.unwrap_or(0);
+        let data = docsync::encode_changes(&docsync::changes_since(&live.doc, &base_heads));
+        Ok(Some(baraza_protocol::DocDelta {
+            heads: baraza_protocol::to_heads(&live.doc.get_heads()),
+            data,
+            seq,
+        }))
     }
 }

@@ -569,16 +569,12 @@ pub trait Feed {
         upto: Seq,
         limit: usize,
     ) -> Result<Vec<(Seq, DocId)>, Self::Error>;
-    /// The document's heads as of feed position `seq` (its last write at or
-    /// before it), or None if it did not exist then.
-    fn heads_at(&mut self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, Self::Error>;
-    /// The document's current state as the bytes a holder of `base` lacks
-    /// (the whole document when `base` is None); None if unknown.
-    fn changes_since(
-        &mut self,
-        doc: DocId,
-        base: Option<&[Head]>,
-    ) -> Result<Option<DocDelta>, Self::Error>;
+    /// The document as it is now, as the bytes a client lacks that holds it
+    /// as of feed position `base` (its last write at or before `base`; the
+    /// whole document when `base` is 0 or the document is newer); None if
+    /// the document is unknown. A store that keeps each write's chunk by
+    /// feed position answers with reads alone.
+    fn changes_since(&mut self, doc: DocId, base: Seq) -> Result<Option<DocDelta>, Self::Error>;
 }
 
 /// What catch-up sends of one document.
@@ -838,12 +834,7 @@ impl ServerSession {
             let Some(base_seq) = self.feed_base(doc, seq) else {
                 continue;
             };
-            let base = if base_seq == 0 {
-                None
-            } else {
-                feed.heads_at(doc, base_seq)?
-            };
-            if let Some(delta) = feed.changes_since(doc, base.as_deref())? {
+            if let Some(delta) = feed.changes_since(doc, base_seq)? {
                 if !delta.data.is_empty() {
                     self.send_changes_msg(doc, delta.heads, delta.data);
                 }

@@ -125,19 +125,13 @@ impl Feed for SimServer {
             .collect())
     }
 
-    fn heads_at(&mut self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, Infallible> {
-        Ok(self
+    fn changes_since(&mut self, doc: DocId, base: Seq) -> Result<Option<DocDelta>, Infallible> {
+        let base = self
             .log
-            .range((doc, 0)..=(doc, seq))
+            .range((doc, 0)..=(doc, base))
             .next_back()
-            .map(|(_, h)| h.clone()))
-    }
-
-    fn changes_since(
-        &mut self,
-        doc: DocId,
-        base: Option<&[Head]>,
-    ) -> Result<Option<DocDelta>, Infallible> {
+            .map(|(_, h)| h.clone());
+        let base = base.as_deref();
         let seq = self.latest.get(&doc).copied().unwrap_or(0);
         Ok(self.docs.get(&doc).map(|d| {
             let data = match base {
