@@ -6,8 +6,11 @@
 //!
 //! - S1 reconnect: a client holding many synced records reconnects after
 //!   editing some offline while another device edited others.
-//! - S2 cold start: an empty client pulls every record.
-//! - S3 fan-in: many clients that edited offline reconnect at once.
+//! - S2 cold start: an empty client pulls every record; S2b does it again
+//!   after S1's edits (records whose latest write moved past others').
+//! - S3 fan-in: many clients that edited offline reconnect at once; the
+//!   time of each change's acknowledgement is inferred by a listener
+//!   (the SDK does not report acks one by one).
 //!
 //! Bytes are counted at the TCP level (TLS records included) by a small
 //! forwarding proxy ([`proxy::CountingProxy`]) placed between client and

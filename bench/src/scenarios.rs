@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use baraza_client::{Client, NoListener, SyncReport};
+use baraza_client::{Client, ClientError, NoListener, SyncEvent, SyncListener, SyncReport};
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
@@ -37,12 +37,15 @@ pub struct Options {
     /// S3: existing records each client edits offline.
     pub fanin_edits: usize,
     /// S3: records every client holds before going offline (the shared pool
-    /// the edits touch).
+    /// the edits touch). With `clients * fanin_edits` of them no two
+    /// clients edit the same record.
     pub pool: usize,
     /// Threads making offline edits on different clients during setup.
     pub setup_threads: usize,
     /// Clients syncing at once during S3's (unmeasured) first sync.
     pub setup_syncs: usize,
+    /// Worker threads of the shared runtime (setup, S1/S2).
+    pub client_threads: usize,
     /// The `baraza-server` binary.
     pub server_bin: PathBuf,
     /// Where each scenario makes its directory.
@@ -108,6 +111,148 @@ fn mib(kib: Option<u64>) -> String {
         .unwrap_or_else(|| "n/a".into())
 }
 
+/// Times each change's acknowledgement as the client sees it.
+///
+/// The SDK reports no per-push acknowledgements, so this listener infers
+/// them: the client emits a `Progress` event after every frame it handles;
+/// when the `received` count did not move (an `Ack` or `Cursor` frame, not
+/// new changes), it asks `Client::get` whether the next record it expects
+/// to be acknowledged still is unacknowledged. Pushes go out in record-id
+/// order and the server answers them in order, so it checks the ids in
+/// sorted order and stops at the first still-unacknowledged one. An ack
+/// noticed late is timed late, never early.
+struct AckProbe {
+    client: Client,
+    state: Mutex<ProbeState>,
+}
+
+#[derive(Default)]
+struct ProbeState {
+    pending: std::collections::VecDeque<String>,
+    last_received: u64,
+    acked: Vec<Instant>,
+    checks: u64,
+}
+
+/// What an [`AckProbe`] saw.
+struct Probed {
+    acked: Vec<Instant>,
+    unseen: usize,
+    checks: u64,
+}
+
+impl AckProbe {
+    fn new(client: Client, mut ids: Vec<String>) -> AckProbe {
+        ids.sort();
+        AckProbe {
+            client,
+            state: Mutex::new(ProbeState {
+                pending: ids.into(),
+                ..ProbeState::default()
+            }),
+        }
+    }
+
+    fn advance(&self, state: &mut ProbeState) {
+        while let Some(id) = state.pending.front() {
+            state.checks += 1;
+            match self.client.get(id) {
+                Ok(record) if !record.unacknowledged => {
+                    state.acked.push(Instant::now());
+                    state.pending.pop_front();
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn finish(&self) -> Probed {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Probed {
+            acked: state.acked.clone(),
+            unseen: state.pending.len(),
+            checks: state.checks,
+        }
+    }
+}
+
+impl SyncListener for AckProbe {
+    fn on_event(&self, event: SyncEvent) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            SyncEvent::Progress { received, .. } => {
+                if received != state.last_received {
+                    state.last_received = received;
+                } else {
+                    self.advance(&mut state);
+                }
+            }
+            SyncEvent::Settled(_) => self.advance(&mut state),
+            _ => {}
+        }
+    }
+}
+
+/// One client's fan-in sync.
+struct FanInResult {
+    index: usize,
+    result: Result<SyncReport, ClientError>,
+    start: Instant,
+    end: Instant,
+    probed: Probed,
+}
+
+/// Runs every client's `sync_once` on its own OS thread with its own
+/// single-threaded runtime, released together by a barrier. Separate
+/// threads model separate tablets: the operating system time-slices them,
+/// so a client busy applying records cannot starve another's TLS handshake
+/// the way tasks sharing a few runtime workers would.
+fn fan_in_threads(clients: &[Client], edited: &[Vec<String>]) -> anyhow::Result<Vec<FanInResult>> {
+    let barrier = Arc::new(std::sync::Barrier::new(clients.len()));
+    let mut handles = Vec::with_capacity(clients.len());
+    for (index, client) in clients.iter().enumerate() {
+        let probe = AckProbe::new(
+            client.clone(),
+            edited.get(index).cloned().unwrap_or_default(),
+        );
+        let barrier = barrier.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("tablet-{index}"))
+            .spawn(move || -> anyhow::Result<FanInResult> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                // Wait even if the runtime failed, so the others are released.
+                barrier.wait();
+                let runtime = runtime.context("cannot start a client runtime")?;
+                let start = Instant::now();
+                let result = runtime.block_on(probe.client.sync_once(&probe));
+                let end = Instant::now();
+                Ok(FanInResult {
+                    index,
+                    result,
+                    start,
+                    end,
+                    probed: probe.finish(),
+                })
+            });
+        match handle {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // The barrier would never open: fail before anyone waits.
+                bail!("cannot start thread for client {index}: {e}")
+            }
+        }
+    }
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a fan-in thread panicked"))?
+        })
+        .collect()
+}
+
 /// Runs the scenarios on one tokio runtime, logging progress to stderr.
 pub struct Bench {
     opts: Options,
@@ -116,9 +261,11 @@ pub struct Bench {
 }
 
 impl Bench {
-    /// A bench with its own multi-threaded runtime.
+    /// A bench with its own multi-threaded runtime (setup and S1/S2; the
+    /// S3 fan-in gives each client its own thread and runtime).
     pub fn new(opts: Options) -> anyhow::Result<Bench> {
         let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(opts.client_threads.max(1))
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
@@ -134,11 +281,15 @@ impl Bench {
     }
 
     /// One `sync_once`, timed, with the proxy's byte counts if it goes
-    /// through one.
-    fn sync(&self, client: &Client, proxy: Option<&CountingProxy>) -> anyhow::Result<Measured> {
+    /// through one; the sync's error is returned with the figures.
+    fn try_sync(
+        &self,
+        client: &Client,
+        proxy: Option<&CountingProxy>,
+    ) -> (Result<SyncReport, ClientError>, Duration, Traffic) {
         let before = proxy.map(|p| p.traffic()).unwrap_or_default();
         let start = Instant::now();
-        let report = self.rt.block_on(client.sync_once(&NoListener))?;
+        let result = self.rt.block_on(client.sync_once(&NoListener));
         let wall = start.elapsed();
         let traffic = match proxy {
             Some(p) => {
@@ -149,8 +300,14 @@ impl Bench {
             }
             None => Traffic::default(),
         };
+        (result, wall, traffic)
+    }
+
+    /// [`Bench::try_sync`], failing on a sync error.
+    fn sync(&self, client: &Client, proxy: Option<&CountingProxy>) -> anyhow::Result<Measured> {
+        let (result, wall, traffic) = self.try_sync(client, proxy);
         Ok(Measured {
-            report,
+            report: result?,
             wall,
             traffic,
         })
@@ -167,8 +324,9 @@ impl Bench {
     /// A creates and uploads `docs` records; client B starts empty and
     /// pulls them (S2); B edits `edits` records and syncs; A edits `edits`
     /// others offline and reconnects (S1). Every sync goes through the
-    /// counting proxy. Returns (S2, S1).
-    pub fn reconnect_and_cold_start(&self) -> anyhow::Result<(Outcome, Outcome)> {
+    /// counting proxy. Finally client C cold-starts after the edits (S2b).
+    /// Returns S1, S2 and S2b.
+    pub fn reconnect_and_cold_start(&self) -> anyhow::Result<Vec<Outcome>> {
         let o = &self.opts;
         ensure!(
             o.docs >= 2 * o.edits && o.docs > 0,
@@ -290,11 +448,70 @@ impl Bench {
         for (k, id) in a_ids.iter().enumerate() {
             converged &= field_value(&b, id, EDIT_FIELD)? == Some(format!("closed by A #{k}"));
         }
+
+        // A second cold start, now that some records were edited after
+        // they were created: their feed entries have moved past records
+        // created later, which a long catch-up must still deliver whole.
+        let c = open_client(
+            &dir.join("client-c"),
+            &url,
+            &server.ca(),
+            &server.add_device("bench-c")?,
+        )?;
+        let (cold2, cold2_wall, cold2_traffic) = self.try_sync(&c, Some(&proxy));
+        let c_records = c.list()?.len();
+        let c_status = c.status()?;
+        match &cold2 {
+            Ok(_) => self.log(&format!(
+                "S2b cold start after edits: {c_records} records in {:.2} s",
+                cold2_wall.as_secs_f64()
+            )),
+            Err(e) => self.log(&format!(
+                "S2b cold start after edits FAILED after {:.1} s with {c_records} records: {e}",
+                cold2_wall.as_secs_f64()
+            )),
+        }
         drop(proxy);
         let status = server.stop()?;
         if !status.success() {
             self.log(&format!("warning: the S1/S2 server exited with {status}"));
         }
+        let s2b = Outcome {
+            name: "s2b_cold_start_after_edits",
+            json: json!({
+                "scenario": "s2b_cold_start_after_edits",
+                "docs": o.docs,
+                "edited_records": 2 * o.edits,
+                "records_after": c_records,
+                "ok": cold2.is_ok(),
+                "error": cold2.as_ref().err().map(|e| e.to_string()),
+                "wall_ms": round3(ms(cold2_wall)),
+                "bytes_up": cold2_traffic.up,
+                "bytes_down": cold2_traffic.down,
+                "connections": cold2_traffic.connections,
+                "report": cold2.as_ref().ok().map(report_json),
+                "cursor_after": c_status.cursor,
+                "via_proxy": true,
+            }),
+            summary: match &cold2 {
+                Ok(report) => format!(
+                    "S2b cold start after {} edits: pulled {c_records} of {} records in {:.2} s; \
+                     {} B down; report {report:?}",
+                    2 * o.edits,
+                    o.docs,
+                    cold2_wall.as_secs_f64(),
+                    cold2_traffic.down
+                ),
+                Err(e) => format!(
+                    "S2b cold start after {} edits: FAILED after {:.1} s holding {c_records} of {} \
+                     records (cursor {}): {e}",
+                    2 * o.edits,
+                    cold2_wall.as_secs_f64(),
+                    o.docs,
+                    c_status.cursor
+                ),
+            },
+        };
 
         let s2 = Outcome {
             name: "s2_cold_start",
@@ -372,13 +589,13 @@ impl Bench {
                 settle.traffic.down,
             ),
         };
-        Ok((s2, s1))
+        Ok(vec![s1, s2, s2b])
     }
 
     /// S3: `clients` clients hold the `pool` records (synced once), each
     /// creates `creates` records and edits `fanin_edits` pool records
-    /// offline, then all call `sync_once` at the same moment. Clients
-    /// connect to the server directly (no proxy).
+    /// offline, then all call `sync_once` at the same moment, each on its
+    /// own thread. Clients connect to the server directly (no proxy).
     pub fn fan_in(&self) -> anyhow::Result<Outcome> {
         let o = &self.opts;
         ensure!(o.clients > 0, "--clients must be positive");
@@ -469,7 +686,7 @@ impl Bench {
 
         // Offline edits, several clients at a time.
         let start = Instant::now();
-        self.offline_edits(&clients, &pool_ids)?;
+        let edited = self.offline_edits(&clients, &pool_ids)?;
         let edits_wall = start.elapsed();
         let edits_total = o.clients * (o.creates + o.fanin_edits);
         self.log(&format!(
@@ -486,23 +703,20 @@ impl Bench {
         let server_cpu_before = server.cpu_time();
         let bench_cpu_before = proc_cpu_time(std::process::id());
         self.log(&format!("S3: {} clients reconnect at once", o.clients));
-        let t0 = Instant::now();
-        let results = self.rt.block_on(async {
-            let mut set = JoinSet::new();
-            for (i, client) in clients.iter().enumerate() {
-                let client = client.clone();
-                set.spawn(async move {
-                    let result = client.sync_once(&NoListener).await;
-                    (i, result, t0.elapsed())
-                });
-            }
-            let mut out = Vec::new();
-            while let Some(joined) = set.join_next().await {
-                out.push(joined);
-            }
-            out
-        });
-        let wall = t0.elapsed();
+        let results = fan_in_threads(&clients, &edited)?;
+        // The common start: every thread passed the barrier within moments
+        // of the first.
+        let t0 = results
+            .iter()
+            .map(|r| r.start)
+            .min()
+            .unwrap_or_else(Instant::now);
+        let wall = results
+            .iter()
+            .map(|r| r.end)
+            .max()
+            .map(|end| end.saturating_duration_since(t0))
+            .unwrap_or_default();
         let peak_kib = server.status_kib("VmHWM");
         let rss_after_kib = server.status_kib("VmRSS");
         let server_cpu = server
@@ -514,17 +728,34 @@ impl Bench {
             .map(|(a, b)| a.saturating_sub(b));
 
         let mut latencies = Vec::new();
+        let mut ack_latencies = Vec::new();
+        let mut acks_unseen = 0usize;
+        let mut probe_checks = 0u64;
         let mut errors = Vec::new();
         let mut acked = 0u64;
         let mut sent = 0u64;
         let mut received = 0u64;
         let mut refused = 0u64;
         let mut unacknowledged = 0u64;
-        for joined in results {
-            let (i, result, elapsed) = joined.context("a fan-in task panicked")?;
+        for FanInResult {
+            index: i,
+            result,
+            end,
+            probed,
+            ..
+        } in results
+        {
+            ack_latencies.extend(
+                probed
+                    .acked
+                    .iter()
+                    .map(|at| ms(at.saturating_duration_since(t0))),
+            );
+            acks_unseen += probed.unseen;
+            probe_checks += probed.checks;
             match result {
                 Ok(report) => {
-                    latencies.push(ms(elapsed));
+                    latencies.push(ms(end.saturating_duration_since(t0)));
                     sent += report.docs_sent;
                     received += report.docs_received;
                     refused += report.refused;
@@ -535,6 +766,7 @@ impl Bench {
             }
         }
         let [p50, p90, p99, max] = summary(&latencies);
+        let [a50, a90, a99, amax] = summary(&ack_latencies);
         let acked_per_sec = acked as f64 / wall.as_secs_f64();
         self.log(&format!(
             "S3: done in {:.2} s; {} pushes acknowledged; {} failures",
@@ -550,8 +782,14 @@ impl Bench {
             &ca,
             &server.add_device("bench-checker")?,
         )?;
-        let check = self.sync(&checker, None)?;
+        let (check, check_wall, _) = self.try_sync(&checker, None);
         let records_on_server = checker.list()?.len();
+        if let Err(e) = &check {
+            self.log(&format!(
+                "S3: the checking cold start FAILED after {:.1} s with {records_on_server} records: {e}",
+                check_wall.as_secs_f64()
+            ));
+        }
         drop(checker);
         drop(clients);
         let status = server.stop()?;
@@ -580,10 +818,18 @@ impl Bench {
             "errors": errors.iter().take(5).collect::<Vec<_>>(),
             "wall_ms": round3(ms(wall)),
             "acked_per_sec": round3(acked_per_sec),
-            "latency_kind": "per_client_sync_once_completion_since_common_start",
+            "ack_latency_ms": {
+                "p50": round3(a50), "p90": round3(a90), "p99": round3(a99), "max": round3(amax),
+            },
+            "ack_latency_samples": ack_latencies.len(),
+            "ack_latency_unseen": acks_unseen,
+            "ack_latency_kind": "per_change: common start -> client processed the Ack \
+                (SyncListener progress event, then Client::get(id).unacknowledged == false)",
+            "ack_probe_checks": probe_checks,
             "client_latency_ms": {
                 "p50": round3(p50), "p90": round3(p90), "p99": round3(p99), "max": round3(max),
             },
+            "client_latency_kind": "per_client: common start -> sync_once returned",
             "server_peak_rss_kib": kib_json(peak_kib),
             "server_peak_rss_scope": peak_scope,
             "server_rss_before_kib": kib_json(rss_before_kib),
@@ -593,7 +839,9 @@ impl Bench {
             "bench_cpu_ms": bench_cpu.map(|d| round3(ms(d))),
             "records_on_server": records_on_server,
             "records_expected": o.pool + o.clients * o.creates,
-            "checker_pull_ms": round3(ms(check.wall)),
+            "checker_ok": check.is_ok(),
+            "checker_error": check.as_ref().err().map(|e| e.to_string()),
+            "checker_pull_ms": round3(ms(check_wall)),
             "setup": {
                 "offline_edits_ms_total": round3(ms(edits_wall)),
                 "offline_edit_threads": o.setup_threads,
@@ -602,12 +850,13 @@ impl Bench {
         let summary = format!(
             "S3 fan-in: {} clients x ({} creates + {} edits) reconnecting at once: {} of {} pushes \
              acknowledged in {:.2} s = {:.0} changes durably stored/s; {} failures\n  \
-             per-client sync_once completion (from the common start; the SDK does not expose \
-             per-change ack times, and each change's ack latency is at most its client's \
-             completion): p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  \
+             per-change ack latency (common start -> client processed the Ack; {} samples, \
+             {} unseen): p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  \
+             per-client sync_once completion (common start -> returned): \
+             p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  \
              server peak RSS during fan-in {} ({}; before {}, after {}, peak during setup {}); \
              server CPU {:.1} s, bench (clients) CPU {:.1} s; clients received {} record updates; \
-             server holds {} records (expected {})",
+             a fresh device pulled {} records (expected {}){}",
             o.clients,
             o.creates,
             o.fanin_edits,
@@ -616,6 +865,12 @@ impl Bench {
             wall.as_secs_f64(),
             acked_per_sec,
             errors.len(),
+            ack_latencies.len(),
+            acks_unseen,
+            a50,
+            a90,
+            a99,
+            amax,
             p50,
             p90,
             p99,
@@ -630,6 +885,10 @@ impl Bench {
             received,
             records_on_server,
             o.pool + o.clients * o.creates,
+            match &check {
+                Ok(_) => String::new(),
+                Err(e) => format!(" but its sync FAILED: {e}"),
+            },
         );
         Ok(Outcome {
             name: "s3_fan_in",
@@ -640,10 +899,16 @@ impl Bench {
 
     /// Each client creates `creates` records and edits `fanin_edits` pool
     /// records, spread over `setup_threads` threads (one client at a time
-    /// per thread: a client's edits are serialised anyway).
-    fn offline_edits(&self, clients: &[Client], pool_ids: &[String]) -> anyhow::Result<()> {
+    /// per thread: a client's edits are serialised anyway). Returns each
+    /// client's edited record ids, sorted.
+    fn offline_edits(
+        &self,
+        clients: &[Client],
+        pool_ids: &[String],
+    ) -> anyhow::Result<Vec<Vec<String>>> {
         let o = &self.opts;
         let next = AtomicUsize::new(0);
+        let edited: Mutex<Vec<Vec<String>>> = Mutex::new(vec![Vec::new(); clients.len()]);
         let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
         std::thread::scope(|scope| {
             for _ in 0..o.setup_threads.clamp(1, clients.len().max(1)) {
@@ -652,32 +917,51 @@ impl Bench {
                     if i >= clients.len() {
                         return;
                     }
-                    if let Err(e) = self.edit_offline(i, &clients[i], pool_ids) {
-                        if let Ok(mut f) = failure.lock() {
-                            f.get_or_insert(e);
+                    match self.edit_offline(i, &clients[i], pool_ids) {
+                        Ok(ids) => {
+                            if let Ok(mut e) = edited.lock() {
+                                e[i] = ids;
+                            }
                         }
-                        return;
+                        Err(e) => {
+                            if let Ok(mut f) = failure.lock() {
+                                f.get_or_insert(e);
+                            }
+                            return;
+                        }
                     }
                 });
             }
         });
         match failure.into_inner() {
-            Ok(None) => Ok(()),
-            Ok(Some(e)) => Err(e),
+            Ok(None) => {}
+            Ok(Some(e)) => return Err(e),
             Err(_) => bail!("an offline-edit thread panicked"),
         }
+        edited
+            .into_inner()
+            .map_err(|_| anyhow::anyhow!("an offline-edit thread panicked"))
     }
 
-    fn edit_offline(&self, i: usize, client: &Client, pool_ids: &[String]) -> anyhow::Result<()> {
+    fn edit_offline(
+        &self,
+        i: usize,
+        client: &Client,
+        pool_ids: &[String],
+    ) -> anyhow::Result<Vec<String>> {
         let o = &self.opts;
         let mut gen = Gen::new(1000 + i as u64);
+        let mut ids = Vec::with_capacity(o.creates + o.fanin_edits);
         for j in 0..o.creates {
-            client.create(records::fields(&mut gen, i * o.creates + j))?;
+            ids.push(client.create(records::fields(&mut gen, i * o.creates + j))?);
         }
         for j in 0..o.fanin_edits {
             let id = &pool_ids[(i * o.fanin_edits + j) % pool_ids.len()];
             client.set(id, EDIT_FIELD, &format!("visited by tablet {i} ({j})"))?;
+            ids.push(id.clone());
         }
-        Ok(())
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
     }
 }

@@ -20,7 +20,8 @@ const EDITS: u64 = 5;
 const CLIENTS: u64 = 5;
 const CREATES: u64 = 3;
 const FANIN_EDITS: u64 = 3;
-const POOL: u64 = 20;
+/// The default pool: one record per client edit, so none is shared.
+const POOL: u64 = CLIENTS * FANIN_EDITS;
 
 fn run_bench() -> (Vec<Value>, String) {
     let tmp = tempfile::tempdir().unwrap();
@@ -30,7 +31,6 @@ fn run_bench() -> (Vec<Value>, String) {
         .args(["--clients", &CLIENTS.to_string()])
         .args(["--creates", &CREATES.to_string()])
         .args(["--fanin-edits", &FANIN_EDITS.to_string()])
-        .args(["--pool", &POOL.to_string()])
         .arg("--tmp")
         .arg(tmp.path())
         .env_remove("BARAZA_SERVER_BIN")
@@ -93,7 +93,7 @@ fn u(v: &Value) -> u64 {
 #[test]
 fn every_scenario_completes_with_counts_matching_the_setup() {
     let (lines, stderr) = run_bench();
-    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines.len(), 4, "{lines:?}");
     assert!(stderr.contains("== summary"), "{stderr}");
 
     let s2 = scenario(&lines, "s2_cold_start");
@@ -109,22 +109,28 @@ fn every_scenario_completes_with_counts_matching_the_setup() {
     let s1 = scenario(&lines, "s1_reconnect");
     assert_eq!(s1["converged"], true, "{s1}");
     assert_eq!(u(&s1["report"]["docs_sent"]), EDITS);
-    let received = u(&s1["report"]["docs_received"]);
-    // The other device's edits, plus at most echoes of this one's.
-    assert!((EDITS..=2 * EDITS).contains(&received), "{s1}");
+    // The other device's edits, and none of this one's echoed back.
+    assert_eq!(u(&s1["report"]["docs_received"]), EDITS, "{s1}");
     assert_eq!(u(&s1["report"]["unacknowledged"]), 0);
     assert_eq!(u(&s1["report"]["refused"]), 0);
     assert_eq!(u(&s1["connections"]), 1);
     assert!(u(&s1["bytes_up"]) > 0 && u(&s1["bytes_down"]) > 0);
     assert_eq!(u(&s1["setup"]["upload"]["report"]["docs_sent"]), DOCS);
 
+    let s2b = scenario(&lines, "s2b_cold_start_after_edits");
+    assert_eq!(s2b["ok"], true, "{s2b}");
+    assert_eq!(u(&s2b["records_after"]), DOCS);
+    assert_eq!(u(&s2b["report"]["docs_received"]), DOCS);
+
     let s3 = scenario(&lines, "s3_fan_in");
+    assert_eq!(u(&s3["pool"]), POOL);
     let changes = CLIENTS * (CREATES + FANIN_EDITS);
     assert_eq!(u(&s3["failures"]), 0, "{s3}");
     assert_eq!(u(&s3["changes_expected"]), changes);
     assert_eq!(u(&s3["pushes_acked"]), changes, "{s3}");
     assert_eq!(u(&s3["refused"]), 0);
     assert_eq!(u(&s3["unacknowledged"]), 0);
+    assert_eq!(s3["checker_ok"], true, "{s3}");
     assert_eq!(u(&s3["records_on_server"]), POOL + CLIENTS * CREATES);
     assert_eq!(u(&s3["records_expected"]), POOL + CLIENTS * CREATES);
     if std::path::Path::new("/proc/self/status").exists() {
