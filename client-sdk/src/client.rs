@@ -3,7 +3,7 @@
 //! and Swift unchanged.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use automerge::{ActorId, Automerge};
 use baraza_protocol::{DocId, Limits};
@@ -53,9 +53,6 @@ pub struct Client {
     store: LocalStore,
     actor: ActorId,
     local_edits: Arc<Notify>,
-    /// Serialises read-modify-write of documents between the app and the
-    /// sync task.
-    edit_lock: Arc<Mutex<()>>,
     limits: Limits,
 }
 
@@ -93,7 +90,6 @@ impl Client {
             store,
             actor,
             local_edits: Arc::new(Notify::new()),
-            edit_lock: Arc::new(Mutex::new(())),
             limits: Limits::DEFAULT,
         })
     }
@@ -136,7 +132,7 @@ impl Client {
     where
         F: FnOnce(&mut Automerge) -> Result<(), ClientError>,
     {
-        let _guard = self.edit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.store.write_lock();
         let mut doc = match self.store.load(id)? {
             Some(doc) => doc,
             None if create => Automerge::new(),

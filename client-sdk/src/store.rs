@@ -1,24 +1,48 @@
 //! The tablet's local store: every record the device holds, what the
 //! server is known to hold of each, and the sync cursor, in sled.
 //!
-//! Trees: `docs` (id → saved automerge document), `known` (id → heads the
-//! server acknowledged), `unacked` (ids with changes the server has not
+//! Trees: `docs` (id → saved automerge document), `chunks` ((id, n) →
+//! changes appended since that save), `known` (id → heads the server
+//! acknowledged), `unacked` (ids with changes the server has not
 //! acknowledged), `refused` (id → the server's reason), `meta` (settings,
 //! store id, cursor, last sync). A local edit is flushed before the call
 //! that made it returns: the tablet forgets nothing it was told to record.
+//!
+//! Writes append only the new changes (a full save every
+//! [`CHUNKS_BEFORE_SAVE`] writes), and recently used documents stay loaded
+//! in a small cache: receiving a change costs an apply, not a load and a
+//! compressed save of the whole record.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use automerge::Automerge;
+use automerge::{Automerge, ChangeHash};
 use baraza_protocol::{DocId, ErrorCode, Head, Replica, Seq, StoreId};
 
 use crate::error::ClientError;
 
-/// The sled-backed local store.
+/// Appended chunks a record may gather before the next write saves it whole.
+pub const CHUNKS_BEFORE_SAVE: u32 = 32;
+/// Records kept loaded.
+const CACHE_DOCS: usize = 256;
+
+struct Cached {
+    doc: Automerge,
+    /// Heads of what is on disk.
+    saved: Vec<ChangeHash>,
+    /// Chunks appended since the last full save.
+    chunks: u32,
+}
+
+/// The sled-backed local store. Clones share the database, the cache and
+/// the write lock.
 #[derive(Clone)]
 pub struct LocalStore {
     db: sled::Db,
     docs: sled::Tree,
+    chunks: sled::Tree,
+    cache: Arc<Mutex<lru::LruCache<DocId, Cached>>>,
+    write_lock: Arc<Mutex<()>>,
     known: sled::Tree,
     unacked: sled::Tree,
     refused: sled::Tree,
@@ -33,8 +57,12 @@ impl LocalStore {
     /// Opens or creates the store in `dir`.
     pub fn open(dir: &Path) -> Result<LocalStore, ClientError> {
         let db = sled::open(dir.join("store"))?;
+        let cap = std::num::NonZeroUsize::new(CACHE_DOCS).unwrap_or(std::num::NonZeroUsize::MIN);
         Ok(LocalStore {
             docs: db.open_tree("docs")?,
+            chunks: db.open_tree("chunks")?,
+            cache: Arc::new(Mutex::new(lru::LruCache::new(cap))),
+            write_lock: Arc::new(Mutex::new(())),
             known: db.open_tree("known")?,
             unacked: db.open_tree("unacked")?,
             refused: db.open_tree("refused")?,
@@ -69,23 +97,90 @@ impl LocalStore {
         self.flush()
     }
 
+    /// Held while reading, changing and writing back a document, by the
+    /// app's edits and by the sync alike: without it an edit could write
+    /// back a copy that misses changes the sync stored meanwhile.
+    pub fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cache(&self) -> MutexGuard<'_, lru::LruCache<DocId, Cached>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Loads a record's document.
     pub fn load(&self, id: DocId) -> Result<Option<Automerge>, ClientError> {
-        match self.docs.get(id.as_bytes())? {
-            Some(bytes) => Ok(Some(Automerge::load(&bytes).map_err(|e| {
-                ClientError::Corrupt {
-                    what: "document",
-                    reason: e.to_string(),
-                }
-            })?)),
-            None => Ok(None),
+        if let Some(c) = self.cache().get(&id) {
+            return Ok(Some(c.doc.clone()));
         }
+        let Some(saved) = self.docs.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let mut bytes = saved.to_vec();
+        let mut chunks = 0;
+        for item in self.chunks.scan_prefix(id.as_bytes()) {
+            bytes.extend_from_slice(&item?.1);
+            chunks += 1;
+        }
+        let doc = Automerge::load(&bytes).map_err(|e| ClientError::Corrupt {
+            what: "document",
+            reason: e.to_string(),
+        })?;
+        self.cache().put(
+            id,
+            Cached {
+                doc: doc.clone(),
+                saved: doc.get_heads(),
+                chunks,
+            },
+        );
+        Ok(Some(doc))
+    }
+
+    /// Writes a document: the changes since what is on disk, or the whole
+    /// document when it is new or has gathered enough chunks.
+    fn write(&self, id: DocId, doc: &Automerge) -> Result<(), ClientError> {
+        let cached = |s: &Self| s.cache().get(&id).map(|c| (c.saved.clone(), c.chunks));
+        let mut on_disk = cached(self);
+        if on_disk.is_none() && self.load(id)?.is_some() {
+            on_disk = cached(self);
+        }
+        let chunks = match on_disk {
+            Some((saved, chunks)) if chunks < CHUNKS_BEFORE_SAVE => {
+                let delta = doc.save_after(&saved);
+                if delta.is_empty() {
+                    return Ok(());
+                }
+                let mut key = id.as_bytes().to_vec();
+                key.extend_from_slice(&chunks.to_be_bytes());
+                self.chunks.insert(key, delta)?;
+                chunks + 1
+            }
+            _ => {
+                // The save goes first: a crash between the two leaves old
+                // chunks beside it, which load as duplicates and are ignored.
+                self.docs.insert(id.as_bytes(), doc.save())?;
+                for key in self.chunks.scan_prefix(id.as_bytes()).keys() {
+                    self.chunks.remove(key?)?;
+                }
+                0
+            }
+        };
+        self.cache().put(
+            id,
+            Cached {
+                doc: doc.clone(),
+                saved: doc.get_heads(),
+                chunks,
+            },
+        );
+        Ok(())
     }
 
     /// Stores a document edited on this device, durably, and marks it as
     /// needing to reach the server.
     pub fn save_local_edit(&self, id: DocId, doc: &Automerge) -> Result<(), ClientError> {
-        self.docs.insert(id.as_bytes(), doc.save())?;
+        self.write(id, doc)?;
         self.unacked.insert(id.as_bytes(), &[])?;
         self.refused.remove(id.as_bytes())?;
         self.flush()
@@ -187,8 +282,7 @@ impl Replica for LocalStore {
     }
 
     fn put_doc(&mut self, id: DocId, doc: &Automerge) -> Result<(), ClientError> {
-        self.docs.insert(id.as_bytes(), doc.save())?;
-        Ok(())
+        self.write(id, doc)
     }
 
     fn known(&mut self, id: DocId) -> Result<Vec<Head>, ClientError> {
@@ -238,5 +332,34 @@ impl Replica for LocalStore {
         self.refused
             .insert(id.as_bytes(), format!("{code:?}: {message}").as_bytes())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+
+    #[test]
+    fn appended_chunks_and_periodic_saves_load_back_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = DocId::from_bytes([3; 16]);
+        let mut doc = Automerge::new();
+        let heads = {
+            let store = LocalStore::open(dir.path()).unwrap();
+            // More writes than CHUNKS_BEFORE_SAVE, so both paths run.
+            for i in 0..(CHUNKS_BEFORE_SAVE as i64 * 2 + 5) {
+                let mut tx = doc.transaction();
+                tx.put(automerge::ROOT, "count", i).unwrap();
+                tx.commit();
+                store.save_local_edit(id, &doc).unwrap();
+            }
+            assert!(store.chunks.len() < CHUNKS_BEFORE_SAVE as usize);
+            doc.get_heads()
+        };
+        let reopened = LocalStore::open(dir.path()).unwrap();
+        let loaded = reopened.load(id).unwrap().unwrap();
+        assert_eq!(loaded.get_heads(), heads);
+        assert_eq!(reopened.unacknowledged_count(), 1);
     }
 }

@@ -114,9 +114,19 @@ pub(crate) async fn run_connection(
     let mut driver = ClientDriver::new(limits.clone(), &mut replica).map_err(drive_err)?;
     let mut settled_reported = false;
     loop {
-        driver.pump(&mut replica).map_err(drive_err)?;
+        {
+            let _guard = store.write_lock();
+            driver.pump(&mut replica).map_err(drive_err)?;
+        }
+        let mut queued = false;
         while let Some(frame) = driver.poll_transmit() {
-            ws.send(WsMessage::binary(frame))
+            ws.feed(WsMessage::binary(frame))
+                .await
+                .map_err(|e| ClientError::Sync(format!("send: {e}")))?;
+            queued = true;
+        }
+        if queued {
+            ws.flush()
                 .await
                 .map_err(|e| ClientError::Sync(format!("send: {e}")))?;
         }
@@ -153,6 +163,7 @@ pub(crate) async fn run_connection(
                         .map_err(|e| ClientError::Sync(format!("send: {e}")))?;
                 }
                 Ok(Some(Ok(WsMessage::Binary(bytes)))) => {
+                    let _guard = store.write_lock();
                     driver.handle_frame(&bytes, &mut replica).map_err(drive_err)?;
                 }
                 Ok(Some(Ok(WsMessage::Close(frame)))) => {

@@ -8,7 +8,6 @@
 //! cost of a flush), and only then answers each writer. Nobody is told a
 //! change is stored before that answer.
 
-use std::num::NonZeroUsize;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -58,6 +57,7 @@ struct Job {
 /// Documents, cache and committer.
 pub struct Docs {
     store: Arc<dyn Store>,
+    capacity: usize,
     cache: Mutex<lru::LruCache<DocId, DocHandle>>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     durable: watch::Receiver<Seq>,
@@ -74,10 +74,13 @@ impl Docs {
             .name("baraza-committer".into())
             .spawn(move || commit_loop(committer_store, rx, durable_tx))
             .map_err(|e| DocsError::Store(StoreError::Db(sled::Error::Io(e))))?;
-        let cap = NonZeroUsize::new(cache_docs.max(1)).unwrap_or(NonZeroUsize::MIN);
         Ok(Arc::new(Docs {
             store,
-            cache: Mutex::new(lru::LruCache::new(cap)),
+            capacity: cache_docs.max(1),
+            // Unbounded to the lru crate: `put` on a full cache would evict
+            // by itself, including a document someone holds. `handle`
+            // enforces the bound instead.
+            cache: Mutex::new(lru::LruCache::unbounded()),
             jobs: Mutex::new(Some(tx)),
             durable,
             committer: Mutex::new(Some(handle)),
@@ -125,13 +128,17 @@ impl Docs {
         let handle = Arc::new(Mutex::new(live));
         cache.put(id, handle.clone());
         // Only documents nobody holds may leave: two live copies of one
-        // document could each compact away the other's changes.
-        while cache.len() > cache.cap().get() {
-            match cache.peek_lru() {
-                Some((_, h)) if Arc::strong_count(h) == 1 => {
-                    cache.pop_lru();
-                }
-                _ => break,
+        // document could each compact away the other's changes. A held
+        // document is moved to the front and passed over; the scan is
+        // bounded so a cache full of held documents just stays over size.
+        let mut passes = cache.len();
+        while cache.len() > self.capacity && passes > 0 {
+            passes -= 1;
+            let Some((id, h)) = cache.pop_lru() else {
+                break;
+            };
+            if Arc::strong_count(&h) > 1 {
+                cache.put(id, h);
             }
         }
         Ok(handle)
@@ -245,5 +252,33 @@ fn commit_loop(store: Arc<dyn Store>, rx: mpsc::Receiver<Job>, durable: watch::S
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    #[test]
+    fn the_cache_stays_bounded_but_never_drops_a_document_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_path(dir.path(), [1; 16]).unwrap();
+        let docs = Docs::start(Arc::new(store), 2).unwrap();
+        let id = |b: u8| DocId::from_bytes([b; 16]);
+        let held = docs.handle(id(1)).unwrap();
+        for b in 2..10 {
+            docs.handle(id(b)).unwrap();
+        }
+        // The held document is still the one live copy...
+        assert!(Arc::ptr_eq(&held, &docs.handle(id(1)).unwrap()));
+        // ...and the documents nobody holds were evicted down to the bound.
+        assert_eq!(docs.cached(), 2);
+        drop(held);
+        for b in 10..14 {
+            docs.handle(id(b)).unwrap();
+        }
+        assert_eq!(docs.cached(), 2);
+        docs.shutdown().unwrap();
     }
 }

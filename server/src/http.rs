@@ -152,6 +152,10 @@ async fn accept_loop(
                 }
             },
         };
+        // Sync frames are small and answered at once; Nagle's algorithm
+        // against the peer's delayed ACK would add 40 ms stalls to each
+        // exchange.
+        let _ = tcp.set_nodelay(true);
         tokio::spawn(serve_connection(
             tcp,
             peer,

@@ -72,6 +72,23 @@ async fn wait_stored(
     }
 }
 
+/// Writes every queued frame, flushing once at the end rather than per
+/// frame: a catch-up batch is hundreds of small frames.
+async fn send_all(
+    session: &mut ServerSession,
+    sink: &mut futures_util::stream::SplitSink<WebSocket, WsMessage>,
+) -> Result<(), warp::Error> {
+    let mut any = false;
+    while let Some(frame) = session.poll_transmit() {
+        sink.feed(WsMessage::binary(frame)).await?;
+        any = true;
+    }
+    if any {
+        sink.flush().await?;
+    }
+    Ok(())
+}
+
 impl SyncHub {
     /// Opens the document store inside `db` with default limits.
     pub fn open(db: sled::Db) -> anyhow::Result<Arc<SyncHub>> {
@@ -119,28 +136,27 @@ impl SyncHub {
         let mut durable = self.docs.durable();
         let mut durable_open = true;
         let mut pending: FuturesOrdered<Completion> = FuturesOrdered::new();
-        let mut pushes = 0usize;
+        let mut frames = 0usize;
         tracing::info!(device = %device.id, name = %device.name, "device connected");
         loop {
             // Not while pushes wait for their commit: the feed may already
             // show their writes, and only the push replies (which mark those
             // documents as carried) keep a device from being sent its own
-            // changes back.
+            // changes back. One batch per pass, so a long download does not
+            // hold back the acknowledgements of this device's own pushes.
+            let mut more_feed = false;
             if session.is_established() && pending.is_empty() {
                 let upto = *durable.borrow();
-                if let Err(err) = self.catch_up(&mut session, upto, &mut sink).await {
-                    tracing::warn!(device = %device.id, error = %err, "catch-up failed");
-                    break;
+                let mut feed = HubFeed { docs: &self.docs };
+                match session.catch_up(&mut feed, upto, CATCH_UP_BATCH) {
+                    Ok(more) => more_feed = more,
+                    Err(err) => {
+                        tracing::warn!(device = %device.id, error = %err, "catch-up failed");
+                        break;
+                    }
                 }
             }
-            let mut send_failed = false;
-            while let Some(frame) = session.poll_transmit() {
-                if sink.send(WsMessage::binary(frame)).await.is_err() {
-                    send_failed = true;
-                    break;
-                }
-            }
-            if send_failed {
+            if send_all(&mut session, &mut sink).await.is_err() {
                 break;
             }
             if session.is_closed() {
@@ -149,12 +165,17 @@ impl SyncHub {
             }
             let reading = pending.len() < self.limits.pushes_in_flight_max;
             tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    let _ = sink.send(WsMessage::close_with(1001u16, "server shutting down")).await;
+                    break;
+                }
                 frame = stream.next(), if reading => match frame {
                     Some(Ok(msg)) if msg.is_binary() || msg.is_text() => {
                         if let Err(err) = self.on_frame(&mut session, msg.as_bytes(), &mut pending, &device) {
                             tracing::debug!(device = %device.id, error = %err, "closing session");
                         }
-                        pushes += 1;
+                        frames += 1;
                     }
                     Some(Ok(msg)) if msg.is_close() => break,
                     Some(Ok(_)) => {}
@@ -170,31 +191,11 @@ impl SyncHub {
                         durable_open = false;
                     }
                 }
-                _ = shutdown.changed() => {
-                    let _ = sink.send(WsMessage::close_with(1001u16, "server shutting down")).await;
-                    break;
-                }
+                // More of the feed to send and nothing else to do: go on.
+                _ = std::future::ready(()), if more_feed => {}
             }
         }
-        tracing::info!(device = %device.id, frames = pushes, "device disconnected");
-    }
-
-    async fn catch_up(
-        &self,
-        session: &mut ServerSession,
-        upto: Seq,
-        sink: &mut futures_util::stream::SplitSink<WebSocket, WsMessage>,
-    ) -> Result<(), DocsError> {
-        let mut feed = HubFeed { docs: &self.docs };
-        while session.catch_up(&mut feed, upto, CATCH_UP_BATCH)? {
-            // Send as we go so a long catch-up never holds the whole feed.
-            while let Some(frame) = session.poll_transmit() {
-                if sink.send(WsMessage::binary(frame)).await.is_err() {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
+        tracing::info!(device = %device.id, frames, "device disconnected");
     }
 
     fn on_frame(
