@@ -1,0 +1,158 @@
+//! What a supervisor needs to see of a record beyond its values: fields
+//! set differently on several devices (conflicts), and who changed what,
+//! when (history).
+
+use automerge::{Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, ROOT};
+use serde::Serialize;
+
+/// One of the values a conflicted field holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConflictValue {
+    /// The value, as text.
+    pub value: String,
+    /// The automerge actor that set it (hex): maps to a device.
+    pub actor: String,
+    /// When the change that set it was made (seconds since the epoch).
+    pub time: i64,
+    /// True for the value automerge shows by default.
+    pub winner: bool,
+}
+
+/// A field that devices set differently while offline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Conflict {
+    /// Dotted path of the field (`place`, `action_items.1.status`).
+    pub path: String,
+    /// Every value, the default one last.
+    pub values: Vec<ConflictValue>,
+}
+
+/// One change in a record's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HistoryEntry {
+    /// The change hash (hex).
+    pub hash: String,
+    /// The actor that made it (hex): maps to a device.
+    pub actor: String,
+    /// When (seconds since the epoch), as the device's clock said.
+    pub time: i64,
+    /// The change's message, if any (the SDK writes the operation's name).
+    pub message: Option<String>,
+    /// Top-level fields it touched.
+    pub fields: Vec<String>,
+}
+
+/// Renders a value for people.
+pub fn show(doc: &Automerge, value: &Value<'_>, obj: &ObjId) -> String {
+    match value {
+        Value::Scalar(s) => match s.as_ref() {
+            ScalarValue::Str(s) => s.to_string(),
+            other => other.to_string(),
+        },
+        Value::Object(ObjType::Text) => doc.text(obj).unwrap_or_default(),
+        Value::Object(ObjType::List) => format!("[{} items]", doc.length(obj)),
+        Value::Object(t) => format!("<{t:?}>").to_lowercase(),
+    }
+}
+
+fn who(doc: &Automerge, id: &ObjId) -> (String, i64) {
+    let actor = match id {
+        ObjId::Id(_, actor, _) => actor.to_hex_string(),
+        ObjId::Root => String::new(),
+    };
+    let time = doc
+        .hash_for_opid(id)
+        .and_then(|h| doc.get_change_meta_by_hash(&h))
+        .map(|m| m.timestamp)
+        .unwrap_or(0);
+    (actor, time)
+}
+
+fn collect(doc: &Automerge, obj: &ObjId, prefix: &str, out: &mut Vec<Conflict>) {
+    let props: Vec<Prop> = match doc.object_type(obj) {
+        Ok(ObjType::Map) | Ok(ObjType::Table) => doc.keys(obj).map(Prop::Map).collect(),
+        Ok(ObjType::List) => (0..doc.length(obj)).map(Prop::Seq).collect(),
+        _ => return,
+    };
+    for prop in props {
+        let name = match &prop {
+            Prop::Map(k) => k.clone(),
+            Prop::Seq(i) => i.to_string(),
+        };
+        let path = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}.{name}")
+        };
+        let values = doc.get_all(obj, prop).unwrap_or_default();
+        if values.len() > 1 {
+            let n = values.len();
+            out.push(Conflict {
+                path: path.clone(),
+                values: values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (v, id))| {
+                        let (actor, time) = who(doc, id);
+                        ConflictValue {
+                            value: show(doc, v, id),
+                            actor,
+                            time,
+                            winner: i + 1 == n,
+                        }
+                    })
+                    .collect(),
+            });
+        }
+        // Recurse into the value shown, where edits keep happening.
+        if let Some((Value::Object(ObjType::Map | ObjType::List), child)) = values.last().cloned() {
+            collect(doc, &child, &path, out);
+        }
+    }
+}
+
+/// Every conflicted field of a record, nested ones included.
+pub fn conflicts(doc: &Automerge) -> Vec<Conflict> {
+    let mut out = Vec::new();
+    collect(doc, &ROOT, "", &mut out);
+    out
+}
+
+/// The record's changes, oldest first, with the fields each touched.
+pub fn history(doc: &Automerge) -> Vec<HistoryEntry> {
+    doc.get_changes(&[])
+        .iter()
+        .map(|change| {
+            let hash: ChangeHash = change.hash();
+            let mut fields: Vec<String> = doc
+                .diff(change.deps(), &[hash])
+                .into_iter()
+                .filter_map(|p| match p.path.first() {
+                    Some((_, Prop::Map(k))) => Some(k.clone()),
+                    Some((_, Prop::Seq(_))) => None,
+                    None => match p.action {
+                        automerge::PatchAction::PutMap { key, .. }
+                        | automerge::PatchAction::DeleteMap { key } => Some(key),
+                        automerge::PatchAction::Conflict {
+                            prop: Prop::Map(key),
+                        } => Some(key),
+                        automerge::PatchAction::Increment {
+                            prop: Prop::Map(key),
+                            ..
+                        } => Some(key),
+                        _ => None,
+                    },
+                })
+                .collect();
+            fields.sort();
+            fields.dedup();
+            HistoryEntry {
+                hash: hash.to_string(),
+                actor: change.actor_id().to_hex_string(),
+                time: change.timestamp(),
+                message: change.message().map(|m| m.to_string()),
+                fields,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,22 @@
+//! Baraza's records: the typed shapes of what community policing records
+//! (meetings, patrol notes, citizens' feedback and its restricted contact
+//! details), shared by the tablet SDK and the server.
+//!
+//! A record is one Automerge document: an immutable [`Header`], the kind's
+//! fields ([`schema`]), and a review block. [`ops`] makes each edit one
+//! timestamped change; [`validate`] is what the server runs on every
+//! incoming change; [`inspect`] finds conflicts and history for people.
+//!
+//! No I/O, no clock: callers pass the time in.
+
+pub mod header;
+pub mod inspect;
+pub mod ops;
+pub mod schema;
+pub mod validate;
+
+pub use header::Header;
+pub use inspect::{conflicts, history, Conflict, ConflictValue, HistoryEntry};
+pub use ops::{EditError, FieldValue};
+pub use schema::{FieldSpec, FieldType, Kind, SCHEMA_VERSION};
+pub use validate::{validate, validate_change, SchemaError};

@@ -1,0 +1,374 @@
+//! Editing records: each operation is one automerge change, stamped with
+//! the time and named after the operation, checked against the schema
+//! before it is made.
+
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{Automerge, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+
+use crate::header::Header;
+use crate::schema::{FieldSpec, FieldType, Kind};
+use crate::validate::SchemaError;
+
+/// A value for a scalar field.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FieldValue {
+    /// A string (also enums).
+    Str(String),
+    /// A whole number.
+    Int(i64),
+    /// A flag.
+    Bool(bool),
+    /// Milliseconds since the epoch.
+    Time(i64),
+}
+
+impl FieldValue {
+    /// Parses text typed by a person into the field's type.
+    pub fn parse(ty: FieldType, text: &str) -> Result<FieldValue, String> {
+        match ty {
+            FieldType::Str | FieldType::Enum(_) => Ok(FieldValue::Str(text.to_string())),
+            FieldType::Int => text
+                .parse()
+                .map(FieldValue::Int)
+                .map_err(|_| format!("{text:?} is not a whole number")),
+            FieldType::Time => text
+                .parse()
+                .map(FieldValue::Time)
+                .map_err(|_| format!("{text:?} is not a time in milliseconds since 1970")),
+            FieldType::Bool => match text {
+                "true" | "yes" => Ok(FieldValue::Bool(true)),
+                "false" | "no" => Ok(FieldValue::Bool(false)),
+                _ => Err(format!("{text:?} is not true or false")),
+            },
+            FieldType::Text | FieldType::List(_) | FieldType::Map(_) => {
+                Err("this field is not set whole".into())
+            }
+        }
+    }
+
+    fn scalar(&self) -> ScalarValue {
+        match self {
+            FieldValue::Str(s) => ScalarValue::Str(s.as_str().into()),
+            FieldValue::Int(i) | FieldValue::Time(i) => ScalarValue::Int(*i),
+            FieldValue::Bool(b) => ScalarValue::Boolean(*b),
+        }
+    }
+}
+
+/// Why an edit was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// The record does not fit its schema (or has no header).
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// The field is not part of this kind of record.
+    #[error("a {kind} record has no field {field:?}")]
+    UnknownField {
+        /// The record's kind.
+        kind: &'static str,
+        /// The field asked for.
+        field: String,
+    },
+    /// The value does not fit the field.
+    #[error("field {field}: {reason}")]
+    BadValue {
+        /// The field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// A list position past the end.
+    #[error("{field} has no item {index}")]
+    NoItem {
+        /// The list field.
+        field: String,
+        /// The index asked for.
+        index: usize,
+    },
+    /// automerge refused the operation.
+    #[error("document: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+}
+
+fn spec<'a>(fields: &'a [FieldSpec], name: &str, kind: Kind) -> Result<&'a FieldSpec, EditError> {
+    fields
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| EditError::UnknownField {
+            kind: kind.name(),
+            field: name.to_string(),
+        })
+}
+
+fn check_scalar(field: &str, ty: FieldType, value: &FieldValue) -> Result<(), EditError> {
+    let ok = match (ty, value) {
+        (FieldType::Str, FieldValue::Str(_)) => true,
+        (FieldType::Enum(allowed), FieldValue::Str(s)) => {
+            if !allowed.contains(&s.as_str()) {
+                return Err(EditError::BadValue {
+                    field: field.to_string(),
+                    reason: format!("{s:?} is not one of {allowed:?}"),
+                });
+            }
+            true
+        }
+        (FieldType::Int, FieldValue::Int(_)) => true,
+        (FieldType::Time, FieldValue::Time(_) | FieldValue::Int(_)) => true,
+        (FieldType::Bool, FieldValue::Bool(_)) => true,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(EditError::BadValue {
+            field: field.to_string(),
+            reason: format!("{value:?} does not fit a {ty:?} field"),
+        })
+    }
+}
+
+fn commit(tx: automerge::transaction::Transaction<'_>, op: &str, now_ms: i64) {
+    tx.commit_with(
+        CommitOptions::default()
+            .with_message(op)
+            .with_time(now_ms / 1000),
+    );
+}
+
+fn list_obj<T: Transactable + ReadDoc>(tx: &mut T, field: &str) -> Result<ObjId, EditError> {
+    match tx.get(ROOT, field)? {
+        Some((Value::Object(ObjType::List), obj)) => Ok(obj),
+        _ => Ok(tx.put_object(ROOT, field, ObjType::List)?),
+    }
+}
+
+/// Starts a record: header, draft review block, and the kind's lists and
+/// texts, so later edits from several devices land in the same objects.
+pub fn create(doc: &mut Automerge, header: &Header, now_ms: i64) -> Result<(), EditError> {
+    let mut tx = doc.transaction();
+    header.write(&mut tx)?;
+    let review = tx.put_object(ROOT, "review", ObjType::Map)?;
+    tx.put(&review, "state", "draft")?;
+    tx.put_object(&review, "comments", ObjType::List)?;
+    for f in header.kind.fields() {
+        match f.ty {
+            FieldType::List(_) => {
+                tx.put_object(ROOT, f.name, ObjType::List)?;
+            }
+            FieldType::Text => {
+                tx.put_object(ROOT, f.name, ObjType::Text)?;
+            }
+            FieldType::Map(_) => {
+                tx.put_object(ROOT, f.name, ObjType::Map)?;
+            }
+            _ => {}
+        }
+    }
+    commit(tx, &format!("create {}", header.kind.name()), now_ms);
+    Ok(())
+}
+
+/// Sets a scalar field of the record's kind.
+pub fn set(
+    doc: &mut Automerge,
+    field: &str,
+    value: FieldValue,
+    now_ms: i64,
+) -> Result<(), EditError> {
+    let kind = Header::read(doc)?.kind;
+    let spec = spec(kind.fields(), field, kind)?;
+    check_scalar(field, spec.ty, &value)?;
+    let mut tx = doc.transaction();
+    tx.put(ROOT, field, value.scalar())?;
+    commit(tx, &format!("set {field}"), now_ms);
+    Ok(())
+}
+
+/// Types into a text field: at `pos`, deletes `delete` characters, inserts `text`.
+pub fn splice(
+    doc: &mut Automerge,
+    field: &str,
+    pos: usize,
+    delete: usize,
+    text: &str,
+    now_ms: i64,
+) -> Result<(), EditError> {
+    let kind = Header::read(doc)?.kind;
+    let spec = spec(kind.fields(), field, kind)?;
+    if spec.ty != FieldType::Text {
+        return Err(EditError::BadValue {
+            field: field.into(),
+            reason: "not a text field; use set".into(),
+        });
+    }
+    let mut tx = doc.transaction();
+    let obj = match tx.get(ROOT, field)? {
+        Some((Value::Object(ObjType::Text), obj)) => obj,
+        _ => tx.put_object(ROOT, field, ObjType::Text)?,
+    };
+    let len = tx.length(&obj);
+    if pos > len || pos + delete > len {
+        return Err(EditError::BadValue {
+            field: field.into(),
+            reason: format!("position {pos}+{delete} is past the end ({len} characters)"),
+        });
+    }
+    tx.splice_text(&obj, pos, delete as isize, text)?;
+    commit(tx, &format!("type in {field}"), now_ms);
+    Ok(())
+}
+
+/// Appends an item (a map) to a list field; returns its index.
+pub fn append(
+    doc: &mut Automerge,
+    field: &str,
+    values: &[(&str, FieldValue)],
+    now_ms: i64,
+) -> Result<usize, EditError> {
+    let kind = Header::read(doc)?.kind;
+    let FieldType::List(item_spec) = spec(kind.fields(), field, kind)?.ty else {
+        return Err(EditError::BadValue {
+            field: field.into(),
+            reason: "not a list".into(),
+        });
+    };
+    for (name, value) in values {
+        let s = spec(item_spec, name, kind)?;
+        check_scalar(&format!("{field}.{name}"), s.ty, value)?;
+    }
+    let mut tx = doc.transaction();
+    let list = list_obj(&mut tx, field)?;
+    let index = tx.length(&list);
+    let item = tx.insert_object(&list, index, ObjType::Map)?;
+    for (name, value) in values {
+        tx.put(&item, *name, value.scalar())?;
+    }
+    commit(tx, &format!("add to {field}"), now_ms);
+    Ok(index)
+}
+
+/// Puts a nested map (e.g. an observation's GPS point) into a list item.
+pub fn set_item_map(
+    doc: &mut Automerge,
+    field: &str,
+    index: usize,
+    key: &str,
+    values: &[(&str, FieldValue)],
+    now_ms: i64,
+) -> Result<(), EditError> {
+    let mut tx = doc.transaction();
+    let item = item_obj(&mut tx, field, index)?;
+    let map = tx.put_object(&item, key, ObjType::Map)?;
+    for (name, value) in values {
+        tx.put(&map, *name, value.scalar())?;
+    }
+    commit(tx, &format!("set {field}.{index}.{key}"), now_ms);
+    Ok(())
+}
+
+fn item_obj<T: Transactable + ReadDoc>(
+    tx: &mut T,
+    field: &str,
+    index: usize,
+) -> Result<ObjId, EditError> {
+    let Some((Value::Object(ObjType::List), list)) = tx.get(ROOT, field)? else {
+        return Err(EditError::NoItem {
+            field: field.into(),
+            index,
+        });
+    };
+    match tx.get(&list, index)? {
+        Some((Value::Object(ObjType::Map), item)) => Ok(item),
+        _ => Err(EditError::NoItem {
+            field: field.into(),
+            index,
+        }),
+    }
+}
+
+/// Sets one field of a list item (e.g. an action item's status).
+pub fn set_item(
+    doc: &mut Automerge,
+    field: &str,
+    index: usize,
+    name: &str,
+    value: FieldValue,
+    now_ms: i64,
+) -> Result<(), EditError> {
+    let kind = Header::read(doc)?.kind;
+    let FieldType::List(item_spec) = spec(kind.fields(), field, kind)?.ty else {
+        return Err(EditError::BadValue {
+            field: field.into(),
+            reason: "not a list".into(),
+        });
+    };
+    check_scalar(
+        &format!("{field}.{name}"),
+        spec(item_spec, name, kind)?.ty,
+        &value,
+    )?;
+    let mut tx = doc.transaction();
+    let item = item_obj(&mut tx, field, index)?;
+    tx.put(&item, name, value.scalar())?;
+    commit(tx, &format!("set {field}.{index}.{name}"), now_ms);
+    Ok(())
+}
+
+/// Removes a list item.
+pub fn remove(
+    doc: &mut Automerge,
+    field: &str,
+    index: usize,
+    now_ms: i64,
+) -> Result<(), EditError> {
+    let mut tx = doc.transaction();
+    let Some((Value::Object(ObjType::List), list)) = tx.get(ROOT, field)? else {
+        return Err(EditError::NoItem {
+            field: field.into(),
+            index,
+        });
+    };
+    if index >= tx.length(&list) {
+        return Err(EditError::NoItem {
+            field: field.into(),
+            index,
+        });
+    }
+    tx.delete(&list, index)?;
+    commit(tx, &format!("remove {field}.{index}"), now_ms);
+    Ok(())
+}
+
+/// Sets the review state (submitting for review, or a supervisor's decision)
+/// and, if given, adds a comment in the same change.
+pub fn review(
+    doc: &mut Automerge,
+    state: &str,
+    comment: Option<(&str, &str)>,
+    now_ms: i64,
+) -> Result<(), EditError> {
+    check_scalar(
+        "review.state",
+        FieldType::Enum(crate::schema::REVIEW_STATES),
+        &FieldValue::Str(state.into()),
+    )?;
+    let mut tx = doc.transaction();
+    let review = match tx.get(ROOT, "review")? {
+        Some((Value::Object(ObjType::Map), obj)) => obj,
+        _ => tx.put_object(ROOT, "review", ObjType::Map)?,
+    };
+    tx.put(&review, "state", state)?;
+    if let Some((by, text)) = comment {
+        let comments = match tx.get(&review, "comments")? {
+            Some((Value::Object(ObjType::List), obj)) => obj,
+            _ => tx.put_object(&review, "comments", ObjType::List)?,
+        };
+        let at = tx.length(&comments);
+        let c = tx.insert_object(&comments, at, ObjType::Map)?;
+        tx.put(&c, "by", by)?;
+        tx.put(&c, "at", now_ms)?;
+        tx.put(&c, "text", text)?;
+    }
+    commit(tx, &format!("review {state}"), now_ms);
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! What each kind of record holds: field names, types, allowed values.
+//!
+//! Layout of every record document: `header` (a map written once at
+//! creation), the kind's fields at the root, and `review`. Fields a newer
+//! schema version adds are simply other root keys: an older client neither
+//! reads nor drops them, and the server does not check them.
+
+use serde::{Deserialize, Serialize};
+
+/// The version of these schemas written into new records' headers.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// The kinds of record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A community meeting (a baraza).
+    Meeting,
+    /// An officer's notes from a patrol.
+    PatrolNote,
+    /// A citizen's complaint, commendation, concern or suggestion.
+    Feedback,
+    /// The contact details of a feedback's author: kept apart so they can
+    /// be restricted and erased on their own.
+    FeedbackContact,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 4] = [
+        Kind::Meeting,
+        Kind::PatrolNote,
+        Kind::Feedback,
+        Kind::FeedbackContact,
+    ];
+
+    /// The name stored in headers and used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Meeting => "meeting",
+            Kind::PatrolNote => "patrol_note",
+            Kind::Feedback => "feedback",
+            Kind::FeedbackContact => "feedback_contact",
+        }
+    }
+
+    /// Parses a stored or typed name.
+    pub fn parse(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The kind's body fields.
+    pub fn fields(self) -> &'static [FieldSpec] {
+        match self {
+            Kind::Meeting => MEETING,
+            Kind::PatrolNote => PATROL_NOTE,
+            Kind::Feedback => FEEDBACK,
+            Kind::FeedbackContact => FEEDBACK_CONTACT,
+        }
+    }
+}
+
+/// The type of a field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldType {
+    /// A string set whole (last writer wins, concurrent sets conflict).
+    Str,
+    /// Collaborative text, merged by character.
+    Text,
+    /// A whole number.
+    Int,
+    /// A true/false flag.
+    Bool,
+    /// Milliseconds since the Unix epoch.
+    Time,
+    /// One of a fixed set of strings.
+    Enum(&'static [&'static str]),
+    /// A list whose elements are maps with these fields (merged element by
+    /// element).
+    List(&'static [FieldSpec]),
+    /// A nested map with these fields.
+    Map(&'static [FieldSpec]),
+}
+
+/// One field of a schema.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldSpec {
+    /// Key in the document.
+    pub name: &'static str,
+    /// Its type.
+    pub ty: FieldType,
+}
+
+const fn f(name: &'static str, ty: FieldType) -> FieldSpec {
+    FieldSpec { name, ty }
+}
+
+/// Review states.
+pub const REVIEW_STATES: &[&str] = &["draft", "submitted", "approved", "returned"];
+/// Action item states.
+pub const ACTION_STATES: &[&str] = &["open", "in_progress", "done", "dropped"];
+/// Feedback categories.
+pub const FEEDBACK_CATEGORIES: &[&str] = &["complaint", "commendation", "concern", "suggestion"];
+/// Feedback states.
+pub const FEEDBACK_STATES: &[&str] = &["received", "acknowledged", "referred", "resolved"];
+/// How feedback reached the police.
+pub const FEEDBACK_CHANNELS: &[&str] = &["in_person", "phone", "meeting", "letter", "other"];
+
+const COMMENT: &[FieldSpec] = &[
+    f("by", FieldType::Str),
+    f("at", FieldType::Time),
+    f("text", FieldType::Str),
+];
+
+/// The review block every record carries.
+pub const REVIEW: &[FieldSpec] = &[
+    f("state", FieldType::Enum(REVIEW_STATES)),
+    f("comments", FieldType::List(COMMENT)),
+];
+
+/// The header every record carries, written once.
+pub const HEADER: &[FieldSpec] = &[
+    f("id", FieldType::Str),
+    f("kind", FieldType::Str),
+    f("area", FieldType::Str),
+    f("created_by_user", FieldType::Str),
+    f("created_by_device", FieldType::Str),
+    f("created_at", FieldType::Time),
+    f("schema", FieldType::Int),
+];
+
+const ATTENDEE: &[FieldSpec] = &[
+    f("name", FieldType::Str),
+    f("role", FieldType::Str),
+    f("gender", FieldType::Str),
+    f("age_band", FieldType::Str),
+];
+
+const HEADCOUNT: &[FieldSpec] = &[
+    f("women", FieldType::Int),
+    f("men", FieldType::Int),
+    f("youth", FieldType::Int),
+    f("elders", FieldType::Int),
+    f("total", FieldType::Int),
+];
+
+const CONCERN: &[FieldSpec] = &[
+    f("topic", FieldType::Str),
+    f("text", FieldType::Str),
+    f("raised_by", FieldType::Str),
+];
+
+const ACTION_ITEM: &[FieldSpec] = &[
+    f("text", FieldType::Str),
+    f("owner", FieldType::Str),
+    f("due", FieldType::Time),
+    f("status", FieldType::Enum(ACTION_STATES)),
+];
+
+const GPS: &[FieldSpec] = &[
+    f("lat", FieldType::Str),
+    f("lon", FieldType::Str),
+    f("accuracy_m", FieldType::Int),
+];
+
+const OBSERVATION: &[FieldSpec] = &[
+    f("at", FieldType::Time),
+    f("text", FieldType::Str),
+    f("gps", FieldType::Map(GPS)),
+    f("tags", FieldType::Str),
+];
+
+const FOLLOW_UP: &[FieldSpec] = &[
+    f("at", FieldType::Time),
+    f("by", FieldType::Str),
+    f("status", FieldType::Enum(FEEDBACK_STATES)),
+    f("note", FieldType::Str),
+];
+
+const MEETING: &[FieldSpec] = &[
+    f("title", FieldType::Str),
+    f("held_at", FieldType::Time),
+    f("place", FieldType::Str),
+    f("facilitator", FieldType::Str),
+    f("attendees", FieldType::List(ATTENDEE)),
+    f("headcount", FieldType::Map(HEADCOUNT)),
+    f("concerns", FieldType::List(CONCERN)),
+    f("action_items", FieldType::List(ACTION_ITEM)),
+    f("notes", FieldType::Text),
+];
+
+const PATROL_NOTE: &[FieldSpec] = &[
+    f("officer", FieldType::Str),
+    f("beat", FieldType::Str),
+    f("started_at", FieldType::Time),
+    f("ended_at", FieldType::Time),
+    f("observations", FieldType::List(OBSERVATION)),
+    f("notes", FieldType::Text),
+];
+
+const FEEDBACK: &[FieldSpec] = &[
+    f("channel", FieldType::Enum(FEEDBACK_CHANNELS)),
+    f("category", FieldType::Enum(FEEDBACK_CATEGORIES)),
+    f("about", FieldType::Str),
+    f("description", FieldType::Text),
+    f("anonymous", FieldType::Bool),
+    f("status", FieldType::Enum(FEEDBACK_STATES)),
+    f("follow_ups", FieldType::List(FOLLOW_UP)),
+    f("contact", FieldType::Str),
+];
+
+const FEEDBACK_CONTACT: &[FieldSpec] = &[
+    f("feedback", FieldType::Str),
+    f("name", FieldType::Str),
+    f("phone", FieldType::Str),
+    f("email", FieldType::Str),
+    f("address", FieldType::Str),
+];

@@ -1,0 +1,337 @@
+//! Records as the field uses them: typed edits on several offline devices
+//! merge element by element, conflicts and history name who did what, and
+//! the schema check catches what the server must refuse.
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, Automerge, ReadDoc, ROOT};
+use baraza_records::ops::{self, FieldValue};
+use baraza_records::*;
+use proptest::prelude::*;
+
+fn header(kind: Kind) -> Header {
+    Header {
+        id: "0f0f0f0f-0000-4000-8000-000000000001".into(),
+        kind,
+        area: "kibera-north".into(),
+        created_by_user: "liaison.achieng".into(),
+        created_by_device: "dev-1".into(),
+        created_at: 1_700_000_000_000,
+        schema: SCHEMA_VERSION,
+    }
+}
+
+fn device(doc: &Automerge, actor: u8) -> Automerge {
+    let mut d = doc.fork();
+    d.set_actor(ActorId::from(vec![actor; 16]));
+    d
+}
+
+fn s(v: &str) -> FieldValue {
+    FieldValue::Str(v.into())
+}
+
+#[test]
+fn every_kind_starts_valid() {
+    for kind in Kind::ALL {
+        let mut doc = Automerge::new();
+        ops::create(&mut doc, &header(kind), 1_700_000_000_000).unwrap();
+        assert_eq!(validate(&doc).unwrap().kind, kind);
+    }
+}
+
+#[test]
+fn a_liaison_and_an_officer_edit_one_meeting_offline() {
+    let mut origin = Automerge::new();
+    origin.set_actor(ActorId::from(vec![1; 16]));
+    ops::create(&mut origin, &header(Kind::Meeting), 1_000).unwrap();
+    ops::splice(
+        &mut origin,
+        "notes",
+        0,
+        0,
+        "Lighting on Olympic road.",
+        2_000,
+    )
+    .unwrap();
+
+    let mut liaison = device(&origin, 2);
+    let mut officer = device(&origin, 3);
+    ops::append(
+        &mut liaison,
+        "attendees",
+        &[("name", s("Mama Wanjiru")), ("role", s("elder"))],
+        3_000,
+    )
+    .unwrap();
+    ops::append(
+        &mut officer,
+        "attendees",
+        &[("name", s("Otieno")), ("role", s("youth leader"))],
+        3_000,
+    )
+    .unwrap();
+    ops::append(
+        &mut liaison,
+        "action_items",
+        &[
+            ("text", s("Report lamps")),
+            ("owner", s("county")),
+            ("status", s("open")),
+        ],
+        4_000,
+    )
+    .unwrap();
+    ops::append(
+        &mut officer,
+        "action_items",
+        &[
+            ("text", s("Night patrols")),
+            ("owner", s("OCS")),
+            ("status", s("open")),
+        ],
+        4_000,
+    )
+    .unwrap();
+    ops::splice(&mut liaison, "notes", 0, 0, "Liaison: ", 5_000).unwrap();
+    let end = officer
+        .text(officer.get(ROOT, "notes").unwrap().unwrap().1)
+        .unwrap()
+        .chars()
+        .count();
+    ops::splice(&mut officer, "notes", end, 0, " Officer: agreed.", 5_000).unwrap();
+    ops::set(&mut liaison, "place", s("Chief's camp"), 6_000).unwrap();
+    ops::set(&mut officer, "place", s("Social hall"), 7_000).unwrap();
+
+    liaison.merge(&mut officer).unwrap();
+    officer.merge(&mut liaison).unwrap();
+    assert_eq!(liaison.get_heads(), officer.get_heads());
+    validate(&liaison).unwrap();
+
+    let (_, attendees) = liaison.get(ROOT, "attendees").unwrap().unwrap();
+    assert_eq!(liaison.length(&attendees), 2);
+    let (_, items) = liaison.get(ROOT, "action_items").unwrap().unwrap();
+    assert_eq!(liaison.length(&items), 2);
+    let (_, notes) = liaison.get(ROOT, "notes").unwrap().unwrap();
+    assert_eq!(
+        liaison.text(&notes).unwrap(),
+        "Liaison: Lighting on Olympic road. Officer: agreed."
+    );
+
+    let conflicts = conflicts(&liaison);
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0].path, "place");
+    let mut who: Vec<(String, String, i64)> = conflicts[0]
+        .values
+        .iter()
+        .map(|v| (v.value.clone(), v.actor.clone(), v.time))
+        .collect();
+    who.sort();
+    assert_eq!(
+        who,
+        vec![
+            ("Chief's camp".into(), "02".repeat(16), 6),
+            ("Social hall".into(), "03".repeat(16), 7),
+        ]
+    );
+
+    // Setting the field again resolves the conflict.
+    ops::set(&mut liaison, "place", s("Chief's camp"), 8_000).unwrap();
+    assert!(baraza_records::conflicts(&liaison).is_empty());
+
+    let history = history(&liaison);
+    let authors: std::collections::BTreeSet<String> =
+        history.iter().map(|h| h.actor.clone()).collect();
+    assert!(authors.contains(&"02".repeat(16)) && authors.contains(&"03".repeat(16)));
+    let place_edits: Vec<_> = history
+        .iter()
+        .filter(|h| h.fields.contains(&"place".to_string()))
+        .collect();
+    assert_eq!(place_edits.len(), 3);
+    assert!(history
+        .iter()
+        .any(|h| h.fields == vec!["attendees".to_string()]
+            && h.message.as_deref() == Some("add to attendees")));
+}
+
+#[test]
+fn the_schema_check_names_what_is_wrong() {
+    let mut doc = Automerge::new();
+    ops::create(&mut doc, &header(Kind::Feedback), 0).unwrap();
+    let before = doc.fork();
+
+    // A wrong type in a known field.
+    let mut bad = doc.fork();
+    let mut tx = bad.transaction();
+    tx.put(ROOT, "anonymous", "maybe").unwrap();
+    tx.commit();
+    match validate_change(Some(&before), &bad) {
+        Err(SchemaError::WrongType { path, .. }) => assert_eq!(path, "anonymous"),
+        other => panic!("{other:?}"),
+    }
+
+    // A value outside an enum.
+    let mut bad = doc.fork();
+    let mut tx = bad.transaction();
+    tx.put(ROOT, "category", "gossip").unwrap();
+    tx.commit();
+    assert!(
+        matches!(validate(&bad), Err(SchemaError::NotAllowed { path, .. }) if path == "category")
+    );
+
+    // A changed header.
+    let mut bad = doc.fork();
+    let (_, h) = bad.get(ROOT, "header").unwrap().unwrap();
+    let mut tx = bad.transaction();
+    tx.put(&h, "area", "somewhere-else").unwrap();
+    tx.commit();
+    assert_eq!(
+        validate_change(Some(&before), &bad).unwrap_err(),
+        SchemaError::HeaderChanged("area")
+    );
+
+    // No header at all.
+    let mut bare = Automerge::new();
+    let mut tx = bare.transaction();
+    tx.put(ROOT, "title", "x").unwrap();
+    tx.commit();
+    assert_eq!(validate(&bare).unwrap_err(), SchemaError::NoHeader);
+
+    // The edit API refuses bad values before making a change.
+    assert!(ops::set(&mut doc, "category", s("gossip"), 0).is_err());
+    assert!(ops::set(&mut doc, "no_such_field", s("x"), 0).is_err());
+}
+
+#[test]
+fn fields_from_a_newer_schema_survive_an_older_clients_edit() {
+    let mut newer = Automerge::new();
+    ops::create(&mut newer, &header(Kind::PatrolNote), 0).unwrap();
+    let mut tx = newer.transaction();
+    tx.put(ROOT, "vehicle", "KDA 123X").unwrap();
+    tx.commit();
+    let mut older = newer.fork();
+    ops::set(&mut older, "beat", s("B4"), 0).unwrap();
+    validate(&older).unwrap();
+    newer.merge(&mut older).unwrap();
+    let (v, _) = newer.get(ROOT, "vehicle").unwrap().unwrap();
+    assert_eq!(v.as_str(), Some("KDA 123X"));
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Attend(u8),
+    Observe(u8),
+    Type(usize, u8),
+    Set(u8),
+    Status(usize),
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        any::<u8>().prop_map(Op::Attend),
+        any::<u8>().prop_map(Op::Observe),
+        (any::<usize>(), any::<u8>()).prop_map(|(p, c)| Op::Type(p, c)),
+        any::<u8>().prop_map(Op::Set),
+        any::<usize>().prop_map(Op::Status),
+    ]
+}
+
+fn apply(doc: &mut Automerge, op: &Op, kind: Kind) -> Option<String> {
+    match (op, kind) {
+        (Op::Attend(n), Kind::Meeting) => {
+            let name = format!("person-{n}-{}", doc.get_actor());
+            ops::append(doc, "attendees", &[("name", s(&name))], 0).unwrap();
+            Some(name)
+        }
+        (Op::Observe(n), _) | (Op::Attend(n), _) => {
+            let text = format!("seen-{n}-{}", doc.get_actor());
+            ops::append(doc, "action_items", &[("text", s(&text))], 0).unwrap();
+            Some(text)
+        }
+        (Op::Type(p, c), _) => {
+            let (_, notes) = doc.get(ROOT, "notes").unwrap().unwrap();
+            let len = doc.text(&notes).unwrap().chars().count();
+            let ch = char::from(b'a' + c % 26).to_string();
+            ops::splice(doc, "notes", p % (len + 1), 0, &ch, 0).unwrap();
+            None
+        }
+        (Op::Set(v), _) => {
+            ops::set(doc, "place", s(&format!("place-{v}")), 0).unwrap();
+            None
+        }
+        (Op::Status(i), _) => {
+            let (_, items) = doc.get(ROOT, "action_items").unwrap().unwrap();
+            let len = doc.length(&items);
+            if len > 0 {
+                ops::set_item(doc, "action_items", i % len, "status", s("done"), 0).unwrap();
+            }
+            None
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Three devices edit offline and sync in any order: they end identical,
+    /// with every list element and every typed character present.
+    #[test]
+    fn offline_edits_on_three_devices_converge(
+        ops_per_device in proptest::collection::vec(proptest::collection::vec(arb_op(), 0..12), 3),
+        order in proptest::sample::subsequence(vec![0usize, 1, 2, 3, 4, 5], 6).prop_shuffle(),
+    ) {
+        let mut origin = Automerge::new();
+        ops::create(&mut origin, &header(Kind::Meeting), 0).unwrap();
+        let mut devices: Vec<Automerge> = (0..3).map(|i| device(&origin, i as u8 + 1)).collect();
+        let mut added: Vec<String> = Vec::new();
+        let mut typed = 0usize;
+        for (d, ops) in devices.iter_mut().zip(&ops_per_device) {
+            for op in ops {
+                if let Some(x) = apply(d, op, Kind::Meeting) {
+                    added.push(x);
+                }
+                if matches!(op, Op::Type(..)) {
+                    typed += 1;
+                }
+            }
+        }
+        // Pairwise merges in a random order, then a final round so everyone
+        // has everything.
+        let pairs = [(0, 1), (1, 2), (2, 0), (1, 0), (2, 1), (0, 2)];
+        for i in order {
+            let (a, b) = pairs[i];
+            let mut other = devices[b].clone();
+            devices[a].merge(&mut other).unwrap();
+        }
+        for a in 0..3 {
+            for b in 0..3 {
+                if a != b {
+                    let mut other = devices[b].clone();
+                    devices[a].merge(&mut other).unwrap();
+                }
+            }
+        }
+        let heads = devices[0].get_heads();
+        for d in &devices {
+            prop_assert_eq!(d.get_heads(), heads.clone());
+            validate(d).unwrap();
+        }
+        let d = &devices[0];
+        let mut present: Vec<String> = Vec::new();
+        for list in ["attendees", "action_items"] {
+            let (_, obj) = d.get(ROOT, list).unwrap().unwrap();
+            for i in 0..d.length(&obj) {
+                let (_, item) = d.get(&obj, i).unwrap().unwrap();
+                for key in ["name", "text"] {
+                    if let Some((v, _)) = d.get(&item, key).unwrap() {
+                        present.push(v.as_str().unwrap_or_default().to_string());
+                    }
+                }
+            }
+        }
+        added.sort();
+        present.sort();
+        prop_assert_eq!(present, added);
+        let (_, notes) = d.get(ROOT, "notes").unwrap().unwrap();
+        prop_assert_eq!(d.text(&notes).unwrap().chars().count(), typed);
+    }
+}
