@@ -10,6 +10,8 @@ use baraza_protocol::{DocId, Limits};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
+use baraza_records::{ops, Header, Kind};
+
 use crate::error::ClientError;
 use crate::record::{self, Record};
 use crate::store::LocalStore;
@@ -51,7 +53,6 @@ impl BackgroundSync {
 #[derive(Clone)]
 pub struct Client {
     store: LocalStore,
-    actor: ActorId,
     local_edits: Arc<Notify>,
     limits: Limits,
 }
@@ -72,29 +73,18 @@ impl Client {
     pub fn open(data_dir: &Path) -> Result<Client, ClientError> {
         std::fs::create_dir_all(data_dir).map_err(|e| ClientError::Store(sled::Error::Io(e)))?;
         let store = LocalStore::open(data_dir)?;
-        // One actor id per device install: the server will tie it to the
-        // device's registration, so edits are attributable.
-        let actor = match store.setting("actor")? {
-            Some(hex) => ActorId::from(decode_hex(&hex).ok_or(ClientError::Corrupt {
-                what: "actor id",
-                reason: "not hex".into(),
-            })?),
-            None => {
-                let bytes: [u8; 16] = rand::random();
-                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-                store.set_setting("actor", &hex)?;
-                ActorId::from(bytes.to_vec())
-            }
-        };
         Ok(Client {
             store,
-            actor,
             local_edits: Arc::new(Notify::new()),
             limits: Limits::DEFAULT,
         })
     }
 
-    /// Sets the server, the CA file to trust and the device token.
+    /// Sets the server, the CA file to trust and the device token. The
+    /// token names the device; this install then authors its changes under
+    /// an actor id that starts with the device id, which is what the server
+    /// accepts from this device. `area` and `user` are what new records are
+    /// filed under until enrolment (issue 4) provides them.
     pub fn configure(
         &self,
         server: &str,
@@ -108,7 +98,27 @@ impl Client {
             })?;
             self.store.set_setting("ca_file", &abs.to_string_lossy())?;
         }
-        self.store.set_setting("token", token)
+        self.store.set_setting("token", token)?;
+        if let Some(device) = device_id_of(token) {
+            let actor = self.store.setting("actor")?.unwrap_or_default();
+            if self.store.setting("device_id")?.as_deref() != Some(device.as_str())
+                || !actor.starts_with(&device)
+            {
+                // A few random bytes after the device id keep two installs
+                // with the same token from reusing each other's sequence numbers.
+                let suffix: [u8; 8] = rand::random();
+                let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+                self.store.set_setting("actor", &format!("{device}{hex}"))?;
+                self.store.set_setting("device_id", &device)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets who and where new records are filed under.
+    pub fn set_identity(&self, user: &str, area: &str) -> Result<(), ClientError> {
+        self.store.set_setting("user", user)?;
+        self.store.set_setting("area", area)
     }
 
     fn endpoint(&self) -> Result<Endpoint, ClientError> {
@@ -128,44 +138,95 @@ impl Client {
         })
     }
 
+    fn actor(&self) -> Result<ActorId, ClientError> {
+        let hex = self
+            .store
+            .setting("actor")?
+            .ok_or(ClientError::NotConfigured)?;
+        Ok(ActorId::from(decode_hex(&hex).ok_or(
+            ClientError::Corrupt {
+                what: "actor id",
+                reason: "not hex".into(),
+            },
+        )?))
+    }
+
     fn edit<F>(&self, id: DocId, create: bool, f: F) -> Result<(), ClientError>
     where
         F: FnOnce(&mut Automerge) -> Result<(), ClientError>,
     {
+        let actor = self.actor()?;
         let _guard = self.store.write_lock();
         let mut doc = match self.store.load(id)? {
             Some(doc) => doc,
             None if create => Automerge::new(),
             None => return Err(ClientError::NotFound(id.to_string())),
         };
-        doc.set_actor(self.actor.clone());
+        doc.set_actor(actor);
         f(&mut doc)?;
         self.store.save_local_edit(id, &doc)?;
         self.local_edits.notify_one();
         Ok(())
     }
 
-    /// Creates a record with the given scalar fields; returns its id.
+    /// The area new records are filed under unless told otherwise.
+    pub fn area(&self) -> Result<String, ClientError> {
+        Ok(self
+            .store
+            .setting("area")?
+            .unwrap_or_else(|| "unassigned".to_string()))
+    }
+
+    /// Creates a meeting record in the configured area with the given
+    /// fields; returns its id.
     pub fn create(&self, fields: Vec<(String, String)>) -> Result<String, ClientError> {
+        self.create_record(Kind::Meeting.name(), &self.area()?, fields)
+    }
+
+    /// Creates a record of `kind` in `area`, with the given fields (typed by
+    /// the kind's schema; fields it does not know are kept as strings).
+    pub fn create_record(
+        &self,
+        kind: &str,
+        area: &str,
+        fields: Vec<(String, String)>,
+    ) -> Result<String, ClientError> {
+        let kind = Kind::parse(kind).ok_or_else(|| {
+            ClientError::BadEdit(format!(
+                "unknown record kind {kind:?}; kinds: {}",
+                Kind::ALL.map(|k| k.name()).join(", ")
+            ))
+        })?;
+        let device = self
+            .store
+            .setting("device_id")?
+            .ok_or(ClientError::NotConfigured)?;
         let id = DocId::from_bytes(*uuid::Uuid::new_v4().as_bytes());
         let now = now_ms();
+        let header = Header {
+            id: id.to_string(),
+            kind,
+            area: area.to_string(),
+            created_by_user: self
+                .store
+                .setting("user")?
+                .unwrap_or_else(|| device.clone()),
+            created_by_device: device,
+            created_at: now,
+            schema: baraza_records::SCHEMA_VERSION,
+        };
         self.edit(id, true, |doc| {
-            let mut tx = doc.transaction();
+            ops::create(doc, &header, now)?;
             for (k, v) in &fields {
-                automerge::transaction::Transactable::put(
-                    &mut tx,
-                    automerge::ROOT,
-                    k.as_str(),
-                    v.as_str(),
-                )?;
+                record::set(doc, k, v, now)?;
             }
-            tx.commit_with(automerge::transaction::CommitOptions::default().with_time(now / 1000));
             Ok(())
         })?;
         Ok(id.to_string())
     }
 
-    /// Sets a scalar field.
+    /// Sets a field: typed by the record's schema, or kept as a string if
+    /// the schema does not know it.
     pub fn set(&self, id: &str, field: &str, value: &str) -> Result<(), ClientError> {
         self.edit(parse_id(id)?, false, |doc| {
             record::set(doc, field, value, now_ms())
@@ -275,6 +336,14 @@ impl Client {
             .ok_or_else(|| ClientError::NotFound(id.to_string()))?;
         Ok(doc.get_heads().iter().map(|h| h.to_string()).collect())
     }
+}
+
+/// The device id a token carries (`bz_<device id>_<secret>`), if any.
+fn device_id_of(token: &str) -> Option<String> {
+    let rest = token.strip_prefix("bz_")?;
+    let (id, secret) = rest.split_once('_')?;
+    (id.len() == 32 && !secret.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| id.to_ascii_lowercase())
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {

@@ -49,6 +49,9 @@ pub enum ClientError {
     /// The sync did not finish in time.
     #[error("sync timed out after {0} s without progress")]
     Timeout(u64),
+    /// An edit the record's schema does not allow.
+    #[error(transparent)]
+    Edit(#[from] baraza_records::EditError),
     /// A local automerge operation failed.
     #[error("document: {0}")]
     Automerge(#[from] automerge::AutomergeError),

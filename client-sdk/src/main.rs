@@ -42,9 +42,21 @@ enum Command {
         /// The token printed by `baraza-server device add`.
         #[arg(long, env = "BARAZA_TOKEN", hide_env_values = true)]
         token: String,
+        /// Who uses this tablet (recorded as the creator of new records).
+        #[arg(long)]
+        user: Option<String>,
+        /// The area (beat, ward, district) new records are filed under.
+        #[arg(long)]
+        area: Option<String>,
     },
     /// Creates a record; prints its id.
     New {
+        /// Kind of record: meeting, patrol_note, feedback, feedback_contact.
+        #[arg(long, default_value = "meeting")]
+        kind: String,
+        /// Area to file it under (default: the one given at init).
+        #[arg(long)]
+        area: Option<String>,
         /// Initial field values, FIELD=VALUE; repeatable.
         #[arg(long = "set", value_name = "FIELD=VALUE")]
         set: Vec<String>,
@@ -116,11 +128,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::open(&cli.data)
         .with_context(|| format!("cannot open tablet data in {}", cli.data.display()))?;
     match cli.command {
-        Command::Init { server, ca, token } => {
+        Command::Init {
+            server,
+            ca,
+            token,
+            user,
+            area,
+        } => {
             client.configure(&server, Some(&ca), &token)?;
+            if user.is_some() || area.is_some() {
+                client.set_identity(
+                    user.as_deref().unwrap_or("unknown"),
+                    area.as_deref().unwrap_or("unassigned"),
+                )?;
+            }
             println!("configured {server}");
         }
-        Command::New { set } => {
+        Command::New { kind, area, set } => {
             let mut fields = Vec::new();
             for pair in set {
                 let Some((k, v)) = pair.split_once('=') else {
@@ -128,7 +152,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 fields.push((k.to_string(), v.to_string()));
             }
-            println!("{}", client.create(fields)?);
+            let id = match area {
+                Some(area) => client.create_record(&kind, &area, fields)?,
+                None => client.create_record(&kind, &client.area()?, fields)?,
+            };
+            println!("{id}");
         }
         Command::Set { id, field, value } => client.set(&id, &field, &value)?,
         Command::Splice {

@@ -6,6 +6,8 @@ use automerge::transaction::{CommitOptions, Transactable};
 use automerge::{Automerge, ObjType, ReadDoc, Value, ROOT};
 use serde::Serialize;
 
+use baraza_records::{FieldSpec, FieldType, FieldValue, Header};
+
 use crate::error::ClientError;
 
 /// One field of a record as a person sees it.
@@ -33,25 +35,16 @@ pub struct Record {
     pub unacknowledged: bool,
 }
 
-fn show(doc: &Automerge, value: &Value<'_>, obj: &automerge::ObjId) -> String {
-    match value {
-        Value::Scalar(s) => match s.as_ref() {
-            automerge::ScalarValue::Str(s) => s.to_string(),
-            other => other.to_string(),
-        },
-        Value::Object(ObjType::Text) => doc.text(obj).unwrap_or_default(),
-        Value::Object(t) => format!("<{t:?}>"),
-    }
-}
-
 /// The fields of a document.
 pub fn fields(doc: &Automerge) -> Vec<Field> {
     doc.keys(ROOT)
+        .filter(|name| name != "header")
         .map(|name| {
             let all = doc.get_all(ROOT, name.as_str()).unwrap_or_default();
-            let mut values = all
-                .iter()
-                .map(|(v, obj)| (show(doc, v, obj), v.is_object()));
+            let mut values = all.iter().map(|(v, obj)| {
+                let text = matches!(v, Value::Object(ObjType::Text));
+                (baraza_records::inspect::show(doc, v, obj), text)
+            });
             // get_all lists the winner last.
             let (value, text) = values.next_back().unwrap_or_else(|| (String::new(), false));
             let conflicts = values.map(|(v, _)| v).collect();
@@ -72,10 +65,28 @@ fn options(now_ms: i64) -> CommitOptions {
 
 /// Sets a scalar field.
 pub fn set(doc: &mut Automerge, field: &str, value: &str, now_ms: i64) -> Result<(), ClientError> {
+    if matches!(field, "header" | "review") {
+        return Err(ClientError::BadEdit(format!(
+            "{field} is not set by hand (the header is fixed at creation; review with submit)"
+        )));
+    }
+    if let Some(spec) = known_field(doc, field) {
+        let typed = FieldValue::parse(spec.ty, value)
+            .map_err(|reason| ClientError::BadEdit(format!("field {field}: {reason}")))?;
+        return Ok(baraza_records::ops::set(doc, field, typed, now_ms)?);
+    }
+    // A field the schema does not know: kept as a string, like the fields a
+    // newer schema adds.
     let mut tx = doc.transaction();
     tx.put(ROOT, field, value)?;
     tx.commit_with(options(now_ms));
     Ok(())
+}
+
+/// The schema's spec for a field of this record, if its kind has one.
+fn known_field(doc: &Automerge, field: &str) -> Option<FieldSpec> {
+    let kind = Header::read(doc).ok()?.kind;
+    kind.fields().iter().find(|f| f.name == field).copied()
 }
 
 /// Splices into a text field, creating it if absent.
@@ -87,6 +98,13 @@ pub fn splice(
     text: &str,
     now_ms: i64,
 ) -> Result<(), ClientError> {
+    if let Some(spec) = known_field(doc, field) {
+        if spec.ty != FieldType::Text {
+            return Err(ClientError::BadEdit(format!(
+                "field {field:?} is not a text field; use set"
+            )));
+        }
+    }
     let mut tx = doc.transaction();
     let obj = match tx.get(ROOT, field)? {
         Some((Value::Object(ObjType::Text), obj)) => obj,

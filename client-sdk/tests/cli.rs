@@ -17,12 +17,46 @@ fn baraza(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Sets a tablet up without any server: enrolment data only.
+fn enrol_offline(dir: &std::path::Path) {
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, "not needed offline").unwrap();
+    let token = format!("bz_{}_{}", "ab".repeat(16), "cd".repeat(32));
+    let ca = ca.to_string_lossy().into_owned();
+    let (ok, _, err) = baraza(
+        dir,
+        &[
+            "init",
+            "--server",
+            "https://127.0.0.1:9",
+            "--ca",
+            &ca,
+            "--token",
+            &token,
+            "--user",
+            "cpl.achieng",
+            "--area",
+            "mathare",
+        ],
+    );
+    assert!(ok, "{err}");
+}
+
 #[test]
 fn an_officer_records_offline_and_the_record_survives_restarts() {
     let dir = tempfile::tempdir().unwrap();
+    enrol_offline(dir.path());
     let (ok, id, err) = baraza(
         dir.path(),
-        &["new", "--set", "title=Night patrol", "--set", "beat=B4"],
+        &[
+            "new",
+            "--kind",
+            "patrol_note",
+            "--set",
+            "officer=Cpl. Achieng",
+            "--set",
+            "beat=B4",
+        ],
     );
     assert!(ok, "{err}");
     let id = id.trim().to_string();
@@ -53,6 +87,7 @@ fn an_officer_records_offline_and_the_record_survives_restarts() {
     assert_eq!(field("beat")["value"], "B5");
     assert_eq!(field("notes")["value"], "Calm night.");
     assert_eq!(field("notes")["text"], true);
+    assert_eq!(field("officer")["value"], "Cpl. Achieng");
     assert_eq!(record["unacknowledged"], true);
 
     let (ok, list, _) = baraza(dir.path(), &["--json", "list"]);
@@ -69,7 +104,16 @@ fn an_officer_records_offline_and_the_record_survives_restarts() {
 
 #[test]
 fn mistakes_get_clear_errors() {
+    let fresh = tempfile::tempdir().unwrap();
+    let (ok, _, err) = baraza(fresh.path(), &["new", "--set", "title=x"]);
+    assert!(!ok);
+    assert!(err.contains("not set up"), "{err}");
+    let (ok, _, err) = baraza(fresh.path(), &["sync"]);
+    assert!(!ok);
+    assert!(err.contains("not set up"), "{err}");
+
     let dir = tempfile::tempdir().unwrap();
+    enrol_offline(dir.path());
     let (ok, _, err) = baraza(dir.path(), &["set", "not-an-id", "f", "v"]);
     assert!(!ok);
     assert!(err.contains("is not a record id"), "{err}");
@@ -80,7 +124,11 @@ fn mistakes_get_clear_errors() {
     assert!(!ok);
     assert!(err.contains("not a text field"), "{err}");
 
-    let (ok, _, err) = baraza(dir.path(), &["sync"]);
+    // Typed fields refuse values of the wrong type, naming the field.
+    let (ok, _, err) = baraza(dir.path(), &["set", id.trim(), "held_at", "last tuesday"]);
     assert!(!ok);
-    assert!(err.contains("not set up"), "{err}");
+    assert!(err.contains("held_at"), "{err}");
+    let (ok, _, err) = baraza(dir.path(), &["new", "--kind", "burglary"]);
+    assert!(!ok);
+    assert!(err.contains("unknown record kind"), "{err}");
 }

@@ -243,8 +243,11 @@ impl DeviceRegistry {
     pub fn add(&self, name: &str) -> Result<NewDevice, DeviceError> {
         let name = validate_name(name)?;
         let id = hex::encode(random_bytes::<ID_RANDOM_BYTES>()?);
+        // The device id travels in the token so a tablet knows, offline,
+        // which actor ids the server will accept from it; only the secret
+        // part authenticates (the whole token is hashed).
         let token = format!(
-            "{TOKEN_PREFIX}{}",
+            "{TOKEN_PREFIX}{id}_{}",
             hex::encode(random_bytes::<TOKEN_RANDOM_BYTES>()?)
         );
         let hash = TokenHash::of(&token);
@@ -340,7 +343,8 @@ mod tests {
         let (_tmp, _db, registry) = registry();
         let tablet = registry.add("  Kibera station tablet 3 ").unwrap();
         assert!(tablet.token.starts_with(TOKEN_PREFIX));
-        assert_eq!(tablet.token.len(), TOKEN_PREFIX.len() + 64);
+        assert_eq!(tablet.token.len(), TOKEN_PREFIX.len() + 32 + 1 + 64);
+        assert!(tablet.token[TOKEN_PREFIX.len()..].starts_with(&tablet.identity.id));
         assert_eq!(tablet.identity.name, "Kibera station tablet 3");
 
         let who = registry.authenticate(&tablet.token).unwrap().unwrap();

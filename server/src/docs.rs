@@ -107,19 +107,7 @@ impl Docs {
         if let Some(h) = self.cache_lock().get(&id) {
             return Ok(h.clone());
         }
-        let live = match self.store.load(id)? {
-            Some(stored) => LiveDoc {
-                doc: Automerge::load(&stored.bytes)
-                    .map_err(|e| DocsError::Load(id, e.to_string()))?,
-                chunks: stored.chunks,
-                bytes: stored.bytes.len(),
-            },
-            None => LiveDoc {
-                doc: Automerge::new(),
-                chunks: 0,
-                bytes: 0,
-            },
-        };
+        let live = self.load_live(id)?;
         let mut cache = self.cache_lock();
         // Another task may have loaded it meanwhile: there must be one copy.
         if let Some(h) = cache.get(&id) {
@@ -142,6 +130,36 @@ impl Docs {
             }
         }
         Ok(handle)
+    }
+
+    fn load_live(&self, id: DocId) -> Result<LiveDoc, DocsError> {
+        Ok(match self.store.load(id)? {
+            Some(stored) => LiveDoc {
+                doc: Automerge::load(&stored.bytes)
+                    .map_err(|e| DocsError::Load(id, e.to_string()))?,
+                chunks: stored.chunks,
+                bytes: stored.bytes.len(),
+            },
+            None => LiveDoc {
+                doc: Automerge::new(),
+                chunks: 0,
+                bytes: 0,
+            },
+        })
+    }
+
+    /// Puts a live document back to what the store holds, in place, after
+    /// a change to it was refused: everyone holding the handle then sees
+    /// the stored state, and nothing of the refused change is served.
+    /// If even the store cannot be read, the document leaves the cache.
+    pub fn restore(&self, id: DocId, live: &mut LiveDoc) {
+        match self.load_live(id) {
+            Ok(stored) => *live = stored,
+            Err(err) => {
+                tracing::error!(doc = %id, error = %err, "could not restore a refused document");
+                self.forget(id);
+            }
+        }
     }
 
     /// Drops a document from the cache so the next use reloads what is

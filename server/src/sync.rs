@@ -21,6 +21,7 @@ use warp::ws::{Message as WsMessage, WebSocket};
 
 use crate::docs::{Docs, DocsError};
 use crate::store::{SledStore, Store};
+use baraza_records::Header;
 
 /// Documents kept in memory by default.
 pub const CACHE_DOCS_DEFAULT: usize = 1024;
@@ -218,17 +219,21 @@ impl SyncHub {
                     changes,
                     bytes,
                     ..
-                } => self.on_push(session, pending, doc, heads, changes, bytes),
-                ServerEvent::Sync(msg) => self.on_sync(session, pending, msg.doc, &msg.data),
+                } => self.on_push(session, pending, device, doc, heads, changes, bytes),
+                ServerEvent::Sync(msg) => {
+                    self.on_sync(session, pending, device, msg.doc, &msg.data)
+                }
             }
         }
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_push(
         &self,
         session: &mut ServerSession,
         pending: &mut FuturesOrdered<Completion>,
+        device: &DeviceIdentity,
         id: DocId,
         client_heads: Vec<Head>,
         changes: Vec<automerge::Change>,
@@ -247,11 +252,12 @@ impl SyncHub {
             );
             return session.refuse(id, ErrorCode::DocTooLarge, message);
         }
+        let before = live.doc.get_heads();
+        let before_header = Header::read(&live.doc).ok();
         let applied = match docsync::apply_push(&mut live.doc, changes, &client_heads) {
             Ok(a) => a,
             Err(err) => {
-                drop(live);
-                self.docs.forget(id);
+                self.docs.restore(id, &mut live);
                 return session.refuse(
                     id,
                     ErrorCode::CorruptChanges,
@@ -259,6 +265,13 @@ impl SyncHub {
                 );
             }
         };
+        if !applied.new_chunk.is_empty() {
+            if let Err((code, message)) = admit(id, device, &live.doc, &before, before_header) {
+                self.docs.restore(id, &mut live);
+                tracing::info!(doc = %id, device = %device.id, %message, "change refused");
+                return session.refuse(id, code, message);
+            }
+        }
         if applied.base_missing {
             session.start_sync(id, &live.doc);
         }
@@ -285,6 +298,7 @@ impl SyncHub {
         &self,
         session: &mut ServerSession,
         pending: &mut FuturesOrdered<Completion>,
+        device: &DeviceIdentity,
         id: DocId,
         data: &[u8],
     ) {
@@ -294,11 +308,11 @@ impl SyncHub {
         };
         let mut live = handle.lock().unwrap_or_else(|p| p.into_inner());
         let before = live.doc.get_heads();
+        let before_header = Header::read(&live.doc).ok();
         match session.receive_sync(id, &mut live.doc, data) {
             Ok(_) => {}
             Err(err) => {
-                drop(live);
-                self.docs.forget(id);
+                self.docs.restore(id, &mut live);
                 return session.refuse(
                     id,
                     ErrorCode::CorruptChanges,
@@ -307,9 +321,15 @@ impl SyncHub {
             }
         }
         let chunk = docsync::encode_changes(&live.doc.get_changes(&before));
+        if !chunk.is_empty() {
+            if let Err((code, message)) = admit(id, device, &live.doc, &before, before_header) {
+                self.docs.restore(id, &mut live);
+                tracing::info!(doc = %id, device = %device.id, %message, "change refused");
+                return session.refuse(id, code, message);
+            }
+        }
         if live.bytes + chunk.len() > self.limits.doc_bytes_max {
-            drop(live);
-            self.docs.forget(id);
+            self.docs.restore(id, &mut live);
             let message = format!(
                 "document {id} would grow past the limit of {} bytes",
                 self.limits.doc_bytes_max
@@ -379,6 +399,59 @@ impl SyncHub {
             format!("document {id} could not be loaded: {err}"),
         );
     }
+}
+
+/// Decides whether changes a device just added to a record may stay: every
+/// new change must be authored under one of the device's own actor ids
+/// (automerge does not authenticate actors, so the server must), and the
+/// record must still fit its schema with its header unchanged. A new
+/// record must name the pushing device as its creator.
+fn admit(
+    id: DocId,
+    device: &DeviceIdentity,
+    doc: &automerge::Automerge,
+    before: &[automerge::ChangeHash],
+    before_header: Option<Header>,
+) -> Result<(), (ErrorCode, String)> {
+    let prefix = hex::decode(&device.id).unwrap_or_default();
+    for change in doc.get_changes(before) {
+        if !change.actor_id().to_bytes().starts_with(&prefix) {
+            return Err((
+                ErrorCode::Forbidden,
+                format!(
+                    "record {id}: change {} is authored under actor {}, which is not one of this device's; \
+                     a device may only author changes under its own actor ids",
+                    change.hash(),
+                    change.actor_id()
+                ),
+            ));
+        }
+    }
+    let invalid = |e: String| (ErrorCode::InvalidRecord, format!("record {id}: {e}"));
+    let header = baraza_records::validate(doc).map_err(|e| invalid(e.to_string()))?;
+    if header.id != id.to_string() {
+        return Err(invalid(format!(
+            "header field id: {:?} is not this record's id",
+            header.id
+        )));
+    }
+    match before_header {
+        Some(old) => {
+            if let Some(field) = old.differs_from(&header) {
+                return Err(invalid(
+                    baraza_records::SchemaError::HeaderChanged(field).to_string(),
+                ));
+            }
+        }
+        None if header.created_by_device != device.id => {
+            return Err(invalid(format!(
+                "header field created_by_device: names {:?}, but the record was pushed by device {}",
+                header.created_by_device, device.id
+            )));
+        }
+        None => {}
+    }
+    Ok(())
 }
 
 /// The store seen as the session's [`Feed`].

@@ -249,7 +249,7 @@ fn a_device_registered_before_the_first_start_gets_a_token() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let (id, token) = device_add(&data, "Kibera station tablet 3");
-    assert_eq!(token.len(), "bz_".len() + 64);
+    assert_eq!(token.len(), "bz_".len() + 32 + 1 + 64);
 
     let listed = run(baraza().args(["device", "list"]).env("BARAZA_DATA", &data));
     assert!(listed.status.success());

@@ -174,8 +174,10 @@ pub enum ErrorCode {
     DocTooLarge,
     /// More changes in one message than allowed.
     TooManyChanges,
-    /// The device may not do this.
+    /// The device may not do this (e.g. changes under another device's actor).
     Forbidden,
+    /// The record does not fit its schema (names the record and field).
+    InvalidRecord,
     /// The server could not store the change; nothing was acknowledged.
     StorageFailure,
 }

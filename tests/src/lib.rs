@@ -572,6 +572,7 @@ pub async fn upgrade_status(server: &ServerProcess, authorization: Option<&str>)
 /// A sync WebSocket driven by hand: the test decides every byte sent.
 pub struct RawConnection {
     ws: Socket,
+    device_id: String,
 }
 
 impl RawConnection {
@@ -582,7 +583,18 @@ impl RawConnection {
             .await
             .expect("the upgrade is answered in time")
             .expect("the server upgrades a device with a valid token");
-        RawConnection { ws }
+        // Tokens read `bz_<device id>_<secret>`.
+        let device_id = token
+            .strip_prefix("bz_")
+            .and_then(|rest| rest.split('_').next())
+            .unwrap_or_default()
+            .to_string();
+        RawConnection { ws, device_id }
+    }
+
+    /// The id of the device this connection authenticated as.
+    pub fn device_id(&self) -> &str {
+        &self.device_id
     }
 
     /// Sends one binary frame as is.

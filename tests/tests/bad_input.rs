@@ -86,15 +86,39 @@ impl Station {
     }
 }
 
-/// A record made outside any tablet: its id, heads and raw changes.
-fn handmade_record(title: &str) -> (DocId, automerge::Automerge) {
-    use automerge::transaction::Transactable;
-    let mut doc = automerge::Automerge::new();
-    let mut tx = doc.transaction();
-    tx.put(automerge::ROOT, "title", title).unwrap();
-    tx.commit();
+/// A valid meeting record made outside any tablet, authored as `device`
+/// (under an actor id that starts with the device id, as the server requires).
+fn handmade_record(title: &str, device: &str) -> (DocId, automerge::Automerge) {
+    use baraza_records::ops::{self, FieldValue};
     let id = DocId::from_bytes(*b"handmade-record!");
+    let mut actor = hex_bytes(device);
+    actor.extend_from_slice(&[0xab; 4]);
+    let mut doc = automerge::Automerge::new();
+    doc.set_actor(automerge::ActorId::from(actor));
+    let header = baraza_records::Header {
+        id: id.to_string(),
+        kind: baraza_records::Kind::Meeting,
+        area: "eastleigh".into(),
+        created_by_user: "raw test".into(),
+        created_by_device: device.to_string(),
+        created_at: 1_700_000_000_000,
+        schema: baraza_records::SCHEMA_VERSION,
+    };
+    ops::create(&mut doc, &header, 1_700_000_000_000).unwrap();
+    ops::set(
+        &mut doc,
+        "title",
+        FieldValue::Str(title.into()),
+        1_700_000_000_000,
+    )
+    .unwrap();
     (id, doc)
+}
+
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
 }
 
 fn push_of(id: DocId, doc: &automerge::Automerge) -> Message {
@@ -162,7 +186,7 @@ async fn corrupt_changes_are_refused_for_their_record_and_the_connection_goes_on
     let mut buggy = station.connect("tablet with a buggy app").await;
     buggy.hello().await;
     let corrupt = DocId::from_bytes([0xc0; 16]);
-    let (good, doc) = handmade_record("Stolen bicycle, Eastleigh");
+    let (good, doc) = handmade_record("Stolen bicycle, Eastleigh", buggy.device_id());
     station
         .while_the_witness_syncs(async {
             buggy

@@ -1,0 +1,182 @@
+//! The server checks every incoming change against the record schemas and
+//! against who is pushing it. A device with a buggy or hostile app sends
+//! changes that break the rules; each is refused with an error naming the
+//! record and the field (or the actor), nothing of it is stored, and a
+//! valid change from the same device in the same session is stored.
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, Automerge, ReadDoc, ROOT};
+use baraza_protocol::{to_heads, DocId, ErrorCode, Head, Message, Push};
+use baraza_tests::{RawConnection, ServerProcess, Tablet};
+use serde_bytes::ByteBuf;
+
+fn device_of(token: &str) -> String {
+    token
+        .strip_prefix("bz_")
+        .and_then(|rest| rest.split('_').next())
+        .unwrap()
+        .to_string()
+}
+
+fn actor_for(device: &str, install: u8) -> ActorId {
+    let mut bytes: Vec<u8> = (0..device.len() / 2)
+        .map(|i| u8::from_str_radix(&device[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    bytes.extend_from_slice(&[install; 4]);
+    ActorId::from(bytes)
+}
+
+/// Waits on the raw connection's catch-up stream for the record, and
+/// returns it as the server holds it.
+async fn fetch(raw: &mut RawConnection, id: DocId) -> Automerge {
+    loop {
+        match raw.next_message().await {
+            Some(Message::Changes(c)) if c.doc == id => {
+                let mut doc = Automerge::new();
+                doc.load_incremental(&c.data).unwrap();
+                return doc;
+            }
+            Some(_) => {}
+            None => panic!("the server closed before sending the record"),
+        }
+    }
+}
+
+fn push(id: DocId, base: &[Head], doc: &Automerge) -> Message {
+    Message::Push(Push {
+        doc: id,
+        base: base.to_vec(),
+        heads: to_heads(&doc.get_heads()),
+        changes: doc
+            .get_changes(&baraza_protocol::to_hashes(base))
+            .iter()
+            .map(|c| ByteBuf::from(c.raw_bytes().to_vec()))
+            .collect(),
+    })
+}
+
+/// A change made on a copy of the record, by `actor`.
+fn edit(
+    base: &Automerge,
+    actor: ActorId,
+    f: impl FnOnce(&mut automerge::transaction::Transaction<'_>),
+) -> Automerge {
+    let mut doc = base.fork();
+    doc.set_actor(actor);
+    let mut tx = doc.transaction();
+    f(&mut tx);
+    tx.commit();
+    doc
+}
+
+async fn refused(raw: &mut RawConnection, message: &Message, code: ErrorCode, naming: &str) {
+    raw.send(message).await;
+    let error = raw.expect_error().await;
+    assert_eq!(error.code, code, "{error:?}");
+    assert!(!error.fatal, "{error:?}");
+    assert!(
+        error.message.contains(naming),
+        "{error:?} should name {naming}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_that_break_the_rules_are_refused_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("server"));
+    let liaison = Tablet::new(&server, "liaison's tablet");
+    let id_text = liaison
+        .create(vec![("title".into(), "Baraza at the chief's camp".into())])
+        .unwrap();
+    liaison.sync().await;
+    let id: DocId = id_text.parse().unwrap();
+
+    let token = server.add_device("tablet with a rogue app");
+    let rogue_device = device_of(&token);
+    let mine = actor_for(&rogue_device, 1);
+    let mut rogue = RawConnection::open(&server, &token).await;
+    rogue.hello().await;
+    let stored = fetch(&mut rogue, id).await;
+    let base = to_heads(&stored.get_heads());
+    let (_, header) = stored.get(ROOT, "header").unwrap().unwrap();
+
+    // Moving the record to another area by editing its header.
+    let moved = edit(&stored, mine.clone(), |tx| {
+        tx.put(&header, "area", "somewhere-else").unwrap();
+    });
+    refused(
+        &mut rogue,
+        &push(id, &base, &moved),
+        ErrorCode::InvalidRecord,
+        "header field area",
+    )
+    .await;
+
+    // A wrong type in a known field.
+    let garbled = edit(&stored, mine.clone(), |tx| {
+        tx.put(ROOT, "held_at", "last tuesday").unwrap();
+    });
+    refused(
+        &mut rogue,
+        &push(id, &base, &garbled),
+        ErrorCode::InvalidRecord,
+        "held_at",
+    )
+    .await;
+
+    // A change claiming to come from the liaison's device.
+    let liaison_actor = actor_for(&device_of(liaison.token()), 9);
+    let spoofed = edit(&stored, liaison_actor, |tx| {
+        tx.put(ROOT, "place", "forged").unwrap();
+    });
+    refused(
+        &mut rogue,
+        &push(id, &base, &spoofed),
+        ErrorCode::Forbidden,
+        "actor",
+    )
+    .await;
+
+    // A record with no header at all.
+    let mut bare = Automerge::new();
+    bare.set_actor(mine.clone());
+    let mut tx = bare.transaction();
+    tx.put(ROOT, "title", "no header").unwrap();
+    tx.commit();
+    let bare_id = DocId::from_bytes([0xb4; 16]);
+    refused(
+        &mut rogue,
+        &push(bare_id, &[], &bare),
+        ErrorCode::InvalidRecord,
+        "no header",
+    )
+    .await;
+
+    // The same device's valid change in the same session is stored.
+    let fixed = edit(&stored, mine, |tx| {
+        tx.put(ROOT, "place", "Chief's camp, Kibera").unwrap();
+    });
+    rogue.send(&push(id, &base, &fixed)).await;
+    match rogue.next_reply().await {
+        Some(Message::Ack(ack)) => assert_eq!(ack.heads, to_heads(&fixed.get_heads())),
+        other => panic!("expected an ack, got {other:?}"),
+    }
+
+    // The liaison sees the valid change and nothing of the refused ones.
+    liaison.sync().await;
+    let record = liaison.get(&id_text).unwrap();
+    let value = |name: &str| {
+        record
+            .fields
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value.clone())
+    };
+    assert_eq!(value("place").as_deref(), Some("Chief's camp, Kibera"));
+    assert_eq!(value("held_at"), None);
+    assert_eq!(liaison.heads(&id_text).unwrap().len(), 1);
+    assert!(!liaison.list().unwrap().contains(&bare_id.to_string()));
+    let fresh = Tablet::new(&server, "sergeant's tablet");
+    fresh.sync().await;
+    assert_eq!(fresh.all_heads(), liaison.all_heads());
+}
