@@ -20,9 +20,14 @@ enum Scenario {
     /// S2: an empty client pulls --docs records (shares S1's setup); also
     /// S2b, a second empty client pulling them after S1's edits.
     S2,
-    /// S3: --clients clients, each with --creates new and --fanin-edits
-    /// edited records made offline, reconnect at once.
+    /// S3 (server ingest): --clients protocol-level clients, each pushing
+    /// --creates new records and edits of --fanin-edits records it uploaded
+    /// during setup, all at once; they decode downloads but never apply them.
     S3,
+    /// S3 with full SDK clients (each applies everyone's records, so on a
+    /// small machine it measures the clients as much as the server).
+    #[value(name = "s3-sdk")]
+    S3Sdk,
 }
 
 /// End-to-end benchmarks of Baraza against a real server process on
@@ -35,7 +40,8 @@ enum Scenario {
 #[derive(Debug, Parser)]
 #[command(name = "baraza-bench", version)]
 struct Cli {
-    /// Scenarios to run (S1 and S2 share one setup).
+    /// Scenarios to run (S1 and S2 share one setup; s3-sdk is the SDK-client
+    /// variant of S3).
     #[arg(long, value_delimiter = ',', default_values = ["s1", "s2", "s3"])]
     scenarios: Vec<Scenario>,
     /// S1/S2: records held by the first client (about 300 bytes each).
@@ -53,22 +59,38 @@ struct Cli {
     /// S3: existing records each client edits offline.
     #[arg(long, default_value_t = 20)]
     fanin_edits: usize,
-    /// S3: records every client holds (synced once) before going offline;
+    /// S3-sdk: records every client holds (synced once) before going offline;
     /// client i edits records i*E .. i*E+E of them, wrapping around
     /// [default: clients x fanin-edits, so no two clients edit the same
     /// record; a smaller pool makes clients edit records concurrently].
     #[arg(long)]
     pool: Option<usize>,
-    /// Threads making S3's offline edits (different clients in parallel).
+    /// Threads making S3-sdk's offline edits (different clients in parallel).
     #[arg(long, default_value_t = 8)]
     setup_threads: usize,
-    /// Clients syncing at once in S3's unmeasured first sync.
+    /// Clients syncing at once in S3's unmeasured setup (upload of the
+    /// records to edit; S3-sdk: first sync).
     #[arg(long, default_value_t = 8)]
     setup_syncs: usize,
-    /// Worker threads of the async runtime for setup and S1/S2 (S3's
+    /// Worker threads of the async runtime for setup and S1/S2 (S3-sdk's
     /// fan-in runs each client on its own thread).
     #[arg(long, default_value_t = 8)]
     client_threads: usize,
+    /// S3: worker threads of the runtime running the protocol-level clients.
+    #[arg(long, default_value_t = 2)]
+    light_threads: usize,
+    /// S3: connections opened at once before the common start (not measured).
+    #[arg(long, default_value_t = 16)]
+    connect_parallel: usize,
+    /// S3: seconds each client may take from the common start (and each
+    /// setup connection from its start).
+    #[arg(long, default_value_t = 300)]
+    fanin_timeout: u64,
+    /// S3: each client hangs up once its last push is acknowledged instead
+    /// of staying until it has received the others' changes, so the server
+    /// streams far less of its feed (ingest with little fan-out).
+    #[arg(long)]
+    ack_only: bool,
     /// The baraza-server binary [default: next to this executable].
     #[arg(long, env = "BARAZA_SERVER_BIN", value_name = "FILE")]
     server_bin: Option<PathBuf>,
@@ -119,6 +141,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         setup_threads: cli.setup_threads,
         setup_syncs: cli.setup_syncs,
         client_threads: cli.client_threads,
+        light_threads: cli.light_threads,
+        connect_parallel: cli.connect_parallel,
+        fanin_timeout: std::time::Duration::from_secs(cli.fanin_timeout.max(1)),
+        ack_only: cli.ack_only,
         server_bin: server_bin.clone(),
         work_dir: work.path().to_path_buf(),
     })?;
@@ -141,6 +167,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         if wants(Scenario::S3) {
             let s3 = bench.fan_in()?;
+            emit(&s3, profile);
+            outcomes.push(s3);
+        }
+        if wants(Scenario::S3Sdk) {
+            let s3 = bench.fan_in_sdk()?;
             emit(&s3, profile);
             outcomes.push(s3);
         }

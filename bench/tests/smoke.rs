@@ -31,6 +31,7 @@ fn run_bench() -> (Vec<Value>, String) {
         .args(["--clients", &CLIENTS.to_string()])
         .args(["--creates", &CREATES.to_string()])
         .args(["--fanin-edits", &FANIN_EDITS.to_string()])
+        .args(["--scenarios", "s1,s2,s3,s3-sdk"])
         .arg("--tmp")
         .arg(tmp.path())
         .env_remove("BARAZA_SERVER_BIN")
@@ -93,7 +94,7 @@ fn u(v: &Value) -> u64 {
 #[test]
 fn every_scenario_completes_with_counts_matching_the_setup() {
     let (lines, stderr) = run_bench();
-    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines.len(), 5, "{lines:?}");
     assert!(stderr.contains("== summary"), "{stderr}");
 
     let s2 = scenario(&lines, "s2_cold_start");
@@ -122,9 +123,45 @@ fn every_scenario_completes_with_counts_matching_the_setup() {
     assert_eq!(u(&s2b["records_after"]), DOCS);
     assert_eq!(u(&s2b["report"]["docs_received"]), DOCS);
 
+    // S3: protocol-level clients; each uploaded FANIN_EDITS records in
+    // setup, then pushes CREATES new ones and an edit of each of those.
     let s3 = scenario(&lines, "s3_fan_in");
-    assert_eq!(u(&s3["pool"]), POOL);
     let changes = CLIENTS * (CREATES + FANIN_EDITS);
+    assert_eq!(s3["clients_kind"], "protocol");
+    assert_eq!(u(&s3["failures"]), 0, "{s3}");
+    assert_eq!(u(&s3["connected"]), CLIENTS, "{s3}");
+    assert_eq!(u(&s3["setup_records"]), CLIENTS * FANIN_EDITS);
+    assert_eq!(u(&s3["setup"]["feed_seq"]), CLIENTS * FANIN_EDITS, "{s3}");
+    assert_eq!(u(&s3["changes_expected"]), changes);
+    assert_eq!(u(&s3["pushes_acked"]), changes, "{s3}");
+    assert_eq!(u(&s3["ack_latency_samples"]), changes, "{s3}");
+    assert_eq!(u(&s3["refused"]), 0, "{s3}");
+    assert_eq!(u(&s3["unanswered"]), 0);
+    assert_eq!(u(&s3["sync_frames"]), 0, "{s3}");
+    // Each client is sent (some of) the others' writes, never its own.
+    assert!(u(&s3["changes_frames_received"]) > 0, "{s3}");
+    assert!(
+        u(&s3["changes_frames_received"]) <= CLIENTS * (CLIENTS - 1) * (CREATES + FANIN_EDITS),
+        "{s3}"
+    );
+    assert_eq!(s3["checker_ok"], true, "{s3}");
+    assert_eq!(
+        u(&s3["records_on_server"]),
+        CLIENTS * (FANIN_EDITS + CREATES)
+    );
+    assert_eq!(
+        u(&s3["records_expected"]),
+        CLIENTS * (FANIN_EDITS + CREATES)
+    );
+    assert_eq!(u(&s3["edits_visible"]), CLIENTS * FANIN_EDITS, "{s3}");
+    if std::path::Path::new("/proc/self/status").exists() {
+        assert!(u(&s3["server_peak_rss_kib"]) > 0, "{s3}");
+    }
+
+    // S3-sdk: the same fan-in with full SDK clients.
+    let s3 = scenario(&lines, "s3_sdk_fan_in");
+    assert_eq!(s3["clients_kind"], "sdk");
+    assert_eq!(u(&s3["pool"]), POOL);
     assert_eq!(u(&s3["failures"]), 0, "{s3}");
     assert_eq!(u(&s3["changes_expected"]), changes);
     assert_eq!(u(&s3["pushes_acked"]), changes, "{s3}");

@@ -1,0 +1,436 @@
+//! Protocol-level clients for S3's ingest measurement.
+//!
+//! A light client speaks the real wire protocol ([`baraza_protocol`]
+//! messages through its codec) over a real TLS WebSocket with its own
+//! device token, but keeps its records as plain automerge documents in
+//! memory and never applies what the server sends: `Changes` frames are
+//! decoded and counted, nothing more. Its frames are encoded before the
+//! measured phase, so during it a client only writes bytes, reads frames
+//! and takes timestamps, and the machine's CPU goes to the server.
+//!
+//! Every wait is bounded by a deadline; all traffic is to the server's
+//! loopback address.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use automerge::{ActorId, Automerge};
+use baraza_protocol::{
+    codec, docsync, to_heads, DocId, Head, Hello, Limits, Message, Push, Seq, StoreId, Welcome,
+    PROTOCOL_VERSION,
+};
+use baraza_records::{ops, Header, Kind};
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_bytes::ByteBuf;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::records::Gen;
+
+/// An open sync connection.
+pub type Socket = WebSocketStream<TlsStream<TcpStream>>;
+
+/// How long closing a finished connection may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Refusal messages kept per session.
+const REFUSALS_KEPT: usize = 3;
+
+/// Opens TLS WebSockets to one server's sync endpoint.
+pub struct Connector {
+    addr: SocketAddr,
+    tls: TlsConnector,
+    ws_config: WebSocketConfig,
+}
+
+impl Connector {
+    /// Trusts the certificates in `ca` (PEM) for connections to `addr`.
+    /// TLS session resumption is off: every device does a full handshake,
+    /// as separate tablets would.
+    pub fn new(addr: SocketAddr, ca: &Path) -> anyhow::Result<Connector> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("cannot read {}", ca.display()))?
+        {
+            let cert = cert.with_context(|| format!("bad PEM in {}", ca.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("bad certificate in {}", ca.display()))?;
+        }
+        ensure!(!roots.is_empty(), "no certificate in {}", ca.display());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        let frame_bytes_max = Limits::DEFAULT.frame_bytes_max;
+        let mut ws_config = WebSocketConfig::default();
+        ws_config.max_message_size = Some(frame_bytes_max.saturating_mul(4));
+        ws_config.max_frame_size = Some(frame_bytes_max.saturating_mul(4));
+        Ok(Connector {
+            addr,
+            tls: TlsConnector::from(Arc::new(config)),
+            ws_config,
+        })
+    }
+
+    /// TCP connect, TLS handshake and WebSocket upgrade with `token`.
+    pub async fn connect(&self, token: &str) -> anyhow::Result<Socket> {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.addr))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = self
+            .tls
+            .connect(ServerName::from(self.addr.ip()), tcp)
+            .await
+            .context("TLS handshake")?;
+        let mut request = format!("wss://{}/v1/sync", self.addr).into_client_request()?;
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the token cannot be a header value")?,
+        );
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(request, tls, Some(self.ws_config))
+                .await
+                .context("WebSocket upgrade")?;
+        Ok(ws)
+    }
+}
+
+/// A record a light client holds: its document and the heads the server
+/// acknowledged (empty until the first ack).
+pub struct LightRecord {
+    /// The record id.
+    pub id: DocId,
+    /// The document.
+    pub doc: Automerge,
+    /// The server's acknowledged heads.
+    pub acked: Vec<Head>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A deterministic 16-byte id from `gen`.
+pub fn id_bytes(gen: &mut Gen) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&gen.next_u64().to_le_bytes());
+    out[8..].copy_from_slice(&gen.next_u64().to_le_bytes());
+    out
+}
+
+/// The device id a token carries (`bz_<32 hex digits>_<secret>`).
+pub fn device_id_of(token: &str) -> anyhow::Result<String> {
+    let id = token
+        .strip_prefix("bz_")
+        .and_then(|rest| rest.split_once('_'))
+        .map(|(id, _)| id)
+        .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .context("the device token does not carry a device id")?;
+    Ok(id.to_ascii_lowercase())
+}
+
+/// An actor id the server accepts from this device: the device id's 16
+/// bytes, then 8 more from `gen` (as the SDK makes one per install).
+pub fn actor_for(device_id: &str, gen: &mut Gen) -> anyhow::Result<ActorId> {
+    let mut bytes = (0..device_id.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&device_id[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .context("the device id is not hex")?;
+    bytes.extend_from_slice(&gen.next_u64().to_le_bytes());
+    Ok(ActorId::from(bytes))
+}
+
+impl LightRecord {
+    /// A new record made as the SDK's `Client::create` makes it: a meeting
+    /// record's header (created by `device_id`) and skeleton in one change,
+    /// then one change per field, all written by `actor`.
+    pub fn create(
+        id: DocId,
+        device_id: &str,
+        actor: &ActorId,
+        fields: &[(String, String)],
+    ) -> anyhow::Result<LightRecord> {
+        let now = now_ms();
+        let header = Header {
+            id: id.to_string(),
+            kind: Kind::Meeting,
+            area: "unassigned".into(),
+            created_by_user: device_id.to_string(),
+            created_by_device: device_id.to_string(),
+            created_at: now,
+            schema: baraza_records::SCHEMA_VERSION,
+        };
+        let mut doc = Automerge::new();
+        doc.set_actor(actor.clone());
+        ops::create(&mut doc, &header, now)?;
+        for (k, v) in fields {
+            baraza_client::record::set(&mut doc, k, v, now)?;
+        }
+        Ok(LightRecord {
+            id,
+            doc,
+            acked: Vec::new(),
+        })
+    }
+
+    /// Sets a field in one change, as the SDK's `Client::set` does.
+    pub fn set(&mut self, field: &str, value: &str) -> anyhow::Result<()> {
+        baraza_client::record::set(&mut self.doc, field, value, now_ms())?;
+        Ok(())
+    }
+
+    /// The encoded `Push` of this record's changes since its acknowledged
+    /// heads (a real base for an edit, none for a new record).
+    pub fn push_frame(&self) -> anyhow::Result<Vec<u8>> {
+        let changes = docsync::changes_since(&self.doc, &self.acked);
+        ensure!(
+            !changes.is_empty(),
+            "record {} has nothing to push",
+            self.id
+        );
+        Ok(codec::encode(&Message::Push(Push {
+            doc: self.id,
+            base: self.acked.clone(),
+            heads: to_heads(&self.doc.get_heads()),
+            changes: changes
+                .iter()
+                .map(|c| ByteBuf::from(c.raw_bytes().to_vec()))
+                .collect(),
+        }))?)
+    }
+}
+
+/// The encoded `Hello`.
+pub fn hello_frame(store: Option<StoreId>, cursor: Seq) -> anyhow::Result<Vec<u8>> {
+    Ok(codec::encode(&Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        store,
+        cursor,
+    }))?)
+}
+
+/// What one connection sends: the hello and its pushes, all pipelined.
+pub struct Plan {
+    /// The encoded hello.
+    pub hello: Vec<u8>,
+    /// One encoded push per document (each document at most once).
+    pub pushes: Vec<(DocId, Vec<u8>)>,
+    /// Also wait until the cursor reaches the feed position of the welcome
+    /// and of every ack (everything remote received, as a syncing tablet
+    /// waits); otherwise stop at the last acknowledgement.
+    pub wait_for_feed: bool,
+}
+
+/// What one connection saw. Filled as far as it got, even on failure.
+#[derive(Debug, Default)]
+pub struct SessionLog {
+    /// The server's welcome.
+    pub welcome: Option<Welcome>,
+    /// When each push was handed to the socket.
+    pub sent_at: Vec<Option<Instant>>,
+    /// When each push's `Ack` arrived (before decoding it), with its heads.
+    pub acked: Vec<Option<(Instant, Vec<Head>)>>,
+    /// Pushes refused with an `Error` naming their document.
+    pub refused: usize,
+    /// The first few refusal messages.
+    pub refusals: Vec<String>,
+    /// The highest feed position an ack named.
+    pub ack_seq: Seq,
+    /// The highest cursor received.
+    pub cursor: Seq,
+    /// `Changes` frames received (decoded, never applied).
+    pub changes_frames: u64,
+    /// Bytes of automerge data in them.
+    pub changes_bytes: u64,
+    /// `Sync` frames received: the server found a push's base missing.
+    /// Zero in a healthy run.
+    pub sync_frames: u64,
+    /// Every binary frame received, and its bytes.
+    pub frames_down: u64,
+    /// Bytes of those frames (WebSocket payloads).
+    pub bytes_down: u64,
+    /// When the plan was complete (last ack, or the cursor after it).
+    pub done_at: Option<Instant>,
+    /// Why the session ended early.
+    pub error: Option<String>,
+}
+
+impl SessionLog {
+    /// A session that never started.
+    pub fn failed(pushes: usize, error: String) -> SessionLog {
+        SessionLog {
+            sent_at: vec![None; pushes],
+            acked: vec![None; pushes],
+            error: Some(error),
+            ..SessionLog::default()
+        }
+    }
+
+    /// Pushes acknowledged.
+    pub fn acks(&self) -> usize {
+        self.acked.iter().filter(|a| a.is_some()).count()
+    }
+
+    /// Per push: send → ack, for the acknowledged ones.
+    pub fn ack_latencies(&self) -> impl Iterator<Item = (usize, Duration)> + '_ {
+        self.sent_at
+            .iter()
+            .zip(&self.acked)
+            .enumerate()
+            .filter_map(|(i, (sent, acked))| {
+                let (sent, (at, _)) = (sent.as_ref()?, acked.as_ref()?);
+                Some((i, at.saturating_duration_since(*sent)))
+            })
+    }
+}
+
+/// Runs `plan` over `socket` until it is complete or `deadline` passes:
+/// sends the hello and every push at once (one flush) while reading
+/// frames, then closes the connection.
+pub async fn run(socket: Socket, plan: Plan, deadline: tokio::time::Instant) -> SessionLog {
+    let (mut sink, mut stream) = socket.split();
+    let n = plan.pushes.len();
+    let mut log = SessionLog::failed(n, String::new());
+    log.error = None;
+    let index: HashMap<DocId, usize> = plan
+        .pushes
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| (*id, i))
+        .collect();
+
+    let mut sent_at = vec![None; n];
+    let send = async {
+        sink.feed(WsMessage::binary(plan.hello)).await?;
+        for (i, (_, frame)) in plan.pushes.into_iter().enumerate() {
+            sent_at[i] = Some(Instant::now());
+            sink.feed(WsMessage::binary(frame)).await?;
+        }
+        sink.flush().await
+    };
+    let receive = receive(&mut stream, &index, plan.wait_for_feed, deadline, &mut log);
+    let (sent, ()) = tokio::join!(send, receive);
+    log.sent_at = sent_at;
+    if let Err(e) = sent {
+        log.error.get_or_insert(format!("send failed: {e}"));
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+    log
+}
+
+async fn receive<S>(
+    stream: &mut S,
+    index: &HashMap<DocId, usize>,
+    wait_for_feed: bool,
+    deadline: tokio::time::Instant,
+    log: &mut SessionLog,
+) where
+    S: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    let frame_bytes_max = Limits::DEFAULT.frame_bytes_max.saturating_mul(4);
+    let mut answered = 0usize;
+    loop {
+        if let Some(w) = &log.welcome {
+            if answered == index.len() && (!wait_for_feed || log.cursor >= w.seq.max(log.ack_seq)) {
+                log.done_at = Some(Instant::now());
+                return;
+            }
+        }
+        let message = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => {
+                let target = log.welcome.as_ref().map(|w| w.seq.max(log.ack_seq));
+                log.error = Some(format!(
+                    "timed out with {answered} of {} pushes answered, cursor {} of {target:?}",
+                    index.len(),
+                    log.cursor
+                ));
+                return;
+            }
+            Ok(None) => {
+                log.error = Some("the server ended the connection".into());
+                return;
+            }
+            Ok(Some(Err(e))) => {
+                log.error = Some(format!("websocket error: {e}"));
+                return;
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        let at = Instant::now();
+        let frame = match message {
+            WsMessage::Binary(b) => b,
+            WsMessage::Close(c) => {
+                log.error = Some(format!("the server closed the connection: {c:?}"));
+                return;
+            }
+            _ => continue,
+        };
+        log.frames_down += 1;
+        log.bytes_down += frame.len() as u64;
+        let message = match codec::decode(&frame, frame_bytes_max) {
+            Ok(m) => m,
+            Err(e) => {
+                log.error = Some(format!("undecodable frame: {e}"));
+                return;
+            }
+        };
+        match message {
+            Message::Welcome(w) => log.welcome = Some(w),
+            Message::Ack(a) => {
+                log.ack_seq = log.ack_seq.max(a.seq);
+                if let Some(&i) = index.get(&a.doc) {
+                    if log.acked[i].is_none() {
+                        log.acked[i] = Some((at, a.heads));
+                        answered += 1;
+                    }
+                }
+            }
+            Message::Changes(c) => {
+                log.changes_frames += 1;
+                log.changes_bytes += c.data.len() as u64;
+            }
+            Message::Cursor(c) => log.cursor = log.cursor.max(c.seq),
+            Message::Sync(_) => log.sync_frames += 1,
+            Message::Error(e) => {
+                if e.fatal {
+                    log.error = Some(format!("fatal error from the server: {}", e.message));
+                    return;
+                }
+                if let Some(&i) = e.doc.as_ref().and_then(|d| index.get(d)) {
+                    if log.acked[i].is_none() {
+                        log.refused += 1;
+                        answered += 1;
+                    }
+                }
+                if log.refusals.len() < REFUSALS_KEPT {
+                    log.refusals.push(format!("{:?}: {}", e.code, e.message));
+                }
+            }
+            other => {
+                log.error = Some(format!("unexpected {} from the server", other.kind()));
+                return;
+            }
+        }
+    }
+}
