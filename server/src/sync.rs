@@ -24,7 +24,7 @@ use crate::store::{SledStore, Store};
 use baraza_records::Header;
 
 /// Documents kept in memory by default.
-pub const CACHE_DOCS_DEFAULT: usize = 1024;
+pub const CACHE_DOCS_DEFAULT: usize = 4096;
 /// Feed entries read per catch-up step, bounding what one step holds.
 const CATCH_UP_BATCH: usize = 256;
 
@@ -140,23 +140,6 @@ impl SyncHub {
         let mut frames = 0usize;
         tracing::info!(device = %device.id, name = %device.name, "device connected");
         loop {
-            // Not while pushes wait for their commit: the feed may already
-            // show their writes, and only the push replies (which mark those
-            // documents as carried) keep a device from being sent its own
-            // changes back. One batch per pass, so a long download does not
-            // hold back the acknowledgements of this device's own pushes.
-            let mut more_feed = false;
-            if session.is_established() && pending.is_empty() {
-                let upto = *durable.borrow();
-                let mut feed = HubFeed { docs: &self.docs };
-                match session.catch_up(&mut feed, upto, CATCH_UP_BATCH) {
-                    Ok(more) => more_feed = more,
-                    Err(err) => {
-                        tracing::warn!(device = %device.id, error = %err, "catch-up failed");
-                        break;
-                    }
-                }
-            }
             if send_all(&mut session, &mut sink).await.is_err() {
                 break;
             }
@@ -165,6 +148,9 @@ impl SyncHub {
                 break;
             }
             let reading = pending.len() < self.limits.pushes_in_flight_max;
+            let feed_due = session.is_established()
+                && pending.is_empty()
+                && session.sent_seq() < *durable.borrow();
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
@@ -192,8 +178,19 @@ impl SyncHub {
                         durable_open = false;
                     }
                 }
-                // More of the feed to send and nothing else to do: go on.
-                _ = std::future::ready(()), if more_feed => {}
+                // The feed goes out only when nothing above is ready: a
+                // device's own pushes and their acks come first, one batch
+                // per pass. Never while pushes wait for their commit: the
+                // feed may already show their writes, and only the push
+                // replies (which mark those documents as carried) keep a
+                // device from being sent its own changes back.
+                _ = std::future::ready(()), if feed_due => {
+                    let mut feed = HubFeed { docs: &self.docs };
+                    if let Err(err) = session.catch_up(&mut feed, *durable.borrow(), CATCH_UP_BATCH) {
+                        tracing::warn!(device = %device.id, error = %err, "catch-up failed");
+                        break;
+                    }
+                }
             }
         }
         tracing::info!(device = %device.id, frames, "device disconnected");
