@@ -126,14 +126,7 @@ impl LocalStore {
             what: "document",
             reason: e.to_string(),
         })?;
-        self.cache().put(
-            id,
-            Cached {
-                doc: doc.clone(),
-                saved: doc.get_heads(),
-                chunks,
-            },
-        );
+        self.remember(id, &doc, chunks);
         Ok(Some(doc))
     }
 
@@ -166,6 +159,12 @@ impl LocalStore {
                 0
             }
         };
+        self.remember(id, doc, chunks);
+        Ok(())
+    }
+
+    /// Caches a document exactly as it now is on disk.
+    fn remember(&self, id: DocId, doc: &Automerge, chunks: u32) {
         self.cache().put(
             id,
             Cached {
@@ -174,7 +173,6 @@ impl LocalStore {
                 chunks,
             },
         );
-        Ok(())
     }
 
     /// Stores a document edited on this device, durably, and marks it as
