@@ -10,7 +10,7 @@ use baraza_protocol::{DocId, Limits};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
-use baraza_records::{ops, Header, Kind};
+use baraza_records::{ops, FieldValue, Header, Kind};
 
 use crate::error::ClientError;
 use crate::record::{self, Record};
@@ -326,6 +326,150 @@ impl Client {
             listener,
         ));
         Ok(BackgroundSync { stop, task })
+    }
+
+    fn kind_of(&self, id: DocId) -> Result<Kind, ClientError> {
+        let doc = self
+            .store
+            .load(id)?
+            .ok_or_else(|| ClientError::NotFound(id.to_string()))?;
+        Ok(Header::read(&doc)
+            .map_err(baraza_records::EditError::from)?
+            .kind)
+    }
+
+    /// Parses `field=value` texts into the typed values of a list's items.
+    fn item_values(
+        &self,
+        id: DocId,
+        list: &str,
+        values: &[(String, String)],
+    ) -> Result<Vec<(String, FieldValue)>, ClientError> {
+        let kind = self.kind_of(id)?;
+        let spec = kind.field(list).ok_or_else(|| {
+            ClientError::BadEdit(format!("a {} record has no list {list:?}", kind.name()))
+        })?;
+        values
+            .iter()
+            .map(|(name, text)| {
+                let part = spec
+                    .parts()
+                    .iter()
+                    .find(|p| p.name == name)
+                    .ok_or_else(|| {
+                        ClientError::BadEdit(format!("items of {list} have no field {name:?}"))
+                    })?;
+                let value = FieldValue::parse(part.ty, text)
+                    .map_err(|reason| ClientError::BadEdit(format!("{list}.{name}: {reason}")))?;
+                Ok((name.clone(), value))
+            })
+            .collect()
+    }
+
+    /// Adds an item to a list field (an attendee, a concern, an action item,
+    /// an observation, a follow-up); returns its position. Lists merge item
+    /// by item across devices.
+    pub fn add_item(
+        &self,
+        id: &str,
+        list: &str,
+        values: Vec<(String, String)>,
+    ) -> Result<u64, ClientError> {
+        let doc_id = parse_id(id)?;
+        let typed = self.item_values(doc_id, list, &values)?;
+        let mut index = 0;
+        self.edit(doc_id, false, |doc| {
+            let pairs: Vec<(&str, FieldValue)> =
+                typed.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            index = ops::append(doc, list, &pairs, now_ms())?;
+            Ok(())
+        })?;
+        Ok(index as u64)
+    }
+
+    /// Sets one field of a list item (e.g. an action item's status).
+    pub fn set_item(
+        &self,
+        id: &str,
+        list: &str,
+        index: u64,
+        field: &str,
+        value: &str,
+    ) -> Result<(), ClientError> {
+        let doc_id = parse_id(id)?;
+        let mut typed =
+            self.item_values(doc_id, list, &[(field.to_string(), value.to_string())])?;
+        let (_, value) = typed.remove(0);
+        self.edit(doc_id, false, |doc| {
+            Ok(ops::set_item(
+                doc,
+                list,
+                index as usize,
+                field,
+                value,
+                now_ms(),
+            )?)
+        })
+    }
+
+    /// Removes a list item.
+    pub fn remove_item(&self, id: &str, list: &str, index: u64) -> Result<(), ClientError> {
+        self.edit(parse_id(id)?, false, |doc| {
+            Ok(ops::remove(doc, list, index as usize, now_ms())?)
+        })
+    }
+
+    /// Attaches a GPS point to an observation of a patrol note.
+    pub fn set_gps(
+        &self,
+        id: &str,
+        observation: u64,
+        lat: &str,
+        lon: &str,
+        accuracy_m: i64,
+    ) -> Result<(), ClientError> {
+        self.edit(parse_id(id)?, false, |doc| {
+            Ok(ops::set_item_map(
+                doc,
+                "observations",
+                observation as usize,
+                "gps",
+                &[
+                    ("lat", FieldValue::Str(lat.into())),
+                    ("lon", FieldValue::Str(lon.into())),
+                    ("accuracy_m", FieldValue::Int(accuracy_m)),
+                ],
+                now_ms(),
+            )?)
+        })
+    }
+
+    /// Submits a record for review.
+    pub fn submit(&self, id: &str) -> Result<(), ClientError> {
+        self.edit(parse_id(id)?, false, |doc| {
+            Ok(ops::review(doc, "submitted", None, now_ms())?)
+        })
+    }
+
+    /// Fields that devices set differently while offline, each value with
+    /// the device (actor) that set it and when. Setting the field again
+    /// resolves it.
+    pub fn conflicts(&self, id: &str) -> Result<Vec<baraza_records::Conflict>, ClientError> {
+        let doc = self
+            .store
+            .load(parse_id(id)?)?
+            .ok_or_else(|| ClientError::NotFound(id.to_string()))?;
+        Ok(baraza_records::conflicts(&doc))
+    }
+
+    /// Every change to a record: who (actor, whose first 16 bytes are the
+    /// device id), when, and which fields it touched.
+    pub fn history(&self, id: &str) -> Result<Vec<baraza_records::HistoryEntry>, ClientError> {
+        let doc = self
+            .store
+            .load(parse_id(id)?)?
+            .ok_or_else(|| ClientError::NotFound(id.to_string()))?;
+        Ok(baraza_records::history(&doc))
     }
 
     /// The heads of a record, hex-encoded, for comparing replicas.

@@ -95,6 +95,190 @@ enum Command {
     Sync,
     /// Shows unacknowledged changes, the last sync and the cursor.
     Status,
+    /// Adds an item to a list field: `add ID attendees name=Otieno role=youth`.
+    Add {
+        /// Record id.
+        id: String,
+        /// List field (attendees, concerns, action_items, observations, follow_ups).
+        list: String,
+        /// The item's fields, FIELD=VALUE.
+        values: Vec<String>,
+    },
+    /// Sets a field of a list item: `item ID action_items 0 status done`.
+    Item {
+        /// Record id.
+        id: String,
+        /// List field.
+        list: String,
+        /// Position in the list, from 0.
+        index: u64,
+        /// Field of the item.
+        field: String,
+        /// New value.
+        value: String,
+    },
+    /// Removes a list item.
+    Remove {
+        /// Record id.
+        id: String,
+        /// List field.
+        list: String,
+        /// Position in the list, from 0.
+        index: u64,
+    },
+    /// Meetings: start one, record who came, concerns and action items.
+    #[command(subcommand)]
+    Meeting(MeetingCmd),
+    /// Patrol notes: start one, add observations (with GPS).
+    #[command(subcommand)]
+    Patrol(PatrolCmd),
+    /// Citizens' feedback: record it, add follow-ups.
+    #[command(subcommand)]
+    Feedback(FeedbackCmd),
+    /// Submits a record for a supervisor's review.
+    Submit {
+        /// Record id.
+        id: String,
+    },
+    /// Lists fields set differently on several devices, with who and when.
+    Conflicts {
+        /// Record id.
+        id: String,
+    },
+    /// Lists every change to a record: who, when, which fields.
+    History {
+        /// Record id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MeetingCmd {
+    /// Starts a meeting record; prints its id.
+    New {
+        /// Title.
+        title: String,
+        /// Where it is held.
+        #[arg(long)]
+        place: Option<String>,
+        /// Area (default: the one given at init).
+        #[arg(long)]
+        area: Option<String>,
+    },
+    /// Records an attendee.
+    Attend {
+        /// Record id.
+        id: String,
+        /// Name.
+        name: String,
+        /// Role (elder, youth leader, ...).
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// Records a concern raised.
+    Concern {
+        /// Record id.
+        id: String,
+        /// Topic.
+        topic: String,
+        /// What was said.
+        text: String,
+    },
+    /// Adds an action item.
+    Action {
+        /// Record id.
+        id: String,
+        /// What is to be done.
+        text: String,
+        /// Who is to do it.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Changes an action item's status (open, in_progress, done, dropped).
+    ActionStatus {
+        /// Record id.
+        id: String,
+        /// Position of the action item, from 0.
+        index: u64,
+        /// New status.
+        status: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PatrolCmd {
+    /// Starts a patrol note; prints its id.
+    New {
+        /// Beat.
+        beat: String,
+        /// Officer.
+        #[arg(long)]
+        officer: Option<String>,
+        /// Area (default: the one given at init).
+        #[arg(long)]
+        area: Option<String>,
+    },
+    /// Adds an observation, with a GPS point if given as LAT,LON,ACCURACY_M.
+    Observe {
+        /// Record id.
+        id: String,
+        /// What was observed.
+        text: String,
+        /// GPS point: LAT,LON,ACCURACY_M.
+        #[arg(long)]
+        gps: Option<String>,
+        /// Tags, comma-separated.
+        #[arg(long)]
+        tags: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FeedbackCmd {
+    /// Records feedback; prints its id.
+    New {
+        /// complaint, commendation, concern or suggestion.
+        category: String,
+        /// What it is about (a unit, a place).
+        about: String,
+        /// in_person, phone, meeting, letter or other.
+        #[arg(long, default_value = "in_person")]
+        channel: String,
+        /// Area (default: the one given at init).
+        #[arg(long)]
+        area: Option<String>,
+    },
+    /// Adds a follow-up and moves the status.
+    FollowUp {
+        /// Record id.
+        id: String,
+        /// received, acknowledged, referred or resolved.
+        status: String,
+        /// What was done.
+        note: String,
+    },
+}
+
+fn pairs(values: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    values
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) => Ok((k.to_string(), v.to_string())),
+            None => bail!("expected FIELD=VALUE, got {pair:?}"),
+        })
+        .collect()
+}
+
+fn kv(k: &str, v: &str) -> (String, String) {
+    (k.to_string(), v.to_string())
+}
+
+fn now_ms() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+        .to_string()
 }
 
 struct Printer;
@@ -218,6 +402,157 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     report.unacknowledged
                 );
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Add { id, list, values } => {
+            println!("{}", client.add_item(&id, &list, pairs(&values)?)?);
+        }
+        Command::Item {
+            id,
+            list,
+            index,
+            field,
+            value,
+        } => client.set_item(&id, &list, index, &field, &value)?,
+        Command::Remove { id, list, index } => client.remove_item(&id, &list, index)?,
+        Command::Meeting(cmd) => match cmd {
+            MeetingCmd::New { title, place, area } => {
+                let mut fields = vec![kv("title", &title), kv("held_at", &now_ms())];
+                if let Some(place) = place {
+                    fields.push(kv("place", &place));
+                }
+                let area = match area {
+                    Some(a) => a,
+                    None => client.area()?,
+                };
+                println!("{}", client.create_record("meeting", &area, fields)?);
+            }
+            MeetingCmd::Attend { id, name, role } => {
+                let mut item = vec![kv("name", &name)];
+                if let Some(role) = role {
+                    item.push(kv("role", &role));
+                }
+                println!("{}", client.add_item(&id, "attendees", item)?);
+            }
+            MeetingCmd::Concern { id, topic, text } => {
+                let item = vec![kv("topic", &topic), kv("text", &text)];
+                println!("{}", client.add_item(&id, "concerns", item)?);
+            }
+            MeetingCmd::Action { id, text, owner } => {
+                let mut item = vec![kv("text", &text), kv("status", "open")];
+                if let Some(owner) = owner {
+                    item.push(kv("owner", &owner));
+                }
+                println!("{}", client.add_item(&id, "action_items", item)?);
+            }
+            MeetingCmd::ActionStatus { id, index, status } => {
+                client.set_item(&id, "action_items", index, "status", &status)?
+            }
+        },
+        Command::Patrol(cmd) => match cmd {
+            PatrolCmd::New {
+                beat,
+                officer,
+                area,
+            } => {
+                let mut fields = vec![kv("beat", &beat), kv("started_at", &now_ms())];
+                if let Some(officer) = officer {
+                    fields.push(kv("officer", &officer));
+                }
+                let area = match area {
+                    Some(a) => a,
+                    None => client.area()?,
+                };
+                println!("{}", client.create_record("patrol_note", &area, fields)?);
+            }
+            PatrolCmd::Observe {
+                id,
+                text,
+                gps,
+                tags,
+            } => {
+                let mut item = vec![kv("text", &text), kv("at", &now_ms())];
+                if let Some(tags) = tags {
+                    item.push(kv("tags", &tags));
+                }
+                let index = client.add_item(&id, "observations", item)?;
+                if let Some(gps) = gps {
+                    let parts: Vec<&str> = gps.split(',').collect();
+                    let [lat, lon, acc] = parts.as_slice() else {
+                        bail!("--gps wants LAT,LON,ACCURACY_M, got {gps:?}");
+                    };
+                    let acc: i64 = acc
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("accuracy {acc:?} is not whole metres"))?;
+                    client.set_gps(&id, index, lat.trim(), lon.trim(), acc)?;
+                }
+                println!("{index}");
+            }
+        },
+        Command::Feedback(cmd) => match cmd {
+            FeedbackCmd::New {
+                category,
+                about,
+                channel,
+                area,
+            } => {
+                let fields = vec![
+                    kv("category", &category),
+                    kv("about", &about),
+                    kv("channel", &channel),
+                    kv("status", "received"),
+                ];
+                let area = match area {
+                    Some(a) => a,
+                    None => client.area()?,
+                };
+                println!("{}", client.create_record("feedback", &area, fields)?);
+            }
+            FeedbackCmd::FollowUp { id, status, note } => {
+                let item = vec![
+                    kv("status", &status),
+                    kv("note", &note),
+                    kv("at", &now_ms()),
+                ];
+                client.add_item(&id, "follow_ups", item)?;
+                client.set(&id, "status", &status)?;
+            }
+        },
+        Command::Submit { id } => client.submit(&id)?,
+        Command::Conflicts { id } => {
+            let conflicts = client.conflicts(&id)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&conflicts)?);
+            } else if conflicts.is_empty() {
+                println!("no conflicts");
+            } else {
+                for c in conflicts {
+                    println!("{}:", c.path);
+                    for v in c.values {
+                        let device = v.actor.get(..32).unwrap_or(&v.actor);
+                        println!(
+                            "  {:?} set by device {device} at {} (unix seconds)",
+                            v.value, v.time
+                        );
+                    }
+                }
+            }
+        }
+        Command::History { id } => {
+            let history = client.history(&id)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&history)?);
+            } else {
+                for h in history {
+                    let device = h.actor.get(..32).unwrap_or(&h.actor);
+                    println!(
+                        "{} device {device}: {} [{}]",
+                        h.time,
+                        h.message.as_deref().unwrap_or("change"),
+                        h.fields.join(", ")
+                    );
+                }
             }
         }
         Command::Status => {

@@ -49,6 +49,11 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.name() == name)
     }
 
+    /// One of the kind's body fields.
+    pub fn field(self, name: &str) -> Option<&'static FieldSpec> {
+        self.fields().iter().find(|f| f.name == name)
+    }
+
     /// The kind's body fields.
     pub fn fields(self) -> &'static [FieldSpec] {
         match self {
@@ -89,6 +94,16 @@ pub struct FieldSpec {
     pub name: &'static str,
     /// Its type.
     pub ty: FieldType,
+}
+
+impl FieldSpec {
+    /// For a list or map field, the fields of its items.
+    pub fn parts(&self) -> &'static [FieldSpec] {
+        match self.ty {
+            FieldType::List(parts) | FieldType::Map(parts) => parts,
+            _ => &[],
+        }
+    }
 }
 
 const fn f(name: &'static str, ty: FieldType) -> FieldSpec {
