@@ -70,6 +70,17 @@ pub struct DocWrite {
     pub compacted: Option<Vec<u8>>,
 }
 
+/// The chunks a client lacks, and the state they bring it to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DocChunks {
+    /// Concatenated chunks written after the client's position.
+    pub bytes: Vec<u8>,
+    /// The feed position of the document's latest write.
+    pub seq: Seq,
+    /// The document's heads after that write.
+    pub heads: Vec<Head>,
+}
+
 /// What is stored of one document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredDoc {
@@ -104,7 +115,7 @@ pub trait Store: Send + Sync + 'static {
     /// The chunks written to a document after feed position `after`, with
     /// the position of the latest; None if the document is unknown or was
     /// compacted past `after` (then only the whole document will do).
-    fn chunks_after(&self, doc: DocId, after: Seq) -> Result<Option<(Vec<u8>, Seq)>, StoreError>;
+    fn chunks_after(&self, doc: DocId, after: Seq) -> Result<Option<DocChunks>, StoreError>;
     /// A document's heads as of feed position `seq`.
     fn heads_at(&self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, StoreError>;
     /// Marks a clean shutdown (after flushing).
@@ -190,25 +201,28 @@ fn log_key(doc: DocId, seq: Seq) -> [u8; 24] {
     k
 }
 
-/// What `doc_meta` holds of a document.
-#[derive(Clone, Copy, Default)]
+/// What `doc_meta` holds of a document. The latest heads are kept here so
+/// catch-up, which reads this value anyway, need not search the heads log.
+#[derive(Clone, Default)]
 struct DocMeta {
     seq: Seq,
     chunks: u32,
     compacted: Seq,
+    heads: Vec<Head>,
 }
 
-/// doc_meta value: seq (8) | chunks (4) | compacted (8).
-fn encode_meta(m: DocMeta) -> [u8; 20] {
-    let mut v = [0u8; 20];
-    v[..8].copy_from_slice(&m.seq.to_be_bytes());
-    v[8..12].copy_from_slice(&m.chunks.to_be_bytes());
-    v[12..].copy_from_slice(&m.compacted.to_be_bytes());
+/// doc_meta value: seq (8) | chunks (4) | compacted (8) | heads (32 each).
+fn encode_meta(m: &DocMeta) -> Vec<u8> {
+    let mut v = Vec::with_capacity(20 + 32 * m.heads.len());
+    v.extend_from_slice(&m.seq.to_be_bytes());
+    v.extend_from_slice(&m.chunks.to_be_bytes());
+    v.extend_from_slice(&m.compacted.to_be_bytes());
+    v.extend_from_slice(&encode_heads(&m.heads));
     v
 }
 
 fn decode_meta(v: &[u8]) -> Result<DocMeta, StoreError> {
-    if v.len() != 20 {
+    if v.len() < 20 {
         return Err(StoreError::Corrupt {
             tree: "doc_meta",
             reason: format!("value of {} bytes", v.len()),
@@ -219,7 +233,8 @@ fn decode_meta(v: &[u8]) -> Result<DocMeta, StoreError> {
     Ok(DocMeta {
         seq: seq_from(&v[..8], "doc_meta")?,
         chunks: u32::from_be_bytes(c),
-        compacted: seq_from(&v[12..], "doc_meta")?,
+        compacted: seq_from(&v[12..20], "doc_meta")?,
+        heads: decode_heads(&v[20..])?,
     })
 }
 
@@ -322,9 +337,10 @@ impl Store for SledStore {
                         meta.chunks += 1;
                     }
                     meta.seq = seq;
+                    meta.heads = w.heads.clone();
                     feed.insert(&seq.to_be_bytes()[..], &key[..])?;
                     log.insert(&log_key(w.doc, seq)[..], encode_heads(&w.heads))?;
-                    metas.insert(&key[..], &encode_meta(meta)[..])?;
+                    metas.insert(&key[..], encode_meta(&meta))?;
                 }
                 Ok(())
             },
@@ -359,7 +375,7 @@ impl Store for SledStore {
         }
     }
 
-    fn chunks_after(&self, doc: DocId, after: Seq) -> Result<Option<(Vec<u8>, Seq)>, StoreError> {
+    fn chunks_after(&self, doc: DocId, after: Seq) -> Result<Option<DocChunks>, StoreError> {
         let Some(meta) = self.meta_docs.get(doc.as_bytes())? else {
             return Ok(None);
         };
@@ -373,7 +389,11 @@ impl Store for SledStore {
         for item in self.chunks.range(start..=end) {
             bytes.extend_from_slice(&item?.1);
         }
-        Ok(Some((bytes, meta.seq)))
+        Ok(Some(DocChunks {
+            bytes,
+            seq: meta.seq,
+            heads: meta.heads,
+        }))
     }
 
     fn heads_at(&self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, StoreError> {
@@ -467,8 +487,19 @@ mod tests {
                 .unwrap();
         }
         // What a client holding the document as of position 1 lacks.
-        assert_eq!(store.chunks_after(a, 1).unwrap(), Some((vec![1, 2], 3)));
-        assert_eq!(store.chunks_after(a, 3).unwrap(), Some((vec![], 3)));
+        let chunks = |bytes: Vec<u8>, seq: Seq, h: u8| DocChunks {
+            bytes,
+            seq,
+            heads: vec![head(h)],
+        };
+        assert_eq!(
+            store.chunks_after(a, 1).unwrap(),
+            Some(chunks(vec![1, 2], 3, 2))
+        );
+        assert_eq!(
+            store.chunks_after(a, 3).unwrap(),
+            Some(chunks(vec![], 3, 2))
+        );
         store
             .commit(&[DocWrite {
                 doc: a,
@@ -482,6 +513,9 @@ mod tests {
         assert_eq!(loaded.chunks, 2);
         // Compacted past position 3: only the whole document will do.
         assert_eq!(store.chunks_after(a, 3).unwrap(), None);
-        assert_eq!(store.chunks_after(a, 4).unwrap(), Some((vec![], 4)));
+        assert_eq!(
+            store.chunks_after(a, 4).unwrap(),
+            Some(chunks(vec![], 4, 9))
+        );
     }
 }

@@ -479,9 +479,12 @@ impl Feed for HubFeed<'_> {
             // they are: no document is loaded, so a cold start costs reads only.
             return self.docs.stored(doc);
         }
-        if let Some((data, seq)) = store.chunks_after(doc, base)? {
-            let heads = store.heads_at(doc, seq)?.unwrap_or_default();
-            return Ok(Some(baraza_protocol::DocDelta { heads, data, seq }));
+        if let Some(c) = store.chunks_after(doc, base)? {
+            return Ok(Some(baraza_protocol::DocDelta {
+                heads: c.heads,
+                data: c.bytes,
+                seq: c.seq,
+            }));
         }
         // Compacted past the client's position: compute the delta.
         let Some(base_heads) = store.heads_at(doc, base)? else {
