@@ -111,6 +111,20 @@ fn collect(doc: &Automerge, obj: &ObjId, prefix: &str, out: &mut Vec<Conflict>) 
     }
 }
 
+/// The record's review state (`draft` if it has none).
+pub fn review_state(doc: &Automerge) -> String {
+    match doc.get(ROOT, "review") {
+        Ok(Some((Value::Object(ObjType::Map), review))) => match doc.get(&review, "state") {
+            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+                ScalarValue::Str(v) => v.to_string(),
+                _ => "draft".into(),
+            },
+            _ => "draft".into(),
+        },
+        _ => "draft".into(),
+    }
+}
+
 /// Every conflicted field of a record, nested ones included.
 pub fn conflicts(doc: &Automerge) -> Vec<Conflict> {
     let mut out = Vec::new();

@@ -16,7 +16,7 @@ pub mod schema;
 pub mod validate;
 
 pub use header::Header;
-pub use inspect::{conflicts, history, Conflict, ConflictValue, HistoryEntry};
+pub use inspect::{conflicts, history, review_state, Conflict, ConflictValue, HistoryEntry};
 pub use ops::{EditError, FieldValue};
 pub use schema::{FieldSpec, FieldType, Kind, SCHEMA_VERSION};
 pub use validate::{validate, validate_change, SchemaError};

@@ -15,7 +15,7 @@ use automerge::Automerge;
 use baraza_protocol::{to_heads, DocDelta, DocId, Seq};
 use tokio::sync::{oneshot, watch};
 
-use crate::store::{DocWrite, Store, StoreError};
+use crate::store::{DocWrite, IndexEntry, Store, StoreError};
 
 /// Chunks a document may accumulate before its next write compacts them.
 const CHUNKS_BEFORE_COMPACTION: u32 = 64;
@@ -175,7 +175,12 @@ impl Docs {
 
     /// Prepares the write of `chunk` (changes just applied to `live`).
     /// Returns None if there is nothing new.
-    pub fn write_for(id: DocId, live: &mut LiveDoc, chunk: Vec<u8>) -> Option<DocWrite> {
+    pub fn write_for(
+        id: DocId,
+        live: &mut LiveDoc,
+        chunk: Vec<u8>,
+        index: Option<IndexEntry>,
+    ) -> Option<DocWrite> {
         if chunk.is_empty() {
             return None;
         }
@@ -199,6 +204,7 @@ impl Docs {
             },
             heads,
             compacted,
+            index,
         })
     }
 

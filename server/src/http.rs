@@ -231,6 +231,7 @@ fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone + Send + Sync + 'static {
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok");
 
+    let records = records_routes(&state);
     let devices = state.devices.clone();
     let sync = warp::path!("v1" / "sync")
         .and(warp::get())
@@ -247,7 +248,92 @@ fn routes(
             async move { upgrade(device, ws, state, slots, stop_rx) }
         });
 
-    healthz.or(sync).recover(recover)
+    healthz.or(sync).or(records).recover(recover)
+}
+
+/// Most rows one listing returns.
+const LIST_ROWS_MAX: usize = 1000;
+
+/// `GET /v1/records?kind=&area=&state=&since=` (from the index) and
+/// `GET /v1/records/{id}` (fields, conflicts, history), behind a device
+/// token. Reads run off the async workers: they touch disk.
+fn records_routes(
+    state: &AppState,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone + Send + Sync + 'static {
+    let devices = state.devices.clone();
+    let auth = warp::header::headers_cloned().and_then(move |headers: HeaderMap| {
+        let devices = devices.clone();
+        async move { authenticate(&headers, &devices).await }
+    });
+    let hub = state.hub.clone();
+    let list = warp::path!("v1" / "records")
+        .and(warp::get())
+        .and(auth.clone())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and_then(
+            move |device: DeviceIdentity, query: std::collections::HashMap<String, String>| {
+                let hub = hub.clone();
+                async move {
+                    let since = match query.get("since").map(|s| s.parse::<i64>()) {
+                        Some(Ok(t)) => Some(t),
+                        Some(Err(_)) => {
+                            return Ok::<_, Rejection>(text_reply(
+                                StatusCode::BAD_REQUEST,
+                                "since must be milliseconds since 1970",
+                            ))
+                        }
+                        None => None,
+                    };
+                    let filter = crate::store::RecordFilter {
+                        kind: query.get("kind").cloned(),
+                        area: query.get("area").cloned(),
+                        state: query.get("state").cloned(),
+                        since,
+                    };
+                    tracing::debug!(device = %device.id, ?filter, "list records");
+                    let rows = tokio::task::spawn_blocking(move || {
+                        hub.list_records(&filter, LIST_ROWS_MAX)
+                    })
+                    .await;
+                    Ok(match rows {
+                        Ok(Ok(rows)) => {
+                            warp::reply::with_status(warp::reply::json(&rows), StatusCode::OK)
+                                .into_response()
+                        }
+                        _ => {
+                            text_reply(StatusCode::SERVICE_UNAVAILABLE, "record index unavailable")
+                        }
+                    })
+                }
+            },
+        );
+    let hub = state.hub.clone();
+    let one = warp::path!("v1" / "records" / String)
+        .and(warp::get())
+        .and(auth)
+        .and_then(move |id: String, device: DeviceIdentity| {
+            let hub = hub.clone();
+            async move {
+                let Ok(doc) = id.parse::<baraza_protocol::DocId>() else {
+                    return Ok::<_, Rejection>(text_reply(StatusCode::NOT_FOUND, "no such record"));
+                };
+                tracing::debug!(device = %device.id, record = %doc, "read record");
+                let view = tokio::task::spawn_blocking(move || hub.record_view(doc)).await;
+                Ok(match view {
+                    Ok(Ok(Some(view))) => {
+                        warp::reply::with_status(warp::reply::json(&view), StatusCode::OK)
+                            .into_response()
+                    }
+                    Ok(Ok(None)) => text_reply(StatusCode::NOT_FOUND, "no such record"),
+                    _ => text_reply(StatusCode::SERVICE_UNAVAILABLE, "record store unavailable"),
+                })
+            }
+        });
+    list.or(one)
+}
+
+fn text_reply(status: StatusCode, body: &'static str) -> warp::reply::Response {
+    warp::reply::with_status(body, status).into_response()
 }
 
 /// Checks the bearer token. Runs before the WebSocket filter, so a client

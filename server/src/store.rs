@@ -68,6 +68,81 @@ pub struct DocWrite {
     pub heads: Vec<Head>,
     /// A full save replacing all chunks (compaction), if due.
     pub compacted: Option<Vec<u8>>,
+    /// Where the record now sits in the listing index.
+    pub index: Option<IndexEntry>,
+}
+
+/// What the listing index knows of a record: enough to filter a list of
+/// thousands without loading a document.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IndexEntry {
+    /// Record kind name.
+    pub kind: String,
+    /// Area.
+    pub area: String,
+    /// Review state.
+    pub state: String,
+    /// Creation time, milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A listing query; `None` matches anything.
+#[derive(Debug, Clone, Default)]
+pub struct RecordFilter {
+    /// Record kind name.
+    pub kind: Option<String>,
+    /// Area.
+    pub area: Option<String>,
+    /// Review state.
+    pub state: Option<String>,
+    /// Created at or after (milliseconds since the epoch).
+    pub since: Option<i64>,
+}
+
+/// One row of a listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecordRow {
+    /// Record id.
+    pub id: String,
+    /// Index fields.
+    #[serde(flatten)]
+    pub entry: IndexEntry,
+}
+
+/// Index key: kind | 0 | area | 0 | state | 0 | created_at (8, biased) | doc.
+/// Kind, area and state are text without NUL, so a filter on a leading run
+/// of them is a prefix scan.
+fn index_key(doc: DocId, e: &IndexEntry) -> Vec<u8> {
+    let mut k = Vec::with_capacity(e.kind.len() + e.area.len() + e.state.len() + 27);
+    for part in [&e.kind, &e.area, &e.state] {
+        k.extend(part.bytes().filter(|b| *b != 0));
+        k.push(0);
+    }
+    k.extend_from_slice(&((e.created_at as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(doc.as_bytes());
+    k
+}
+
+fn parse_index_key(k: &[u8]) -> Option<RecordRow> {
+    let mut parts = k.splitn(4, |b| *b == 0);
+    let kind = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let area = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let state = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let rest = parts.next()?;
+    if rest.len() != 24 {
+        return None;
+    }
+    let created_at = (u64::from_be_bytes(rest[..8].try_into().ok()?) ^ (1 << 63)) as i64;
+    let doc = DocId::from_bytes(rest[8..].try_into().ok()?);
+    Some(RecordRow {
+        id: doc.to_string(),
+        entry: IndexEntry {
+            kind,
+            area,
+            state,
+            created_at,
+        },
+    })
 }
 
 /// The chunks a client lacks, and the state they bring it to.
@@ -116,6 +191,12 @@ pub trait Store: Send + Sync + 'static {
     /// the position of the latest; None if the document is unknown or was
     /// compacted past `after` (then only the whole document will do).
     fn chunks_after(&self, doc: DocId, after: Seq) -> Result<Option<DocChunks>, StoreError>;
+    /// Records matching a filter, from the index, at most `limit`.
+    fn list_records(
+        &self,
+        filter: &RecordFilter,
+        limit: usize,
+    ) -> Result<Vec<RecordRow>, StoreError>;
     /// A document's heads as of feed position `seq`.
     fn heads_at(&self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, StoreError>;
     /// Marks a clean shutdown (after flushing).
@@ -131,6 +212,8 @@ pub struct SledStore {
     meta_docs: sled::Tree,
     feed: sled::Tree,
     log: sled::Tree,
+    index: sled::Tree,
+    index_by_doc: sled::Tree,
     meta: sled::Tree,
     id: StoreId,
     /// Serialises commits so feed positions follow commit order.
@@ -172,6 +255,8 @@ impl SledStore {
             chunks: db.open_tree("doc_chunks")?,
             meta_docs: db.open_tree("doc_meta")?,
             log: db.open_tree("doc_log")?,
+            index: db.open_tree("record_index")?,
+            index_by_doc: db.open_tree("record_index_by_doc")?,
             feed,
             meta,
             db,
@@ -316,8 +401,15 @@ impl Store for SledStore {
             }
             doomed.push(keys);
         }
-        (&self.chunks, &self.meta_docs, &self.feed, &self.log).transaction(
-            |(chunks, metas, feed, log)| {
+        (
+            &self.chunks,
+            &self.meta_docs,
+            &self.feed,
+            &self.log,
+            &self.index,
+            &self.index_by_doc,
+        )
+            .transaction(|(chunks, metas, feed, log, index, by_doc)| {
                 for ((w, &seq), doomed) in writes.iter().zip(&seqs).zip(&doomed) {
                     let key = w.doc.as_bytes();
                     let mut meta = match metas.get(key)? {
@@ -341,10 +433,18 @@ impl Store for SledStore {
                     feed.insert(&seq.to_be_bytes()[..], &key[..])?;
                     log.insert(&log_key(w.doc, seq)[..], encode_heads(&w.heads))?;
                     metas.insert(&key[..], encode_meta(&meta))?;
+                    if let Some(entry) = &w.index {
+                        let new_key = index_key(w.doc, entry);
+                        if let Some(old) = by_doc.insert(&key[..], new_key.as_slice())? {
+                            if old.as_ref() != new_key.as_slice() {
+                                index.remove(old)?;
+                            }
+                        }
+                        index.insert(new_key, &[][..])?;
+                    }
                 }
                 Ok(())
-            },
-        )?;
+            })?;
         self.db.flush()?;
         if let Some(&last) = seqs.last() {
             *next = last;
@@ -396,6 +496,46 @@ impl Store for SledStore {
         }))
     }
 
+    fn list_records(
+        &self,
+        filter: &RecordFilter,
+        limit: usize,
+    ) -> Result<Vec<RecordRow>, StoreError> {
+        // The longest leading run of given fields is a prefix; the rest filter.
+        let mut prefix = Vec::new();
+        for part in [&filter.kind, &filter.area, &filter.state] {
+            match part {
+                Some(p) => {
+                    prefix.extend(p.bytes().filter(|b| *b != 0));
+                    prefix.push(0);
+                }
+                None => break,
+            }
+        }
+        let mut out = Vec::new();
+        for item in self.index.scan_prefix(&prefix).keys() {
+            let key = item?;
+            let Some(row) = parse_index_key(&key) else {
+                return Err(StoreError::Corrupt {
+                    tree: "record_index",
+                    reason: "unparsable key".into(),
+                });
+            };
+            let e = &row.entry;
+            let keep = filter.kind.as_ref().is_none_or(|k| *k == e.kind)
+                && filter.area.as_ref().is_none_or(|a| *a == e.area)
+                && filter.state.as_ref().is_none_or(|s| *s == e.state)
+                && filter.since.is_none_or(|t| e.created_at >= t);
+            if keep {
+                out.push(row);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn heads_at(&self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, StoreError> {
         let start = log_key(doc, 0);
         let end = log_key(doc, seq);
@@ -436,6 +576,7 @@ mod tests {
             chunk: vec![h],
             heads: vec![head(h)],
             compacted: None,
+            index: None,
         };
         assert_eq!(store.commit(&[w(a, 1), w(b, 2)]).unwrap(), vec![1, 2]);
         assert_eq!(store.commit(&[w(a, 3)]).unwrap(), vec![3]);
@@ -483,6 +624,7 @@ mod tests {
                     chunk: vec![i],
                     heads: vec![head(i)],
                     compacted: None,
+                    index: None,
                 }])
                 .unwrap();
         }
@@ -506,6 +648,7 @@ mod tests {
                 chunk: vec![9],
                 heads: vec![head(9)],
                 compacted: Some(vec![7, 7]),
+                index: None,
             }])
             .unwrap();
         let loaded = store.load(a).unwrap().unwrap();

@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, watch};
 use warp::ws::{Message as WsMessage, WebSocket};
 
 use crate::docs::{Docs, DocsError};
-use crate::store::{SledStore, Store};
+use crate::store::{IndexEntry, RecordFilter, RecordRow, SledStore, Store};
 use baraza_records::Header;
 
 /// Documents kept in memory by default.
@@ -111,6 +111,36 @@ impl SyncHub {
         );
         let docs = Docs::start(Arc::new(store), cache_docs)?;
         Ok(Arc::new(SyncHub { docs, limits }))
+    }
+
+    /// Records matching a filter, from the index (no document is loaded).
+    pub fn list_records(
+        &self,
+        filter: &RecordFilter,
+        limit: usize,
+    ) -> Result<Vec<RecordRow>, DocsError> {
+        Ok(self.docs.store().list_records(filter, limit)?)
+    }
+
+    /// One record as JSON: header, review state, fields, conflicts (each
+    /// value with its actor and time) and history (who, when, which
+    /// fields). None if there is no such record.
+    pub fn record_view(&self, id: DocId) -> Result<Option<serde_json::Value>, DocsError> {
+        if self.docs.store().doc_seq(id)?.is_none() {
+            return Ok(None);
+        }
+        let handle = self.docs.handle(id)?;
+        let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+        let doc = &live.doc;
+        let header = Header::read(doc).ok();
+        Ok(Some(serde_json::json!({
+            "id": id.to_string(),
+            "header": header,
+            "review_state": baraza_records::review_state(doc),
+            "fields": to_json(doc, &automerge::ROOT),
+            "conflicts": baraza_records::conflicts(doc),
+            "history": baraza_records::history(doc),
+        })))
     }
 
     /// The limits this hub enforces.
@@ -262,11 +292,15 @@ impl SyncHub {
                 );
             }
         };
+        let mut index = None;
         if !applied.new_chunk.is_empty() {
-            if let Err((code, message)) = admit(id, device, &live.doc, &before, before_header) {
-                self.docs.restore(id, &mut live);
-                tracing::info!(doc = %id, device = %device.id, %message, "change refused");
-                return session.refuse(id, code, message);
+            match admit(id, device, &live.doc, &before, before_header) {
+                Ok(entry) => index = Some(entry),
+                Err((code, message)) => {
+                    self.docs.restore(id, &mut live);
+                    tracing::info!(doc = %id, device = %device.id, %message, "change refused");
+                    return session.refuse(id, code, message);
+                }
             }
         }
         if applied.base_missing {
@@ -274,7 +308,8 @@ impl SyncHub {
         }
         // Submitted under the document's lock, so writes to one document
         // reach the committer in the order they were applied.
-        let rx = Docs::write_for(id, &mut live, applied.new_chunk).map(|w| self.docs.submit(w));
+        let rx =
+            Docs::write_for(id, &mut live, applied.new_chunk, index).map(|w| self.docs.submit(w));
         drop(live);
         let now = *self.docs.durable().borrow();
         let heads = applied.heads;
@@ -318,11 +353,15 @@ impl SyncHub {
             }
         }
         let chunk = docsync::encode_changes(&live.doc.get_changes(&before));
+        let mut index = None;
         if !chunk.is_empty() {
-            if let Err((code, message)) = admit(id, device, &live.doc, &before, before_header) {
-                self.docs.restore(id, &mut live);
-                tracing::info!(doc = %id, device = %device.id, %message, "change refused");
-                return session.refuse(id, code, message);
+            match admit(id, device, &live.doc, &before, before_header) {
+                Ok(entry) => index = Some(entry),
+                Err((code, message)) => {
+                    self.docs.restore(id, &mut live);
+                    tracing::info!(doc = %id, device = %device.id, %message, "change refused");
+                    return session.refuse(id, code, message);
+                }
             }
         }
         if live.bytes + chunk.len() > self.limits.doc_bytes_max {
@@ -333,7 +372,7 @@ impl SyncHub {
             );
             return session.refuse(id, ErrorCode::DocTooLarge, message);
         }
-        let rx = Docs::write_for(id, &mut live, chunk).map(|w| self.docs.submit(w));
+        let rx = Docs::write_for(id, &mut live, chunk, index).map(|w| self.docs.submit(w));
         let heads = baraza_protocol::to_heads(&live.doc.get_heads());
         drop(live);
         let now = *self.docs.durable().borrow();
@@ -398,6 +437,44 @@ impl SyncHub {
     }
 }
 
+/// A document's current values as JSON (the value shown where fields
+/// conflict; `conflicts` lists the others).
+fn to_json(doc: &automerge::Automerge, obj: &automerge::ObjId) -> serde_json::Value {
+    use automerge::{ObjType, ReadDoc, ScalarValue, Value};
+    let value = |v: Value<'_>, id: automerge::ObjId| match v {
+        Value::Object(ObjType::Map | ObjType::Table | ObjType::List) => to_json(doc, &id),
+        Value::Object(ObjType::Text) => {
+            serde_json::Value::String(doc.text(&id).unwrap_or_default())
+        }
+        Value::Scalar(s) => match s.as_ref() {
+            ScalarValue::Str(s) => serde_json::Value::String(s.to_string()),
+            ScalarValue::Int(i) | ScalarValue::Timestamp(i) => serde_json::json!(i),
+            ScalarValue::Uint(u) => serde_json::json!(u),
+            ScalarValue::F64(f) => serde_json::json!(f),
+            ScalarValue::Boolean(b) => serde_json::json!(b),
+            ScalarValue::Null => serde_json::Value::Null,
+            other => serde_json::Value::String(other.to_string()),
+        },
+    };
+    match doc.object_type(obj) {
+        Ok(ObjType::List) => serde_json::Value::Array(
+            (0..doc.length(obj))
+                .filter_map(|i| doc.get(obj, i).ok().flatten())
+                .map(|(v, id)| value(v, id))
+                .collect(),
+        ),
+        _ => serde_json::Value::Object(
+            doc.keys(obj)
+                .filter(|k| !(obj == &automerge::ROOT && k == "header"))
+                .filter_map(|k| {
+                    let (v, id) = doc.get(obj, k.as_str()).ok().flatten()?;
+                    Some((k, value(v, id)))
+                })
+                .collect(),
+        ),
+    }
+}
+
 /// Decides whether changes a device just added to a record may stay: every
 /// new change must be authored under one of the device's own actor ids
 /// (automerge does not authenticate actors, so the server must), and the
@@ -409,7 +486,7 @@ fn admit(
     doc: &automerge::Automerge,
     before: &[automerge::ChangeHash],
     before_header: Option<Header>,
-) -> Result<(), (ErrorCode, String)> {
+) -> Result<IndexEntry, (ErrorCode, String)> {
     let prefix = hex::decode(&device.id).unwrap_or_default();
     for change in doc.get_changes(before) {
         if !change.actor_id().to_bytes().starts_with(&prefix) {
@@ -448,7 +525,12 @@ fn admit(
         }
         None => {}
     }
-    Ok(())
+    Ok(IndexEntry {
+        kind: header.kind.name().to_string(),
+        area: header.area,
+        state: baraza_records::review_state(doc),
+        created_at: header.created_at,
+    })
 }
 
 /// The store seen as the session's [`Feed`].

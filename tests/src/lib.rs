@@ -556,6 +556,67 @@ async fn upgrade(
         .map(|(ws, _)| ws)
 }
 
+/// A plain HTTPS GET (HTTP/1.1, `Connection: close`) with an optional
+/// bearer token: the status and the body.
+pub async fn https_get(server: &ServerProcess, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let tcp = TcpStream::connect(server.addr())
+            .await
+            .expect("TCP connect");
+        let name = ServerName::try_from("localhost").expect("a server name");
+        let mut tls = tls_connector(&server.ca_path())
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+        tls.write_all(request.as_bytes())
+            .await
+            .expect("send the request");
+        let mut raw = Vec::new();
+        let _ = tls.read_to_end(&mut raw).await;
+        raw
+    };
+    let raw = tokio::time::timeout(FRAME_TIMEOUT, exchange)
+        .await
+        .expect("the server answers in time");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("an HTTP status line");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
 /// The HTTP status the sync endpoint answers an upgrade with, given this
 /// `Authorization` header (or none): 101 when it upgrades.
 pub async fn upgrade_status(server: &ServerProcess, authorization: Option<&str>) -> u16 {
