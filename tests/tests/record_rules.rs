@@ -180,3 +180,66 @@ async fn changes_that_break_the_rules_are_refused_and_change_nothing() {
     fresh.sync().await;
     assert_eq!(fresh.all_heads(), liaison.all_heads());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_field_from_a_newer_schema_survives_an_older_tablets_edit() {
+    use baraza_records::ops::{self, FieldValue};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("server"));
+
+    // A tablet running a newer app version writes a patrol note with a
+    // field this version's schema does not know.
+    let token = server.add_device("tablet with a newer app");
+    let device = device_of(&token);
+    let id = DocId::from_bytes(*b"newer-app-record");
+    let mut doc = Automerge::new();
+    doc.set_actor(actor_for(&device, 7));
+    let header = baraza_records::Header {
+        id: id.to_string(),
+        kind: baraza_records::Kind::PatrolNote,
+        area: "kibera-north".into(),
+        created_by_user: "cpl.otieno".into(),
+        created_by_device: device.clone(),
+        created_at: 1_700_000_000_000,
+        schema: baraza_records::SCHEMA_VERSION + 1,
+    };
+    ops::create(&mut doc, &header, 1_700_000_000_000).unwrap();
+    ops::set(
+        &mut doc,
+        "beat",
+        FieldValue::Str("B4".into()),
+        1_700_000_000_000,
+    )
+    .unwrap();
+    let mut tx = doc.transaction();
+    tx.put(ROOT, "vehicle", "KDA 123X").unwrap();
+    tx.commit();
+    let mut newer = RawConnection::open(&server, &token).await;
+    newer.hello().await;
+    newer.send(&push(id, &[], &doc)).await;
+    assert!(matches!(newer.next_reply().await, Some(Message::Ack(_))));
+
+    // A tablet with this version edits the record and syncs it back.
+    let older = Tablet::new(&server, "tablet with this app");
+    older.sync().await;
+    let id_text = id.to_string();
+    older.set(&id_text, "beat", "B5").unwrap();
+    let report = older.sync().await;
+    assert_eq!((report.docs_sent, report.unacknowledged), (1, 0));
+
+    // The newer field is still there, on the server and on the tablet.
+    let fresh = Tablet::new(&server, "sergeant's tablet");
+    fresh.sync().await;
+    for tablet in [&older, &fresh] {
+        let record = tablet.get(&id_text).unwrap();
+        let value = |name: &str| {
+            record
+                .fields
+                .iter()
+                .find(|f| f.name == name)
+                .map(|f| f.value.clone())
+        };
+        assert_eq!(value("vehicle").as_deref(), Some("KDA 123X"));
+        assert_eq!(value("beat").as_deref(), Some("B5"));
+    }
+}
