@@ -28,6 +28,7 @@
 
 pub mod ingest;
 pub mod light;
+pub mod meeting;
 pub mod proxy;
 pub mod records;
 pub mod scenarios;

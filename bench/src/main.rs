@@ -28,6 +28,9 @@ enum Scenario {
     /// small machine it measures the clients as much as the server).
     #[value(name = "s3-sdk")]
     S3Sdk,
+    /// Five devices make 50 offline operations each on one meeting record,
+    /// then reconcile through the server: time and bytes.
+    Meeting,
 }
 
 /// End-to-end benchmarks of Baraza against a real server process on
@@ -169,6 +172,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let s3 = bench.fan_in()?;
             emit(&s3, profile);
             outcomes.push(s3);
+        }
+        if wants(Scenario::Meeting) {
+            let m = bench.meeting()?;
+            emit(&m, profile);
+            outcomes.push(m);
         }
         if wants(Scenario::S3Sdk) {
             let s3 = bench.fan_in_sdk()?;

@@ -31,7 +31,7 @@ fn run_bench() -> (Vec<Value>, String) {
         .args(["--clients", &CLIENTS.to_string()])
         .args(["--creates", &CREATES.to_string()])
         .args(["--fanin-edits", &FANIN_EDITS.to_string()])
-        .args(["--scenarios", "s1,s2,s3,s3-sdk"])
+        .args(["--scenarios", "s1,s2,s3,s3-sdk,meeting"])
         .arg("--tmp")
         .arg(tmp.path())
         .env_remove("BARAZA_SERVER_BIN")
@@ -94,7 +94,11 @@ fn u(v: &Value) -> u64 {
 #[test]
 fn every_scenario_completes_with_counts_matching_the_setup() {
     let (lines, stderr) = run_bench();
-    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    let meeting = scenario(&lines, "meeting_5x50");
+    assert_eq!(meeting["converged"], true, "{meeting}");
+    assert!(meeting["list_items"].as_u64().unwrap() > 0, "{meeting}");
+    assert!(meeting["bytes_up"].as_u64().unwrap() > 0, "{meeting}");
     assert!(stderr.contains("== summary"), "{stderr}");
 
     let s2 = scenario(&lines, "s2_cold_start");
