@@ -184,7 +184,7 @@ impl LightRecord {
         doc.set_actor(actor.clone());
         ops::create(&mut doc, &header, now)?;
         for (k, v) in fields {
-            baraza_client::record::set(&mut doc, k, v, now)?;
+            baraza_client::record::set(&mut doc, k, v, now.into())?;
         }
         Ok(LightRecord {
             id,
@@ -195,7 +195,7 @@ impl LightRecord {
 
     /// Sets a field in one change, as the SDK's `Client::set` does.
     pub fn set(&mut self, field: &str, value: &str) -> anyhow::Result<()> {
-        baraza_client::record::set(&mut self.doc, field, value, now_ms())?;
+        baraza_client::record::set(&mut self.doc, field, value, now_ms().into())?;
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use baraza_protocol::{DocId, Limits};
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
+use baraza_records::ops::Stamp;
 use baraza_records::{ops, FieldValue, Header, Kind};
 
 use crate::error::ClientError;
@@ -153,9 +154,14 @@ impl Client {
 
     fn edit<F>(&self, id: DocId, create: bool, f: F) -> Result<(), ClientError>
     where
-        F: FnOnce(&mut Automerge) -> Result<(), ClientError>,
+        F: FnOnce(&mut Automerge, Stamp<'_>) -> Result<(), ClientError>,
     {
         let actor = self.actor()?;
+        let user = self.store.setting("user")?.unwrap_or_default();
+        let at = Stamp {
+            now_ms: now_ms(),
+            by: &user,
+        };
         let _guard = self.store.write_lock();
         let mut doc = match self.store.load(id)? {
             Some(doc) => doc,
@@ -163,7 +169,7 @@ impl Client {
             None => return Err(ClientError::NotFound(id.to_string())),
         };
         doc.set_actor(actor);
-        f(&mut doc)?;
+        f(&mut doc, at)?;
         self.store.save_local_edit(id, &doc)?;
         self.local_edits.notify_one();
         Ok(())
@@ -215,10 +221,10 @@ impl Client {
             created_at: now,
             schema: baraza_records::SCHEMA_VERSION,
         };
-        self.edit(id, true, |doc| {
-            ops::create(doc, &header, now)?;
+        self.edit(id, true, |doc, at| {
+            ops::create(doc, &header, at)?;
             for (k, v) in &fields {
-                record::set(doc, k, v, now)?;
+                record::set(doc, k, v, at)?;
             }
             Ok(())
         })?;
@@ -228,8 +234,8 @@ impl Client {
     /// Sets a field: typed by the record's schema, or kept as a string if
     /// the schema does not know it.
     pub fn set(&self, id: &str, field: &str, value: &str) -> Result<(), ClientError> {
-        self.edit(parse_id(id)?, false, |doc| {
-            record::set(doc, field, value, now_ms())
+        self.edit(parse_id(id)?, false, |doc, at| {
+            record::set(doc, field, value, at)
         })
     }
 
@@ -242,8 +248,8 @@ impl Client {
         delete: i64,
         text: &str,
     ) -> Result<(), ClientError> {
-        self.edit(parse_id(id)?, false, |doc| {
-            record::splice(doc, field, pos as usize, delete as isize, text, now_ms())
+        self.edit(parse_id(id)?, false, |doc, at| {
+            record::splice(doc, field, pos as usize, delete as isize, text, at)
         })
     }
 
@@ -378,10 +384,10 @@ impl Client {
         let doc_id = parse_id(id)?;
         let typed = self.item_values(doc_id, list, &values)?;
         let mut index = 0;
-        self.edit(doc_id, false, |doc| {
+        self.edit(doc_id, false, |doc, at| {
             let pairs: Vec<(&str, FieldValue)> =
                 typed.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-            index = ops::append(doc, list, &pairs, now_ms())?;
+            index = ops::append(doc, list, &pairs, at)?;
             Ok(())
         })?;
         Ok(index as u64)
@@ -400,22 +406,15 @@ impl Client {
         let mut typed =
             self.item_values(doc_id, list, &[(field.to_string(), value.to_string())])?;
         let (_, value) = typed.remove(0);
-        self.edit(doc_id, false, |doc| {
-            Ok(ops::set_item(
-                doc,
-                list,
-                index as usize,
-                field,
-                value,
-                now_ms(),
-            )?)
+        self.edit(doc_id, false, |doc, at| {
+            Ok(ops::set_item(doc, list, index as usize, field, value, at)?)
         })
     }
 
     /// Removes a list item.
     pub fn remove_item(&self, id: &str, list: &str, index: u64) -> Result<(), ClientError> {
-        self.edit(parse_id(id)?, false, |doc| {
-            Ok(ops::remove(doc, list, index as usize, now_ms())?)
+        self.edit(parse_id(id)?, false, |doc, at| {
+            Ok(ops::remove(doc, list, index as usize, at)?)
         })
     }
 
@@ -428,7 +427,7 @@ impl Client {
         lon: &str,
         accuracy_m: i64,
     ) -> Result<(), ClientError> {
-        self.edit(parse_id(id)?, false, |doc| {
+        self.edit(parse_id(id)?, false, |doc, at| {
             Ok(ops::set_item_map(
                 doc,
                 "observations",
@@ -439,15 +438,15 @@ impl Client {
                     ("lon", FieldValue::Str(lon.into())),
                     ("accuracy_m", FieldValue::Int(accuracy_m)),
                 ],
-                now_ms(),
+                at,
             )?)
         })
     }
 
     /// Submits a record for review.
     pub fn submit(&self, id: &str) -> Result<(), ClientError> {
-        self.edit(parse_id(id)?, false, |doc| {
-            Ok(ops::review(doc, "submitted", None, now_ms())?)
+        self.edit(parse_id(id)?, false, |doc, at| {
+            Ok(ops::review(doc, "submitted", None, at)?)
         })
     }
 

@@ -2,10 +2,11 @@
 //! field is a scalar (set whole) or a text (spliced by character, so two
 //! people typing in the same field merge).
 
-use automerge::transaction::{CommitOptions, Transactable};
+use automerge::transaction::Transactable;
 use automerge::{Automerge, ObjType, ReadDoc, Value, ROOT};
 use serde::Serialize;
 
+use baraza_records::ops::{commit_options, Stamp};
 use baraza_records::{FieldSpec, FieldType, FieldValue, Header};
 
 use crate::error::ClientError;
@@ -58,13 +59,13 @@ pub fn fields(doc: &Automerge) -> Vec<Field> {
         .collect()
 }
 
-fn options(now_ms: i64) -> CommitOptions {
-    // Automerge change times are whole seconds since the Unix epoch.
-    CommitOptions::default().with_time(now_ms / 1000)
-}
-
 /// Sets a scalar field.
-pub fn set(doc: &mut Automerge, field: &str, value: &str, now_ms: i64) -> Result<(), ClientError> {
+pub fn set(
+    doc: &mut Automerge,
+    field: &str,
+    value: &str,
+    at: Stamp<'_>,
+) -> Result<(), ClientError> {
     if matches!(field, "header" | "review") {
         return Err(ClientError::BadEdit(format!(
             "{field} is not set by hand (the header is fixed at creation; review with submit)"
@@ -73,13 +74,13 @@ pub fn set(doc: &mut Automerge, field: &str, value: &str, now_ms: i64) -> Result
     if let Some(spec) = known_field(doc, field) {
         let typed = FieldValue::parse(spec.ty, value)
             .map_err(|reason| ClientError::BadEdit(format!("field {field}: {reason}")))?;
-        return Ok(baraza_records::ops::set(doc, field, typed, now_ms)?);
+        return Ok(baraza_records::ops::set(doc, field, typed, at)?);
     }
     // A field the schema does not know: kept as a string, like the fields a
     // newer schema adds.
     let mut tx = doc.transaction();
     tx.put(ROOT, field, value)?;
-    tx.commit_with(options(now_ms));
+    tx.commit_with(commit_options(&format!("set {field}"), at));
     Ok(())
 }
 
@@ -96,7 +97,7 @@ pub fn splice(
     pos: usize,
     delete: isize,
     text: &str,
-    now_ms: i64,
+    at: Stamp<'_>,
 ) -> Result<(), ClientError> {
     if let Some(spec) = known_field(doc, field) {
         if spec.ty != FieldType::Text {
@@ -122,7 +123,7 @@ pub fn splice(
         )));
     }
     tx.splice_text(&obj, pos, delete, text)?;
-    tx.commit_with(options(now_ms));
+    tx.commit_with(commit_options(&format!("type in {field}"), at));
     Ok(())
 }
 
@@ -133,12 +134,12 @@ mod tests {
     #[test]
     fn concurrent_sets_show_as_conflicts_and_text_merges() {
         let mut a = Automerge::new();
-        splice(&mut a, "notes", 0, 0, "hello", 0).unwrap();
+        splice(&mut a, "notes", 0, 0, "hello", 0.into()).unwrap();
         let mut b = a.fork();
-        set(&mut a, "place", "market", 0).unwrap();
-        set(&mut b, "place", "school", 0).unwrap();
-        splice(&mut a, "notes", 5, 0, " world", 0).unwrap();
-        splice(&mut b, "notes", 0, 0, ">> ", 0).unwrap();
+        set(&mut a, "place", "market", 0.into()).unwrap();
+        set(&mut b, "place", "school", 0.into()).unwrap();
+        splice(&mut a, "notes", 5, 0, " world", 0.into()).unwrap();
+        splice(&mut b, "notes", 0, 0, ">> ", 0.into()).unwrap();
         a.merge(&mut b).unwrap();
         let f = fields(&a);
         let place = f.iter().find(|f| f.name == "place").unwrap();
@@ -154,9 +155,9 @@ mod tests {
     #[test]
     fn splicing_a_scalar_is_refused() {
         let mut a = Automerge::new();
-        set(&mut a, "place", "market", 0).unwrap();
+        set(&mut a, "place", "market", 0.into()).unwrap();
         assert!(matches!(
-            splice(&mut a, "place", 0, 0, "x", 0),
+            splice(&mut a, "place", 0, 0, "x", 0.into()),
             Err(ClientError::BadEdit(_))
         ));
     }

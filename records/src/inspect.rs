@@ -14,6 +14,8 @@ pub struct ConflictValue {
     pub actor: String,
     /// When the change that set it was made (seconds since the epoch).
     pub time: i64,
+    /// The user the change names, if any.
+    pub user: Option<String>,
     /// True for the value automerge shows by default.
     pub winner: bool,
 }
@@ -38,6 +40,8 @@ pub struct HistoryEntry {
     pub time: i64,
     /// The change's message, if any (the SDK writes the operation's name).
     pub message: Option<String>,
+    /// The user the change names, if any.
+    pub user: Option<String>,
     /// Top-level fields it touched.
     pub fields: Vec<String>,
 }
@@ -55,17 +59,24 @@ pub fn show(doc: &Automerge, value: &Value<'_>, obj: &ObjId) -> String {
     }
 }
 
-fn who(doc: &Automerge, id: &ObjId) -> (String, i64) {
+/// The user a change message names (`"set place by cpl.achieng"`).
+fn user_of(message: Option<&str>) -> Option<String> {
+    message
+        .and_then(|m| m.rsplit_once(crate::ops::BY))
+        .map(|(_, user)| user.to_string())
+}
+
+fn who(doc: &Automerge, id: &ObjId) -> (String, i64, Option<String>) {
     let actor = match id {
         ObjId::Id(_, actor, _) => actor.to_hex_string(),
         ObjId::Root => String::new(),
     };
-    let time = doc
+    let meta = doc
         .hash_for_opid(id)
-        .and_then(|h| doc.get_change_meta_by_hash(&h))
-        .map(|m| m.timestamp)
-        .unwrap_or(0);
-    (actor, time)
+        .and_then(|h| doc.get_change_meta_by_hash(&h));
+    let time = meta.as_ref().map(|m| m.timestamp).unwrap_or(0);
+    let user = meta.as_ref().and_then(|m| user_of(m.message.as_deref()));
+    (actor, time, user)
 }
 
 fn collect(doc: &Automerge, obj: &ObjId, prefix: &str, out: &mut Vec<Conflict>) {
@@ -93,11 +104,12 @@ fn collect(doc: &Automerge, obj: &ObjId, prefix: &str, out: &mut Vec<Conflict>) 
                     .iter()
                     .enumerate()
                     .map(|(i, (v, id))| {
-                        let (actor, time) = who(doc, id);
+                        let (actor, time, user) = who(doc, id);
                         ConflictValue {
                             value: show(doc, v, id),
                             actor,
                             time,
+                            user,
                             winner: i + 1 == n,
                         }
                     })
@@ -165,6 +177,7 @@ pub fn history(doc: &Automerge) -> Vec<HistoryEntry> {
                 actor: change.actor_id().to_hex_string(),
                 time: change.timestamp(),
                 message: change.message().map(|m| m.to_string()),
+                user: user_of(change.message()),
                 fields,
             }
         })

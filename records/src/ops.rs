@@ -127,12 +127,42 @@ fn check_scalar(field: &str, ty: FieldType, value: &FieldValue) -> Result<(), Ed
     }
 }
 
-fn commit(tx: automerge::transaction::Transaction<'_>, op: &str, now_ms: i64) {
-    tx.commit_with(
-        CommitOptions::default()
-            .with_message(op)
-            .with_time(now_ms / 1000),
-    );
+/// When an edit is made and by whom. The user travels in the change's
+/// message (`"set place by cpl.achieng"`), so history and conflicts can
+/// name a person as well as the device; enrolment (issue 4) lets the
+/// server check it against the device's user.
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp<'a> {
+    /// Milliseconds since the epoch.
+    pub now_ms: i64,
+    /// The user making the edit ("" if unknown).
+    pub by: &'a str,
+}
+
+impl From<i64> for Stamp<'static> {
+    fn from(now_ms: i64) -> Self {
+        Stamp { now_ms, by: "" }
+    }
+}
+
+/// Separates the operation from the user in a change message.
+pub const BY: &str = " by ";
+
+/// The commit options every edit uses: the operation and user as the
+/// message, the time in whole seconds.
+pub fn commit_options(op: &str, at: Stamp<'_>) -> CommitOptions {
+    let message = if at.by.is_empty() {
+        op.to_string()
+    } else {
+        format!("{op}{BY}{}", at.by)
+    };
+    CommitOptions::default()
+        .with_message(message)
+        .with_time(at.now_ms / 1000)
+}
+
+fn commit(tx: automerge::transaction::Transaction<'_>, op: &str, at: Stamp<'_>) {
+    tx.commit_with(commit_options(op, at));
 }
 
 fn list_obj<T: Transactable + ReadDoc>(tx: &mut T, field: &str) -> Result<ObjId, EditError> {
@@ -144,7 +174,11 @@ fn list_obj<T: Transactable + ReadDoc>(tx: &mut T, field: &str) -> Result<ObjId,
 
 /// Starts a record: header, draft review block, and the kind's lists and
 /// texts, so later edits from several devices land in the same objects.
-pub fn create(doc: &mut Automerge, header: &Header, now_ms: i64) -> Result<(), EditError> {
+pub fn create<'a>(
+    doc: &mut Automerge,
+    header: &Header,
+    at: impl Into<Stamp<'a>>,
+) -> Result<(), EditError> {
     let mut tx = doc.transaction();
     header.write(&mut tx)?;
     let review = tx.put_object(ROOT, "review", ObjType::Map)?;
@@ -164,34 +198,34 @@ pub fn create(doc: &mut Automerge, header: &Header, now_ms: i64) -> Result<(), E
             _ => {}
         }
     }
-    commit(tx, &format!("create {}", header.kind.name()), now_ms);
+    commit(tx, &format!("create {}", header.kind.name()), at.into());
     Ok(())
 }
 
 /// Sets a scalar field of the record's kind.
-pub fn set(
+pub fn set<'a>(
     doc: &mut Automerge,
     field: &str,
     value: FieldValue,
-    now_ms: i64,
+    at: impl Into<Stamp<'a>>,
 ) -> Result<(), EditError> {
     let kind = Header::read(doc)?.kind;
     let spec = spec(kind.fields(), field, kind)?;
     check_scalar(field, spec.ty, &value)?;
     let mut tx = doc.transaction();
     tx.put(ROOT, field, value.scalar())?;
-    commit(tx, &format!("set {field}"), now_ms);
+    commit(tx, &format!("set {field}"), at.into());
     Ok(())
 }
 
 /// Types into a text field: at `pos`, deletes `delete` characters, inserts `text`.
-pub fn splice(
+pub fn splice<'a>(
     doc: &mut Automerge,
     field: &str,
     pos: usize,
     delete: usize,
     text: &str,
-    now_ms: i64,
+    at: impl Into<Stamp<'a>>,
 ) -> Result<(), EditError> {
     let kind = Header::read(doc)?.kind;
     let spec = spec(kind.fields(), field, kind)?;
@@ -214,16 +248,16 @@ pub fn splice(
         });
     }
     tx.splice_text(&obj, pos, delete as isize, text)?;
-    commit(tx, &format!("type in {field}"), now_ms);
+    commit(tx, &format!("type in {field}"), at.into());
     Ok(())
 }
 
 /// Appends an item (a map) to a list field; returns its index.
-pub fn append(
+pub fn append<'a>(
     doc: &mut Automerge,
     field: &str,
     values: &[(&str, FieldValue)],
-    now_ms: i64,
+    at: impl Into<Stamp<'a>>,
 ) -> Result<usize, EditError> {
     let kind = Header::read(doc)?.kind;
     let FieldType::List(item_spec) = spec(kind.fields(), field, kind)?.ty else {
@@ -243,18 +277,18 @@ pub fn append(
     for (name, value) in values {
         tx.put(&item, *name, value.scalar())?;
     }
-    commit(tx, &format!("add to {field}"), now_ms);
+    commit(tx, &format!("add to {field}"), at.into());
     Ok(index)
 }
 
 /// Puts a nested map (e.g. an observation's GPS point) into a list item.
-pub fn set_item_map(
+pub fn set_item_map<'a>(
     doc: &mut Automerge,
     field: &str,
     index: usize,
     key: &str,
     values: &[(&str, FieldValue)],
-    now_ms: i64,
+    at: impl Into<Stamp<'a>>,
 ) -> Result<(), EditError> {
     let mut tx = doc.transaction();
     let item = item_obj(&mut tx, field, index)?;
@@ -262,7 +296,7 @@ pub fn set_item_map(
     for (name, value) in values {
         tx.put(&map, *name, value.scalar())?;
     }
-    commit(tx, &format!("set {field}.{index}.{key}"), now_ms);
+    commit(tx, &format!("set {field}.{index}.{key}"), at.into());
     Ok(())
 }
 
@@ -287,13 +321,13 @@ fn item_obj<T: Transactable + ReadDoc>(
 }
 
 /// Sets one field of a list item (e.g. an action item's status).
-pub fn set_item(
+pub fn set_item<'a>(
     doc: &mut Automerge,
     field: &str,
     index: usize,
     name: &str,
     value: FieldValue,
-    now_ms: i64,
+    at: impl Into<Stamp<'a>>,
 ) -> Result<(), EditError> {
     let kind = Header::read(doc)?.kind;
     let FieldType::List(item_spec) = spec(kind.fields(), field, kind)?.ty else {
@@ -310,16 +344,16 @@ pub fn set_item(
     let mut tx = doc.transaction();
     let item = item_obj(&mut tx, field, index)?;
     tx.put(&item, name, value.scalar())?;
-    commit(tx, &format!("set {field}.{index}.{name}"), now_ms);
+    commit(tx, &format!("set {field}.{index}.{name}"), at.into());
     Ok(())
 }
 
 /// Removes a list item.
-pub fn remove(
+pub fn remove<'a>(
     doc: &mut Automerge,
     field: &str,
     index: usize,
-    now_ms: i64,
+    at: impl Into<Stamp<'a>>,
 ) -> Result<(), EditError> {
     let mut tx = doc.transaction();
     let Some((Value::Object(ObjType::List), list)) = tx.get(ROOT, field)? else {
@@ -335,18 +369,19 @@ pub fn remove(
         });
     }
     tx.delete(&list, index)?;
-    commit(tx, &format!("remove {field}.{index}"), now_ms);
+    commit(tx, &format!("remove {field}.{index}"), at.into());
     Ok(())
 }
 
 /// Sets the review state (submitting for review, or a supervisor's decision)
 /// and, if given, adds a comment in the same change.
-pub fn review(
+pub fn review<'a>(
     doc: &mut Automerge,
     state: &str,
     comment: Option<(&str, &str)>,
-    now_ms: i64,
+    at: impl Into<Stamp<'a>>,
 ) -> Result<(), EditError> {
+    let at: Stamp<'a> = at.into();
     check_scalar(
         "review.state",
         FieldType::Enum(crate::schema::REVIEW_STATES),
@@ -363,12 +398,12 @@ pub fn review(
             Some((Value::Object(ObjType::List), obj)) => obj,
             _ => tx.put_object(&review, "comments", ObjType::List)?,
         };
-        let at = tx.length(&comments);
-        let c = tx.insert_object(&comments, at, ObjType::Map)?;
+        let pos = tx.length(&comments);
+        let c = tx.insert_object(&comments, pos, ObjType::Map)?;
         tx.put(&c, "by", by)?;
-        tx.put(&c, "at", now_ms)?;
+        tx.put(&c, "at", at.now_ms)?;
         tx.put(&c, "text", text)?;
     }
-    commit(tx, &format!("review {state}"), now_ms);
+    commit(tx, &format!("review {state}"), at);
     Ok(())
 }

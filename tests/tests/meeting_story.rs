@@ -24,6 +24,10 @@ async fn a_liaison_and_an_officer_record_one_meeting_offline() {
     let server = ServerProcess::start(&tmp.path().join("server"));
     let liaison = Tablet::new(&server, "liaison's tablet");
     let officer = Tablet::new(&server, "officer's tablet");
+    liaison
+        .set_identity("liaison.achieng", "kibera-north")
+        .unwrap();
+    officer.set_identity("cpl.otieno", "kibera-north").unwrap();
 
     let id = liaison
         .create_record(
@@ -108,15 +112,23 @@ async fn a_liaison_and_an_officer_record_one_meeting_offline() {
         let conflicts = tablet.conflicts(&id).unwrap();
         assert_eq!(conflicts.len(), 1, "{conflicts:?}");
         assert_eq!(conflicts[0].path, "place");
-        let mut seen: Vec<(String, String)> = conflicts[0]
+        let mut seen: Vec<(String, String, Option<String>)> = conflicts[0]
             .values
             .iter()
-            .map(|v| (v.value.clone(), v.actor[..32].to_string()))
+            .map(|v| (v.value.clone(), v.actor[..32].to_string(), v.user.clone()))
             .collect();
         seen.sort();
         let mut expected = vec![
-            ("Chief's camp".to_string(), liaison_device.clone()),
-            ("Social hall".to_string(), officer_device.clone()),
+            (
+                "Chief's camp".to_string(),
+                liaison_device.clone(),
+                Some("liaison.achieng".to_string()),
+            ),
+            (
+                "Social hall".to_string(),
+                officer_device.clone(),
+                Some("cpl.otieno".to_string()),
+            ),
         ];
         expected.sort();
         assert_eq!(seen, expected);
@@ -131,6 +143,17 @@ async fn a_liaison_and_an_officer_record_one_meeting_offline() {
     assert!(by(&liaison_device, "attendees") && by(&officer_device, "attendees"));
     assert!(by(&liaison_device, "place") && by(&officer_device, "place"));
     assert!(by(&officer_device, "notes"));
+    // Each change names its user as well as its device.
+    for h in history
+        .iter()
+        .filter(|h| h.actor.starts_with(&officer_device))
+    {
+        assert_eq!(h.user.as_deref(), Some("cpl.otieno"), "{h:?}");
+    }
+    assert!(history
+        .iter()
+        .any(|h| h.user.as_deref() == Some("liaison.achieng")
+            && h.fields.iter().any(|f| f == "attendees")));
 
     // Setting the field again resolves the conflict, on every tablet.
     officer.set(&id, "place", "Chief's camp").unwrap();
