@@ -443,6 +443,13 @@ impl Client {
         })
     }
 
+    /// Adds a follow-up to a feedback record and moves its status (one change).
+    pub fn follow_up(&self, id: &str, status: &str, note: &str) -> Result<(), ClientError> {
+        self.edit(parse_id(id)?, false, |doc, at| {
+            Ok(ops::follow_up(doc, status, note, at)?)
+        })
+    }
+
     /// Submits a record for review.
     pub fn submit(&self, id: &str) -> Result<(), ClientError> {
         self.edit(parse_id(id)?, false, |doc, at| {

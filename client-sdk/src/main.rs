@@ -509,15 +509,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 println!("{}", client.create_record("feedback", &area, fields)?);
             }
-            FeedbackCmd::FollowUp { id, status, note } => {
-                let item = vec![
-                    kv("status", &status),
-                    kv("note", &note),
-                    kv("at", &now_ms()),
-                ];
-                client.add_item(&id, "follow_ups", item)?;
-                client.set(&id, "status", &status)?;
-            }
+            FeedbackCmd::FollowUp { id, status, note } => client.follow_up(&id, &status, &note)?,
         },
         Command::Submit { id } => client.submit(&id)?,
         Command::Conflicts { id } => {

@@ -373,6 +373,39 @@ pub fn remove<'a>(
     Ok(())
 }
 
+/// Adds a follow-up to a feedback record and moves its status, in one change.
+pub fn follow_up<'a>(
+    doc: &mut Automerge,
+    status: &str,
+    note: &str,
+    at: impl Into<Stamp<'a>>,
+) -> Result<(), EditError> {
+    let at: Stamp<'a> = at.into();
+    let kind = Header::read(doc)?.kind;
+    if kind != Kind::Feedback {
+        return Err(EditError::UnknownField {
+            kind: kind.name(),
+            field: "follow_ups".into(),
+        });
+    }
+    check_scalar(
+        "status",
+        FieldType::Enum(crate::schema::FEEDBACK_STATES),
+        &FieldValue::Str(status.into()),
+    )?;
+    let mut tx = doc.transaction();
+    let list = list_obj(&mut tx, "follow_ups")?;
+    let pos = tx.length(&list);
+    let item = tx.insert_object(&list, pos, ObjType::Map)?;
+    tx.put(&item, "at", at.now_ms)?;
+    tx.put(&item, "by", at.by)?;
+    tx.put(&item, "status", status)?;
+    tx.put(&item, "note", note)?;
+    tx.put(ROOT, "status", status)?;
+    commit(tx, &format!("follow up: {status}"), at);
+    Ok(())
+}
+
 /// Sets the review state (submitting for review, or a supervisor's decision)
 /// and, if given, adds a comment in the same change.
 pub fn review<'a>(

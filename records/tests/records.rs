@@ -335,3 +335,31 @@ proptest! {
         prop_assert_eq!(d.text(&notes).unwrap().chars().count(), typed);
     }
 }
+
+#[test]
+fn a_follow_up_is_one_change_that_moves_the_status() {
+    let mut doc = Automerge::new();
+    ops::create(&mut doc, &header(Kind::Feedback), 0).unwrap();
+    let before = doc.get_changes(&[]).len();
+    ops::follow_up(
+        &mut doc,
+        "acknowledged",
+        "Called the complainant back",
+        ops::Stamp {
+            now_ms: 5_000,
+            by: "sgt.mwangi",
+        },
+    )
+    .unwrap();
+    assert_eq!(doc.get_changes(&[]).len(), before + 1);
+    validate(&doc).unwrap();
+    let (status, _) = doc.get(ROOT, "status").unwrap().unwrap();
+    assert_eq!(status.as_str(), Some("acknowledged"));
+    let last = history(&doc).pop().unwrap();
+    assert_eq!(last.user.as_deref(), Some("sgt.mwangi"));
+    assert_eq!(
+        last.fields,
+        vec!["follow_ups".to_string(), "status".to_string()]
+    );
+    assert!(ops::follow_up(&mut doc, "lost", "x", 0).is_err());
+}

@@ -243,3 +243,62 @@ async fn a_field_from_a_newer_schema_survives_an_older_tablets_edit() {
         assert_eq!(value("beat").as_deref(), Some("B5"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_over_the_size_limit_is_refused_by_name() {
+    use baraza_records::ops::{self, FieldValue};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with_config(
+        &tmp.path().join("server"),
+        "[limits]\ndoc_bytes_max = 4096\n",
+    );
+    let token = server.add_device("tablet pasting a whole book into the notes");
+    let device = device_of(&token);
+    let id = DocId::from_bytes(*b"oversized-record");
+    let mut doc = Automerge::new();
+    doc.set_actor(actor_for(&device, 3));
+    let header = baraza_records::Header {
+        id: id.to_string(),
+        kind: baraza_records::Kind::Feedback,
+        area: "eastleigh".into(),
+        created_by_user: "pc.kiprotich".into(),
+        created_by_device: device.clone(),
+        created_at: 1_700_000_000_000,
+        schema: baraza_records::SCHEMA_VERSION,
+    };
+    ops::create(&mut doc, &header, 1_700_000_000_000).unwrap();
+    // Incompressible text, so the change really is over the limit.
+    let mut seed = 7u64;
+    let text: String = (0..8000)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            char::from(b'a' + (seed >> 59) as u8 % 26)
+        })
+        .collect();
+    ops::splice(&mut doc, "description", 0, 0, &text, 1_700_000_000_000).unwrap();
+    ops::set(
+        &mut doc,
+        "about",
+        FieldValue::Str("x".into()),
+        1_700_000_000_000,
+    )
+    .unwrap();
+
+    let mut raw = RawConnection::open(&server, &token).await;
+    raw.hello().await;
+    refused(
+        &mut raw,
+        &push(id, &[], &doc),
+        ErrorCode::DocTooLarge,
+        &id.to_string(),
+    )
+    .await;
+
+    // Nothing of it was stored.
+    let fresh = Tablet::new(&server, "sergeant's tablet");
+    let report = fresh.sync().await;
+    assert_eq!(report.docs_received, 0);
+    assert!(fresh.list().unwrap().is_empty());
+}
