@@ -26,3 +26,4 @@ pub mod http;
 pub mod store;
 pub mod sync;
 pub mod tls;
+pub mod users;

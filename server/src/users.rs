@@ -1,0 +1,457 @@
+//! Users: who may log in, with which role, for which areas; passwords
+//! hashed with argon2; lockout after repeated failures.
+//!
+//! This is the first part of issue 4: the registry and the login rules,
+//! tested here. Wiring into enrolment, the admin commands and the admin
+//! API comes next.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+
+/// Failed logins within [`LOCKOUT_WINDOW_SECS`] that lock an account.
+pub const LOCKOUT_FAILURES: usize = 5;
+/// The window in which failures count, in seconds.
+pub const LOCKOUT_WINDOW_SECS: u64 = 15 * 60;
+/// Shortest password accepted, in characters.
+pub const PASSWORD_CHARS_MIN: usize = 8;
+/// Login attempts one source address may make per window before it is
+/// made to wait.
+pub const ATTEMPTS_PER_ADDRESS_MAX: usize = 20;
+/// The window for per-address throttling, in seconds.
+pub const ADDRESS_WINDOW_SECS: u64 = 60;
+
+const COMMON_PASSWORDS: &str = include_str!("../assets/common-passwords.txt");
+
+/// What a user does, which decides what they may read and change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A field officer: patrol notes and meetings of their areas.
+    Officer,
+    /// A community liaison: meetings and feedback of their areas.
+    Liaison,
+    /// Reviews and decides on everything in their areas.
+    Supervisor,
+    /// Manages users and devices.
+    Admin,
+}
+
+impl Role {
+    /// Parses a role name.
+    pub fn parse(name: &str) -> Option<Role> {
+        match name {
+            "officer" => Some(Role::Officer),
+            "liaison" => Some(Role::Liaison),
+            "supervisor" => Some(Role::Supervisor),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A user as stored. The password hash is in PHC string form.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Areas (beats, wards, districts) the user works in.
+    pub areas: Vec<String>,
+    /// Disabled users cannot log in.
+    pub disabled: bool,
+    /// Locked after repeated failures, until an admin releases the account.
+    pub locked: bool,
+    /// Times (unix seconds) of recent failed logins.
+    failures: Vec<u64>,
+    password_hash: String,
+}
+
+/// Why a user operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// The database failed.
+    #[error("user store: {0}")]
+    Store(#[from] sled::Error),
+    /// A stored user does not decode.
+    #[error("stored user {0} is corrupt")]
+    Corrupt(String),
+    /// The password breaks a rule.
+    #[error("password refused: {0}")]
+    WeakPassword(&'static str),
+    /// The name is taken.
+    #[error("a user named {0:?} exists already")]
+    Exists(String),
+    /// No such user.
+    #[error("no user named {0:?}")]
+    NotFound(String),
+    /// Hashing failed.
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+/// Why a login was refused. Unknown users and wrong passwords get the same
+/// answer, so a login form does not reveal which names exist.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    /// Wrong name or password.
+    #[error("wrong user name or password")]
+    BadCredentials,
+    /// Too many failures: an admin must release the account.
+    #[error(
+        "this account is locked after repeated failed logins; ask an administrator to release it"
+    )]
+    Locked,
+    /// The account is disabled.
+    #[error("this account is disabled")]
+    Disabled,
+    /// Too many attempts from this address: wait.
+    #[error("too many login attempts from this address; wait {0} s")]
+    Throttled(u64),
+    /// The store failed; nothing was decided.
+    #[error("user store unavailable")]
+    Unavailable,
+}
+
+/// Checks a new password against the rules.
+pub fn check_password(name: &str, password: &str) -> Result<(), UserError> {
+    if password.chars().count() < PASSWORD_CHARS_MIN {
+        return Err(UserError::WeakPassword(
+            "it must have at least 8 characters",
+        ));
+    }
+    let lower = password.to_lowercase();
+    if lower == name.to_lowercase() {
+        return Err(UserError::WeakPassword("it must not be the user name"));
+    }
+    let common = COMMON_PASSWORDS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .any(|l| l.trim() == lower);
+    if common {
+        return Err(UserError::WeakPassword(
+            "it is on the list of common passwords",
+        ));
+    }
+    Ok(())
+}
+
+fn hash(password: &str) -> Result<String, UserError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| UserError::Hash(e.to_string()))
+}
+
+fn verify(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// The users, in a sled tree (a PostgreSQL table later; every call can fail).
+#[derive(Clone)]
+pub struct UserRegistry {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl UserRegistry {
+    /// Opens the `users` tree of `db`.
+    pub fn open(db: &sled::Db) -> Result<UserRegistry, UserError> {
+        Ok(UserRegistry {
+            tree: db.open_tree("users")?,
+            db: db.clone(),
+        })
+    }
+
+    fn put(&self, user: &User) -> Result<(), UserError> {
+        let bytes = serde_json::to_vec(user).map_err(|_| UserError::Corrupt(user.name.clone()))?;
+        self.tree.insert(user.name.as_bytes(), bytes)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// A user by name.
+    pub fn get(&self, name: &str) -> Result<Option<User>, UserError> {
+        match self.tree.get(name.as_bytes())? {
+            Some(v) => serde_json::from_slice(&v)
+                .map(Some)
+                .map_err(|_| UserError::Corrupt(name.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds a user.
+    pub fn add(
+        &self,
+        name: &str,
+        role: Role,
+        areas: &[String],
+        password: &str,
+    ) -> Result<User, UserError> {
+        if self.get(name)?.is_some() {
+            return Err(UserError::Exists(name.to_string()));
+        }
+        check_password(name, password)?;
+        let user = User {
+            name: name.to_string(),
+            role,
+            areas: areas.to_vec(),
+            disabled: false,
+            locked: false,
+            failures: Vec::new(),
+            password_hash: hash(password)?,
+        };
+        self.put(&user)?;
+        Ok(user)
+    }
+
+    fn update(&self, name: &str, f: impl FnOnce(&mut User)) -> Result<User, UserError> {
+        let mut user = self
+            .get(name)?
+            .ok_or_else(|| UserError::NotFound(name.to_string()))?;
+        f(&mut user);
+        self.put(&user)?;
+        Ok(user)
+    }
+
+    /// Disables or enables a user.
+    pub fn set_disabled(&self, name: &str, disabled: bool) -> Result<User, UserError> {
+        self.update(name, |u| u.disabled = disabled)
+    }
+
+    /// Replaces a user's areas.
+    pub fn set_areas(&self, name: &str, areas: &[String]) -> Result<User, UserError> {
+        self.update(name, |u| u.areas = areas.to_vec())
+    }
+
+    /// Releases a locked account.
+    pub fn release(&self, name: &str) -> Result<User, UserError> {
+        self.update(name, |u| {
+            u.locked = false;
+            u.failures.clear();
+        })
+    }
+
+    /// Checks a login at time `now` (unix seconds). A locked account is
+    /// refused even with the right password.
+    pub fn login(&self, name: &str, password: &str, now: u64) -> Result<User, LoginError> {
+        let Some(mut user) = self.get(name).map_err(|_| LoginError::Unavailable)? else {
+            // Spend the same time as a real check, so timing does not tell
+            // which names exist.
+            let _ = verify(password, DUMMY_HASH);
+            return Err(LoginError::BadCredentials);
+        };
+        if user.disabled {
+            return Err(LoginError::Disabled);
+        }
+        if user.locked {
+            return Err(LoginError::Locked);
+        }
+        if verify(password, &user.password_hash) {
+            if !user.failures.is_empty() {
+                user.failures.clear();
+                self.put(&user).map_err(|_| LoginError::Unavailable)?;
+            }
+            return Ok(user);
+        }
+        user.failures
+            .retain(|t| now.saturating_sub(*t) < LOCKOUT_WINDOW_SECS);
+        user.failures.push(now);
+        user.locked = user.failures.len() >= LOCKOUT_FAILURES;
+        self.put(&user).map_err(|_| LoginError::Unavailable)?;
+        Err(if user.locked {
+            LoginError::Locked
+        } else {
+            LoginError::BadCredentials
+        })
+    }
+}
+
+/// A real argon2 hash of a password nobody has, for equal-time refusals.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$4dq2oNtMqjtR3bgXjBxzNn6LrOjcXbUrmTnvYgDLkmI";
+
+/// Per-address throttling of login attempts, in memory (attempts are cheap
+/// to count and need not survive a restart).
+#[derive(Default)]
+pub struct LoginThrottle {
+    attempts: HashMap<IpAddr, Vec<u64>>,
+}
+
+impl LoginThrottle {
+    /// Records an attempt from `addr` at `now`; refuses with the seconds to
+    /// wait if the address made too many recently.
+    pub fn attempt(&mut self, addr: IpAddr, now: u64) -> Result<(), LoginError> {
+        let recent = self.attempts.entry(addr).or_default();
+        recent.retain(|t| now.saturating_sub(*t) < ADDRESS_WINDOW_SECS);
+        if recent.len() >= ATTEMPTS_PER_ADDRESS_MAX {
+            let oldest = recent.first().copied().unwrap_or(now);
+            return Err(LoginError::Throttled(
+                ADDRESS_WINDOW_SECS.saturating_sub(now.saturating_sub(oldest)),
+            ));
+        }
+        recent.push(now);
+        // Bound the map: forget addresses with nothing recent.
+        if self.attempts.len() > 10_000 {
+            self.attempts.retain(|_, v| {
+                v.iter()
+                    .any(|t| now.saturating_sub(*t) < ADDRESS_WINDOW_SECS)
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> (tempfile::TempDir, UserRegistry) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        (dir, UserRegistry::open(&db).unwrap())
+    }
+
+    #[test]
+    fn weak_passwords_are_refused_with_the_reason() {
+        assert!(check_password("achieng", "short").is_err());
+        assert!(check_password("achieng", "Achieng").is_err());
+        assert!(check_password("achieng1", "ACHIENG1").is_err());
+        assert!(matches!(
+            check_password("achieng", "Password123"),
+            Err(UserError::WeakPassword(reason)) if reason.contains("common")
+        ));
+        assert!(check_password("achieng", "Nairobi123").is_err());
+        assert!(check_password("achieng", "lamps on Olympic road").is_ok());
+    }
+
+    #[test]
+    fn passwords_are_stored_hashed() {
+        let (_dir, users) = registry();
+        users
+            .add(
+                "achieng",
+                Role::Liaison,
+                &["kibera-north".into()],
+                "lamps on Olympic road",
+            )
+            .unwrap();
+        let stored = users.tree.get("achieng").unwrap().unwrap();
+        let text = String::from_utf8_lossy(&stored);
+        assert!(!text.contains("lamps on Olympic road"));
+        assert!(text.contains("$argon2id$"));
+        let user = users
+            .login("achieng", "lamps on Olympic road", 100)
+            .unwrap();
+        assert_eq!(user.role, Role::Liaison);
+        assert_eq!(user.areas, vec!["kibera-north".to_string()]);
+    }
+
+    #[test]
+    fn five_failures_lock_the_account_until_an_admin_releases_it() {
+        let (_dir, users) = registry();
+        users
+            .add(
+                "otieno",
+                Role::Officer,
+                &["mathare".into()],
+                "night patrol B4",
+            )
+            .unwrap();
+        for i in 0..4 {
+            assert_eq!(
+                users.login("otieno", "guess", 1_000 + i).err(),
+                Some(LoginError::BadCredentials)
+            );
+        }
+        assert_eq!(
+            users.login("otieno", "guess", 1_004).err(),
+            Some(LoginError::Locked)
+        );
+        // Even the right password is refused while locked.
+        assert_eq!(
+            users.login("otieno", "night patrol B4", 1_005).err(),
+            Some(LoginError::Locked)
+        );
+        users.release("otieno").unwrap();
+        assert!(users.login("otieno", "night patrol B4", 1_006).is_ok());
+    }
+
+    #[test]
+    fn failures_spread_over_more_than_the_window_do_not_lock() {
+        let (_dir, users) = registry();
+        users
+            .add(
+                "wanjiru",
+                Role::Supervisor,
+                &["kibera-north".into()],
+                "review queue 2024",
+            )
+            .unwrap();
+        for i in 0..8 {
+            let now = 10_000 + i * (LOCKOUT_WINDOW_SECS / 3);
+            assert_eq!(
+                users.login("wanjiru", "nope", now).err(),
+                Some(LoginError::BadCredentials)
+            );
+        }
+        assert!(users.login("wanjiru", "review queue 2024", 20_000).is_ok());
+    }
+
+    #[test]
+    fn the_stand_in_hash_for_unknown_users_is_a_real_one() {
+        // Otherwise refusing an unknown name would be measurably faster.
+        assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+    }
+
+    #[test]
+    fn unknown_users_and_disabled_accounts() {
+        let (_dir, users) = registry();
+        assert_eq!(
+            users.login("ghost", "whatever1", 0).err(),
+            Some(LoginError::BadCredentials)
+        );
+        users
+            .add("kiprotich", Role::Officer, &[], "radio check 1900")
+            .unwrap();
+        users.set_disabled("kiprotich", true).unwrap();
+        assert_eq!(
+            users.login("kiprotich", "radio check 1900", 0).err(),
+            Some(LoginError::Disabled)
+        );
+        assert!(matches!(
+            users.add("kiprotich", Role::Admin, &[], "another good one"),
+            Err(UserError::Exists(_))
+        ));
+    }
+
+    #[test]
+    fn one_address_is_throttled_then_let_through_again() {
+        let mut throttle = LoginThrottle::default();
+        let addr: IpAddr = "127.0.0.1".parse().unwrap();
+        for i in 0..ATTEMPTS_PER_ADDRESS_MAX as u64 {
+            throttle.attempt(addr, 100 + i / 10).unwrap();
+        }
+        assert!(matches!(
+            throttle.attempt(addr, 102),
+            Err(LoginError::Throttled(_))
+        ));
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        throttle.attempt(other, 102).unwrap();
+        throttle
+            .attempt(addr, 100 + ADDRESS_WINDOW_SECS + 1)
+            .unwrap();
+    }
+}
