@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 
 use crate::data_dir::{DataDir, DataDirError};
 use crate::devices::{DeviceError, DeviceRecord, DeviceRegistry};
+use crate::users::{Role, User, UserError, UserRegistry};
 
 /// Longest request or reply line. A reply listing thousands of devices fits
 /// comfortably; a request is a few dozen bytes.
@@ -46,6 +47,9 @@ pub enum AdminError {
     /// A device operation failed (offline path).
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// The user registry failed.
+    #[error(transparent)]
+    Users(#[from] UserError),
     /// The admin socket could not be bound or prepared.
     #[error("cannot listen on admin socket {path}")]
     Bind {
@@ -88,6 +92,101 @@ pub enum AdminRequest {
         /// Its id.
         id: String,
     },
+    /// Add a user. The password crosses only the admin socket (mode 0600)
+    /// and is never logged.
+    UserAdd {
+        /// Login name.
+        name: String,
+        /// officer, liaison, supervisor or admin.
+        role: String,
+        /// Areas the user works in.
+        areas: Vec<String>,
+        /// The initial password.
+        password: String,
+    },
+    /// List users (never their password hashes).
+    UserList,
+    /// Disable or re-enable a user.
+    UserDisable {
+        /// Login name.
+        name: String,
+        /// True to disable, false to enable.
+        disabled: bool,
+    },
+    /// Replace a user's areas.
+    UserAreas {
+        /// Login name.
+        name: String,
+        /// The new areas.
+        areas: Vec<String>,
+    },
+    /// Release an account locked after failed logins.
+    UserRelease {
+        /// Login name.
+        name: String,
+    },
+}
+
+impl AdminRequest {
+    /// The command's wire name, safe to log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AdminRequest::DeviceAdd { .. } => "device_add",
+            AdminRequest::DeviceList => "device_list",
+            AdminRequest::DeviceRevoke { .. } => "device_revoke",
+            AdminRequest::UserAdd { .. } => "user_add",
+            AdminRequest::UserList => "user_list",
+            AdminRequest::UserDisable { .. } => "user_disable",
+            AdminRequest::UserAreas { .. } => "user_areas",
+            AdminRequest::UserRelease { .. } => "user_release",
+        }
+    }
+}
+
+/// One user as the admin commands show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSummary {
+    /// Login name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Areas.
+    pub areas: Vec<String>,
+    /// Disabled?
+    pub disabled: bool,
+    /// Locked after failed logins?
+    pub locked: bool,
+}
+
+impl From<User> for UserSummary {
+    fn from(u: User) -> Self {
+        UserSummary {
+            name: u.name,
+            role: u.role,
+            areas: u.areas,
+            disabled: u.disabled,
+            locked: u.locked,
+        }
+    }
+}
+
+/// The registries the admin commands act on.
+#[derive(Clone)]
+pub struct Registries {
+    /// Devices and their tokens.
+    pub devices: DeviceRegistry,
+    /// Users, roles, areas, passwords.
+    pub users: UserRegistry,
+}
+
+impl Registries {
+    /// Opens both over `db`.
+    pub fn open(db: &sled::Db) -> Result<Registries, AdminError> {
+        Ok(Registries {
+            devices: DeviceRegistry::open_sled(db)?,
+            users: UserRegistry::open(db)?,
+        })
+    }
 }
 
 /// A reply line on the admin socket.
@@ -113,6 +212,16 @@ pub enum AdminReply {
         /// Its id.
         id: String,
     },
+    /// A user after the change.
+    User {
+        /// The user.
+        user: UserSummary,
+    },
+    /// All users.
+    Users {
+        /// The users.
+        users: Vec<UserSummary>,
+    },
     /// The request failed.
     Error {
         /// Why, for the operator.
@@ -122,8 +231,48 @@ pub enum AdminReply {
 
 /// Carries out one request against a registry. Blocking: `add` and `revoke`
 /// wait for the disk.
-pub fn execute(devices: &DeviceRegistry, request: AdminRequest) -> AdminReply {
+pub fn execute(registries: &Registries, request: AdminRequest) -> AdminReply {
+    let devices = &registries.devices;
+    let users = &registries.users;
+    let user_reply = |r: Result<User, UserError>| match r {
+        Ok(user) => AdminReply::User { user: user.into() },
+        Err(error) => AdminReply::Error {
+            message: error_chain(&error),
+        },
+    };
     let result = match request {
+        AdminRequest::UserAdd {
+            name,
+            role,
+            areas,
+            password,
+        } => {
+            let Some(role) = Role::parse(&role) else {
+                return AdminReply::Error {
+                    message: format!(
+                        "unknown role {role:?}: officer, liaison, supervisor or admin"
+                    ),
+                };
+            };
+            return user_reply(users.add(&name, role, &areas, &password));
+        }
+        AdminRequest::UserList => {
+            return match users.list() {
+                Ok(list) => AdminReply::Users {
+                    users: list.into_iter().map(UserSummary::from).collect(),
+                },
+                Err(error) => AdminReply::Error {
+                    message: error_chain(&error),
+                },
+            }
+        }
+        AdminRequest::UserDisable { name, disabled } => {
+            return user_reply(users.set_disabled(&name, disabled))
+        }
+        AdminRequest::UserAreas { name, areas } => {
+            return user_reply(users.set_areas(&name, &areas))
+        }
+        AdminRequest::UserRelease { name } => return user_reply(users.release(&name)),
         AdminRequest::DeviceAdd { name } => devices.add(&name).map(|new| AdminReply::DeviceAdded {
             id: new.identity.id,
             name: new.identity.name,
@@ -154,8 +303,8 @@ pub fn run_command(root: &Path, request: AdminRequest) -> Result<AdminReply, Adm
         }
         match data.open_db() {
             Ok(db) => {
-                let devices = DeviceRegistry::open_sled(&db)?;
-                let reply = execute(&devices, request);
+                let registries = Registries::open(&db)?;
+                let reply = execute(&registries, request);
                 db.flush().map_err(DeviceError::from)?;
                 return Ok(reply);
             }
@@ -216,7 +365,7 @@ pub fn send_to_server(
 pub struct AdminServer {
     listener: tokio::net::UnixListener,
     path: PathBuf,
-    devices: DeviceRegistry,
+    registries: Registries,
 }
 
 impl AdminServer {
@@ -225,7 +374,7 @@ impl AdminServer {
     /// Call only while holding the data directory's database lock: that is
     /// what guarantees the file being replaced belongs to no live server.
     /// Must be called inside a Tokio runtime.
-    pub fn bind(data: &DataDir, devices: DeviceRegistry) -> Result<AdminServer, AdminError> {
+    pub fn bind(data: &DataDir, registries: Registries) -> Result<AdminServer, AdminError> {
         let path = data.admin_socket();
         let bind_error = |source| AdminError::Bind {
             path: path.clone(),
@@ -243,7 +392,7 @@ impl AdminServer {
         Ok(AdminServer {
             listener,
             path,
-            devices,
+            registries,
         })
     }
 
@@ -277,10 +426,11 @@ impl AdminServer {
                     Err(_) => break,
                 },
             };
-            let devices = self.devices.clone();
+            let registries = self.registries.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                match tokio::time::timeout(EXCHANGE_TIMEOUT, serve_client(stream, devices)).await {
+                match tokio::time::timeout(EXCHANGE_TIMEOUT, serve_client(stream, registries)).await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => tracing::debug!(%error, "admin client failed"),
                     Err(_) => tracing::debug!("admin client timed out"),
@@ -300,7 +450,7 @@ impl Drop for AdminServer {
     }
 }
 
-async fn serve_client(stream: tokio::net::UnixStream, devices: DeviceRegistry) -> io::Result<()> {
+async fn serve_client(stream: tokio::net::UnixStream, registries: Registries) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     tokio::io::BufReader::new(read)
@@ -309,9 +459,10 @@ async fn serve_client(stream: tokio::net::UnixStream, devices: DeviceRegistry) -
         .await?;
     let reply = match serde_json::from_slice::<AdminRequest>(&line) {
         Ok(request) => {
-            // Never log the reply: for device_add it carries the token.
-            tracing::info!(?request, "admin request");
-            tokio::task::spawn_blocking(move || execute(&devices, request))
+            // Only the command's name: a user_add request carries a
+            // password, and the reply to device_add carries a token.
+            tracing::info!(cmd = request.name(), "admin request");
+            tokio::task::spawn_blocking(move || execute(&registries, request))
                 .await
                 .unwrap_or_else(|error| AdminReply::Error {
                     message: format!("admin request failed: {error}"),
@@ -388,10 +539,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let data = DataDir::create(&tmp.path().join("data")).unwrap();
         let db = data.open_db().unwrap();
-        let devices = DeviceRegistry::open_sled(&db).unwrap();
+        let registries = Registries::open(&db).unwrap();
+        let devices = registries.devices.clone();
         // A stale socket file from a crashed run must not stop the bind.
         std::fs::write(data.admin_socket(), b"").unwrap();
-        let server = AdminServer::bind(&data, devices.clone()).unwrap();
+        let server = AdminServer::bind(&data, registries).unwrap();
         let mode = std::fs::metadata(server.path())
             .unwrap()
             .permissions()

@@ -87,6 +87,78 @@ pub enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Manage users: roles, areas, passwords, locked accounts.
+    User {
+        /// What to do with users.
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+/// `user` subcommands; like `device`, they work with or without a running
+/// server on the data directory.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user; the password is read from standard input (one line).
+    Add {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Login name.
+        #[arg(long)]
+        name: String,
+        /// officer, liaison, supervisor or admin.
+        #[arg(long)]
+        role: String,
+        /// An area the user works in; repeatable.
+        #[arg(long = "area")]
+        areas: Vec<String>,
+    },
+    /// List users (never passwords or hashes).
+    List {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Disable a user: logins are refused.
+    Disable {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Login name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Re-enable a disabled user.
+    Enable {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Login name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Replace a user's areas.
+    Areas {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Login name.
+        #[arg(long)]
+        name: String,
+        /// An area; repeatable.
+        #[arg(long = "area")]
+        areas: Vec<String>,
+    },
+    /// Release an account locked after repeated failed logins.
+    Release {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Login name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// `device` subcommands. They work whether or not a server is running on the

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use baraza_server::admin::{self, AdminReply, AdminRequest, AdminServer};
-use baraza_server::config::{self, Cli, Command, DeviceCommand, ServeConfig};
+use baraza_server::config::{self, Cli, Command, DeviceCommand, ServeConfig, UserCommand};
 use baraza_server::data_dir::DataDir;
 use baraza_server::devices::DeviceRegistry;
 use baraza_server::http::{self, AppState};
@@ -45,6 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(serve(config))
         }
         Command::Device { command } => device(command),
+        Command::User { command } => user(command),
     }
 }
 
@@ -88,7 +89,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     // Without the admin socket the server still syncs; only `device`
     // commands are unavailable while it runs, so this is not fatal.
-    let admin_task = match AdminServer::bind(&data, devices.clone()) {
+    let registries = admin::Registries {
+        devices: devices.clone(),
+        users: baraza_server::users::UserRegistry::open(&db)?,
+    };
+    let admin_task = match AdminServer::bind(&data, registries) {
         Ok(admin) => {
             let mut stopped = admin_stopped.clone();
             Some(tokio::spawn(admin.run(async move {
@@ -162,9 +167,96 @@ fn device(command: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::Revoke { common, id } => (common, AdminRequest::DeviceRevoke { id }),
     };
     let root = config::resolve_data_dir(&common)?;
-    let reply = admin::run_command(&root, request)?;
+    print_reply(admin::run_command(&root, request)?)
+}
+
+fn user(command: UserCommand) -> anyhow::Result<()> {
+    let (common, request) = match command {
+        UserCommand::Add {
+            common,
+            name,
+            role,
+            areas,
+        } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("cannot read the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']).to_string();
+            (
+                common,
+                AdminRequest::UserAdd {
+                    name,
+                    role,
+                    areas,
+                    password,
+                },
+            )
+        }
+        UserCommand::List { common } => (common, AdminRequest::UserList),
+        UserCommand::Disable { common, name } => (
+            common,
+            AdminRequest::UserDisable {
+                name,
+                disabled: true,
+            },
+        ),
+        UserCommand::Enable { common, name } => (
+            common,
+            AdminRequest::UserDisable {
+                name,
+                disabled: false,
+            },
+        ),
+        UserCommand::Areas {
+            common,
+            name,
+            areas,
+        } => (common, AdminRequest::UserAreas { name, areas }),
+        UserCommand::Release { common, name } => (common, AdminRequest::UserRelease { name }),
+    };
+    let root = config::resolve_data_dir(&common)?;
+    print_reply(admin::run_command(&root, request)?)
+}
+
+fn print_reply(reply: AdminReply) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     match reply {
+        AdminReply::User { user } => {
+            writeln!(
+                stdout,
+                "{}\t{:?}\t{}\t{}",
+                user.name,
+                user.role,
+                user.areas.join(","),
+                if user.locked {
+                    "locked"
+                } else if user.disabled {
+                    "disabled"
+                } else {
+                    "active"
+                }
+            )?;
+        }
+        AdminReply::Users { users } => {
+            writeln!(stdout, "NAME\tROLE\tAREAS\tSTATUS")?;
+            for user in users {
+                let status = if user.locked {
+                    "locked"
+                } else if user.disabled {
+                    "disabled"
+                } else {
+                    "active"
+                };
+                writeln!(
+                    stdout,
+                    "{}\t{:?}\t{}\t{status}",
+                    user.name,
+                    user.role,
+                    user.areas.join(",")
+                )?;
+            }
+        }
         AdminReply::DeviceAdded { id, name, token } => {
             eprintln!("added device {id} ({name}); its token follows and will not be shown again");
             writeln!(stdout, "{token}")?;

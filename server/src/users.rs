@@ -226,6 +226,18 @@ impl UserRegistry {
         Ok(user)
     }
 
+    /// Every user, by name.
+    pub fn list(&self) -> Result<Vec<User>, UserError> {
+        self.tree
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                serde_json::from_slice(&v)
+                    .map_err(|_| UserError::Corrupt(String::from_utf8_lossy(&k).into_owned()))
+            })
+            .collect()
+    }
+
     /// Disables or enables a user.
     pub fn set_disabled(&self, name: &str, disabled: bool) -> Result<User, UserError> {
         self.update(name, |u| u.disabled = disabled)

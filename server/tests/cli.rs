@@ -388,3 +388,113 @@ fn settings_come_from_flags_then_environment_then_the_config_file() {
         "{refused:?}"
     );
 }
+
+/// Runs `baraza-server user ARGS --data DATA`, with `stdin` as input.
+fn user_cmd(data: &Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = baraza()
+        .arg("user")
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn baraza-server user");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn an_admin_manages_users_with_or_without_a_running_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+
+    // Offline: a weak password is refused with the reason.
+    let weak = user_cmd(
+        &data,
+        &[
+            "add",
+            "--name",
+            "achieng",
+            "--role",
+            "liaison",
+            "--area",
+            "kibera-north",
+        ],
+        "password123\n",
+    );
+    assert!(!weak.status.success());
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("common passwords"));
+    let added = user_cmd(
+        &data,
+        &[
+            "add",
+            "--name",
+            "achieng",
+            "--role",
+            "liaison",
+            "--area",
+            "kibera-north",
+        ],
+        "lamps on Olympic road\n",
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+
+    // With a server running, the same commands go through its admin socket.
+    let mut server = Server::start(
+        {
+            let mut c = baraza();
+            c.args(["serve", "--listen", "127.0.0.1:0", "--data"])
+                .arg(&data);
+            c
+        },
+        tmp.path().join("server.log"),
+    );
+    let added = user_cmd(
+        &data,
+        &[
+            "add",
+            "--name",
+            "wanjiru",
+            "--role",
+            "supervisor",
+            "--area",
+            "kibera-north",
+            "--area",
+            "mathare",
+        ],
+        "review queue 2024\n",
+    );
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let disabled = user_cmd(&data, &["disable", "--name", "achieng"], "");
+    assert!(disabled.status.success());
+    let listed = user_cmd(&data, &["list"], "");
+    let listing = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listing.contains("achieng\tLiaison\tkibera-north\tdisabled"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("wanjiru\tSupervisor\tkibera-north,mathare\tactive"),
+        "{listing}"
+    );
+    // Passwords and their hashes never appear, in the listing or the log.
+    assert!(!listing.contains("argon2") && !listing.contains("review queue"));
+    assert!(!server.log().contains("review queue 2024"));
+    assert!(server.terminate().success());
+}
