@@ -36,6 +36,22 @@ pub struct Status {
     pub server: Option<String>,
 }
 
+/// What enrolment gave this tablet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Enrolment {
+    /// The device's own token (kept in the store, never shown again).
+    #[serde(skip_serializing)]
+    pub token: String,
+    /// The device id.
+    pub device_id: String,
+    /// The user.
+    pub user: String,
+    /// Their role.
+    pub role: String,
+    /// Their areas.
+    pub areas: Vec<String>,
+}
+
 /// A background sync in progress; dropping it does not stop it, `stop` does.
 pub struct BackgroundSync {
     stop: watch::Sender<bool>,
@@ -114,6 +130,50 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Enrols this tablet: the user logs in once (online) and the server
+    /// issues the device its own token, tied to the user; the tablet then
+    /// files new records under the user and their first area. The password
+    /// is not kept.
+    pub async fn enroll(
+        &self,
+        server: &str,
+        ca_file: &Path,
+        user: &str,
+        password: &str,
+        device_name: &str,
+    ) -> Result<Enrolment, ClientError> {
+        let body = serde_json::json!({
+            "user": user,
+            "password": password,
+            "device_name": device_name,
+        })
+        .to_string();
+        let (status, reply) =
+            crate::transport::post_json(server, ca_file, "/v1/enroll", &body).await?;
+        if status == 401 {
+            return Err(ClientError::Unauthorized(reply.trim().to_string()));
+        }
+        if status != 200 {
+            return Err(ClientError::Connect {
+                url: server.to_string(),
+                reason: format!("HTTP {status}: {}", reply.trim()),
+            });
+        }
+        let enrolment: Enrolment =
+            serde_json::from_str(&reply).map_err(|e| ClientError::Connect {
+                url: server.to_string(),
+                reason: format!("unreadable enrolment reply: {e}"),
+            })?;
+        self.configure(server, Some(ca_file), &enrolment.token)?;
+        let area = enrolment
+            .areas
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "unassigned".into());
+        self.set_identity(&enrolment.user, &area)?;
+        Ok(enrolment)
     }
 
     /// Sets who and where new records are filed under.

@@ -23,7 +23,7 @@ pub mod store;
 pub mod sync;
 pub mod transport;
 
-pub use client::{BackgroundSync, Client, Status};
+pub use client::{BackgroundSync, Client, Enrolment, Status};
 pub use error::ClientError;
 pub use record::{Field, Record};
 pub use sync::{NoListener, SyncEvent, SyncListener, SyncReport};

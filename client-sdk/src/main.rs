@@ -49,6 +49,22 @@ enum Command {
         #[arg(long)]
         area: Option<String>,
     },
+    /// Enrols this tablet: logs in as a user (password from standard input)
+    /// and receives the device's own token.
+    Enroll {
+        /// Server URL, e.g. https://127.0.0.1:8443
+        #[arg(long)]
+        server: String,
+        /// PEM file of the CA (for the development server: DATA/tls/ca.pem).
+        #[arg(long)]
+        ca: PathBuf,
+        /// The user's login name.
+        #[arg(long)]
+        user: String,
+        /// A name for this device, e.g. "Kibera tablet 3".
+        #[arg(long)]
+        device_name: String,
+    },
     /// Creates a record; prints its id.
     New {
         /// Kind of record: meeting, patrol_note, feedback, feedback_contact.
@@ -327,6 +343,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 )?;
             }
             println!("configured {server}");
+        }
+        Command::Enroll {
+            server,
+            ca,
+            user,
+            device_name,
+        } => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("cannot read the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let enrolment =
+                runtime.block_on(client.enroll(&server, &ca, &user, password, &device_name))?;
+            println!(
+                "enrolled device {} for {} ({}; areas: {})",
+                enrolment.device_id,
+                enrolment.user,
+                enrolment.role,
+                enrolment.areas.join(", ")
+            );
         }
         Command::New { kind, area, set } => {
             let mut fields = Vec::new();

@@ -147,6 +147,71 @@ pub async fn connect(
     }
 }
 
+/// A small HTTPS POST of a JSON body (enrolment), answered with the
+/// status and body. The server closes after the reply.
+pub async fn post_json(
+    url: &str,
+    ca_file: &std::path::Path,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), ClientError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target = parse(url)?;
+    let connect_err = |reason: String| ClientError::Connect {
+        url: url.to_string(),
+        reason,
+    };
+    let config = tls_config(Some(ca_file))?;
+    let name = ServerName::try_from(target.host.clone())
+        .map_err(|e| ClientError::BadUrl(url.to_string(), e.to_string()))?;
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| connect_err(e.to_string()))?;
+    let mut tls = TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| connect_err(format!("TLS: {e}")))?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        target.host,
+        body.len()
+    );
+    tls.write_all(request.as_bytes())
+        .await
+        .map_err(|e| connect_err(e.to_string()))?;
+    let mut raw = Vec::new();
+    // A TLS close without close_notify still ends a Connection: close reply.
+    let _ = tls.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| connect_err("no HTTP answer".into()))?;
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+                break;
+            };
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    Ok((status, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

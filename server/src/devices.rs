@@ -87,6 +87,9 @@ pub struct DeviceRecord {
     pub created_at: u64,
     /// Revoked devices cannot open new connections.
     pub revoked: bool,
+    /// The user who enrolled it (devices added by an admin have none).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 impl DeviceRecord {
@@ -95,6 +98,7 @@ impl DeviceRecord {
         DeviceIdentity {
             id: self.id.clone(),
             name: self.name.clone(),
+            user: self.user.clone(),
         }
     }
 }
@@ -241,6 +245,11 @@ impl DeviceRegistry {
     /// administrator must survive a crash right after, or the tablet it is
     /// typed into would be locked out with no explanation.
     pub fn add(&self, name: &str) -> Result<NewDevice, DeviceError> {
+        self.add_for_user(name, None)
+    }
+
+    /// Registers a device enrolled by `user` and returns its token.
+    pub fn add_for_user(&self, name: &str, user: Option<&str>) -> Result<NewDevice, DeviceError> {
         let name = validate_name(name)?;
         let id = hex::encode(random_bytes::<ID_RANDOM_BYTES>()?);
         // The device id travels in the token so a tablet knows, offline,
@@ -257,6 +266,7 @@ impl DeviceRegistry {
             token_hash: hex::encode(hash.0),
             created_at: unix_now(),
             revoked: false,
+            user: user.map(str::to_string),
         };
         self.store.insert(&record, &hash)?;
         self.store.flush()?;

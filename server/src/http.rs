@@ -49,6 +49,8 @@ pub struct AppState {
     pub devices: DeviceRegistry,
     /// Limits from the config file; sizes the WebSocket codec.
     pub limits: LimitsConfig,
+    /// Users, for enrolment.
+    pub users: crate::users::UserRegistry,
 }
 
 /// Why a request was refused. Turned into a plain-text response by
@@ -232,6 +234,7 @@ fn routes(
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok");
 
     let records = records_routes(&state);
+    let enroll = enroll_route(&state);
     let devices = state.devices.clone();
     let sync = warp::path!("v1" / "sync")
         .and(warp::get())
@@ -248,7 +251,72 @@ fn routes(
             async move { upgrade(device, ws, state, slots, stop_rx) }
         });
 
-    healthz.or(sync).or(records).recover(recover)
+    healthz.or(sync).or(records).or(enroll).recover(recover)
+}
+
+/// What a tablet sends to enrol: a user's login and a name for the device.
+#[derive(serde::Deserialize)]
+struct EnrollRequest {
+    user: String,
+    password: String,
+    device_name: String,
+}
+
+/// `POST /v1/enroll`: a user logs in from a tablet and the tablet gets its
+/// own device token, tied to that user. Failed logins count towards the
+/// user's lockout; a locked, disabled or unknown account gets 401 with the
+/// reason (unknown and wrong password read the same).
+fn enroll_route(
+    state: &AppState,
+) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone + Send + Sync + 'static {
+    let users = state.users.clone();
+    let devices = state.devices.clone();
+    warp::path!("v1" / "enroll")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(16 * 1024))
+        .and(warp::body::json())
+        .and_then(move |request: EnrollRequest| {
+            let users = users.clone();
+            let devices = devices.clone();
+            async move {
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    let user = users.login(&request.user, &request.password, now)?;
+                    let device = devices
+                        .add_for_user(&request.device_name, Some(&user.name))
+                        .map_err(|_| crate::users::LoginError::Unavailable)?;
+                    Ok::<_, crate::users::LoginError>((user, device))
+                })
+                .await;
+                Ok::<_, Rejection>(match outcome {
+                    Ok(Ok((user, device))) => {
+                        tracing::info!(user = %user.name, device = %device.identity.id, "device enrolled");
+                        warp::reply::with_status(
+                            warp::reply::json(&serde_json::json!({
+                                "token": device.token,
+                                "device_id": device.identity.id,
+                                "user": user.name,
+                                "role": user.role,
+                                "areas": user.areas,
+                            })),
+                            StatusCode::OK,
+                        )
+                        .into_response()
+                    }
+                    Ok(Err(crate::users::LoginError::Unavailable)) | Err(_) => {
+                        text_reply(StatusCode::SERVICE_UNAVAILABLE, "enrolment unavailable")
+                    }
+                    Ok(Err(refusal)) => {
+                        tracing::info!(reason = %refusal, "enrolment refused");
+                        warp::reply::with_status(refusal.to_string(), StatusCode::UNAUTHORIZED)
+                            .into_response()
+                    }
+                })
+            }
+        })
 }
 
 /// Most rows one listing returns.

@@ -89,9 +89,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     // Without the admin socket the server still syncs; only `device`
     // commands are unavailable while it runs, so this is not fatal.
+    let users = baraza_server::users::UserRegistry::open(&db)?;
     let registries = admin::Registries {
         devices: devices.clone(),
-        users: baraza_server::users::UserRegistry::open(&db)?,
+        users: users.clone(),
     };
     let admin_task = match AdminServer::bind(&data, registries) {
         Ok(admin) => {
@@ -118,6 +119,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         hub,
         devices: devices.clone(),
         limits: config.limits,
+        users,
     };
     let served = http::serve(listener, tls, state, shutdown).await;
 

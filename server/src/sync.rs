@@ -41,6 +41,8 @@ pub struct DeviceIdentity {
     pub id: String,
     /// Human-readable name given at `device add`.
     pub name: String,
+    /// The user who enrolled the device, if a user did.
+    pub user: Option<String>,
 }
 
 type Completion = Pin<Box<dyn Future<Output = Done> + Send>>;
