@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
+use crate::audit::{AuditLog, Verdict};
 use crate::data_dir::{DataDir, DataDirError};
 use crate::devices::{DeviceError, DeviceRecord, DeviceRegistry};
 use crate::users::{Role, User, UserError, UserRegistry};
@@ -125,6 +126,10 @@ pub enum AdminRequest {
         /// Login name.
         name: String,
     },
+    /// Check the audit log's hash chain.
+    AuditVerify,
+    /// Every audit entry.
+    AuditExport,
 }
 
 impl AdminRequest {
@@ -139,6 +144,8 @@ impl AdminRequest {
             AdminRequest::UserDisable { .. } => "user_disable",
             AdminRequest::UserAreas { .. } => "user_areas",
             AdminRequest::UserRelease { .. } => "user_release",
+            AdminRequest::AuditVerify => "audit_verify",
+            AdminRequest::AuditExport => "audit_export",
         }
     }
 }
@@ -177,6 +184,8 @@ pub struct Registries {
     pub devices: DeviceRegistry,
     /// Users, roles, areas, passwords.
     pub users: UserRegistry,
+    /// The audit log.
+    pub audit: AuditLog,
 }
 
 impl Registries {
@@ -185,6 +194,7 @@ impl Registries {
         Ok(Registries {
             devices: DeviceRegistry::open_sled(db)?,
             users: UserRegistry::open(db)?,
+            audit: AuditLog::open(db).map_err(|e| AdminError::Refused(e.to_string()))?,
         })
     }
 }
@@ -222,6 +232,20 @@ pub enum AdminReply {
         /// The users.
         users: Vec<UserSummary>,
     },
+    /// The audit log's state.
+    AuditVerdict {
+        /// True if every entry and the chain are intact.
+        intact: bool,
+        /// Entries checked (intact) or where it breaks.
+        at: u64,
+        /// What is wrong, if anything.
+        reason: String,
+    },
+    /// The audit log.
+    AuditEntries {
+        /// Every entry, in order.
+        entries: Vec<crate::audit::Entry>,
+    },
     /// The request failed.
     Error {
         /// Why, for the operator.
@@ -234,6 +258,34 @@ pub enum AdminReply {
 pub fn execute(registries: &Registries, request: AdminRequest) -> AdminReply {
     let devices = &registries.devices;
     let users = &registries.users;
+    let audit = &registries.audit;
+    // Every change an administrator makes is audited (never passwords).
+    match &request {
+        AdminRequest::DeviceAdd { name } => {
+            audit.record("device_added", serde_json::json!({ "name": name }))
+        }
+        AdminRequest::DeviceRevoke { id } => {
+            audit.record("device_revoked", serde_json::json!({ "device": id }))
+        }
+        AdminRequest::UserAdd {
+            name, role, areas, ..
+        } => audit.record(
+            "user_added",
+            serde_json::json!({ "user": name, "role": role, "areas": areas }),
+        ),
+        AdminRequest::UserDisable { name, disabled } => audit.record(
+            "user_disabled",
+            serde_json::json!({ "user": name, "disabled": disabled }),
+        ),
+        AdminRequest::UserAreas { name, areas } => audit.record(
+            "user_areas",
+            serde_json::json!({ "user": name, "areas": areas }),
+        ),
+        AdminRequest::UserRelease { name } => {
+            audit.record("user_released", serde_json::json!({ "user": name }))
+        }
+        _ => {}
+    }
     let user_reply = |r: Result<User, UserError>| match r {
         Ok(user) => AdminReply::User { user: user.into() },
         Err(error) => AdminReply::Error {
@@ -241,6 +293,31 @@ pub fn execute(registries: &Registries, request: AdminRequest) -> AdminReply {
         },
     };
     let result = match request {
+        AdminRequest::AuditVerify => {
+            return match audit.verify() {
+                Ok(Verdict::Intact { entries }) => AdminReply::AuditVerdict {
+                    intact: true,
+                    at: entries,
+                    reason: String::new(),
+                },
+                Ok(Verdict::Broken { at, reason }) => AdminReply::AuditVerdict {
+                    intact: false,
+                    at,
+                    reason,
+                },
+                Err(error) => AdminReply::Error {
+                    message: error_chain(&error),
+                },
+            }
+        }
+        AdminRequest::AuditExport => {
+            return match audit.entries().collect::<Result<Vec<_>, _>>() {
+                Ok(entries) => AdminReply::AuditEntries { entries },
+                Err(error) => AdminReply::Error {
+                    message: error_chain(&error),
+                },
+            }
+        }
         AdminRequest::UserAdd {
             name,
             role,

@@ -93,6 +93,30 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Check or export the audit log.
+    Audit {
+        /// What to do with the log.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every entry and the hash chain; exits non-zero if the log was
+    /// edited or an entry removed.
+    Verify {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Write the log as JSON lines on standard output.
+    Export {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+    },
 }
 
 /// `user` subcommands; like `device`, they work with or without a running

@@ -271,6 +271,7 @@ fn enroll_route(
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone + Send + Sync + 'static {
     let users = state.users.clone();
     let devices = state.devices.clone();
+    let hub = state.hub.clone();
     warp::path!("v1" / "enroll")
         .and(warp::post())
         .and(warp::body::content_length_limit(16 * 1024))
@@ -278,7 +279,10 @@ fn enroll_route(
         .and_then(move |request: EnrollRequest| {
             let users = users.clone();
             let devices = devices.clone();
+            let hub = hub.clone();
             async move {
+                let name = request.user.clone();
+                let audit = hub.audit().clone();
                 let outcome = tokio::task::spawn_blocking(move || {
                     let now = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -294,6 +298,10 @@ fn enroll_route(
                 Ok::<_, Rejection>(match outcome {
                     Ok(Ok((user, device))) => {
                         tracing::info!(user = %user.name, device = %device.identity.id, "device enrolled");
+                        audit.record(
+                            "device_enrolled",
+                            serde_json::json!({ "user": user.name, "device": device.identity.id }),
+                        );
                         warp::reply::with_status(
                             warp::reply::json(&serde_json::json!({
                                 "token": device.token,
@@ -311,6 +319,10 @@ fn enroll_route(
                     }
                     Ok(Err(refusal)) => {
                         tracing::info!(reason = %refusal, "enrolment refused");
+                        audit.record(
+                            "login_failed",
+                            serde_json::json!({ "user": name, "reason": refusal.to_string() }),
+                        );
                         warp::reply::with_status(refusal.to_string(), StatusCode::UNAUTHORIZED)
                             .into_response()
                     }

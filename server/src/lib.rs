@@ -18,6 +18,7 @@
 //! Unix only: the admin socket is a Unix domain socket.
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod data_dir;
 pub mod devices;

@@ -12,7 +12,9 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use baraza_server::admin::{self, AdminReply, AdminRequest, AdminServer};
-use baraza_server::config::{self, Cli, Command, DeviceCommand, ServeConfig, UserCommand};
+use baraza_server::config::{
+    self, AuditCommand, Cli, Command, DeviceCommand, ServeConfig, UserCommand,
+};
 use baraza_server::data_dir::DataDir;
 use baraza_server::devices::DeviceRegistry;
 use baraza_server::http::{self, AppState};
@@ -46,6 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Device { command } => device(command),
         Command::User { command } => user(command),
+        Command::Audit { command } => audit(command),
     }
 }
 
@@ -93,6 +96,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let registries = admin::Registries {
         devices: devices.clone(),
         users: users.clone(),
+        audit: hub.audit().clone(),
     };
     let admin_task = match AdminServer::bind(&data, registries) {
         Ok(admin) => {
@@ -221,9 +225,30 @@ fn user(command: UserCommand) -> anyhow::Result<()> {
     print_reply(admin::run_command(&root, request)?)
 }
 
+fn audit(command: AuditCommand) -> anyhow::Result<()> {
+    let (common, request) = match command {
+        AuditCommand::Verify { common } => (common, AdminRequest::AuditVerify),
+        AuditCommand::Export { common } => (common, AdminRequest::AuditExport),
+    };
+    let root = config::resolve_data_dir(&common)?;
+    print_reply(admin::run_command(&root, request)?)
+}
+
 fn print_reply(reply: AdminReply) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     match reply {
+        AdminReply::AuditVerdict { intact, at, reason } => {
+            if intact {
+                writeln!(stdout, "audit log intact: {at} entries")?;
+            } else {
+                bail!("audit log broken at entry {at}: {reason}");
+            }
+        }
+        AdminReply::AuditEntries { entries } => {
+            for entry in entries {
+                writeln!(stdout, "{}", serde_json::to_string(&entry)?)?;
+            }
+        }
         AdminReply::User { user } => {
             writeln!(
                 stdout,

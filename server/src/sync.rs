@@ -32,6 +32,7 @@ const CATCH_UP_BATCH: usize = 256;
 pub struct SyncHub {
     docs: Arc<Docs>,
     limits: Limits,
+    audit: crate::audit::AuditLog,
 }
 
 /// The device a connection authenticated as.
@@ -104,6 +105,7 @@ impl SyncHub {
         limits: Limits,
         cache_docs: usize,
     ) -> anyhow::Result<Arc<SyncHub>> {
+        let audit = crate::audit::AuditLog::open(&db)?;
         let store = SledStore::open(db, rand::random())?;
         tracing::info!(
             store = ?store.store_id(),
@@ -112,7 +114,11 @@ impl SyncHub {
             "document store open"
         );
         let docs = Docs::start(Arc::new(store), cache_docs)?;
-        Ok(Arc::new(SyncHub { docs, limits }))
+        Ok(Arc::new(SyncHub {
+            docs,
+            limits,
+            audit,
+        }))
     }
 
     /// Records matching a filter, from the index (no document is loaded).
@@ -128,6 +134,10 @@ impl SyncHub {
     /// value with its actor and time) and history (who, when, which
     /// fields). None if there is no such record.
     pub fn record_view(&self, id: DocId) -> Result<Option<serde_json::Value>, DocsError> {
+        self.audit.record(
+            "record_read",
+            serde_json::json!({ "record": id.to_string() }),
+        );
         if self.docs.store().doc_seq(id)?.is_none() {
             return Ok(None);
         }
@@ -143,6 +153,11 @@ impl SyncHub {
             "conflicts": baraza_records::conflicts(doc),
             "history": baraza_records::history(doc),
         })))
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &crate::audit::AuditLog {
+        &self.audit
     }
 
     /// The limits this hub enforces.
@@ -226,6 +241,16 @@ impl SyncHub {
             }
         }
         tracing::info!(device = %device.id, frames, "device disconnected");
+        self.audit.record(
+            "sync",
+            serde_json::json!({
+                "device": device.id,
+                "user": device.user,
+                "frames_received": frames,
+                "records_sent": session.records_sent(),
+                "feed_position": session.sent_seq(),
+            }),
+        );
     }
 
     fn on_frame(
@@ -301,6 +326,10 @@ impl SyncHub {
                 Err((code, message)) => {
                     self.docs.restore(id, &mut live);
                     tracing::info!(doc = %id, device = %device.id, %message, "change refused");
+                    self.audit.record(
+                        "change_refused",
+                        serde_json::json!({ "device": device.id, "user": device.user, "record": id.to_string(), "reason": message }),
+                    );
                     return session.refuse(id, code, message);
                 }
             }
@@ -362,6 +391,10 @@ impl SyncHub {
                 Err((code, message)) => {
                     self.docs.restore(id, &mut live);
                     tracing::info!(doc = %id, device = %device.id, %message, "change refused");
+                    self.audit.record(
+                        "change_refused",
+                        serde_json::json!({ "device": device.id, "user": device.user, "record": id.to_string(), "reason": message }),
+                    );
                     return session.refuse(id, code, message);
                 }
             }

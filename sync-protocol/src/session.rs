@@ -663,6 +663,11 @@ impl ServerSession {
         matches!(self.phase, ServerPhase::Established)
     }
 
+    /// How many change messages this connection has sent.
+    pub fn records_sent(&self) -> u64 {
+        self.changes_sent
+    }
+
     /// The feed position up to which this client has been sent everything.
     pub fn sent_seq(&self) -> Seq {
         self.sent_seq
