@@ -321,18 +321,17 @@ impl SyncHub {
         };
         let mut index = None;
         if !applied.new_chunk.is_empty() {
-            match admit(id, device, &live.doc, &before, before_header) {
-                Ok(entry) => index = Some(entry),
-                Err((code, message)) => {
-                    self.docs.restore(id, &mut live);
-                    tracing::info!(doc = %id, device = %device.id, %message, "change refused");
-                    self.audit.record(
-                        "change_refused",
-                        serde_json::json!({ "device": device.id, "user": device.user, "record": id.to_string(), "reason": message }),
-                    );
-                    return session.refuse(id, code, message);
-                }
-            }
+            index = match self.admit_or_refuse(
+                session,
+                device,
+                id,
+                &mut live,
+                &before,
+                before_header,
+            ) {
+                Some(entry) => Some(entry),
+                None => return,
+            };
         }
         if applied.base_missing {
             session.start_sync(id, &live.doc);
@@ -386,18 +385,17 @@ impl SyncHub {
         let chunk = docsync::encode_changes(&live.doc.get_changes(&before));
         let mut index = None;
         if !chunk.is_empty() {
-            match admit(id, device, &live.doc, &before, before_header) {
-                Ok(entry) => index = Some(entry),
-                Err((code, message)) => {
-                    self.docs.restore(id, &mut live);
-                    tracing::info!(doc = %id, device = %device.id, %message, "change refused");
-                    self.audit.record(
-                        "change_refused",
-                        serde_json::json!({ "device": device.id, "user": device.user, "record": id.to_string(), "reason": message }),
-                    );
-                    return session.refuse(id, code, message);
-                }
-            }
+            index = match self.admit_or_refuse(
+                session,
+                device,
+                id,
+                &mut live,
+                &before,
+                before_header,
+            ) {
+                Some(entry) => Some(entry),
+                None => return,
+            };
         }
         if live.bytes + chunk.len() > self.limits.doc_bytes_max {
             self.docs.restore(id, &mut live);
@@ -418,6 +416,38 @@ impl SyncHub {
                 stored: wait_stored(rx, now).await,
             }
         }));
+    }
+
+    /// Runs [`admit`] on changes just applied to `live`. On refusal the
+    /// live copy is restored, the refusal audited and sent, and None
+    /// returned: the caller stops there.
+    fn admit_or_refuse(
+        &self,
+        session: &mut ServerSession,
+        device: &DeviceIdentity,
+        id: DocId,
+        live: &mut crate::docs::LiveDoc,
+        before: &[automerge::ChangeHash],
+        before_header: Option<Header>,
+    ) -> Option<IndexEntry> {
+        match admit(id, device, &live.doc, before, before_header) {
+            Ok(entry) => Some(entry),
+            Err((code, message)) => {
+                self.docs.restore(id, live);
+                tracing::info!(doc = %id, device = %device.id, %message, "change refused");
+                self.audit.record(
+                    "change_refused",
+                    serde_json::json!({
+                        "device": device.id,
+                        "user": device.user,
+                        "record": id.to_string(),
+                        "reason": message,
+                    }),
+                );
+                session.refuse(id, code, message);
+                None
+            }
+        }
     }
 
     fn on_done(&self, session: &mut ServerSession, done: Done) {

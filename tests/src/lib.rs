@@ -556,6 +556,27 @@ async fn upgrade(
         .map(|(ws, _)| ws)
 }
 
+/// Runs `baraza-server ARGS --data DATA` with `stdin` as its input (for the
+/// `user`, `device` and `audit` commands) and returns its output.
+pub fn run_server_command(data: &Path, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = server_command()
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn baraza-server");
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.as_bytes())
+            .expect("write to baraza-server");
+    }
+    child.wait_with_output().expect("wait for baraza-server")
+}
+
 /// A plain HTTPS GET (HTTP/1.1, `Connection: close`) with an optional
 /// bearer token: the status and the body.
 pub async fn https_get(server: &ServerProcess, path: &str, token: Option<&str>) -> (u16, String) {

@@ -2,37 +2,14 @@
 //! administrators' changes, hash-chained: `audit verify` passes on the real
 //! log and fails after one byte of an entry is changed, or an entry removed.
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
 use baraza_client::{Client, NoListener};
-use baraza_tests::{binary, ServerProcess};
-
-fn server_cmd(data: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(binary("baraza-server"))
-        .args(args)
-        .arg("--data")
-        .arg(data)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
+use baraza_tests::{run_server_command, ServerProcess};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_log_is_complete_and_tampering_shows() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
-    let added = server_cmd(
+    let added = run_server_command(
         &data,
         &[
             "user",
@@ -80,13 +57,13 @@ async fn the_audit_log_is_complete_and_tampering_shows() {
     drop(tablet);
     assert!(server.terminate().success());
 
-    let verified = server_cmd(&data, &["audit", "verify"], "");
+    let verified = run_server_command(&data, &["audit", "verify"], "");
     assert!(
         verified.status.success(),
         "{}",
         String::from_utf8_lossy(&verified.stderr)
     );
-    let exported = server_cmd(&data, &["audit", "export"], "");
+    let exported = run_server_command(&data, &["audit", "export"], "");
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&exported.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -114,7 +91,7 @@ async fn the_audit_log_is_complete_and_tampering_shows() {
         bytes[at] ^= 0x01;
         tree.insert(key, bytes).unwrap();
     });
-    let broken = server_cmd(&data, &["audit", "verify"], "");
+    let broken = run_server_command(&data, &["audit", "verify"], "");
     assert!(!broken.status.success());
     assert!(String::from_utf8_lossy(&broken.stderr).contains("entry 2"));
 
@@ -126,11 +103,13 @@ async fn the_audit_log_is_complete_and_tampering_shows() {
         bytes[at] ^= 0x01;
         tree.insert(key, bytes).unwrap();
     });
-    assert!(server_cmd(&data, &["audit", "verify"], "").status.success());
+    assert!(run_server_command(&data, &["audit", "verify"], "")
+        .status
+        .success());
     tampered(&|tree| {
         tree.remove(3u64.to_be_bytes()).unwrap();
     });
-    let broken = server_cmd(&data, &["audit", "verify"], "");
+    let broken = run_server_command(&data, &["audit", "verify"], "");
     assert!(!broken.status.success());
     assert!(String::from_utf8_lossy(&broken.stderr).contains("entry 3"));
 }

@@ -3,31 +3,15 @@
 //! passwords lock the account, the right one is then refused too, until an
 //! administrator releases it.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use baraza_client::{Client, ClientError};
-use baraza_tests::{binary, ServerProcess};
+use baraza_tests::{run_server_command, ServerProcess};
 
 fn user_cmd(data: &Path, args: &[&str], stdin: &str) {
-    let mut child = Command::new(binary("baraza-server"))
-        .arg("user")
-        .args(args)
-        .arg("--data")
-        .arg(data)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut full = vec!["user"];
+    full.extend_from_slice(args);
+    let out = run_server_command(data, &full, stdin);
     assert!(
         out.status.success(),
         "{}",
