@@ -651,6 +651,15 @@ pub async fn upgrade_status(server: &ServerProcess, authorization: Option<&str>)
     }
 }
 
+/// The device id a token carries: tokens read `bz_<device id>_<secret>`.
+pub fn device_of(token: &str) -> String {
+    token
+        .strip_prefix("bz_")
+        .and_then(|rest| rest.split('_').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// A sync WebSocket driven by hand: the test decides every byte sent.
 pub struct RawConnection {
     ws: Socket,
@@ -665,12 +674,7 @@ impl RawConnection {
             .await
             .expect("the upgrade is answered in time")
             .expect("the server upgrades a device with a valid token");
-        // Tokens read `bz_<device id>_<secret>`.
-        let device_id = token
-            .strip_prefix("bz_")
-            .and_then(|rest| rest.split('_').next())
-            .unwrap_or_default()
-            .to_string();
+        let device_id = device_of(token);
         RawConnection { ws, device_id }
     }
 

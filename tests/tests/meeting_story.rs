@@ -4,15 +4,7 @@
 //! edits, the place they set differently is a visible conflict naming
 //! both devices, and the history names both.
 
-use baraza_tests::{ServerProcess, Tablet};
-
-fn device_of(token: &str) -> String {
-    token
-        .strip_prefix("bz_")
-        .and_then(|rest| rest.split('_').next())
-        .unwrap()
-        .to_string()
-}
+use baraza_tests::{device_of, ServerProcess, Tablet};
 
 fn kv(k: &str, v: &str) -> (String, String) {
     (k.to_string(), v.to_string())

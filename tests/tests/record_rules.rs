@@ -7,16 +7,8 @@
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ReadDoc, ROOT};
 use baraza_protocol::{to_heads, DocId, ErrorCode, Head, Message, Push};
-use baraza_tests::{RawConnection, ServerProcess, Tablet};
+use baraza_tests::{device_of, RawConnection, ServerProcess, Tablet};
 use serde_bytes::ByteBuf;
-
-fn device_of(token: &str) -> String {
-    token
-        .strip_prefix("bz_")
-        .and_then(|rest| rest.split('_').next())
-        .unwrap()
-        .to_string()
-}
 
 fn actor_for(device: &str, install: u8) -> ActorId {
     let mut bytes: Vec<u8> = (0..device.len() / 2)
