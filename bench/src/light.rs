@@ -160,6 +160,14 @@ pub fn actor_for(device_id: &str, gen: &mut Gen) -> anyhow::Result<ActorId> {
     Ok(ActorId::from(bytes))
 }
 
+/// Changes as the bench user makes them.
+fn stamp(now_ms: i64) -> ops::Stamp<'static> {
+    ops::Stamp {
+        now_ms,
+        by: crate::server::BENCH_USER,
+    }
+}
+
 impl LightRecord {
     /// A new record made as the SDK's `Client::create` makes it: a meeting
     /// record's header (created by `device_id`) and skeleton in one change,
@@ -174,17 +182,17 @@ impl LightRecord {
         let header = Header {
             id: id.to_string(),
             kind: Kind::Meeting,
-            area: "unassigned".into(),
-            created_by_user: device_id.to_string(),
+            area: crate::server::BENCH_AREA.into(),
+            created_by_user: crate::server::BENCH_USER.into(),
             created_by_device: device_id.to_string(),
             created_at: now,
             schema: baraza_records::SCHEMA_VERSION,
         };
         let mut doc = Automerge::new();
         doc.set_actor(actor.clone());
-        ops::create(&mut doc, &header, now)?;
+        ops::create(&mut doc, &header, stamp(now))?;
         for (k, v) in fields {
-            baraza_client::record::set(&mut doc, k, v, now.into())?;
+            baraza_client::record::set(&mut doc, k, v, stamp(now))?;
         }
         Ok(LightRecord {
             id,
@@ -195,7 +203,7 @@ impl LightRecord {
 
     /// Sets a field in one change, as the SDK's `Client::set` does.
     pub fn set(&mut self, field: &str, value: &str) -> anyhow::Result<()> {
-        baraza_client::record::set(&mut self.doc, field, value, now_ms().into())?;
+        baraza_client::record::set(&mut self.doc, field, value, stamp(now_ms()))?;
         Ok(())
     }
 

@@ -46,7 +46,7 @@ impl Bench {
         }
         let id = devices[0].create_record(
             "meeting",
-            "kibera-north",
+            crate::server::BENCH_AREA,
             vec![kv("title", "Ward baraza on lighting and patrols")],
         )?;
         for d in &devices {

@@ -99,6 +99,7 @@ pub(crate) fn open_client(dir: &Path, url: &str, ca: &Path, token: &str) -> anyh
     let client =
         Client::open(dir).with_context(|| format!("cannot open a client in {}", dir.display()))?;
     client.configure(url, Some(ca), token)?;
+    client.set_identity(crate::server::BENCH_USER, crate::server::BENCH_AREA)?;
     Ok(client)
 }
 

@@ -16,6 +16,11 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a graceful stop may take before the process is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The user every bench device acts for: a supervisor of [`BENCH_AREA`].
+pub const BENCH_USER: &str = "bench.supervisor";
+/// The area bench records are filed under.
+pub const BENCH_AREA: &str = "unassigned";
+
 const SERVER_ENV: [&str; 5] = [
     "BARAZA_DATA",
     "BARAZA_LISTEN",
@@ -153,11 +158,41 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Registers a device with `baraza-server device add` (through the
-    /// running server's admin socket) and returns its token.
+    /// Adds [`BENCH_USER`], a supervisor of [`BENCH_AREA`] every bench
+    /// device acts for (so each device reads every other's records, as
+    /// before access control); an existing one is fine.
+    fn ensure_bench_user(&self) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut child = command(&self.bin)
+            .args(["user", "add", "--name", BENCH_USER, "--role", "supervisor"])
+            .args(["--area", BENCH_AREA, "--data"])
+            .arg(&self.data)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run `baraza-server user add`")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(b"bench marks the beat 7\n")?;
+        }
+        let out = child.wait_with_output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.success() || stderr.contains("exists"),
+            "`user add` failed: {}",
+            stderr.trim()
+        );
+        Ok(())
+    }
+
+    /// Registers a device for [`BENCH_USER`] with `baraza-server device
+    /// add` (through the running server's admin socket) and returns its token.
     pub fn add_device(&self, name: &str) -> anyhow::Result<String> {
+        self.ensure_bench_user()?;
         let out = command(&self.bin)
-            .args(["device", "add", "--name", name, "--data"])
+            .args([
+                "device", "add", "--name", name, "--user", BENCH_USER, "--data",
+            ])
             .arg(&self.data)
             .stdin(Stdio::null())
             .output()

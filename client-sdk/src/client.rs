@@ -15,7 +15,7 @@ use baraza_records::{ops, FieldValue, Header, Kind};
 
 use crate::error::ClientError;
 use crate::record::{self, Record};
-use crate::store::LocalStore;
+use crate::store::{LocalStore, Rejection};
 use crate::sync::{self, Mode, SyncListener, SyncReport};
 use crate::transport::Endpoint;
 
@@ -26,14 +26,24 @@ pub struct Status {
     pub records: u64,
     /// Records with changes the server has not acknowledged.
     pub unacknowledged: u64,
-    /// Records whose changes the server refused, with the reason.
-    pub refused: Vec<(String, String)>,
+    /// Records whose changes the server refused, with the rule and reason.
+    /// Their changes stay on the device and show in `get`.
+    pub refused: Vec<RefusedRecord>,
     /// When the last sync settled (seconds since the Unix epoch).
     pub last_sync: Option<u64>,
     /// The feed position this device has received up to.
     pub cursor: u64,
     /// The configured server.
     pub server: Option<String>,
+}
+
+/// A record the server refused, as `status` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RefusedRecord {
+    /// The record id.
+    pub id: String,
+    /// Why, with the rule broken if a rule refused it.
+    pub rejection: Rejection,
 }
 
 /// What enrolment gave this tablet.
@@ -320,12 +330,11 @@ impl Client {
             .store
             .load(doc_id)?
             .ok_or_else(|| ClientError::NotFound(id.to_string()))?;
-        let unacknowledged =
-            baraza_protocol::Replica::unacknowledged(&mut self.store.clone())?.contains(&doc_id);
         Ok(Record {
             id: doc_id.to_string(),
             fields: record::fields(&doc),
-            unacknowledged,
+            unacknowledged: self.store.is_unacknowledged(doc_id)?,
+            rejected: self.store.rejection(doc_id)?,
         })
     }
 
@@ -349,7 +358,10 @@ impl Client {
                 .store
                 .refusals()?
                 .into_iter()
-                .map(|(id, why)| (id.to_string(), why))
+                .map(|(id, rejection)| RefusedRecord {
+                    id: id.to_string(),
+                    rejection,
+                })
                 .collect(),
             last_sync: self.store.last_sync()?,
             cursor,
@@ -514,6 +526,27 @@ impl Client {
     pub fn submit(&self, id: &str) -> Result<(), ClientError> {
         self.edit(parse_id(id)?, false, |doc, at| {
             Ok(ops::review(doc, "submitted", None, at)?)
+        })
+    }
+
+    /// Records a review decision (`approved` or `returned`, with an
+    /// optional comment). Only a supervisor of the record's area may: the
+    /// server rejects anyone else's decision, and this device then keeps it
+    /// marked rejected.
+    pub fn review(
+        &self,
+        id: &str,
+        decision: &str,
+        comment: Option<String>,
+    ) -> Result<(), ClientError> {
+        let user = self.store.setting("user")?.unwrap_or_default();
+        self.edit(parse_id(id)?, false, |doc, at| {
+            Ok(ops::review(
+                doc,
+                decision,
+                comment.as_deref().map(|c| (user.as_str(), c)),
+                at,
+            )?)
         })
     }
 

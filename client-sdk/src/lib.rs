@@ -23,7 +23,8 @@ pub mod store;
 pub mod sync;
 pub mod transport;
 
-pub use client::{BackgroundSync, Client, Enrolment, Status};
+pub use client::{BackgroundSync, Client, Enrolment, RefusedRecord, Status};
 pub use error::ClientError;
 pub use record::{Field, Record};
+pub use store::Rejection;
 pub use sync::{NoListener, SyncEvent, SyncListener, SyncReport};

@@ -434,8 +434,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if report.unacknowledged > 0 {
                 let status = client.status()?;
-                for (id, why) in &status.refused {
-                    eprintln!("refused {id}: {why}");
+                for r in &status.refused {
+                    eprintln!("{}", describe_refusal(r));
                 }
                 eprintln!(
                     "{} records not acknowledged by the server",
@@ -603,11 +603,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     None => println!("last sync: never"),
                 }
                 println!("cursor: {}", status.cursor);
-                for (id, why) in &status.refused {
-                    println!("refused {id}: {why}");
+                for r in &status.refused {
+                    println!("{}", describe_refusal(r));
                 }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per refused record: which rule, and the server's reason.
+fn describe_refusal(r: &baraza_client::RefusedRecord) -> String {
+    match &r.rejection.rule {
+        Some(rule) => format!("rejected {} by rule {rule}: {}", r.id, r.rejection.message),
+        None => format!(
+            "refused {} ({}): {}",
+            r.id, r.rejection.code, r.rejection.message
+        ),
+    }
 }

@@ -34,6 +34,9 @@ pub struct Record {
     pub fields: Vec<Field>,
     /// True if it has changes the server has not acknowledged.
     pub unacknowledged: bool,
+    /// Set when the server refused this record's changes: they stay here,
+    /// marked, until the user edits again or a supervisor sorts it out.
+    pub rejected: Option<crate::store::Rejection>,
 }
 
 /// The fields of a document.

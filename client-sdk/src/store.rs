@@ -189,20 +189,71 @@ impl LocalStore {
         self.docs.iter().keys().map(|k| doc_id(&k?)).collect()
     }
 
+    /// True if the record has changes the server has not acknowledged.
+    pub fn is_unacknowledged(&self, id: DocId) -> Result<bool, ClientError> {
+        Ok(self.unacked.contains_key(id.as_bytes())?)
+    }
+
     /// How many records have changes the server has not acknowledged.
     pub fn unacknowledged_count(&self) -> usize {
         self.unacked.len()
     }
 
     /// Records the server refused, with its reasons.
-    pub fn refusals(&self) -> Result<Vec<(DocId, String)>, ClientError> {
+    pub fn refusals(&self) -> Result<Vec<(DocId, Rejection)>, ClientError> {
         self.refused
             .iter()
             .map(|item| {
                 let (k, v) = item?;
-                Ok((doc_id(&k)?, String::from_utf8_lossy(&v).into_owned()))
+                Ok((doc_id(&k)?, Rejection::decode(&v)))
             })
             .collect()
+    }
+
+    /// Why the server refused this record's changes, if it did.
+    pub fn rejection(&self, id: DocId) -> Result<Option<Rejection>, ClientError> {
+        Ok(self
+            .refused
+            .get(id.as_bytes())?
+            .map(|v| Rejection::decode(&v)))
+    }
+
+    /// Deletes one record and everything kept about it.
+    pub fn delete(&self, id: DocId) -> Result<(), ClientError> {
+        self.cache().pop(&id);
+        for key in self.chunks.scan_prefix(id.as_bytes()).keys() {
+            self.chunks.remove(key?)?;
+        }
+        for tree in [&self.docs, &self.known, &self.unacked, &self.refused] {
+            tree.remove(id.as_bytes())?;
+        }
+        self.flush()
+    }
+
+    /// Deletes every record, the token and the sync state: what a retired
+    /// or lost device does. Returns the ids wiped and, of those, the ones
+    /// whose changes the server never acknowledged.
+    pub fn wipe(&self) -> Result<(Vec<DocId>, Vec<DocId>), ClientError> {
+        let all = self.ids()?;
+        let unacked: Vec<DocId> = self
+            .unacked
+            .iter()
+            .keys()
+            .map(|k| doc_id(&k?))
+            .collect::<Result<_, _>>()?;
+        self.cache().clear();
+        for tree in [
+            &self.docs,
+            &self.chunks,
+            &self.known,
+            &self.unacked,
+            &self.refused,
+            &self.meta,
+        ] {
+            tree.clear()?;
+        }
+        self.flush()?;
+        Ok((all, unacked))
     }
 
     /// The cursor and store id of the last sync.
@@ -243,6 +294,32 @@ impl LocalStore {
     /// How many records the device holds.
     pub fn count(&self) -> usize {
         self.docs.len()
+    }
+}
+
+/// Why the server refused a record's changes. The changes stay on the
+/// device; the record is not offered again until it is edited.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rejection {
+    /// The server's error code (`Forbidden`, `InvalidRecord`, ...).
+    pub code: String,
+    /// The access rule broken, when a rule refused it.
+    pub rule: Option<String>,
+    /// The server's explanation.
+    pub message: String,
+}
+
+impl Rejection {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn decode(bytes: &[u8]) -> Rejection {
+        serde_json::from_slice(bytes).unwrap_or_else(|_| Rejection {
+            code: "Unknown".into(),
+            rule: None,
+            message: String::from_utf8_lossy(bytes).into_owned(),
+        })
     }
 }
 
@@ -300,7 +377,16 @@ impl Replica for LocalStore {
     }
 
     fn unacknowledged(&mut self) -> Result<Vec<DocId>, ClientError> {
-        self.unacked.iter().keys().map(|k| doc_id(&k?)).collect()
+        // A refused record waits for its next local edit: offering the same
+        // changes again would only be refused again.
+        let mut out = Vec::new();
+        for key in self.unacked.iter().keys() {
+            let key = key?;
+            if !self.refused.contains_key(&key)? {
+                out.push(doc_id(&key)?);
+            }
+        }
+        Ok(out)
     }
 
     fn cursor(&mut self) -> Result<(Option<StoreId>, Seq), ClientError> {
@@ -325,11 +411,26 @@ impl Replica for LocalStore {
         self.flush()
     }
 
-    fn refused(&mut self, id: DocId, code: ErrorCode, message: &str) -> Result<(), ClientError> {
-        tracing::warn!(doc = %id, ?code, "server refused changes: {message}");
-        self.refused
-            .insert(id.as_bytes(), format!("{code:?}: {message}").as_bytes())?;
-        Ok(())
+    fn refused(
+        &mut self,
+        id: DocId,
+        code: ErrorCode,
+        rule: Option<&str>,
+        message: &str,
+    ) -> Result<(), ClientError> {
+        tracing::warn!(doc = %id, ?code, ?rule, "server refused changes: {message}");
+        let rejection = Rejection {
+            code: format!("{code:?}"),
+            rule: rule.map(str::to_string),
+            message: message.to_string(),
+        };
+        self.refused.insert(id.as_bytes(), rejection.encode())?;
+        self.flush()
+    }
+
+    fn erase(&mut self, id: DocId) -> Result<(), ClientError> {
+        tracing::info!(doc = %id, "record erased by an administrator");
+        self.delete(id)
     }
 }
 

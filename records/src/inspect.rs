@@ -2,7 +2,7 @@
 //! set differently on several devices (conflicts), and who changed what,
 //! when (history).
 
-use automerge::{Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{Automerge, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, ROOT};
 use serde::Serialize;
 
 /// One of the values a conflicted field holds.
@@ -60,7 +60,7 @@ pub fn show(doc: &Automerge, value: &Value<'_>, obj: &ObjId) -> String {
 }
 
 /// The user a change message names (`"set place by cpl.achieng"`).
-fn user_of(message: Option<&str>) -> Option<String> {
+pub fn user_of(message: Option<&str>) -> Option<String> {
     message
         .and_then(|m| m.rsplit_once(crate::ops::BY))
         .map(|(_, user)| user.to_string())
@@ -144,42 +144,69 @@ pub fn conflicts(doc: &Automerge) -> Vec<Conflict> {
     out
 }
 
+/// What one change did, as the server's write rules need it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeEffects {
+    /// Top-level fields it touched, sorted.
+    pub fields: Vec<String>,
+    /// Review states it set (`review.state`), in order.
+    pub review_states: Vec<String>,
+}
+
+/// What `change` (which must be in `doc`) did, seen against its own
+/// dependencies: a value it set counts even if a concurrent change wins.
+pub fn effects(doc: &Automerge, change: &automerge::Change) -> ChangeEffects {
+    let mut out = ChangeEffects::default();
+    for patch in doc.diff(change.deps(), &[change.hash()]) {
+        let field = match (patch.path.first(), &patch.action) {
+            (Some((_, Prop::Map(k))), _) => Some(k.clone()),
+            (Some((_, Prop::Seq(_))), _) => None,
+            (
+                None,
+                automerge::PatchAction::PutMap { key, .. }
+                | automerge::PatchAction::DeleteMap { key }
+                | automerge::PatchAction::Conflict {
+                    prop: Prop::Map(key),
+                }
+                | automerge::PatchAction::Increment {
+                    prop: Prop::Map(key),
+                    ..
+                },
+            ) => Some(key.clone()),
+            (None, _) => None,
+        };
+        let in_review = matches!(patch.path.as_slice(), [(_, Prop::Map(k))] if k == "review");
+        if let (true, automerge::PatchAction::PutMap { key, value, .. }) =
+            (in_review, &patch.action)
+        {
+            if key == "state" {
+                out.review_states.push(match &value.0 {
+                    Value::Scalar(s) => match s.as_ref() {
+                        ScalarValue::Str(v) => v.to_string(),
+                        other => other.to_string(),
+                    },
+                    Value::Object(t) => format!("{t:?}"),
+                });
+            }
+        }
+        out.fields.extend(field);
+    }
+    out.fields.sort();
+    out.fields.dedup();
+    out
+}
+
 /// The record's changes, oldest first, with the fields each touched.
 pub fn history(doc: &Automerge) -> Vec<HistoryEntry> {
     doc.get_changes(&[])
         .iter()
-        .map(|change| {
-            let hash: ChangeHash = change.hash();
-            let mut fields: Vec<String> = doc
-                .diff(change.deps(), &[hash])
-                .into_iter()
-                .filter_map(|p| match p.path.first() {
-                    Some((_, Prop::Map(k))) => Some(k.clone()),
-                    Some((_, Prop::Seq(_))) => None,
-                    None => match p.action {
-                        automerge::PatchAction::PutMap { key, .. }
-                        | automerge::PatchAction::DeleteMap { key } => Some(key),
-                        automerge::PatchAction::Conflict {
-                            prop: Prop::Map(key),
-                        } => Some(key),
-                        automerge::PatchAction::Increment {
-                            prop: Prop::Map(key),
-                            ..
-                        } => Some(key),
-                        _ => None,
-                    },
-                })
-                .collect();
-            fields.sort();
-            fields.dedup();
-            HistoryEntry {
-                hash: hash.to_string(),
-                actor: change.actor_id().to_hex_string(),
-                time: change.timestamp(),
-                message: change.message().map(|m| m.to_string()),
-                user: user_of(change.message()),
-                fields,
-            }
+        .map(|change| HistoryEntry {
+            hash: change.hash().to_string(),
+            actor: change.actor_id().to_hex_string(),
+            time: change.timestamp(),
+            message: change.message().map(|m| m.to_string()),
+            user: user_of(change.message()),
+            fields: effects(doc, change).fields,
         })
         .collect()
 }

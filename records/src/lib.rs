@@ -9,14 +9,18 @@
 //!
 //! No I/O, no clock: callers pass the time in.
 
+pub mod access;
 pub mod header;
 pub mod inspect;
 pub mod ops;
 pub mod schema;
 pub mod validate;
 
+pub use access::{Principal, Refusal, Role};
 pub use header::Header;
-pub use inspect::{conflicts, history, review_state, Conflict, ConflictValue, HistoryEntry};
+pub use inspect::{
+    conflicts, effects, history, review_state, ChangeEffects, Conflict, ConflictValue, HistoryEntry,
+};
 pub use ops::{EditError, FieldValue};
 pub use schema::{FieldSpec, FieldType, Kind, SCHEMA_VERSION};
 pub use validate::{validate, validate_change, SchemaError};

@@ -85,6 +85,13 @@ pub enum AdminRequest {
     DeviceAdd {
         /// Its name.
         name: String,
+        /// The user it acts for.
+        user: String,
+    },
+    /// Retire a device handed back.
+    DeviceRetire {
+        /// Its id.
+        id: String,
     },
     /// List devices.
     DeviceList,
@@ -139,6 +146,7 @@ impl AdminRequest {
             AdminRequest::DeviceAdd { .. } => "device_add",
             AdminRequest::DeviceList => "device_list",
             AdminRequest::DeviceRevoke { .. } => "device_revoke",
+            AdminRequest::DeviceRetire { .. } => "device_retire",
             AdminRequest::UserAdd { .. } => "user_add",
             AdminRequest::UserList => "user_list",
             AdminRequest::UserDisable { .. } => "user_disable",
@@ -217,6 +225,11 @@ pub enum AdminReply {
         /// The records (token hashes, never tokens).
         devices: Vec<DeviceRecord>,
     },
+    /// The device will retire at its next connection.
+    DeviceRetiring {
+        /// Device id.
+        id: String,
+    },
     /// The device was revoked.
     DeviceRevoked {
         /// Its id.
@@ -261,11 +274,15 @@ pub fn execute(registries: &Registries, request: AdminRequest) -> AdminReply {
     let audit = &registries.audit;
     // Every change an administrator makes is audited (never passwords).
     match &request {
-        AdminRequest::DeviceAdd { name } => {
-            audit.record("device_added", serde_json::json!({ "name": name }))
-        }
+        AdminRequest::DeviceAdd { name, user } => audit.record(
+            "device_added",
+            serde_json::json!({ "name": name, "user": user }),
+        ),
         AdminRequest::DeviceRevoke { id } => {
             audit.record("device_revoked", serde_json::json!({ "device": id }))
+        }
+        AdminRequest::DeviceRetire { id } => {
+            audit.record("device_retiring", serde_json::json!({ "device": id }))
         }
         AdminRequest::UserAdd {
             name, role, areas, ..
@@ -350,11 +367,30 @@ pub fn execute(registries: &Registries, request: AdminRequest) -> AdminReply {
             return user_reply(users.set_areas(&name, &areas))
         }
         AdminRequest::UserRelease { name } => return user_reply(users.release(&name)),
-        AdminRequest::DeviceAdd { name } => devices.add(&name).map(|new| AdminReply::DeviceAdded {
-            id: new.identity.id,
-            name: new.identity.name,
-            token: new.token,
-        }),
+        AdminRequest::DeviceAdd { name, user } => match users.get(&user) {
+            Ok(Some(_)) => {
+                devices
+                    .add_for_user(&name, Some(&user))
+                    .map(|new| AdminReply::DeviceAdded {
+                        id: new.identity.id,
+                        name: new.identity.name,
+                        token: new.token,
+                    })
+            }
+            Ok(None) => {
+                return AdminReply::Error {
+                    message: format!("no user named {user}; add the user first"),
+                }
+            }
+            Err(error) => {
+                return AdminReply::Error {
+                    message: error_chain(&error),
+                }
+            }
+        },
+        AdminRequest::DeviceRetire { id } => devices
+            .retire(&id)
+            .map(|()| AdminReply::DeviceRetiring { id }),
         AdminRequest::DeviceList => devices
             .list()
             .map(|devices| AdminReply::Devices { devices }),
@@ -573,11 +609,12 @@ mod tests {
     #[test]
     fn requests_and_replies_have_the_documented_wire_form() {
         let request: AdminRequest =
-            serde_json::from_str(r#"{"cmd":"device_add","name":"tablet 3"}"#).unwrap();
+            serde_json::from_str(r#"{"cmd":"device_add","name":"tablet 3","user":"ofc"}"#).unwrap();
         assert_eq!(
             request,
             AdminRequest::DeviceAdd {
-                name: "tablet 3".into()
+                name: "tablet 3".into(),
+                user: "ofc".into(),
             }
         );
         let list: AdminRequest = serde_json::from_str(r#"{"cmd":"device_list"}"#).unwrap();
@@ -586,14 +623,39 @@ mod tests {
         assert_eq!(reply, r#"{"reply":"device_revoked","id":"ab"}"#);
     }
 
+    fn officer(root: &Path) {
+        let reply = run_command(
+            root,
+            AdminRequest::UserAdd {
+                name: "cpl.otieno".into(),
+                role: "officer".into(),
+                areas: vec!["kibera".into()],
+                password: "mvua ya jioni 7".into(),
+            },
+        )
+        .unwrap();
+        assert!(matches!(reply, AdminReply::User { .. }), "{reply:?}");
+    }
+
     #[test]
     fn without_a_server_commands_open_the_database_directly() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("data");
+        let unknown_user = run_command(
+            &root,
+            AdminRequest::DeviceAdd {
+                name: "tablet".into(),
+                user: "nobody".into(),
+            },
+        )
+        .unwrap();
+        assert!(matches!(unknown_user, AdminReply::Error { .. }));
+        officer(&root);
         let added = run_command(
             &root,
             AdminRequest::DeviceAdd {
                 name: "tablet".into(),
+                user: "cpl.otieno".into(),
             },
         )
         .unwrap();
@@ -633,7 +695,14 @@ mod tests {
 
         let root = data.root().to_path_buf();
         let reply = tokio::task::spawn_blocking(move || {
-            run_command(&root, AdminRequest::DeviceAdd { name: "t".into() })
+            officer(&root);
+            run_command(
+                &root,
+                AdminRequest::DeviceAdd {
+                    name: "t".into(),
+                    user: "cpl.otieno".into(),
+                },
+            )
         })
         .await
         .unwrap()
@@ -641,7 +710,7 @@ mod tests {
         let AdminReply::DeviceAdded { token, .. } = reply else {
             panic!("{reply:?}");
         };
-        assert!(devices.authenticate(&token).unwrap().is_some());
+        assert!(devices.authenticate(&token).unwrap().device().is_some());
 
         let socket = data.admin_socket();
         let garbage = tokio::task::spawn_blocking(move || {

@@ -197,6 +197,10 @@ pub enum DeviceCommand {
         /// A human-readable name, e.g. "Kibera station tablet 3".
         #[arg(long)]
         name: String,
+        /// The user the device acts for: their role and areas decide what
+        /// it may read and change.
+        #[arg(long)]
+        user: String,
     },
     /// List registered devices (never their tokens).
     List {
@@ -204,12 +208,23 @@ pub enum DeviceCommand {
         #[command(flatten)]
         common: CommonArgs,
     },
-    /// Revoke a device: its token stops working for new connections.
+    /// End a lost or stolen device at once: its sessions are cut with
+    /// `revoked`, and it wipes its store without uploading.
     Revoke {
         /// Where the data directory is.
         #[command(flatten)]
         common: CommonArgs,
         /// The device id, as printed by `device add` or `device list`.
+        #[arg(long)]
+        id: String,
+    },
+    /// Retire a device handed back: at its next connection it uploads what
+    /// the server lacks, then wipes itself.
+    Retire {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+        /// The device id.
         #[arg(long)]
         id: String,
     },

@@ -85,8 +85,17 @@ pub struct DeviceRecord {
     pub token_hash: String,
     /// Registration time, seconds since the Unix epoch.
     pub created_at: u64,
-    /// Revoked devices cannot open new connections.
+    /// Reported lost or stolen: refused at once with `revoked`, and told
+    /// to wipe without uploading.
     pub revoked: bool,
+    /// Being handed back: at its next connection it uploads what the
+    /// server lacks, then is told to wipe.
+    #[serde(default)]
+    pub retiring: bool,
+    /// When a retiring device reported its store wiped (unix seconds);
+    /// its token is refused from then on.
+    #[serde(default)]
+    pub retired_at: Option<u64>,
     /// The user who enrolled it (devices added by an admin have none).
     #[serde(default)]
     pub user: Option<String>,
@@ -99,6 +108,40 @@ impl DeviceRecord {
             id: self.id.clone(),
             name: self.name.clone(),
             user: self.user.clone(),
+            retiring: self.retiring,
+        }
+    }
+
+    /// The device's state as `device list` shows it.
+    pub fn state(&self) -> &'static str {
+        match (self.revoked, self.retired_at, self.retiring) {
+            (true, _, _) => "revoked",
+            (false, Some(_), _) => "retired",
+            (false, None, true) => "retiring",
+            (false, None, false) => "active",
+        }
+    }
+}
+
+/// What a presented token turned out to be.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// A device in good standing (possibly retiring).
+    Device(DeviceIdentity),
+    /// No device has this token.
+    Unknown,
+    /// The device was reported lost or stolen: it must wipe.
+    Revoked,
+    /// The device was retired and has wiped itself.
+    Retired,
+}
+
+impl Auth {
+    /// The device, if in good standing.
+    pub fn device(self) -> Option<DeviceIdentity> {
+        match self {
+            Auth::Device(d) => Some(d),
+            _ => None,
         }
     }
 }
@@ -114,8 +157,8 @@ pub trait DeviceStore: Send + Sync {
     fn find_by_token(&self, hash: &TokenHash) -> Result<Option<DeviceRecord>, DeviceError>;
     /// All records, in id order.
     fn all(&self) -> Result<Vec<DeviceRecord>, DeviceError>;
-    /// Marks a device revoked; `false` if there is no such device.
-    fn revoke(&self, id: &str) -> Result<bool, DeviceError>;
+    /// Changes a device's record; `false` if there is no such device.
+    fn update(&self, id: &str, change: &dyn Fn(&mut DeviceRecord)) -> Result<bool, DeviceError>;
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), DeviceError>;
 }
@@ -193,12 +236,12 @@ impl DeviceStore for SledDeviceStore {
             .collect()
     }
 
-    fn revoke(&self, id: &str) -> Result<bool, DeviceError> {
+    fn update(&self, id: &str, change: &dyn Fn(&mut DeviceRecord)) -> Result<bool, DeviceError> {
         let Some(bytes) = self.devices.get(id.as_bytes())? else {
             return Ok(false);
         };
         let mut record = Self::decode(id.as_bytes(), &bytes)?;
-        record.revoked = true;
+        change(&mut record);
         let json = serde_json::to_vec(&record).map_err(|source| DeviceError::Corrupt {
             key: id.to_string(),
             source,
@@ -226,12 +269,23 @@ pub struct NewDevice {
 #[derive(Clone)]
 pub struct DeviceRegistry {
     store: Arc<dyn DeviceStore>,
+    /// Bumped whenever a device is revoked or set to retire, so live
+    /// sessions re-check their device at once rather than at reconnect.
+    changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl DeviceRegistry {
     /// A registry over any store.
     pub fn new(store: Arc<dyn DeviceStore>) -> DeviceRegistry {
-        DeviceRegistry { store }
+        DeviceRegistry {
+            store,
+            changed: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    /// Fires when some device's standing changed.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// A registry over the device trees of `db`.
@@ -266,6 +320,8 @@ impl DeviceRegistry {
             token_hash: hex::encode(hash.0),
             created_at: unix_now(),
             revoked: false,
+            retiring: false,
+            retired_at: None,
             user: user.map(str::to_string),
         };
         self.store.insert(&record, &hash)?;
@@ -276,13 +332,24 @@ impl DeviceRegistry {
         })
     }
 
-    /// The device a token belongs to, or `None` if the token is unknown or
-    /// the device revoked.
-    pub fn authenticate(&self, token: &str) -> Result<Option<DeviceIdentity>, DeviceError> {
-        let record = self.store.find_by_token(&TokenHash::of(token))?;
-        Ok(record
-            .filter(|record| !record.revoked)
-            .map(|record| record.identity()))
+    /// What a token is: a device in good standing, or why not.
+    pub fn authenticate(&self, token: &str) -> Result<Auth, DeviceError> {
+        Ok(match self.store.find_by_token(&TokenHash::of(token))? {
+            None => Auth::Unknown,
+            Some(r) if r.revoked => Auth::Revoked,
+            Some(r) if r.retired_at.is_some() => Auth::Retired,
+            Some(r) => Auth::Device(r.identity()),
+        })
+    }
+
+    /// The standing of a device by id, for sessions re-checking it.
+    pub fn standing(&self, id: &str) -> Result<Auth, DeviceError> {
+        Ok(match self.store.all()?.into_iter().find(|r| r.id == id) {
+            None => Auth::Unknown,
+            Some(r) if r.revoked => Auth::Revoked,
+            Some(r) if r.retired_at.is_some() => Auth::Retired,
+            Some(r) => Auth::Device(r.identity()),
+        })
     }
 
     /// Every registered device, revoked ones included.
@@ -290,13 +357,30 @@ impl DeviceRegistry {
         self.store.all()
     }
 
-    /// Revokes a device. Connections it already has stay open until they
-    /// end; new ones are refused.
+    /// Ends a lost or stolen device: its live sessions are cut with
+    /// `revoked`, new ones refused, and the device wipes without uploading.
     pub fn revoke(&self, id: &str) -> Result<(), DeviceError> {
-        if !self.store.revoke(id)? {
+        self.change(id, &|r| r.revoked = true)
+    }
+
+    /// Starts retiring a device handed back: at its next connection it
+    /// uploads what the server lacks, then is told to wipe.
+    pub fn retire(&self, id: &str) -> Result<(), DeviceError> {
+        self.change(id, &|r| r.retiring = true)
+    }
+
+    /// A retiring device reported its store wiped; its token ends here.
+    pub fn mark_retired(&self, id: &str, now: u64) -> Result<(), DeviceError> {
+        self.change(id, &|r| r.retired_at = Some(now))
+    }
+
+    fn change(&self, id: &str, change: &dyn Fn(&mut DeviceRecord)) -> Result<(), DeviceError> {
+        if !self.store.update(id, change)? {
             return Err(DeviceError::NotFound(id.to_string()));
         }
-        self.store.flush()
+        self.store.flush()?;
+        self.changed.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     /// Makes every earlier change durable.
@@ -357,13 +441,24 @@ mod tests {
         assert!(tablet.token[TOKEN_PREFIX.len()..].starts_with(&tablet.identity.id));
         assert_eq!(tablet.identity.name, "Kibera station tablet 3");
 
-        let who = registry.authenticate(&tablet.token).unwrap().unwrap();
+        let who = registry
+            .authenticate(&tablet.token)
+            .unwrap()
+            .device()
+            .unwrap();
         assert_eq!(who.id, tablet.identity.id);
         assert_eq!(
-            registry.authenticate("bz_wrong").unwrap().map(|d| d.id),
+            registry
+                .authenticate("bz_wrong")
+                .unwrap()
+                .device()
+                .map(|d| d.id),
             None
         );
-        assert_eq!(registry.authenticate("").unwrap().map(|d| d.id), None);
+        assert_eq!(
+            registry.authenticate("").unwrap().device().map(|d| d.id),
+            None
+        );
     }
 
     #[test]
@@ -394,8 +489,15 @@ mod tests {
         let lost = registry.add("lost tablet").unwrap();
         let kept = registry.add("kept tablet").unwrap();
         registry.revoke(&lost.identity.id).unwrap();
-        assert!(registry.authenticate(&lost.token).unwrap().is_none());
-        assert!(registry.authenticate(&kept.token).unwrap().is_some());
+        assert!(matches!(
+            registry.authenticate(&lost.token).unwrap(),
+            Auth::Revoked
+        ));
+        assert!(registry
+            .authenticate(&kept.token)
+            .unwrap()
+            .device()
+            .is_some());
         assert!(matches!(
             registry.revoke("nope"),
             Err(DeviceError::NotFound(_))
@@ -417,7 +519,7 @@ mod tests {
         };
         let db = sled::Config::new().path(tmp.path()).open().unwrap();
         let registry = DeviceRegistry::open_sled(&db).unwrap();
-        assert!(registry.authenticate(&token).unwrap().is_some());
+        assert!(registry.authenticate(&token).unwrap().device().is_some());
     }
 
     #[test]

@@ -27,8 +27,9 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
 use crate::config::LimitsConfig;
+use crate::devices::Auth;
 use crate::devices::DeviceRegistry;
-use crate::sync::{DeviceIdentity, SyncHub};
+use crate::sync::{Caller, SyncHub};
 
 /// Open TCP connections plus live sync sessions, at most.
 pub const CONNECTIONS_MAX: usize = 4096;
@@ -59,8 +60,15 @@ pub struct AppState {
 enum Refusal {
     /// 401: no `Authorization: Bearer` header.
     MissingToken,
-    /// 401: the token matches no device, or a revoked one.
+    /// 401: the token matches no device.
     UnknownToken,
+    /// 401: the device was reported lost or stolen; the body starts with
+    /// `revoked` so the tablet knows to wipe.
+    Revoked,
+    /// 401: the device was retired and wiped.
+    Retired,
+    /// 401: the device's user is unknown or disabled, or it has none.
+    NoUser(&'static str),
     /// 503: the device store failed, or the server is at capacity or
     /// shutting down.
     Unavailable(&'static str),
@@ -235,16 +243,16 @@ fn routes(
 
     let records = records_routes(&state);
     let enroll = enroll_route(&state);
-    let devices = state.devices.clone();
+    let auth_state = state.clone();
     let sync = warp::path!("v1" / "sync")
         .and(warp::get())
         .and(warp::header::headers_cloned())
         .and_then(move |headers: HeaderMap| {
-            let devices = devices.clone();
-            async move { authenticate(&headers, &devices).await }
+            let state = auth_state.clone();
+            async move { authenticate(&headers, &state).await }
         })
         .and(warp::ws())
-        .and_then(move |device: DeviceIdentity, ws: warp::ws::Ws| {
+        .and_then(move |device: Caller, ws: warp::ws::Ws| {
             let state = state.clone();
             let slots = slots.clone();
             let stop_rx = stop_rx.clone();
@@ -340,10 +348,10 @@ const LIST_ROWS_MAX: usize = 1000;
 fn records_routes(
     state: &AppState,
 ) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone + Send + Sync + 'static {
-    let devices = state.devices.clone();
+    let auth_state = state.clone();
     let auth = warp::header::headers_cloned().and_then(move |headers: HeaderMap| {
-        let devices = devices.clone();
-        async move { authenticate(&headers, &devices).await }
+        let state = auth_state.clone();
+        async move { authenticate(&headers, &state).await }
     });
     let hub = state.hub.clone();
     let list = warp::path!("v1" / "records")
@@ -351,7 +359,7 @@ fn records_routes(
         .and(auth.clone())
         .and(warp::query::<std::collections::HashMap<String, String>>())
         .and_then(
-            move |device: DeviceIdentity, query: std::collections::HashMap<String, String>| {
+            move |caller: Caller, query: std::collections::HashMap<String, String>| {
                 let hub = hub.clone();
                 async move {
                     let since = match query.get("since").map(|s| s.parse::<i64>()) {
@@ -370,9 +378,9 @@ fn records_routes(
                         state: query.get("state").cloned(),
                         since,
                     };
-                    tracing::debug!(device = %device.id, ?filter, "list records");
+                    tracing::debug!(device = %caller.device.id, ?filter, "list records");
                     let rows = tokio::task::spawn_blocking(move || {
-                        hub.list_records(&filter, LIST_ROWS_MAX)
+                        hub.list_records(&caller.principal, &filter, LIST_ROWS_MAX)
                     })
                     .await;
                     Ok(match rows {
@@ -391,14 +399,14 @@ fn records_routes(
     let one = warp::path!("v1" / "records" / String)
         .and(warp::get())
         .and(auth)
-        .and_then(move |id: String, device: DeviceIdentity| {
+        .and_then(move |id: String, caller: Caller| {
             let hub = hub.clone();
             async move {
                 let Ok(doc) = id.parse::<baraza_protocol::DocId>() else {
                     return Ok::<_, Rejection>(text_reply(StatusCode::NOT_FOUND, "no such record"));
                 };
-                tracing::debug!(device = %device.id, record = %doc, "read record");
-                let view = tokio::task::spawn_blocking(move || hub.record_view(doc)).await;
+                tracing::debug!(device = %caller.device.id, record = %doc, "read record");
+                let view = tokio::task::spawn_blocking(move || hub.record_view(&caller, doc)).await;
                 Ok(match view {
                     Ok(Ok(Some(view))) => {
                         warp::reply::with_status(warp::reply::json(&view), StatusCode::OK)
@@ -416,20 +424,46 @@ fn text_reply(status: StatusCode, body: &'static str) -> warp::reply::Response {
     warp::reply::with_status(body, status).into_response()
 }
 
-/// Checks the bearer token. Runs before the WebSocket filter, so a client
-/// without a valid token gets a 401, never an upgrade.
-async fn authenticate(
-    headers: &HeaderMap,
-    devices: &DeviceRegistry,
-) -> Result<DeviceIdentity, Rejection> {
+/// Checks the bearer token and resolves the user the device acts for.
+/// Runs before the WebSocket filter, so a client without a valid token
+/// gets a 401, never an upgrade.
+async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, Rejection> {
     let token = bearer_token(headers).ok_or_else(|| warp::reject::custom(Refusal::MissingToken))?;
     let token = token.to_string();
-    let devices = devices.clone();
-    // The lookup may touch disk; keep it off the async workers.
-    let found = tokio::task::spawn_blocking(move || devices.authenticate(&token)).await;
+    let devices = state.devices.clone();
+    let users = state.users.clone();
+    // The lookups may touch disk; keep them off the async workers.
+    let found = tokio::task::spawn_blocking(move || {
+        let device = match devices.authenticate(&token)? {
+            Auth::Device(d) => d,
+            Auth::Unknown => return Ok(Err(Refusal::UnknownToken)),
+            Auth::Revoked => return Ok(Err(Refusal::Revoked)),
+            Auth::Retired => return Ok(Err(Refusal::Retired)),
+        };
+        let Some(name) = device.user.clone() else {
+            return Ok(Err(Refusal::NoUser(
+                "this device is tied to no user; enroll it or add it with --user",
+            )));
+        };
+        let user = users
+            .get(&name)
+            .map_err(|e| crate::devices::DeviceError::Storage(Box::new(e)))?;
+        Ok::<_, crate::devices::DeviceError>(match user {
+            Some(u) if !u.disabled => Ok(Caller {
+                device,
+                principal: baraza_records::Principal {
+                    user: u.name,
+                    role: u.role,
+                    areas: u.areas,
+                },
+            }),
+            _ => Err(Refusal::NoUser("this device's user is disabled or unknown")),
+        })
+    })
+    .await;
     match found {
-        Ok(Ok(Some(device))) => Ok(device),
-        Ok(Ok(None)) => Err(warp::reject::custom(Refusal::UnknownToken)),
+        Ok(Ok(Ok(caller))) => Ok(caller),
+        Ok(Ok(Err(refusal))) => Err(warp::reject::custom(refusal)),
         Ok(Err(error)) => {
             tracing::error!(
                 error = &error as &dyn std::error::Error,
@@ -461,7 +495,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn upgrade(
-    device: DeviceIdentity,
+    caller: Caller,
     ws: warp::ws::Ws,
     state: AppState,
     slots: Arc<Semaphore>,
@@ -479,7 +513,7 @@ fn upgrade(
             "too many connections",
         )));
     };
-    tracing::info!(device_id = %device.id, device_name = %device.name, "sync session starting");
+    tracing::info!(device_id = %caller.device.id, device_name = %caller.device.name, "sync session starting");
     let bytes_max = state.limits.ws_message_bytes_max();
     let hub = state.hub;
     let reply = ws
@@ -487,8 +521,8 @@ fn upgrade(
         .max_frame_size(bytes_max)
         .on_upgrade(move |socket| async move {
             let _slot = slot;
-            let device_id = device.id.clone();
-            hub.serve_socket(socket, device, stop_rx).await;
+            let device_id = caller.device.id.clone();
+            hub.serve_socket(socket, caller, stop_rx).await;
             tracing::info!(%device_id, "sync session ended");
         });
     Ok(reply.into_response())
@@ -500,7 +534,10 @@ async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Rejectio
     };
     let response = match refusal {
         Refusal::MissingToken => unauthorized("missing bearer token"),
-        Refusal::UnknownToken => unauthorized("unknown or revoked device token"),
+        Refusal::UnknownToken => unauthorized("unknown device token"),
+        Refusal::Revoked => unauthorized("revoked: this device was reported lost or stolen"),
+        Refusal::Retired => unauthorized("retired: this device was retired; enroll it again"),
+        Refusal::NoUser(why) => unauthorized(why),
         Refusal::Unavailable(why) => {
             warp::reply::with_status(*why, StatusCode::SERVICE_UNAVAILABLE).into_response()
         }

@@ -168,7 +168,10 @@ fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
 
 fn device(command: DeviceCommand) -> anyhow::Result<()> {
     let (common, request) = match command {
-        DeviceCommand::Add { common, name } => (common, AdminRequest::DeviceAdd { name }),
+        DeviceCommand::Add { common, name, user } => {
+            (common, AdminRequest::DeviceAdd { name, user })
+        }
+        DeviceCommand::Retire { common, id } => (common, AdminRequest::DeviceRetire { id }),
         DeviceCommand::List { common } => (common, AdminRequest::DeviceList),
         DeviceCommand::Revoke { common, id } => (common, AdminRequest::DeviceRevoke { id }),
     };
@@ -289,17 +292,25 @@ fn print_reply(reply: AdminReply) -> anyhow::Result<()> {
             writeln!(stdout, "{token}")?;
         }
         AdminReply::Devices { devices } => {
-            writeln!(stdout, "ID\tCREATED_AT\tSTATUS\tNAME")?;
+            writeln!(stdout, "ID\tCREATED_AT\tSTATUS\tUSER\tNAME")?;
             for device in devices {
-                let status = if device.revoked { "revoked" } else { "active" };
                 writeln!(
                     stdout,
-                    "{}\t{}\t{}\t{}",
-                    device.id, device.created_at, status, device.name
+                    "{}\t{}\t{}\t{}\t{}",
+                    device.id,
+                    device.created_at,
+                    device.state(),
+                    device.user.as_deref().unwrap_or("-"),
+                    device.name
                 )?;
             }
         }
         AdminReply::DeviceRevoked { id } => eprintln!("revoked device {id}"),
+        AdminReply::DeviceRetiring { id } => {
+            eprintln!(
+                "device {id} will upload what the server lacks and wipe at its next connection"
+            )
+        }
         AdminReply::Error { message } => bail!("{message}"),
     }
     stdout.flush()?;

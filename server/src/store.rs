@@ -84,6 +84,48 @@ pub struct IndexEntry {
     pub state: String,
     /// Creation time, milliseconds since the epoch.
     pub created_at: i64,
+    /// The user who created it: besides role and area, what decides who
+    /// may read it. Kept beside the index (`record_access`), not in its key.
+    pub created_by: String,
+}
+
+/// What read checks need of a record, without loading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordAccess {
+    /// Record kind name.
+    pub kind: String,
+    /// Area.
+    pub area: String,
+    /// The user who created it.
+    pub created_by: String,
+}
+
+impl RecordAccess {
+    fn encode(&self) -> Vec<u8> {
+        [&self.kind, &self.area, &self.created_by]
+            .map(|s| s.replace('\0', ""))
+            .join("\0")
+            .into_bytes()
+    }
+
+    fn decode(v: &[u8]) -> Result<RecordAccess, StoreError> {
+        let text = std::str::from_utf8(v).map_err(|e| StoreError::Corrupt {
+            tree: "record_access",
+            reason: e.to_string(),
+        })?;
+        let mut parts = text.splitn(3, '\0');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(kind), Some(area), Some(created_by)) => Ok(RecordAccess {
+                kind: kind.into(),
+                area: area.into(),
+                created_by: created_by.into(),
+            }),
+            _ => Err(StoreError::Corrupt {
+                tree: "record_access",
+                reason: "expected kind, area and creator".into(),
+            }),
+        }
+    }
 }
 
 /// A listing query; `None` matches anything.
@@ -141,6 +183,7 @@ fn parse_index_key(k: &[u8]) -> Option<RecordRow> {
             area,
             state,
             created_at,
+            created_by: String::new(),
         },
     })
 }
@@ -192,13 +235,19 @@ pub trait Store: Send + Sync + 'static {
     /// compacted past `after` (then only the whole document will do).
     fn chunks_after(&self, doc: DocId, after: Seq) -> Result<Option<DocChunks>, StoreError>;
     /// Records matching a filter, from the index, at most `limit`.
+    /// Up to `limit` records matching `filter` that `visible` lets through
+    /// (the caller's read rule, applied before the limit counts).
     fn list_records(
         &self,
         filter: &RecordFilter,
+        visible: &dyn Fn(&RecordRow) -> bool,
         limit: usize,
     ) -> Result<Vec<RecordRow>, StoreError>;
     /// A document's heads as of feed position `seq`.
     fn heads_at(&self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, StoreError>;
+    /// Kind, area and creator of a record, for read checks; None if the
+    /// store has no such record (or indexed it before it kept these).
+    fn access_of(&self, doc: DocId) -> Result<Option<RecordAccess>, StoreError>;
     /// Marks a clean shutdown (after flushing).
     fn close_cleanly(&self) -> Result<(), StoreError>;
     /// How many documents are stored.
@@ -214,6 +263,7 @@ pub struct SledStore {
     log: sled::Tree,
     index: sled::Tree,
     index_by_doc: sled::Tree,
+    access: sled::Tree,
     meta: sled::Tree,
     id: StoreId,
     /// Serialises commits so feed positions follow commit order.
@@ -256,6 +306,7 @@ impl SledStore {
             meta_docs: db.open_tree("doc_meta")?,
             log: db.open_tree("doc_log")?,
             index: db.open_tree("record_index")?,
+            access: db.open_tree("record_access")?,
             index_by_doc: db.open_tree("record_index_by_doc")?,
             feed,
             meta,
@@ -408,8 +459,9 @@ impl Store for SledStore {
             &self.log,
             &self.index,
             &self.index_by_doc,
+            &self.access,
         )
-            .transaction(|(chunks, metas, feed, log, index, by_doc)| {
+            .transaction(|(chunks, metas, feed, log, index, by_doc, access)| {
                 for ((w, &seq), doomed) in writes.iter().zip(&seqs).zip(&doomed) {
                     let key = w.doc.as_bytes();
                     let mut meta = match metas.get(key)? {
@@ -441,6 +493,12 @@ impl Store for SledStore {
                             }
                         }
                         index.insert(new_key, &[][..])?;
+                        let who = RecordAccess {
+                            kind: entry.kind.clone(),
+                            area: entry.area.clone(),
+                            created_by: entry.created_by.clone(),
+                        };
+                        access.insert(&key[..], who.encode())?;
                     }
                 }
                 Ok(())
@@ -499,6 +557,7 @@ impl Store for SledStore {
     fn list_records(
         &self,
         filter: &RecordFilter,
+        visible: &dyn Fn(&RecordRow) -> bool,
         limit: usize,
     ) -> Result<Vec<RecordRow>, StoreError> {
         // The longest leading run of given fields is a prefix; the rest filter.
@@ -527,6 +586,13 @@ impl Store for SledStore {
                 && filter.state.as_ref().is_none_or(|s| *s == e.state)
                 && filter.since.is_none_or(|t| e.created_at >= t);
             if keep {
+                let mut row = row;
+                if let Some(v) = self.access.get(&key[key.len() - 16..])? {
+                    row.entry.created_by = RecordAccess::decode(&v)?.created_by;
+                }
+                if !visible(&row) {
+                    continue;
+                }
                 out.push(row);
                 if out.len() >= limit {
                     break;
@@ -541,6 +607,13 @@ impl Store for SledStore {
         let end = log_key(doc, seq);
         match self.log.range(start..=end).next_back() {
             Some(item) => Ok(Some(decode_heads(&item?.1)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn access_of(&self, doc: DocId) -> Result<Option<RecordAccess>, StoreError> {
+        match self.access.get(doc.as_bytes())? {
+            Some(v) => Ok(Some(RecordAccess::decode(&v)?)),
             None => Ok(None),
         }
     }

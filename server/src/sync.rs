@@ -21,7 +21,8 @@ use warp::ws::{Message as WsMessage, WebSocket};
 
 use crate::docs::{Docs, DocsError};
 use crate::store::{IndexEntry, RecordFilter, RecordRow, SledStore, Store};
-use baraza_records::Header;
+use baraza_records::access::WriteSummary;
+use baraza_records::{Header, Kind, Principal};
 
 /// Documents kept in memory by default.
 pub const CACHE_DOCS_DEFAULT: usize = 4096;
@@ -33,6 +34,19 @@ pub struct SyncHub {
     docs: Arc<Docs>,
     limits: Limits,
     audit: crate::audit::AuditLog,
+    /// Off only to measure what the write-rule inspection costs; the
+    /// server warns loudly when started that way.
+    write_rules: std::sync::atomic::AtomicBool,
+}
+
+/// Who is on the other end of a connection or request: the device and the
+/// user it acts for, resolved when it authenticated.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The device.
+    pub device: DeviceIdentity,
+    /// The user, role and areas.
+    pub principal: Principal,
 }
 
 /// The device a connection authenticated as.
@@ -44,9 +58,18 @@ pub struct DeviceIdentity {
     pub name: String,
     /// The user who enrolled the device, if a user did.
     pub user: Option<String>,
+    /// Set to retire: upload, then wipe.
+    pub retiring: bool,
 }
 
 type Completion = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// A write this connection made, for the audit entry of the sync.
+#[derive(serde::Serialize)]
+struct Received {
+    record: String,
+    heads: Vec<String>,
+}
 
 /// A write this connection waits on, in the order it must answer them.
 enum Done {
@@ -55,11 +78,13 @@ enum Done {
         heads: Vec<Head>,
         reply: Vec<u8>,
         base_missing: bool,
+        wrote: Option<WriteSummary>,
         stored: Result<Seq, String>,
     },
     Sync {
         doc: DocId,
         heads: Vec<Head>,
+        wrote: Option<WriteSummary>,
         stored: Result<Seq, String>,
     },
 }
@@ -118,33 +143,96 @@ impl SyncHub {
             docs,
             limits,
             audit,
+            write_rules: std::sync::atomic::AtomicBool::new(true),
         }))
     }
 
-    /// Records matching a filter, from the index (no document is loaded).
+    /// Turns the write-rule inspection off (true) or on. Only for
+    /// measuring its cost: without it, any user may approve anything.
+    pub fn set_skip_write_rules(&self, skip: bool) {
+        if skip {
+            tracing::warn!(
+                "write rules are OFF: any device may change any field of records it can \
+                 write (for benchmarks only)"
+            );
+        }
+        self.write_rules
+            .store(!skip, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records matching a filter that `who` may read, from the index (no
+    /// document is loaded).
     pub fn list_records(
         &self,
+        who: &Principal,
         filter: &RecordFilter,
         limit: usize,
     ) -> Result<Vec<RecordRow>, DocsError> {
-        Ok(self.docs.store().list_records(filter, limit)?)
+        let visible = |row: &RecordRow| {
+            Kind::parse(&row.entry.kind).is_some_and(|kind| {
+                who.may_read_parts(kind, &row.entry.area, &row.entry.created_by)
+            })
+        };
+        Ok(self.docs.store().list_records(filter, &visible, limit)?)
+    }
+
+    /// True if `who` may read the record (false if there is none).
+    fn readable(&self, who: &Principal, id: DocId) -> Result<bool, DocsError> {
+        if let Some(a) = self.docs.store().access_of(id)? {
+            return Ok(Kind::parse(&a.kind)
+                .is_some_and(|kind| who.may_read_parts(kind, &a.area, &a.created_by)));
+        }
+        if self.docs.store().doc_seq(id)?.is_none() {
+            return Ok(false);
+        }
+        // Stored before the access index existed: read the header itself.
+        let handle = self.docs.handle(id)?;
+        let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Header::read(&live.doc).is_ok_and(|h| who.may_read(&h)))
     }
 
     /// One record as JSON: header, review state, fields, conflicts (each
     /// value with its actor and time) and history (who, when, which
-    /// fields). None if there is no such record.
-    pub fn record_view(&self, id: DocId) -> Result<Option<serde_json::Value>, DocsError> {
-        self.audit.record(
-            "record_read",
-            serde_json::json!({ "record": id.to_string() }),
-        );
-        if self.docs.store().doc_seq(id)?.is_none() {
+    /// fields). None if there is no such record, and likewise if `caller`
+    /// may not read it: the two must look the same. Every read is audited,
+    /// refused ones too.
+    pub fn record_view(
+        &self,
+        caller: &Caller,
+        id: DocId,
+    ) -> Result<Option<serde_json::Value>, DocsError> {
+        let exists = self.docs.store().doc_seq(id)?.is_some();
+        if !exists || !self.readable(&caller.principal, id)? {
+            self.audit.record(
+                "record_read_refused",
+                serde_json::json!({
+                    "record": id.to_string(),
+                    "user": caller.principal.user,
+                    "device": caller.device.id,
+                    "exists": exists,
+                }),
+            );
             return Ok(None);
         }
         let handle = self.docs.handle(id)?;
         let live = handle.lock().unwrap_or_else(|p| p.into_inner());
         let doc = &live.doc;
         let header = Header::read(doc).ok();
+        let restricted = header
+            .as_ref()
+            .is_some_and(|h| h.kind == Kind::FeedbackContact);
+        self.audit.record(
+            if restricted {
+                "restricted_read"
+            } else {
+                "record_read"
+            },
+            serde_json::json!({
+                "record": id.to_string(),
+                "user": caller.principal.user,
+                "device": caller.device.id,
+            }),
+        );
         Ok(Some(serde_json::json!({
             "id": id.to_string(),
             "header": header,
@@ -176,9 +264,11 @@ impl SyncHub {
     pub async fn serve_socket(
         self: Arc<Self>,
         ws: WebSocket,
-        device: DeviceIdentity,
+        caller: Caller,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let device = &caller.device;
+        let mut received: Vec<Received> = Vec::new();
         let (mut sink, mut stream) = ws.split();
         let mut session = ServerSession::new(self.limits.clone());
         let mut durable = self.docs.durable();
@@ -206,7 +296,7 @@ impl SyncHub {
                 }
                 frame = stream.next(), if reading => match frame {
                     Some(Ok(msg)) if msg.is_binary() || msg.is_text() => {
-                        if let Err(err) = self.on_frame(&mut session, msg.as_bytes(), &mut pending, &device) {
+                        if let Err(err) = self.on_frame(&mut session, msg.as_bytes(), &mut pending, &caller) {
                             tracing::debug!(device = %device.id, error = %err, "closing session");
                         }
                         frames += 1;
@@ -219,7 +309,7 @@ impl SyncHub {
                     }
                     None => break,
                 },
-                Some(done) = pending.next() => self.on_done(&mut session, done),
+                Some(done) = pending.next() => self.on_done(&mut session, done, &caller, &mut received),
                 changed = durable.changed(), if durable_open => {
                     if changed.is_err() {
                         durable_open = false;
@@ -232,7 +322,7 @@ impl SyncHub {
                 // replies (which mark those documents as carried) keep a
                 // device from being sent its own changes back.
                 _ = std::future::ready(()), if feed_due => {
-                    let mut feed = HubFeed { docs: &self.docs };
+                    let mut feed = HubFeed { hub: &self, who: &caller.principal };
                     if let Err(err) = session.catch_up(&mut feed, *durable.borrow(), CATCH_UP_BATCH) {
                         tracing::warn!(device = %device.id, error = %err, "catch-up failed");
                         break;
@@ -241,13 +331,22 @@ impl SyncHub {
             }
         }
         tracing::info!(device = %device.id, frames, "device disconnected");
+        let sent: Vec<Received> = session
+            .sent_records()
+            .iter()
+            .map(|(doc, heads)| Received {
+                record: doc.to_string(),
+                heads: heads.iter().map(|h| format!("{h:?}")).collect(),
+            })
+            .collect();
         self.audit.record(
             "sync",
             serde_json::json!({
                 "device": device.id,
-                "user": device.user,
+                "user": caller.principal.user,
                 "frames_received": frames,
-                "records_sent": session.records_sent(),
+                "received": received,
+                "sent": sent,
                 "feed_position": session.sent_seq(),
             }),
         );
@@ -258,8 +357,9 @@ impl SyncHub {
         session: &mut ServerSession,
         frame: &[u8],
         pending: &mut FuturesOrdered<Completion>,
-        device: &DeviceIdentity,
+        caller: &Caller,
     ) -> Result<(), baraza_protocol::SessionError> {
+        let device = &caller.device;
         for event in session.handle_frame(frame)? {
             match event {
                 ServerEvent::Hello(hello) => {
@@ -273,9 +373,9 @@ impl SyncHub {
                     changes,
                     bytes,
                     ..
-                } => self.on_push(session, pending, device, doc, heads, changes, bytes),
+                } => self.on_push(session, pending, caller, doc, heads, changes, bytes),
                 ServerEvent::Sync(msg) => {
-                    self.on_sync(session, pending, device, msg.doc, &msg.data)
+                    self.on_sync(session, pending, caller, msg.doc, &msg.data)
                 }
             }
         }
@@ -287,7 +387,7 @@ impl SyncHub {
         &self,
         session: &mut ServerSession,
         pending: &mut FuturesOrdered<Completion>,
-        device: &DeviceIdentity,
+        caller: &Caller,
         id: DocId,
         client_heads: Vec<Head>,
         changes: Vec<automerge::Change>,
@@ -298,6 +398,9 @@ impl SyncHub {
             Err(err) => return self.storage_refusal(session, id, &err),
         };
         let mut live = handle.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.may_touch(session, caller, id, &live.doc) {
+            return;
+        }
         if live.bytes + bytes > self.limits.doc_bytes_max {
             let message = format!(
                 "document {id} would grow to {} bytes, over the limit of {} bytes",
@@ -319,11 +422,11 @@ impl SyncHub {
                 );
             }
         };
-        let mut index = None;
+        let mut admitted = None;
         if !applied.new_chunk.is_empty() {
-            index = match self.admit_or_refuse(
+            admitted = match self.admit_or_refuse(
                 session,
-                device,
+                caller,
                 id,
                 &mut live,
                 &before,
@@ -333,6 +436,7 @@ impl SyncHub {
                 None => return,
             };
         }
+        let (index, wrote) = admitted.unzip();
         if applied.base_missing {
             session.start_sync(id, &live.doc);
         }
@@ -351,6 +455,7 @@ impl SyncHub {
                 heads,
                 reply,
                 base_missing,
+                wrote,
                 stored: wait_stored(rx, now).await,
             }
         }));
@@ -360,7 +465,7 @@ impl SyncHub {
         &self,
         session: &mut ServerSession,
         pending: &mut FuturesOrdered<Completion>,
-        device: &DeviceIdentity,
+        caller: &Caller,
         id: DocId,
         data: &[u8],
     ) {
@@ -369,6 +474,9 @@ impl SyncHub {
             Err(err) => return self.storage_refusal(session, id, &err),
         };
         let mut live = handle.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.may_touch(session, caller, id, &live.doc) {
+            return;
+        }
         let before = live.doc.get_heads();
         let before_header = Header::read(&live.doc).ok();
         match session.receive_sync(id, &mut live.doc, data) {
@@ -383,11 +491,11 @@ impl SyncHub {
             }
         }
         let chunk = docsync::encode_changes(&live.doc.get_changes(&before));
-        let mut index = None;
+        let mut admitted = None;
         if !chunk.is_empty() {
-            index = match self.admit_or_refuse(
+            admitted = match self.admit_or_refuse(
                 session,
-                device,
+                caller,
                 id,
                 &mut live,
                 &before,
@@ -397,6 +505,7 @@ impl SyncHub {
                 None => return,
             };
         }
+        let (index, wrote) = admitted.unzip();
         if live.bytes + chunk.len() > self.limits.doc_bytes_max {
             self.docs.restore(id, &mut live);
             let message = format!(
@@ -413,6 +522,7 @@ impl SyncHub {
             Done::Sync {
                 doc: id,
                 heads,
+                wrote,
                 stored: wait_stored(rx, now).await,
             }
         }));
@@ -424,54 +534,129 @@ impl SyncHub {
     fn admit_or_refuse(
         &self,
         session: &mut ServerSession,
-        device: &DeviceIdentity,
+        caller: &Caller,
         id: DocId,
         live: &mut crate::docs::LiveDoc,
         before: &[automerge::ChangeHash],
         before_header: Option<Header>,
-    ) -> Option<IndexEntry> {
-        match admit(id, device, &live.doc, before, before_header) {
-            Ok(entry) => Some(entry),
-            Err((code, message)) => {
+    ) -> Option<(IndexEntry, WriteSummary)> {
+        let rules = self
+            .write_rules
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(&caller.principal);
+        match admit(id, &caller.device, rules, &live.doc, before, before_header) {
+            Ok(admitted) => Some(admitted),
+            Err(refused) => {
                 self.docs.restore(id, live);
-                tracing::info!(doc = %id, device = %device.id, %message, "change refused");
+                let device = &caller.device;
+                tracing::info!(doc = %id, device = %device.id, rule = ?refused.rule, message = %refused.message, "change refused");
                 self.audit.record(
                     "change_refused",
                     serde_json::json!({
                         "device": device.id,
-                        "user": device.user,
+                        "user": caller.principal.user,
                         "record": id.to_string(),
-                        "reason": message,
+                        "rule": refused.rule,
+                        "reason": refused.message,
                     }),
                 );
-                session.refuse(id, code, message);
+                match refused.rule {
+                    Some(rule) => session.refuse_by_rule(id, rule, refused.message),
+                    None => session.refuse(id, refused.code, refused.message),
+                }
                 None
             }
         }
     }
 
-    fn on_done(&self, session: &mut ServerSession, done: Done) {
+    /// Refuses changes to an existing record the caller may not read:
+    /// applying them would send back what the record holds. Records not
+    /// yet on the server pass; the write rules judge them once applied.
+    fn may_touch(
+        &self,
+        session: &mut ServerSession,
+        caller: &Caller,
+        id: DocId,
+        doc: &automerge::Automerge,
+    ) -> bool {
+        let Ok(header) = Header::read(doc) else {
+            return true;
+        };
+        if caller.principal.may_read(&header) {
+            return true;
+        }
+        let message = format!(
+            "record {id}: user {} may not change this record",
+            caller.principal.user
+        );
+        self.audit.record(
+            "change_refused",
+            serde_json::json!({
+                "device": caller.device.id,
+                "user": caller.principal.user,
+                "record": id.to_string(),
+                "rule": baraza_records::access::rules::READ_TO_EDIT,
+                "reason": message,
+            }),
+        );
+        session.refuse_by_rule(id, baraza_records::access::rules::READ_TO_EDIT, message);
+        false
+    }
+
+    fn on_done(
+        &self,
+        session: &mut ServerSession,
+        done: Done,
+        caller: &Caller,
+        received: &mut Vec<Received>,
+    ) {
+        let mut audit_write = |doc: DocId, heads: &[Head], wrote: Option<WriteSummary>| {
+            let Some(wrote) = wrote else { return };
+            received.push(Received {
+                record: doc.to_string(),
+                heads: heads.iter().map(|h| format!("{h:?}")).collect(),
+            });
+            for decision in wrote.decisions {
+                self.audit.record(
+                    "review_decision",
+                    serde_json::json!({
+                        "record": doc.to_string(),
+                        "decision": decision,
+                        "user": caller.principal.user,
+                        "device": caller.device.id,
+                    }),
+                );
+            }
+        };
         match done {
             Done::Push {
                 doc,
                 heads,
                 reply,
                 base_missing,
+                wrote,
                 stored: Ok(seq),
-            } => session.push_applied(
-                doc,
-                PushOutcome {
-                    heads,
-                    reply,
-                    seq,
-                    base_missing,
-                },
-            ),
+            } => {
+                audit_write(doc, &heads, wrote);
+                session.push_applied(
+                    doc,
+                    PushOutcome {
+                        heads,
+                        reply,
+                        seq,
+                        base_missing,
+                    },
+                )
+            }
             Done::Sync {
                 doc,
                 heads,
+                wrote,
                 stored: Ok(seq),
-            } => session.acknowledge(doc, heads, seq),
+            } => {
+                audit_write(doc, &heads, wrote);
+                session.acknowledge(doc, heads, seq)
+            }
             Done::Push {
                 doc,
                 stored: Err(err),
@@ -540,33 +725,48 @@ fn to_json(doc: &automerge::Automerge, obj: &automerge::ObjId) -> serde_json::Va
     }
 }
 
+/// Why [`admit`] refused a write.
+struct Refused {
+    code: ErrorCode,
+    rule: Option<&'static str>,
+    message: String,
+}
+
 /// Decides whether changes a device just added to a record may stay: every
 /// new change must be authored under one of the device's own actor ids
-/// (automerge does not authenticate actors, so the server must), and the
-/// record must still fit its schema with its header unchanged. A new
-/// record must name the pushing device as its creator.
+/// (automerge does not authenticate actors, so the server must), the
+/// record must still fit its schema with its header unchanged, a new
+/// record must name the pushing device as its creator, and (unless `rules`
+/// is None) the user's access rules must allow every change.
 fn admit(
     id: DocId,
     device: &DeviceIdentity,
+    rules: Option<&Principal>,
     doc: &automerge::Automerge,
     before: &[automerge::ChangeHash],
     before_header: Option<Header>,
-) -> Result<IndexEntry, (ErrorCode, String)> {
+) -> Result<(IndexEntry, WriteSummary), Refused> {
     let prefix = hex::decode(&device.id).unwrap_or_default();
-    for change in doc.get_changes(before) {
+    let changes = doc.get_changes(before);
+    for change in &changes {
         if !change.actor_id().to_bytes().starts_with(&prefix) {
-            return Err((
-                ErrorCode::Forbidden,
-                format!(
+            return Err(Refused {
+                code: ErrorCode::Forbidden,
+                rule: None,
+                message: format!(
                     "record {id}: change {} is authored under actor {}, which is not one of this device's; \
                      a device may only author changes under its own actor ids",
                     change.hash(),
                     change.actor_id()
                 ),
-            ));
+            });
         }
     }
-    let invalid = |e: String| (ErrorCode::InvalidRecord, format!("record {id}: {e}"));
+    let invalid = |e: String| Refused {
+        code: ErrorCode::InvalidRecord,
+        rule: None,
+        message: format!("record {id}: {e}"),
+    };
     let header = baraza_records::validate(doc).map_err(|e| invalid(e.to_string()))?;
     if header.id != id.to_string() {
         return Err(invalid(format!(
@@ -574,6 +774,7 @@ fn admit(
             header.id
         )));
     }
+    let is_new = before_header.is_none();
     match before_header {
         Some(old) => {
             if let Some(field) = old.differs_from(&header) {
@@ -590,17 +791,33 @@ fn admit(
         }
         None => {}
     }
-    Ok(IndexEntry {
-        kind: header.kind.name().to_string(),
-        area: header.area,
-        state: baraza_records::review_state(doc),
-        created_at: header.created_at,
-    })
+    let summary = match rules {
+        Some(who) => who
+            .check_write(&header, is_new, doc, &changes)
+            .map_err(|r| Refused {
+                code: ErrorCode::Forbidden,
+                rule: Some(r.rule),
+                message: format!("record {id}: {}", r.reason),
+            })?,
+        None => WriteSummary::default(),
+    };
+    Ok((
+        IndexEntry {
+            kind: header.kind.name().to_string(),
+            area: header.area,
+            state: baraza_records::review_state(doc),
+            created_at: header.created_at,
+            created_by: header.created_by_user,
+        },
+        summary,
+    ))
 }
 
-/// The store seen as the session's [`Feed`].
+/// The store seen as one user's [`Feed`]: records they may not read are
+/// not in it.
 struct HubFeed<'a> {
-    docs: &'a Docs,
+    hub: &'a SyncHub,
+    who: &'a Principal,
 }
 
 impl Feed for HubFeed<'_> {
@@ -612,7 +829,7 @@ impl Feed for HubFeed<'_> {
         upto: Seq,
         limit: usize,
     ) -> Result<Vec<(Seq, DocId)>, DocsError> {
-        Ok(self.docs.store().entries_after(after, upto, limit)?)
+        Ok(self.hub.docs.store().entries_after(after, upto, limit)?)
     }
 
     fn changes_since(
@@ -620,11 +837,15 @@ impl Feed for HubFeed<'_> {
         doc: DocId,
         base: Seq,
     ) -> Result<Option<baraza_protocol::DocDelta>, DocsError> {
-        let store = self.docs.store();
+        if !self.hub.readable(self.who, doc)? {
+            return Ok(None);
+        }
+        let docs = &self.hub.docs;
+        let store = docs.store();
         if base == 0 {
             // A client that never had the document gets the stored bytes as
             // they are: no document is loaded, so a cold start costs reads only.
-            return self.docs.stored(doc);
+            return docs.stored(doc);
         }
         if let Some(c) = store.chunks_after(doc, base)? {
             return Ok(Some(baraza_protocol::DocDelta {
@@ -635,9 +856,9 @@ impl Feed for HubFeed<'_> {
         }
         // Compacted past the client's position: compute the delta.
         let Some(base_heads) = store.heads_at(doc, base)? else {
-            return self.docs.stored(doc);
+            return docs.stored(doc);
         };
-        let handle = self.docs.handle(doc)?;
+        let handle = docs.handle(doc)?;
         let live = handle.lock().unwrap_or_else(|p| p.into_inner());
         // Read under the document's lock: every committed write was
         // applied to the live copy before its commit, so this copy holds

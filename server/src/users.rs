@@ -27,32 +27,7 @@ pub const ADDRESS_WINDOW_SECS: u64 = 60;
 
 const COMMON_PASSWORDS: &str = include_str!("../assets/common-passwords.txt");
 
-/// What a user does, which decides what they may read and change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// A field officer: patrol notes and meetings of their areas.
-    Officer,
-    /// A community liaison: meetings and feedback of their areas.
-    Liaison,
-    /// Reviews and decides on everything in their areas.
-    Supervisor,
-    /// Manages users and devices.
-    Admin,
-}
-
-impl Role {
-    /// Parses a role name.
-    pub fn parse(name: &str) -> Option<Role> {
-        match name {
-            "officer" => Some(Role::Officer),
-            "liaison" => Some(Role::Liaison),
-            "supervisor" => Some(Role::Supervisor),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-}
+pub use baraza_records::access::Role;
 
 /// A user as stored. The password hash is in PHC string form.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -39,8 +39,27 @@ fn run(command: &mut Command) -> Output {
 }
 
 fn device_add(data: &Path, name: &str) -> (String, String) {
+    // Every device acts for a user; an existing one is fine.
+    let user = user_cmd(
+        data,
+        &[
+            "add",
+            "--name",
+            "cpl.otieno",
+            "--role",
+            "officer",
+            "--area",
+            "kibera",
+        ],
+        "mvua ya jioni 7\n",
+    );
+    let stderr = String::from_utf8_lossy(&user.stderr);
+    assert!(
+        user.status.success() || stderr.contains("exists"),
+        "{stderr}"
+    );
     let output = run(baraza()
-        .args(["device", "add", "--name", name])
+        .args(["device", "add", "--name", name, "--user", "cpl.otieno"])
         .arg("--data")
         .arg(data));
     let stdout = String::from_utf8(output.stdout).unwrap();
@@ -286,7 +305,7 @@ fn a_running_server_serves_health_registers_devices_and_refuses_bad_tokens() {
 
     let wrong = sync_upgrade(server.addr, &ca, Some("Bearer bz_not_a_real_token"));
     assert_eq!(wrong.status, 401, "{wrong:?}");
-    assert_eq!(wrong.body, "unknown or revoked device token");
+    assert_eq!(wrong.body, "unknown device token");
 
     let good = sync_upgrade(server.addr, &ca, Some(&format!("Bearer {token}")));
     assert_eq!(good.status, 101, "{good:?}");
@@ -304,7 +323,10 @@ fn a_running_server_serves_health_registers_devices_and_refuses_bad_tokens() {
     assert!(revoked.status.success(), "{revoked:?}");
     let after = sync_upgrade(server.addr, &ca, Some(&format!("Bearer {token}")));
     assert_eq!(after.status, 401, "{after:?}");
-    assert_eq!(after.body, "unknown or revoked device token");
+    assert_eq!(
+        after.body,
+        "revoked: this device was reported lost or stolen"
+    );
 
     // Plain HTTP on the TLS port, and a client that hangs up mid-handshake,
     // end only their own connections.

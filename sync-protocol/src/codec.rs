@@ -239,6 +239,7 @@ mod tests {
                     doc: d.map(DocId::from_bytes),
                     message: m,
                     fatal,
+                    rule: None,
                 })
             }),
         ]

@@ -180,6 +180,14 @@ pub enum ErrorCode {
     InvalidRecord,
     /// The server could not store the change; nothing was acknowledged.
     StorageFailure,
+    /// The device was reported lost or stolen: it must wipe its store
+    /// without uploading anything more.
+    Revoked,
+    /// Server → client: the device is being retired; upload what is not
+    /// acknowledged, then wipe. Client → server (fatal): wiped, goodbye.
+    Retired,
+    /// An administrator erased this record: delete it, unsent changes too.
+    Erased,
 }
 
 /// Everything that crosses the wire. The first message a client sends is
@@ -328,4 +336,8 @@ pub struct ErrorMsg {
     pub message: String,
     /// True when the sender closes the connection after this message.
     pub fatal: bool,
+    /// The access rule a refused change broke (`review_by_area_supervisor`),
+    /// so the tablet can show which rule, not only that it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }

@@ -40,8 +40,19 @@ pub trait Replica {
     /// The server's store changed: forget the cursor and all known heads, so
     /// every document is offered again.
     fn reset(&mut self, store: StoreId) -> Result<(), Self::Error>;
-    /// The server refused a document's changes; keep them, and say why.
-    fn refused(&mut self, id: DocId, code: ErrorCode, message: &str) -> Result<(), Self::Error>;
+    /// The server refused a document's changes for good (a rule, the
+    /// schema, the size): keep them, say why and by which rule, and stop
+    /// offering the document until it is edited again.
+    fn refused(
+        &mut self,
+        id: DocId,
+        code: ErrorCode,
+        rule: Option<&str>,
+        message: &str,
+    ) -> Result<(), Self::Error>;
+    /// An administrator erased the document: delete it and everything kept
+    /// about it, unsent changes included.
+    fn erase(&mut self, id: DocId) -> Result<(), Self::Error>;
 }
 
 /// Why a sync stopped.
@@ -66,6 +77,7 @@ pub struct ClientDriver {
     /// A cursor that arrived while a repair was open, persisted once the
     /// repairs are done.
     held_cursor: Option<Seq>,
+    retire_requested: bool,
 }
 
 impl ClientDriver {
@@ -80,6 +92,7 @@ impl ClientDriver {
             refused: HashSet::new(),
             store,
             held_cursor: None,
+            retire_requested: false,
         };
         for id in replica.unacknowledged().map_err(DriveError::Store)? {
             driver.enqueue(id);
@@ -107,6 +120,17 @@ impl ClientDriver {
     /// Everything local acknowledged, everything remote received.
     pub fn is_settled(&self) -> bool {
         self.queue.is_empty() && self.session.is_settled()
+    }
+
+    /// True once the server asked this device to retire: when settled, the
+    /// app wipes the store and calls [`ClientDriver::goodbye`].
+    pub fn retire_requested(&self) -> bool {
+        self.retire_requested
+    }
+
+    /// Ends the session with a last word to the server.
+    pub fn goodbye(&mut self, code: ErrorCode, message: String) {
+        self.session.goodbye(code, message);
     }
 
     /// Documents still waiting to be pushed.
@@ -190,7 +214,12 @@ impl ClientDriver {
                     }
                     Err(err) => {
                         // The sync protocol recomputes from scratch what we lack.
-                        replica.refused(c.doc, ErrorCode::CorruptChanges, &err.to_string())?;
+                        replica.refused(
+                            c.doc,
+                            ErrorCode::CorruptChanges,
+                            None,
+                            &err.to_string(),
+                        )?;
                         self.session.changes_applied(c.doc, &doc, &c.heads);
                     }
                 }
@@ -207,17 +236,29 @@ impl ClientDriver {
                     Ok(true) => replica.put_doc(s.doc, &doc)?,
                     Ok(false) => {}
                     Err(err) => {
-                        replica.refused(s.doc, ErrorCode::CorruptChanges, &err.to_string())?
+                        replica.refused(s.doc, ErrorCode::CorruptChanges, None, &err.to_string())?
                     }
                 }
             }
             ClientEvent::Cursor(seq) => self.held_cursor = Some(seq),
-            ClientEvent::Refused { doc, code, message } => {
+            ClientEvent::Refused {
+                doc,
+                code,
+                message,
+                rule,
+            } => {
                 if let Some(id) = doc {
+                    // Not offered again in this session whatever the reason;
+                    // a storage failure is retried at the next one.
                     self.refused.insert(id);
-                    replica.refused(id, code, &message)?;
+                    match code {
+                        ErrorCode::Erased => replica.erase(id)?,
+                        ErrorCode::StorageFailure => {}
+                        _ => replica.refused(id, code, rule.as_deref(), &message)?,
+                    }
                 }
             }
+            ClientEvent::RetireRequested => self.retire_requested = true,
         }
         Ok(())
     }

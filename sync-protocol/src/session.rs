@@ -85,11 +85,23 @@ impl Wire {
     }
 
     fn send_error(&mut self, code: ErrorCode, doc: Option<DocId>, message: String, fatal: bool) {
+        self.send_error_rule(code, doc, message, fatal, None);
+    }
+
+    fn send_error_rule(
+        &mut self,
+        code: ErrorCode,
+        doc: Option<DocId>,
+        message: String,
+        fatal: bool,
+        rule: Option<String>,
+    ) {
         self.send(&Message::Error(ErrorMsg {
             code,
             doc,
             message,
             fatal,
+            rule,
         }));
         if fatal {
             self.closed = true;
@@ -224,7 +236,12 @@ pub enum ClientEvent {
         code: ErrorCode,
         /// The server's explanation.
         message: String,
+        /// The access rule broken, if the refusal is by a rule.
+        rule: Option<String>,
     },
+    /// The server asks this device to retire: push what is not
+    /// acknowledged, then wipe (see [`ClientSession::goodbye`]).
+    RetireRequested,
 }
 
 /// Counts a sync reports as progress and at the end.
@@ -400,6 +417,12 @@ impl ClientSession {
         true
     }
 
+    /// Ends the session with a last word to the server (a retired device's
+    /// report that it wiped its store).
+    pub fn goodbye(&mut self, code: ErrorCode, message: String) {
+        self.wire.send_error(code, None, message, true);
+    }
+
     /// Feeds one received frame.
     pub fn handle_frame(&mut self, frame: &[u8]) -> Result<Vec<ClientEvent>, SessionError> {
         let Some(message) = self.wire.decode(frame)? else {
@@ -433,6 +456,11 @@ impl ClientSession {
                         message: e.message,
                     });
                 }
+                if e.code == ErrorCode::Retired && e.doc.is_none() {
+                    self.counts.refusals -= 1;
+                    events.push(ClientEvent::RetireRequested);
+                    return Ok(events);
+                }
                 if let Some(doc) = e.doc {
                     // The push is over: keeping it in flight would wait forever.
                     self.in_flight.remove(&doc);
@@ -442,6 +470,7 @@ impl ClientSession {
                     doc: e.doc,
                     code: e.code,
                     message: e.message,
+                    rule: e.rule,
                 });
             }
             (ClientPhase::Established { .. }, Message::Changes(c)) => {
@@ -575,6 +604,11 @@ pub trait Feed {
     /// the document is unknown. A store that keeps each write's chunk by
     /// feed position answers with reads alone.
     fn changes_since(&mut self, doc: DocId, base: Seq) -> Result<Option<DocDelta>, Self::Error>;
+    /// True if `doc`, which [`Feed::changes_since`] did not find, was
+    /// erased and this client must be told to delete it.
+    fn erased(&mut self, _doc: DocId) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
 }
 
 /// What catch-up sends of one document.
@@ -623,6 +657,8 @@ pub struct ServerSession {
     covered: HashMap<DocId, Seq>,
     fallback: Fallback,
     changes_sent: u64,
+    /// Every document sent and the heads it was sent at, for the audit.
+    sent_records: Vec<(DocId, Vec<Head>)>,
 }
 
 impl ServerSession {
@@ -635,11 +671,13 @@ impl ServerSession {
             covered: HashMap::new(),
             fallback: Fallback::default(),
             changes_sent: 0,
+            sent_records: Vec::new(),
         }
     }
 
     fn send_changes_msg(&mut self, doc: DocId, heads: Vec<Head>, data: Vec<u8>) {
         self.changes_sent += 1;
+        self.sent_records.push((doc, heads.clone()));
         self.wire.send(&Message::Changes(Changes {
             n: self.changes_sent,
             doc,
@@ -661,6 +699,12 @@ impl ServerSession {
     /// True once the hello was accepted: the feed may be streamed.
     pub fn is_established(&self) -> bool {
         matches!(self.phase, ServerPhase::Established)
+    }
+
+    /// Every document this connection sent changes of, with the heads
+    /// they brought the client to, in order.
+    pub fn sent_records(&self) -> &[(DocId, Vec<Head>)] {
+        &self.sent_records
     }
 
     /// How many change messages this connection has sent.
@@ -758,6 +802,33 @@ impl ServerSession {
         self.wire.send_error(code, Some(doc), message, false);
     }
 
+    /// Refuses one document's changes because they break an access rule.
+    pub fn refuse_by_rule(&mut self, doc: DocId, rule: &str, message: String) {
+        self.wire.send_error_rule(
+            ErrorCode::Forbidden,
+            Some(doc),
+            message,
+            false,
+            Some(rule.to_string()),
+        );
+    }
+
+    /// Tells the client, once, that the device is being retired: it
+    /// uploads what the server lacks, wipes, and says goodbye.
+    pub fn request_retirement(&mut self) {
+        self.wire.send_error(
+            ErrorCode::Retired,
+            None,
+            "this device is being retired: upload what is not acknowledged, then wipe".into(),
+            false,
+        );
+    }
+
+    /// Ends the session with a fatal error (the device was revoked).
+    pub fn close_with(&mut self, code: ErrorCode, message: String) {
+        self.wire.send_error(code, None, message, true);
+    }
+
     /// Sends the reply to a push once it is durable.
     pub fn push_applied(&mut self, doc: DocId, outcome: PushOutcome) {
         if !outcome.reply.is_empty() {
@@ -848,6 +919,13 @@ impl ServerSession {
                 // document once however often it was written.
                 let entry = self.covered.entry(doc).or_insert(0);
                 *entry = (*entry).max(delta.seq);
+            } else if feed.erased(doc)? {
+                self.wire.send_error(
+                    ErrorCode::Erased,
+                    Some(doc),
+                    format!("record {doc} was erased by an administrator"),
+                    false,
+                );
             }
         }
         self.caught_up(reached);

@@ -201,8 +201,20 @@ impl Replica for MemReplica {
         self.unacked = self.docs.keys().copied().collect();
         Ok(())
     }
-    fn refused(&mut self, _: DocId, _: ErrorCode, _: &str) -> Result<(), Infallible> {
+    fn refused(
+        &mut self,
+        _: DocId,
+        _: ErrorCode,
+        _: Option<&str>,
+        _: &str,
+    ) -> Result<(), Infallible> {
         self.refusals += 1;
+        Ok(())
+    }
+    fn erase(&mut self, id: DocId) -> Result<(), Infallible> {
+        self.docs.remove(&id);
+        self.known.remove(&id);
+        self.unacked.remove(&id);
         Ok(())
     }
 }

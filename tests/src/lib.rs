@@ -263,12 +263,37 @@ impl ServerProcess {
         }
     }
 
-    /// Registers a device through `baraza-server device add` (which goes
-    /// through the admin socket while the server runs) and returns its token.
+    /// Adds a user (through `baraza-server user add`) with the harness's
+    /// password; a user that already exists is left as it is.
+    pub fn add_user(&self, name: &str, role: &str, areas: &[&str]) {
+        let mut args = vec!["user", "add", "--name", name, "--role", role];
+        for area in areas {
+            args.extend(["--area", area]);
+        }
+        let output = run_server_command(&self.data, &args, &format!("{HARNESS_PASSWORD}\n"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() || stderr.contains("exists"),
+            "user add failed: {stderr}"
+        );
+    }
+
+    /// Registers a device for a supervisor of [`TEST_AREAS`] named after
+    /// the device ([`user_for`]), and returns its token. Tests about who
+    /// may do what use [`ServerProcess::add_device_for`].
     pub fn add_device(&self, name: &str) -> String {
+        let user = user_for(name);
+        self.add_user(&user, "supervisor", TEST_AREAS);
+        self.add_device_for(name, &user)
+    }
+
+    /// Registers a device acting for `user` through `baraza-server device
+    /// add` (which goes through the admin socket while the server runs)
+    /// and returns its token.
+    pub fn add_device_for(&self, name: &str, user: &str) -> String {
         let output = run_bounded(
             server_command()
-                .args(["device", "add", "--name", name, "--data"])
+                .args(["device", "add", "--name", name, "--user", user, "--data"])
                 .arg(&self.data),
             Duration::from_secs(30),
         );
@@ -352,6 +377,25 @@ fn server_command() -> Command {
 // Tablets
 // ---------------------------------------------------------------------------
 
+/// The areas the default harness user supervises.
+pub const TEST_AREAS: &[&str] = &["unassigned", "eastleigh", "kibera-north", "mathare"];
+
+/// The password of every user the harness adds.
+pub const HARNESS_PASSWORD: &str = "harness walks the beat 9";
+
+/// The user [`ServerProcess::add_device`] ties a device named `name` to.
+pub fn user_for(device_name: &str) -> String {
+    let mut user = String::new();
+    for c in device_name.chars() {
+        if c.is_ascii_alphanumeric() {
+            user.push(c.to_ascii_lowercase());
+        } else if !user.ends_with('.') {
+            user.push('.');
+        }
+    }
+    user.trim_matches('.').to_string()
+}
+
 /// A tablet: an SDK [`Client`] with its own data directory, registered on
 /// the server as its own device. Derefs to the `Client`.
 pub struct Tablet {
@@ -362,9 +406,31 @@ pub struct Tablet {
 }
 
 impl Tablet {
-    /// A new device: registers it on `server` and configures a fresh store.
+    /// A new device acting for a supervisor of [`TEST_AREAS`]: registers
+    /// it on `server` and configures a fresh store.
     pub fn new(server: &ServerProcess, name: &str) -> Tablet {
         let token = server.add_device(name);
+        let tablet = Tablet::with_token(server, name, token);
+        tablet
+            .client
+            .set_identity(&user_for(name), "unassigned")
+            .expect("set the tablet's user");
+        tablet
+    }
+
+    /// A new device acting for `user` (who must exist), filing new records
+    /// in `area`.
+    pub fn for_user(server: &ServerProcess, name: &str, user: &str, area: &str) -> Tablet {
+        let token = server.add_device_for(name, user);
+        let tablet = Tablet::with_token(server, name, token);
+        tablet
+            .client
+            .set_identity(user, area)
+            .expect("set the tablet's user");
+        tablet
+    }
+
+    fn with_token(server: &ServerProcess, name: &str, token: String) -> Tablet {
         let dir = tempfile::tempdir().expect("a tablet directory");
         let client = Client::open(dir.path()).expect("open the tablet store");
         let tablet = Tablet {

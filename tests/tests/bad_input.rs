@@ -4,7 +4,7 @@
 //! same moment finishes its sync, and the records stored before are intact.
 
 use baraza_protocol::{to_heads, DocId, ErrorCode, Hello, Message, Push};
-use baraza_tests::{upgrade_status, RawConnection, ServerProcess, Tablet};
+use baraza_tests::{upgrade_status, user_for, RawConnection, ServerProcess, Tablet};
 use serde_bytes::ByteBuf;
 
 /// The frame limit the server runs with in these tests.
@@ -88,7 +88,7 @@ impl Station {
 
 /// A valid meeting record made outside any tablet, authored as `device`
 /// (under an actor id that starts with the device id, as the server requires).
-fn handmade_record(title: &str, device: &str) -> (DocId, automerge::Automerge) {
+fn handmade_record(title: &str, device: &str, user: &str) -> (DocId, automerge::Automerge) {
     use baraza_records::ops::{self, FieldValue};
     let id = DocId::from_bytes(*b"handmade-record!");
     let mut actor = hex_bytes(device);
@@ -99,19 +99,17 @@ fn handmade_record(title: &str, device: &str) -> (DocId, automerge::Automerge) {
         id: id.to_string(),
         kind: baraza_records::Kind::Meeting,
         area: "eastleigh".into(),
-        created_by_user: "raw test".into(),
+        created_by_user: user.into(),
         created_by_device: device.to_string(),
         created_at: 1_700_000_000_000,
         schema: baraza_records::SCHEMA_VERSION,
     };
-    ops::create(&mut doc, &header, 1_700_000_000_000).unwrap();
-    ops::set(
-        &mut doc,
-        "title",
-        FieldValue::Str(title.into()),
-        1_700_000_000_000,
-    )
-    .unwrap();
+    let at = ops::Stamp {
+        now_ms: 1_700_000_000_000,
+        by: user,
+    };
+    ops::create(&mut doc, &header, at).unwrap();
+    ops::set(&mut doc, "title", FieldValue::Str(title.into()), at).unwrap();
     (id, doc)
 }
 
@@ -186,7 +184,11 @@ async fn corrupt_changes_are_refused_for_their_record_and_the_connection_goes_on
     let mut buggy = station.connect("tablet with a buggy app").await;
     buggy.hello().await;
     let corrupt = DocId::from_bytes([0xc0; 16]);
-    let (good, doc) = handmade_record("Stolen bicycle, Eastleigh", buggy.device_id());
+    let (good, doc) = handmade_record(
+        "Stolen bicycle, Eastleigh",
+        buggy.device_id(),
+        &user_for("tablet with a buggy app"),
+    );
     station
         .while_the_witness_syncs(async {
             buggy

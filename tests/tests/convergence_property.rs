@@ -84,7 +84,7 @@ fn three_tablets_converge_whatever_they_do_offline() {
     let outcome = runner.run(&strategy, |(ops, order)| {
         let t = &w.tablets;
         let id = t[0]
-            .create_record("meeting", "ward-7", vec![kv("title", "Property baraza")])
+            .create_record("meeting", "eastleigh", vec![kv("title", "Property baraza")])
             .unwrap();
         w.rt.block_on(async {
             for tablet in t {

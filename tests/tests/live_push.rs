@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baraza_client::SyncEvent;
-use baraza_tests::{run_cli, wait_until, Recorder, ServerProcess, Tablet};
+use baraza_tests::{run_cli, user_for, wait_until, Recorder, ServerProcess, Tablet};
 
 /// How long a live change may take to show up on a connected tablet.
 const LIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -73,6 +73,8 @@ async fn an_incident_reported_on_patrol_appears_on_the_duty_officers_tablet() {
             server.ca_path().to_str().unwrap(),
             "--token",
             &token,
+            "--user",
+            &user_for("command-line tablet"),
         ],
     );
     run_cli(&cli_dir, &["sync"]);

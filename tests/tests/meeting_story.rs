@@ -14,12 +14,15 @@ fn kv(k: &str, v: &str) -> (String, String) {
 async fn a_liaison_and_an_officer_record_one_meeting_offline() {
     let tmp = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&tmp.path().join("server"));
-    let liaison = Tablet::new(&server, "liaison's tablet");
-    let officer = Tablet::new(&server, "officer's tablet");
-    liaison
-        .set_identity("liaison.achieng", "kibera-north")
-        .unwrap();
-    officer.set_identity("cpl.otieno", "kibera-north").unwrap();
+    server.add_user("liaison.achieng", "liaison", &["kibera-north"]);
+    server.add_user("cpl.otieno", "officer", &["kibera-north"]);
+    let liaison = Tablet::for_user(
+        &server,
+        "liaison's tablet",
+        "liaison.achieng",
+        "kibera-north",
+    );
+    let officer = Tablet::for_user(&server, "officer's tablet", "cpl.otieno", "kibera-north");
 
     let id = liaison
         .create_record(

@@ -7,7 +7,8 @@
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ReadDoc, ROOT};
 use baraza_protocol::{to_heads, DocId, ErrorCode, Head, Message, Push};
-use baraza_tests::{device_of, RawConnection, ServerProcess, Tablet};
+use baraza_records::ops;
+use baraza_tests::{device_of, user_for, RawConnection, ServerProcess, Tablet};
 use serde_bytes::ByteBuf;
 
 fn actor_for(device: &str, install: u8) -> ActorId {
@@ -145,9 +146,18 @@ async fn changes_that_break_the_rules_are_refused_and_change_nothing() {
     .await;
 
     // The same device's valid change in the same session is stored.
-    let fixed = edit(&stored, mine, |tx| {
-        tx.put(ROOT, "place", "Chief's camp, Kibera").unwrap();
-    });
+    let mut fixed = stored.fork();
+    fixed.set_actor(mine);
+    ops::set(
+        &mut fixed,
+        "place",
+        ops::FieldValue::Str("Chief's camp, Kibera".into()),
+        ops::Stamp {
+            now_ms: 1_700_000_000_000,
+            by: &user_for("tablet with a rogue app"),
+        },
+    )
+    .unwrap();
     rogue.send(&push(id, &base, &fixed)).await;
     match rogue.next_reply().await {
         Some(Message::Ack(ack)) => assert_eq!(ack.heads, to_heads(&fixed.get_heads())),
@@ -180,13 +190,18 @@ async fn changes_that_break_the_rules_are_refused_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_field_from_a_newer_schema_survives_an_older_tablets_edit() {
-    use baraza_records::ops::{self, FieldValue};
+    use baraza_records::ops::FieldValue;
     let tmp = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&tmp.path().join("server"));
 
     // A tablet running a newer app version writes a patrol note with a
     // field this version's schema does not know.
     let token = server.add_device("tablet with a newer app");
+    let user = user_for("tablet with a newer app");
+    let at = ops::Stamp {
+        now_ms: 1_700_000_000_000,
+        by: &user,
+    };
     let device = device_of(&token);
     let id = DocId::from_bytes(*b"newer-app-record");
     let mut doc = Automerge::new();
@@ -195,22 +210,16 @@ async fn a_field_from_a_newer_schema_survives_an_older_tablets_edit() {
         id: id.to_string(),
         kind: baraza_records::Kind::PatrolNote,
         area: "kibera-north".into(),
-        created_by_user: "cpl.otieno".into(),
+        created_by_user: user.clone(),
         created_by_device: device.clone(),
         created_at: 1_700_000_000_000,
         schema: baraza_records::SCHEMA_VERSION + 1,
     };
-    ops::create(&mut doc, &header, 1_700_000_000_000).unwrap();
-    ops::set(
-        &mut doc,
-        "beat",
-        FieldValue::Str("B4".into()),
-        1_700_000_000_000,
-    )
-    .unwrap();
+    ops::create(&mut doc, &header, at).unwrap();
+    ops::set(&mut doc, "beat", FieldValue::Str("B4".into()), at).unwrap();
     let mut tx = doc.transaction();
     tx.put(ROOT, "vehicle", "KDA 123X").unwrap();
-    tx.commit();
+    tx.commit_with(ops::commit_options("set vehicle", at));
     let mut newer = RawConnection::open(&server, &token).await;
     newer.hello().await;
     newer.send(&push(id, &[], &doc)).await;
@@ -243,7 +252,7 @@ async fn a_field_from_a_newer_schema_survives_an_older_tablets_edit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_over_the_size_limit_is_refused_by_name() {
-    use baraza_records::ops::{self, FieldValue};
+    use baraza_records::ops::FieldValue;
     let tmp = tempfile::tempdir().unwrap();
     let server = ServerProcess::start_with_config(
         &tmp.path().join("server"),

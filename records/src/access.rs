@@ -1,0 +1,238 @@
+//! Who may read and change which records: the rules the server enforces on
+//! every document and field, kept here (pure, no I/O) so the tablet can
+//! show the same answers before it syncs.
+//!
+//! Reading goes by role, area and kind; everyone reads what they created.
+//! Writing needs the record's area among the user's, the right to read it,
+//! changes attributed to the user, and for review decisions the
+//! supervisor's role. A refused write names its rule, so the tablet can
+//! show *why* a change was not accepted.
+
+use automerge::{Automerge, Change};
+use serde::{Deserialize, Serialize};
+
+use crate::header::Header;
+use crate::inspect::{effects, user_of};
+use crate::schema::Kind;
+
+/// What a user does, which decides what they may read and change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A field officer: patrol notes and meetings of their areas.
+    Officer,
+    /// A community liaison: meetings and feedback of their areas.
+    Liaison,
+    /// Reviews and decides on everything in their areas.
+    Supervisor,
+    /// Manages users and devices; reads no records.
+    Admin,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Officer, Role::Liaison, Role::Supervisor, Role::Admin];
+
+    /// Parses a role name.
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    /// The role's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Officer => "officer",
+            Role::Liaison => "liaison",
+            Role::Supervisor => "supervisor",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Kinds this role reads in its areas (besides what the user created).
+    fn reads(self, kind: Kind) -> bool {
+        match self {
+            Role::Officer => matches!(kind, Kind::PatrolNote | Kind::Meeting),
+            Role::Liaison => matches!(kind, Kind::Meeting | Kind::Feedback),
+            Role::Supervisor => true,
+            Role::Admin => false,
+        }
+    }
+
+    /// Kinds this role creates. Officers and liaisons both take citizens'
+    /// feedback in the field, so both create feedback and its contact.
+    fn creates(self, kind: Kind) -> bool {
+        match self {
+            Role::Officer | Role::Supervisor => true,
+            Role::Liaison => !matches!(kind, Kind::PatrolNote),
+            Role::Admin => false,
+        }
+    }
+}
+
+/// The user a device acts for, as the server resolved it at connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// Login name.
+    pub user: String,
+    /// Role.
+    pub role: Role,
+    /// Areas the user works in.
+    pub areas: Vec<String>,
+}
+
+/// Review states only a supervisor of the record's area may set.
+pub const DECISIONS: &[&str] = &["approved", "returned"];
+
+/// The names of the write rules, as refusals report them.
+pub mod rules {
+    /// Admins manage accounts and read or change no records.
+    pub const ADMIN_NO_RECORDS: &str = "admin_no_records";
+    /// Nobody edits records outside their areas.
+    pub const OWN_AREAS: &str = "own_areas";
+    /// A new record names its creator, who must be the pushing user.
+    pub const CREATOR: &str = "creator_is_user";
+    /// Which kinds each role may create.
+    pub const KIND_FOR_ROLE: &str = "kind_for_role";
+    /// Editing a record needs the right to read it.
+    pub const READ_TO_EDIT: &str = "read_to_edit";
+    /// Only the author and the area's supervisors edit contact details.
+    pub const CONTACT: &str = "contact_author_or_supervisor";
+    /// Every change names the user who made it, truthfully.
+    pub const ATTRIBUTION: &str = "attribution";
+    /// Only supervisors of the area approve or return a record.
+    pub const REVIEW: &str = "review_by_area_supervisor";
+}
+
+/// A write refused by a rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{reason} (rule {rule})")]
+pub struct Refusal {
+    /// The rule's name (see [`rules`]).
+    pub rule: &'static str,
+    /// What broke it, for people.
+    pub reason: String,
+}
+
+/// What an admitted write did that must be audited.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteSummary {
+    /// Review decisions (`approved`, `returned`) the write made.
+    pub decisions: Vec<String>,
+}
+
+impl Principal {
+    /// True if `area` is one of the user's.
+    pub fn works_in(&self, area: &str) -> bool {
+        self.areas.iter().any(|a| a == area)
+    }
+
+    /// True if the user may read the record `header` describes. A user
+    /// always reads what they created (it is on their tablet anyway);
+    /// otherwise by role, kind and area. Contact details reach only their
+    /// author and supervisors of the area.
+    pub fn may_read(&self, header: &Header) -> bool {
+        self.may_read_parts(header.kind, &header.area, &header.created_by_user)
+    }
+
+    /// [`Principal::may_read`] from the parts an index keeps.
+    pub fn may_read_parts(&self, kind: Kind, area: &str, created_by: &str) -> bool {
+        if self.role == Role::Admin {
+            return false;
+        }
+        created_by == self.user || (self.works_in(area) && self.role.reads(kind))
+    }
+
+    /// Checks the changes a device just added to a record (`changes`, all
+    /// already in `doc`) against the write rules. `is_new` is true when the
+    /// record did not exist on the server before these changes.
+    pub fn check_write(
+        &self,
+        header: &Header,
+        is_new: bool,
+        doc: &Automerge,
+        changes: &[Change],
+    ) -> Result<WriteSummary, Refusal> {
+        let refuse = |rule: &'static str, reason: String| Err(Refusal { rule, reason });
+        if self.role == Role::Admin {
+            return refuse(
+                rules::ADMIN_NO_RECORDS,
+                format!("user {} is an admin; admins do not edit records", self.user),
+            );
+        }
+        if !self.works_in(&header.area) {
+            return refuse(
+                rules::OWN_AREAS,
+                format!(
+                    "record is in area {:?}, which is not one of user {}'s areas",
+                    header.area, self.user
+                ),
+            );
+        }
+        if is_new {
+            if header.created_by_user != self.user {
+                return refuse(
+                    rules::CREATOR,
+                    format!(
+                        "new record names {:?} as its creator, but was pushed by user {}",
+                        header.created_by_user, self.user
+                    ),
+                );
+            }
+            if !self.role.creates(header.kind) {
+                return refuse(
+                    rules::KIND_FOR_ROLE,
+                    format!(
+                        "a {} may not create {} records",
+                        self.role.name(),
+                        header.kind.name()
+                    ),
+                );
+            }
+        } else if !self.may_read(header) {
+            let rule = if header.kind == Kind::FeedbackContact {
+                rules::CONTACT
+            } else {
+                rules::READ_TO_EDIT
+            };
+            return refuse(
+                rule,
+                format!(
+                    "a {} may not change this {} record",
+                    self.role.name(),
+                    header.kind.name()
+                ),
+            );
+        }
+        let mut summary = WriteSummary::default();
+        for change in changes {
+            let named = user_of(change.message());
+            if named.as_deref() != Some(self.user.as_str()) {
+                return refuse(
+                    rules::ATTRIBUTION,
+                    format!(
+                        "change {} names user {:?}, but was pushed by user {}",
+                        change.hash(),
+                        named.unwrap_or_default(),
+                        self.user
+                    ),
+                );
+            }
+            for state in effects(doc, change).review_states {
+                if DECISIONS.contains(&state.as_str()) {
+                    if self.role != Role::Supervisor {
+                        return refuse(
+                            rules::REVIEW,
+                            format!(
+                                "change {} sets the review state to {state}; only a supervisor of area {:?} may",
+                                change.hash(),
+                                header.area
+                            ),
+                        );
+                    }
+                    summary.decisions.push(state);
+                }
+            }
+        }
+        Ok(summary)
+    }
+}
