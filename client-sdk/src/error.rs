@@ -43,6 +43,10 @@ pub enum ClientError {
     /// The server refused the device's token.
     #[error("the server refused this device: {0}")]
     Unauthorized(String),
+    /// The device was retired or reported lost: its store is wiped. The
+    /// report says what was wiped and what the server never received.
+    #[error("this device was {} and its store wiped: {} records, {} never acknowledged by the server", .0.reason, .0.records.len(), .0.unacknowledged.len())]
+    Wiped(crate::sync::WipeReport),
     /// The sync session failed.
     #[error("sync failed: {0}")]
     Sync(String),

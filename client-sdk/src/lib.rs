@@ -27,4 +27,4 @@ pub use client::{BackgroundSync, Client, Enrolment, RefusedRecord, Status};
 pub use error::ClientError;
 pub use record::{Field, Record};
 pub use store::Rejection;
-pub use sync::{NoListener, SyncEvent, SyncListener, SyncReport};
+pub use sync::{NoListener, SyncEvent, SyncListener, SyncReport, WipeReport};

@@ -30,6 +30,37 @@ pub struct SyncReport {
     pub unacknowledged: u64,
 }
 
+/// What a wipe removed, for the app to show and report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WipeReport {
+    /// `retired` (handed back: everything the server lacked was uploaded
+    /// first) or `revoked` (lost or stolen: nothing more was uploaded).
+    pub reason: String,
+    /// Every record id that was on the device.
+    pub records: Vec<String>,
+    /// Of those, the ones with changes the server never acknowledged:
+    /// after a retirement, only records the server refused.
+    pub unacknowledged: Vec<String>,
+}
+
+/// Wipes the store and says what went. The app should also delete the
+/// store's key from the platform keystore.
+pub(crate) fn wipe(store: &LocalStore, reason: &str) -> Result<WipeReport, ClientError> {
+    let (records, unacknowledged) = store.wipe()?;
+    let report = WipeReport {
+        reason: reason.to_string(),
+        records: records.iter().map(|id| id.to_string()).collect(),
+        unacknowledged: unacknowledged.iter().map(|id| id.to_string()).collect(),
+    };
+    tracing::warn!(
+        reason,
+        records = report.records.len(),
+        unacknowledged = report.unacknowledged.len(),
+        "local store wiped"
+    );
+    Ok(report)
+}
+
 /// Progress and outcome of syncing, for a UI.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum SyncEvent {
@@ -63,6 +94,9 @@ pub enum SyncEvent {
         /// Why.
         message: String,
     },
+    /// The device was retired or revoked and wiped its store; background
+    /// sync stopped.
+    Wiped(WipeReport),
 }
 
 /// Receives sync events. Implemented by the app (or a UniFFI callback).
@@ -97,6 +131,35 @@ fn drive_err(e: DriveError<ClientError>) -> ClientError {
     }
 }
 
+/// Handles a driver failure: a `revoked` from the server wipes the store
+/// at once, without uploading anything more.
+fn drive_failed(store: &LocalStore, e: DriveError<ClientError>) -> ClientError {
+    if let DriveError::Session(baraza_protocol::SessionError::Peer {
+        code: baraza_protocol::ErrorCode::Revoked,
+        ..
+    }) = &e
+    {
+        return match wipe(store, "revoked") {
+            Ok(report) => ClientError::Wiped(report),
+            Err(err) => err,
+        };
+    }
+    drive_err(e)
+}
+
+/// A connection refused because the device was reported lost or stolen.
+fn revoked_at_connect(store: &LocalStore, err: ClientError) -> ClientError {
+    match &err {
+        ClientError::Unauthorized(why) if why.starts_with("revoked") => {
+            match wipe(store, "revoked") {
+                Ok(report) => ClientError::Wiped(report),
+                Err(e) => e,
+            }
+        }
+        _ => err,
+    }
+}
+
 /// Runs one connection. Returns the report when settled (Once) or when the
 /// server closes (Live).
 pub(crate) async fn run_connection(
@@ -108,7 +171,9 @@ pub(crate) async fn run_connection(
     stop: &mut watch::Receiver<bool>,
     listener: &dyn SyncListener,
 ) -> Result<SyncReport, ClientError> {
-    let mut ws = transport::connect(endpoint, limits.frame_bytes_max).await?;
+    let mut ws = transport::connect(endpoint, limits.frame_bytes_max)
+        .await
+        .map_err(|e| revoked_at_connect(store, e))?;
     listener.on_event(SyncEvent::Connected);
     let mut replica = store.clone();
     let mut driver = ClientDriver::new(limits.clone(), &mut replica).map_err(drive_err)?;
@@ -134,6 +199,28 @@ pub(crate) async fn run_connection(
             return Err(ClientError::Sync("the session was closed".into()));
         }
         let counts = driver.counts();
+        if driver.retire_requested() && driver.is_settled() {
+            // Everything the server lacked is acknowledged (or refused and
+            // reported): wipe, then tell the server, which ends the token.
+            let report = {
+                let _guard = store.write_lock();
+                wipe(store, "retired")?
+            };
+            driver.goodbye(
+                baraza_protocol::ErrorCode::Retired,
+                format!(
+                    "wiped {} records, {} not acknowledged",
+                    report.records.len(),
+                    report.unacknowledged.len()
+                ),
+            );
+            while let Some(frame) = driver.poll_transmit() {
+                let _ = ws.feed(WsMessage::binary(frame)).await;
+            }
+            let _ = ws.flush().await;
+            let _ = ws.close(None).await;
+            return Err(ClientError::Wiped(report));
+        }
         if driver.is_settled() {
             let report = report(store, &counts)?;
             if !settled_reported {
@@ -163,8 +250,11 @@ pub(crate) async fn run_connection(
                         .map_err(|e| ClientError::Sync(format!("send: {e}")))?;
                 }
                 Ok(Some(Ok(WsMessage::Binary(bytes)))) => {
-                    let _guard = store.write_lock();
-                    driver.handle_frame(&bytes, &mut replica).map_err(drive_err)?;
+                    let handled = {
+                        let _guard = store.write_lock();
+                        driver.handle_frame(&bytes, &mut replica)
+                    };
+                    handled.map_err(|e| drive_failed(store, e))?;
                 }
                 Ok(Some(Ok(WsMessage::Close(frame)))) => {
                     let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
@@ -252,6 +342,10 @@ pub(crate) async fn run_background(
         match result {
             Err(ClientError::Unauthorized(message)) => {
                 listener.on_event(SyncEvent::Stopped { message });
+                return;
+            }
+            Err(ClientError::Wiped(report)) => {
+                listener.on_event(SyncEvent::Wiped(report));
                 return;
             }
             Err(err) => {

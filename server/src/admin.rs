@@ -279,7 +279,18 @@ pub fn execute(registries: &Registries, request: AdminRequest) -> AdminReply {
             serde_json::json!({ "name": name, "user": user }),
         ),
         AdminRequest::DeviceRevoke { id } => {
-            audit.record("device_revoked", serde_json::json!({ "device": id }))
+            // What the device may hold that the server never received lies
+            // beyond these heads: the record for an investigation.
+            let acknowledged: Vec<serde_json::Value> = devices
+                .acknowledged(id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(record, heads)| serde_json::json!({ "record": record, "heads": heads }))
+                .collect();
+            audit.record(
+                "device_revoked",
+                serde_json::json!({ "device": id, "last_acknowledged": acknowledged }),
+            )
         }
         AdminRequest::DeviceRetire { id } => {
             audit.record("device_retiring", serde_json::json!({ "device": id }))

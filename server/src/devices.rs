@@ -157,6 +157,14 @@ pub trait DeviceStore: Send + Sync {
     fn find_by_token(&self, hash: &TokenHash) -> Result<Option<DeviceRecord>, DeviceError>;
     /// All records, in id order.
     fn all(&self) -> Result<Vec<DeviceRecord>, DeviceError>;
+    /// One record by device id.
+    fn get(&self, id: &str) -> Result<Option<DeviceRecord>, DeviceError>;
+    /// Notes the heads of a record last acknowledged to a device. Not
+    /// flushed: it serves the audit entry written when a device is
+    /// revoked, and the acknowledged data itself is durable elsewhere.
+    fn note_ack(&self, id: &str, record: &str, heads: &[String]) -> Result<(), DeviceError>;
+    /// Every record acknowledged to a device, with its last heads.
+    fn acks(&self, id: &str) -> Result<Vec<(String, Vec<String>)>, DeviceError>;
     /// Changes a device's record; `false` if there is no such device.
     fn update(&self, id: &str, change: &dyn Fn(&mut DeviceRecord)) -> Result<bool, DeviceError>;
     /// Makes every earlier write durable.
@@ -170,6 +178,7 @@ pub struct SledDeviceStore {
     db: sled::Db,
     devices: sled::Tree,
     tokens: sled::Tree,
+    acks: sled::Tree,
 }
 
 impl SledDeviceStore {
@@ -179,6 +188,7 @@ impl SledDeviceStore {
             db: db.clone(),
             devices: db.open_tree("devices")?,
             tokens: db.open_tree("device_tokens")?,
+            acks: db.open_tree("device_acks")?,
         })
     }
 
@@ -224,6 +234,36 @@ impl DeviceStore for SledDeviceStore {
             // than fail, so a half-deleted device can never authenticate.
             None => Ok(None),
         }
+    }
+
+    fn get(&self, id: &str) -> Result<Option<DeviceRecord>, DeviceError> {
+        match self.devices.get(id.as_bytes())? {
+            Some(bytes) => Self::decode(id.as_bytes(), &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn note_ack(&self, id: &str, record: &str, heads: &[String]) -> Result<(), DeviceError> {
+        let key = format!("{id}/{record}");
+        self.acks
+            .insert(key.as_bytes(), heads.join(",").as_bytes())?;
+        Ok(())
+    }
+
+    fn acks(&self, id: &str) -> Result<Vec<(String, Vec<String>)>, DeviceError> {
+        let prefix = format!("{id}/");
+        let mut out = Vec::new();
+        for item in self.acks.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = item?;
+            let record = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let heads = String::from_utf8_lossy(&v)
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+                .collect();
+            out.push((record, heads));
+        }
+        Ok(out)
     }
 
     fn all(&self) -> Result<Vec<DeviceRecord>, DeviceError> {
@@ -344,12 +384,23 @@ impl DeviceRegistry {
 
     /// The standing of a device by id, for sessions re-checking it.
     pub fn standing(&self, id: &str) -> Result<Auth, DeviceError> {
-        Ok(match self.store.all()?.into_iter().find(|r| r.id == id) {
+        Ok(match self.store.get(id)? {
             None => Auth::Unknown,
             Some(r) if r.revoked => Auth::Revoked,
             Some(r) if r.retired_at.is_some() => Auth::Retired,
             Some(r) => Auth::Device(r.identity()),
         })
+    }
+
+    /// Notes the heads of a record last acknowledged to a device.
+    pub fn note_ack(&self, id: &str, record: &str, heads: &[String]) -> Result<(), DeviceError> {
+        self.store.note_ack(id, record, heads)
+    }
+
+    /// What the server last acknowledged to a device, per record: on a
+    /// revoked device, anything beyond these heads never reached us.
+    pub fn acknowledged(&self, id: &str) -> Result<Vec<(String, Vec<String>)>, DeviceError> {
+        self.store.acks(id)
     }
 
     /// Every registered device, revoked ones included.

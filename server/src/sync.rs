@@ -265,9 +265,13 @@ impl SyncHub {
         self: Arc<Self>,
         ws: WebSocket,
         caller: Caller,
+        devices: crate::devices::DeviceRegistry,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let device = &caller.device;
+        let mut standing = devices.changes();
+        let mut standing_open = true;
+        let mut retire_asked = false;
         let mut received: Vec<Received> = Vec::new();
         let (mut sink, mut stream) = ws.split();
         let mut session = ServerSession::new(self.limits.clone());
@@ -296,8 +300,20 @@ impl SyncHub {
                 }
                 frame = stream.next(), if reading => match frame {
                     Some(Ok(msg)) if msg.is_binary() || msg.is_text() => {
-                        if let Err(err) = self.on_frame(&mut session, msg.as_bytes(), &mut pending, &caller) {
-                            tracing::debug!(device = %device.id, error = %err, "closing session");
+                        match self.on_frame(&mut session, msg.as_bytes(), &mut pending, &caller) {
+                            Err(baraza_protocol::SessionError::Peer { code: ErrorCode::Retired, message })
+                                if device.retiring || retire_asked =>
+                            {
+                                self.retired(&devices, &caller, &message);
+                            }
+                            Err(err) => {
+                                tracing::debug!(device = %device.id, error = %err, "closing session");
+                            }
+                            Ok(()) => {}
+                        }
+                        if device.retiring && !retire_asked && session.is_established() {
+                            session.request_retirement();
+                            retire_asked = true;
                         }
                         frames += 1;
                     }
@@ -309,7 +325,30 @@ impl SyncHub {
                     }
                     None => break,
                 },
-                Some(done) = pending.next() => self.on_done(&mut session, done, &caller, &mut received),
+                Some(done) = pending.next() => self.on_done(&mut session, done, &caller, &devices, &mut received),
+                changed = standing.changed(), if standing_open => {
+                    if changed.is_err() {
+                        standing_open = false;
+                        continue;
+                    }
+                    match devices.standing(&device.id) {
+                        Ok(crate::devices::Auth::Device(now)) => {
+                            if now.retiring && !retire_asked && session.is_established() {
+                                session.request_retirement();
+                                retire_asked = true;
+                            }
+                        }
+                        Ok(crate::devices::Auth::Revoked) => {
+                            tracing::info!(device = %device.id, "device revoked during its session");
+                            session.close_with(
+                                ErrorCode::Revoked,
+                                "this device was reported lost or stolen: wipe it without uploading".into(),
+                            );
+                        }
+                        Ok(_) => session.close_with(ErrorCode::Forbidden, "this device's token is no longer valid".into()),
+                        Err(err) => tracing::warn!(device = %device.id, error = %err, "device lookup failed"),
+                    }
+                }
                 changed = durable.changed(), if durable_open => {
                     if changed.is_err() {
                         durable_open = false;
@@ -603,14 +642,42 @@ impl SyncHub {
         false
     }
 
+    /// A retiring device reported its store wiped: its token ends here.
+    fn retired(&self, devices: &crate::devices::DeviceRegistry, caller: &Caller, report: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if let Err(err) = devices.mark_retired(&caller.device.id, now) {
+            tracing::error!(device = %caller.device.id, error = %err, "could not mark the device retired");
+        }
+        tracing::info!(device = %caller.device.id, "device retired and wiped");
+        self.audit.record(
+            "device_retired",
+            serde_json::json!({
+                "device": caller.device.id,
+                "user": caller.principal.user,
+                "report": report,
+            }),
+        );
+    }
+
     fn on_done(
         &self,
         session: &mut ServerSession,
         done: Done,
         caller: &Caller,
+        devices: &crate::devices::DeviceRegistry,
         received: &mut Vec<Received>,
     ) {
+        let acked = |doc: DocId, heads: &[Head]| {
+            let heads: Vec<String> = heads.iter().map(|h| format!("{h:?}")).collect();
+            if let Err(err) = devices.note_ack(&caller.device.id, &doc.to_string(), &heads) {
+                tracing::warn!(device = %caller.device.id, error = %err, "could not note an acknowledgement");
+            }
+        };
         let mut audit_write = |doc: DocId, heads: &[Head], wrote: Option<WriteSummary>| {
+            acked(doc, heads);
             let Some(wrote) = wrote else { return };
             received.push(Received {
                 record: doc.to_string(),
