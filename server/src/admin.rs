@@ -93,6 +93,11 @@ pub enum AdminRequest {
         /// Its id.
         id: String,
     },
+    /// Erase a record of contact details, from the server and devices.
+    RecordErase {
+        /// The record id.
+        id: String,
+    },
     /// List devices.
     DeviceList,
     /// Revoke a device.
@@ -147,6 +152,7 @@ impl AdminRequest {
             AdminRequest::DeviceList => "device_list",
             AdminRequest::DeviceRevoke { .. } => "device_revoke",
             AdminRequest::DeviceRetire { .. } => "device_retire",
+            AdminRequest::RecordErase { .. } => "record_erase",
             AdminRequest::UserAdd { .. } => "user_add",
             AdminRequest::UserList => "user_list",
             AdminRequest::UserDisable { .. } => "user_disable",
@@ -194,6 +200,36 @@ pub struct Registries {
     pub users: UserRegistry,
     /// The audit log.
     pub audit: AuditLog,
+    /// The records, for erasure.
+    pub records: Records,
+}
+
+/// How admin commands reach the records.
+#[derive(Clone)]
+pub enum Records {
+    /// Through the running server's hub.
+    Live(std::sync::Arc<crate::sync::SyncHub>),
+    /// No server runs: open the store for the one command, then close it
+    /// cleanly (so tablets are not told to re-offer everything).
+    Offline(sled::Db),
+}
+
+impl Records {
+    fn erase(&self, id: baraza_protocol::DocId) -> Result<(), crate::sync::EraseError> {
+        match self {
+            Records::Live(hub) => hub.erase_record(id, "admin"),
+            Records::Offline(db) => {
+                let hub = crate::sync::SyncHub::open(db.clone()).map_err(|e| {
+                    crate::sync::EraseError::Docs(crate::docs::DocsError::Commit(e.to_string()))
+                })?;
+                let erased = hub.erase_record(id, "admin");
+                hub.flush().map_err(|e| {
+                    crate::sync::EraseError::Docs(crate::docs::DocsError::Commit(e.to_string()))
+                })?;
+                erased
+            }
+        }
+    }
 }
 
 impl Registries {
@@ -203,6 +239,7 @@ impl Registries {
             devices: DeviceRegistry::open_sled(db)?,
             users: UserRegistry::open(db)?,
             audit: AuditLog::open(db).map_err(|e| AdminError::Refused(e.to_string()))?,
+            records: Records::Offline(db.clone()),
         })
     }
 }
@@ -224,6 +261,11 @@ pub enum AdminReply {
     Devices {
         /// The records (token hashes, never tokens).
         devices: Vec<DeviceRecord>,
+    },
+    /// The record was erased.
+    RecordErased {
+        /// Record id.
+        id: String,
     },
     /// The device will retire at its next connection.
     DeviceRetiring {
@@ -402,6 +444,20 @@ pub fn execute(registries: &Registries, request: AdminRequest) -> AdminReply {
         AdminRequest::DeviceRetire { id } => devices
             .retire(&id)
             .map(|()| AdminReply::DeviceRetiring { id }),
+        AdminRequest::RecordErase { id } => {
+            // Audited by the hub once the erasure is durable.
+            let Ok(doc) = id.parse::<baraza_protocol::DocId>() else {
+                return AdminReply::Error {
+                    message: format!("{id:?} is not a record id"),
+                };
+            };
+            return match registries.records.erase(doc) {
+                Ok(()) => AdminReply::RecordErased { id },
+                Err(error) => AdminReply::Error {
+                    message: error_chain(&error),
+                },
+            };
+        }
         AdminRequest::DeviceList => devices
             .list()
             .map(|devices| AdminReply::Devices { devices }),

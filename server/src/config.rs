@@ -87,6 +87,12 @@ pub enum Command {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Erase restricted records.
+    Record {
+        /// What to do with records.
+        #[command(subcommand)]
+        command: RecordCommand,
+    },
     /// Manage users: roles, areas, passwords, locked accounts.
     User {
         /// What to do with users.
@@ -98,6 +104,21 @@ pub enum Command {
         /// What to do with the log.
         #[command(subcommand)]
         command: AuditCommand,
+    },
+}
+
+/// `record` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RecordCommand {
+    /// Erase a record of a complainant's contact details: removed from the
+    /// server, and from every device at its next sync.
+    Erase {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+        /// The record id.
+        #[arg(long)]
+        id: String,
     },
 }
 

@@ -47,6 +47,9 @@ pub enum DocsError {
     /// The committer is gone (server shutting down).
     #[error("the committer has stopped")]
     Stopped,
+    /// The committer could not store a write.
+    #[error("the write was not stored: {0}")]
+    Commit(String),
 }
 
 struct Job {
@@ -205,7 +208,28 @@ impl Docs {
             heads,
             compacted,
             index,
+            erase: false,
         })
+    }
+
+    /// Erases a record and waits until that is durable. Holds the
+    /// record's lock throughout, so writes queued before it commit before
+    /// it, and writes after it find the tombstone. Blocking.
+    pub fn erase(&self, id: DocId) -> Result<Seq, DocsError> {
+        let handle = self.handle(id)?;
+        let mut live = handle.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = self
+            .submit(DocWrite::erasure(id))
+            .blocking_recv()
+            .map_err(|_| DocsError::Stopped)?
+            .map_err(DocsError::Commit)?;
+        *live = LiveDoc {
+            doc: Automerge::new(),
+            chunks: 0,
+            bytes: 0,
+        };
+        self.forget(id);
+        Ok(seq)
     }
 
     /// Queues a write; the receiver answers with its feed position once durable.

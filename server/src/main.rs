@@ -48,6 +48,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Device { command } => device(command),
         Command::User { command } => user(command),
+        Command::Record {
+            command: config::RecordCommand::Erase { common, id },
+        } => {
+            let root = config::resolve_data_dir(&common)?;
+            print_reply(admin::run_command(&root, AdminRequest::RecordErase { id })?)
+        }
         Command::Audit { command } => audit(command),
     }
 }
@@ -97,6 +103,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         devices: devices.clone(),
         users: users.clone(),
         audit: hub.audit().clone(),
+        records: admin::Records::Live(hub.clone()),
     };
     let admin_task = match AdminServer::bind(&data, registries) {
         Ok(admin) => {
@@ -306,6 +313,9 @@ fn print_reply(reply: AdminReply) -> anyhow::Result<()> {
             }
         }
         AdminReply::DeviceRevoked { id } => eprintln!("revoked device {id}"),
+        AdminReply::RecordErased { id } => {
+            eprintln!("erased record {id}; devices delete it at their next sync")
+        }
         AdminReply::DeviceRetiring { id } => {
             eprintln!(
                 "device {id} will upload what the server lacks and wipe at its next connection"

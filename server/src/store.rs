@@ -70,6 +70,24 @@ pub struct DocWrite {
     pub compacted: Option<Vec<u8>>,
     /// Where the record now sits in the listing index.
     pub index: Option<IndexEntry>,
+    /// Erase the record instead: every chunk, head and index entry goes,
+    /// a tombstone stays (for read checks and to refuse it coming back)
+    /// and the feed gets an entry so devices delete it.
+    pub erase: bool,
+}
+
+impl DocWrite {
+    /// The write that erases `doc`.
+    pub fn erasure(doc: DocId) -> DocWrite {
+        DocWrite {
+            doc,
+            chunk: Vec::new(),
+            heads: Vec::new(),
+            compacted: None,
+            index: None,
+            erase: true,
+        }
+    }
 }
 
 /// What the listing index knows of a record: enough to filter a list of
@@ -248,6 +266,8 @@ pub trait Store: Send + Sync + 'static {
     /// Kind, area and creator of a record, for read checks; None if the
     /// store has no such record (or indexed it before it kept these).
     fn access_of(&self, doc: DocId) -> Result<Option<RecordAccess>, StoreError>;
+    /// Kind, area and creator of an erased record; None if not erased.
+    fn erased(&self, doc: DocId) -> Result<Option<RecordAccess>, StoreError>;
     /// Marks a clean shutdown (after flushing).
     fn close_cleanly(&self) -> Result<(), StoreError>;
     /// How many documents are stored.
@@ -264,6 +284,7 @@ pub struct SledStore {
     index: sled::Tree,
     index_by_doc: sled::Tree,
     access: sled::Tree,
+    erased: sled::Tree,
     meta: sled::Tree,
     id: StoreId,
     /// Serialises commits so feed positions follow commit order.
@@ -307,6 +328,7 @@ impl SledStore {
             log: db.open_tree("doc_log")?,
             index: db.open_tree("record_index")?,
             access: db.open_tree("record_access")?,
+            erased: db.open_tree("erased")?,
             index_by_doc: db.open_tree("record_index_by_doc")?,
             feed,
             meta,
@@ -442,15 +464,21 @@ impl Store for SledStore {
         // Transactional trees cannot scan, so the chunk keys a compaction
         // removes are listed first; commits are serialised by the lock we
         // hold, so the list cannot go stale.
-        let mut doomed: Vec<Vec<sled::IVec>> = Vec::with_capacity(writes.len());
+        let mut doomed: Vec<(Vec<sled::IVec>, Vec<sled::IVec>)> = Vec::with_capacity(writes.len());
         for w in writes {
             let mut keys = Vec::new();
-            if w.compacted.is_some() {
+            let mut logs = Vec::new();
+            if w.compacted.is_some() || w.erase {
                 for item in self.chunks.scan_prefix(w.doc.as_bytes()).keys() {
                     keys.push(item?);
                 }
             }
-            doomed.push(keys);
+            if w.erase {
+                for item in self.log.scan_prefix(w.doc.as_bytes()).keys() {
+                    logs.push(item?);
+                }
+            }
+            doomed.push((keys, logs));
         }
         (
             &self.chunks,
@@ -460,49 +488,71 @@ impl Store for SledStore {
             &self.index,
             &self.index_by_doc,
             &self.access,
+            &self.erased,
         )
-            .transaction(|(chunks, metas, feed, log, index, by_doc, access)| {
-                for ((w, &seq), doomed) in writes.iter().zip(&seqs).zip(&doomed) {
-                    let key = w.doc.as_bytes();
-                    let mut meta = match metas.get(key)? {
-                        Some(v) => decode_meta(&v).map_err(ConflictableTransactionError::Abort)?,
-                        None => DocMeta::default(),
-                    };
-                    if let Some(save) = &w.compacted {
-                        for k in doomed {
-                            chunks.remove(k)?;
-                        }
-                        chunks.insert(&log_key(w.doc, 0)[..], save.as_slice())?;
-                        meta.chunks = 1;
-                        meta.compacted = seq;
-                    }
-                    if !w.chunk.is_empty() {
-                        chunks.insert(&log_key(w.doc, seq)[..], w.chunk.as_slice())?;
-                        meta.chunks += 1;
-                    }
-                    meta.seq = seq;
-                    meta.heads = w.heads.clone();
-                    feed.insert(&seq.to_be_bytes()[..], &key[..])?;
-                    log.insert(&log_key(w.doc, seq)[..], encode_heads(&w.heads))?;
-                    metas.insert(&key[..], encode_meta(&meta))?;
-                    if let Some(entry) = &w.index {
-                        let new_key = index_key(w.doc, entry);
-                        if let Some(old) = by_doc.insert(&key[..], new_key.as_slice())? {
-                            if old.as_ref() != new_key.as_slice() {
+            .transaction(
+                |(chunks, metas, feed, log, index, by_doc, access, erased)| {
+                    for ((w, &seq), (doomed, doomed_logs)) in writes.iter().zip(&seqs).zip(&doomed)
+                    {
+                        let key = w.doc.as_bytes();
+                        if w.erase {
+                            for k in doomed {
+                                chunks.remove(k)?;
+                            }
+                            for k in doomed_logs {
+                                log.remove(k)?;
+                            }
+                            metas.remove(&key[..])?;
+                            if let Some(old) = by_doc.remove(&key[..])? {
                                 index.remove(old)?;
                             }
+                            let who = access.remove(&key[..])?.unwrap_or_default();
+                            erased.insert(&key[..], who)?;
+                            feed.insert(&seq.to_be_bytes()[..], &key[..])?;
+                            continue;
                         }
-                        index.insert(new_key, &[][..])?;
-                        let who = RecordAccess {
-                            kind: entry.kind.clone(),
-                            area: entry.area.clone(),
-                            created_by: entry.created_by.clone(),
+                        let mut meta = match metas.get(key)? {
+                            Some(v) => {
+                                decode_meta(&v).map_err(ConflictableTransactionError::Abort)?
+                            }
+                            None => DocMeta::default(),
                         };
-                        access.insert(&key[..], who.encode())?;
+                        if let Some(save) = &w.compacted {
+                            for k in doomed {
+                                chunks.remove(k)?;
+                            }
+                            chunks.insert(&log_key(w.doc, 0)[..], save.as_slice())?;
+                            meta.chunks = 1;
+                            meta.compacted = seq;
+                        }
+                        if !w.chunk.is_empty() {
+                            chunks.insert(&log_key(w.doc, seq)[..], w.chunk.as_slice())?;
+                            meta.chunks += 1;
+                        }
+                        meta.seq = seq;
+                        meta.heads = w.heads.clone();
+                        feed.insert(&seq.to_be_bytes()[..], &key[..])?;
+                        log.insert(&log_key(w.doc, seq)[..], encode_heads(&w.heads))?;
+                        metas.insert(&key[..], encode_meta(&meta))?;
+                        if let Some(entry) = &w.index {
+                            let new_key = index_key(w.doc, entry);
+                            if let Some(old) = by_doc.insert(&key[..], new_key.as_slice())? {
+                                if old.as_ref() != new_key.as_slice() {
+                                    index.remove(old)?;
+                                }
+                            }
+                            index.insert(new_key, &[][..])?;
+                            let who = RecordAccess {
+                                kind: entry.kind.clone(),
+                                area: entry.area.clone(),
+                                created_by: entry.created_by.clone(),
+                            };
+                            access.insert(&key[..], who.encode())?;
+                        }
                     }
-                }
-                Ok(())
-            })?;
+                    Ok(())
+                },
+            )?;
         self.db.flush()?;
         if let Some(&last) = seqs.last() {
             *next = last;
@@ -618,6 +668,18 @@ impl Store for SledStore {
         }
     }
 
+    fn erased(&self, doc: DocId) -> Result<Option<RecordAccess>, StoreError> {
+        match self.erased.get(doc.as_bytes())? {
+            Some(v) if v.is_empty() => Ok(Some(RecordAccess {
+                kind: String::new(),
+                area: String::new(),
+                created_by: String::new(),
+            })),
+            Some(v) => Ok(Some(RecordAccess::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     fn close_cleanly(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         self.meta.insert(CLEAN_KEY, &[1u8][..])?;
@@ -645,6 +707,7 @@ mod tests {
         let a = DocId::from_bytes([1; 16]);
         let b = DocId::from_bytes([2; 16]);
         let w = |doc, h| DocWrite {
+            erase: false,
             doc,
             chunk: vec![h],
             heads: vec![head(h)],
@@ -693,6 +756,7 @@ mod tests {
         for i in 0..3u8 {
             store
                 .commit(&[DocWrite {
+                    erase: false,
                     doc: a,
                     chunk: vec![i],
                     heads: vec![head(i)],
@@ -717,6 +781,7 @@ mod tests {
         );
         store
             .commit(&[DocWrite {
+                erase: false,
                 doc: a,
                 chunk: vec![9],
                 heads: vec![head(9)],

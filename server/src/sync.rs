@@ -39,6 +39,26 @@ pub struct SyncHub {
     write_rules: std::sync::atomic::AtomicBool,
 }
 
+/// Why a record could not be erased.
+#[derive(Debug, thiserror::Error)]
+pub enum EraseError {
+    /// No such record.
+    #[error("no record {0}")]
+    NotFound(DocId),
+    /// Only contact details are erased.
+    #[error("record {0} is a {1} record; only feedback_contact records can be erased")]
+    NotContact(DocId, String),
+    /// The store failed.
+    #[error(transparent)]
+    Docs(#[from] DocsError),
+}
+
+impl From<crate::store::StoreError> for EraseError {
+    fn from(e: crate::store::StoreError) -> Self {
+        EraseError::Docs(DocsError::Store(e))
+    }
+}
+
 /// Who is on the other end of a connection or request: the device and the
 /// user it acts for, resolved when it authenticated.
 #[derive(Clone, Debug)]
@@ -241,6 +261,35 @@ impl SyncHub {
             "conflicts": baraza_records::conflicts(doc),
             "history": baraza_records::history(doc),
         })))
+    }
+
+    /// Erases a record of contact details at an administrator's request:
+    /// removed from the server, and from every device at its next sync
+    /// (or at once on a live one). Only `feedback_contact` records may be
+    /// erased; other records are evidence. Blocking.
+    pub fn erase_record(&self, id: DocId, by: &str) -> Result<(), EraseError> {
+        let store = self.docs.store();
+        let kind = match store.access_of(id)? {
+            Some(a) => a.kind,
+            None if store.doc_seq(id)?.is_some() => {
+                let handle = self.docs.handle(id)?;
+                let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+                Header::read(&live.doc)
+                    .map(|h| h.kind.name().to_string())
+                    .unwrap_or_default()
+            }
+            None => return Err(EraseError::NotFound(id)),
+        };
+        if kind != Kind::FeedbackContact.name() {
+            return Err(EraseError::NotContact(id, kind));
+        }
+        let seq = self.docs.erase(id)?;
+        tracing::info!(record = %id, "record erased");
+        self.audit.record(
+            "record_erased",
+            serde_json::json!({ "record": id.to_string(), "kind": kind, "by": by, "feed": seq }),
+        );
+        Ok(())
     }
 
     /// The audit log.
@@ -618,6 +667,21 @@ impl SyncHub {
         id: DocId,
         doc: &automerge::Automerge,
     ) -> bool {
+        match self.docs.store().erased(id) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                session.refuse(
+                    id,
+                    ErrorCode::Erased,
+                    format!("record {id} was erased by an administrator; delete it"),
+                );
+                return false;
+            }
+            Err(err) => {
+                self.storage_refusal(session, id, &DocsError::Store(err));
+                return false;
+            }
+        }
         let Ok(header) = Header::read(doc) else {
             return true;
         };
@@ -897,6 +961,15 @@ impl Feed for HubFeed<'_> {
         limit: usize,
     ) -> Result<Vec<(Seq, DocId)>, DocsError> {
         Ok(self.hub.docs.store().entries_after(after, upto, limit)?)
+    }
+
+    fn erased(&mut self, doc: DocId) -> Result<bool, DocsError> {
+        // Only those who could read it are told: an erasure names a record.
+        Ok(match self.hub.docs.store().erased(doc)? {
+            Some(a) => Kind::parse(&a.kind)
+                .is_some_and(|kind| self.who.may_read_parts(kind, &a.area, &a.created_by)),
+            None => false,
+        })
     }
 
     fn changes_since(
