@@ -72,6 +72,12 @@ pub enum AdminError {
     /// The running server sent something that is not a reply.
     #[error("unreadable reply from the server's admin socket")]
     BadReply(#[source] serde_json::Error),
+    /// The audit log failed.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    /// `user add` named a role that does not exist.
+    #[error("unknown role {0:?}: officer, liaison, supervisor or admin")]
+    UnknownRole(String),
     /// The server (or the offline path) refused the request.
     #[error("{0}")]
     Refused(String),
@@ -238,7 +244,7 @@ impl Registries {
         Ok(Registries {
             devices: DeviceRegistry::open_sled(db)?,
             users: UserRegistry::open(db)?,
-            audit: AuditLog::open(db).map_err(|e| AdminError::Refused(e.to_string()))?,
+            audit: AuditLog::open(db)?,
             records: Records::Offline(db.clone()),
         })
     }
@@ -308,166 +314,152 @@ pub enum AdminReply {
     },
 }
 
+/// Who asked for an administrative change through the admin HTTP API.
+/// Named in the change's audit entry; changes made at the server itself
+/// (command line, admin socket) have no requester.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requester {
+    /// The administrator's user name.
+    pub user: String,
+    /// The device they used.
+    pub device: String,
+}
+
 /// Carries out one request against a registry. Blocking: `add` and `revoke`
 /// wait for the disk.
 pub fn execute(registries: &Registries, request: AdminRequest) -> AdminReply {
+    execute_for(registries, request, None).unwrap_or_else(|error| AdminReply::Error {
+        message: error_chain(&error),
+    })
+}
+
+/// Carries out one request on behalf of `by` (or the operator), keeping
+/// failures typed so the admin HTTP API can answer them with a fitting
+/// status. Every change that is made is audited (never passwords), once it
+/// is made: a refused request changed nothing.
+pub fn execute_for(
+    registries: &Registries,
+    request: AdminRequest,
+    by: Option<&Requester>,
+) -> Result<AdminReply, AdminError> {
     let devices = &registries.devices;
     let users = &registries.users;
-    let audit = &registries.audit;
-    // Every change an administrator makes is audited (never passwords).
-    match &request {
-        AdminRequest::DeviceAdd { name, user } => audit.record(
-            "device_added",
-            serde_json::json!({ "name": name, "user": user }),
-        ),
-        AdminRequest::DeviceRevoke { id } => {
-            // What the device may hold that the server never received lies
-            // beyond these heads: the record for an investigation.
-            let acknowledged: Vec<serde_json::Value> = devices
-                .acknowledged(id)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(record, heads)| serde_json::json!({ "record": record, "heads": heads }))
-                .collect();
-            audit.record(
-                "device_revoked",
-                serde_json::json!({ "device": id, "last_acknowledged": acknowledged }),
-            )
+    let audit = |event: &str, mut details: serde_json::Value| {
+        if let (Some(by), Some(map)) = (by, details.as_object_mut()) {
+            map.insert(
+                "by".into(),
+                serde_json::json!({ "user": by.user, "device": by.device }),
+            );
         }
-        AdminRequest::DeviceRetire { id } => {
-            audit.record("device_retiring", serde_json::json!({ "device": id }))
-        }
-        AdminRequest::UserAdd {
-            name, role, areas, ..
-        } => audit.record(
-            "user_added",
-            serde_json::json!({ "user": name, "role": role, "areas": areas }),
-        ),
-        AdminRequest::UserDisable { name, disabled } => audit.record(
-            "user_disabled",
-            serde_json::json!({ "user": name, "disabled": disabled }),
-        ),
-        AdminRequest::UserAreas { name, areas } => audit.record(
-            "user_areas",
-            serde_json::json!({ "user": name, "areas": areas }),
-        ),
-        AdminRequest::UserRelease { name } => {
-            audit.record("user_released", serde_json::json!({ "user": name }))
-        }
-        _ => {}
-    }
-    let user_reply = |r: Result<User, UserError>| match r {
-        Ok(user) => AdminReply::User { user: user.into() },
-        Err(error) => AdminReply::Error {
-            message: error_chain(&error),
-        },
+        registries.audit.record(event, details);
     };
-    let result = match request {
-        AdminRequest::AuditVerify => {
-            return match audit.verify() {
-                Ok(Verdict::Intact { entries }) => AdminReply::AuditVerdict {
-                    intact: true,
-                    at: entries,
-                    reason: String::new(),
-                },
-                Ok(Verdict::Broken { at, reason }) => AdminReply::AuditVerdict {
-                    intact: false,
-                    at,
-                    reason,
-                },
-                Err(error) => AdminReply::Error {
-                    message: error_chain(&error),
-                },
-            }
-        }
-        AdminRequest::AuditExport => {
-            return match audit.entries().collect::<Result<Vec<_>, _>>() {
-                Ok(entries) => AdminReply::AuditEntries { entries },
-                Err(error) => AdminReply::Error {
-                    message: error_chain(&error),
-                },
-            }
-        }
+    let reply = match request {
+        AdminRequest::AuditVerify => match registries.audit.verify()? {
+            Verdict::Intact { entries } => AdminReply::AuditVerdict {
+                intact: true,
+                at: entries,
+                reason: String::new(),
+            },
+            Verdict::Broken { at, reason } => AdminReply::AuditVerdict {
+                intact: false,
+                at,
+                reason,
+            },
+        },
+        AdminRequest::AuditExport => AdminReply::AuditEntries {
+            entries: registries.audit.entries().collect::<Result<Vec<_>, _>>()?,
+        },
         AdminRequest::UserAdd {
             name,
             role,
             areas,
             password,
         } => {
-            let Some(role) = Role::parse(&role) else {
-                return AdminReply::Error {
-                    message: format!(
-                        "unknown role {role:?}: officer, liaison, supervisor or admin"
-                    ),
-                };
-            };
-            return user_reply(users.add(&name, role, &areas, &password));
+            let parsed = Role::parse(&role).ok_or_else(|| AdminError::UnknownRole(role.clone()))?;
+            let user = users.add(&name, parsed, &areas, &password)?;
+            audit(
+                "user_added",
+                serde_json::json!({ "user": name, "role": role, "areas": areas }),
+            );
+            AdminReply::User { user: user.into() }
         }
-        AdminRequest::UserList => {
-            return match users.list() {
-                Ok(list) => AdminReply::Users {
-                    users: list.into_iter().map(UserSummary::from).collect(),
-                },
-                Err(error) => AdminReply::Error {
-                    message: error_chain(&error),
-                },
-            }
-        }
+        AdminRequest::UserList => AdminReply::Users {
+            users: users.list()?.into_iter().map(UserSummary::from).collect(),
+        },
         AdminRequest::UserDisable { name, disabled } => {
-            return user_reply(users.set_disabled(&name, disabled))
+            let user = users.set_disabled(&name, disabled)?;
+            audit(
+                "user_disabled",
+                serde_json::json!({ "user": name, "disabled": disabled }),
+            );
+            AdminReply::User { user: user.into() }
         }
         AdminRequest::UserAreas { name, areas } => {
-            return user_reply(users.set_areas(&name, &areas))
+            let user = users.set_areas(&name, &areas)?;
+            audit(
+                "user_areas",
+                serde_json::json!({ "user": name, "areas": areas }),
+            );
+            AdminReply::User { user: user.into() }
         }
-        AdminRequest::UserRelease { name } => return user_reply(users.release(&name)),
-        AdminRequest::DeviceAdd { name, user } => match users.get(&user) {
-            Ok(Some(_)) => {
-                devices
-                    .add_for_user(&name, Some(&user))
-                    .map(|new| AdminReply::DeviceAdded {
-                        id: new.identity.id,
-                        name: new.identity.name,
-                        token: new.token,
-                    })
+        AdminRequest::UserRelease { name } => {
+            let user = users.release(&name)?;
+            audit("user_released", serde_json::json!({ "user": name }));
+            AdminReply::User { user: user.into() }
+        }
+        AdminRequest::DeviceAdd { name, user } => {
+            if users.get(&user)?.is_none() {
+                return Err(AdminError::Refused(format!(
+                    "no user named {user}; add the user first"
+                )));
             }
-            Ok(None) => {
-                return AdminReply::Error {
-                    message: format!("no user named {user}; add the user first"),
-                }
+            let new = devices.add_for_user(&name, Some(&user))?;
+            audit(
+                "device_added",
+                serde_json::json!({ "name": new.identity.name, "device": new.identity.id, "user": user }),
+            );
+            AdminReply::DeviceAdded {
+                id: new.identity.id,
+                name: new.identity.name,
+                token: new.token,
             }
-            Err(error) => {
-                return AdminReply::Error {
-                    message: error_chain(&error),
-                }
-            }
+        }
+        AdminRequest::DeviceList => AdminReply::Devices {
+            devices: devices.list()?,
         },
-        AdminRequest::DeviceRetire { id } => devices
-            .retire(&id)
-            .map(|()| AdminReply::DeviceRetiring { id }),
+        AdminRequest::DeviceRevoke { id } => {
+            devices.revoke(&id)?;
+            // What the device may hold that the server never received lies
+            // beyond these heads: the record for an investigation.
+            let acknowledged: Vec<serde_json::Value> = devices
+                .acknowledged(&id)?
+                .into_iter()
+                .map(|(record, heads)| serde_json::json!({ "record": record, "heads": heads }))
+                .collect();
+            audit(
+                "device_revoked",
+                serde_json::json!({ "device": id, "last_acknowledged": acknowledged }),
+            );
+            AdminReply::DeviceRevoked { id }
+        }
+        AdminRequest::DeviceRetire { id } => {
+            devices.retire(&id)?;
+            audit("device_retiring", serde_json::json!({ "device": id }));
+            AdminReply::DeviceRetiring { id }
+        }
         AdminRequest::RecordErase { id } => {
             // Audited by the hub once the erasure is durable.
-            let Ok(doc) = id.parse::<baraza_protocol::DocId>() else {
-                return AdminReply::Error {
-                    message: format!("{id:?} is not a record id"),
-                };
-            };
-            return match registries.records.erase(doc) {
-                Ok(()) => AdminReply::RecordErased { id },
-                Err(error) => AdminReply::Error {
-                    message: error_chain(&error),
-                },
-            };
+            let doc = id
+                .parse::<baraza_protocol::DocId>()
+                .map_err(|_| AdminError::Refused(format!("{id:?} is not a record id")))?;
+            registries
+                .records
+                .erase(doc)
+                .map_err(|e| AdminError::Refused(error_chain(&e)))?;
+            AdminReply::RecordErased { id }
         }
-        AdminRequest::DeviceList => devices
-            .list()
-            .map(|devices| AdminReply::Devices { devices }),
-        AdminRequest::DeviceRevoke { id } => devices
-            .revoke(&id)
-            .map(|()| AdminReply::DeviceRevoked { id }),
     };
-    result.unwrap_or_else(|error| AdminReply::Error {
-        message: error_chain(&error),
-    })
+    Ok(reply)
 }
 
 /// Runs a device command against the data directory at `root`: through the
@@ -658,7 +650,7 @@ async fn serve_client(stream: tokio::net::UnixStream, registries: Registries) ->
     write.shutdown().await
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -702,6 +694,58 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(reply, AdminReply::User { .. }), "{reply:?}");
+    }
+
+    #[test]
+    fn changes_are_audited_once_made_with_who_asked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = sled::open(tmp.path()).unwrap();
+        let registries = Registries::open(&db).unwrap();
+        let add = |password: &str| AdminRequest::UserAdd {
+            name: "njeri".into(),
+            role: "officer".into(),
+            areas: vec!["mathare".into()],
+            password: password.into(),
+        };
+        let by = Requester {
+            user: "amina".into(),
+            device: "d1".into(),
+        };
+        assert!(matches!(
+            execute_for(&registries, add("password123"), Some(&by)),
+            Err(AdminError::Users(UserError::WeakPassword(_)))
+        ));
+        assert!(matches!(
+            execute_for(
+                &registries,
+                AdminRequest::UserAdd {
+                    name: "x".into(),
+                    role: "chief".into(),
+                    areas: vec![],
+                    password: "radio check 1900".into(),
+                },
+                Some(&by)
+            ),
+            Err(AdminError::UnknownRole(_))
+        ));
+        assert_eq!(registries.audit.entries().count(), 0, "nothing was changed");
+
+        execute_for(&registries, add("radio check 1900"), Some(&by)).unwrap();
+        execute(
+            &registries,
+            AdminRequest::UserRelease {
+                name: "njeri".into(),
+            },
+        );
+        let entries: Vec<_> = registries.audit.entries().map(Result::unwrap).collect();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].event, "user_added");
+        assert_eq!(entries[0].details["by"]["user"], "amina");
+        assert_eq!(entries[0].details["by"]["device"], "d1");
+        assert_eq!(entries[1].event, "user_released");
+        assert!(entries[1].details.get("by").is_none());
+        let text = serde_json::to_string(&entries).unwrap();
+        assert!(!text.contains("radio check"));
     }
 
     #[test]

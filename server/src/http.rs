@@ -6,6 +6,7 @@
 //!   `Authorization: Bearer <token>`, and hands the socket to
 //!   [`SyncHub::serve_socket`]. Without a valid token it answers 401 before
 //!   any upgrade.
+//! - `POST /v1/enroll` (`login.rs`) and `/v1/admin/users` (`admin_api.rs`).
 //!
 //! One task per TCP connection; a semaphore bounds connections and sync
 //! sessions together. A bad handshake or stray plain-HTTP request ends only
@@ -211,6 +212,7 @@ async fn serve_connection<S>(
         },
     };
 
+    let service = crate::peer::WithPeer::new(service, peer);
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     tokio::pin!(connection);
     let result = tokio::select! {
@@ -242,7 +244,8 @@ fn routes(
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok");
 
     let records = records_routes(&state);
-    let enroll = enroll_route(&state);
+    let enroll = crate::login::enroll_route(&state);
+    let admin = crate::admin_api::routes(&state);
     let auth_state = state.clone();
     let sync = warp::path!("v1" / "sync")
         .and(warp::get())
@@ -259,84 +262,12 @@ fn routes(
             async move { upgrade(device, ws, state, slots, stop_rx) }
         });
 
-    healthz.or(sync).or(records).or(enroll).recover(recover)
-}
-
-/// What a tablet sends to enrol: a user's login and a name for the device.
-#[derive(serde::Deserialize)]
-struct EnrollRequest {
-    user: String,
-    password: String,
-    device_name: String,
-}
-
-/// `POST /v1/enroll`: a user logs in from a tablet and the tablet gets its
-/// own device token, tied to that user. Failed logins count towards the
-/// user's lockout; a locked, disabled or unknown account gets 401 with the
-/// reason (unknown and wrong password read the same).
-fn enroll_route(
-    state: &AppState,
-) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone + Send + Sync + 'static {
-    let users = state.users.clone();
-    let devices = state.devices.clone();
-    let hub = state.hub.clone();
-    warp::path!("v1" / "enroll")
-        .and(warp::post())
-        .and(warp::body::content_length_limit(16 * 1024))
-        .and(warp::body::json())
-        .and_then(move |request: EnrollRequest| {
-            let users = users.clone();
-            let devices = devices.clone();
-            let hub = hub.clone();
-            async move {
-                let name = request.user.clone();
-                let audit = hub.audit().clone();
-                let outcome = tokio::task::spawn_blocking(move || {
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    let user = users.login(&request.user, &request.password, now)?;
-                    let device = devices
-                        .add_for_user(&request.device_name, Some(&user.name))
-                        .map_err(|_| crate::users::LoginError::Unavailable)?;
-                    Ok::<_, crate::users::LoginError>((user, device))
-                })
-                .await;
-                Ok::<_, Rejection>(match outcome {
-                    Ok(Ok((user, device))) => {
-                        tracing::info!(user = %user.name, device = %device.identity.id, "device enrolled");
-                        audit.record(
-                            "device_enrolled",
-                            serde_json::json!({ "user": user.name, "device": device.identity.id }),
-                        );
-                        warp::reply::with_status(
-                            warp::reply::json(&serde_json::json!({
-                                "token": device.token,
-                                "device_id": device.identity.id,
-                                "user": user.name,
-                                "role": user.role,
-                                "areas": user.areas,
-                            })),
-                            StatusCode::OK,
-                        )
-                        .into_response()
-                    }
-                    Ok(Err(crate::users::LoginError::Unavailable)) | Err(_) => {
-                        text_reply(StatusCode::SERVICE_UNAVAILABLE, "enrolment unavailable")
-                    }
-                    Ok(Err(refusal)) => {
-                        tracing::info!(reason = %refusal, "enrolment refused");
-                        audit.record(
-                            "login_failed",
-                            serde_json::json!({ "user": name, "reason": refusal.to_string() }),
-                        );
-                        warp::reply::with_status(refusal.to_string(), StatusCode::UNAUTHORIZED)
-                            .into_response()
-                    }
-                })
-            }
-        })
+    healthz
+        .or(sync)
+        .or(records)
+        .or(enroll)
+        .or(admin)
+        .recover(recover)
 }
 
 /// Most rows one listing returns.
@@ -484,7 +415,7 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, R
 
 /// The token of an `Authorization: Bearer <token>` header. The scheme is
 /// case-insensitive (RFC 9110 §11.1).
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers
         .get(warp::http::header::AUTHORIZATION)?
         .to_str()

@@ -8,7 +8,10 @@
 //! - [`devices`]: device registry and bearer tokens (hashes only on disk).
 //! - [`admin`]: `device add|list|revoke`, and the admin socket a running
 //!   server answers them on.
-//! - [`http`]: the TLS listener, routes, connection limits, graceful shutdown.
+//! - [`http`]: the TLS listener, routes, connection limits, graceful shutdown;
+//!   [`peer`] carries each connection's address to the routes.
+//! - [`login`]: `POST /v1/enroll`, with per-account lockout and per-address
+//!   throttling; [`admin_api`]: `/v1/admin/users` for administrators.
 //! - [`sync`]: the sync hub that each authenticated WebSocket is handed to.
 //!
 //! Typical flow (`main.rs`): resolve config → open data dir and database →
@@ -18,12 +21,15 @@
 //! Unix only: the admin socket is a Unix domain socket.
 
 pub mod admin;
+pub mod admin_api;
 pub mod audit;
 pub mod config;
 pub mod data_dir;
 pub mod devices;
 pub mod docs;
 pub mod http;
+pub mod login;
+pub mod peer;
 pub mod store;
 pub mod sync;
 pub mod tls;

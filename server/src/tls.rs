@@ -175,6 +175,10 @@ pub fn load(
 
 /// A TLS 1.3/1.2 server configuration on the ring provider, offering only
 /// HTTP/1.1 because WebSocket upgrades need it.
+///
+/// The versions are named rather than left to rustls's defaults so that
+/// the rule (nothing older than TLS 1.2, which rustls cannot speak anyway)
+/// stays visible and tested here if a provider or default ever changes.
 pub fn build_server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -317,6 +321,112 @@ mod tests {
         assert!(verifier
             .verify_server_cert(&chain[0], &chain[1..], &other, &[], now)
             .is_err());
+    }
+
+    /// Runs a handshake in memory, returning the client's negotiated
+    /// version or the first error either side reports.
+    fn handshake(
+        server: Arc<rustls::ServerConfig>,
+        ca: &Path,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<rustls::ProtocolVersion, rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(ca).unwrap())
+            .unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut server = rustls::ServerConnection::new(server).unwrap();
+        for _ in 0..10 {
+            let mut bytes = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut bytes).unwrap();
+            }
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                server.read_tls(&mut rest).unwrap();
+                server.process_new_packets()?;
+            }
+            let mut bytes = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut bytes).unwrap();
+            }
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                client.read_tls(&mut rest).unwrap();
+                client.process_new_packets()?;
+            }
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(client.protocol_version().unwrap());
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    #[test]
+    fn tls_1_2_and_1_3_clients_are_served() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = server_config(None, tmp.path()).unwrap();
+        let ca = DevCertPaths::new(tmp.path()).ca;
+        assert_eq!(
+            handshake(config.clone(), &ca, &[&rustls::version::TLS12]).unwrap(),
+            rustls::ProtocolVersion::TLSv1_2
+        );
+        assert_eq!(
+            handshake(config, &ca, &[&rustls::version::TLS13]).unwrap(),
+            rustls::ProtocolVersion::TLSv1_3
+        );
+    }
+
+    /// A TLS 1.1 ClientHello (no supported_versions extension), offering
+    /// TLS_RSA_WITH_AES_128_CBC_SHA and TLS_RSA_WITH_AES_256_CBC_SHA.
+    const TLS11_CLIENT_HELLO: [u8; 52] = {
+        let mut hello = [0x11u8; 52];
+        let head = [
+            0x16, 0x03, 0x01, 0x00, 0x2f, 0x01, 0x00, 0x00, 0x2b, 0x03, 0x02,
+        ];
+        let mut i = 0;
+        while i < head.len() {
+            hello[i] = head[i];
+            i += 1;
+        }
+        // After the 32 random bytes: no session id, two suites, null
+        // compression, no extensions.
+        let tail = [0x00, 0x00, 0x04, 0x00, 0x2f, 0x00, 0x35, 0x01, 0x00];
+        let mut j = 0;
+        while j < tail.len() {
+            hello[43 + j] = tail[j];
+            j += 1;
+        }
+        hello
+    };
+
+    #[test]
+    fn a_tls_1_1_client_gets_an_alert_not_a_server_hello() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = server_config(None, tmp.path()).unwrap();
+        let mut server = rustls::ServerConnection::new(config).unwrap();
+        server.read_tls(&mut &TLS11_CLIENT_HELLO[..]).unwrap();
+        let error = server.process_new_packets().unwrap_err();
+        assert!(
+            matches!(error, rustls::Error::PeerIncompatible(_)),
+            "{error:?}"
+        );
+        let mut reply = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut reply).unwrap();
+        }
+        // One fatal alert record (content type 21, level 2) and nothing
+        // else: no ServerHello, so no TLS 1.1 session.
+        assert_eq!(reply.len(), 7, "{reply:02x?}");
+        assert_eq!((reply[0], reply[5]), (0x15, 2), "{reply:02x?}");
     }
 
     #[test]

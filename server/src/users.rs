@@ -1,9 +1,9 @@
 //! Users: who may log in, with which role, for which areas; passwords
 //! hashed with argon2; lockout after repeated failures.
 //!
-//! This is the first part of issue 4: the registry and the login rules,
-//! tested here. Wiring into enrolment, the admin commands and the admin
-//! API comes next.
+//! The registry and the login rules live here; `POST /v1/enroll`
+//! (`login.rs`), the admin commands (`admin.rs`) and the admin HTTP API
+//! (`admin_api.rs`) call into it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -24,6 +24,14 @@ pub const PASSWORD_CHARS_MIN: usize = 8;
 pub const ATTEMPTS_PER_ADDRESS_MAX: usize = 20;
 /// The window for per-address throttling, in seconds.
 pub const ADDRESS_WINDOW_SECS: u64 = 60;
+/// Longest user name accepted, in characters.
+pub const NAME_CHARS_MAX: usize = 64;
+/// Most areas one user may have.
+pub const AREAS_MAX: usize = 64;
+/// Longest area name accepted, in characters.
+pub const AREA_CHARS_MAX: usize = 128;
+/// Addresses the throttle remembers before it prunes quiet ones.
+const THROTTLE_ADDRESSES_PRUNE: usize = 10_000;
 
 const COMMON_PASSWORDS: &str = include_str!("../assets/common-passwords.txt");
 
@@ -59,6 +67,12 @@ pub enum UserError {
     /// The password breaks a rule.
     #[error("password refused: {0}")]
     WeakPassword(&'static str),
+    /// The user name breaks a rule.
+    #[error("invalid user name: {0}")]
+    InvalidName(&'static str),
+    /// An area name, or the number of areas, breaks a rule.
+    #[error("invalid areas: {0}")]
+    InvalidAreas(&'static str),
     /// The name is taken.
     #[error("a user named {0:?} exists already")]
     Exists(String),
@@ -112,6 +126,51 @@ pub fn check_password(name: &str, password: &str) -> Result<(), UserError> {
         return Err(UserError::WeakPassword(
             "it is on the list of common passwords",
         ));
+    }
+    Ok(())
+}
+
+/// Checks a new user name. Names appear in URLs (`/v1/admin/users/{name}`),
+/// audit entries and record headers, so they are kept to letters, digits
+/// and `.`, `-`, `_`, `@`.
+pub fn check_name(name: &str) -> Result<(), UserError> {
+    if name.is_empty() {
+        return Err(UserError::InvalidName("it is empty"));
+    }
+    if name.chars().count() > NAME_CHARS_MAX {
+        return Err(UserError::InvalidName("it is longer than 64 characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'))
+    {
+        return Err(UserError::InvalidName(
+            "use only letters, digits and . - _ @",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a user's areas: area names are matched against record headers,
+/// so an empty or unprintable one could only ever be a mistake.
+pub fn check_areas(areas: &[String]) -> Result<(), UserError> {
+    if areas.len() > AREAS_MAX {
+        return Err(UserError::InvalidAreas("a user may have at most 64 areas"));
+    }
+    for area in areas {
+        if area.trim().is_empty() {
+            return Err(UserError::InvalidAreas("an area name is empty"));
+        }
+        if area.chars().count() > AREA_CHARS_MAX {
+            return Err(UserError::InvalidAreas(
+                "an area name is longer than 128 characters",
+            ));
+        }
+        if area.chars().any(char::is_control) {
+            return Err(UserError::InvalidAreas(
+                "an area name contains control characters",
+            ));
+        }
     }
     Ok(())
 }
@@ -175,6 +234,8 @@ impl UserRegistry {
         areas: &[String],
         password: &str,
     ) -> Result<User, UserError> {
+        check_name(name)?;
+        check_areas(areas)?;
         if self.get(name)?.is_some() {
             return Err(UserError::Exists(name.to_string()));
         }
@@ -220,6 +281,7 @@ impl UserRegistry {
 
     /// Replaces a user's areas.
     pub fn set_areas(&self, name: &str, areas: &[String]) -> Result<User, UserError> {
+        check_areas(areas)?;
         self.update(name, |u| u.areas = areas.to_vec())
     }
 
@@ -272,9 +334,16 @@ const DUMMY_HASH: &str =
 
 /// Per-address throttling of login attempts, in memory (attempts are cheap
 /// to count and need not survive a restart).
+///
+/// Every attempt counts from the moment it is made, so many concurrent
+/// guesses cannot all slip in before the first is refused; a login that
+/// then succeeds is [`forgive`](Self::forgive)n, so only failures add up.
 #[derive(Default)]
 pub struct LoginThrottle {
     attempts: HashMap<IpAddr, Vec<u64>>,
+    /// When each address's throttling was last reported, so a flood of
+    /// refused attempts makes one audit entry per window, not one each.
+    reported: HashMap<IpAddr, u64>,
 }
 
 impl LoginThrottle {
@@ -290,14 +359,43 @@ impl LoginThrottle {
             ));
         }
         recent.push(now);
-        // Bound the map: forget addresses with nothing recent.
-        if self.attempts.len() > 10_000 {
+        // Bound the maps: forget addresses with nothing recent.
+        if self.attempts.len() > THROTTLE_ADDRESSES_PRUNE {
             self.attempts.retain(|_, v| {
                 v.iter()
                     .any(|t| now.saturating_sub(*t) < ADDRESS_WINDOW_SECS)
             });
         }
         Ok(())
+    }
+
+    /// Takes back the attempt `addr` made at `at`: the login succeeded, or
+    /// the server rather than the password failed.
+    pub fn forgive(&mut self, addr: IpAddr, at: u64) {
+        if let Some(recent) = self.attempts.get_mut(&addr) {
+            if let Some(i) = recent.iter().rposition(|t| *t == at) {
+                recent.remove(i);
+            }
+            if recent.is_empty() {
+                self.attempts.remove(&addr);
+            }
+        }
+    }
+
+    /// Whether a refusal of `addr` at `now` should be reported (audited):
+    /// true for the first refusal in each window.
+    pub fn report_refusal(&mut self, addr: IpAddr, now: u64) -> bool {
+        if self.reported.len() > THROTTLE_ADDRESSES_PRUNE {
+            self.reported
+                .retain(|_, t| now.saturating_sub(*t) < ADDRESS_WINDOW_SECS);
+        }
+        match self.reported.get(&addr) {
+            Some(t) if now.saturating_sub(*t) < ADDRESS_WINDOW_SECS => false,
+            _ => {
+                self.reported.insert(addr, now);
+                true
+            }
+        }
     }
 }
 
@@ -440,5 +538,83 @@ mod tests {
         throttle
             .attempt(addr, 100 + ADDRESS_WINDOW_SECS + 1)
             .unwrap();
+    }
+
+    #[test]
+    fn forgiven_attempts_do_not_count() {
+        let mut throttle = LoginThrottle::default();
+        let addr: IpAddr = "192.0.2.7".parse().unwrap();
+        // Many officers behind one station router log in successfully.
+        for _ in 0..ATTEMPTS_PER_ADDRESS_MAX * 3 {
+            throttle.attempt(addr, 500).unwrap();
+            throttle.forgive(addr, 500);
+        }
+        for _ in 0..ATTEMPTS_PER_ADDRESS_MAX {
+            throttle.attempt(addr, 500).unwrap();
+        }
+        assert!(throttle.attempt(addr, 500).is_err());
+        // A success frees the slot its own attempt took, no more.
+        throttle.forgive(addr, 500);
+        throttle.attempt(addr, 500).unwrap();
+        assert!(throttle.attempt(addr, 500).is_err());
+    }
+
+    #[test]
+    fn a_throttled_address_is_reported_once_per_window() {
+        let mut throttle = LoginThrottle::default();
+        let addr: IpAddr = "192.0.2.8".parse().unwrap();
+        assert!(throttle.report_refusal(addr, 1_000));
+        assert!(!throttle.report_refusal(addr, 1_001));
+        assert!(!throttle.report_refusal(addr, 1_000 + ADDRESS_WINDOW_SECS - 1));
+        assert!(throttle.report_refusal(addr, 1_000 + ADDRESS_WINDOW_SECS));
+        assert!(throttle.report_refusal("192.0.2.9".parse().unwrap(), 1_001));
+    }
+
+    #[test]
+    fn names_and_areas_are_checked() {
+        for good in [
+            "otieno",
+            "cpl.otieno",
+            "w_njeri-2",
+            "admin@kibera",
+            "Wanjirũ",
+        ] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "a%20",
+            "x\n",
+            &"x".repeat(NAME_CHARS_MAX + 1),
+        ] {
+            assert!(
+                matches!(check_name(bad), Err(UserError::InvalidName(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(check_areas(&[]).is_ok());
+        assert!(check_areas(&["kibera-north".into(), "Mathare 3".into()]).is_ok());
+        for bad in [
+            vec![" ".to_string()],
+            vec!["a\u{7}".into()],
+            vec!["k".into(); AREAS_MAX + 1],
+        ] {
+            assert!(matches!(check_areas(&bad), Err(UserError::InvalidAreas(_))));
+        }
+        let (_dir, users) = registry();
+        assert!(matches!(
+            users.add("two words", Role::Officer, &[], "radio check 1900"),
+            Err(UserError::InvalidName(_))
+        ));
+        users
+            .add("njeri", Role::Officer, &[], "radio check 1900")
+            .unwrap();
+        assert!(matches!(
+            users.set_areas("njeri", &["".into()]),
+            Err(UserError::InvalidAreas(_))
+        ));
+        assert!(users.get("njeri").unwrap().unwrap().areas.is_empty());
     }
 }

@@ -646,6 +646,48 @@ pub fn run_server_command(data: &Path, args: &[&str], stdin: &str) -> Output {
 /// A plain HTTPS GET (HTTP/1.1, `Connection: close`) with an optional
 /// bearer token: the status and the body.
 pub async fn https_get(server: &ServerProcess, path: &str, token: Option<&str>) -> (u16, String) {
+    let reply = https_request(server, "GET", path, token, None).await;
+    (reply.status, reply.body)
+}
+
+/// What one HTTPS exchange answered.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    /// The status code.
+    pub status: u16,
+    /// The status line and headers.
+    pub head: String,
+    /// The body, de-chunked.
+    pub body: String,
+}
+
+impl HttpReply {
+    /// A header's value (name case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then_some(value.trim())
+        })
+    }
+
+    /// The body as JSON; fails the test if it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// One HTTPS request (HTTP/1.1, `Connection: close`) with an optional
+/// bearer token and JSON body.
+pub async fn https_request(
+    server: &ServerProcess,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json: Option<&serde_json::Value>,
+) -> HttpReply {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let tcp = TcpStream::connect(server.addr())
@@ -659,8 +701,18 @@ pub async fn https_get(server: &ServerProcess, path: &str, token: Option<&str>) 
         let auth = token
             .map(|t| format!("Authorization: Bearer {t}\r\n"))
             .unwrap_or_default();
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+        let body = json.map(|j| j.to_string()).unwrap_or_default();
+        let content = if json.is_some() || method != "GET" {
+            format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            )
+        } else {
+            String::new()
+        };
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}{content}Connection: close\r\n\r\n{body}"
+        );
         tls.write_all(request.as_bytes())
             .await
             .expect("send the request");
@@ -686,7 +738,11 @@ pub async fn https_get(server: &ServerProcess, path: &str, token: Option<&str>) 
     } else {
         body.to_string()
     };
-    (status, body)
+    HttpReply {
+        status,
+        head: head.to_string(),
+        body,
+    }
 }
 
 fn dechunk(mut body: &str) -> String {
