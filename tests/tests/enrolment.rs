@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use baraza_client::{Client, ClientError};
-use baraza_tests::{run_server_command, ServerProcess};
+use baraza_tests::{new_key, run_server_command, ServerProcess};
 
 fn user_cmd(data: &Path, args: &[&str], stdin: &str) {
     let mut full = vec!["user"];
@@ -20,7 +20,7 @@ fn user_cmd(data: &Path, args: &[&str], stdin: &str) {
 }
 
 async fn enroll(server: &ServerProcess, dir: &Path, password: &str) -> Result<Client, ClientError> {
-    let client = Client::open(dir).unwrap();
+    let client = Client::open(dir, &new_key()).unwrap();
     client
         .enroll(
             &server.url(),
