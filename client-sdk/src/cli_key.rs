@@ -37,8 +37,31 @@ pub fn store_key(
 ) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     let fresh = setting_up && !data.join("store").exists();
     match source {
-        KeySource::File(path) => from_file(path, fresh),
+        KeySource::File(path) => {
+            if inside(path, data) {
+                eprintln!(
+                    "warning: key file {} is inside the data dir: a copy of the data dir \
+                     carries its key; keep the key elsewhere",
+                    path.display()
+                );
+            }
+            from_file(path, fresh)
+        }
         KeySource::Passphrase => from_passphrase(data, fresh),
+    }
+}
+
+/// Whether `path` lies under `dir`, compared as absolute paths (either may
+/// not exist yet).
+fn inside(path: &Path, dir: &Path) -> bool {
+    let abs = |p: &Path| {
+        std::path::absolute(p)
+            .ok()
+            .map(|a| a.components().collect::<PathBuf>())
+    };
+    match (abs(path), abs(dir)) {
+        (Some(path), Some(dir)) => path.starts_with(dir),
+        _ => false,
     }
 }
 

@@ -242,6 +242,7 @@ fn init_creates_a_private_key_file_and_only_that_key_opens_the_store() {
     let (ok, _, err) = run(&data, &["--key-file", other, "list"], "");
     assert!(!ok);
     assert!(err.contains("wrong key"), "{err}");
+    assert!(!err.contains("inside the data dir"), "{err}");
     let (ok, _, err) = run(
         &data,
         &[
@@ -331,4 +332,19 @@ fn without_a_key_file_a_passphrase_seals_the_store() {
     let (ok, _, err) = run(&data, &["list"], "");
     assert!(!ok);
     assert!(err.contains("no key"), "{err}");
+}
+
+#[test]
+fn a_key_file_kept_inside_the_data_dir_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tablet");
+    let key = data.join("store.key");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not needed offline").unwrap();
+    let mut args = vec!["--key-file".to_string(), key.to_string_lossy().into_owned()];
+    args.extend(init_args(&ca.to_string_lossy()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = run(&data, &args, "");
+    assert!(ok, "{err}");
+    assert!(err.contains("inside the data dir"), "{err}");
 }
