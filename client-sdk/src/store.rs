@@ -486,6 +486,30 @@ mod tests {
         out
     }
 
+    /// Opens a store just closed in this process. sled lets go of its lock
+    /// file only once its background threads drop their last handle, a
+    /// moment after the store is dropped, so a lock error is waited out.
+    fn reopen(dir: &Path, key: &[u8]) -> Result<LocalStore, ClientError> {
+        waiting_out_lock(|| LocalStore::open(dir, key))
+    }
+
+    fn waiting_out_lock<T>(
+        mut open: impl FnMut() -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match open() {
+                Err(ClientError::Store(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle)
     }
@@ -540,15 +564,16 @@ mod tests {
 
         // Another key is refused, and the store is left as it was.
         let wrong = [0xa5; 32];
-        assert!(matches!(
-            LocalStore::open(dir.path(), &wrong),
-            Err(ClientError::WrongKey)
-        ));
+        match reopen(dir.path(), &wrong) {
+            Err(ClientError::WrongKey) => {}
+            Err(other) => panic!("expected WrongKey, got {other}"),
+            Ok(_) => panic!("another key opened the store"),
+        }
         assert!(matches!(
             LocalStore::open(dir.path(), &KEY[..31]),
             Err(ClientError::KeyLength(31))
         ));
-        let store = LocalStore::open(dir.path(), &KEY).unwrap();
+        let store = reopen(dir.path(), &KEY).unwrap();
         assert_eq!(store.setting("token").unwrap().as_deref(), Some(token));
         assert_eq!(
             store.load(id).unwrap().unwrap().get_heads(),
@@ -593,10 +618,10 @@ mod tests {
             db.flush().unwrap();
         }
         assert!(matches!(
-            LocalStore::open(dir.path(), &KEY),
+            reopen(dir.path(), &KEY),
             Err(ClientError::UnsealedStore)
         ));
-        let db = sled::open(dir.path().join("store")).unwrap();
+        let db = waiting_out_lock(|| Ok(sled::open(dir.path().join("store"))?)).unwrap();
         assert!(db.open_tree("meta").unwrap().get(FORMAT).unwrap().is_none());
     }
 
@@ -617,7 +642,7 @@ mod tests {
             assert!(store.chunks.len() < CHUNKS_BEFORE_SAVE as usize);
             doc.get_heads()
         };
-        let reopened = LocalStore::open(dir.path(), &KEY).unwrap();
+        let reopened = reopen(dir.path(), &KEY).unwrap();
         let loaded = reopened.load(id).unwrap().unwrap();
         assert_eq!(loaded.get_heads(), heads);
         assert_eq!(reopened.unacknowledged_count(), 1);
