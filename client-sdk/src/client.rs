@@ -96,10 +96,18 @@ fn now_ms() -> i64 {
 }
 
 impl Client {
-    /// Opens (or creates) the device's store in `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Client, ClientError> {
+    /// Opens (or creates) the device's store in `data_dir`. Every record,
+    /// setting and sync state is sealed on disk under `key`: 32 bytes the
+    /// app keeps in the platform keystore (Android Keystore, iOS Keychain),
+    /// never in the data dir. The same key must be given every time: a store
+    /// sealed with another is refused with [`ClientError::WrongKey`] and left
+    /// as it was; a key of another length with [`ClientError::KeyLength`].
+    pub fn open(data_dir: &Path, key: &[u8]) -> Result<Client, ClientError> {
+        if key.len() != crate::seal::KEY_LEN {
+            return Err(ClientError::KeyLength(key.len()));
+        }
         std::fs::create_dir_all(data_dir).map_err(|e| ClientError::Store(sled::Error::Io(e)))?;
-        let store = LocalStore::open(data_dir)?;
+        let store = LocalStore::open(data_dir, key)?;
         Ok(Client {
             store,
             local_edits: Arc::new(Notify::new()),

@@ -56,6 +56,23 @@ pub enum ClientError {
     /// An edit the record's schema does not allow.
     #[error(transparent)]
     Edit(#[from] baraza_records::EditError),
+    /// The app supplied a store key of the wrong length.
+    #[error("the store key must be 32 bytes, not {0}")]
+    KeyLength(usize),
+    /// The store was sealed with another key. Nothing was read or changed.
+    #[error(
+        "wrong key for this tablet's store: it was sealed with another key (nothing was changed)"
+    )]
+    WrongKey,
+    /// The data dir holds records written before stores were encrypted.
+    #[error(
+        "this tablet's store was written without encryption; it is left untouched: \
+         open an empty data dir and sync the records into it"
+    )]
+    UnsealedStore,
+    /// The store was written by a newer version of the SDK.
+    #[error("this tablet's store has format {0}, newer than this app reads")]
+    StoreFormat(u8),
     /// A local automerge operation failed.
     #[error("document: {0}")]
     Automerge(#[from] automerge::AutomergeError),

@@ -10,8 +10,10 @@
 //! Not here: the wire format and the reconciliation rules (in
 //! `baraza-protocol`), and anything the server decides.
 //!
-//! Typical flow: `Client::open(dir)` → `configure(url, ca, token)` once →
-//! edits at any time → `sync_once` or `start_background`.
+//! Typical flow: `Client::open(dir, key)` (the 32-byte key from the
+//! platform keystore; the store is sealed with it on disk) →
+//! `configure(url, ca, token)` once → edits at any time → `sync_once` or
+//! `start_background`.
 //!
 //! The public API is kept small and FFI-friendly (strings, integers, plain
 //! structs, one callback trait) for the UniFFI bindings to come.
@@ -19,6 +21,7 @@
 pub mod client;
 pub mod error;
 pub mod record;
+pub mod seal;
 pub mod store;
 pub mod sync;
 pub mod transport;
@@ -26,5 +29,6 @@ pub mod transport;
 pub use client::{BackgroundSync, Client, Enrolment, RefusedRecord, Status};
 pub use error::ClientError;
 pub use record::{Field, Record};
+pub use seal::KEY_LEN;
 pub use store::Rejection;
 pub use sync::{NoListener, SyncEvent, SyncListener, SyncReport, WipeReport};

@@ -1,6 +1,8 @@
 //! `baraza`: a scriptable command-line tablet over the client SDK.
 
 use std::path::PathBuf;
+
+mod cli_key;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -22,6 +24,13 @@ struct Cli {
         default_value = "./baraza-tablet"
     )]
     data: PathBuf,
+    /// File holding the key that seals the tablet's store: 32 raw bytes or
+    /// 64 hex digits. `init` and `enroll` create it (random, mode 0600) if
+    /// it is missing and the data dir is new. Without it, a passphrase is
+    /// asked for on the terminal (or read as the first line of standard
+    /// input) and stretched with argon2id.
+    #[arg(long, global = true, env = "BARAZA_KEY_FILE")]
+    key_file: Option<PathBuf>,
     /// Print machine-readable JSON (read verbs and sync).
     #[arg(long, global = true)]
     json: bool,
@@ -49,8 +58,9 @@ enum Command {
         #[arg(long)]
         area: Option<String>,
     },
-    /// Enrols this tablet: logs in as a user (password from standard input)
-    /// and receives the device's own token.
+    /// Enrols this tablet: logs in as a user (password from standard input,
+    /// after the store passphrase if there is no key file) and receives the
+    /// device's own token.
     Enroll {
         /// Server URL, e.g. https://127.0.0.1:8443
         #[arg(long)]
@@ -325,8 +335,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = Client::open(&cli.data)
+    let source = match &cli.key_file {
+        Some(path) => cli_key::KeySource::File(path),
+        None => cli_key::KeySource::Passphrase,
+    };
+    let setting_up = matches!(cli.command, Command::Init { .. } | Command::Enroll { .. });
+    let key = cli_key::store_key(&cli.data, source, setting_up)?;
+    let client = Client::open(&cli.data, &key)
         .with_context(|| format!("cannot open tablet data in {}", cli.data.display()))?;
+    drop(key);
     match cli.command {
         Command::Init {
             server,

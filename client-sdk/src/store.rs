@@ -8,6 +8,12 @@
 //! store id, cursor, last sync). A local edit is flushed before the call
 //! that made it returns: the tablet forgets nothing it was told to record.
 //!
+//! Every value is sealed ([`crate::seal`]) under the key the app supplies,
+//! bound to its tree and sled key; keys (record ids, setting names) stay in
+//! the clear so lookups and scans work unchanged. The one plaintext value is
+//! the format marker in `meta`: the format version and a sealed constant,
+//! which tells a wrong key apart before anything is read or written.
+//!
 //! Writes append only the new changes (a full save every
 //! [`CHUNKS_BEFORE_SAVE`] writes), and recently used documents stay loaded
 //! in a small cache: receiving a change costs an apply, not a load and a
@@ -20,6 +26,7 @@ use automerge::{Automerge, ChangeHash};
 use baraza_protocol::{DocId, ErrorCode, Head, Replica, Seq, StoreId};
 
 use crate::error::ClientError;
+use crate::seal::Sealer;
 
 /// Appended chunks a record may gather before the next write saves it whole.
 pub const CHUNKS_BEFORE_SAVE: u32 = 32;
@@ -34,39 +41,122 @@ struct Cached {
     chunks: u32,
 }
 
+/// A sled tree whose values are sealed: the only way the store writes or
+/// reads values, so none can reach the disk in the clear.
+#[derive(Clone)]
+struct SealedTree {
+    tree: sled::Tree,
+    name: &'static str,
+    sealer: Arc<Sealer>,
+}
+
+impl SealedTree {
+    fn open(db: &sled::Db, name: &'static str, sealer: &Arc<Sealer>) -> sled::Result<Self> {
+        Ok(SealedTree {
+            tree: db.open_tree(name)?,
+            name,
+            sealer: sealer.clone(),
+        })
+    }
+
+    fn unseal(&self, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, ClientError> {
+        self.sealer
+            .open(self.name, key, sealed)
+            .map_err(|e| ClientError::Corrupt {
+                what: self.name,
+                reason: e.to_string(),
+            })
+    }
+
+    fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, ClientError> {
+        let key = key.as_ref();
+        self.tree
+            .get(key)?
+            .map(|v| self.unseal(key, &v))
+            .transpose()
+    }
+
+    fn insert(&self, key: impl AsRef<[u8]>, value: &[u8]) -> Result<(), ClientError> {
+        let key = key.as_ref();
+        self.tree
+            .insert(key, self.sealer.seal(self.name, key, value)?)?;
+        Ok(())
+    }
+
+    fn remove(&self, key: impl AsRef<[u8]>) -> Result<(), ClientError> {
+        self.tree.remove(key)?;
+        Ok(())
+    }
+
+    /// Keys and opened values, in key order.
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(sled::IVec, Vec<u8>), ClientError>> + '_ {
+        self.tree.scan_prefix(prefix).map(move |item| {
+            let (k, v) = item?;
+            let plain = self.unseal(&k, &v)?;
+            Ok((k, plain))
+        })
+    }
+
+    fn keys_with_prefix(&self, prefix: &[u8]) -> impl Iterator<Item = sled::Result<sled::IVec>> {
+        self.tree.scan_prefix(prefix).keys()
+    }
+
+    fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    fn clear(&self) -> Result<(), ClientError> {
+        self.tree.clear()?;
+        Ok(())
+    }
+}
+
 /// The sled-backed local store. Clones share the database, the cache and
 /// the write lock.
 #[derive(Clone)]
 pub struct LocalStore {
     db: sled::Db,
-    docs: sled::Tree,
-    chunks: sled::Tree,
+    docs: SealedTree,
+    chunks: SealedTree,
     cache: Arc<Mutex<lru::LruCache<DocId, Cached>>>,
     write_lock: Arc<Mutex<()>>,
-    known: sled::Tree,
-    unacked: sled::Tree,
-    refused: sled::Tree,
-    meta: sled::Tree,
+    known: SealedTree,
+    unacked: SealedTree,
+    refused: SealedTree,
+    meta: SealedTree,
 }
 
 const CURSOR: &[u8] = b"cursor";
 const STORE: &[u8] = b"store_id";
 const LAST_SYNC: &[u8] = b"last_sync";
+/// The plaintext marker in `meta`: [`STORE_FORMAT`], then [`KEY_CHECK`] sealed.
+const FORMAT: &[u8] = b"format";
+/// Version of the store's layout; 1 is the first sealed one.
+const STORE_FORMAT: u8 = 1;
+const KEY_CHECK: &[u8] = b"baraza tablet store key check";
+const TREES: [&str; 6] = ["docs", "chunks", "known", "unacked", "refused", "meta"];
 
 impl LocalStore {
-    /// Opens or creates the store in `dir`.
-    pub fn open(dir: &Path) -> Result<LocalStore, ClientError> {
+    /// Opens or creates the store in `dir`, sealed under `key` (32 bytes).
+    /// A store sealed with another key is refused with
+    /// [`ClientError::WrongKey`] before anything is read or written.
+    pub fn open(dir: &Path, key: &[u8]) -> Result<LocalStore, ClientError> {
+        let sealer = Arc::new(Sealer::new(key)?);
         let db = sled::open(dir.join("store"))?;
+        check_or_mark(&db, &sealer)?;
         let cap = std::num::NonZeroUsize::new(CACHE_DOCS).unwrap_or(std::num::NonZeroUsize::MIN);
         Ok(LocalStore {
-            docs: db.open_tree("docs")?,
-            chunks: db.open_tree("chunks")?,
+            docs: SealedTree::open(&db, "docs", &sealer)?,
+            chunks: SealedTree::open(&db, "chunks", &sealer)?,
             cache: Arc::new(Mutex::new(lru::LruCache::new(cap))),
             write_lock: Arc::new(Mutex::new(())),
-            known: db.open_tree("known")?,
-            unacked: db.open_tree("unacked")?,
-            refused: db.open_tree("refused")?,
-            meta: db.open_tree("meta")?,
+            known: SealedTree::open(&db, "known", &sealer)?,
+            unacked: SealedTree::open(&db, "unacked", &sealer)?,
+            refused: SealedTree::open(&db, "refused", &sealer)?,
+            meta: SealedTree::open(&db, "meta", &sealer)?,
             db,
         })
     }
@@ -80,7 +170,7 @@ impl LocalStore {
     /// Reads a setting.
     pub fn setting(&self, key: &str) -> Result<Option<String>, ClientError> {
         match self.meta.get(format!("setting/{key}"))? {
-            Some(v) => Ok(Some(String::from_utf8(v.to_vec()).map_err(|e| {
+            Some(v) => Ok(Some(String::from_utf8(v).map_err(|e| {
                 ClientError::Corrupt {
                     what: "setting",
                     reason: e.to_string(),
@@ -113,10 +203,9 @@ impl LocalStore {
         if let Some(c) = self.cache().get(&id) {
             return Ok(Some(c.doc.clone()));
         }
-        let Some(saved) = self.docs.get(id.as_bytes())? else {
+        let Some(mut bytes) = self.docs.get(id.as_bytes())? else {
             return Ok(None);
         };
-        let mut bytes = saved.to_vec();
         let mut chunks = 0;
         for item in self.chunks.scan_prefix(id.as_bytes()) {
             bytes.extend_from_slice(&item?.1);
@@ -146,14 +235,14 @@ impl LocalStore {
                 }
                 let mut key = id.as_bytes().to_vec();
                 key.extend_from_slice(&chunks.to_be_bytes());
-                self.chunks.insert(key, delta)?;
+                self.chunks.insert(key, &delta)?;
                 chunks + 1
             }
             _ => {
                 // The save goes first: a crash between the two leaves old
                 // chunks beside it, which load as duplicates and are ignored.
-                self.docs.insert(id.as_bytes(), doc.save())?;
-                for key in self.chunks.scan_prefix(id.as_bytes()).keys() {
+                self.docs.insert(id.as_bytes(), &doc.save())?;
+                for key in self.chunks.keys_with_prefix(id.as_bytes()) {
                     self.chunks.remove(key?)?;
                 }
                 0
@@ -179,19 +268,22 @@ impl LocalStore {
     /// needing to reach the server.
     pub fn save_local_edit(&self, id: DocId, doc: &Automerge) -> Result<(), ClientError> {
         self.write(id, doc)?;
-        self.unacked.insert(id.as_bytes(), &[])?;
+        self.unacked.insert(id.as_bytes(), b"")?;
         self.refused.remove(id.as_bytes())?;
         self.flush()
     }
 
     /// All record ids held, in id order.
     pub fn ids(&self) -> Result<Vec<DocId>, ClientError> {
-        self.docs.iter().keys().map(|k| doc_id(&k?)).collect()
+        self.docs
+            .keys_with_prefix(b"")
+            .map(|k| doc_id(&k?))
+            .collect()
     }
 
     /// True if the record has changes the server has not acknowledged.
     pub fn is_unacknowledged(&self, id: DocId) -> Result<bool, ClientError> {
-        Ok(self.unacked.contains_key(id.as_bytes())?)
+        Ok(self.unacked.get(id.as_bytes())?.is_some())
     }
 
     /// How many records have changes the server has not acknowledged.
@@ -202,7 +294,7 @@ impl LocalStore {
     /// Records the server refused, with its reasons.
     pub fn refusals(&self) -> Result<Vec<(DocId, Rejection)>, ClientError> {
         self.refused
-            .iter()
+            .scan_prefix(b"")
             .map(|item| {
                 let (k, v) = item?;
                 Ok((doc_id(&k)?, Rejection::decode(&v)))
@@ -221,7 +313,7 @@ impl LocalStore {
     /// Deletes one record and everything kept about it.
     pub fn delete(&self, id: DocId) -> Result<(), ClientError> {
         self.cache().pop(&id);
-        for key in self.chunks.scan_prefix(id.as_bytes()).keys() {
+        for key in self.chunks.keys_with_prefix(id.as_bytes()) {
             self.chunks.remove(key?)?;
         }
         for tree in [&self.docs, &self.known, &self.unacked, &self.refused] {
@@ -237,8 +329,7 @@ impl LocalStore {
         let all = self.ids()?;
         let unacked: Vec<DocId> = self
             .unacked
-            .iter()
-            .keys()
+            .keys_with_prefix(b"")
             .map(|k| doc_id(&k?))
             .collect::<Result<_, _>>()?;
         self.cache().clear();
@@ -280,15 +371,14 @@ impl LocalStore {
     /// When the last sync completed (seconds since the Unix epoch).
     pub fn last_sync(&self) -> Result<Option<u64>, ClientError> {
         Ok(self.meta.get(LAST_SYNC)?.and_then(|v| {
-            let arr: [u8; 8] = v.as_ref().try_into().ok()?;
+            let arr: [u8; 8] = v.as_slice().try_into().ok()?;
             Some(u64::from_be_bytes(arr))
         }))
     }
 
     /// Records a completed sync.
     pub fn set_last_sync(&self, unix_secs: u64) -> Result<(), ClientError> {
-        self.meta.insert(LAST_SYNC, &unix_secs.to_be_bytes())?;
-        Ok(())
+        self.meta.insert(LAST_SYNC, &unix_secs.to_be_bytes())
     }
 
     /// How many records the device holds.
@@ -320,6 +410,42 @@ impl Rejection {
             rule: None,
             message: String::from_utf8_lossy(bytes).into_owned(),
         })
+    }
+}
+
+/// Checks the format marker against `sealer`, or writes it into a new
+/// store. Runs before anything else touches the trees, so a wrong key
+/// changes nothing.
+fn check_or_mark(db: &sled::Db, sealer: &Sealer) -> Result<(), ClientError> {
+    let meta = db.open_tree("meta")?;
+    match meta.get(FORMAT)? {
+        Some(marker) => {
+            let (&version, check) = marker.split_first().ok_or(ClientError::UnsealedStore)?;
+            if version > STORE_FORMAT {
+                return Err(ClientError::StoreFormat(version));
+            }
+            match sealer.open("meta", FORMAT, check) {
+                Ok(plain) if plain == KEY_CHECK => Ok(()),
+                _ => Err(ClientError::WrongKey),
+            }
+        }
+        None => {
+            // Records written before stores were sealed would be read as
+            // corrupt, and sealing them in place would leave their old
+            // plaintext in sled's log: refuse instead.
+            for name in TREES {
+                if db.tree_names().iter().any(|t| t == name.as_bytes())
+                    && !db.open_tree(name)?.is_empty()
+                {
+                    return Err(ClientError::UnsealedStore);
+                }
+            }
+            let mut marker = vec![STORE_FORMAT];
+            marker.extend_from_slice(&sealer.seal("meta", FORMAT, KEY_CHECK)?);
+            meta.insert(FORMAT, marker)?;
+            db.flush()?;
+            Ok(())
+        }
     }
 }
 
@@ -369,7 +495,7 @@ impl Replica for LocalStore {
     }
 
     fn set_known(&mut self, id: DocId, heads: &[Head], settled: bool) -> Result<(), ClientError> {
-        self.known.insert(id.as_bytes(), heads_bytes(heads))?;
+        self.known.insert(id.as_bytes(), &heads_bytes(heads))?;
         if settled {
             self.unacked.remove(id.as_bytes())?;
         }
@@ -380,9 +506,9 @@ impl Replica for LocalStore {
         // A refused record waits for its next local edit: offering the same
         // changes again would only be refused again.
         let mut out = Vec::new();
-        for key in self.unacked.iter().keys() {
+        for key in self.unacked.keys_with_prefix(b"") {
             let key = key?;
-            if !self.refused.contains_key(&key)? {
+            if self.refused.get(&key)?.is_none() {
                 out.push(doc_id(&key)?);
             }
         }
@@ -396,17 +522,17 @@ impl Replica for LocalStore {
     fn set_cursor(&mut self, store: StoreId, seq: Seq) -> Result<(), ClientError> {
         // Flushed, and after the documents it vouches for (sled keeps the
         // order of writes), so a crash never leaves a cursor ahead of them.
-        self.meta.insert(STORE, &store.as_bytes()[..])?;
+        self.meta.insert(STORE, store.as_bytes())?;
         self.meta.insert(CURSOR, &seq.to_be_bytes())?;
         self.flush()
     }
 
     fn reset(&mut self, store: StoreId) -> Result<(), ClientError> {
         self.known.clear()?;
-        for id in self.docs.iter().keys() {
-            self.unacked.insert(id?, &[])?;
+        for id in self.docs.keys_with_prefix(b"") {
+            self.unacked.insert(id?, b"")?;
         }
-        self.meta.insert(STORE, &store.as_bytes()[..])?;
+        self.meta.insert(STORE, store.as_bytes())?;
         self.meta.insert(CURSOR, &0u64.to_be_bytes())?;
         self.flush()
     }
@@ -424,7 +550,7 @@ impl Replica for LocalStore {
             rule: rule.map(str::to_string),
             message: message.to_string(),
         };
-        self.refused.insert(id.as_bytes(), rejection.encode())?;
+        self.refused.insert(id.as_bytes(), &rejection.encode())?;
         self.flush()
     }
 
@@ -439,13 +565,172 @@ mod tests {
     use super::*;
     use automerge::transaction::Transactable;
 
+    const KEY: [u8; 32] = [0x5a; 32];
+
+    /// Every byte of every file under `dir`.
+    fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    todo.push(path);
+                } else {
+                    out.push((path.clone(), std::fs::read(&path).unwrap()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Opens a store just closed in this process. sled lets go of its lock
+    /// file only once its background threads drop their last handle, a
+    /// moment after the store is dropped, so a lock error is waited out.
+    fn reopen(dir: &Path, key: &[u8]) -> Result<LocalStore, ClientError> {
+        waiting_out_lock(|| LocalStore::open(dir, key))
+    }
+
+    fn waiting_out_lock<T>(
+        mut open: impl FnMut() -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match open() {
+                Err(ClientError::Store(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn a_copied_store_reveals_no_record_text_or_setting_without_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = DocId::from_bytes([9; 16]);
+        let phrase = "Witness saw a grey Probox near Kamukunji";
+        let token = "bz_0123456789abcdef0123456789abcdef_s3cr3t-t0ken";
+        let mut doc = Automerge::new();
+        let mut sealed_plaintexts = Vec::new();
+        {
+            let store = LocalStore::open(dir.path(), &KEY).unwrap();
+            store.set_setting("token", token).unwrap();
+            let mut tx = doc.transaction();
+            tx.put(automerge::ROOT, "title", phrase).unwrap();
+            tx.commit();
+            store.save_local_edit(id, &doc).unwrap();
+            sealed_plaintexts.push(doc.save());
+            let before = doc.get_heads();
+            let mut tx = doc.transaction();
+            let notes = tx
+                .put_object(automerge::ROOT, "notes", automerge::ObjType::Text)
+                .unwrap();
+            tx.splice_text(&notes, 0, 0, phrase).unwrap();
+            tx.commit();
+            store.save_local_edit(id, &doc).unwrap();
+            sealed_plaintexts.push(doc.save_after(&before));
+            let mut r = store.clone();
+            r.refused(id, ErrorCode::InvalidRecord, None, phrase)
+                .unwrap();
+            r.set_cursor(StoreId::from_bytes([1; 16]), 42).unwrap();
+            store.flush().unwrap();
+        }
+        // The control: what the store sealed (a whole save, then one
+        // appended chunk) carries the phrase in the clear, so a store
+        // writing them as they are would be found out by this search.
+        for bytes in &sealed_plaintexts {
+            assert!(contains(bytes, phrase.as_bytes()));
+        }
+        let files = files_under(dir.path());
+        assert!(!files.is_empty());
+        for (path, bytes) in &files {
+            for secret in [phrase, token, "s3cr3t-t0ken"] {
+                assert!(
+                    !contains(bytes, secret.as_bytes()),
+                    "{secret:?} is readable in {}",
+                    path.display()
+                );
+            }
+        }
+
+        // Another key is refused, and the store is left as it was.
+        let wrong = [0xa5; 32];
+        match reopen(dir.path(), &wrong) {
+            Err(ClientError::WrongKey) => {}
+            Err(other) => panic!("expected WrongKey, got {other}"),
+            Ok(_) => panic!("another key opened the store"),
+        }
+        assert!(matches!(
+            LocalStore::open(dir.path(), &KEY[..31]),
+            Err(ClientError::KeyLength(31))
+        ));
+        let store = reopen(dir.path(), &KEY).unwrap();
+        assert_eq!(store.setting("token").unwrap().as_deref(), Some(token));
+        assert_eq!(
+            store.load(id).unwrap().unwrap().get_heads(),
+            doc.get_heads()
+        );
+        assert_eq!(
+            store.cursor_state().unwrap(),
+            (Some(StoreId::from_bytes([1; 16])), 42)
+        );
+        assert!(store.refusals().unwrap()[0].1.message.contains(phrase));
+    }
+
+    #[test]
+    fn a_value_moved_to_another_record_is_refused_as_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (DocId::from_bytes([1; 16]), DocId::from_bytes([2; 16]));
+        let store = LocalStore::open(dir.path(), &KEY).unwrap();
+        let mut doc = Automerge::new();
+        let mut tx = doc.transaction();
+        tx.put(automerge::ROOT, "title", "a").unwrap();
+        tx.commit();
+        store.save_local_edit(a, &doc).unwrap();
+        let raw = store.docs.tree.get(a.as_bytes()).unwrap().unwrap();
+        store.docs.tree.insert(b.as_bytes(), raw).unwrap();
+        store.cache().clear();
+        assert!(store.load(a).unwrap().is_some());
+        assert!(matches!(
+            store.load(b),
+            Err(ClientError::Corrupt { what: "docs", .. })
+        ));
+    }
+
+    #[test]
+    fn a_store_written_before_sealing_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path().join("store")).unwrap();
+            db.open_tree("docs")
+                .unwrap()
+                .insert([7; 16], &b"plain automerge bytes"[..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(
+            reopen(dir.path(), &KEY),
+            Err(ClientError::UnsealedStore)
+        ));
+        let db = waiting_out_lock(|| Ok(sled::open(dir.path().join("store"))?)).unwrap();
+        assert!(db.open_tree("meta").unwrap().get(FORMAT).unwrap().is_none());
+    }
+
     #[test]
     fn appended_chunks_and_periodic_saves_load_back_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let id = DocId::from_bytes([3; 16]);
         let mut doc = Automerge::new();
         let heads = {
-            let store = LocalStore::open(dir.path()).unwrap();
+            let store = LocalStore::open(dir.path(), &KEY).unwrap();
             // More writes than CHUNKS_BEFORE_SAVE, so both paths run.
             for i in 0..(CHUNKS_BEFORE_SAVE as i64 * 2 + 5) {
                 let mut tx = doc.transaction();
@@ -456,7 +741,7 @@ mod tests {
             assert!(store.chunks.len() < CHUNKS_BEFORE_SAVE as usize);
             doc.get_heads()
         };
-        let reopened = LocalStore::open(dir.path()).unwrap();
+        let reopened = reopen(dir.path(), &KEY).unwrap();
         let loaded = reopened.load(id).unwrap().unwrap();
         assert_eq!(loaded.get_heads(), heads);
         assert_eq!(reopened.unacknowledged_count(), 1);

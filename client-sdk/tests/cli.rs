@@ -1,15 +1,39 @@
 //! The `baraza` tablet CLI works offline: records are created, edited,
-//! shown and listed with no server, and survive the process ending.
+//! shown and listed with no server, and survive the process ending. Its
+//! store is sealed under a key from a key file or a passphrase.
 
-use std::process::Command;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
-fn baraza(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_baraza"))
+/// Runs `baraza --data DATA ARGS` with `stdin` as its input and no
+/// `BARAZA_*` settings leaking in.
+fn run(data: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_baraza"));
+    for var in [
+        "BARAZA_TABLET_DATA",
+        "BARAZA_TOKEN",
+        "BARAZA_LOG",
+        "BARAZA_KEY_FILE",
+    ] {
+        command.env_remove(var);
+    }
+    let mut child = command
         .arg("--data")
-        .arg(dir)
+        .arg(data)
         .args(args)
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run baraza");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write to baraza");
+    let out = child.wait_with_output().expect("wait for baraza");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -17,28 +41,71 @@ fn baraza(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// Sets a tablet up without any server: enrolment data only.
-fn enrol_offline(dir: &std::path::Path) {
+/// The tablet's data dir and key file inside a test's directory.
+fn paths(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join("tablet"), dir.join("tablet.key"))
+}
+
+/// `baraza` on the tablet in `dir`, with its key file.
+fn baraza(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let (data, key) = paths(dir);
+    let mut full = vec!["--key-file", key.to_str().expect("a UTF-8 path")];
+    full.extend_from_slice(args);
+    run(&data, &full, "")
+}
+
+/// Every byte of every file under `dir`.
+fn bytes_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
+
+fn found_in(dir: &Path, needle: &str) -> Option<PathBuf> {
+    bytes_under(dir)
+        .into_iter()
+        .find(|(_, bytes)| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        .map(|(path, _)| path)
+}
+
+fn init_args(ca: &str) -> Vec<String> {
+    let token = format!("bz_{}_{}", "ab".repeat(16), "cd".repeat(32));
+    [
+        "init",
+        "--server",
+        "https://127.0.0.1:9",
+        "--ca",
+        ca,
+        "--token",
+        &token,
+        "--user",
+        "cpl.achieng",
+        "--area",
+        "mathare",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Sets a tablet up without any server: enrolment data only. `init`
+/// creates the key file.
+fn enrol_offline(dir: &Path) {
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, "not needed offline").unwrap();
-    let token = format!("bz_{}_{}", "ab".repeat(16), "cd".repeat(32));
-    let ca = ca.to_string_lossy().into_owned();
-    let (ok, _, err) = baraza(
-        dir,
-        &[
-            "init",
-            "--server",
-            "https://127.0.0.1:9",
-            "--ca",
-            &ca,
-            "--token",
-            &token,
-            "--user",
-            "cpl.achieng",
-            "--area",
-            "mathare",
-        ],
-    );
+    let args = init_args(&ca.to_string_lossy());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = baraza(dir, &args);
     assert!(ok, "{err}");
 }
 
@@ -105,6 +172,7 @@ fn an_officer_records_offline_and_the_record_survives_restarts() {
 #[test]
 fn mistakes_get_clear_errors() {
     let fresh = tempfile::tempdir().unwrap();
+    std::fs::write(paths(fresh.path()).1, "7e".repeat(32)).unwrap();
     let (ok, _, err) = baraza(fresh.path(), &["new", "--set", "title=x"]);
     assert!(!ok);
     assert!(err.contains("not set up"), "{err}");
@@ -131,4 +199,152 @@ fn mistakes_get_clear_errors() {
     let (ok, _, err) = baraza(dir.path(), &["new", "--kind", "burglary"]);
     assert!(!ok);
     assert!(err.contains("unknown record kind"), "{err}");
+}
+
+#[test]
+fn init_creates_a_private_key_file_and_only_that_key_opens_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, key_file) = paths(dir.path());
+    enrol_offline(dir.path());
+    let hex = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(hex.trim().len(), 64, "64 hex digits");
+    assert!(hex.trim().bytes().all(|b| b.is_ascii_hexdigit()));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key file is its owner's only");
+    }
+    let phrase = "Boda boda rider reported missing near Kariobangi";
+    let (ok, id, err) = baraza(dir.path(), &["new", "--set", &format!("title={phrase}")]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        found_in(&data, phrase),
+        None,
+        "the title is readable on disk"
+    );
+
+    // The same key as 32 raw bytes opens it too.
+    let raw: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&hex.trim()[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let raw_file = dir.path().join("raw.key");
+    std::fs::write(&raw_file, &raw).unwrap();
+    let raw_path = raw_file.to_str().unwrap();
+    let (ok, shown, err) = run(&data, &["--key-file", raw_path, "show", id.trim()], "");
+    assert!(ok, "{err}");
+    assert!(shown.contains(phrase), "{shown}");
+
+    // Another key is refused, clearly, and nothing changes.
+    let other = dir.path().join("other.key");
+    std::fs::write(&other, "11".repeat(32)).unwrap();
+    let other = other.to_str().unwrap();
+    let (ok, _, err) = run(&data, &["--key-file", other, "list"], "");
+    assert!(!ok);
+    assert!(err.contains("wrong key"), "{err}");
+    assert!(!err.contains("inside the data dir"), "{err}");
+    let (ok, _, err) = run(
+        &data,
+        &[
+            "--key-file",
+            other,
+            "init",
+            "--server",
+            "x",
+            "--ca",
+            "y",
+            "--token",
+            "z",
+        ],
+        "",
+    );
+    assert!(!ok);
+    assert!(err.contains("wrong key"), "{err}");
+    let (ok, list, _) = baraza(dir.path(), &["list"]);
+    assert!(ok);
+    assert_eq!(list.trim(), id.trim());
+
+    // A key file that holds no key, or is missing, is named as the problem.
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, "not a key").unwrap();
+    let (ok, _, err) = run(&data, &["--key-file", bad.to_str().unwrap(), "list"], "");
+    assert!(!ok);
+    assert!(
+        err.contains("64 hex digits") && !err.contains("not a key"),
+        "{err}"
+    );
+    let missing = dir.path().join("missing.key");
+    let (ok, _, err) = run(
+        &data,
+        &["--key-file", missing.to_str().unwrap(), "list"],
+        "",
+    );
+    assert!(!ok);
+    assert!(err.contains("does not exist"), "{err}");
+    // init never makes a new key for a store that exists.
+    let args = init_args("ca.pem");
+    let mut full = vec!["--key-file", missing.to_str().unwrap()];
+    full.extend(args.iter().map(String::as_str));
+    let (ok, _, err) = run(&data, &full, "");
+    assert!(!ok);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!missing.exists());
+}
+
+#[test]
+fn without_a_key_file_a_passphrase_seals_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tablet");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not needed offline").unwrap();
+    let args = init_args(&ca.to_string_lossy());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let passphrase = "mvua ya masika 2024\n";
+    let (ok, _, err) = run(&data, &args, passphrase);
+    assert!(ok, "{err}");
+    let salt = std::fs::read_to_string(data.join("key-salt")).unwrap();
+    assert!(salt.starts_with("argon2id "), "{salt}");
+
+    let phrase = "Water kiosk dispute at Mathare 4A";
+    let (ok, id, err) = run(
+        &data,
+        &["new", "--set", &format!("title={phrase}")],
+        passphrase,
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        found_in(&data, phrase),
+        None,
+        "the title is readable on disk"
+    );
+    assert_eq!(
+        found_in(&data, "mvua ya masika"),
+        None,
+        "the passphrase is on disk"
+    );
+    let (ok, shown, _) = run(&data, &["show", id.trim()], passphrase);
+    assert!(ok);
+    assert!(shown.contains(phrase), "{shown}");
+
+    let (ok, _, err) = run(&data, &["show", id.trim()], "mvua ya masika 2025\n");
+    assert!(!ok);
+    assert!(err.contains("wrong key"), "{err}");
+    let (ok, _, err) = run(&data, &["list"], "");
+    assert!(!ok);
+    assert!(err.contains("no key"), "{err}");
+}
+
+#[test]
+fn a_key_file_kept_inside_the_data_dir_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tablet");
+    let key = data.join("store.key");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not needed offline").unwrap();
+    let mut args = vec!["--key-file".to_string(), key.to_string_lossy().into_owned()];
+    args.extend(init_args(&ca.to_string_lossy()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, err) = run(&data, &args, "");
+    assert!(ok, "{err}");
+    assert!(err.contains("inside the data dir"), "{err}");
 }

@@ -10,10 +10,12 @@
 //! Layout:
 //! - [`ServerProcess`]: starts, restarts, kills (`-9`) and stops (SIGTERM) a
 //!   server on a data directory, and registers devices on it.
-//! - [`Tablet`]: a `Client` in its own directory with its own device token.
+//! - [`Tablet`]: a `Client` in its own directory with its own device token
+//!   and its own random store key ([`new_key`]).
 //! - [`RawConnection`]: a sync WebSocket that sends whatever bytes a test
 //!   wants and decodes what the server answers.
-//! - [`cli`]: the `baraza` command-line tablet.
+//! - [`cli`]: the `baraza` command-line tablet, with a key file beside its
+//!   data dir.
 //!
 //! The binaries: a test crate cannot see another package's
 //! `CARGO_BIN_EXE_*`, so [`binary`] looks for them next to the test
@@ -405,9 +407,14 @@ pub struct Tablet {
     _dir: tempfile::TempDir,
 }
 
+/// A random store key, as an app would keep in the platform keystore.
+pub fn new_key() -> [u8; 32] {
+    rand::random()
+}
+
 impl Tablet {
     /// A new device acting for a supervisor of [`TEST_AREAS`]: registers
-    /// it on `server` and configures a fresh store.
+    /// it on `server` and configures a fresh store sealed under a random key.
     pub fn new(server: &ServerProcess, name: &str) -> Tablet {
         let token = server.add_device(name);
         let tablet = Tablet::with_token(server, name, token);
@@ -432,7 +439,7 @@ impl Tablet {
 
     fn with_token(server: &ServerProcess, name: &str, token: String) -> Tablet {
         let dir = tempfile::tempdir().expect("a tablet directory");
-        let client = Client::open(dir.path()).expect("open the tablet store");
+        let client = Client::open(dir.path(), &new_key()).expect("open the tablet store");
         let tablet = Tablet {
             name: name.to_string(),
             client,
@@ -551,13 +558,23 @@ impl SyncListener for Recorder {
 }
 
 /// The `baraza` command-line tablet on data directory `data`, with no
-/// `BARAZA_*` settings leaking in.
+/// `BARAZA_*` settings leaking in. Its key file is `DATA.key`, beside the
+/// data dir: `init` or `enroll` creates it on a new tablet.
 pub fn cli(data: &Path) -> Command {
     let mut command = Command::new(binary("baraza"));
-    for var in ["BARAZA_TABLET_DATA", "BARAZA_TOKEN", "BARAZA_LOG"] {
+    for var in [
+        "BARAZA_TABLET_DATA",
+        "BARAZA_TOKEN",
+        "BARAZA_LOG",
+        "BARAZA_KEY_FILE",
+    ] {
         command.env_remove(var);
     }
-    command.arg("--data").arg(data);
+    command
+        .arg("--data")
+        .arg(data)
+        .arg("--key-file")
+        .arg(sibling(data, "key"));
     command
 }
 

@@ -20,7 +20,7 @@ async fn enroll(
     user: &str,
     password: &str,
 ) -> Result<Enrolment, ClientError> {
-    Client::open(dir)
+    Client::open(dir, &baraza_tests::new_key())
         .unwrap()
         .enroll(&server.url(), &server.ca_path(), user, password, "tablet")
         .await

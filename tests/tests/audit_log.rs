@@ -3,7 +3,7 @@
 //! log and fails after one byte of an entry is changed, or an entry removed.
 
 use baraza_client::{Client, NoListener};
-use baraza_tests::{run_server_command, ServerProcess};
+use baraza_tests::{new_key, run_server_command, ServerProcess};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_log_is_complete_and_tampering_shows() {
@@ -25,7 +25,7 @@ async fn the_audit_log_is_complete_and_tampering_shows() {
     );
     assert!(added.status.success());
     let mut server = ServerProcess::start(&data);
-    let tablet = Client::open(&tmp.path().join("tablet")).unwrap();
+    let tablet = Client::open(&tmp.path().join("tablet"), &new_key()).unwrap();
     assert!(tablet
         .enroll(
             &server.url(),

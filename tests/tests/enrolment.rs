@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use baraza_client::{Client, ClientError};
-use baraza_tests::{https_request, run_server_command, HttpReply, ServerProcess};
+use baraza_tests::{https_request, new_key, run_server_command, HttpReply, ServerProcess};
 use serde_json::json;
 
 /// `baraza_server::users::ATTEMPTS_PER_ADDRESS_MAX`: failed logins one
@@ -27,7 +27,7 @@ fn user_cmd(data: &Path, args: &[&str], stdin: &str) {
 }
 
 async fn enroll(server: &ServerProcess, dir: &Path, password: &str) -> Result<Client, ClientError> {
-    let client = Client::open(dir).unwrap();
+    let client = Client::open(dir, &new_key()).unwrap();
     client
         .enroll(
             &server.url(),
@@ -92,7 +92,7 @@ async fn an_officer_enrols_a_tablet_and_a_guesser_locks_the_account() {
 
     // An administrator, at their own enrolled device, sees the lockout and
     // releases it through the admin API.
-    let admin = Client::open(&tmp.path().join("admin"))
+    let admin = Client::open(&tmp.path().join("admin"), &new_key())
         .unwrap()
         .enroll(
             &server.url(),
