@@ -60,6 +60,10 @@ pub struct Enrolment {
     pub role: String,
     /// Their areas.
     pub areas: Vec<String>,
+    /// When the token expires (unix seconds); the SDK rotates it at half
+    /// its life, whenever it syncs.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
 }
 
 /// A background sync in progress; dropping it does not stop it, `stop` does.
@@ -134,6 +138,9 @@ impl Client {
             self.store.set_setting("ca_file", &abs.to_string_lossy())?;
         }
         self.store.set_setting("token", token)?;
+        // A token set by hand has no known lifetime; enrolment notes it.
+        self.store.set_setting("token_issued_at", "")?;
+        self.store.set_setting("token_expires_at", "")?;
         if let Some(device) = device_id_of(token) {
             let actor = self.store.setting("actor")?.unwrap_or_default();
             if self.store.setting("device_id")?.as_deref() != Some(device.as_str())
@@ -169,7 +176,7 @@ impl Client {
         })
         .to_string();
         let (status, reply) =
-            crate::transport::post_json(server, ca_file, "/v1/enroll", &body).await?;
+            crate::transport::post_json(server, ca_file, "/v1/enroll", &body, None).await?;
         if status == 401 {
             return Err(ClientError::Unauthorized(reply.trim().to_string()));
         }
@@ -185,6 +192,9 @@ impl Client {
                 reason: format!("unreadable enrolment reply: {e}"),
             })?;
         self.configure(server, Some(ca_file), &enrolment.token)?;
+        if let Some(expires) = enrolment.expires_at {
+            crate::sync::note_token_life(&self.store, sync::now_secs(), expires)?;
+        }
         let area = enrolment
             .areas
             .first()

@@ -160,6 +160,72 @@ fn revoked_at_connect(store: &LocalStore, err: ClientError) -> ClientError {
     }
 }
 
+/// Remembers when the current token was issued and when it expires.
+pub(crate) fn note_token_life(
+    store: &LocalStore,
+    issued: u64,
+    expires: u64,
+) -> Result<(), ClientError> {
+    store.set_setting("token_issued_at", &issued.to_string())?;
+    store.set_setting("token_expires_at", &expires.to_string())
+}
+
+/// Trades the token for a new one once half its life has passed. A
+/// failure leaves the old token in place (it stays valid until the new
+/// one is used), so the sync goes on either way.
+async fn rotate_if_due(store: &LocalStore, endpoint: &Endpoint) -> Endpoint {
+    let mut endpoint = endpoint.clone();
+    let setting = |k: &str| {
+        store
+            .setting(k)
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    // The store may hold a newer token than the endpoint was built with.
+    if let Ok(Some(token)) = store.setting("token") {
+        endpoint.token = token;
+    }
+    let (Some(issued), Some(expires), Some(ca)) = (
+        setting("token_issued_at"),
+        setting("token_expires_at"),
+        endpoint.ca_file.clone(),
+    ) else {
+        return endpoint;
+    };
+    let now = now_secs();
+    if now < issued + expires.saturating_sub(issued) / 2 {
+        return endpoint;
+    }
+    let reply =
+        transport::post_json(&endpoint.url, &ca, "/v1/token", "{}", Some(&endpoint.token)).await;
+    #[derive(serde::Deserialize)]
+    struct Rotated {
+        token: String,
+        expires_at: u64,
+    }
+    match reply {
+        Ok((200, body)) => match serde_json::from_str::<Rotated>(&body) {
+            Ok(r) => {
+                let stored = store
+                    .set_setting("token", &r.token)
+                    .and_then(|()| note_token_life(store, now, r.expires_at));
+                match stored {
+                    Ok(()) => {
+                        tracing::info!("device token rotated");
+                        endpoint.token = r.token;
+                    }
+                    Err(err) => tracing::warn!(error = %err, "could not keep the rotated token"),
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "unreadable token rotation reply"),
+        },
+        Ok((status, _)) => tracing::warn!(status, "token rotation refused"),
+        Err(err) => tracing::warn!(error = %err, "token rotation failed"),
+    }
+    endpoint
+}
+
 /// Runs one connection. Returns the report when settled (Once) or when the
 /// server closes (Live).
 pub(crate) async fn run_connection(
@@ -171,6 +237,7 @@ pub(crate) async fn run_connection(
     stop: &mut watch::Receiver<bool>,
     listener: &dyn SyncListener,
 ) -> Result<SyncReport, ClientError> {
+    let endpoint = &rotate_if_due(store, endpoint).await;
     let mut ws = transport::connect(endpoint, limits.frame_bytes_max)
         .await
         .map_err(|e| revoked_at_connect(store, e))?;

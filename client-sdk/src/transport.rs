@@ -154,6 +154,7 @@ pub async fn post_json(
     ca_file: &std::path::Path,
     path: &str,
     body: &str,
+    bearer: Option<&str>,
 ) -> Result<(u16, String), ClientError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let target = parse(url)?;
@@ -171,8 +172,11 @@ pub async fn post_json(
         .connect(name, tcp)
         .await
         .map_err(|e| connect_err(format!("TLS: {e}")))?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         target.host,
         body.len()
     );

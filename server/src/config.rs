@@ -295,6 +295,23 @@ pub struct FileConfig {
     /// Protocol limits, handed to the sync hub.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Device tokens and access checks.
+    #[serde(default)]
+    pub access: AccessConfig,
+}
+
+/// The `[access]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// How long a device token lives, in seconds (default 90 days). A
+    /// tablet rotates its token once half of that has passed; one that
+    /// does not sync for a whole lifetime must be enrolled again.
+    pub token_lifetime_secs: Option<u64>,
+    /// Turns the write-rule inspection off. For measuring its cost only:
+    /// without it any device may change any field of what it may write.
+    #[serde(default)]
+    pub skip_write_rules_for_benchmarks: bool,
 }
 
 /// The `[limits]` table. `None` means "use the sync layer's default".
@@ -372,6 +389,8 @@ pub struct ServeConfig {
     pub tls: Option<TlsFiles>,
     /// Protocol limits from the config file's `[limits]` table.
     pub limits: LimitsConfig,
+    /// Token lifetime and access checks from the `[access]` table.
+    pub access: AccessConfig,
 }
 
 impl ServeConfig {
@@ -429,6 +448,7 @@ impl ServeConfig {
             listen,
             tls,
             limits: file.limits,
+            access: file.access,
         })
     }
 }

@@ -96,6 +96,14 @@ pub struct DeviceRecord {
     /// its token is refused from then on.
     #[serde(default)]
     pub retired_at: Option<u64>,
+    /// When the current token expires (unix seconds); None for records
+    /// written before tokens expired: their creation plus the lifetime.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    /// The token before the last rotation, still accepted until the new
+    /// one is first used (the rotation's reply may have been lost).
+    #[serde(default)]
+    pub previous_token_hash: Option<String>,
     /// The user who enrolled it (devices added by an admin have none).
     #[serde(default)]
     pub user: Option<String>,
@@ -134,7 +142,23 @@ pub enum Auth {
     Revoked,
     /// The device was retired and has wiped itself.
     Retired,
+    /// The token's lifetime passed without a rotation: enroll again.
+    Expired,
 }
+
+/// A rotated token, handed to the device once.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    /// The new bearer token.
+    pub token: String,
+    /// When it expires (unix seconds).
+    pub expires_at: u64,
+}
+
+/// Device tokens live this long unless configured: long enough for a
+/// tablet left in a drawer over a holiday, short enough that a token
+/// copied off a device dies on its own.
+pub const TOKEN_LIFETIME_DEFAULT_SECS: u64 = 90 * 24 * 3600;
 
 impl Auth {
     /// The device, if in good standing.
@@ -157,6 +181,8 @@ pub trait DeviceStore: Send + Sync {
     fn find_by_token(&self, hash: &TokenHash) -> Result<Option<DeviceRecord>, DeviceError>;
     /// All records, in id order.
     fn all(&self) -> Result<Vec<DeviceRecord>, DeviceError>;
+    /// Forgets a token hash (a rotated-away token).
+    fn remove_token(&self, hash: &TokenHash) -> Result<(), DeviceError>;
     /// One record by device id.
     fn get(&self, id: &str) -> Result<Option<DeviceRecord>, DeviceError>;
     /// Notes the heads of a record last acknowledged to a device. Not
@@ -236,6 +262,11 @@ impl DeviceStore for SledDeviceStore {
         }
     }
 
+    fn remove_token(&self, hash: &TokenHash) -> Result<(), DeviceError> {
+        self.tokens.remove(hash.0)?;
+        Ok(())
+    }
+
     fn get(&self, id: &str) -> Result<Option<DeviceRecord>, DeviceError> {
         match self.devices.get(id.as_bytes())? {
             Some(bytes) => Self::decode(id.as_bytes(), &bytes).map(Some),
@@ -312,6 +343,7 @@ pub struct DeviceRegistry {
     /// Bumped whenever a device is revoked or set to retire, so live
     /// sessions re-check their device at once rather than at reconnect.
     changed: Arc<tokio::sync::watch::Sender<u64>>,
+    lifetime: u64,
 }
 
 impl DeviceRegistry {
@@ -320,7 +352,69 @@ impl DeviceRegistry {
         DeviceRegistry {
             store,
             changed: Arc::new(tokio::sync::watch::Sender::new(0)),
+            lifetime: TOKEN_LIFETIME_DEFAULT_SECS,
         }
+    }
+
+    /// The same registry issuing tokens that live `secs` seconds.
+    pub fn with_token_lifetime(mut self, secs: u64) -> DeviceRegistry {
+        self.lifetime = secs.max(1);
+        self
+    }
+
+    /// When a record's current token expires.
+    fn expiry(&self, record: &DeviceRecord) -> u64 {
+        record
+            .expires_at
+            .unwrap_or(record.created_at.saturating_add(self.lifetime))
+    }
+
+    fn issue_secret(id: &str) -> Result<String, DeviceError> {
+        // The device id travels in the token so a tablet knows, offline,
+        // which actor ids the server will accept from it; only the secret
+        // part authenticates (the whole token is hashed).
+        Ok(format!(
+            "{TOKEN_PREFIX}{id}_{}",
+            hex::encode(random_bytes::<TOKEN_RANDOM_BYTES>()?)
+        ))
+    }
+
+    /// Issues a new token for the device presenting `token`, valid for a
+    /// full lifetime from `now`. The presented token stays valid until the
+    /// new one is first used, so a reply lost on the way cannot lock the
+    /// tablet out; None if `token` is not a device in good standing.
+    pub fn rotate_at(&self, token: &str, now: u64) -> Result<Option<Rotated>, DeviceError> {
+        let presented = TokenHash::of(token);
+        let Some(mut record) = self.store.find_by_token(&presented)? else {
+            return Ok(None);
+        };
+        if record.revoked || record.retired_at.is_some() || now >= self.expiry(&record) {
+            return Ok(None);
+        }
+        let presented_hex = hex::encode(presented.0);
+        if presented_hex == record.token_hash {
+            record.previous_token_hash = Some(presented_hex);
+        } else if let Some(unused) = decode_hash(&record.token_hash) {
+            // The presented token is the previous one: the last rotation's
+            // token never arrived. Drop it; the previous stays as it is.
+            self.store.remove_token(&unused)?;
+        }
+        let new = Self::issue_secret(&record.id)?;
+        let hash = TokenHash::of(&new);
+        record.token_hash = hex::encode(hash.0);
+        let expires_at = now.saturating_add(self.lifetime);
+        record.expires_at = Some(expires_at);
+        self.store.insert(&record, &hash)?;
+        self.store.flush()?;
+        Ok(Some(Rotated {
+            token: new,
+            expires_at,
+        }))
+    }
+
+    /// When the token of the device `id` expires.
+    pub fn expires_at(&self, id: &str) -> Result<Option<u64>, DeviceError> {
+        Ok(self.store.get(id)?.map(|r| self.expiry(&r)))
     }
 
     /// Fires when some device's standing changed.
@@ -346,13 +440,7 @@ impl DeviceRegistry {
     pub fn add_for_user(&self, name: &str, user: Option<&str>) -> Result<NewDevice, DeviceError> {
         let name = validate_name(name)?;
         let id = hex::encode(random_bytes::<ID_RANDOM_BYTES>()?);
-        // The device id travels in the token so a tablet knows, offline,
-        // which actor ids the server will accept from it; only the secret
-        // part authenticates (the whole token is hashed).
-        let token = format!(
-            "{TOKEN_PREFIX}{id}_{}",
-            hex::encode(random_bytes::<TOKEN_RANDOM_BYTES>()?)
-        );
+        let token = Self::issue_secret(&id)?;
         let hash = TokenHash::of(&token);
         let record = DeviceRecord {
             id,
@@ -362,6 +450,8 @@ impl DeviceRegistry {
             revoked: false,
             retiring: false,
             retired_at: None,
+            expires_at: Some(unix_now().saturating_add(self.lifetime)),
+            previous_token_hash: None,
             user: user.map(str::to_string),
         };
         self.store.insert(&record, &hash)?;
@@ -374,12 +464,35 @@ impl DeviceRegistry {
 
     /// What a token is: a device in good standing, or why not.
     pub fn authenticate(&self, token: &str) -> Result<Auth, DeviceError> {
-        Ok(match self.store.find_by_token(&TokenHash::of(token))? {
-            None => Auth::Unknown,
-            Some(r) if r.revoked => Auth::Revoked,
-            Some(r) if r.retired_at.is_some() => Auth::Retired,
-            Some(r) => Auth::Device(r.identity()),
-        })
+        self.authenticate_at(token, unix_now())
+    }
+
+    /// [`DeviceRegistry::authenticate`] at time `now` (unix seconds). The
+    /// first use of a rotated token retires the one before it.
+    pub fn authenticate_at(&self, token: &str, now: u64) -> Result<Auth, DeviceError> {
+        let hash = TokenHash::of(token);
+        let Some(mut record) = self.store.find_by_token(&hash)? else {
+            return Ok(Auth::Unknown);
+        };
+        if record.revoked {
+            return Ok(Auth::Revoked);
+        }
+        if record.retired_at.is_some() {
+            return Ok(Auth::Retired);
+        }
+        if now >= self.expiry(&record) {
+            return Ok(Auth::Expired);
+        }
+        if hex::encode(hash.0) == record.token_hash {
+            if let Some(previous) = record.previous_token_hash.take() {
+                if let Some(old) = decode_hash(&previous) {
+                    self.store.remove_token(&old)?;
+                }
+                self.store.insert(&record, &hash)?;
+                self.store.flush()?;
+            }
+        }
+        Ok(Auth::Device(record.identity()))
     }
 
     /// The standing of a device by id, for sessions re-checking it.
@@ -464,6 +577,11 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], DeviceError> {
     Ok(bytes)
 }
 
+fn decode_hash(hex_text: &str) -> Option<TokenHash> {
+    let bytes: [u8; 32] = hex::decode(hex_text).ok()?.try_into().ok()?;
+    Some(TokenHash(bytes))
+}
+
 fn unix_now() -> u64 {
     // A clock before 1970 is a broken clock; 0 is an honest "unknown".
     SystemTime::now()
@@ -474,6 +592,50 @@ fn unix_now() -> u64 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_rotated_token_replaces_the_old_one_once_used_and_tokens_expire() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let registry = DeviceRegistry::open_sled(&db)
+            .unwrap()
+            .with_token_lifetime(100);
+        let old = registry.add_for_user("tablet", Some("ofc")).unwrap().token;
+        let now = unix_now();
+        let first = registry.rotate_at(&old, now).unwrap().unwrap();
+        assert_eq!(first.expires_at, now + 100);
+        // The reply is lost: the tablet still holds the old token, which
+        // still works, and rotates again; the unused one is dropped.
+        assert!(registry
+            .authenticate_at(&old, now)
+            .unwrap()
+            .device()
+            .is_some());
+        let second = registry.rotate_at(&old, now).unwrap().unwrap();
+        assert!(matches!(
+            registry.authenticate_at(&first.token, now).unwrap(),
+            Auth::Unknown
+        ));
+        // The new token's first use ends the old one.
+        assert!(registry
+            .authenticate_at(&second.token, now)
+            .unwrap()
+            .device()
+            .is_some());
+        assert!(matches!(
+            registry.authenticate_at(&old, now).unwrap(),
+            Auth::Unknown
+        ));
+        // A token not rotated within its lifetime expires, and cannot be
+        // rotated any more.
+        assert!(matches!(
+            registry.authenticate_at(&second.token, now + 100).unwrap(),
+            Auth::Expired
+        ));
+        assert!(registry
+            .rotate_at(&second.token, now + 100)
+            .unwrap()
+            .is_none());
+    }
     use super::*;
 
     fn registry() -> (tempfile::TempDir, sled::Db, DeviceRegistry) {

@@ -68,6 +68,8 @@ enum Refusal {
     Revoked,
     /// 401: the device was retired and wiped.
     Retired,
+    /// 401: the token's lifetime passed without a rotation.
+    Expired,
     /// 401: the device's user is unknown or disabled, or it has none.
     NoUser(&'static str),
     /// 503: the device store failed, or the server is at capacity or
@@ -246,6 +248,7 @@ fn routes(
     let records = records_routes(&state);
     let enroll = crate::login::enroll_route(&state);
     let admin = crate::admin_api::routes(&state);
+    let rotate = rotate_route(&state);
     let auth_state = state.clone();
     let sync = warp::path!("v1" / "sync")
         .and(warp::get())
@@ -266,6 +269,7 @@ fn routes(
         .or(sync)
         .or(records)
         .or(enroll)
+        .or(rotate)
         .or(admin)
         .recover(recover)
 }
@@ -355,6 +359,56 @@ fn text_reply(status: StatusCode, body: &'static str) -> warp::reply::Response {
     warp::reply::with_status(body, status).into_response()
 }
 
+/// `POST /v1/token`: a device trades its token for a new one with a full
+/// lifetime. The old token keeps working until the new one is first used.
+fn rotate_route(
+    state: &AppState,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static
+{
+    let devices = state.devices.clone();
+    let hub = state.hub.clone();
+    warp::path!("v1" / "token")
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and_then(move |headers: HeaderMap| {
+            let devices = devices.clone();
+            let hub = hub.clone();
+            async move {
+                let Some(token) = bearer_token(&headers).map(str::to_string) else {
+                    return Ok::<_, Rejection>(unauthorized("missing bearer token"));
+                };
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let rotated =
+                    tokio::task::spawn_blocking(move || devices.rotate_at(&token, now)).await;
+                Ok(match rotated {
+                    Ok(Ok(Some(r))) => {
+                        let id = r
+                            .token
+                            .strip_prefix(crate::devices::TOKEN_PREFIX)
+                            .and_then(|rest| rest.split('_').next())
+                            .unwrap_or_default()
+                            .to_string();
+                        tracing::info!(device = %id, "device token rotated");
+                        hub.audit()
+                            .record("token_rotated", serde_json::json!({ "device": id }));
+                        warp::reply::json(&serde_json::json!({
+                            "token": r.token,
+                            "expires_at": r.expires_at,
+                        }))
+                        .into_response()
+                    }
+                    Ok(Ok(None)) => unauthorized(
+                        "cannot rotate: the token is unknown, revoked, retired or expired",
+                    ),
+                    _ => text_reply(StatusCode::SERVICE_UNAVAILABLE, "device store unavailable"),
+                })
+            }
+        })
+}
+
 /// Checks the bearer token and resolves the user the device acts for.
 /// Runs before the WebSocket filter, so a client without a valid token
 /// gets a 401, never an upgrade.
@@ -370,6 +424,7 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, R
             Auth::Unknown => return Ok(Err(Refusal::UnknownToken)),
             Auth::Revoked => return Ok(Err(Refusal::Revoked)),
             Auth::Retired => return Ok(Err(Refusal::Retired)),
+            Auth::Expired => return Ok(Err(Refusal::Expired)),
         };
         let Some(name) = device.user.clone() else {
             return Ok(Err(Refusal::NoUser(
@@ -469,6 +524,7 @@ async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Rejectio
         Refusal::UnknownToken => unauthorized("unknown device token"),
         Refusal::Revoked => unauthorized("revoked: this device was reported lost or stolen"),
         Refusal::Retired => unauthorized("retired: this device was retired; enroll it again"),
+        Refusal::Expired => unauthorized("expired: this device's token expired; enroll it again"),
         Refusal::NoUser(why) => unauthorized(why),
         Refusal::Unavailable(why) => {
             warp::reply::with_status(*why, StatusCode::SERVICE_UNAVAILABLE).into_response()

@@ -140,12 +140,18 @@ async fn enroll(
         Ok(Ok((user, device))) => {
             lock(&shared.throttle).forgive(key, now);
             tracing::info!(user = %user.name, device = %device.identity.id, "device enrolled");
+            let expires_at = shared
+                .devices
+                .expires_at(&device.identity.id)
+                .ok()
+                .flatten();
             warp::reply::json(&serde_json::json!({
                 "token": device.token,
                 "device_id": device.identity.id,
                 "user": user.name,
                 "role": user.role,
                 "areas": user.areas,
+                "expires_at": expires_at,
             }))
             .into_response()
         }
