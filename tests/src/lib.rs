@@ -313,6 +313,18 @@ impl ServerProcess {
         token
     }
 
+    /// The audit log, through `baraza-server audit export`, one JSON value
+    /// per entry.
+    pub fn audit_entries(&self) -> Vec<serde_json::Value> {
+        let out = run_server_command(&self.data, &["audit", "export"], "");
+        assert!(out.status.success(), "audit export failed: {out:?}");
+        String::from_utf8(out.stdout)
+            .expect("UTF-8 audit export")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON entry per line"))
+            .collect()
+    }
+
     /// Kills the server with SIGKILL: no flush, no clean-shutdown marker.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("a running server");

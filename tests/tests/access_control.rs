@@ -40,16 +40,6 @@ fn as_str(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn audit_entries(server: &ServerProcess) -> Vec<serde_json::Value> {
-    let out = run_server_command(server.data_dir(), &["audit", "export"], "");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_reads_and_writes_only_what_its_role_and_areas_allow() {
     let tmp = tempfile::tempdir().unwrap();
@@ -154,7 +144,7 @@ async fn each_role_reads_and_writes_only_what_its_role_and_areas_allow() {
         }
     }
     // Refused reads are logged; restricted ones audited by name.
-    let log = audit_entries(&server);
+    let log = server.audit_entries();
     assert!(log
         .iter()
         .any(|e| e["event"] == "record_read_refused" && e["details"]["exists"] == true));
@@ -222,7 +212,7 @@ async fn each_role_reads_and_writes_only_what_its_role_and_areas_allow() {
         record.rejected.and_then(|r| r.rule).as_deref(),
         Some("own_areas")
     );
-    let log = audit_entries(&server);
+    let log = server.audit_entries();
     let refusals: Vec<_> = log
         .iter()
         .filter(|e| e["event"] == "change_refused")
@@ -301,7 +291,7 @@ async fn an_officer_cannot_approve_their_own_record_and_a_supervisor_can() {
     assert_eq!(view["review_state"], "returned");
     assert!(body.contains("add the patrol's end time"));
 
-    let log = audit_entries(&server);
+    let log = server.audit_entries();
     assert!(log.iter().any(|e| e["event"] == "change_refused"
         && e["details"]["rule"] == "review_by_area_supervisor"
         && e["details"]["user"] == "cpl.otieno"));

@@ -9,16 +9,6 @@ fn kv(k: &str, v: &str) -> (String, String) {
     (k.to_string(), v.to_string())
 }
 
-fn audit(server: &ServerProcess) -> Vec<serde_json::Value> {
-    let out = run_server_command(server.data_dir(), &["audit", "export"], "");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contact_details_are_restricted_audited_and_erased_everywhere() {
     let tmp = tempfile::tempdir().unwrap();
@@ -72,7 +62,7 @@ async fn contact_details_are_restricted_audited_and_erased_everywhere() {
     )
     .await;
     assert_eq!(status, 404);
-    let log = audit(&server);
+    let log = server.audit_entries();
     assert!(log.iter().any(|e| e["event"] == "restricted_read"
         && e["details"]["record"] == contact.as_str()
         && e["details"]["user"] == "sgt.wanjiru"));
@@ -123,7 +113,8 @@ async fn contact_details_are_restricted_audited_and_erased_everywhere() {
     )
     .await;
     assert_eq!(status, 404);
-    assert!(audit(&server)
+    assert!(server
+        .audit_entries()
         .iter()
         .any(|e| e["event"] == "record_erased" && e["details"]["record"] == contact.as_str()));
 }

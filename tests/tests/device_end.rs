@@ -22,16 +22,6 @@ fn admin(server: &ServerProcess, args: &[&str]) {
     assert!(out.status.success(), "{args:?}: {out:?}");
 }
 
-fn audit(server: &ServerProcess) -> Vec<serde_json::Value> {
-    let out = run_server_command(server.data_dir(), &["audit", "export"], "");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 struct Beat {
     server: ServerProcess,
     supervisor: Tablet,
@@ -136,7 +126,7 @@ async fn a_device_revoked_mid_session_wipes_and_reports_what_the_server_never_go
         upgrade_status(&beat.server, Some(&format!("Bearer {}", tablet.token()))).await,
         401
     );
-    let log = audit(&beat.server);
+    let log = beat.server.audit_entries();
     let revoked = log
         .iter()
         .find(|e| e["event"] == "device_revoked")
@@ -216,7 +206,8 @@ async fn a_retired_device_uploads_first_then_wipes_and_its_token_ends() {
         "the server marks the device retired",
         Duration::from_secs(10),
         || {
-            audit(&beat.server)
+            beat.server
+                .audit_entries()
                 .iter()
                 .any(|e| e["event"] == "device_retired")
         },
