@@ -166,6 +166,19 @@ enum Command {
         /// Record id.
         id: String,
     },
+    /// A supervisor's decision on a record: approved, or returned with a
+    /// comment saying what to fix. The server refuses it from anyone but a
+    /// supervisor of the record's area.
+    Review {
+        /// Record id.
+        id: String,
+        /// approved or returned.
+        #[arg(value_parser = ["approved", "returned"])]
+        decision: String,
+        /// What the author should do (for a return).
+        #[arg(long)]
+        comment: Option<String>,
+    },
     /// Lists fields set differently on several devices, with who and when.
     Conflicts {
         /// Record id.
@@ -413,7 +426,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&record)?);
             } else {
                 println!("record {}", record.id);
-                if record.unacknowledged {
+                if let Some(r) = &record.rejected {
+                    match &r.rule {
+                        Some(rule) => println!("  REJECTED by rule {rule}: {}", r.message),
+                        None => println!("  REFUSED ({}): {}", r.code, r.message),
+                    }
+                    println!("  (kept on this device; not sent again until edited)");
+                } else if record.unacknowledged {
                     println!("  (changes not yet acknowledged by the server)");
                 }
                 for f in &record.fields {
@@ -569,6 +588,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             FeedbackCmd::FollowUp { id, status, note } => client.follow_up(&id, &status, &note)?,
         },
         Command::Submit { id } => client.submit(&id)?,
+        Command::Review {
+            id,
+            decision,
+            comment,
+        } => client.review(&id, &decision, comment)?,
         Command::Conflicts { id } => {
             let conflicts = client.conflicts(&id)?;
             if cli.json {

@@ -6,7 +6,11 @@
 
 use std::collections::BTreeSet;
 
-use baraza_tests::{https_get, run_server_command, ServerProcess, Tablet};
+use std::time::Duration;
+
+use baraza_tests::{
+    cli, https_get, run_bounded, run_cli, run_server_command, ServerProcess, Tablet,
+};
 
 fn kv(k: &str, v: &str) -> (String, String) {
     (k.to_string(), v.to_string())
@@ -298,4 +302,46 @@ async fn an_officer_cannot_approve_their_own_record_and_a_supervisor_can() {
     assert!(log.iter().any(|e| e["event"] == "review_decision"
         && e["details"]["decision"] == "returned"
         && e["details"]["user"] == "sgt.wanjiru"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_shows_a_rejected_decision_with_its_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("server"));
+    server.add_user("pc.kiprotich", "officer", &["eastleigh"]);
+    let token = server.add_device_for("command-line tablet", "pc.kiprotich");
+    let dir = tmp.path().join("cli");
+    run_cli(
+        &dir,
+        &[
+            "init",
+            "--server",
+            &server.url(),
+            "--ca",
+            server.ca_path().to_str().unwrap(),
+            "--token",
+            &token,
+            "--user",
+            "pc.kiprotich",
+            "--area",
+            "eastleigh",
+        ],
+    );
+    let id = run_cli(&dir, &["new", "--kind", "patrol_note", "--set", "beat=B2"])
+        .trim()
+        .to_string();
+    run_cli(&dir, &["sync"]);
+    run_cli(&dir, &["review", &id, "approved"]);
+    let sync = run_bounded(cli(&dir).arg("sync"), Duration::from_secs(30));
+    assert!(!sync.status.success(), "a refused change fails the sync");
+    let stderr = String::from_utf8_lossy(&sync.stderr);
+    assert!(
+        stderr.contains("rejected") && stderr.contains("review_by_area_supervisor"),
+        "{stderr}"
+    );
+    let shown = run_cli(&dir, &["show", &id]);
+    assert!(
+        shown.contains("REJECTED by rule review_by_area_supervisor"),
+        "{shown}"
+    );
 }
