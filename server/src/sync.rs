@@ -502,7 +502,7 @@ impl SyncHub {
         let applied = match docsync::apply_push(&mut live.doc, changes, &client_heads) {
             Ok(a) => a,
             Err(err) => {
-                self.docs.restore(id, &mut live);
+                self.docs.restore(id, &mut live, &before);
                 return session.refuse(
                     id,
                     ErrorCode::CorruptChanges,
@@ -570,7 +570,7 @@ impl SyncHub {
         match session.receive_sync(id, &mut live.doc, data) {
             Ok(_) => {}
             Err(err) => {
-                self.docs.restore(id, &mut live);
+                self.docs.restore(id, &mut live, &before);
                 return session.refuse(
                     id,
                     ErrorCode::CorruptChanges,
@@ -595,7 +595,7 @@ impl SyncHub {
         }
         let (index, wrote) = admitted.unzip();
         if live.bytes + chunk.len() > self.limits.doc_bytes_max {
-            self.docs.restore(id, &mut live);
+            self.docs.restore(id, &mut live, &before);
             let message = format!(
                 "document {id} would grow past the limit of {} bytes",
                 self.limits.doc_bytes_max
@@ -635,7 +635,7 @@ impl SyncHub {
         match admit(id, &caller.device, rules, &live.doc, before, before_header) {
             Ok(admitted) => Some(admitted),
             Err(refused) => {
-                self.docs.restore(id, live);
+                self.docs.restore(id, live, before);
                 let device = &caller.device;
                 tracing::info!(doc = %id, device = %device.id, rule = ?refused.rule, message = %refused.message, "change refused");
                 self.audit.record(
