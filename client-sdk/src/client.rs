@@ -353,6 +353,8 @@ impl Client {
             fields: record::fields(&doc),
             unacknowledged: self.store.is_unacknowledged(doc_id)?,
             rejected: self.store.rejection(doc_id)?,
+            review_state: baraza_records::review_state(&doc),
+            review_comments: baraza_records::review_comments(&doc),
         })
     }
 

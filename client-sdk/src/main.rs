@@ -435,7 +435,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else if record.unacknowledged {
                     println!("  (changes not yet acknowledged by the server)");
                 }
-                for f in &record.fields {
+                println!("  review: {}", record.review_state);
+                for c in &record.review_comments {
+                    println!("    {}: {}", c.by, c.text);
+                }
+                for f in record.fields.iter().filter(|f| f.name != "review") {
                     let kind = if f.text { " (text)" } else { "" };
                     println!("  {}{kind}: {}", f.name, f.value);
                     for other in &f.conflicts {

@@ -37,6 +37,10 @@ pub struct Record {
     /// Set when the server refused this record's changes: they stay here,
     /// marked, until the user edits again or a supervisor sorts it out.
     pub rejected: Option<crate::store::Rejection>,
+    /// `draft`, `submitted`, `approved` or `returned`.
+    pub review_state: String,
+    /// What reviewers wrote with their decisions ("add the attendee count").
+    pub review_comments: Vec<baraza_records::ReviewComment>,
 }
 
 /// The fields of a document.

@@ -137,6 +137,47 @@ pub fn review_state(doc: &Automerge) -> String {
     }
 }
 
+/// A comment left with a review decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReviewComment {
+    /// Who wrote it.
+    pub by: String,
+    /// When (milliseconds since the epoch).
+    pub at: i64,
+    /// What it says.
+    pub text: String,
+}
+
+/// The comments left with review decisions, oldest first.
+pub fn review_comments(doc: &Automerge) -> Vec<ReviewComment> {
+    let Ok(Some((Value::Object(ObjType::Map), review))) = doc.get(ROOT, "review") else {
+        return Vec::new();
+    };
+    let Ok(Some((Value::Object(ObjType::List), list))) = doc.get(&review, "comments") else {
+        return Vec::new();
+    };
+    let text = |obj: &ObjId, key: &str| match doc.get(obj, key) {
+        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+            ScalarValue::Str(v) => v.to_string(),
+            other => other.to_string(),
+        },
+        _ => String::new(),
+    };
+    (0..doc.length(&list))
+        .filter_map(|i| match doc.get(&list, i) {
+            Ok(Some((Value::Object(ObjType::Map), item))) => Some(ReviewComment {
+                by: text(&item, "by"),
+                at: match doc.get(&item, "at") {
+                    Ok(Some((Value::Scalar(s), _))) => s.as_i64().unwrap_or(0),
+                    _ => 0,
+                },
+                text: text(&item, "text"),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Every conflicted field of a record, nested ones included.
 pub fn conflicts(doc: &Automerge) -> Vec<Conflict> {
     let mut out = Vec::new();

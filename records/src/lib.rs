@@ -19,7 +19,8 @@ pub mod validate;
 pub use access::{Principal, Refusal, Role};
 pub use header::Header;
 pub use inspect::{
-    conflicts, effects, history, review_state, ChangeEffects, Conflict, ConflictValue, HistoryEntry,
+    conflicts, effects, history, review_comments, review_state, ChangeEffects, Conflict,
+    ConflictValue, HistoryEntry, ReviewComment,
 };
 pub use ops::{EditError, FieldValue};
 pub use schema::{FieldSpec, FieldType, Kind, SCHEMA_VERSION};

@@ -53,6 +53,8 @@ pub struct AppState {
     pub limits: LimitsConfig,
     /// Users, for enrolment.
     pub users: crate::users::UserRegistry,
+    /// Review desk sessions.
+    pub review_sessions: crate::review::Sessions,
 }
 
 /// Why a request was refused. Turned into a plain-text response by
@@ -249,6 +251,7 @@ fn routes(
     let enroll = crate::login::enroll_route(&state);
     let admin = crate::admin_api::routes(&state);
     let rotate = rotate_route(&state);
+    let review = crate::review::routes(&state, state.review_sessions.clone());
     let auth_state = state.clone();
     let sync = warp::path!("v1" / "sync")
         .and(warp::get())
@@ -270,6 +273,7 @@ fn routes(
         .or(records)
         .or(enroll)
         .or(rotate)
+        .or(review)
         .or(admin)
         .recover(recover)
 }

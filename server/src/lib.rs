@@ -30,6 +30,7 @@ pub mod docs;
 pub mod http;
 pub mod login;
 pub mod peer;
+pub mod review;
 pub mod store;
 pub mod sync;
 pub mod tls;

@@ -132,7 +132,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     writeln!(stdout, "listening on {addr}")?;
     stdout.flush()?;
 
+    let review_sessions = baraza_server::review::Sessions::open(&db)?;
     let state = AppState {
+        review_sessions,
         hub,
         devices: devices.clone(),
         limits: config.limits,

@@ -37,6 +37,9 @@ pub struct SyncHub {
     /// Off only to measure what the write-rule inspection costs; the
     /// server warns loudly when started that way.
     write_rules: std::sync::atomic::AtomicBool,
+    /// Ends the actor ids of changes made at the review desk, so two
+    /// server processes never author under the same actor.
+    desk_actor_suffix: [u8; 8],
     /// What read checks need of each record seen so far.
     access_cache: std::sync::RwLock<std::collections::HashMap<DocId, Arc<Access>>>,
 }
@@ -46,6 +49,28 @@ struct Access {
     kind: Kind,
     area: String,
     created_by: String,
+}
+
+/// Why a change made at the review desk was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum DeskError {
+    /// No such record, or one the supervisor may not read (the same).
+    #[error("no such record")]
+    NotFound,
+    /// The edit itself failed (unknown field, wrong type).
+    #[error("{0}")]
+    Edit(String),
+    /// A rule refused it.
+    #[error("{message}")]
+    Refused {
+        /// The rule, if a rule refused it.
+        rule: Option<&'static str>,
+        /// Why.
+        message: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Docs(#[from] DocsError),
 }
 
 /// Why a record could not be erased.
@@ -174,6 +199,7 @@ impl SyncHub {
             audit,
             write_rules: std::sync::atomic::AtomicBool::new(true),
             access_cache: Default::default(),
+            desk_actor_suffix: rand::random(),
         }))
     }
 
@@ -204,6 +230,13 @@ impl SyncHub {
             })
         };
         Ok(self.docs.store().list_records(filter, &visible, limit)?)
+    }
+
+    /// A record's field values as one text, for free-text search.
+    pub fn record_text(&self, id: DocId) -> Result<String, DocsError> {
+        let handle = self.docs.handle(id)?;
+        let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(to_json(&live.doc, &automerge::ROOT).to_string())
     }
 
     /// True if `who` may read the record (false if there is none).
@@ -302,10 +335,82 @@ impl SyncHub {
             "id": id.to_string(),
             "header": header,
             "review_state": baraza_records::review_state(doc),
+            "review_comments": baraza_records::review_comments(doc),
             "fields": to_json(doc, &automerge::ROOT),
             "conflicts": baraza_records::conflicts(doc),
             "history": baraza_records::history(doc),
         })))
+    }
+
+    /// Makes a change on behalf of a supervisor at the review desk (a
+    /// decision, a conflict resolved): an automerge change attributed to
+    /// them, admitted by the same rules as a device's, stored durably
+    /// before this returns, and sent to tablets by the feed like any other.
+    pub async fn author(
+        &self,
+        caller: &Caller,
+        id: DocId,
+        edit: impl FnOnce(
+            &mut automerge::Automerge,
+            baraza_records::ops::Stamp<'_>,
+        ) -> Result<(), baraza_records::EditError>,
+    ) -> Result<WriteSummary, DeskError> {
+        if !self.readable(&caller.principal, id)? {
+            return Err(DeskError::NotFound);
+        }
+        let (rx, summary) = {
+            let handle = self.docs.handle(id)?;
+            let mut live = handle.lock().unwrap_or_else(|p| p.into_inner());
+            let before = live.doc.get_heads();
+            let before_header = Header::read(&live.doc).ok();
+            let mut actor = hex::decode(&caller.device.id).unwrap_or_default();
+            actor.extend_from_slice(&self.desk_actor_suffix);
+            live.doc.set_actor(automerge::ActorId::from(actor));
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            let stamp = baraza_records::ops::Stamp {
+                now_ms,
+                by: &caller.principal.user,
+            };
+            if let Err(err) = edit(&mut live.doc, stamp) {
+                self.docs.restore(id, &mut live, &before);
+                return Err(DeskError::Edit(err.to_string()));
+            }
+            let rules = Some(&caller.principal);
+            let (index, summary) =
+                match admit(id, &caller.device, rules, &live.doc, &before, before_header) {
+                    Ok(admitted) => admitted,
+                    Err(refused) => {
+                        self.docs.restore(id, &mut live, &before);
+                        return Err(DeskError::Refused {
+                            rule: refused.rule,
+                            message: refused.message,
+                        });
+                    }
+                };
+            let chunk = docsync::encode_changes(&live.doc.get_changes(&before));
+            let rx =
+                Docs::write_for(id, &mut live, chunk, Some(index)).map(|w| self.docs.submit(w));
+            (rx, summary)
+        };
+        let now = *self.docs.durable().borrow();
+        wait_stored(rx, now)
+            .await
+            .map_err(|e| DeskError::Docs(DocsError::Commit(e)))?;
+        for decision in &summary.decisions {
+            self.audit.record(
+                "review_decision",
+                serde_json::json!({
+                    "record": id.to_string(),
+                    "decision": decision,
+                    "user": caller.principal.user,
+                    "device": caller.device.id,
+                }),
+            );
+        }
+        Ok(summary)
     }
 
     /// Erases a record of contact details at an administrator's request:

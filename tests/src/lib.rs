@@ -717,6 +717,22 @@ pub async fn https_request(
     token: Option<&str>,
     json: Option<&serde_json::Value>,
 ) -> HttpReply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
+        .unwrap_or_default();
+    https_request_with(server, method, path, &headers, json).await
+}
+
+/// One HTTPS request with extra headers (cookies, CSRF tokens).
+pub async fn https_request_with(
+    server: &ServerProcess,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    json: Option<&serde_json::Value>,
+) -> HttpReply {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let tcp = TcpStream::connect(server.addr())
@@ -727,9 +743,10 @@ pub async fn https_request(
             .connect(name, tcp)
             .await
             .expect("TLS handshake");
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
+        let auth: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         let body = json.map(|j| j.to_string()).unwrap_or_default();
         let content = if json.is_some() || method != "GET" {
             format!(

@@ -1,0 +1,624 @@
+//! The supervisors' review desk API, under `/review/api/`: JSON over the
+//! same TLS server, behind a login session (a cookie), for reading merged
+//! records and deciding on them.
+//!
+//! - `POST login` `{user, password}`: supervisors only. Sets the session
+//!   cookie (HttpOnly, Secure, SameSite=Strict, Path=/review) and answers
+//!   `{user, areas, csrf}`. Failed logins count towards the account's
+//!   lockout and the address's throttle, as enrolment's do.
+//! - `POST logout`.
+//! - `GET records?kind=&area=&state=&from=&to=&q=&limit=`: from the index
+//!   (`from`/`to` are creation times in ms; `q` is free text, matched in
+//!   the records the index already narrowed down).
+//! - `GET records/{id}`: fields, conflicts, history, review comments.
+//! - `POST records/{id}/decision` `{decision: approved|returned, comment}`.
+//! - `POST records/{id}/resolve` `{path, value}`: sets a conflicted field
+//!   to one of its values or a new one (`place`, `action_items.1.status`).
+//!
+//! Every state-changing request must carry the session's CSRF token in
+//! `X-CSRF-Token`. Decisions and resolutions are automerge changes the
+//! server makes on the supervisor's behalf ([`SyncHub::author`]), so they
+//! reach tablets at their next sync like any other change. Sessions are
+//! kept hashed in the database (`review_sessions`), so any server node
+//! sharing it could serve them.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use baraza_protocol::DocId;
+use baraza_records::ops::{self, FieldValue};
+use baraza_records::{FieldType, Header, Kind, Principal, Role};
+use hyper::body::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use warp::http::{HeaderMap, StatusCode};
+use warp::{Filter, Rejection, Reply};
+
+use crate::http::AppState;
+use crate::store::RecordFilter;
+use crate::sync::{Caller, DeskError, DeviceIdentity, SyncHub};
+use crate::users::{LoginError, LoginThrottle, UserRegistry};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "baraza_review";
+/// A session lasts one long shift.
+const SESSION_SECS: u64 = 10 * 3600;
+/// Largest request body.
+const BODY_BYTES_MAX: u64 = 64 * 1024;
+/// Most rows one listing returns.
+const ROWS_MAX: usize = 1000;
+
+/// A signed-in supervisor, as stored (under the hash of the cookie).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Session {
+    user: String,
+    csrf: String,
+    expires_at: u64,
+}
+
+/// Review sessions in the database.
+#[derive(Clone)]
+pub struct Sessions {
+    tree: sled::Tree,
+}
+
+impl Sessions {
+    /// Opens the sessions tree in `db`.
+    pub fn open(db: &sled::Db) -> sled::Result<Sessions> {
+        Ok(Sessions {
+            tree: db.open_tree("review_sessions")?,
+        })
+    }
+
+    fn create(&self, user: &str, now: u64) -> sled::Result<(String, Session)> {
+        let id = hex::encode(rand::random::<[u8; 32]>());
+        let session = Session {
+            user: user.to_string(),
+            csrf: hex::encode(rand::random::<[u8; 32]>()),
+            expires_at: now + SESSION_SECS,
+        };
+        let json = serde_json::to_vec(&session).unwrap_or_default();
+        self.tree
+            .insert(Sha256::digest(id.as_bytes()).as_slice(), json)?;
+        Ok((id, session))
+    }
+
+    fn find(&self, id: &str, now: u64) -> sled::Result<Option<Session>> {
+        let key = Sha256::digest(id.as_bytes());
+        let Some(v) = self.tree.get(key.as_slice())? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<Session>(&v) {
+            Ok(s) if s.expires_at > now => Ok(Some(s)),
+            _ => {
+                self.tree.remove(key.as_slice())?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn end(&self, id: &str) -> sled::Result<()> {
+        self.tree.remove(Sha256::digest(id.as_bytes()).as_slice())?;
+        Ok(())
+    }
+}
+
+struct Desk {
+    hub: Arc<SyncHub>,
+    users: UserRegistry,
+    sessions: Sessions,
+    throttle: Mutex<LoginThrottle>,
+}
+
+/// A refusal before any work: turned into a JSON error reply.
+struct Refused(StatusCode, &'static str);
+
+impl Refused {
+    fn reply(self) -> warp::reply::Response {
+        error(self.0, self.1)
+    }
+}
+
+/// A JSON error reply.
+fn error(status: StatusCode, message: impl Into<String>) -> warp::reply::Response {
+    warp::reply::with_status(
+        warp::reply::json(&serde_json::json!({ "error": message.into() })),
+        status,
+    )
+    .into_response()
+}
+
+fn ok(value: serde_json::Value) -> warp::reply::Response {
+    warp::reply::json(&value).into_response()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The value of the session cookie, if the request carries one.
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(warp::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == COOKIE).then(|| value.to_string())
+        })
+}
+
+/// The supervisor the desk acts for, as a [`Caller`]: the "device" is the
+/// desk itself, with an id derived from the user, so the desk's changes
+/// carry actor ids of their own.
+fn desk_caller(principal: Principal) -> Caller {
+    let digest = Sha256::digest(format!("baraza review desk:{}", principal.user).as_bytes());
+    Caller {
+        device: DeviceIdentity {
+            id: hex::encode(&digest[..16]),
+            name: "review desk".into(),
+            user: Some(principal.user.clone()),
+            retiring: false,
+        },
+        principal,
+    }
+}
+
+impl Desk {
+    /// The signed-in supervisor, checked against the user store on every
+    /// request (a disabled account or a lost role ends the session), and
+    /// for state-changing requests the CSRF token.
+    fn caller(&self, headers: &HeaderMap, changing: bool) -> Result<(Caller, String), Refused> {
+        let unauthorized = || Refused(StatusCode::UNAUTHORIZED, "sign in first");
+        let id = session_cookie(headers).ok_or_else(unauthorized)?;
+        let session = self
+            .sessions
+            .find(&id, unix_now())
+            .map_err(|_| Refused(StatusCode::SERVICE_UNAVAILABLE, "session store unavailable"))?
+            .ok_or_else(unauthorized)?;
+        if changing {
+            let sent = headers
+                .get("x-csrf-token")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if sent.is_empty() || sent != session.csrf {
+                return Err(Refused(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong CSRF token",
+                ));
+            }
+        }
+        let user = self
+            .users
+            .get(&session.user)
+            .map_err(|_| Refused(StatusCode::SERVICE_UNAVAILABLE, "user store unavailable"))?
+            .filter(|u| !u.disabled && u.role == Role::Supervisor)
+            .ok_or_else(unauthorized)?;
+        let principal = Principal {
+            user: user.name,
+            role: user.role,
+            areas: user.areas,
+        };
+        Ok((desk_caller(principal), id))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginRequest {
+    user: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionRequest {
+    decision: String,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveRequest {
+    path: String,
+    value: String,
+}
+
+/// The routes under `/review/api/`.
+pub fn routes(
+    state: &AppState,
+    sessions: Sessions,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static
+{
+    let desk = Arc::new(Desk {
+        hub: state.hub.clone(),
+        users: state.users.clone(),
+        sessions,
+        throttle: Mutex::new(LoginThrottle::default()),
+    });
+    let with_desk = warp::any().map(move || desk.clone());
+    let body = warp::body::content_length_limit(BODY_BYTES_MAX).and(warp::body::bytes());
+
+    let login = warp::path!("review" / "api" / "login")
+        .and(warp::post())
+        .and(with_desk.clone())
+        .and(crate::peer::remote())
+        .and(body)
+        .and_then(
+            |desk, peer, body| async move { Ok::<_, Rejection>(login(desk, peer, body).await) },
+        );
+    let logout = warp::path!("review" / "api" / "logout")
+        .and(warp::post())
+        .and(with_desk.clone())
+        .and(warp::header::headers_cloned())
+        .map(
+            |desk: Arc<Desk>, headers: HeaderMap| match desk.caller(&headers, true) {
+                Ok((_, id)) => match desk.sessions.end(&id) {
+                    Ok(()) => warp::reply::with_header(
+                        ok(serde_json::json!({ "signed_out": true })),
+                        "set-cookie",
+                        format!(
+                            "{COOKIE}=; Path=/review; Max-Age=0; HttpOnly; Secure; SameSite=Strict"
+                        ),
+                    )
+                    .into_response(),
+                    Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "session store unavailable"),
+                },
+                Err(refused) => refused.reply(),
+            },
+        );
+    let list = warp::path!("review" / "api" / "records")
+        .and(warp::get())
+        .and(with_desk.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and_then(|desk, headers, query| async move {
+            Ok::<_, Rejection>(list(desk, headers, query).await)
+        });
+    let one = warp::path!("review" / "api" / "records" / String)
+        .and(warp::get())
+        .and(with_desk.clone())
+        .and(warp::header::headers_cloned())
+        .and_then(
+            |id: String, desk: Arc<Desk>, headers: HeaderMap| async move {
+                Ok::<_, Rejection>(show(desk, headers, id).await)
+            },
+        );
+    let decide = warp::path!("review" / "api" / "records" / String / "decision")
+        .and(warp::post())
+        .and(with_desk.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::content_length_limit(BODY_BYTES_MAX).and(warp::body::bytes()))
+        .and_then(
+            |id: String, desk: Arc<Desk>, headers: HeaderMap, body: Bytes| async move {
+                Ok::<_, Rejection>(decide(desk, headers, id, body).await)
+            },
+        );
+    let resolve = warp::path!("review" / "api" / "records" / String / "resolve")
+        .and(warp::post())
+        .and(with_desk)
+        .and(warp::header::headers_cloned())
+        .and(warp::body::content_length_limit(BODY_BYTES_MAX).and(warp::body::bytes()))
+        .and_then(
+            |id: String, desk: Arc<Desk>, headers: HeaderMap, body: Bytes| async move {
+                Ok::<_, Rejection>(resolve(desk, headers, id, body).await)
+            },
+        );
+    login
+        .or(logout)
+        .unify()
+        .or(list)
+        .unify()
+        .or(one)
+        .unify()
+        .or(decide)
+        .unify()
+        .or(resolve)
+        .unify()
+}
+
+fn lock(throttle: &Mutex<LoginThrottle>) -> std::sync::MutexGuard<'_, LoginThrottle> {
+    throttle.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn login(desk: Arc<Desk>, peer: Option<SocketAddr>, body: Bytes) -> warp::reply::Response {
+    // serde's messages can quote the offending value (a password): say
+    // only what is expected.
+    let Ok(request) = serde_json::from_slice::<LoginRequest>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "expected {\"user\", \"password\"}");
+    };
+    let address = peer
+        .map(|p| p.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let key = crate::peer::client_key(address);
+    let now = unix_now();
+    if let Err(LoginError::Throttled(wait)) = lock(&desk.throttle).attempt(key, now) {
+        return warp::reply::with_header(
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("too many login attempts from this address; wait {wait} s"),
+            ),
+            "retry-after",
+            wait.to_string(),
+        )
+        .into_response();
+    }
+    let worker = desk.clone();
+    let name = request.user.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let user = worker.users.login(&request.user, &request.password, now)?;
+        if user.role != Role::Supervisor {
+            return Ok(Err(user.name));
+        }
+        let created = worker
+            .sessions
+            .create(&user.name, now)
+            .map_err(|_| LoginError::Unavailable)?;
+        Ok::<_, LoginError>(Ok((user, created)))
+    })
+    .await;
+    let audit = desk.hub.audit();
+    match outcome {
+        Ok(Ok(Ok((user, (id, session))))) => {
+            lock(&desk.throttle).forgive(key, now);
+            audit.record(
+                "review_login",
+                serde_json::json!({ "user": user.name, "address": address.to_string() }),
+            );
+            warp::reply::with_header(
+                ok(serde_json::json!({
+                    "user": user.name,
+                    "areas": user.areas,
+                    "csrf": session.csrf,
+                })),
+                "set-cookie",
+                format!(
+                    "{COOKIE}={id}; Path=/review; Max-Age={SESSION_SECS}; HttpOnly; Secure; SameSite=Strict"
+                ),
+            )
+            .into_response()
+        }
+        Ok(Ok(Err(user))) => {
+            audit.record(
+                "review_login_refused",
+                serde_json::json!({ "user": user, "reason": "not a supervisor" }),
+            );
+            error(StatusCode::FORBIDDEN, "the review desk is for supervisors")
+        }
+        Ok(Err(LoginError::Unavailable)) | Err(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "sign-in unavailable")
+        }
+        Ok(Err(refusal)) => {
+            audit.record(
+                "login_failed",
+                serde_json::json!({
+                    "user": name,
+                    "reason": refusal.to_string(),
+                    "address": address.to_string(),
+                    "via": "review desk",
+                }),
+            );
+            error(StatusCode::UNAUTHORIZED, refusal.to_string())
+        }
+    }
+}
+
+async fn list(
+    desk: Arc<Desk>,
+    headers: HeaderMap,
+    query: std::collections::HashMap<String, String>,
+) -> warp::reply::Response {
+    let caller = match desk.caller(&headers, false) {
+        Ok((caller, _)) => caller,
+        Err(refused) => return refused.reply(),
+    };
+    let number = |name: &str| match query.get(name).map(|v| v.parse::<i64>()) {
+        None => Ok(None),
+        Some(Ok(v)) => Ok(Some(v)),
+        Some(Err(_)) => Err(format!("{name} must be milliseconds since 1970")),
+    };
+    let (from, to) = match (number("from"), number("to")) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(why), _) | (_, Err(why)) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let limit = query
+        .get("limit")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(ROWS_MAX)
+        .min(ROWS_MAX);
+    let filter = RecordFilter {
+        kind: query.get("kind").cloned(),
+        area: query.get("area").cloned(),
+        state: query.get("state").cloned(),
+        since: from,
+    };
+    let text = query
+        .get("q")
+        .map(|q| q.trim().to_lowercase())
+        .filter(|q| !q.is_empty());
+    let hub = desk.hub.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        let rows = hub.list_records(&caller.principal, &filter, ROWS_MAX)?;
+        let mut out = Vec::new();
+        for row in rows {
+            if to.is_some_and(|t| row.entry.created_at > t) {
+                continue;
+            }
+            if let Some(q) = &text {
+                let Ok(id) = row.id.parse::<DocId>() else {
+                    continue;
+                };
+                // The index narrowed the candidates; the text is in the
+                // records themselves.
+                if !hub.record_text(id)?.to_lowercase().contains(q) {
+                    continue;
+                }
+            }
+            out.push(row);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok::<_, crate::docs::DocsError>(out)
+    })
+    .await;
+    match rows {
+        Ok(Ok(rows)) => ok(serde_json::json!({ "records": rows })),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "record index unavailable"),
+    }
+}
+
+async fn show(desk: Arc<Desk>, headers: HeaderMap, id: String) -> warp::reply::Response {
+    let caller = match desk.caller(&headers, false) {
+        Ok((caller, _)) => caller,
+        Err(refused) => return refused.reply(),
+    };
+    let Ok(doc) = id.parse::<DocId>() else {
+        return error(StatusCode::NOT_FOUND, "no such record");
+    };
+    let hub = desk.hub.clone();
+    match tokio::task::spawn_blocking(move || hub.record_view(&caller, doc)).await {
+        Ok(Ok(Some(view))) => ok(view),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "no such record"),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "record store unavailable"),
+    }
+}
+
+fn desk_error(err: DeskError) -> warp::reply::Response {
+    match err {
+        DeskError::NotFound => error(StatusCode::NOT_FOUND, "no such record"),
+        DeskError::Edit(message) => error(StatusCode::BAD_REQUEST, message),
+        DeskError::Refused { rule, message } => warp::reply::with_status(
+            warp::reply::json(&serde_json::json!({ "error": message, "rule": rule })),
+            StatusCode::FORBIDDEN,
+        )
+        .into_response(),
+        DeskError::Docs(err) => {
+            tracing::error!(error = %err, "review desk change not stored");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the change was not stored; try again",
+            )
+        }
+    }
+}
+
+async fn decide(
+    desk: Arc<Desk>,
+    headers: HeaderMap,
+    id: String,
+    body: Bytes,
+) -> warp::reply::Response {
+    let caller = match desk.caller(&headers, true) {
+        Ok((caller, _)) => caller,
+        Err(refused) => return refused.reply(),
+    };
+    let Ok(doc) = id.parse::<DocId>() else {
+        return error(StatusCode::NOT_FOUND, "no such record");
+    };
+    let Ok(request) = serde_json::from_slice::<DecisionRequest>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "expected {\"decision\": \"approved\" or \"returned\", \"comment\"}",
+        );
+    };
+    if !baraza_records::access::DECISIONS.contains(&request.decision.as_str()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "decision must be approved or returned",
+        );
+    }
+    let comment = request.comment.filter(|c| !c.trim().is_empty());
+    if request.decision == "returned" && comment.is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a return needs a comment saying what to fix",
+        );
+    }
+    let user = caller.principal.user.clone();
+    let outcome = desk
+        .hub
+        .author(&caller, doc, |d, at| {
+            ops::review(
+                d,
+                &request.decision,
+                comment.as_deref().map(|c| (user.as_str(), c)),
+                at,
+            )
+        })
+        .await;
+    match outcome {
+        Ok(_) => ok(serde_json::json!({ "record": id, "review_state": request.decision })),
+        Err(err) => desk_error(err),
+    }
+}
+
+async fn resolve(
+    desk: Arc<Desk>,
+    headers: HeaderMap,
+    id: String,
+    body: Bytes,
+) -> warp::reply::Response {
+    let caller = match desk.caller(&headers, true) {
+        Ok((caller, _)) => caller,
+        Err(refused) => return refused.reply(),
+    };
+    let Ok(doc) = id.parse::<DocId>() else {
+        return error(StatusCode::NOT_FOUND, "no such record");
+    };
+    let Ok(request) = serde_json::from_slice::<ResolveRequest>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "expected {\"path\", \"value\"}");
+    };
+    let outcome = desk
+        .hub
+        .author(&caller, doc, |d, at| {
+            set_path(d, &request.path, &request.value, at)
+        })
+        .await;
+    match outcome {
+        Ok(_) => ok(serde_json::json!({ "record": id, "path": request.path })),
+        Err(err) => desk_error(err),
+    }
+}
+
+/// Sets a field by its conflict path: `field` or `list.index.field`.
+fn set_path(
+    doc: &mut automerge::Automerge,
+    path: &str,
+    text: &str,
+    at: ops::Stamp<'_>,
+) -> Result<(), baraza_records::EditError> {
+    let kind: Kind = Header::read(doc)?.kind;
+    let unknown = || baraza_records::EditError::UnknownField {
+        field: path.to_string(),
+        kind: kind.name(),
+    };
+    let parse = |ty: FieldType| {
+        FieldValue::parse(ty, text).map_err(|reason| baraza_records::EditError::BadValue {
+            field: path.to_string(),
+            reason,
+        })
+    };
+    match path.split('.').collect::<Vec<_>>().as_slice() {
+        [field] => {
+            let spec = kind.field(field).ok_or_else(unknown)?;
+            ops::set(doc, field, parse(spec.ty)?, at)
+        }
+        [list, index, field] => {
+            let spec = kind.field(list).ok_or_else(unknown)?;
+            let part = spec
+                .parts()
+                .iter()
+                .find(|p| p.name == *field)
+                .ok_or_else(unknown)?;
+            let index: usize = index.parse().map_err(|_| unknown())?;
+            ops::set_item(doc, list, index, field, parse(part.ty)?, at)
+        }
+        _ => Err(unknown()),
+    }
+}

@@ -1,0 +1,257 @@
+//! The supervisors' review desk API against a real server: sign-in (only
+//! supervisors; cookie flags; CSRF), listing and filtering, a record with
+//! its conflict, resolving it, returning with a comment that reaches the
+//! officer's tablet at its next sync, approving, and the refusals an
+//! officer and a supervisor of another area get.
+
+use baraza_tests::{https_request_with, HttpReply, ServerProcess, Tablet, HARNESS_PASSWORD};
+use serde_json::json;
+
+fn kv(k: &str, v: &str) -> (String, String) {
+    (k.to_string(), v.to_string())
+}
+
+/// A signed-in browser: its session cookie and CSRF token.
+struct Desk<'a> {
+    server: &'a ServerProcess,
+    cookie: String,
+    csrf: String,
+}
+
+async fn login(server: &ServerProcess, user: &str, password: &str) -> HttpReply {
+    https_request_with(
+        server,
+        "POST",
+        "/review/api/login",
+        &[],
+        Some(&json!({ "user": user, "password": password })),
+    )
+    .await
+}
+
+impl<'a> Desk<'a> {
+    async fn open(server: &'a ServerProcess, user: &str) -> Desk<'a> {
+        let reply = login(server, user, HARNESS_PASSWORD).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let set_cookie = reply
+            .header("set-cookie")
+            .expect("a session cookie")
+            .to_string();
+        for flag in ["HttpOnly", "Secure", "SameSite=Strict"] {
+            assert!(set_cookie.contains(flag), "{set_cookie}");
+        }
+        let cookie = set_cookie.split(';').next().unwrap().to_string();
+        let csrf = reply.json()["csrf"].as_str().unwrap().to_string();
+        Desk {
+            server,
+            cookie,
+            csrf,
+        }
+    }
+
+    async fn get(&self, path: &str) -> HttpReply {
+        https_request_with(self.server, "GET", path, &[("Cookie", &self.cookie)], None).await
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> HttpReply {
+        let headers = [
+            ("Cookie", self.cookie.as_str()),
+            ("X-CSRF-Token", self.csrf.as_str()),
+        ];
+        https_request_with(self.server, "POST", path, &headers, Some(&body)).await
+    }
+
+    async fn listed(&self, query: &str) -> Vec<String> {
+        let reply = self.get(&format!("/review/api/records{query}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let mut ids: Vec<String> = reply.json()["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_reviews_resolves_returns_and_approves_through_the_api() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("server"));
+    server.add_user("cpl.otieno", "officer", &["kibera"]);
+    server.add_user("lia.achieng", "liaison", &["kibera"]);
+    server.add_user("sgt.wanjiru", "supervisor", &["kibera"]);
+    server.add_user("sgt.kamau", "supervisor", &["westlands"]);
+    let officer = Tablet::for_user(&server, "officer's tablet", "cpl.otieno", "kibera");
+    let liaison = Tablet::for_user(&server, "liaison's tablet", "lia.achieng", "kibera");
+
+    // A meeting both edited offline (a conflict on the place), submitted;
+    // a patrol note, submitted; a draft.
+    let meeting = liaison
+        .create_record(
+            "meeting",
+            "kibera",
+            vec![kv("title", "Street lighting baraza")],
+        )
+        .unwrap();
+    liaison.sync().await;
+    officer.sync().await;
+    liaison.set(&meeting, "place", "Chief's camp").unwrap();
+    officer.set(&meeting, "place", "Social hall").unwrap();
+    liaison.submit(&meeting).unwrap();
+    let patrol = officer
+        .create_record("patrol_note", "kibera", vec![kv("beat", "B4")])
+        .unwrap();
+    officer.submit(&patrol).unwrap();
+    let draft = officer
+        .create_record("patrol_note", "kibera", vec![kv("beat", "B5")])
+        .unwrap();
+    liaison.sync().await;
+    officer.sync().await;
+
+    // Only supervisors sign in; a wrong password is refused.
+    assert_eq!(
+        login(&server, "cpl.otieno", HARNESS_PASSWORD).await.status,
+        403
+    );
+    assert_eq!(
+        login(&server, "sgt.wanjiru", "not the password")
+            .await
+            .status,
+        401
+    );
+    let desk = Desk::open(&server, "sgt.wanjiru").await;
+    assert_eq!(
+        https_request_with(&server, "GET", "/review/api/records", &[], None)
+            .await
+            .status,
+        401,
+        "no cookie, no records"
+    );
+
+    // Listing and filters.
+    let mut submitted = vec![meeting.clone(), patrol.clone()];
+    submitted.sort();
+    assert_eq!(desk.listed("?state=submitted").await, submitted);
+    assert_eq!(desk.listed("?kind=meeting").await, vec![meeting.clone()]);
+    assert_eq!(desk.listed("?state=draft").await, vec![draft.clone()]);
+    assert_eq!(desk.listed("?q=LIGHTING").await, vec![meeting.clone()]);
+    assert!(desk.listed("?area=westlands").await.is_empty());
+    assert!(desk.listed("?from=99999999999999").await.is_empty());
+    assert_eq!(desk.listed("?to=0").await, Vec::<String>::new());
+
+    // The record with its conflict, each value with its author.
+    let view = desk
+        .get(&format!("/review/api/records/{meeting}"))
+        .await
+        .json();
+    let conflicts = view["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1, "{view}");
+    assert_eq!(conflicts[0]["path"], "place");
+    let users: Vec<&str> = conflicts[0]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["user"].as_str().unwrap())
+        .collect();
+    assert!(
+        users.contains(&"cpl.otieno") && users.contains(&"lia.achieng"),
+        "{users:?}"
+    );
+
+    // State-changing requests need the CSRF token.
+    let forged = https_request_with(
+        &server,
+        "POST",
+        &format!("/review/api/records/{meeting}/resolve"),
+        &[("Cookie", desk.cookie.as_str())],
+        Some(&json!({ "path": "place", "value": "Social hall" })),
+    )
+    .await;
+    assert_eq!(forged.status, 403);
+
+    // Resolve the conflict with one of its values.
+    let resolved = desk
+        .post(
+            &format!("/review/api/records/{meeting}/resolve"),
+            json!({ "path": "place", "value": "Social hall" }),
+        )
+        .await;
+    assert_eq!(resolved.status, 200, "{}", resolved.body);
+    let view = desk
+        .get(&format!("/review/api/records/{meeting}"))
+        .await
+        .json();
+    assert!(view["conflicts"].as_array().unwrap().is_empty(), "{view}");
+    assert_eq!(view["fields"]["place"], "Social hall");
+
+    // A return needs a comment; with one it stands.
+    let bare = desk
+        .post(
+            &format!("/review/api/records/{meeting}/decision"),
+            json!({ "decision": "returned" }),
+        )
+        .await;
+    assert_eq!(bare.status, 400);
+    let returned = desk
+        .post(
+            &format!("/review/api/records/{meeting}/decision"),
+            json!({ "decision": "returned", "comment": "add the attendee count" }),
+        )
+        .await;
+    assert_eq!(returned.status, 200, "{}", returned.body);
+    let approved = desk
+        .post(
+            &format!("/review/api/records/{patrol}/decision"),
+            json!({ "decision": "approved" }),
+        )
+        .await;
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    assert_eq!(desk.listed("?state=returned").await, vec![meeting.clone()]);
+    assert_eq!(desk.listed("?state=approved").await, vec![patrol.clone()]);
+
+    // The liaison's tablet shows the return, with the comment and who
+    // made it, at its next sync; the officer's shows the approval.
+    liaison.sync().await;
+    let record = liaison.get(&meeting).unwrap();
+    assert_eq!(record.review_state, "returned");
+    assert_eq!(record.review_comments.len(), 1);
+    assert_eq!(record.review_comments[0].by, "sgt.wanjiru");
+    assert_eq!(record.review_comments[0].text, "add the attendee count");
+    assert_eq!(liaison.field(&meeting, "place").value, "Social hall");
+    assert!(liaison.field(&meeting, "place").conflicts.is_empty());
+    officer.sync().await;
+    assert_eq!(officer.get(&patrol).unwrap().review_state, "approved");
+    let history = liaison.history(&meeting).unwrap();
+    assert_eq!(
+        history.last().and_then(|h| h.message.clone()).as_deref(),
+        Some("review returned by sgt.wanjiru")
+    );
+
+    // A supervisor of another area sees none of it and decides nothing.
+    let away = Desk::open(&server, "sgt.kamau").await;
+    assert!(away.listed("").await.is_empty());
+    assert_eq!(
+        away.get(&format!("/review/api/records/{meeting}"))
+            .await
+            .status,
+        404
+    );
+    let refused = away
+        .post(
+            &format!("/review/api/records/{draft}/decision"),
+            json!({ "decision": "approved" }),
+        )
+        .await;
+    assert_eq!(refused.status, 404);
+
+    // Decisions are audited with the supervisor; signing out ends the session.
+    let log = server.audit_entries();
+    assert!(log.iter().any(|e| e["event"] == "review_decision"
+        && e["details"]["decision"] == "returned"
+        && e["details"]["user"] == "sgt.wanjiru"));
+    let out = desk.post("/review/api/logout", json!({})).await;
+    assert_eq!(out.status, 200);
+    assert_eq!(desk.get("/review/api/records").await.status, 401);
+}
