@@ -27,6 +27,7 @@ pub mod config;
 pub mod data_dir;
 pub mod devices;
 pub mod docs;
+pub mod export;
 pub mod http;
 pub mod login;
 pub mod peer;

@@ -280,6 +280,22 @@ pub fn routes(
         .and_then(|desk, headers, query| async move {
             Ok::<_, Rejection>(list(desk, headers, query).await)
         });
+    let csv = warp::path!("review" / "api" / "export.csv")
+        .and(warp::get())
+        .and(with_desk.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and_then(|desk, headers, query| async move {
+            Ok::<_, Rejection>(export(desk, headers, "csv", query).await)
+        });
+    let geojson = warp::path!("review" / "api" / "export.geojson")
+        .and(warp::get())
+        .and(with_desk.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and_then(|desk, headers, query| async move {
+            Ok::<_, Rejection>(export(desk, headers, "geojson", query).await)
+        });
     let one = warp::path!("review" / "api" / "records" / String)
         .and(warp::get())
         .and(with_desk.clone())
@@ -319,6 +335,10 @@ pub fn routes(
         .or(decide)
         .unify()
         .or(resolve)
+        .unify()
+        .or(csv)
+        .unify()
+        .or(geojson)
         .unify()
 }
 
@@ -408,6 +428,76 @@ async fn login(desk: Arc<Desk>, peer: Option<SocketAddr>, body: Bytes) -> warp::
     }
 }
 
+/// A listing's filters, as the list and the exports take them.
+struct Selection {
+    filter: RecordFilter,
+    to: Option<i64>,
+    text: Option<String>,
+    limit: usize,
+}
+
+impl Selection {
+    fn parse(
+        query: &std::collections::HashMap<String, String>,
+        limit_max: usize,
+    ) -> Result<Selection, String> {
+        let number = |name: &str| match query.get(name).map(|v| v.parse::<i64>()) {
+            None => Ok(None),
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(_)) => Err(format!("{name} must be milliseconds since 1970")),
+        };
+        let from = number("from")?;
+        let to = number("to")?;
+        Ok(Selection {
+            filter: RecordFilter {
+                kind: query.get("kind").cloned(),
+                area: query.get("area").cloned(),
+                state: query.get("state").cloned(),
+                since: from,
+            },
+            to,
+            text: query
+                .get("q")
+                .map(|q| q.trim().to_lowercase())
+                .filter(|q| !q.is_empty()),
+            limit: query
+                .get("limit")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(limit_max)
+                .min(limit_max),
+        })
+    }
+
+    /// The rows `who` may read that match, from the index; free text is
+    /// matched in the records the index already narrowed down. Blocking.
+    fn rows(
+        &self,
+        hub: &SyncHub,
+        who: &Principal,
+    ) -> Result<Vec<crate::store::RecordRow>, crate::docs::DocsError> {
+        let rows = hub.list_records(who, &self.filter, usize::MAX)?;
+        let mut out = Vec::new();
+        for row in rows {
+            if self.to.is_some_and(|t| row.entry.created_at > t) {
+                continue;
+            }
+            if let Some(q) = &self.text {
+                let Ok(id) = row.id.parse::<DocId>() else {
+                    continue;
+                };
+                if !hub.record_text(id)?.to_lowercase().contains(q) {
+                    continue;
+                }
+            }
+            out.push(row);
+            if out.len() >= self.limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
 async fn list(
     desk: Arc<Desk>,
     headers: HeaderMap,
@@ -417,60 +507,117 @@ async fn list(
         Ok((caller, _)) => caller,
         Err(refused) => return refused.reply(),
     };
-    let number = |name: &str| match query.get(name).map(|v| v.parse::<i64>()) {
-        None => Ok(None),
-        Some(Ok(v)) => Ok(Some(v)),
-        Some(Err(_)) => Err(format!("{name} must be milliseconds since 1970")),
+    let selection = match Selection::parse(&query, ROWS_MAX) {
+        Ok(s) => s,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    let (from, to) = match (number("from"), number("to")) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(why), _) | (_, Err(why)) => return error(StatusCode::BAD_REQUEST, why),
-    };
-    let limit = query
-        .get("limit")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(ROWS_MAX)
-        .min(ROWS_MAX);
-    let filter = RecordFilter {
-        kind: query.get("kind").cloned(),
-        area: query.get("area").cloned(),
-        state: query.get("state").cloned(),
-        since: from,
-    };
-    let text = query
-        .get("q")
-        .map(|q| q.trim().to_lowercase())
-        .filter(|q| !q.is_empty());
     let hub = desk.hub.clone();
-    let rows = tokio::task::spawn_blocking(move || {
-        let rows = hub.list_records(&caller.principal, &filter, ROWS_MAX)?;
-        let mut out = Vec::new();
-        for row in rows {
-            if to.is_some_and(|t| row.entry.created_at > t) {
-                continue;
-            }
-            if let Some(q) = &text {
-                let Ok(id) = row.id.parse::<DocId>() else {
-                    continue;
-                };
-                // The index narrowed the candidates; the text is in the
-                // records themselves.
-                if !hub.record_text(id)?.to_lowercase().contains(q) {
-                    continue;
-                }
-            }
-            out.push(row);
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok::<_, crate::docs::DocsError>(out)
-    })
-    .await;
+    let rows = tokio::task::spawn_blocking(move || selection.rows(&hub, &caller.principal)).await;
     match rows {
         Ok(Ok(rows)) => ok(serde_json::json!({ "records": rows })),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "record index unavailable"),
     }
+}
+
+/// Most records one export holds.
+const EXPORT_ROWS_MAX: usize = 100_000;
+
+async fn export(
+    desk: Arc<Desk>,
+    headers: HeaderMap,
+    format: &'static str,
+    query: std::collections::HashMap<String, String>,
+) -> warp::reply::Response {
+    let caller = match desk.caller(&headers, false) {
+        Ok((caller, _)) => caller,
+        Err(refused) => return refused.reply(),
+    };
+    let mut selection = match Selection::parse(&query, EXPORT_ROWS_MAX) {
+        Ok(s) => s,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let contacts = query
+        .get("contacts")
+        .is_some_and(|v| v == "1" || v == "true");
+    let kind = match format {
+        "geojson" => Kind::PatrolNote,
+        _ => match query.get("kind").and_then(|k| Kind::parse(k)) {
+            Some(kind) => kind,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "kind is required: one CSV per kind",
+                )
+            }
+        },
+    };
+    if kind == Kind::FeedbackContact && !contacts {
+        return error(
+            StatusCode::FORBIDDEN,
+            "contact details leave only when asked for explicitly (contacts=1)",
+        );
+    }
+    selection.filter.kind = Some(kind.name().to_string());
+    let hub = desk.hub.clone();
+    let who = caller.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let rows = selection.rows(&hub, &who.principal)?;
+        let records = rows
+            .iter()
+            .filter_map(|row| row.id.parse::<DocId>().ok())
+            .map(|id| hub.export_record(&who.principal, id, contacts))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+        Ok::<_, crate::docs::DocsError>(records)
+    })
+    .await;
+    let records = match built {
+        Ok(Ok(records)) => records,
+        _ => return error(StatusCode::SERVICE_UNAVAILABLE, "record store unavailable"),
+    };
+    let audit = desk.hub.audit().clone();
+    let details = serde_json::json!({
+        "user": caller.principal.user,
+        "format": format,
+        "kind": kind.name(),
+        "records": records.len(),
+        "contacts": contacts,
+    });
+    let _ = tokio::task::spawn_blocking(move || {
+        audit.record(
+            if contacts {
+                "restricted_export"
+            } else {
+                "export"
+            },
+            details,
+        )
+    })
+    .await;
+    let (body, content_type, extension) = match format {
+        "geojson" => (
+            crate::export::geojson(&records).to_string(),
+            "application/geo+json",
+            "geojson",
+        ),
+        _ => (
+            crate::export::csv(kind, &records, contacts),
+            "text/csv; charset=utf-8",
+            "csv",
+        ),
+    };
+    let reply = warp::reply::with_header(body, "content-type", content_type);
+    warp::reply::with_header(
+        reply,
+        "content-disposition",
+        format!(
+            "attachment; filename=\"baraza-{}.{extension}\"",
+            kind.name()
+        ),
+    )
+    .into_response()
 }
 
 async fn show(desk: Arc<Desk>, headers: HeaderMap, id: String) -> warp::reply::Response {

@@ -232,6 +232,52 @@ impl SyncHub {
         Ok(self.docs.store().list_records(filter, &visible, limit)?)
     }
 
+    /// One record as an export holds it, if `who` may read it; with
+    /// `contacts`, a feedback record carries its contact details too
+    /// (when `who` may read those). Not audited here: the export is, once.
+    pub fn export_record(
+        &self,
+        who: &Principal,
+        id: DocId,
+        contacts: bool,
+    ) -> Result<Option<crate::export::ExportRecord>, DocsError> {
+        if !self.readable(who, id)? {
+            return Ok(None);
+        }
+        let (header, review_state, fields) = {
+            let handle = self.docs.handle(id)?;
+            let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+            let Ok(header) = Header::read(&live.doc) else {
+                return Ok(None);
+            };
+            (
+                header,
+                baraza_records::review_state(&live.doc),
+                to_json(&live.doc, &automerge::ROOT),
+            )
+        };
+        let mut contact = None;
+        if contacts && header.kind == Kind::Feedback {
+            if let Some(cid) = fields["contact"]
+                .as_str()
+                .and_then(|c| c.parse::<DocId>().ok())
+            {
+                if self.readable(who, cid)? {
+                    let handle = self.docs.handle(cid)?;
+                    let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+                    contact = Some(to_json(&live.doc, &automerge::ROOT));
+                }
+            }
+        }
+        Ok(Some(crate::export::ExportRecord {
+            id: id.to_string(),
+            header,
+            review_state,
+            fields,
+            contact,
+        }))
+    }
+
     /// A record's field values as one text, for free-text search.
     pub fn record_text(&self, id: DocId) -> Result<String, DocsError> {
         let handle = self.docs.handle(id)?;

@@ -255,3 +255,153 @@ async fn a_supervisor_reviews_resolves_returns_and_approves_through_the_api() {
     assert_eq!(out.status, 200);
     assert_eq!(desk.get("/review/api/records").await.status, 401);
 }
+
+/// Parses CSV as RFC 4180 writes it (quoted cells, doubled quotes, CRLF).
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut row = Vec::new();
+    let mut cell = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                cell.push('"');
+                chars.next();
+            }
+            (true, '"') => quoted = false,
+            (true, c) => cell.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut cell)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                row.push(std::mem::take(&mut cell));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => cell.push(c),
+        }
+    }
+    rows
+}
+
+fn column<'r>(rows: &'r [Vec<String>], name: &str) -> Vec<&'r str> {
+    let at = rows[0]
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("no column {name} in {:?}", rows[0]));
+    rows[1..].iter().map(|r| r[at].as_str()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_parse_hold_the_right_rows_and_leave_contacts_out_unless_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("server"));
+    server.add_user("cpl.otieno", "officer", &["kibera"]);
+    server.add_user("sgt.wanjiru", "supervisor", &["kibera"]);
+    let officer = Tablet::for_user(&server, "officer's tablet", "cpl.otieno", "kibera");
+
+    let title = "Baraza, \"lighting\" <script>alert(1)</script>";
+    let meeting = officer
+        .create_record("meeting", "kibera", vec![kv("title", title)])
+        .unwrap();
+    officer
+        .add_item(&meeting, "attendees", vec![kv("name", "Mama Njeri")])
+        .unwrap();
+    let patrol = officer
+        .create_record("patrol_note", "kibera", vec![kv("beat", "B4")])
+        .unwrap();
+    officer
+        .add_item(
+            &patrol,
+            "observations",
+            vec![kv("text", "Broken street light")],
+        )
+        .unwrap();
+    officer
+        .add_item(&patrol, "observations", vec![kv("text", "No fix indoors")])
+        .unwrap();
+    officer
+        .set_gps(&patrol, 0, "-1.3133", "36.7869", 12)
+        .unwrap();
+    let feedback = officer
+        .create_record(
+            "feedback",
+            "kibera",
+            vec![kv("category", "complaint"), kv("about", "Noise at night")],
+        )
+        .unwrap();
+    let contact = officer
+        .create_record(
+            "feedback_contact",
+            "kibera",
+            vec![kv("feedback", &feedback), kv("phone", "+254 722 000 111")],
+        )
+        .unwrap();
+    officer.set(&feedback, "contact", &contact).unwrap();
+    assert_eq!(officer.sync().await.refused, 0);
+
+    let desk = Desk::open(&server, "sgt.wanjiru").await;
+
+    let reply = desk.get("/review/api/export.csv?kind=meeting").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/csv"));
+    let rows = parse_csv(&reply.body);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(column(&rows, "id"), vec![meeting.as_str()]);
+    assert_eq!(column(&rows, "title"), vec![title]);
+    assert_eq!(column(&rows, "attendees_count"), vec!["1"]);
+    assert!(
+        desk.get("/review/api/export.csv?kind=meeting&area=westlands")
+            .await
+            .body
+            .lines()
+            .count()
+            == 1
+    );
+
+    // Feedback: no contact details unless asked for, and then audited.
+    let plain = desk.get("/review/api/export.csv?kind=feedback").await;
+    assert_eq!(plain.status, 200);
+    assert!(!plain.body.contains("722 000 111"));
+    assert!(!plain.body.contains("contact.phone"));
+    assert_eq!(
+        column(&parse_csv(&plain.body), "about"),
+        vec!["Noise at night"]
+    );
+    let asked = desk
+        .get("/review/api/export.csv?kind=feedback&contacts=1")
+        .await;
+    // A leading + would start a formula in a spreadsheet: the apostrophe
+    // makes it text there (and is not shown).
+    assert_eq!(
+        column(&parse_csv(&asked.body), "contact.phone"),
+        vec!["'+254 722 000 111"]
+    );
+    assert_eq!(
+        desk.get("/review/api/export.csv?kind=feedback_contact")
+            .await
+            .status,
+        403
+    );
+    assert!(server
+        .audit_entries()
+        .iter()
+        .any(|e| e["event"] == "restricted_export" && e["details"]["user"] == "sgt.wanjiru"));
+
+    // GeoJSON: the observation with a fix, longitude first.
+    let geo = desk.get("/review/api/export.geojson").await;
+    assert_eq!(geo.status, 200);
+    let geo = geo.json();
+    assert_eq!(geo["type"], "FeatureCollection");
+    let features = geo["features"].as_array().unwrap();
+    assert_eq!(features.len(), 1, "{geo}");
+    assert_eq!(
+        features[0]["geometry"]["coordinates"],
+        json!([36.7869, -1.3133])
+    );
+    assert_eq!(features[0]["properties"]["record"], patrol.as_str());
+    assert_eq!(features[0]["properties"]["text"], "Broken street light");
+}
