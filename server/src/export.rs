@@ -18,6 +18,9 @@ pub struct ExportRecord {
     pub fields: serde_json::Value,
     /// A feedback record's contact details, only when asked for.
     pub contact: Option<serde_json::Value>,
+    /// Review decisions ever made on it, oldest first (`approved`,
+    /// `returned`), from its change history.
+    pub decisions: Vec<String>,
 }
 
 /// The contact columns a feedback export gains when contacts are asked for.
@@ -152,6 +155,115 @@ pub fn geojson(records: &[ExportRecord]) -> serde_json::Value {
     serde_json::json!({ "type": "FeatureCollection", "features": features })
 }
 
+const DAY_MS: f64 = 86_400_000.0;
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
+
+/// `YYYY-MM` (UTC) of a time in milliseconds since the epoch.
+fn month_of(ms: i64) -> String {
+    // Civil-from-days (Howard Hinnant's algorithm), to avoid a date crate
+    // for one conversion.
+    let days = ms.div_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}")
+}
+
+/// Indicators for reports to command and oversight bodies, over records
+/// already read and access-checked: meetings per area and month with
+/// attendance, concerns by topic, feedback by category and status, median
+/// days from feedback received to acknowledged and to resolved, and the
+/// share of decided records that were returned at least once.
+pub fn indicators(records: &[ExportRecord]) -> serde_json::Value {
+    use std::collections::BTreeMap;
+    let mut meetings: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    let mut topics: BTreeMap<String, u64> = BTreeMap::new();
+    let mut feedback: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let (mut to_ack, mut to_resolve) = (Vec::new(), Vec::new());
+    let (mut decided, mut returned) = (0u64, 0u64);
+    for r in records {
+        if !r.decisions.is_empty() {
+            decided += 1;
+            if r.decisions.iter().any(|d| d == "returned") {
+                returned += 1;
+            }
+        }
+        let f = &r.fields;
+        match r.header.kind {
+            Kind::Meeting => {
+                let held = f["held_at"].as_i64().unwrap_or(r.header.created_at);
+                let attendance = f["headcount"]["total"]
+                    .as_u64()
+                    .unwrap_or_else(|| f["attendees"].as_array().map_or(0, |a| a.len() as u64));
+                let entry = meetings
+                    .entry((r.header.area.clone(), month_of(held)))
+                    .or_default();
+                entry.0 += 1;
+                entry.1 += attendance;
+                for c in f["concerns"].as_array().into_iter().flatten() {
+                    let topic = c["topic"].as_str().unwrap_or("").trim();
+                    let topic = if topic.is_empty() { "(none)" } else { topic };
+                    *topics.entry(topic.to_lowercase()).or_default() += 1;
+                }
+            }
+            Kind::Feedback => {
+                let category = f["category"].as_str().unwrap_or("(none)").to_string();
+                let status = f["status"].as_str().unwrap_or("received").to_string();
+                *feedback.entry((category, status)).or_default() += 1;
+                let first = |wanted: &str| {
+                    f["follow_ups"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|u| u["status"] == wanted)
+                        .filter_map(|u| u["at"].as_i64())
+                        .min()
+                };
+                let received = r.header.created_at;
+                if let Some(at) = first("acknowledged") {
+                    to_ack.push((at - received).max(0) as f64 / DAY_MS);
+                }
+                if let Some(at) = first("resolved") {
+                    to_resolve.push((at - received).max(0) as f64 / DAY_MS);
+                }
+            }
+            _ => {}
+        }
+    }
+    serde_json::json!({
+        "meetings": meetings.into_iter().map(|((area, month), (held, attendance))| serde_json::json!({
+            "area": area, "month": month, "held": held, "attendance": attendance,
+        })).collect::<Vec<_>>(),
+        "concerns_by_topic": topics,
+        "feedback": feedback.into_iter().map(|((category, status), count)| serde_json::json!({
+            "category": category, "status": status, "count": count,
+        })).collect::<Vec<_>>(),
+        "median_days_to_acknowledged": median(to_ack),
+        "median_days_to_resolved": median(to_resolve),
+        "decided": decided,
+        "returned_at_least_once": returned,
+        "share_returned": if decided == 0 { None } else { Some(returned as f64 / decided as f64) },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +275,16 @@ mod tests {
         assert_eq!(escape("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(escape("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
         assert_eq!(escape("-1"), "'-1");
+    }
+
+    #[test]
+    fn months_and_medians() {
+        assert_eq!(month_of(0), "1970-01");
+        assert_eq!(month_of(1_700_000_000_000), "2023-11");
+        assert_eq!(month_of(951_782_400_000), "2000-02"); // 2000-02-29
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
     }
 
     #[test]

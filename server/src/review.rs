@@ -296,6 +296,14 @@ pub fn routes(
         .and_then(|desk, headers, query| async move {
             Ok::<_, Rejection>(export(desk, headers, "geojson", query).await)
         });
+    let indicators = warp::path!("review" / "api" / "indicators")
+        .and(warp::get())
+        .and(with_desk.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and_then(|desk, headers, query| async move {
+            Ok::<_, Rejection>(indicators(desk, headers, query).await)
+        });
     let one = warp::path!("review" / "api" / "records" / String)
         .and(warp::get())
         .and(with_desk.clone())
@@ -340,6 +348,49 @@ pub fn routes(
         .unify()
         .or(geojson)
         .unify()
+        .or(indicators)
+        .unify()
+}
+
+/// `GET indicators?area=&from=&to=`: the report figures over every record
+/// the supervisor may read that matches.
+async fn indicators(
+    desk: Arc<Desk>,
+    headers: HeaderMap,
+    query: std::collections::HashMap<String, String>,
+) -> warp::reply::Response {
+    let caller = match desk.caller(&headers, false) {
+        Ok((caller, _)) => caller,
+        Err(refused) => return refused.reply(),
+    };
+    let mut selection = match Selection::parse(&query, EXPORT_ROWS_MAX) {
+        Ok(s) => s,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    selection.filter.kind = None;
+    selection.filter.state = None;
+    let hub = desk.hub.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let mut records = Vec::new();
+        for row in selection.rows(&hub, &caller.principal)? {
+            let Ok(id) = row.id.parse::<DocId>() else {
+                continue;
+            };
+            if !matches!(
+                row.entry.kind.as_str(),
+                "meeting" | "feedback" | "patrol_note"
+            ) {
+                continue;
+            }
+            records.extend(hub.export_record(&caller.principal, id, false)?);
+        }
+        Ok::<_, crate::docs::DocsError>(crate::export::indicators(&records))
+    })
+    .await;
+    match built {
+        Ok(Ok(figures)) => ok(figures),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "record store unavailable"),
+    }
 }
 
 fn lock(throttle: &Mutex<LoginThrottle>) -> std::sync::MutexGuard<'_, LoginThrottle> {

@@ -244,16 +244,29 @@ impl SyncHub {
         if !self.readable(who, id)? {
             return Ok(None);
         }
-        let (header, review_state, fields) = {
+        let (header, review_state, fields, decisions) = {
             let handle = self.docs.handle(id)?;
             let live = handle.lock().unwrap_or_else(|p| p.into_inner());
             let Ok(header) = Header::read(&live.doc) else {
                 return Ok(None);
             };
+            // Decisions from the change messages (`review returned by ...`):
+            // cheap, no diff needed.
+            let decisions = live
+                .doc
+                .get_changes(&[])
+                .iter()
+                .filter_map(|c| c.message())
+                .filter_map(|m| m.strip_prefix("review "))
+                .filter_map(|m| m.split(' ').next())
+                .filter(|d| baraza_records::access::DECISIONS.contains(d))
+                .map(str::to_string)
+                .collect();
             (
                 header,
                 baraza_records::review_state(&live.doc),
                 to_json(&live.doc, &automerge::ROOT),
+                decisions,
             )
         };
         let mut contact = None;
@@ -275,6 +288,7 @@ impl SyncHub {
             review_state,
             fields,
             contact,
+            decisions,
         }))
     }
 

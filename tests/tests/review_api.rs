@@ -210,6 +210,10 @@ async fn a_supervisor_reviews_resolves_returns_and_approves_through_the_api() {
     assert_eq!(approved.status, 200, "{}", approved.body);
     assert_eq!(desk.listed("?state=returned").await, vec![meeting.clone()]);
     assert_eq!(desk.listed("?state=approved").await, vec![patrol.clone()]);
+    let figures = desk.get("/review/api/indicators").await.json();
+    assert_eq!(figures["decided"], 2, "{figures}");
+    assert_eq!(figures["returned_at_least_once"], 1);
+    assert_eq!(figures["share_returned"], 0.5);
 
     // The liaison's tablet shows the return, with the comment and who
     // made it, at its next sync; the officer's shows the approval.
@@ -338,6 +342,19 @@ async fn exports_parse_hold_the_right_rows_and_leave_contacts_out_unless_asked()
         )
         .unwrap();
     officer.set(&feedback, "contact", &contact).unwrap();
+    officer
+        .add_item(
+            &meeting,
+            "concerns",
+            vec![kv("topic", "Lighting"), kv("text", "The road is dark")],
+        )
+        .unwrap();
+    officer
+        .follow_up(&feedback, "acknowledged", "Called back")
+        .unwrap();
+    officer
+        .follow_up(&feedback, "resolved", "Noise stopped")
+        .unwrap();
     assert_eq!(officer.sync().await.refused, 0);
 
     let desk = Desk::open(&server, "sgt.wanjiru").await;
@@ -404,4 +421,32 @@ async fn exports_parse_hold_the_right_rows_and_leave_contacts_out_unless_asked()
     );
     assert_eq!(features[0]["properties"]["record"], patrol.as_str());
     assert_eq!(features[0]["properties"]["text"], "Broken street light");
+
+    // Indicators for command and oversight.
+    let figures = desk.get("/review/api/indicators?area=kibera").await;
+    assert_eq!(figures.status, 200, "{}", figures.body);
+    let figures = figures.json();
+    let meetings = figures["meetings"].as_array().unwrap();
+    assert_eq!(meetings.len(), 1, "{figures}");
+    assert_eq!(meetings[0]["area"], "kibera");
+    assert_eq!(meetings[0]["held"], 1);
+    assert_eq!(meetings[0]["attendance"], 1);
+    assert_eq!(figures["concerns_by_topic"]["lighting"], 1);
+    assert_eq!(
+        figures["feedback"],
+        json!([{ "category": "complaint", "status": "resolved", "count": 1 }])
+    );
+    for key in ["median_days_to_acknowledged", "median_days_to_resolved"] {
+        let days = figures[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key}: {figures}"));
+        assert!((0.0..1.0).contains(&days), "{key}: {days}");
+    }
+    assert_eq!(figures["decided"], 0);
+    assert!(figures["share_returned"].is_null());
+    let away = desk
+        .get("/review/api/indicators?area=westlands")
+        .await
+        .json();
+    assert!(away["meetings"].as_array().unwrap().is_empty());
 }
