@@ -251,7 +251,9 @@ fn routes(
     let enroll = crate::login::enroll_route(&state);
     let admin = crate::admin_api::routes(&state);
     let rotate = rotate_route(&state);
-    let review = crate::review::routes(&state, state.review_sessions.clone());
+    let review = crate::review::routes(&state, state.review_sessions.clone())
+        .or(crate::review::page())
+        .unify();
     let auth_state = state.clone();
     let sync = warp::path!("v1" / "sync")
         .and(warp::get())

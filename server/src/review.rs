@@ -229,6 +229,55 @@ struct ResolveRequest {
     value: String,
 }
 
+/// The page's assets, embedded: the desk works on a station LAN with no
+/// internet, and nothing is fetched from elsewhere.
+const INDEX_HTML: &str = include_str!("../assets/review/index.html");
+const APP_JS: &str = include_str!("../assets/review/app.js");
+const APP_CSS: &str = include_str!("../assets/review/app.css");
+
+/// No inline script or style, nothing from elsewhere, no framing.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
+     frame-ancestors 'none'; base-uri 'none'";
+
+/// Adds the headers every review desk response carries.
+fn hardened(reply: warp::reply::Response) -> warp::reply::Response {
+    let mut reply = reply;
+    let headers = reply.headers_mut();
+    for (name, value) in [
+        ("content-security-policy", CONTENT_SECURITY_POLICY),
+        ("x-content-type-options", "nosniff"),
+        ("x-frame-options", "DENY"),
+        ("referrer-policy", "no-referrer"),
+        ("cache-control", "no-store"),
+    ] {
+        if let Ok(value) = warp::http::HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
+    reply
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> warp::reply::Response {
+    warp::reply::with_header(body, "content-type", content_type).into_response()
+}
+
+/// The page and its assets, at `/review`.
+pub fn page(
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static
+{
+    let index = warp::path!("review")
+        .and(warp::get())
+        .map(|| asset(INDEX_HTML, "text/html; charset=utf-8"));
+    let js = warp::path!("review" / "app.js")
+        .and(warp::get())
+        .map(|| asset(APP_JS, "text/javascript; charset=utf-8"));
+    let css = warp::path!("review" / "app.css")
+        .and(warp::get())
+        .map(|| asset(APP_CSS, "text/css; charset=utf-8"));
+    index.or(js).unify().or(css).unify().map(hardened)
+}
+
 /// The routes under `/review/api/`.
 pub fn routes(
     state: &AppState,
@@ -272,6 +321,27 @@ pub fn routes(
                 Err(refused) => refused.reply(),
             },
         );
+    let session = warp::path!("review" / "api" / "session")
+        .and(warp::get())
+        .and(with_desk.clone())
+        .and(warp::header::headers_cloned())
+        .map(|desk: Arc<Desk>, headers: HeaderMap| {
+            let Some(id) = session_cookie(&headers) else {
+                return error(StatusCode::UNAUTHORIZED, "sign in first");
+            };
+            match (
+                desk.caller(&headers, false),
+                desk.sessions.find(&id, unix_now()),
+            ) {
+                (Ok((caller, _)), Ok(Some(session))) => ok(serde_json::json!({
+                    "user": caller.principal.user,
+                    "areas": caller.principal.areas,
+                    "csrf": session.csrf,
+                })),
+                (Err(refused), _) => refused.reply(),
+                _ => error(StatusCode::UNAUTHORIZED, "sign in first"),
+            }
+        });
     let list = warp::path!("review" / "api" / "records")
         .and(warp::get())
         .and(with_desk.clone())
@@ -336,6 +406,8 @@ pub fn routes(
     login
         .or(logout)
         .unify()
+        .or(session)
+        .unify()
         .or(list)
         .unify()
         .or(one)
@@ -350,6 +422,7 @@ pub fn routes(
         .unify()
         .or(indicators)
         .unify()
+        .map(hardened)
 }
 
 /// `GET indicators?area=&from=&to=`: the report figures over every record

@@ -450,3 +450,62 @@ async fn exports_parse_hold_the_right_rows_and_leave_contacts_out_unless_asked()
         .json();
     assert!(away["meetings"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_is_served_from_the_binary_with_a_strict_policy_and_no_inline_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("server"));
+    let page = https_request_with(&server, "GET", "/review", &[], None).await;
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    let csp = page
+        .header("content-security-policy")
+        .expect("a CSP")
+        .to_string();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    // Every script is a file of our own; no inline script, style or handler.
+    let html = page.body.to_lowercase();
+    assert_eq!(
+        html.matches("<script").count(),
+        html.matches("<script src=\"/review/").count()
+    );
+    assert!(!html.contains("<style") && !html.contains(" style=") && !html.contains(" onclick="));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "nothing from elsewhere"
+    );
+    for (path, kind) in [
+        ("/review/app.js", "text/javascript"),
+        ("/review/app.css", "text/css"),
+    ] {
+        let asset = https_request_with(&server, "GET", path, &[], None).await;
+        assert_eq!(asset.status, 200, "{path}");
+        assert!(
+            asset.header("content-type").unwrap().starts_with(kind),
+            "{path}"
+        );
+        assert!(asset.header("content-security-policy").is_some());
+    }
+    // The script builds the page from text, never from markup.
+    let js = https_request_with(&server, "GET", "/review/app.js", &[], None)
+        .await
+        .body;
+    assert!(
+        !js.contains("innerHTML") && !js.contains("insertAdjacentHTML") && !js.contains("eval(")
+    );
+    // API answers carry the same policy.
+    let api = https_request_with(&server, "GET", "/review/api/records", &[], None).await;
+    assert_eq!(api.status, 401);
+    assert!(api.header("content-security-policy").is_some());
+}
