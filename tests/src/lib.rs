@@ -23,6 +23,8 @@
 //!
 //! Every wait is bounded, and all traffic stays on 127.0.0.1.
 
+pub mod webdriver;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
@@ -791,7 +793,7 @@ pub async fn https_request_with(
     }
 }
 
-fn dechunk(mut body: &str) -> String {
+pub(crate) fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
         let Ok(n) = usize::from_str_radix(size.trim(), 16) else {

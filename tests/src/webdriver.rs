@@ -1,0 +1,296 @@
+//! A small W3C WebDriver client for driving Debian's headless Chromium
+//! through `chromedriver`, for the review desk's browser tests. Plain HTTP
+//! to chromedriver on loopback; every wait is bounded.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Where Debian's packages put them (`chromium`, `chromium-driver`).
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+/// See [`CHROMIUM`].
+pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// The W3C key of an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+/// Longest wait for the page to reach a state.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A running chromedriver with one headless Chromium session. Both end
+/// when this is dropped.
+pub struct Browser {
+    driver: Child,
+    addr: SocketAddr,
+    session: String,
+}
+
+/// An element on the page.
+#[derive(Clone, Debug)]
+pub struct Element(String);
+
+impl Browser {
+    /// Starts chromedriver on a free loopback port and opens a session.
+    /// The server's development certificate is self-signed for tests, so
+    /// the browser is told to accept it; TLS itself is tested elsewhere.
+    pub fn start() -> Browser {
+        for tool in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                std::path::Path::new(tool).exists(),
+                "{tool} is missing: install Debian's chromium and chromium-driver (.ci/run does)"
+            );
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut browser = Browser {
+            driver,
+            addr,
+            session: String::new(),
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(status) = browser.call("GET", "/status", None) {
+                if status["value"]["ready"] == true {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let created = browser
+            .call(
+                "POST",
+                "/session",
+                Some(json!({
+                    "capabilities": { "alwaysMatch": {
+                        "browserName": "chrome",
+                        "acceptInsecureCerts": true,
+                        "goog:chromeOptions": {
+                            "binary": CHROMIUM,
+                            "args": [
+                                "--headless", "--no-sandbox", "--disable-gpu",
+                                "--disable-background-networking",
+                                "--disable-dev-shm-usage", "--window-size=1280,900",
+                            ],
+                        },
+                    }},
+                })),
+            )
+            .expect("a browser session");
+        browser.session = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session id: {created}"))
+            .to_string();
+        browser
+    }
+
+    /// One WebDriver command. Errors are WebDriver's own replies.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| e.to_string())?;
+        // chromedriver may keep the connection open whatever we ask, so
+        // read by Content-Length (or to the last chunk), not to the end.
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        let complete = |raw: &[u8]| -> bool {
+            let text = String::from_utf8_lossy(raw);
+            let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+                return false;
+            };
+            let head = head.to_ascii_lowercase();
+            if head.contains("transfer-encoding: chunked") {
+                return rest.contains("\r\n0\r\n\r\n") || rest.starts_with("0\r\n\r\n");
+            }
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            rest.len() >= length
+        };
+        while !complete(&raw) {
+            let n = stream.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&raw);
+        let (head, rest) = text.split_once("\r\n\r\n").ok_or("no HTTP reply")?;
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or("no status")?;
+        let payload = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            crate::dechunk(rest)
+        } else {
+            rest.to_string()
+        };
+        let value: Value = serde_json::from_str(&payload).map_err(|e| format!("{e}: {payload}"))?;
+        if status >= 400 {
+            return Err(value["value"].to_string());
+        }
+        Ok(value)
+    }
+
+    fn command(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let full = format!("/session/{}{path}", self.session);
+        self.call(method, &full, body)
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))["value"]
+            .clone()
+    }
+
+    /// Opens a URL.
+    pub fn go(&self, url: &str) {
+        self.command("POST", "/url", Some(json!({ "url": url })));
+    }
+
+    fn find_all(&self, using: &str, value: &str) -> Vec<Element> {
+        let path = format!("/session/{}/elements", self.session);
+        match self.call(
+            "POST",
+            &path,
+            Some(json!({ "using": using, "value": value })),
+        ) {
+            Ok(v) => v["value"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e[ELEMENT].as_str().map(|id| Element(id.to_string())))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The elements a CSS selector matches now.
+    pub fn all(&self, css: &str) -> Vec<Element> {
+        self.find_all("css selector", css)
+    }
+
+    /// Waits for the first element matching a CSS selector.
+    pub fn wait_for(&self, css: &str) -> Element {
+        self.wait_until(&format!("an element matching {css}"), || {
+            self.all(css).into_iter().next()
+        })
+    }
+
+    /// Waits for the first element matching an XPath expression.
+    pub fn wait_for_xpath(&self, xpath: &str) -> Element {
+        self.wait_until(&format!("an element at {xpath}"), || {
+            self.find_all("xpath", xpath).into_iter().next()
+        })
+    }
+
+    /// Polls `probe` until it gives a value, failing the test after [`WAIT`].
+    pub fn wait_until<T>(&self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(found) = probe() {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "the page never showed {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Types into an element.
+    pub fn type_into(&self, element: &Element, text: &str) {
+        self.command(
+            "POST",
+            &format!("/element/{}/value", element.0),
+            Some(json!({ "text": text })),
+        );
+    }
+
+    /// Clicks an element.
+    pub fn click(&self, element: &Element) {
+        self.command(
+            "POST",
+            &format!("/element/{}/click", element.0),
+            Some(json!({})),
+        );
+    }
+
+    /// An element's rendered text.
+    pub fn text(&self, element: &Element) -> String {
+        self.command("GET", &format!("/element/{}/text", element.0), None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The text of the first element matching `css`, if there is one now.
+    pub fn text_of(&self, css: &str) -> Option<String> {
+        let path = format!("/session/{}/element", self.session);
+        let found = self
+            .call(
+                "POST",
+                &path,
+                Some(json!({ "using": "css selector", "value": css })),
+            )
+            .ok()?;
+        let id = found["value"][ELEMENT].as_str()?.to_string();
+        let text = self
+            .call(
+                "GET",
+                &format!("/session/{}/element/{id}/text", self.session),
+                None,
+            )
+            .ok()?;
+        text["value"].as_str().map(str::to_string)
+    }
+
+    /// Runs a script in the page and returns its value.
+    pub fn script(&self, script: &str) -> Value {
+        self.command(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": [] })),
+        )
+    }
+
+    /// A PNG of the viewport.
+    pub fn screenshot(&self) -> Vec<u8> {
+        use base64::Engine;
+        let b64 = self.command("GET", "/screenshot", None);
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap_or_default())
+            .expect("a base64 screenshot")
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = self.call("DELETE", &format!("/session/{}", self.session), None);
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
