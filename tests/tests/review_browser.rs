@@ -93,6 +93,9 @@ async fn a_supervisor_works_the_queue_in_a_browser() {
     let screenshot_path =
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("review-record.png");
     let shot_path = screenshot_path.clone();
+    // Mid-test the page asks for a record to arrive while it is open.
+    let (want_live, live_wanted) = std::sync::mpsc::channel::<()>();
+    let (live_sent, live_arrived) = std::sync::mpsc::channel::<String>();
     let page = tokio::task::spawn_blocking(move || {
         let b = Browser::start();
         b.go(&format!("{url}/review"));
@@ -123,7 +126,8 @@ async fn a_supervisor_works_the_queue_in_a_browser() {
         ));
         b.wait_until("the conflict resolved", || {
             (b.all(".conflict").is_empty()
-                && b.text_of("#fields tr[data-field=\"place\"] td").as_deref() == Some("Social hall"))
+                && b.text_of("#fields tr[data-field=\"place\"] td").as_deref()
+                    == Some("Social hall"))
             .then_some(())
         });
 
@@ -134,17 +138,39 @@ async fn a_supervisor_works_the_queue_in_a_browser() {
             (b.text_of("#review-state").as_deref() == Some("returned")).then_some(())
         });
         let comments = b.text(&b.wait_for("#comments"));
-        assert!(comments.contains("sgt.wanjiru: add the attendee count"), "{comments}");
+        assert!(
+            comments.contains("sgt.wanjiru: add the attendee count"),
+            "{comments}"
+        );
 
         // Approve the patrol note.
         b.click(&b.wait_for(&format!("#queue li[data-id=\"{patrol_id}\"]")));
         b.wait_until("the patrol note open", || {
-            b.text_of("#record-title").filter(|t| t.contains("B4")).map(|_| ())
+            b.text_of("#record-title")
+                .filter(|t| t.contains("B4"))
+                .map(|_| ())
         });
         b.click(&b.wait_for("#approve"));
         b.wait_until("the patrol note shown as approved", || {
             (b.text_of("#review-state").as_deref() == Some("approved")).then_some(())
         });
+
+        // The report for command: meetings by area and month, and the
+        // share of decided records returned (one of two).
+        b.click(&b.wait_for("#report-toggle"));
+        let meetings = b.text(&b.wait_for("#report-meetings"));
+        assert!(meetings.contains("kibera"), "{meetings}");
+        let handling = b.text(&b.wait_for("#report-handling"));
+        assert!(handling.contains("Share returned 50%"), "{handling}");
+        b.click(&b.wait_for("#report-toggle"));
+
+        // A record submitted while the page is open joins the queue
+        // without a reload.
+        want_live.send(()).expect("the test is waiting");
+        let live = live_arrived
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a record sent while the page is open");
+        b.wait_for(&format!("#queue li[data-id=\"{live}\"]"));
 
         // The probe: markup and script shown as text, never run.
         b.go(&format!("{url}/review"));
@@ -153,9 +179,23 @@ async fn a_supervisor_works_the_queue_in_a_browser() {
         assert!(shown.contains("<script>window.pwned=2</script>"), "{shown}");
         assert!(b.all("#record img, #record script").is_empty());
         assert_eq!(b.script("return window.pwned === undefined;"), json!(true));
+    });
+    let wanted = tokio::task::spawn_blocking(move || {
+        live_wanted
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .is_ok()
     })
-    .await;
-    if let Err(panic) = page {
+    .await
+    .unwrap_or(false);
+    if wanted {
+        let live = officer
+            .create_record("patrol_note", "kibera", vec![kv("beat", "B9")])
+            .unwrap();
+        officer.submit(&live).unwrap();
+        officer.sync().await;
+        let _ = live_sent.send(live);
+    }
+    if let Err(panic) = page.await {
         std::panic::resume_unwind(panic.into_panic());
     }
 

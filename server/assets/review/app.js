@@ -52,6 +52,8 @@ function when(ms) {
 function showSignin() {
   clearInterval(desk.timer);
   $("desk").hidden = true;
+  $("report").hidden = true;
+  $("report-toggle").hidden = true;
   $("signout").hidden = true;
   $("who").textContent = "";
   $("signin").hidden = false;
@@ -64,6 +66,7 @@ function showDesk(who) {
   $("signin").hidden = true;
   $("desk").hidden = false;
   $("signout").hidden = false;
+  $("report-toggle").hidden = false;
   loadQueue();
   clearInterval(desk.timer);
   // Records that reach the server while the page is open join the queue.
@@ -171,6 +174,57 @@ async function openRecord(id) {
     el("h3", { text: "History" }), history);
 }
 
+function table(id, heads, rows) {
+  return el("table", { id },
+    el("tr", {}, ...heads.map((h) => el("th", { text: h }))),
+    ...rows.map((r) => el("tr", {}, ...r.map((c) => el("td", { text: String(c) })))));
+}
+
+function days(v) {
+  return typeof v === "number" ? v.toFixed(1) + " days" : "no data";
+}
+
+async function showReport() {
+  const params = new URLSearchParams();
+  const area = $("f-area").value.trim();
+  if (area) params.set("area", area);
+  const { status, data } = await api("GET", "indicators?" + params.toString());
+  const body = $("report-body");
+  if (status !== 200) {
+    body.replaceChildren(el("p", { class: "error", text: "Could not load the indicators (" + status + ")." }));
+    return;
+  }
+  body.replaceChildren(
+    el("h3", { text: "Meetings held and attendance" }),
+    table("report-meetings", ["Area", "Month", "Meetings", "Attendance"],
+      data.meetings.map((m) => [m.area, m.month, m.held, m.attendance])),
+    el("h3", { text: "Concerns raised, by topic" }),
+    table("report-concerns", ["Topic", "Times raised"], Object.entries(data.concerns_by_topic)),
+    el("h3", { text: "Feedback by category and status" }),
+    table("report-feedback", ["Category", "Status", "Count"],
+      data.feedback.map((f) => [f.category, f.status, f.count])),
+    el("h3", { text: "Handling" }),
+    table("report-handling", ["Measure", "Value"], [
+      ["Median time, received to acknowledged", days(data.median_days_to_acknowledged)],
+      ["Median time, received to resolved", days(data.median_days_to_resolved)],
+      ["Records decided", data.decided],
+      ["Returned at least once", data.returned_at_least_once],
+      ["Share returned", typeof data.share_returned === "number" ? Math.round(data.share_returned * 100) + "%" : "no data"],
+    ]));
+  const links = ["meeting", "patrol_note", "feedback"].map((k) =>
+    el("a", { href: "/review/api/export.csv?kind=" + k + (area ? "&area=" + encodeURIComponent(area) : ""), text: "CSV: " + k.replace("_", " ") }));
+  links.push(el("a", { href: "/review/api/export.geojson" + (area ? "?area=" + encodeURIComponent(area) : ""), text: "GeoJSON: patrol observations" }));
+  $("exports").replaceChildren(...links);
+}
+
+function toggleReport() {
+  const showing = !$("report").hidden;
+  $("report").hidden = showing;
+  $("desk").hidden = !showing;
+  $("report-toggle").textContent = showing ? "Report" : "Queue";
+  if (!showing) showReport();
+}
+
 function button(label, cls, action, id) {
   const b = el("button", { type: "button", class: cls, text: label });
   if (id) b.id = id;
@@ -227,6 +281,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     if (status === 200) showDesk(data);
     else $("signin-error").textContent = (data && data.error) || "Sign-in failed (" + status + ")";
   });
+  $("report-toggle").addEventListener("click", toggleReport);
   $("signout").addEventListener("click", async () => {
     await api("POST", "logout", {});
     showSignin();
