@@ -48,7 +48,7 @@ fn percentiles_json(values: &[f64]) -> Value {
 
 /// Runs each plan on its own connection, `parallel` at a time; every
 /// connection ends by `timeout` from its start.
-async fn run_batched(
+pub(crate) async fn run_batched(
     connector: Arc<Connector>,
     work: Vec<(String, Plan)>,
     parallel: usize,

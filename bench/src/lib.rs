@@ -31,6 +31,7 @@ pub mod light;
 pub mod meeting;
 pub mod proxy;
 pub mod records;
+pub mod review;
 pub mod scenarios;
 pub mod server;
 pub mod stats;

@@ -111,6 +111,69 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// One HTTPS request (HTTP/1.1, `Connection: close`): status, head and
+    /// body. For the review desk's API.
+    pub async fn https(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, String, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = TcpStream::connect(self.addr).await?;
+        let _ = tcp.set_nodelay(true);
+        let mut tls = self
+            .tls
+            .connect(ServerName::from(self.addr.ip()), tcp)
+            .await
+            .context("TLS handshake")?;
+        let extra: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
+        let body = body.unwrap_or("");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{extra}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
+        );
+        tls.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        let _ = tls.read_to_end(&mut raw).await;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, rest) = text.split_once("\r\n\r\n").context("no HTTP reply")?;
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("no HTTP status")?;
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            let mut out = String::new();
+            let mut rest = rest;
+            while let Some((size, tail)) = rest.split_once("\r\n") {
+                let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+                    break;
+                };
+                if n == 0 || tail.len() < n {
+                    break;
+                }
+                out.push_str(&tail[..n]);
+                rest = tail[n..].trim_start_matches("\r\n");
+            }
+            out
+        } else {
+            rest.to_string()
+        };
+        Ok((status, head.to_string(), body))
+    }
+}
+
 /// A record a light client holds: its document and the heads the server
 /// acknowledged (empty until the first ack).
 pub struct LightRecord {

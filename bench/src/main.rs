@@ -31,6 +31,10 @@ enum Scenario {
     /// Five devices make 50 offline operations each on one meeting record,
     /// then reconcile through the server: time and bytes.
     Meeting,
+    /// The review desk: --review-records records in ten areas; list one
+    /// area's submitted records from the index, open a record with 500
+    /// history entries.
+    Review,
 }
 
 /// End-to-end benchmarks of Baraza against a real server process on
@@ -94,6 +98,9 @@ struct Cli {
     /// streams far less of its feed (ingest with little fan-out).
     #[arg(long)]
     ack_only: bool,
+    /// Review: records the server holds.
+    #[arg(long, default_value_t = 100_000)]
+    review_records: usize,
     /// The baraza-server binary [default: next to this executable].
     #[arg(long, env = "BARAZA_SERVER_BIN", value_name = "FILE")]
     server_bin: Option<PathBuf>,
@@ -177,6 +184,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let m = bench.meeting()?;
             emit(&m, profile);
             outcomes.push(m);
+        }
+        if wants(Scenario::Review) {
+            let r = bench.review_desk(cli.review_records)?;
+            emit(&r, profile);
+            outcomes.push(r);
         }
         if wants(Scenario::S3Sdk) {
             let s3 = bench.fan_in_sdk()?;

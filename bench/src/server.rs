@@ -18,6 +18,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The user every bench device acts for: a supervisor of [`BENCH_AREA`].
 pub const BENCH_USER: &str = "bench.supervisor";
+/// The password of every bench user.
+pub const BENCH_PASSWORD: &str = "bench marks the beat 7";
 /// The area bench records are filed under.
 pub const BENCH_AREA: &str = "unassigned";
 
@@ -158,6 +160,51 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Adds a user with the bench password (an existing one is fine).
+    pub fn add_user(&self, name: &str, role: &str, areas: &[String]) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut cmd = command(&self.bin);
+        cmd.args(["user", "add", "--name", name, "--role", role]);
+        for area in areas {
+            cmd.args(["--area", area]);
+        }
+        let mut child = cmd
+            .arg("--data")
+            .arg(&self.data)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run `baraza-server user add`")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(format!("{BENCH_PASSWORD}\n").as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.success() || stderr.contains("exists"),
+            "`user add` failed: {}",
+            stderr.trim()
+        );
+        Ok(())
+    }
+
+    /// Registers a device acting for `user` and returns its token.
+    pub fn add_device_for(&self, name: &str, user: &str) -> anyhow::Result<String> {
+        let out = command(&self.bin)
+            .args(["device", "add", "--name", name, "--user", user, "--data"])
+            .arg(&self.data)
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run `baraza-server device add`")?;
+        ensure!(
+            out.status.success(),
+            "`device add` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     /// Adds [`BENCH_USER`], a supervisor of [`BENCH_AREA`] every bench
     /// device acts for (so each device reads every other's records, as
     /// before access control); an existing one is fine.
@@ -173,7 +220,7 @@ impl Server {
             .spawn()
             .context("cannot run `baraza-server user add`")?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(b"bench marks the beat 7\n")?;
+            stdin.write_all(format!("{BENCH_PASSWORD}\n").as_bytes())?;
         }
         let out = child.wait_with_output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -20,6 +20,7 @@ const EDITS: u64 = 5;
 const CLIENTS: u64 = 5;
 const CREATES: u64 = 3;
 const FANIN_EDITS: u64 = 3;
+const REVIEW_RECORDS: u64 = 400;
 /// The default pool: one record per client edit, so none is shared.
 const POOL: u64 = CLIENTS * FANIN_EDITS;
 
@@ -31,7 +32,8 @@ fn run_bench() -> (Vec<Value>, String) {
         .args(["--clients", &CLIENTS.to_string()])
         .args(["--creates", &CREATES.to_string()])
         .args(["--fanin-edits", &FANIN_EDITS.to_string()])
-        .args(["--scenarios", "s1,s2,s3,s3-sdk,meeting"])
+        .args(["--scenarios", "s1,s2,s3,s3-sdk,meeting,review"])
+        .args(["--review-records", &REVIEW_RECORDS.to_string()])
         .arg("--tmp")
         .arg(tmp.path())
         .env_remove("BARAZA_SERVER_BIN")
@@ -94,7 +96,13 @@ fn u(v: &Value) -> u64 {
 #[test]
 fn every_scenario_completes_with_counts_matching_the_setup() {
     let (lines, stderr) = run_bench();
-    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    // Review desk: 400 records over ten areas, half submitted: one area's
+    // submitted ones are 20.
+    let review = scenario(&lines, "review_desk");
+    assert_eq!(u(&review["records"]), REVIEW_RECORDS);
+    assert_eq!(u(&review["list_rows"]), REVIEW_RECORDS / 10 / 2, "{review}");
+    assert!(u(&review["history_entries"]) > 500, "{review}");
     let meeting = scenario(&lines, "meeting_5x50");
     assert_eq!(meeting["converged"], true, "{meeting}");
     assert!(meeting["list_items"].as_u64().unwrap() > 0, "{meeting}");

@@ -599,7 +599,13 @@ impl Selection {
         hub: &SyncHub,
         who: &Principal,
     ) -> Result<Vec<crate::store::RecordRow>, crate::docs::DocsError> {
-        let rows = hub.list_records(who, &self.filter, usize::MAX)?;
+        // Without filters beyond the index's, the index stops at the limit.
+        let index_limit = if self.to.is_none() && self.text.is_none() {
+            self.limit
+        } else {
+            usize::MAX
+        };
+        let rows = hub.list_records(who, &self.filter, index_limit)?;
         let mut out = Vec::new();
         for row in rows {
             if self.to.is_some_and(|t| row.entry.created_at > t) {

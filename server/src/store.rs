@@ -610,19 +610,35 @@ impl Store for SledStore {
         visible: &dyn Fn(&RecordRow) -> bool,
         limit: usize,
     ) -> Result<Vec<RecordRow>, StoreError> {
-        // The longest leading run of given fields is a prefix; the rest filter.
-        let mut prefix = Vec::new();
-        for part in [&filter.kind, &filter.area, &filter.state] {
-            match part {
-                Some(p) => {
-                    prefix.extend(p.bytes().filter(|b| *b != 0));
-                    prefix.push(0);
+        // The longest leading run of given fields is a prefix; the rest
+        // filter. An area without a kind is one prefix per kind (there are
+        // four), so listing an area never scans other areas' records.
+        let prefix_of = |kind: &str| {
+            let mut prefix = Vec::new();
+            for part in [Some(kind), filter.area.as_deref(), filter.state.as_deref()] {
+                match part {
+                    Some(p) => {
+                        prefix.extend(p.bytes().filter(|b| *b != 0));
+                        prefix.push(0);
+                    }
+                    None => break,
                 }
-                None => break,
             }
-        }
+            prefix
+        };
+        let prefixes: Vec<Vec<u8>> = match (&filter.kind, &filter.area) {
+            (Some(kind), _) => vec![prefix_of(kind)],
+            (None, Some(_)) => baraza_records::Kind::ALL
+                .iter()
+                .map(|k| prefix_of(k.name()))
+                .collect(),
+            (None, None) => vec![Vec::new()],
+        };
         let mut out = Vec::new();
-        for item in self.index.scan_prefix(&prefix).keys() {
+        let keys = prefixes
+            .iter()
+            .flat_map(|prefix| self.index.scan_prefix(prefix).keys());
+        for item in keys {
             let key = item?;
             let Some(row) = parse_index_key(&key) else {
                 return Err(StoreError::Corrupt {

@@ -275,6 +275,16 @@ impl Browser {
         )
     }
 
+    /// Runs an asynchronous script: it gets a callback as its last
+    /// argument and the value passed to it comes back.
+    pub fn script_async(&self, script: &str, args: Value) -> Value {
+        self.command(
+            "POST",
+            "/execute/async",
+            Some(json!({ "script": script, "args": args })),
+        )
+    }
+
     /// A PNG of the viewport.
     pub fn screenshot(&self) -> Vec<u8> {
         use base64::Engine;
