@@ -197,53 +197,6 @@ impl Server {
             .stdin(Stdio::null())
             .output()
             .context("cannot run `baraza-server device add`")?;
-        ensure!(
-            out.status.success(),
-            "`device add` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    }
-
-    /// Adds [`BENCH_USER`], a supervisor of [`BENCH_AREA`] every bench
-    /// device acts for (so each device reads every other's records, as
-    /// before access control); an existing one is fine.
-    fn ensure_bench_user(&self) -> anyhow::Result<()> {
-        use std::io::Write;
-        let mut child = command(&self.bin)
-            .args(["user", "add", "--name", BENCH_USER, "--role", "supervisor"])
-            .args(["--area", BENCH_AREA, "--data"])
-            .arg(&self.data)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("cannot run `baraza-server user add`")?;
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(format!("{BENCH_PASSWORD}\n").as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        ensure!(
-            out.status.success() || stderr.contains("exists"),
-            "`user add` failed: {}",
-            stderr.trim()
-        );
-        Ok(())
-    }
-
-    /// Registers a device for [`BENCH_USER`] with `baraza-server device
-    /// add` (through the running server's admin socket) and returns its token.
-    pub fn add_device(&self, name: &str) -> anyhow::Result<String> {
-        self.ensure_bench_user()?;
-        let out = command(&self.bin)
-            .args([
-                "device", "add", "--name", name, "--user", BENCH_USER, "--data",
-            ])
-            .arg(&self.data)
-            .stdin(Stdio::null())
-            .output()
-            .context("cannot run `baraza-server device add`")?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         ensure!(
             out.status.success(),
@@ -258,6 +211,20 @@ impl Server {
             "`device add` printed {stdout:?}, not one token"
         );
         Ok(token)
+    }
+
+    /// Adds [`BENCH_USER`], a supervisor of [`BENCH_AREA`] every bench
+    /// device acts for (so each device reads every other's records, as
+    /// before access control); an existing one is fine.
+    fn ensure_bench_user(&self) -> anyhow::Result<()> {
+        self.add_user(BENCH_USER, "supervisor", &[BENCH_AREA.to_string()])
+    }
+
+    /// Registers a device for [`BENCH_USER`] with `baraza-server device
+    /// add` (through the running server's admin socket) and returns its token.
+    pub fn add_device(&self, name: &str) -> anyhow::Result<String> {
+        self.ensure_bench_user()?;
+        self.add_device_for(name, BENCH_USER)
     }
 
     /// Registers `count` devices named `PREFIX-i`, running up to `parallel`
