@@ -104,6 +104,11 @@ pub struct DeviceRecord {
     /// one is first used (the rotation's reply may have been lost).
     #[serde(default)]
     pub previous_token_hash: Option<String>,
+    /// What its user could read (role and areas, fingerprinted) when the
+    /// device last caught up with the feed: when that changes, the feed is
+    /// sent again so records newly in scope reach it.
+    #[serde(default)]
+    pub scope: Option<String>,
     /// The user who enrolled it (devices added by an admin have none).
     #[serde(default)]
     pub user: Option<String>,
@@ -117,6 +122,7 @@ impl DeviceRecord {
             name: self.name.clone(),
             user: self.user.clone(),
             retiring: self.retiring,
+            scope: self.scope.clone(),
         }
     }
 
@@ -452,6 +458,7 @@ impl DeviceRegistry {
             retired_at: None,
             expires_at: Some(unix_now().saturating_add(self.lifetime)),
             previous_token_hash: None,
+            scope: None,
             user: user.map(str::to_string),
         };
         self.store.insert(&record, &hash)?;
@@ -531,6 +538,15 @@ impl DeviceRegistry {
     /// uploads what the server lacks, then is told to wipe.
     pub fn retire(&self, id: &str) -> Result<(), DeviceError> {
         self.change(id, &|r| r.retiring = true)
+    }
+
+    /// Notes what the device's user could read when it caught up.
+    pub fn set_scope(&self, id: &str, scope: &str) -> Result<(), DeviceError> {
+        let scope = scope.to_string();
+        if !self.store.update(id, &|r| r.scope = Some(scope.clone()))? {
+            return Err(DeviceError::NotFound(id.to_string()));
+        }
+        Ok(())
     }
 
     /// A retiring device reported its store wiped; its token ends here.

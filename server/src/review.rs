@@ -163,6 +163,7 @@ fn desk_caller(principal: Principal) -> Caller {
             name: "review desk".into(),
             user: Some(principal.user.clone()),
             retiring: false,
+            scope: None,
         },
         principal,
     }

@@ -103,6 +103,17 @@ pub struct Caller {
     pub principal: Principal,
 }
 
+impl Caller {
+    /// A fingerprint of what the user may read: role and areas.
+    pub fn scope(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut areas = self.principal.areas.clone();
+        areas.sort();
+        let text = format!("{}|{}", self.principal.role.name(), areas.join("|"));
+        hex::encode(&Sha256::digest(text.as_bytes())[..12])
+    }
+}
+
 /// The device a connection authenticated as.
 #[derive(Clone, Debug)]
 pub struct DeviceIdentity {
@@ -114,6 +125,8 @@ pub struct DeviceIdentity {
     pub user: Option<String>,
     /// Set to retire: upload, then wipe.
     pub retiring: bool,
+    /// The read scope it last caught up under (see `DeviceRecord::scope`).
+    pub scope: Option<String>,
 }
 
 type Completion = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -535,6 +548,7 @@ impl SyncHub {
         let mut standing = devices.changes();
         let mut standing_open = true;
         let mut retire_asked = false;
+        let mut scope_noted = false;
         let mut received: Vec<Received> = Vec::new();
         let (mut sink, mut stream) = ws.split();
         let mut session = ServerSession::new(self.limits.clone());
@@ -550,6 +564,20 @@ impl SyncHub {
             if session.is_closed() {
                 let _ = sink.close().await;
                 break;
+            }
+            // Caught up under the user's current scope: note it, so a
+            // later change of role or areas sends the feed again.
+            if !scope_noted
+                && session.is_established()
+                && session.sent_seq() >= session.welcome_seq()
+            {
+                scope_noted = true;
+                let scope = caller.scope();
+                if device.scope.as_deref() != Some(scope.as_str()) {
+                    if let Err(err) = devices.set_scope(&device.id, &scope) {
+                        tracing::warn!(device = %device.id, error = %err, "could not note the device's scope");
+                    }
+                }
             }
             let reading = pending.len() < self.limits.pushes_in_flight_max;
             let feed_due = session.is_established()
@@ -667,7 +695,11 @@ impl SyncHub {
             match event {
                 ServerEvent::Hello(hello) => {
                     let seq = *self.docs.durable().borrow();
-                    session.accept(&hello, self.docs.store().store_id(), seq);
+                    // The user's scope changed since this device last
+                    // caught up: records now readable may lie behind its
+                    // cursor, so the feed goes out again.
+                    let refeed = device.scope.as_ref().is_some_and(|s| *s != caller.scope());
+                    session.accept_with(&hello, self.docs.store().store_id(), seq, refeed);
                     tracing::debug!(device = %device.id, cursor = hello.cursor, feed = seq, "hello");
                 }
                 ServerEvent::Push {

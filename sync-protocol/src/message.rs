@@ -261,6 +261,12 @@ pub struct Welcome {
     /// True when the client's cursor belongs to another store (or is ahead of
     /// this one): it must forget its cursor and re-offer all it holds.
     pub reset: bool,
+    /// True when the server sends the feed again from the start, because
+    /// this client may now read records it could not before (its user's
+    /// role or areas changed). The client keeps what it knows the server
+    /// holds, and is settled only once the feed has caught up again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refeed: bool,
 }
 
 /// A client's changes to one document.

@@ -438,7 +438,7 @@ impl ClientSession {
                         supported: SUPPORTED_VERSIONS,
                     });
                 }
-                if w.reset {
+                if w.reset || w.refeed {
                     self.cursor = 0;
                 }
                 self.phase = ClientPhase::Established { welcome_seq: w.seq };
@@ -659,6 +659,7 @@ pub struct ServerSession {
     changes_sent: u64,
     /// Every document sent and the heads it was sent at, for the audit.
     sent_records: Vec<(DocId, Vec<Head>)>,
+    welcome_seq: Seq,
 }
 
 impl ServerSession {
@@ -672,6 +673,7 @@ impl ServerSession {
             fallback: Fallback::default(),
             changes_sent: 0,
             sent_records: Vec::new(),
+            welcome_seq: 0,
         }
     }
 
@@ -786,15 +788,29 @@ impl ServerSession {
     /// acknowledged, which only a disk that ignored a flush can cause),
     /// resets the client so it offers everything it holds again.
     pub fn accept(&mut self, hello: &Hello, store: StoreId, seq: Seq) {
+        self.accept_with(hello, store, seq, false);
+    }
+
+    /// [`ServerSession::accept`], sending the whole feed again when
+    /// `refeed` (the client may now read what it could not before).
+    pub fn accept_with(&mut self, hello: &Hello, store: StoreId, seq: Seq, refeed: bool) {
         let reset = (hello.cursor > 0 && hello.store != Some(store)) || hello.cursor > seq;
-        self.sent_seq = if reset { 0 } else { hello.cursor };
+        let refeed = refeed && !reset && hello.cursor > 0;
+        self.sent_seq = if reset || refeed { 0 } else { hello.cursor };
+        self.welcome_seq = seq;
         self.phase = ServerPhase::Established;
         self.wire.send(&Message::Welcome(Welcome {
             version: PROTOCOL_VERSION,
             store,
             seq,
             reset,
+            refeed,
         }));
+    }
+
+    /// The feed position the welcome named.
+    pub fn welcome_seq(&self) -> Seq {
+        self.welcome_seq
     }
 
     /// Refuses one document's push or sync message; the session goes on.

@@ -345,3 +345,44 @@ async fn the_command_line_shows_a_rejected_decision_with_its_rule() {
         "{shown}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_given_a_new_area_receives_its_earlier_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("server"));
+    let away = person(&server, "ofc.west", "officer", &["west"]);
+    let supervisor = person(&server, "sup.grow", "supervisor", &["east"]);
+    let east = supervisor
+        .tablet
+        .create_record("meeting", "east", vec![kv("title", "East baraza")])
+        .unwrap();
+    let west = away
+        .tablet
+        .create_record("patrol_note", "west", vec![kv("beat", "W1")])
+        .unwrap();
+    away.tablet.sync().await;
+    supervisor.tablet.sync().await;
+    assert_eq!(supervisor.tablet.list().unwrap(), vec![east.clone()]);
+
+    // Their feed cursor is past the west record now; the new area must
+    // still bring it.
+    let out = run_server_command(
+        server.data_dir(),
+        &[
+            "user", "areas", "--name", "sup.grow", "--area", "east", "--area", "west",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let report = supervisor.tablet.sync().await;
+    assert_eq!(report.unacknowledged, 0);
+    let mut held = supervisor.tablet.list().unwrap();
+    held.sort();
+    let mut expected = vec![east, west.clone()];
+    expected.sort();
+    assert_eq!(held, expected);
+    assert_eq!(supervisor.tablet.field(&west, "beat").value, "W1");
+    // Once caught up under the new scope, the next sync is back to normal.
+    let again = supervisor.tablet.sync().await;
+    assert_eq!(again.docs_received, 0, "{again:?}");
+}
