@@ -106,10 +106,7 @@ impl AuditLog {
             }
             None => (1, ZERO.to_string()),
         };
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let at_ms = crate::clock::unix_now_ms();
         let hash = entry_hash(seq, at_ms, event, &details, &prev);
         let entry = Entry {
             seq,

@@ -7,8 +7,8 @@
 //! format, names, revocation); [`DeviceStore`] is the storage underneath,
 //! implemented over sled today by [`SledDeviceStore`].
 
+use crate::clock::unix_now;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rand::TryRngCore;
 use serde::{Deserialize, Serialize};
@@ -596,14 +596,6 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], DeviceError> {
 fn decode_hash(hex_text: &str) -> Option<TokenHash> {
     let bytes: [u8; 32] = hex::decode(hex_text).ok()?.try_into().ok()?;
     Some(TokenHash(bytes))
-}
-
-fn unix_now() -> u64 {
-    // A clock before 1970 is a broken clock; 0 is an honest "unknown".
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -383,10 +383,7 @@ fn rotate_route(
                 let Some(token) = bearer_token(&headers).map(str::to_string) else {
                     return Ok::<_, Rejection>(unauthorized("missing bearer token"));
                 };
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
+                let now = crate::clock::unix_now();
                 let rotated =
                     tokio::task::spawn_blocking(move || devices.rotate_at(&token, now)).await;
                 Ok(match rotated {

@@ -13,6 +13,9 @@
 //! - [`login`]: `POST /v1/enroll`, with per-account lockout and per-address
 //!   throttling; [`admin_api`]: `/v1/admin/users` for administrators.
 //! - [`sync`]: the sync hub that each authenticated WebSocket is handed to.
+//! - [`review`]: the supervisors' review desk page and API; [`export`]:
+//!   its CSV, GeoJSON and indicators.
+//! - [`clock`]: the wall clock, read in one place.
 //!
 //! Typical flow (`main.rs`): resolve config → open data dir and database →
 //! open the device registry and the sync hub → build TLS → bind the admin
@@ -23,6 +26,7 @@
 pub mod admin;
 pub mod admin_api;
 pub mod audit;
+pub mod clock;
 pub mod config;
 pub mod data_dir;
 pub mod devices;

@@ -19,6 +19,7 @@
 //! The address is the TCP peer (see `peer.rs`): Baraza terminates TLS
 //! itself, so there is no proxy header to trust.
 
+use crate::clock::unix_now;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
@@ -225,12 +226,4 @@ fn text(status: StatusCode, body: String) -> warp::reply::Response {
 /// update is a single push or remove), so a poisoned lock is taken over.
 fn lock(throttle: &Mutex<LoginThrottle>) -> std::sync::MutexGuard<'_, LoginThrottle> {
     throttle.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn unix_now() -> u64 {
-    // A clock before 1970 is a broken clock; 0 keeps the rules working.
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

@@ -22,6 +22,7 @@
 //! kept hashed in the database (`review_sessions`), so any server node
 //! sharing it could serve them.
 
+use crate::clock::unix_now;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
@@ -130,13 +131,6 @@ fn error(status: StatusCode, message: impl Into<String>) -> warp::reply::Respons
 
 fn ok(value: serde_json::Value) -> warp::reply::Response {
     warp::reply::json(&value).into_response()
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The value of the session cookie, if the request carries one.

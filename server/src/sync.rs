@@ -439,10 +439,7 @@ impl SyncHub {
             let mut actor = hex::decode(&caller.device.id).unwrap_or_default();
             actor.extend_from_slice(&self.desk_actor_suffix);
             live.doc.set_actor(automerge::ActorId::from(actor));
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
+            let now_ms = crate::clock::unix_now_ms() as i64;
             let stamp = baraza_records::ops::Stamp {
                 now_ms,
                 by: &caller.principal.user,
@@ -955,10 +952,7 @@ impl SyncHub {
 
     /// A retiring device reported its store wiped: its token ends here.
     fn retired(&self, devices: &crate::devices::DeviceRegistry, caller: &Caller, report: &str) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::clock::unix_now();
         if let Err(err) = devices.mark_retired(&caller.device.id, now) {
             tracing::error!(device = %caller.device.id, error = %err, "could not mark the device retired");
         }
