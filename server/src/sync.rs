@@ -131,6 +131,11 @@ pub struct DeviceIdentity {
 
 type Completion = Pin<Box<dyn Future<Output = Done> + Send>>;
 
+/// Heads as the audit log and device records keep them: hex.
+fn hex_heads(heads: &[Head]) -> Vec<String> {
+    heads.iter().map(|h| format!("{h:?}")).collect()
+}
+
 /// A write this connection made, for the audit entry of the sync.
 #[derive(serde::Serialize)]
 struct Received {
@@ -469,7 +474,13 @@ impl SyncHub {
         wait_stored(rx, now)
             .await
             .map_err(|e| DeskError::Docs(DocsError::Commit(e)))?;
-        for decision in &summary.decisions {
+        self.audit_decisions(caller, id, &summary.decisions);
+        Ok(summary)
+    }
+
+    /// Audits review decisions a write made, once it is durable.
+    fn audit_decisions(&self, caller: &Caller, id: DocId, decisions: &[String]) {
+        for decision in decisions {
             self.audit.record(
                 "review_decision",
                 serde_json::json!({
@@ -480,7 +491,20 @@ impl SyncHub {
                 }),
             );
         }
-        Ok(summary)
+    }
+
+    /// Audits a change refused by a rule or a check.
+    fn audit_refusal(&self, caller: &Caller, id: DocId, rule: Option<&str>, reason: &str) {
+        self.audit.record(
+            "change_refused",
+            serde_json::json!({
+                "device": caller.device.id,
+                "user": caller.principal.user,
+                "record": id.to_string(),
+                "rule": rule,
+                "reason": reason,
+            }),
+        );
     }
 
     /// Erases a record of contact details at an administrator's request:
@@ -663,7 +687,7 @@ impl SyncHub {
             .iter()
             .map(|(doc, heads)| Received {
                 record: doc.to_string(),
-                heads: heads.iter().map(|h| format!("{h:?}")).collect(),
+                heads: hex_heads(heads),
             })
             .collect();
         let details = serde_json::json!({
@@ -882,16 +906,7 @@ impl SyncHub {
                 self.docs.restore(id, live, before);
                 let device = &caller.device;
                 tracing::info!(doc = %id, device = %device.id, rule = ?refused.rule, message = %refused.message, "change refused");
-                self.audit.record(
-                    "change_refused",
-                    serde_json::json!({
-                        "device": device.id,
-                        "user": caller.principal.user,
-                        "record": id.to_string(),
-                        "rule": refused.rule,
-                        "reason": refused.message,
-                    }),
-                );
+                self.audit_refusal(caller, id, refused.rule, &refused.message);
                 match refused.rule {
                     Some(rule) => session.refuse_by_rule(id, rule, refused.message),
                     None => session.refuse(id, refused.code, refused.message),
@@ -936,17 +951,9 @@ impl SyncHub {
             "record {id}: user {} may not change this record",
             caller.principal.user
         );
-        self.audit.record(
-            "change_refused",
-            serde_json::json!({
-                "device": caller.device.id,
-                "user": caller.principal.user,
-                "record": id.to_string(),
-                "rule": baraza_records::access::rules::READ_TO_EDIT,
-                "reason": message,
-            }),
-        );
-        session.refuse_by_rule(id, baraza_records::access::rules::READ_TO_EDIT, message);
+        let rule = baraza_records::access::rules::READ_TO_EDIT;
+        self.audit_refusal(caller, id, Some(rule), &message);
+        session.refuse_by_rule(id, rule, message);
         false
     }
 
@@ -975,30 +982,15 @@ impl SyncHub {
         devices: &crate::devices::DeviceRegistry,
         received: &mut Vec<Received>,
     ) {
-        let acked = |doc: DocId, heads: &[Head]| {
-            let heads: Vec<String> = heads.iter().map(|h| format!("{h:?}")).collect();
-            if let Err(err) = devices.note_ack(&caller.device.id, &doc.to_string(), &heads) {
+        let mut audit_write = |doc: DocId, heads: &[Head], wrote: Option<WriteSummary>| {
+            let record = doc.to_string();
+            let heads = hex_heads(heads);
+            if let Err(err) = devices.note_ack(&caller.device.id, &record, &heads) {
                 tracing::warn!(device = %caller.device.id, error = %err, "could not note an acknowledgement");
             }
-        };
-        let mut audit_write = |doc: DocId, heads: &[Head], wrote: Option<WriteSummary>| {
-            acked(doc, heads);
             let Some(wrote) = wrote else { return };
-            received.push(Received {
-                record: doc.to_string(),
-                heads: heads.iter().map(|h| format!("{h:?}")).collect(),
-            });
-            for decision in wrote.decisions {
-                self.audit.record(
-                    "review_decision",
-                    serde_json::json!({
-                        "record": doc.to_string(),
-                        "decision": decision,
-                        "user": caller.principal.user,
-                        "device": caller.device.id,
-                    }),
-                );
-            }
+            self.audit_decisions(caller, doc, &wrote.decisions);
+            received.push(Received { record, heads });
         };
         match done {
             Done::Push {
