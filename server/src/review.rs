@@ -112,7 +112,7 @@ struct Desk {
 }
 
 /// A refusal before any work: turned into a JSON error reply.
-struct Refused(StatusCode, &'static str);
+struct Refused(StatusCode, std::borrow::Cow<'static, str>);
 
 impl Refused {
     fn reply(self) -> warp::reply::Response {
@@ -168,12 +168,17 @@ impl Desk {
     /// request (a disabled account or a lost role ends the session), and
     /// for state-changing requests the CSRF token.
     fn caller(&self, headers: &HeaderMap, changing: bool) -> Result<(Caller, String), Refused> {
-        let unauthorized = || Refused(StatusCode::UNAUTHORIZED, "sign in first");
+        let unauthorized = || Refused(StatusCode::UNAUTHORIZED, "sign in first".into());
         let id = session_cookie(headers).ok_or_else(unauthorized)?;
         let session = self
             .sessions
             .find(&id, unix_now())
-            .map_err(|_| Refused(StatusCode::SERVICE_UNAVAILABLE, "session store unavailable"))?
+            .map_err(|_| {
+                Refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "session store unavailable".into(),
+                )
+            })?
             .ok_or_else(unauthorized)?;
         if changing {
             let sent = headers
@@ -183,14 +188,19 @@ impl Desk {
             if sent.is_empty() || sent != session.csrf {
                 return Err(Refused(
                     StatusCode::FORBIDDEN,
-                    "missing or wrong CSRF token",
+                    "missing or wrong CSRF token".into(),
                 ));
             }
         }
         let user = self
             .users
             .get(&session.user)
-            .map_err(|_| Refused(StatusCode::SERVICE_UNAVAILABLE, "user store unavailable"))?
+            .map_err(|_| {
+                Refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "user store unavailable".into(),
+                )
+            })?
             .filter(|u| !u.disabled && u.role == Role::Supervisor)
             .ok_or_else(unauthorized)?;
         let principal = Principal {
@@ -199,6 +209,20 @@ impl Desk {
             areas: user.areas,
         };
         Ok((desk_caller(principal), id))
+    }
+
+    /// The signed-in supervisor and the listing filters of a read
+    /// request (the list, exports and indicators share them).
+    fn reading(
+        &self,
+        headers: &HeaderMap,
+        query: &std::collections::HashMap<String, String>,
+        limit_max: usize,
+    ) -> Result<(Caller, Selection), Refused> {
+        let (caller, _) = self.caller(headers, false)?;
+        let selection = Selection::parse(query, limit_max)
+            .map_err(|why| Refused(StatusCode::BAD_REQUEST, why.into()))?;
+        Ok((caller, selection))
     }
 }
 
@@ -427,13 +451,9 @@ async fn indicators(
     headers: HeaderMap,
     query: std::collections::HashMap<String, String>,
 ) -> warp::reply::Response {
-    let caller = match desk.caller(&headers, false) {
-        Ok((caller, _)) => caller,
+    let (caller, mut selection) = match desk.reading(&headers, &query, EXPORT_ROWS_MAX) {
+        Ok(read) => read,
         Err(refused) => return refused.reply(),
-    };
-    let mut selection = match Selection::parse(&query, EXPORT_ROWS_MAX) {
-        Ok(s) => s,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     selection.filter.kind = None;
     selection.filter.state = None;
@@ -628,13 +648,9 @@ async fn list(
     headers: HeaderMap,
     query: std::collections::HashMap<String, String>,
 ) -> warp::reply::Response {
-    let caller = match desk.caller(&headers, false) {
-        Ok((caller, _)) => caller,
+    let (caller, selection) = match desk.reading(&headers, &query, ROWS_MAX) {
+        Ok(read) => read,
         Err(refused) => return refused.reply(),
-    };
-    let selection = match Selection::parse(&query, ROWS_MAX) {
-        Ok(s) => s,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let hub = desk.hub.clone();
     let rows = tokio::task::spawn_blocking(move || selection.rows(&hub, &caller.principal)).await;
@@ -653,13 +669,9 @@ async fn export(
     format: &'static str,
     query: std::collections::HashMap<String, String>,
 ) -> warp::reply::Response {
-    let caller = match desk.caller(&headers, false) {
-        Ok((caller, _)) => caller,
+    let (caller, mut selection) = match desk.reading(&headers, &query, EXPORT_ROWS_MAX) {
+        Ok(read) => read,
         Err(refused) => return refused.reply(),
-    };
-    let mut selection = match Selection::parse(&query, EXPORT_ROWS_MAX) {
-        Ok(s) => s,
-        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
     let contacts = query
         .get("contacts")
