@@ -4,7 +4,9 @@
 //! officer's tablet at its next sync, approving, and the refusals an
 //! officer and a supervisor of another area get.
 
-use baraza_tests::{https_request_with, HttpReply, ServerProcess, Tablet, HARNESS_PASSWORD};
+use baraza_tests::{
+    https_request_with, HttpReply, ReviewWorld, ServerProcess, Tablet, HARNESS_PASSWORD,
+};
 use serde_json::json;
 
 fn kv(k: &str, v: &str) -> (String, String) {
@@ -77,29 +79,12 @@ impl<'a> Desk<'a> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supervisor_reviews_resolves_returns_and_approves_through_the_api() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(&tmp.path().join("server"));
-    server.add_user("cpl.otieno", "officer", &["kibera"]);
-    server.add_user("lia.achieng", "liaison", &["kibera"]);
-    server.add_user("sgt.wanjiru", "supervisor", &["kibera"]);
-    server.add_user("sgt.kamau", "supervisor", &["westlands"]);
-    let officer = Tablet::for_user(&server, "officer's tablet", "cpl.otieno", "kibera");
-    let liaison = Tablet::for_user(&server, "liaison's tablet", "lia.achieng", "kibera");
-
     // A meeting both edited offline (a conflict on the place), submitted;
     // a patrol note, submitted; a draft.
-    let meeting = liaison
-        .create_record(
-            "meeting",
-            "kibera",
-            vec![kv("title", "Street lighting baraza")],
-        )
-        .unwrap();
-    liaison.sync().await;
-    officer.sync().await;
-    liaison.set(&meeting, "place", "Chief's camp").unwrap();
-    officer.set(&meeting, "place", "Social hall").unwrap();
-    liaison.submit(&meeting).unwrap();
+    let world = ReviewWorld::open().await;
+    let (server, officer, liaison) = (&world.server, &world.officer, &world.liaison);
+    let meeting = world.meeting.clone();
+    server.add_user("sgt.kamau", "supervisor", &["westlands"]);
     let patrol = officer
         .create_record("patrol_note", "kibera", vec![kv("beat", "B4")])
         .unwrap();
@@ -112,18 +97,18 @@ async fn a_supervisor_reviews_resolves_returns_and_approves_through_the_api() {
 
     // Only supervisors sign in; a wrong password is refused.
     assert_eq!(
-        login(&server, "cpl.otieno", HARNESS_PASSWORD).await.status,
+        login(server, "cpl.otieno", HARNESS_PASSWORD).await.status,
         403
     );
     assert_eq!(
-        login(&server, "sgt.wanjiru", "not the password")
+        login(server, "sgt.wanjiru", "not the password")
             .await
             .status,
         401
     );
-    let desk = Desk::open(&server, "sgt.wanjiru").await;
+    let desk = Desk::open(server, "sgt.wanjiru").await;
     assert_eq!(
-        https_request_with(&server, "GET", "/review/api/records", &[], None)
+        https_request_with(server, "GET", "/review/api/records", &[], None)
             .await
             .status,
         401,
@@ -162,7 +147,7 @@ async fn a_supervisor_reviews_resolves_returns_and_approves_through_the_api() {
 
     // State-changing requests need the CSRF token.
     let forged = https_request_with(
-        &server,
+        server,
         "POST",
         &format!("/review/api/records/{meeting}/resolve"),
         &[("Cookie", desk.cookie.as_str())],
@@ -234,7 +219,7 @@ async fn a_supervisor_reviews_resolves_returns_and_approves_through_the_api() {
     );
 
     // A supervisor of another area sees none of it and decides nothing.
-    let away = Desk::open(&server, "sgt.kamau").await;
+    let away = Desk::open(server, "sgt.kamau").await;
     assert!(away.listed("").await.is_empty());
     assert_eq!(
         away.get(&format!("/review/api/records/{meeting}"))

@@ -6,7 +6,7 @@
 //! script renders as inert text. The record view is saved as a screenshot.
 
 use baraza_tests::webdriver::Browser;
-use baraza_tests::{https_request_with, ServerProcess, Tablet, HARNESS_PASSWORD};
+use baraza_tests::{https_request_with, ReviewWorld, ServerProcess, HARNESS_PASSWORD};
 use serde_json::json;
 
 fn kv(k: &str, v: &str) -> (String, String) {
@@ -54,26 +54,9 @@ impl<'a> Witness<'a> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_supervisor_works_the_queue_in_a_browser() {
-    let tmp = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(&tmp.path().join("server"));
-    server.add_user("cpl.otieno", "officer", &["kibera"]);
-    server.add_user("lia.achieng", "liaison", &["kibera"]);
-    server.add_user("sgt.wanjiru", "supervisor", &["kibera"]);
-    let officer = Tablet::for_user(&server, "officer's tablet", "cpl.otieno", "kibera");
-    let liaison = Tablet::for_user(&server, "liaison's tablet", "lia.achieng", "kibera");
-
-    let meeting = liaison
-        .create_record(
-            "meeting",
-            "kibera",
-            vec![kv("title", "Street lighting baraza")],
-        )
-        .unwrap();
-    liaison.sync().await;
-    officer.sync().await;
-    liaison.set(&meeting, "place", "Chief's camp").unwrap();
-    officer.set(&meeting, "place", "Social hall").unwrap();
-    liaison.submit(&meeting).unwrap();
+    let world = ReviewWorld::open().await;
+    let (server, officer, liaison) = (&world.server, &world.officer, &world.liaison);
+    let meeting = world.meeting.clone();
     let patrol = officer
         .create_record("patrol_note", "kibera", vec![kv("beat", "B4")])
         .unwrap();
@@ -85,7 +68,7 @@ async fn a_supervisor_works_the_queue_in_a_browser() {
     officer.submit(&probe).unwrap();
     liaison.sync().await;
     officer.sync().await;
-    let witness = Witness::open(&server).await;
+    let witness = Witness::open(server).await;
 
     // The browser is driven from a blocking thread: WebDriver calls wait.
     let url = server.url();
