@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use baraza_client::{Client, ClientError, NoListener};
-use baraza_tests::{new_key, run_server_command, upgrade_status, ServerProcess, HARNESS_PASSWORD};
+use baraza_tests::{new_key, upgrade_status, ServerProcess, HARNESS_PASSWORD};
 
 const LIFETIME_SECS: u64 = 6;
 
@@ -18,11 +18,10 @@ fn kv(k: &str, v: &str) -> (String, String) {
 }
 
 fn rotations(server: &ServerProcess) -> usize {
-    let out = run_server_command(server.data_dir(), &["audit", "export"], "");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("\"token_rotated\""))
+    server
+        .audit_entries()
+        .iter()
+        .filter(|e| e["event"] == "token_rotated")
         .count()
 }
 
