@@ -104,6 +104,13 @@ pub enum AdminRequest {
         /// The record id.
         id: String,
     },
+    /// Quarantine a record (with a reason), or lift it (without).
+    RecordQuarantine {
+        /// The record id.
+        id: String,
+        /// Why; None lifts the quarantine.
+        reason: Option<String>,
+    },
     /// List devices.
     DeviceList,
     /// Revoke a device.
@@ -159,6 +166,7 @@ impl AdminRequest {
             AdminRequest::DeviceRevoke { .. } => "device_revoke",
             AdminRequest::DeviceRetire { .. } => "device_retire",
             AdminRequest::RecordErase { .. } => "record_erase",
+            AdminRequest::RecordQuarantine { .. } => "record_quarantine",
             AdminRequest::UserAdd { .. } => "user_add",
             AdminRequest::UserList => "user_list",
             AdminRequest::UserDisable { .. } => "user_disable",
@@ -221,6 +229,24 @@ pub enum Records {
 }
 
 impl Records {
+    /// Runs `f` on the live hub, or on one opened for it and closed cleanly.
+    fn with_hub<T>(
+        &self,
+        f: impl FnOnce(&crate::sync::SyncHub) -> Result<T, crate::docs::DocsError>,
+    ) -> Result<T, crate::docs::DocsError> {
+        match self {
+            Records::Live(hub) => f(hub),
+            Records::Offline(db) => {
+                let hub = crate::sync::SyncHub::open(db.clone())
+                    .map_err(|e| crate::docs::DocsError::Commit(e.to_string()))?;
+                let out = f(&hub);
+                hub.flush()
+                    .map_err(|e| crate::docs::DocsError::Commit(e.to_string()))?;
+                out
+            }
+        }
+    }
+
     fn erase(&self, id: baraza_protocol::DocId) -> Result<(), crate::sync::EraseError> {
         match self {
             Records::Live(hub) => hub.erase_record(id, "admin"),
@@ -272,6 +298,13 @@ pub enum AdminReply {
     RecordErased {
         /// Record id.
         id: String,
+    },
+    /// The record was quarantined, or its quarantine lifted.
+    RecordQuarantined {
+        /// Record id.
+        id: String,
+        /// True if the quarantine was lifted.
+        lifted: bool,
     },
     /// The device will retire at its next connection.
     DeviceRetiring {
@@ -457,6 +490,27 @@ pub fn execute_for(
                 .erase(doc)
                 .map_err(|e| AdminError::Refused(error_chain(&e)))?;
             AdminReply::RecordErased { id }
+        }
+        AdminRequest::RecordQuarantine { id, reason } => {
+            let doc = id
+                .parse::<baraza_protocol::DocId>()
+                .map_err(|_| AdminError::Refused(format!("{id:?} is not a record id")))?;
+            let lifting = reason.is_none();
+            let changed = registries
+                .records
+                .with_hub(|hub| hub.set_quarantine(doc, reason.as_deref(), "admin"))
+                .map_err(|e| AdminError::Refused(error_chain(&e)))?;
+            if !changed {
+                return Err(AdminError::Refused(if lifting {
+                    format!("record {id} is not quarantined")
+                } else {
+                    format!("no record {id}")
+                }));
+            }
+            AdminReply::RecordQuarantined {
+                id,
+                lifted: lifting,
+            }
         }
     };
     Ok(reply)

@@ -120,6 +120,22 @@ pub enum RecordCommand {
         #[arg(long)]
         id: String,
     },
+    /// Hold a record back from every device and reader (one bad record must
+    /// not block a feed); `--lift` releases it. Its stored bytes are kept.
+    Quarantine {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+        /// The record id.
+        #[arg(long)]
+        id: String,
+        /// Why, for the audit log (required unless lifting).
+        #[arg(long, required_unless_present = "lift")]
+        reason: Option<String>,
+        /// Release the record instead.
+        #[arg(long, conflicts_with = "reason")]
+        lift: bool,
+    },
 }
 
 /// `audit` subcommands.
@@ -324,6 +340,10 @@ pub struct LimitsConfig {
     pub doc_bytes_max: Option<usize>,
     /// Most changes carried by one message.
     pub changes_per_message_max: Option<usize>,
+    /// Most operations the changes of one message decode to.
+    pub ops_per_message_max: Option<usize>,
+    /// Most operations one document may hold.
+    pub doc_ops_max: Option<usize>,
 }
 
 impl LimitsConfig {
@@ -336,6 +356,8 @@ impl LimitsConfig {
             changes_per_message_max: self
                 .changes_per_message_max
                 .unwrap_or(d.changes_per_message_max),
+            ops_per_message_max: self.ops_per_message_max.unwrap_or(d.ops_per_message_max),
+            doc_ops_max: self.doc_ops_max.unwrap_or(d.doc_ops_max),
             pushes_in_flight_max: d.pushes_in_flight_max,
         }
     }
@@ -357,6 +379,8 @@ impl LimitsConfig {
             ("frame_bytes_max", self.frame_bytes_max),
             ("doc_bytes_max", self.doc_bytes_max),
             ("changes_per_message_max", self.changes_per_message_max),
+            ("ops_per_message_max", self.ops_per_message_max),
+            ("doc_ops_max", self.doc_ops_max),
         ];
         for (name, value) in limits {
             if value == Some(0) {

@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use automerge::{Automerge, ChangeHash};
+use baraza_protocol::docsync::{self, ApplyError};
 use baraza_protocol::{to_heads, DocDelta, DocId, Seq};
 use tokio::sync::{oneshot, watch};
 
@@ -30,6 +31,29 @@ pub struct LiveDoc {
     pub chunks: u32,
     /// Bytes stored so far (approximate after compaction).
     pub bytes: usize,
+    /// Operations the document holds (counted at load, then added to): the
+    /// limit that run-length-encoded changes cannot slip past.
+    pub ops: usize,
+}
+
+impl LiveDoc {
+    /// A document nobody has written yet.
+    pub fn empty() -> LiveDoc {
+        LiveDoc {
+            doc: Automerge::new(),
+            chunks: 0,
+            bytes: 0,
+            ops: 0,
+        }
+    }
+}
+
+/// Operations a document holds, from its changes' metadata (no op is read).
+fn ops_of(doc: &Automerge) -> usize {
+    doc.get_changes_meta(&[])
+        .iter()
+        .map(|m| (m.max_op + 1).saturating_sub(m.start_op) as usize)
+        .sum()
 }
 
 /// A handle on one cached document.
@@ -41,8 +65,9 @@ pub enum DocsError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Stored bytes did not load.
-    #[error("stored document {0} does not load: {1}")]
+    /// Stored bytes did not load, or loaded to other heads than were
+    /// recorded when they were committed: the record is damaged.
+    #[error("stored document {0} is damaged: {1}")]
     Load(DocId, String),
     /// The committer is gone (server shutting down).
     #[error("the committer has stopped")]
@@ -55,6 +80,17 @@ pub enum DocsError {
 struct Job {
     write: DocWrite,
     reply: oneshot::Sender<Result<Seq, String>>,
+    ticket: u64,
+}
+
+/// Chunks handed to the committer and not yet committed, per document. A
+/// live copy rebuilt from the store meanwhile (after a panic, an eviction
+/// or a failed restore) replays them, or the next compaction would save
+/// the document without them.
+#[derive(Default)]
+struct Queued {
+    next: u64,
+    chunks: std::collections::HashMap<DocId, Vec<(u64, Vec<u8>)>>,
 }
 
 /// Documents, cache and committer.
@@ -63,6 +99,7 @@ pub struct Docs {
     capacity: usize,
     cache: Mutex<lru::LruCache<DocId, DocHandle>>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    queued: Arc<Mutex<Queued>>,
     durable: watch::Receiver<Seq>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -73,9 +110,11 @@ impl Docs {
         let (tx, rx) = mpsc::channel::<Job>();
         let (durable_tx, durable) = watch::channel(store.latest_seq()?);
         let committer_store = store.clone();
+        let queued: Arc<Mutex<Queued>> = Arc::default();
+        let committer_queued = queued.clone();
         let handle = std::thread::Builder::new()
             .name("baraza-committer".into())
-            .spawn(move || commit_loop(committer_store, rx, durable_tx))
+            .spawn(move || commit_loop(committer_store, rx, durable_tx, committer_queued))
             .map_err(|e| DocsError::Store(StoreError::Db(sled::Error::Io(e))))?;
         Ok(Arc::new(Docs {
             store,
@@ -85,6 +124,7 @@ impl Docs {
             // enforces the bound instead.
             cache: Mutex::new(lru::LruCache::unbounded()),
             jobs: Mutex::new(Some(tx)),
+            queued,
             durable,
             committer: Mutex::new(Some(handle)),
         }))
@@ -135,20 +175,72 @@ impl Docs {
         Ok(handle)
     }
 
+    /// The document as stored plus what is queued for it, checked: bytes
+    /// that do not decode (or make automerge panic), or that load to other
+    /// heads than the commit recorded, are damage and are reported, never
+    /// served as a shorter document.
     fn load_live(&self, id: DocId) -> Result<LiveDoc, DocsError> {
-        Ok(match self.store.load(id)? {
-            Some(stored) => LiveDoc {
-                doc: Automerge::load(&stored.bytes)
-                    .map_err(|e| DocsError::Load(id, e.to_string()))?,
-                chunks: stored.chunks,
-                bytes: stored.bytes.len(),
-            },
-            None => LiveDoc {
-                doc: Automerge::new(),
-                chunks: 0,
-                bytes: 0,
-            },
-        })
+        // Queued first, stored second: a chunk committed in between is
+        // then in both, and applying a change twice is harmless.
+        let queued: Vec<Vec<u8>> = self
+            .queued_lock()
+            .chunks
+            .get(&id)
+            .map(|q| q.iter().map(|(_, c)| c.clone()).collect())
+            .unwrap_or_default();
+        let mut live = match self.store.load(id)? {
+            Some(stored) => {
+                let doc = docsync::contained(|| {
+                    Automerge::load(&stored.bytes).map_err(|e| ApplyError::Corrupt(e.to_string()))
+                })
+                .map_err(|e| DocsError::Load(id, e.to_string()))?;
+                let mut have = to_heads(&doc.get_heads());
+                let mut want = stored.heads.clone();
+                have.sort();
+                want.sort();
+                if have != want {
+                    return Err(DocsError::Load(
+                        id,
+                        format!(
+                            "its {} stored chunks load to heads {have:?}, not the heads {want:?} recorded at feed position {}",
+                            stored.chunks, stored.seq
+                        ),
+                    ));
+                }
+                LiveDoc {
+                    doc,
+                    chunks: stored.chunks,
+                    bytes: stored.bytes.len(),
+                    ops: 0,
+                }
+            }
+            None => LiveDoc::empty(),
+        };
+        for chunk in queued {
+            docsync::contained(|| docsync::apply_chunks(&mut live.doc, &chunk))
+                .map_err(|e| DocsError::Load(id, format!("a queued write does not apply: {e}")))?;
+        }
+        live.ops = ops_of(&live.doc);
+        Ok(live)
+    }
+
+    /// Replaces a live copy that automerge panicked on (possibly half
+    /// changed) with one rebuilt from the store and the queued writes. If
+    /// that fails too the copy is emptied and dropped from the cache, so
+    /// nothing of it is served or compacted.
+    pub fn rebuild(&self, id: DocId, live: &mut LiveDoc) {
+        match self.load_live(id) {
+            Ok(fresh) => *live = fresh,
+            Err(err) => {
+                tracing::error!(doc = %id, error = %err, "could not rebuild a document after a panic");
+                *live = LiveDoc::empty();
+                self.forget(id);
+            }
+        }
+    }
+
+    fn queued_lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.queued.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Puts a live document back, in place, to its state at `before` (its
@@ -195,8 +287,14 @@ impl Docs {
             return None;
         }
         let heads = to_heads(&live.doc.get_heads());
-        let compacted = if live.chunks + 1 >= CHUNKS_BEFORE_COMPACTION {
-            let save = live.doc.save();
+        // A save that panics is skipped: the chunk is stored as it is and
+        // compaction waits for a later write.
+        let save = (live.chunks + 1 >= CHUNKS_BEFORE_COMPACTION)
+            .then(|| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| live.doc.save())).ok()
+            })
+            .flatten();
+        let compacted = if let Some(save) = save {
             live.chunks = 1;
             live.bytes = save.len();
             Some(save)
@@ -230,11 +328,7 @@ impl Docs {
             .blocking_recv()
             .map_err(|_| DocsError::Stopped)?
             .map_err(DocsError::Commit)?;
-        *live = LiveDoc {
-            doc: Automerge::new(),
-            chunks: 0,
-            bytes: 0,
-        };
+        *live = LiveDoc::empty();
         self.forget(id);
         Ok(seq)
     }
@@ -242,11 +336,29 @@ impl Docs {
     /// Queues a write; the receiver answers with its feed position once durable.
     pub fn submit(&self, write: DocWrite) -> oneshot::Receiver<Result<Seq, String>> {
         let (reply, rx) = oneshot::channel();
+        let ticket = {
+            let mut queued = self.queued_lock();
+            queued.next += 1;
+            let ticket = queued.next;
+            let bytes = write.compacted.as_ref().unwrap_or(&write.chunk);
+            if !bytes.is_empty() {
+                queued
+                    .chunks
+                    .entry(write.doc)
+                    .or_default()
+                    .push((ticket, bytes.clone()));
+            }
+            ticket
+        };
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = jobs.as_ref() {
             // If the committer is gone the reply sender drops and the writer
             // sees the channel closed: it acknowledges nothing.
-            let _ = tx.send(Job { write, reply });
+            let _ = tx.send(Job {
+                write,
+                reply,
+                ticket,
+            });
         }
         rx
     }
@@ -272,6 +384,9 @@ impl Docs {
         let Some(stored) = self.store.load(id)? else {
             return Ok(None);
         };
+        // Not loaded (a cold start reads thousands), but every chunk's
+        // checksum is checked, so a flipped byte is never sent on.
+        docsync::verify_chunks(&stored.bytes).map_err(|e| DocsError::Load(id, e.to_string()))?;
         let heads = self.store.heads_at(id, stored.seq)?.unwrap_or_default();
         Ok(Some(DocDelta {
             heads,
@@ -281,7 +396,12 @@ impl Docs {
     }
 }
 
-fn commit_loop(store: Arc<dyn Store>, rx: mpsc::Receiver<Job>, durable: watch::Sender<Seq>) {
+fn commit_loop(
+    store: Arc<dyn Store>,
+    rx: mpsc::Receiver<Job>,
+    durable: watch::Sender<Seq>,
+    queued: Arc<Mutex<Queued>>,
+) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < WRITES_PER_COMMIT_MAX {
@@ -291,7 +411,21 @@ fn commit_loop(store: Arc<dyn Store>, rx: mpsc::Receiver<Job>, durable: watch::S
             }
         }
         let writes: Vec<DocWrite> = jobs.iter().map(|j| j.write.clone()).collect();
-        match store.commit(&writes) {
+        let result = store.commit(&writes);
+        // Committed or failed, these are no longer waiting: a failed write's
+        // document is forgotten by its writer, so no copy replays it.
+        {
+            let mut q = queued.lock().unwrap_or_else(|p| p.into_inner());
+            for job in &jobs {
+                if let Some(list) = q.chunks.get_mut(&job.write.doc) {
+                    list.retain(|(t, _)| *t != job.ticket);
+                    if list.is_empty() {
+                        q.chunks.remove(&job.write.doc);
+                    }
+                }
+            }
+        }
+        match result {
             Ok(seqs) => {
                 if let Some(&last) = seqs.last() {
                     durable.send_replace(last);

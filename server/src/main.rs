@@ -54,6 +54,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let root = config::resolve_data_dir(&common)?;
             print_reply(admin::run_command(&root, AdminRequest::RecordErase { id })?)
         }
+        Command::Record {
+            command:
+                config::RecordCommand::Quarantine {
+                    common,
+                    id,
+                    reason,
+                    lift,
+                },
+        } => {
+            let root = config::resolve_data_dir(&common)?;
+            let reason = if lift { None } else { reason };
+            print_reply(admin::run_command(
+                &root,
+                AdminRequest::RecordQuarantine { id, reason },
+            )?)
+        }
         Command::Audit { command } => audit(command),
     }
 }
@@ -321,6 +337,14 @@ fn print_reply(reply: AdminReply) -> anyhow::Result<()> {
             }
         }
         AdminReply::DeviceRevoked { id } => eprintln!("revoked device {id}"),
+        AdminReply::RecordQuarantined { id, lifted: false } => {
+            eprintln!("record {id} is quarantined: devices are told it is held back, pushes to it are refused");
+        }
+        AdminReply::RecordQuarantined { id, lifted: true } => {
+            eprintln!(
+                "record {id} is no longer quarantined; devices receive it at their next sync"
+            );
+        }
         AdminReply::RecordErased { id } => {
             eprintln!("erased record {id}; devices delete it at their next sync")
         }

@@ -226,6 +226,9 @@ pub struct StoredDoc {
     pub chunks: u32,
     /// Feed position of the latest write.
     pub seq: Seq,
+    /// The document's heads after that write, as recorded at commit: what
+    /// the bytes must load to.
+    pub heads: Vec<Head>,
 }
 
 /// Document storage. Implementations must make `commit` atomic and durable
@@ -268,6 +271,13 @@ pub trait Store: Send + Sync + 'static {
     fn access_of(&self, doc: DocId) -> Result<Option<RecordAccess>, StoreError>;
     /// Kind, area and creator of an erased record; None if not erased.
     fn erased(&self, doc: DocId) -> Result<Option<RecordAccess>, StoreError>;
+    /// Holds a record back from every device and reader (damaged, or
+    /// quarantined by an administrator), keeping what is stored of it.
+    fn quarantine(&self, doc: DocId, reason: &str) -> Result<(), StoreError>;
+    /// Lifts a quarantine; false if the record was not quarantined.
+    fn release_quarantine(&self, doc: DocId) -> Result<bool, StoreError>;
+    /// Why a record is quarantined; None if it is not.
+    fn quarantined(&self, doc: DocId) -> Result<Option<String>, StoreError>;
     /// Marks a clean shutdown (after flushing).
     fn close_cleanly(&self) -> Result<(), StoreError>;
     /// How many documents are stored.
@@ -285,6 +295,7 @@ pub struct SledStore {
     index_by_doc: sled::Tree,
     access: sled::Tree,
     erased: sled::Tree,
+    quarantine: sled::Tree,
     meta: sled::Tree,
     id: StoreId,
     /// Serialises commits so feed positions follow commit order.
@@ -329,6 +340,7 @@ impl SledStore {
             index: db.open_tree("record_index")?,
             access: db.open_tree("record_access")?,
             erased: db.open_tree("erased")?,
+            quarantine: db.open_tree("quarantine")?,
             index_by_doc: db.open_tree("record_index_by_doc")?,
             feed,
             meta,
@@ -454,6 +466,7 @@ impl Store for SledStore {
             bytes,
             chunks: meta.chunks,
             seq: meta.seq,
+            heads: meta.heads,
         }))
     }
 
@@ -694,6 +707,25 @@ impl Store for SledStore {
             Some(v) => Ok(Some(RecordAccess::decode(&v)?)),
             None => Ok(None),
         }
+    }
+
+    fn quarantine(&self, doc: DocId, reason: &str) -> Result<(), StoreError> {
+        self.quarantine.insert(doc.as_bytes(), reason.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn release_quarantine(&self, doc: DocId) -> Result<bool, StoreError> {
+        let was = self.quarantine.remove(doc.as_bytes())?.is_some();
+        self.db.flush()?;
+        Ok(was)
+    }
+
+    fn quarantined(&self, doc: DocId) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .quarantine
+            .get(doc.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     fn close_cleanly(&self) -> Result<(), StoreError> {

@@ -19,8 +19,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{oneshot, watch};
 use warp::ws::{Message as WsMessage, WebSocket};
 
-use crate::docs::{Docs, DocsError};
+use crate::docs::{Docs, DocsError, LiveDoc};
 use crate::store::{IndexEntry, RecordFilter, RecordRow, SledStore, Store};
+use baraza_protocol::docsync::ApplyError;
 use baraza_records::access::WriteSummary;
 use baraza_records::{Header, Kind, Principal};
 
@@ -42,6 +43,16 @@ pub struct SyncHub {
     desk_actor_suffix: [u8; 8],
     /// What read checks need of each record seen so far.
     access_cache: std::sync::RwLock<std::collections::HashMap<DocId, Arc<Access>>>,
+    /// Frames from devices being decoded and applied at once, at most.
+    work_slots: tokio::sync::Semaphore,
+}
+
+/// What a device's changes are applied to (see [`SyncHub::target`]).
+enum Target {
+    /// The record as stored (or a new one).
+    Stored,
+    /// A record the caller may not read: an empty copy, never stored.
+    Hidden,
 }
 
 /// What read checks need of a record.
@@ -218,6 +229,9 @@ impl SyncHub {
             write_rules: std::sync::atomic::AtomicBool::new(true),
             access_cache: Default::default(),
             desk_actor_suffix: rand::random(),
+            work_slots: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
+            ),
         }))
     }
 
@@ -449,9 +463,22 @@ impl SyncHub {
                 now_ms,
                 by: &caller.principal.user,
             };
-            if let Err(err) = edit(&mut live.doc, stamp) {
-                self.docs.restore(id, &mut live, &before);
-                return Err(DeskError::Edit(err.to_string()));
+            let edited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                edit(&mut live.doc, stamp)
+            }));
+            match edited {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    self.docs.restore(id, &mut live, &before);
+                    return Err(DeskError::Edit(err.to_string()));
+                }
+                Err(_) => {
+                    tracing::error!(doc = %id, "automerge panicked on a desk edit; rebuilding the document");
+                    self.docs.rebuild(id, &mut live);
+                    return Err(DeskError::Edit(
+                        "the record could not be edited; try again".into(),
+                    ));
+                }
             }
             let rules = Some(&caller.principal);
             let (index, summary) =
@@ -540,6 +567,58 @@ impl SyncHub {
         Ok(())
     }
 
+    /// Holds back a record found damaged on reading: quarantined (its
+    /// stored bytes kept as they are), dropped from the cache, reported and
+    /// audited. Devices are told it is held back; `baraza-server check`
+    /// lists it and README's recovery section says what to do.
+    pub fn quarantine_damaged(&self, id: DocId, why: &str) -> Result<(), DocsError> {
+        tracing::error!(record = %id, damage = %why, "stored record is damaged; quarantined");
+        self.docs
+            .store()
+            .quarantine(id, &format!("damaged: {why}"))?;
+        self.docs.forget(id);
+        self.audit.record(
+            "record_damaged",
+            serde_json::json!({ "record": id.to_string(), "damage": why }),
+        );
+        Ok(())
+    }
+
+    /// Quarantines a record at an administrator's request (`record
+    /// quarantine`), so that one bad record cannot block a feed: devices
+    /// are told it is held back, pushes to it are refused, and the read API
+    /// answers as for a missing record. `lift` releases it. Audited.
+    pub fn set_quarantine(
+        &self,
+        id: DocId,
+        reason: Option<&str>,
+        by: &str,
+    ) -> Result<bool, DocsError> {
+        let store = self.docs.store();
+        let changed = match reason {
+            Some(reason) => {
+                if store.doc_seq(id)?.is_none() {
+                    return Ok(false);
+                }
+                store.quarantine(id, &format!("quarantined by {by}: {reason}"))?;
+                self.docs.forget(id);
+                true
+            }
+            None => store.release_quarantine(id)?,
+        };
+        if changed {
+            self.audit.record(
+                if reason.is_some() {
+                    "record_quarantined"
+                } else {
+                    "record_quarantine_lifted"
+                },
+                serde_json::json!({ "record": id.to_string(), "by": by, "reason": reason }),
+            );
+        }
+        Ok(changed)
+    }
+
     /// The audit log.
     pub fn audit(&self) -> &crate::audit::AuditLog {
         &self.audit
@@ -612,7 +691,16 @@ impl SyncHub {
                 }
                 frame = stream.next(), if reading => match frame {
                     Some(Ok(msg)) if msg.is_binary() || msg.is_text() => {
-                        match self.on_frame(&mut session, msg.as_bytes(), &mut pending, &caller) {
+                        // Decoding and applying a device's bytes is CPU
+                        // work on untrusted input: it runs off the async
+                        // workers (block_in_place), one frame at a time per
+                        // connection, and a bounded number at once, so
+                        // heavy pushes cannot stall other devices' connects.
+                        let Ok(_slot) = self.work_slots.acquire().await else { break };
+                        let handled = tokio::task::block_in_place(|| {
+                            self.on_frame(&mut session, msg.as_bytes(), &mut pending, &caller)
+                        });
+                        match handled {
                             Err(baraza_protocol::SessionError::Peer { code: ErrorCode::Retired, message })
                                 if device.retiring || retire_asked =>
                             {
@@ -728,8 +816,9 @@ impl SyncHub {
                     heads,
                     changes,
                     bytes,
+                    ops,
                     ..
-                } => self.on_push(session, pending, caller, doc, heads, changes, bytes),
+                } => self.on_push(session, pending, caller, doc, heads, changes, bytes, ops),
                 ServerEvent::Sync(msg) => {
                     self.on_sync(session, pending, caller, msg.doc, &msg.data)
                 }
@@ -748,49 +837,48 @@ impl SyncHub {
         client_heads: Vec<Head>,
         changes: Vec<automerge::Change>,
         bytes: usize,
+        ops: usize,
     ) {
-        let handle = match self.docs.handle(id) {
-            Ok(h) => h,
-            Err(err) => return self.storage_refusal(session, id, &err),
-        };
-        let mut live = handle.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.may_touch(session, caller, id, &live.doc) {
+        let Some(target) = self.target(session, caller, id) else {
             return;
-        }
-        if live.bytes + bytes > self.limits.doc_bytes_max {
-            let message = format!(
-                "document {id} would grow to {} bytes, over the limit of {} bytes",
-                live.bytes + bytes,
-                self.limits.doc_bytes_max
-            );
-            return session.refuse(id, ErrorCode::DocTooLarge, message);
+        };
+        let handle = match &target {
+            Target::Stored => match self.docs.handle(id) {
+                Ok(h) => Some(h),
+                Err(err) => return self.storage_refusal(session, id, &err),
+            },
+            Target::Hidden => None,
+        };
+        // A record the caller may not read is answered as a missing one
+        // is: from an empty copy that is never stored.
+        let mut scratch = LiveDoc::empty();
+        let mut guard = handle
+            .as_ref()
+            .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()));
+        let live: &mut LiveDoc = match guard.as_deref_mut() {
+            Some(live) => live,
+            None => &mut scratch,
+        };
+        if let Err((code, message)) = self.within_limits(id, live, bytes, ops) {
+            return session.refuse(id, code, message);
         }
         let before = live.doc.get_heads();
         let before_header = Header::read(&live.doc).ok();
         let applied = match docsync::apply_push(&mut live.doc, changes, &client_heads) {
             Ok(a) => a,
-            Err(err) => {
-                self.docs.restore(id, &mut live, &before);
-                return session.refuse(
-                    id,
-                    ErrorCode::CorruptChanges,
-                    format!("document {id}: {err}"),
-                );
-            }
+            Err(err) => return self.refuse_applied(session, caller, id, live, &before, &err),
         };
         let mut admitted = None;
         if !applied.new_chunk.is_empty() {
-            admitted = match self.admit_or_refuse(
-                session,
-                caller,
-                id,
-                &mut live,
-                &before,
-                before_header,
-            ) {
+            if handle.is_none() {
+                return self.refuse_hidden_creation(session, id);
+            }
+            admitted = match self.admit_or_refuse(session, caller, id, live, &before, before_header)
+            {
                 Some(entry) => Some(entry),
                 None => return,
             };
+            live.ops += ops;
         }
         let (index, wrote) = admitted.unzip();
         if applied.base_missing {
@@ -798,9 +886,8 @@ impl SyncHub {
         }
         // Submitted under the document's lock, so writes to one document
         // reach the committer in the order they were applied.
-        let rx =
-            Docs::write_for(id, &mut live, applied.new_chunk, index).map(|w| self.docs.submit(w));
-        drop(live);
+        let rx = Docs::write_for(id, live, applied.new_chunk, index).map(|w| self.docs.submit(w));
+        drop(guard);
         let now = *self.docs.durable().borrow();
         let heads = applied.heads;
         let reply = applied.reply;
@@ -825,54 +912,58 @@ impl SyncHub {
         id: DocId,
         data: &[u8],
     ) {
-        let handle = match self.docs.handle(id) {
-            Ok(h) => h,
-            Err(err) => return self.storage_refusal(session, id, &err),
-        };
-        let mut live = handle.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.may_touch(session, caller, id, &live.doc) {
+        let Some(target) = self.target(session, caller, id) else {
             return;
-        }
+        };
+        let handle = match &target {
+            Target::Stored => match self.docs.handle(id) {
+                Ok(h) => Some(h),
+                Err(err) => return self.storage_refusal(session, id, &err),
+            },
+            Target::Hidden => None,
+        };
+        let mut scratch = LiveDoc::empty();
+        let mut guard = handle
+            .as_ref()
+            .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()));
+        let live: &mut LiveDoc = match guard.as_deref_mut() {
+            Some(live) => live,
+            None => &mut scratch,
+        };
         let before = live.doc.get_heads();
         let before_header = Header::read(&live.doc).ok();
-        match session.receive_sync(id, &mut live.doc, data) {
-            Ok(_) => {}
-            Err(err) => {
-                self.docs.restore(id, &mut live, &before);
-                return session.refuse(
-                    id,
-                    ErrorCode::CorruptChanges,
-                    format!("document {id}: {err}"),
-                );
-            }
+        if let Err(err) = session.receive_sync(id, &mut live.doc, data) {
+            return self.refuse_applied(session, caller, id, live, &before, &err);
         }
-        let chunk = docsync::encode_changes(&live.doc.get_changes(&before));
+        let new_changes = match docsync::contained(|| Ok(live.doc.get_changes(&before))) {
+            Ok(c) => c,
+            Err(err) => return self.refuse_applied(session, caller, id, live, &before, &err),
+        };
+        let chunk = docsync::encode_changes(&new_changes);
+        let ops: usize = new_changes.iter().map(docsync::ops_in).sum();
         let mut admitted = None;
         if !chunk.is_empty() {
-            admitted = match self.admit_or_refuse(
-                session,
-                caller,
-                id,
-                &mut live,
-                &before,
-                before_header,
-            ) {
+            if handle.is_none() {
+                return self.refuse_hidden_creation(session, id);
+            }
+            // Checked once applied: what a sync message holds is only
+            // known then (the message itself was held to the per-message
+            // operation limit before it was applied).
+            if let Err((code, message)) = self.within_limits(id, live, chunk.len(), ops) {
+                self.docs.restore(id, live, &before);
+                return session.refuse(id, code, message);
+            }
+            admitted = match self.admit_or_refuse(session, caller, id, live, &before, before_header)
+            {
                 Some(entry) => Some(entry),
                 None => return,
             };
+            live.ops += ops;
         }
         let (index, wrote) = admitted.unzip();
-        if live.bytes + chunk.len() > self.limits.doc_bytes_max {
-            self.docs.restore(id, &mut live, &before);
-            let message = format!(
-                "document {id} would grow past the limit of {} bytes",
-                self.limits.doc_bytes_max
-            );
-            return session.refuse(id, ErrorCode::DocTooLarge, message);
-        }
-        let rx = Docs::write_for(id, &mut live, chunk, index).map(|w| self.docs.submit(w));
+        let rx = Docs::write_for(id, live, chunk, index).map(|w| self.docs.submit(w));
         let heads = baraza_protocol::to_heads(&live.doc.get_heads());
-        drop(live);
+        drop(guard);
         let now = *self.docs.durable().borrow();
         pending.push_back(Box::pin(async move {
             Done::Sync {
@@ -882,6 +973,74 @@ impl SyncHub {
                 stored: wait_stored(rx, now).await,
             }
         }));
+    }
+
+    /// Refuses what grows a document past its byte or operation limit,
+    /// counted on what the changes decode to.
+    fn within_limits(
+        &self,
+        id: DocId,
+        live: &LiveDoc,
+        bytes: usize,
+        ops: usize,
+    ) -> Result<(), (ErrorCode, String)> {
+        if live.bytes + bytes > self.limits.doc_bytes_max {
+            return Err((
+                ErrorCode::DocTooLarge,
+                format!(
+                    "document {id} would grow to {} bytes, over the limit of {} bytes",
+                    live.bytes + bytes,
+                    self.limits.doc_bytes_max
+                ),
+            ));
+        }
+        if live.ops + ops > self.limits.doc_ops_max {
+            return Err((
+                ErrorCode::DocTooLarge,
+                format!(
+                    "document {id} would hold {} operations, over the limit of {}",
+                    live.ops + ops,
+                    self.limits.doc_ops_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Answers bytes that could not be applied. If automerge panicked on
+    /// them the copy may be half-changed: it is rebuilt from the store, so
+    /// the next push to the record, anyone's, finds it whole.
+    fn refuse_applied(
+        &self,
+        session: &mut ServerSession,
+        caller: &Caller,
+        id: DocId,
+        live: &mut LiveDoc,
+        before: &[automerge::ChangeHash],
+        err: &ApplyError,
+    ) {
+        if let ApplyError::Panicked(why) = err {
+            tracing::error!(doc = %id, device = %caller.device.id, panic = %why, "automerge panicked on a device's changes; rebuilding the document");
+            self.docs.rebuild(id, live);
+            self.audit_refusal(caller, id, None, &err.to_string());
+        } else {
+            self.docs.restore(id, live, before);
+        }
+        session.refuse(
+            id,
+            baraza_protocol::apply_error_code(err),
+            format!("document {id}: {err}"),
+        );
+    }
+
+    /// A whole new record pushed under the id of one the caller may not
+    /// read: it cannot be stored, and saying why would confirm the id.
+    fn refuse_hidden_creation(&self, session: &mut ServerSession, id: DocId) {
+        session.refuse(
+            id,
+            ErrorCode::InvalidRecord,
+            format!("record {id}: this record id cannot be used; create records with fresh ids"),
+        );
     }
 
     /// Runs [`admit`] on changes just applied to `live`. On refusal the
@@ -900,7 +1059,17 @@ impl SyncHub {
             .write_rules
             .load(std::sync::atomic::Ordering::Relaxed)
             .then_some(&caller.principal);
-        match admit(id, &caller.device, rules, &live.doc, before, before_header) {
+        // The schema and rule checks read what the changes built; a panic
+        // there is contained like one while applying them.
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            admit(id, &caller.device, rules, &live.doc, before, before_header)
+        }));
+        let Ok(checked) = checked else {
+            let err = ApplyError::Panicked("while checking the record".into());
+            self.refuse_applied(session, caller, id, live, before, &err);
+            return None;
+        };
+        match checked {
             Ok(admitted) => Some(admitted),
             Err(refused) => {
                 self.docs.restore(id, live, before);
@@ -916,45 +1085,75 @@ impl SyncHub {
         }
     }
 
-    /// Refuses changes to an existing record the caller may not read:
-    /// applying them would send back what the record holds. Records not
-    /// yet on the server pass; the write rules judge them once applied.
-    fn may_touch(
-        &self,
-        session: &mut ServerSession,
-        caller: &Caller,
-        id: DocId,
-        doc: &automerge::Automerge,
-    ) -> bool {
-        match self.docs.store().erased(id) {
+    /// What a device's changes to `id` are applied to. A record the caller
+    /// may not read (or an erased one it could not read) is `Hidden`: it is
+    /// answered as one that does not exist, from an empty copy, and the
+    /// attempt is audited. None if the changes were refused here.
+    fn target(&self, session: &mut ServerSession, caller: &Caller, id: DocId) -> Option<Target> {
+        let hidden = |hub: &Self| {
+            hub.audit.record(
+                "record_write_refused",
+                serde_json::json!({
+                    "record": id.to_string(),
+                    "user": caller.principal.user,
+                    "device": caller.device.id,
+                }),
+            );
+            Some(Target::Hidden)
+        };
+        let store = self.docs.store();
+        match store.erased(id) {
             Ok(None) => {}
-            Ok(Some(_)) => {
+            Ok(Some(a)) => {
+                let could_read = Kind::parse(&a.kind).is_some_and(|kind| {
+                    caller
+                        .principal
+                        .may_read_parts(kind, &a.area, &a.created_by)
+                });
+                if !could_read {
+                    return hidden(self);
+                }
                 session.refuse(
                     id,
                     ErrorCode::Erased,
                     format!("record {id} was erased by an administrator; delete it"),
                 );
-                return false;
+                return None;
             }
             Err(err) => {
                 self.storage_refusal(session, id, &DocsError::Store(err));
-                return false;
+                return None;
             }
         }
-        let Ok(header) = Header::read(doc) else {
-            return true;
-        };
-        if caller.principal.may_read(&header) {
-            return true;
+        match self.access(id) {
+            Ok(Some(a))
+                if !caller
+                    .principal
+                    .may_read_parts(a.kind, &a.area, &a.created_by) =>
+            {
+                return hidden(self)
+            }
+            Ok(_) => {}
+            Err(err) => {
+                self.storage_refusal(session, id, &err);
+                return None;
+            }
         }
-        let message = format!(
-            "record {id}: user {} may not change this record",
-            caller.principal.user
-        );
-        let rule = baraza_records::access::rules::READ_TO_EDIT;
-        self.audit_refusal(caller, id, Some(rule), &message);
-        session.refuse_by_rule(id, rule, message);
-        false
+        match store.quarantined(id) {
+            Ok(None) => Some(Target::Stored),
+            Ok(Some(_)) => {
+                session.refuse(
+                    id,
+                    ErrorCode::Quarantined,
+                    format!("record {id} is held back by the server for now; keep your copy and sync again later"),
+                );
+                None
+            }
+            Err(err) => {
+                self.storage_refusal(session, id, &DocsError::Store(err));
+                None
+            }
+        }
     }
 
     /// A retiring device reported its store wiped: its token ends here.
@@ -1042,6 +1241,16 @@ impl SyncHub {
     }
 
     fn storage_refusal(&self, session: &mut ServerSession, id: DocId, err: &DocsError) {
+        if let DocsError::Load(_, why) = err {
+            if let Err(err) = self.quarantine_damaged(id, why) {
+                tracing::error!(record = %id, error = %err, "could not quarantine a damaged record");
+            }
+            return session.refuse(
+                id,
+                ErrorCode::Quarantined,
+                format!("record {id} is held back by the server for now; keep your copy and sync again later"),
+            );
+        }
         tracing::error!(doc = %id, error = %err, "could not load document");
         session.refuse(
             id,
@@ -1205,14 +1414,37 @@ impl Feed for HubFeed<'_> {
         })
     }
 
+    fn quarantined(&mut self, doc: DocId) -> Result<bool, DocsError> {
+        Ok(self.hub.readable(self.who, doc)? && self.hub.docs.store().quarantined(doc)?.is_some())
+    }
+
     fn changes_since(
         &mut self,
         doc: DocId,
         base: Seq,
     ) -> Result<Option<baraza_protocol::DocDelta>, DocsError> {
-        if !self.hub.readable(self.who, doc)? {
+        if !self.hub.readable(self.who, doc)? || self.hub.docs.store().quarantined(doc)?.is_some() {
             return Ok(None);
         }
+        match self.delta(doc, base) {
+            // Damage found while reading: the record is held back and the
+            // client told (see `quarantined`), never sent short, and the
+            // rest of the feed goes on.
+            Err(DocsError::Load(id, why)) => {
+                self.hub.quarantine_damaged(id, &why)?;
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+}
+
+impl HubFeed<'_> {
+    fn delta(
+        &mut self,
+        doc: DocId,
+        base: Seq,
+    ) -> Result<Option<baraza_protocol::DocDelta>, DocsError> {
         let docs = &self.hub.docs;
         let store = docs.store();
         if base == 0 {
@@ -1221,6 +1453,7 @@ impl Feed for HubFeed<'_> {
             return docs.stored(doc);
         }
         if let Some(c) = store.chunks_after(doc, base)? {
+            docsync::verify_chunks(&c.bytes).map_err(|e| DocsError::Load(doc, e.to_string()))?;
             return Ok(Some(baraza_protocol::DocDelta {
                 heads: c.heads,
                 data: c.bytes,

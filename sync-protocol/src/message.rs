@@ -188,6 +188,9 @@ pub enum ErrorCode {
     Retired,
     /// An administrator erased this record: delete it, unsent changes too.
     Erased,
+    /// The server holds this record back (damaged, or quarantined by an
+    /// administrator): keep it and try again later.
+    Quarantined,
 }
 
 /// Everything that crosses the wire. The first message a client sends is

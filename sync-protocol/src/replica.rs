@@ -253,7 +253,7 @@ impl ClientDriver {
                     self.refused.insert(id);
                     match code {
                         ErrorCode::Erased => replica.erase(id)?,
-                        ErrorCode::StorageFailure => {}
+                        ErrorCode::StorageFailure | ErrorCode::Quarantined => {}
                         _ => replica.refused(id, code, rule.as_deref(), &message)?,
                     }
                 }

@@ -151,16 +151,30 @@ impl Wire {
 #[derive(Debug, Default)]
 struct Fallback {
     states: HashMap<DocId, sync::State>,
+    /// Set on the server: what arrives comes from devices and is checked
+    /// chunk by chunk (no compressed chunks, no whole documents, operations
+    /// within the limit), and what goes out advertises no capabilities, so
+    /// devices answer with plain changes (automerge's v1 messages) rather
+    /// than compressed saves that could not be checked before inflating.
+    from_devices: bool,
 }
 
 impl Fallback {
+    fn outgoing(&self, id: DocId, mut msg: sync::Message) -> Message {
+        if self.from_devices {
+            msg.flags = None;
+        }
+        Message::Sync(SyncMsg {
+            doc: id,
+            data: ByteBuf::from(msg.encode()),
+        })
+    }
+
     fn start(&mut self, wire: &mut Wire, id: DocId, doc: &Automerge) {
         let state = self.states.entry(id).or_default();
         if let Some(msg) = doc.generate_sync_message(state) {
-            wire.send(&Message::Sync(SyncMsg {
-                doc: id,
-                data: ByteBuf::from(msg.encode()),
-            }));
+            let out = self.outgoing(id, msg);
+            wire.send(&out);
         }
     }
 
@@ -173,18 +187,25 @@ impl Fallback {
         doc: &mut Automerge,
         data: &[u8],
     ) -> Result<(bool, bool), ApplyError> {
-        let msg = sync::Message::decode(data).map_err(|e| ApplyError::Corrupt(e.to_string()))?;
+        let msg = if self.from_devices {
+            let (msg, changes) = docsync::parse_device_sync(data, wire.limits.ops_per_message_max)?;
+            docsync::contained(|| docsync::check_counters(doc, &changes))?;
+            msg
+        } else {
+            sync::Message::decode(data).map_err(|e| ApplyError::Corrupt(e.to_string()))?
+        };
         let state = self.states.entry(id).or_default();
         let before = doc.get_heads();
-        doc.receive_sync_message(state, msg)
-            .map_err(|e| ApplyError::Corrupt(e.to_string()))?;
+        docsync::contained(|| {
+            doc.receive_sync_message(state, msg)
+                .map_err(|e| ApplyError::Corrupt(e.to_string()))
+        })?;
         let changed = doc.get_heads() != before;
-        let done = match doc.generate_sync_message(state) {
+        let reply = docsync::contained(|| Ok(doc.generate_sync_message(state)))?;
+        let done = match reply {
             Some(reply) => {
-                wire.send(&Message::Sync(SyncMsg {
-                    doc: id,
-                    data: ByteBuf::from(reply.encode()),
-                }));
+                let out = self.outgoing(id, reply);
+                wire.send(&out);
                 false
             }
             None => true,
@@ -392,25 +413,45 @@ impl ClientSession {
         if changes.is_empty() {
             return false;
         }
-        let heads = to_heads(&doc.get_heads());
-        // A push larger than one frame allows goes through the sync protocol,
-        // which the automerge library splits by need rather than by size.
-        let bytes: usize = changes.iter().map(|c| c.raw_bytes().len()).sum();
-        if changes.len() > self.wire.limits.changes_per_message_max
-            || bytes + 1024 > self.wire.limits.frame_bytes_max
-        {
-            self.fallback.start(&mut self.wire, id, doc);
-        } else {
-            self.wire.send(&Message::Push(Push {
-                doc: id,
-                base: known.to_vec(),
-                heads: heads.clone(),
-                changes: changes
-                    .iter()
-                    .map(|c| ByteBuf::from(c.raw_bytes().to_vec()))
-                    .collect(),
-            }));
+        // The longest run of changes (oldest first, so it is causally
+        // closed) that fits the server's limits goes now; the rest follow
+        // once it is acknowledged. A single change too large for a push
+        // goes through the sync protocol, where the server judges it.
+        let limits = &self.wire.limits;
+        let (mut bytes, mut ops, mut fits) = (1024usize, 0usize, 0usize);
+        for change in &changes {
+            bytes += change.raw_bytes().len();
+            ops += docsync::ops_in(change);
+            if fits + 1 > limits.changes_per_message_max
+                || bytes > limits.frame_bytes_max
+                || ops > limits.ops_per_message_max
+            {
+                break;
+            }
+            fits += 1;
         }
+        let heads = if fits == changes.len() {
+            to_heads(&doc.get_heads())
+        } else {
+            prefix_heads(&changes[..fits])
+        };
+        if fits == 0 {
+            let heads = to_heads(&doc.get_heads());
+            self.fallback.start(&mut self.wire, id, doc);
+            self.in_flight.insert(id, heads);
+            self.touched.insert(id);
+            self.sent.insert(id);
+            return true;
+        }
+        self.wire.send(&Message::Push(Push {
+            doc: id,
+            base: known.to_vec(),
+            heads: heads.clone(),
+            changes: changes[..fits]
+                .iter()
+                .map(|c| ByteBuf::from(c.raw_bytes().to_vec()))
+                .collect(),
+        }));
         self.in_flight.insert(id, heads);
         self.touched.insert(id);
         self.sent.insert(id);
@@ -557,6 +598,67 @@ impl ClientSession {
     }
 }
 
+/// The heads of a causally closed run of changes: those no other change of
+/// the run depends on.
+fn prefix_heads(changes: &[automerge::Change]) -> Vec<Head> {
+    let depended: HashSet<automerge::ChangeHash> = changes
+        .iter()
+        .flat_map(|c| c.deps().iter().copied())
+        .collect();
+    to_heads(
+        &changes
+            .iter()
+            .map(|c| c.hash())
+            .filter(|h| !depended.contains(h))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Bytes of a `Changes` frame besides its data and heads (type, numbers,
+/// document id, CBOR headers), with room to spare.
+const CHANGES_FRAME_OVERHEAD: usize = 256;
+
+/// The error code a peer is told for bytes that could not be applied.
+pub fn apply_error_code(err: &ApplyError) -> ErrorCode {
+    match err {
+        ApplyError::TooManyOps { .. } => ErrorCode::TooManyChanges,
+        ApplyError::Corrupt(_) | ApplyError::Encoding(_) | ApplyError::Panicked(_) => {
+            ErrorCode::CorruptChanges
+        }
+    }
+}
+
+/// Cuts a document's bytes into parts of at most `budget` bytes that each
+/// apply on their own after the ones before: at chunk boundaries, and a
+/// save too large for one frame is re-encoded as its changes. A single
+/// change larger than the budget goes alone (pushes never admit one).
+fn split_for_frames(data: Vec<u8>, budget: usize) -> Vec<Vec<u8>> {
+    let Ok(chunks) = docsync::split_chunks(&data) else {
+        return vec![data];
+    };
+    let mut pieces: Vec<Vec<u8>> = Vec::new();
+    for (kind, chunk) in chunks {
+        if chunk.len() > budget && kind == docsync::ChunkKind::Document {
+            match Automerge::load(chunk) {
+                Ok(doc) => {
+                    pieces.extend(doc.get_changes(&[]).iter().map(|c| c.raw_bytes().to_vec()))
+                }
+                Err(_) => pieces.push(chunk.to_vec()),
+            }
+        } else {
+            pieces.push(chunk.to_vec());
+        }
+    }
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    for piece in pieces {
+        match parts.last_mut() {
+            Some(part) if part.len() + piece.len() <= budget => part.extend_from_slice(&piece),
+            _ => parts.push(piece),
+        }
+    }
+    parts
+}
+
 // ---------------------------------------------------------------------------
 // Server
 // ---------------------------------------------------------------------------
@@ -580,6 +682,8 @@ pub enum ServerEvent {
         changes: Vec<automerge::Change>,
         /// Their size in bytes, for the document size limit.
         bytes: usize,
+        /// Operations they hold once decoded, for the document's limit.
+        ops: usize,
     },
     /// A sync-protocol message; load the document and call
     /// [`ServerSession::receive_sync`].
@@ -607,6 +711,11 @@ pub trait Feed {
     /// True if `doc`, which [`Feed::changes_since`] did not find, was
     /// erased and this client must be told to delete it.
     fn erased(&mut self, _doc: DocId) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+    /// True if `doc`, which [`Feed::changes_since`] did not find, is held
+    /// back (damaged or quarantined) and this client must be told so.
+    fn quarantined(&mut self, _doc: DocId) -> Result<bool, Self::Error> {
         Ok(false)
     }
 }
@@ -670,7 +779,10 @@ impl ServerSession {
             phase: ServerPhase::WaitingForHello,
             sent_seq: 0,
             covered: HashMap::new(),
-            fallback: Fallback::default(),
+            fallback: Fallback {
+                states: HashMap::new(),
+                from_devices: true,
+            },
             changes_sent: 0,
             sent_records: Vec::new(),
             welcome_seq: 0,
@@ -678,14 +790,31 @@ impl ServerSession {
     }
 
     fn send_changes_msg(&mut self, doc: DocId, heads: Vec<Head>, data: Vec<u8>) {
-        self.changes_sent += 1;
         self.sent_records.push((doc, heads.clone()));
-        self.wire.send(&Message::Changes(Changes {
-            n: self.changes_sent,
-            doc,
-            heads,
-            data: ByteBuf::from(data),
-        }));
+        let budget = self
+            .wire
+            .limits
+            .frame_bytes_max
+            .saturating_sub(CHANGES_FRAME_OVERHEAD + 34 * heads.len());
+        let parts = if data.len() <= budget {
+            vec![data]
+        } else {
+            split_for_frames(data, budget)
+        };
+        let last = parts.len().saturating_sub(1);
+        for (i, part) in parts.into_iter().enumerate() {
+            self.changes_sent += 1;
+            // Only the last part names the heads: a client that has applied
+            // an earlier part lacks them, and would take that for a
+            // missing base and start a repair.
+            let heads = if i == last { heads.clone() } else { Vec::new() };
+            self.wire.send(&Message::Changes(Changes {
+                n: self.changes_sent,
+                doc,
+                heads,
+                data: ByteBuf::from(part),
+            }));
+        }
     }
 
     /// Takes the next frame to send.
@@ -768,16 +897,17 @@ impl ServerSession {
             return Vec::new();
         }
         let bytes = push.changes.iter().map(|c| c.len()).sum();
-        match docsync::parse_changes(&push.changes) {
-            Ok(changes) => vec![ServerEvent::Push {
+        match docsync::parse_changes(&push.changes, limits.ops_per_message_max) {
+            Ok((changes, ops)) => vec![ServerEvent::Push {
                 doc: push.doc,
                 base: push.base,
                 heads: push.heads,
                 changes,
                 bytes,
+                ops,
             }],
             Err(err) => {
-                self.refuse(push.doc, ErrorCode::CorruptChanges, err.to_string());
+                self.refuse(push.doc, apply_error_code(&err), err.to_string());
                 Vec::new()
             }
         }
@@ -940,6 +1070,15 @@ impl ServerSession {
                     ErrorCode::Erased,
                     Some(doc),
                     format!("record {doc} was erased by an administrator"),
+                    false,
+                );
+            } else if feed.quarantined(doc)? {
+                // Said, not skipped in silence: the client learns the feed
+                // holds something it is not sent yet.
+                self.wire.send_error(
+                    ErrorCode::Quarantined,
+                    Some(doc),
+                    format!("record {doc} is held back by the server for now; keep your copy"),
                     false,
                 );
             }
