@@ -580,6 +580,7 @@ mod tests {
                 frame_bytes_max: Some(1024),
                 doc_bytes_max: Some(4096),
                 changes_per_message_max: Some(10),
+                ..LimitsConfig::default()
             }
         );
         assert_eq!(config.limits.ws_message_bytes_max(), 4096);

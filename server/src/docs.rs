@@ -290,9 +290,7 @@ impl Docs {
         // A save that panics is skipped: the chunk is stored as it is and
         // compaction waits for a later write.
         let save = (live.chunks + 1 >= CHUNKS_BEFORE_COMPACTION)
-            .then(|| {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| live.doc.save())).ok()
-            })
+            .then(|| docsync::contained(|| Ok(live.doc.save())).ok())
             .flatten();
         let compacted = if let Some(save) = save {
             live.chunks = 1;

@@ -88,6 +88,7 @@ fn init_tracing() {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    baraza_server::sync::report_contained_panics();
     let data = DataDir::create(&config.data)?;
     let db = data.open_db()?;
     let mut devices = DeviceRegistry::open_sled(&db)?;

@@ -25,6 +25,24 @@ use baraza_protocol::docsync::ApplyError;
 use baraza_records::access::WriteSummary;
 use baraza_records::{Header, Kind, Principal};
 
+/// Reports panics that [`docsync::contained`] catches (automerge failing
+/// an internal check on a device's bytes) as one log line each, and leaves
+/// every other panic to the default report: those are bugs of ours.
+pub fn report_contained_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if docsync::is_contained() {
+            let at = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            tracing::warn!(at = %at, "the automerge library failed an internal check on a device's input; contained, and the change refused");
+        } else {
+            default(info);
+        }
+    }));
+}
+
 /// Documents kept in memory by default.
 pub const CACHE_DOCS_DEFAULT: usize = 4096;
 /// Feed entries read per catch-up step, bounding what one step holds.
@@ -463,9 +481,7 @@ impl SyncHub {
                 now_ms,
                 by: &caller.principal.user,
             };
-            let edited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                edit(&mut live.doc, stamp)
-            }));
+            let edited = docsync::contained(|| Ok(edit(&mut live.doc, stamp)));
             match edited {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => {
@@ -473,7 +489,7 @@ impl SyncHub {
                     return Err(DeskError::Edit(err.to_string()));
                 }
                 Err(_) => {
-                    tracing::error!(doc = %id, "automerge panicked on a desk edit; rebuilding the document");
+                    tracing::error!(doc = %id, "automerge failed an internal check on a desk edit; rebuilding the document");
                     self.docs.rebuild(id, &mut live);
                     return Err(DeskError::Edit(
                         "the record could not be edited; try again".into(),
@@ -870,14 +886,15 @@ impl SyncHub {
         };
         let mut admitted = None;
         if !applied.new_chunk.is_empty() {
-            if handle.is_none() {
-                return self.refuse_hidden_creation(session, id);
-            }
             admitted = match self.admit_or_refuse(session, caller, id, live, &before, before_header)
             {
                 Some(entry) => Some(entry),
                 None => return,
             };
+            // Judged like any new record, refused only if it passed.
+            if handle.is_none() {
+                return self.refuse_hidden_creation(session, id);
+            }
             live.ops += ops;
         }
         let (index, wrote) = admitted.unzip();
@@ -943,9 +960,6 @@ impl SyncHub {
         let ops: usize = new_changes.iter().map(docsync::ops_in).sum();
         let mut admitted = None;
         if !chunk.is_empty() {
-            if handle.is_none() {
-                return self.refuse_hidden_creation(session, id);
-            }
             // Checked once applied: what a sync message holds is only
             // known then (the message itself was held to the per-message
             // operation limit before it was applied).
@@ -958,6 +972,10 @@ impl SyncHub {
                 Some(entry) => Some(entry),
                 None => return,
             };
+            // Judged like any new record, refused only if it passed.
+            if handle.is_none() {
+                return self.refuse_hidden_creation(session, id);
+            }
             live.ops += ops;
         }
         let (index, wrote) = admitted.unzip();
@@ -1020,7 +1038,7 @@ impl SyncHub {
         err: &ApplyError,
     ) {
         if let ApplyError::Panicked(why) = err {
-            tracing::error!(doc = %id, device = %caller.device.id, panic = %why, "automerge panicked on a device's changes; rebuilding the document");
+            tracing::error!(doc = %id, device = %caller.device.id, panic = %why, "automerge failed an internal check on a device's changes; rebuilding the document");
             self.docs.rebuild(id, live);
             self.audit_refusal(caller, id, None, &err.to_string());
         } else {
@@ -1061,13 +1079,22 @@ impl SyncHub {
             .then_some(&caller.principal);
         // The schema and rule checks read what the changes built; a panic
         // there is contained like one while applying them.
-        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            admit(id, &caller.device, rules, &live.doc, before, before_header)
-        }));
-        let Ok(checked) = checked else {
-            let err = ApplyError::Panicked("while checking the record".into());
-            self.refuse_applied(session, caller, id, live, before, &err);
-            return None;
+        let checked = docsync::contained(|| {
+            Ok(admit(
+                id,
+                &caller.device,
+                rules,
+                &live.doc,
+                before,
+                before_header,
+            ))
+        });
+        let checked = match checked {
+            Ok(checked) => checked,
+            Err(err) => {
+                self.refuse_applied(session, caller, id, live, before, &err);
+                return None;
+            }
         };
         match checked {
             Ok(admitted) => Some(admitted),

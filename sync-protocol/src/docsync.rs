@@ -136,12 +136,26 @@ fn uleb128(bytes: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
+thread_local! {
+    /// How deep this thread is inside [`contained`] calls.
+    static CONTAINED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// True while this thread runs inside [`contained`]: a panic hook can tell
+/// a caught library panic from a bug that will unwind further.
+pub fn is_contained() -> bool {
+    CONTAINED.with(|c| c.get() > 0)
+}
+
 /// Runs automerge on bytes from a peer, turning a panic inside the library
 /// into [`ApplyError::Panicked`]: a crafted change must cost its sender a
 /// refusal, not the server a poisoned document. Whatever `f` was changing
 /// must be dropped when this returns that error.
 pub fn contained<T>(f: impl FnOnce() -> Result<T, ApplyError>) -> Result<T, ApplyError> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+    CONTAINED.with(|c| c.set(c.get() + 1));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINED.with(|c| c.set(c.get().saturating_sub(1)));
+    match outcome {
         Ok(result) => result,
         Err(payload) => {
             let message = payload

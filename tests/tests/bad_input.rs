@@ -299,3 +299,204 @@ async fn a_client_without_a_valid_token_is_turned_away_before_the_upgrade() {
         .await;
     station.assert_unharmed().await;
 }
+
+/// A push of raw change bytes (one change per element) to `doc`.
+fn raw_push(doc: DocId, changes: Vec<Vec<u8>>) -> Message {
+    Message::Push(Push {
+        doc,
+        base: Vec::new(),
+        heads: Vec::new(),
+        changes: changes.into_iter().map(ByteBuf::from).collect(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_change_is_refused_unread_and_the_area_keeps_syncing() {
+    let station = Station::open().await;
+    let mut attacker = station.connect("tablet with a crafted app").await;
+    attacker.hello().await;
+    // A meeting whose notes are 2 MB of one letter: DEFLATE shrinks the
+    // change to a few KB, well under the 64 KB frame limit.
+    let (id, mut doc) = handmade_record(
+        "Harmless title",
+        attacker.device_id(),
+        &user_for("tablet with a crafted app"),
+    );
+    {
+        use automerge::transaction::Transactable;
+        let mut tx = doc.transaction();
+        tx.put(automerge::ROOT, "place", "x".repeat(2 << 20))
+            .unwrap();
+        tx.commit();
+    }
+    let mut compressed = Vec::new();
+    for mut change in doc.get_changes(&[]) {
+        compressed.push(change.bytes().to_vec());
+    }
+    let wire: usize = compressed.iter().map(Vec::len).sum();
+    assert!(
+        wire < FRAME_BYTES_MAX / 2,
+        "the bomb is small on the wire: {wire}"
+    );
+    station
+        .while_the_witness_syncs(async {
+            attacker.send(&raw_push(id, compressed)).await;
+            let error = attacker.expect_error().await;
+            assert_eq!(error.code, ErrorCode::CorruptChanges, "{error:?}");
+            assert_eq!(error.doc, Some(id));
+            assert!(error.message.contains("compressed"), "{error:?}");
+            assert!(!error.fatal);
+        })
+        .await;
+    // Nothing of it was stored: a newcomer's cold start (which would fail on
+    // a 2 MB field against the 64 KB frame) gets exactly the witness's state.
+    station.assert_unharmed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_claiming_millions_of_operations_is_refused_by_its_count() {
+    let station = Station::open().await;
+    let mut attacker = station.connect("tablet sending a run-length bomb").await;
+    attacker.hello().await;
+    // 54 bytes whose action column is one run of ten million operations.
+    let bomb = hex::decode(
+        "856f4a836d869bac012c0001010101000000051506340442055605700580ade204016b80ade20480ade2040180ade2040080ade20400",
+    )
+    .unwrap();
+    let target = DocId::from_bytes([0xb0; 16]);
+    station
+        .while_the_witness_syncs(async {
+            attacker.send(&raw_push(target, vec![bomb])).await;
+            let error = attacker.expect_error().await;
+            assert_eq!(error.code, ErrorCode::TooManyChanges, "{error:?}");
+            assert!(error.message.contains("10000000 operations"), "{error:?}");
+            assert_eq!(error.doc, Some(target));
+        })
+        .await;
+    station.assert_unharmed().await;
+}
+
+/// Changes found to make automerge 0.12 panic (or silently drop
+/// operations and panic when read back) while applying them, each on any
+/// document: crafted op columns with valid checksums.
+const PANICKING_CHANGES: &[(&str, &str)] = &[
+    ("op on a missing object", "856f4a83ef8e55dc012500010101010000000701020202150334014202560270027f007f017f016b017f017f007f00"),
+    ("insert after a missing element", "856f4a83d782af80013900010101010000000901040204110413041505340242035602700200017f0000017f0100017f0000017f097f016c000101017e020102000200"),
+    ("put on a missing element", "856f4a83a13bfbdf013800010101010000000901040204110413041505340142035602700200017f0000017f0100017f0000017f097f016c0001027e020102000200"),
+    ("map keys inside a list", "856f4a8308e722c5012e000101010100000007010402041506340142045602700200010200000102017f016c02016b037f02020103000300"),
+    ("actor index out of range", "856f4a83fd1fa506012500010101010000000701020202150334014202560270027f057f017f016b017f017f007f00"),
+    ("second change of an unknown actor", "856f4a8308ff18de0109000101020100000000"),
+    ("op counter past 32 bits", "856f4a83dacd8362012100010101ffffffff0f000000051503340142025602700202016b02020102000200"),
+    ("mark on a map key", "856f4a83cd6eed6a012300010101010000000615033401420256027002a501037f016b017f077f027f007f0162"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_that_make_automerge_panic_are_refused_and_the_record_stays_writable() {
+    let station = Station::open().await;
+    let target: DocId = station.record.parse().unwrap();
+    let mut attacker = station.connect("tablet sending mutated pushes").await;
+    attacker.hello().await;
+    for (what, hex) in PANICKING_CHANGES {
+        // Each aimed at the witness's own record, then the witness edits
+        // and syncs it: a wedged record would fail its push.
+        let change = hex::decode(hex).unwrap();
+        station
+            .while_the_witness_syncs(async {
+                attacker.send(&raw_push(target, vec![change])).await;
+                let error = attacker.expect_error().await;
+                assert_eq!(error.doc, Some(target), "{what}: {error:?}");
+                assert!(
+                    matches!(error.code, ErrorCode::CorruptChanges | ErrorCode::Forbidden),
+                    "{what}: {error:?}"
+                );
+                assert!(!error.fatal, "{what}: {error:?}");
+            })
+            .await;
+    }
+    // The server refused each alone (no panic escaped: `assert_unharmed`
+    // reads its log), and every device syncs the record.
+    station.assert_unharmed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_device_may_not_read_answers_pushes_as_a_missing_one() {
+    let station = Station::open().await;
+    // The witness's record belongs to a supervisor of the test areas; this
+    // officer patrols elsewhere and may not read it.
+    station
+        .server
+        .add_user("cst.outsider", "officer", &["far-away-area"]);
+    let token = station
+        .server
+        .add_device_for("outsider's tablet", "cst.outsider");
+    let hidden: DocId = station.record.parse().unwrap();
+    let missing = DocId::from_bytes([0x5a; 16]);
+    // An edit as a tablet that never had the record would make it: no
+    // header, no history. Pushed to a record that exists but is not
+    // this device's to read, and to one that does not exist.
+    let edit = {
+        use automerge::transaction::Transactable;
+        let mut doc = automerge::Automerge::new();
+        let mut actor = hex_bytes(&baraza_tests::device_of(&token));
+        actor.extend_from_slice(&[1; 4]);
+        doc.set_actor(automerge::ActorId::from(actor));
+        let mut tx = doc.transaction();
+        tx.put(automerge::ROOT, "title", "rewritten").unwrap();
+        tx.commit();
+        doc.get_changes(&[]).remove(0).raw_bytes().to_vec()
+    };
+    let answers = |id: DocId| {
+        let edit = edit.clone();
+        let station = &station;
+        let token = token.clone();
+        async move {
+            use automerge::sync::SyncDoc;
+            let mut conn = RawConnection::open(&station.server, &token).await;
+            conn.hello().await;
+            let mut shapes = Vec::new();
+            conn.send(&raw_push(id, vec![edit])).await;
+            shapes.push(shape(conn.next_reply().await, id));
+            conn.send(&Message::Sync(baraza_protocol::SyncMsg {
+                doc: id,
+                data: ByteBuf::from(
+                    automerge::Automerge::new()
+                        .generate_sync_message(&mut automerge::sync::State::new())
+                        .map(|m| m.encode())
+                        .unwrap_or_default(),
+                ),
+            }))
+            .await;
+            let second = tokio::time::timeout(std::time::Duration::from_secs(3), conn.next_reply())
+                .await
+                .ok()
+                .flatten();
+            shapes.push(shape(second, id));
+            shapes
+        }
+    };
+    let for_missing = answers(missing).await;
+    let for_hidden = station.while_the_witness_syncs(answers(hidden)).await;
+    assert_eq!(for_hidden, for_missing);
+    assert!(
+        !for_hidden.iter().any(|s| s.contains("forbidden")),
+        "{for_hidden:?}"
+    );
+    // Nothing was stored, the attempt was audited, and the record is intact.
+    let audited = station
+        .server
+        .audit_entries()
+        .iter()
+        .filter(|e| {
+            e["event"] == "record_write_refused" && e["details"]["record"] == station.record
+        })
+        .count();
+    assert!(audited >= 1, "the refused write is audited");
+    station.assert_unharmed().await;
+}
+
+/// A reply with the record id taken out, to compare two records' answers.
+fn shape(reply: Option<Message>, id: DocId) -> String {
+    let text = format!("{reply:?}");
+    text.replace(&format!("{id:?}"), "RECORD")
+        .replace(&id.to_string(), "RECORD")
+}
