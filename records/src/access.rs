@@ -5,14 +5,18 @@
 //! Reading goes by role, area and kind; everyone reads what they created.
 //! Writing needs the record's area among the user's, the right to read it,
 //! changes attributed to the user, and for review decisions the
-//! supervisor's role. A refused write names its rule, so the tablet can
-//! show *why* a change was not accepted.
+//! supervisor's role. The review block is judged on what each change does
+//! to it (see [`crate::inspect::review_edits`]): comments are append-only
+//! and carry their real author, and only a supervisor of the area moves a
+//! record's state, except a creator submitting their draft or returned
+//! record. A refused write names its rule, so the tablet can show *why* a
+//! change was not accepted.
 
 use automerge::{Automerge, Change};
 use serde::{Deserialize, Serialize};
 
 use crate::header::Header;
-use crate::inspect::{effects, user_of};
+use crate::inspect::{effects, review_edits, user_of, CommentFieldEdit, ReviewEdit};
 use crate::schema::Kind;
 
 /// What a user does, which decides what they may read and change.
@@ -101,6 +105,21 @@ pub mod rules {
     pub const ATTRIBUTION: &str = "attribution";
     /// Only supervisors of the area approve or return a record.
     pub const REVIEW: &str = "review_by_area_supervisor";
+    /// Review comments are only ever added: nobody deletes or overwrites a
+    /// comment, the comments list or the review block, or puts a value
+    /// beside them, and a new comment goes after the earlier ones.
+    pub const REVIEW_COMMENTS_APPEND_ONLY: &str = "review_comments_append_only";
+    /// A comment carries its real author: a new one's `by` is the pushing
+    /// user, set in the change that adds it; only its author changes its
+    /// other fields later, and nobody changes its `by`.
+    pub const REVIEW_COMMENT_AUTHOR: &str = "review_comment_author";
+    /// Only a supervisor of the area changes the review state (and so moves
+    /// a record out of `approved` or `returned`); anyone else may only
+    /// submit a draft or returned record they created, and never set a
+    /// state beside a supervisor's decision.
+    pub const REVIEW_STATE: &str = "review_state_by_supervisor";
+    /// The review block holds its state and comments, nothing else.
+    pub const REVIEW_FIELDS: &str = "review_known_fields";
 }
 
 /// A write refused by a rule.
@@ -232,7 +251,159 @@ impl Principal {
                     summary.decisions.push(state);
                 }
             }
+            for edit in review_edits(doc, change) {
+                self.check_review_edit(header, change, edit)?;
+            }
         }
         Ok(summary)
+    }
+
+    /// Checks one thing a change did to the review block.
+    fn check_review_edit(
+        &self,
+        header: &Header,
+        change: &Change,
+        edit: ReviewEdit,
+    ) -> Result<(), Refusal> {
+        let hash = change.hash();
+        let refuse = |rule: &'static str, reason: String| Err(Refusal { rule, reason });
+        let supervisor = self.role == Role::Supervisor;
+        match edit {
+            ReviewEdit::BlockMade | ReviewEdit::CommentsMade => Ok(()),
+            ReviewEdit::BlockReplaced => refuse(
+                rules::REVIEW_COMMENTS_APPEND_ONLY,
+                format!(
+                    "change {hash} deletes or replaces the record's review block (or sets a value \
+                     beside it); the review block and its comments are never removed"
+                ),
+            ),
+            ReviewEdit::CommentsReplaced => refuse(
+                rules::REVIEW_COMMENTS_APPEND_ONLY,
+                format!(
+                    "change {hash} deletes or replaces the review comments (or sets a value \
+                     beside them); comments are only ever added"
+                ),
+            ),
+            ReviewEdit::CommentRemoved => refuse(
+                rules::REVIEW_COMMENTS_APPEND_ONLY,
+                format!(
+                    "change {hash} deletes or overwrites a review comment, or puts something \
+                     that is not a comment among them; comments are only ever added"
+                ),
+            ),
+            ReviewEdit::CommentAdded { by, appended } => {
+                if by.len() != 1 || by[0] != self.user {
+                    return refuse(
+                        rules::REVIEW_COMMENT_AUTHOR,
+                        format!(
+                            "change {hash} adds a review comment by {by:?}, but was pushed by \
+                             user {}; a new comment names its real author in the change that adds it",
+                            self.user
+                        ),
+                    );
+                }
+                if !appended {
+                    return refuse(
+                        rules::REVIEW_COMMENTS_APPEND_ONLY,
+                        format!(
+                            "change {hash} puts a review comment before earlier ones; comments \
+                             are only appended"
+                        ),
+                    );
+                }
+                Ok(())
+            }
+            ReviewEdit::CommentField {
+                author,
+                field,
+                edit,
+            } => {
+                let theirs = author
+                    .as_ref()
+                    .is_some_and(|a| a.is_empty() || a.iter().any(|by| *by != self.user));
+                if theirs {
+                    return refuse(
+                        rules::REVIEW_COMMENT_AUTHOR,
+                        format!(
+                            "change {hash} changes the {field} of a review comment by {:?}; \
+                             only a comment's author changes it",
+                            author.unwrap_or_default()
+                        ),
+                    );
+                }
+                if author.is_some() && field == "by" {
+                    return refuse(
+                        rules::REVIEW_COMMENT_AUTHOR,
+                        format!("change {hash} changes who wrote a review comment; a comment keeps its author"),
+                    );
+                }
+                match edit {
+                    CommentFieldEdit::Put => Ok(()),
+                    CommentFieldEdit::Delete => refuse(
+                        rules::REVIEW_COMMENTS_APPEND_ONLY,
+                        format!(
+                            "change {hash} deletes the {field} of a review comment; comments \
+                             are never taken apart"
+                        ),
+                    ),
+                    CommentFieldEdit::Object => refuse(
+                        rules::REVIEW_COMMENTS_APPEND_ONLY,
+                        format!(
+                            "change {hash} puts an object into the {field} of a review comment, \
+                             whose fields hold plain values"
+                        ),
+                    ),
+                }
+            }
+            ReviewEdit::OtherField(key) => refuse(
+                rules::REVIEW_FIELDS,
+                format!(
+                    "change {hash} sets review.{key}; the review block holds only its state \
+                     and comments"
+                ),
+            ),
+            ReviewEdit::State { .. } if supervisor => Ok(()),
+            ReviewEdit::State { from, to, beside } => {
+                if DECISIONS.contains(&to.as_str()) {
+                    return refuse(
+                        rules::REVIEW,
+                        format!(
+                            "change {hash} sets the review state to {to}; only a supervisor of area {:?} may",
+                            header.area
+                        ),
+                    );
+                }
+                let unchanged = from.iter().all(|state| *state == to);
+                let submit = to == "submitted"
+                    && header.created_by_user == self.user
+                    && from
+                        .iter()
+                        .all(|state| state == "draft" || state == "returned");
+                if !unchanged && !submit {
+                    return refuse(
+                        rules::REVIEW_STATE,
+                        format!(
+                            "change {hash} moves the review state from {} to {to}; only a \
+                             supervisor of area {:?} may (the creator may only submit a draft or \
+                             returned record)",
+                            from.join(" / "),
+                            header.area
+                        ),
+                    );
+                }
+                if let Some(decision) = beside.iter().find(|s| DECISIONS.contains(&s.as_str())) {
+                    return refuse(
+                        rules::REVIEW_STATE,
+                        format!(
+                            "change {hash} sets the review state to {to} beside a supervisor's \
+                             decision ({decision}) it did not see; only a supervisor of area {:?} \
+                             may change a decided record's state",
+                            header.area
+                        ),
+                    );
+                }
+                Ok(())
+            }
+        }
     }
 }

@@ -2,7 +2,11 @@
 //! set differently on several devices (conflicts), and who changed what,
 //! when (history).
 
-use automerge::{Automerge, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, ROOT};
+use std::collections::HashMap;
+
+use automerge::{
+    ActorId, Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, ROOT,
+};
 use serde::Serialize;
 
 /// One of the values a conflicted field holds.
@@ -250,4 +254,366 @@ pub fn history(doc: &Automerge) -> Vec<HistoryEntry> {
             fields: effects(doc, change).fields,
         })
         .collect()
+}
+
+/// What a change did to a field of a review comment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommentFieldEdit {
+    /// Set a value.
+    Put,
+    /// Deleted the field.
+    Delete,
+    /// Put an object (a map, list or text) where a plain value belongs.
+    Object,
+}
+
+/// One thing a change did to a record's review block (`review`, its
+/// `state`, its `comments` and the comments themselves), read from the
+/// change's own operations and seen against its own dependencies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReviewEdit {
+    /// Made the review block where the record had none, and it stands alone.
+    BlockMade,
+    /// Deleted the review block, overwrote it, or put a value beside it
+    /// (a conflict on the root key `review`).
+    BlockReplaced,
+    /// Set the review state (deleting it reads as `draft`).
+    State {
+        /// The state as the change's dependencies had it (every value, if
+        /// they conflicted; `draft` if there was none).
+        from: Vec<String>,
+        /// The state it set.
+        to: String,
+        /// Values standing beside it in the document now: the states of
+        /// concurrent changes it did not overwrite.
+        beside: Vec<String>,
+    },
+    /// Made the comments list where there was none, and it stands alone.
+    CommentsMade,
+    /// Deleted or overwrote the comments list, or put a value beside it.
+    CommentsReplaced,
+    /// Added a comment to the list.
+    CommentAdded {
+        /// Every `by` the change gave it (exactly one if well made).
+        by: Vec<String>,
+        /// False if it went before a comment the dependencies had.
+        appended: bool,
+    },
+    /// Deleted or overwrote an item of the comments list, or inserted
+    /// something that is not a comment (a map).
+    CommentRemoved,
+    /// Changed a field of a comment.
+    CommentField {
+        /// The comment's author as the dependencies had it (every value,
+        /// if they conflicted); None for a comment the same change added.
+        author: Option<Vec<String>>,
+        /// The field.
+        field: String,
+        /// What was done to it.
+        edit: CommentFieldEdit,
+    },
+    /// Set a key of the review block other than `state` and `comments`.
+    OtherField(String),
+}
+
+type OpKey = (u64, ActorId);
+
+fn op_key(id: &ObjId) -> Option<OpKey> {
+    match id {
+        ObjId::Id(counter, actor, _) => Some((*counter, actor.clone())),
+        ObjId::Root => None,
+    }
+}
+
+fn legacy_key(id: &automerge::legacy::OpId) -> OpKey {
+    (id.counter(), id.actor().clone())
+}
+
+fn text_of(value: &Value<'_>) -> String {
+    match value {
+        Value::Scalar(s) => match s.as_ref() {
+            ScalarValue::Str(v) => v.to_string(),
+            other => other.to_string(),
+        },
+        Value::Object(t) => format!("<{t:?}>").to_lowercase(),
+    }
+}
+
+fn scalar_text(value: &ScalarValue) -> String {
+    match value {
+        ScalarValue::Str(v) => v.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn values_at(
+    doc: &Automerge,
+    obj: &ObjId,
+    prop: impl Into<Prop>,
+    heads: Option<&[ChangeHash]>,
+) -> Vec<(Value<'static>, ObjId)> {
+    let found = match heads {
+        Some(heads) => doc.get_all_at(obj, prop, heads),
+        None => doc.get_all(obj, prop),
+    };
+    found
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(v, id)| (v.into_owned(), id))
+        .collect()
+}
+
+struct ReviewMapNow {
+    id: ObjId,
+    state: Vec<(OpKey, String)>,
+    comments: Vec<OpKey>,
+}
+
+struct CommentsNow {
+    id: ObjId,
+    /// Where each item (by the id of its value) stands in the list.
+    index: HashMap<OpKey, usize>,
+}
+
+/// The review block as the document holds it now, every conflicting
+/// value included.
+#[derive(Default)]
+struct ReviewNow {
+    block: Vec<OpKey>,
+    maps: HashMap<OpKey, ReviewMapNow>,
+    lists: HashMap<OpKey, CommentsNow>,
+    items: HashMap<OpKey, ObjId>,
+}
+
+impl ReviewNow {
+    fn read(doc: &Automerge) -> ReviewNow {
+        let mut now = ReviewNow::default();
+        for (value, id) in values_at(doc, &ROOT, "review", None) {
+            let Some(key) = op_key(&id) else { continue };
+            now.block.push(key.clone());
+            if !matches!(value, Value::Object(ObjType::Map)) {
+                continue;
+            }
+            let state = values_at(doc, &id, "state", None)
+                .into_iter()
+                .filter_map(|(v, vid)| op_key(&vid).map(|k| (k, text_of(&v))))
+                .collect();
+            let mut comments = Vec::new();
+            for (value, list) in values_at(doc, &id, "comments", None) {
+                let Some(list_key) = op_key(&list) else {
+                    continue;
+                };
+                comments.push(list_key.clone());
+                if !matches!(value, Value::Object(ObjType::List)) {
+                    continue;
+                }
+                let mut index = HashMap::new();
+                for i in 0..doc.length(&list) {
+                    for (value, item) in values_at(doc, &list, i, None) {
+                        let Some(item_key) = op_key(&item) else {
+                            continue;
+                        };
+                        index.insert(item_key.clone(), i);
+                        if matches!(value, Value::Object(ObjType::Map)) {
+                            now.items.insert(item_key, item);
+                        }
+                    }
+                }
+                now.lists.insert(list_key, CommentsNow { id: list, index });
+            }
+            now.maps.insert(
+                key,
+                ReviewMapNow {
+                    id,
+                    state,
+                    comments,
+                },
+            );
+        }
+        now
+    }
+}
+
+/// Where an operation lands in the review block.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Map,
+    List,
+    Item,
+}
+
+/// Everything `change` (which must be in `doc`) did to the review block,
+/// in the order of its operations (comments added last). Every operation
+/// on the root key `review`, on a review map, on a comments list or on a
+/// comment counts, whether or not it wins against concurrent changes; an
+/// operation on an object the review block no longer holds changes
+/// nothing and is left out.
+pub fn review_edits(doc: &Automerge, change: &automerge::Change) -> Vec<ReviewEdit> {
+    let now = ReviewNow::read(doc);
+    let deps = change.deps();
+    let expanded = change.decode();
+    let actor = change.actor_id();
+    let start = change.start_op().get();
+    let mut out = Vec::new();
+    // Review objects this change made (a review map, a comments list, a comment).
+    let mut made: HashMap<OpKey, Place> = HashMap::new();
+    // Comments this change added: their list and the `by`s given.
+    let mut added: Vec<(OpKey, OpKey, Vec<String>)> = Vec::new();
+    for (offset, op) in expanded.operations.iter().enumerate() {
+        let this: OpKey = (start + offset as u64, actor.clone());
+        let field = match &op.key {
+            automerge::legacy::Key::Map(k) => Some(k.to_string()),
+            automerge::legacy::Key::Seq(_) => None,
+        };
+        let obj = match &op.obj {
+            automerge::legacy::ObjectId::Root => {
+                if field.as_deref() != Some("review") {
+                    continue;
+                }
+                let alone = now.block == [this.clone()];
+                match op.action {
+                    automerge::legacy::OpType::Make(ObjType::Map) => {
+                        made.insert(this, Place::Map);
+                        out.push(if op.pred.is_empty() && alone {
+                            ReviewEdit::BlockMade
+                        } else {
+                            ReviewEdit::BlockReplaced
+                        });
+                    }
+                    _ => out.push(ReviewEdit::BlockReplaced),
+                }
+                continue;
+            }
+            automerge::legacy::ObjectId::Id(id) => legacy_key(id),
+        };
+        let new = made.get(&obj).copied();
+        let place = match new {
+            Some(place) => place,
+            None if now.maps.contains_key(&obj) => Place::Map,
+            None if now.lists.contains_key(&obj) => Place::List,
+            None if now.items.contains_key(&obj) => Place::Item,
+            None => continue,
+        };
+        let is_new = new.is_some();
+        match place {
+            Place::Map => {
+                let map = now.maps.get(&obj);
+                match field.as_deref() {
+                    Some("state") => {
+                        let to = match &op.action {
+                            automerge::legacy::OpType::Put(v) => scalar_text(v),
+                            automerge::legacy::OpType::Delete => "draft".to_string(),
+                            automerge::legacy::OpType::Make(t) => format!("<{t:?}>").to_lowercase(),
+                            other => format!("{other:?}"),
+                        };
+                        let mut from: Vec<String> = match (is_new, map) {
+                            (false, Some(map)) => values_at(doc, &map.id, "state", Some(deps))
+                                .iter()
+                                .map(|(v, _)| text_of(v))
+                                .collect(),
+                            _ => Vec::new(),
+                        };
+                        if from.is_empty() {
+                            from.push("draft".to_string());
+                        }
+                        let beside = match map {
+                            Some(map) if map.state.iter().any(|(k, _)| *k == this) => map
+                                .state
+                                .iter()
+                                .filter(|(k, _)| *k != this)
+                                .map(|(_, v)| v.clone())
+                                .collect(),
+                            _ => Vec::new(),
+                        };
+                        out.push(ReviewEdit::State { from, to, beside });
+                    }
+                    Some("comments") => {
+                        let alone = map.is_some_and(|m| m.comments == [this.clone()]);
+                        match op.action {
+                            automerge::legacy::OpType::Make(ObjType::List) => {
+                                made.insert(this, Place::List);
+                                out.push(if op.pred.is_empty() && alone {
+                                    ReviewEdit::CommentsMade
+                                } else {
+                                    ReviewEdit::CommentsReplaced
+                                });
+                            }
+                            _ => out.push(ReviewEdit::CommentsReplaced),
+                        }
+                    }
+                    other => out.push(ReviewEdit::OtherField(
+                        other.unwrap_or("(a list position)").to_string(),
+                    )),
+                }
+            }
+            Place::List => {
+                if op.insert && op.action == automerge::legacy::OpType::Make(ObjType::Map) {
+                    made.insert(this.clone(), Place::Item);
+                    added.push((this, obj, Vec::new()));
+                } else {
+                    out.push(ReviewEdit::CommentRemoved);
+                }
+            }
+            Place::Item => {
+                let name = field.unwrap_or_else(|| "(a list position)".to_string());
+                let edit = match &op.action {
+                    automerge::legacy::OpType::Delete => CommentFieldEdit::Delete,
+                    automerge::legacy::OpType::Make(_) => CommentFieldEdit::Object,
+                    _ => CommentFieldEdit::Put,
+                };
+                if is_new {
+                    if let Some((_, _, by)) = added.iter_mut().find(|(k, _, _)| *k == obj) {
+                        if name == "by" {
+                            by.push(match &op.action {
+                                automerge::legacy::OpType::Put(v) => scalar_text(v),
+                                _ => String::new(),
+                            });
+                        }
+                    }
+                    if edit != CommentFieldEdit::Put {
+                        out.push(ReviewEdit::CommentField {
+                            author: None,
+                            field: name,
+                            edit,
+                        });
+                    }
+                } else {
+                    let author = now
+                        .items
+                        .get(&obj)
+                        .map(|item| {
+                            values_at(doc, item, "by", Some(deps))
+                                .iter()
+                                .map(|(v, _)| text_of(v))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push(ReviewEdit::CommentField {
+                        author: Some(author),
+                        field: name,
+                        edit,
+                    });
+                }
+            }
+        }
+    }
+    for (item, list, by) in added {
+        let appended = match now.lists.get(&list) {
+            Some(comments) if !made.contains_key(&list) => match comments.index.get(&item) {
+                Some(&at) => {
+                    let len = doc.length_at(&comments.id, deps);
+                    (0..len).all(|i| {
+                        values_at(doc, &comments.id, i, Some(deps))
+                            .iter()
+                            .filter_map(|(_, id)| op_key(id))
+                            .all(|earlier| comments.index.get(&earlier).is_none_or(|&e| e < at))
+                    })
+                }
+                None => true,
+            },
+            _ => true,
+        };
+        out.push(ReviewEdit::CommentAdded { by, appended });
+    }
+    out
 }

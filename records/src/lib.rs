@@ -19,8 +19,8 @@ pub mod validate;
 pub use access::{Principal, Refusal, Role};
 pub use header::Header;
 pub use inspect::{
-    conflicts, effects, history, review_comments, review_state, ChangeEffects, Conflict,
-    ConflictValue, HistoryEntry, ReviewComment,
+    conflicts, effects, history, review_comments, review_edits, review_state, ChangeEffects,
+    CommentFieldEdit, Conflict, ConflictValue, HistoryEntry, ReviewComment, ReviewEdit,
 };
 pub use ops::{EditError, FieldValue};
 pub use schema::{FieldSpec, FieldType, Kind, SCHEMA_VERSION};

@@ -152,9 +152,18 @@ async fn a_liaison_and_an_officer_record_one_meeting_offline() {
 
     // Setting the field again resolves the conflict, on every tablet.
     officer.set(&id, "place", "Chief's camp").unwrap();
-    officer.submit(&id).unwrap();
     officer.sync().await;
     liaison.sync().await;
     assert!(liaison.conflicts(&id).unwrap().is_empty());
     assert_eq!(liaison.field(&id, "place").value, "Chief's camp");
+    // Submitting is the creator's step (rule review_state_by_supervisor).
+    liaison.submit(&id).unwrap();
+    let report = liaison.sync().await;
+    assert_eq!(
+        (report.refused, report.unacknowledged),
+        (0, 0),
+        "{report:?}"
+    );
+    officer.sync().await;
+    assert_eq!(officer.get(&id).unwrap().review_state, "submitted");
 }
