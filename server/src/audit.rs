@@ -66,6 +66,8 @@ pub struct AuditLog {
     head: sled::Tree,
     /// Serialises appends so the chain has one order.
     lock: Arc<Mutex<()>>,
+    /// Told of every entry once it is durable (see `integrity`).
+    anchor: Option<Arc<crate::integrity::Anchor>>,
 }
 
 /// What `verify` found.
@@ -93,7 +95,102 @@ impl AuditLog {
             head: db.open_tree("audit_head")?,
             db: db.clone(),
             lock: Arc::new(Mutex::new(())),
+            anchor: None,
         })
+    }
+
+    /// Notes every entry in `anchor` once it is durable.
+    pub fn with_anchor(mut self, anchor: Arc<crate::integrity::Anchor>) -> AuditLog {
+        self.anchor = Some(anchor);
+        self
+    }
+
+    /// The last entry's number and hash (0 and "" for an empty log).
+    pub fn last(&self) -> Result<(u64, String), AuditError> {
+        match self.entries.last()? {
+            Some((_, v)) => {
+                let e: Entry = serde_json::from_slice(&v).map_err(|_| AuditError::Corrupt(0))?;
+                Ok((e.seq, e.hash))
+            }
+            None => Ok((0, String::new())),
+        }
+    }
+
+    /// Entry number `seq`, if there is one.
+    pub fn entry(&self, seq: u64) -> Result<Option<Entry>, AuditError> {
+        match self.entries.get(seq.to_be_bytes())? {
+            Some(v) => Ok(Some(
+                serde_json::from_slice(&v).map_err(|_| AuditError::Corrupt(seq))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Checks the last `n` entries as [`AuditLog::verify`] checks all of
+    /// them, and that the head names the last. Returns the last entry's
+    /// number and what is broken, if anything.
+    pub fn verify_tail(&self, n: usize) -> Result<(u64, Option<String>), AuditError> {
+        let mut tail: Vec<(u64, Vec<u8>)> = Vec::with_capacity(n.min(4096));
+        for item in self.entries.iter().rev().take(n) {
+            let (k, v) = item?;
+            let seq = k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            tail.push((seq, v.to_vec()));
+        }
+        tail.reverse();
+        let mut prev: Option<String> = None;
+        let mut expected: Option<u64> = None;
+        let mut last = 0;
+        for (key_seq, v) in tail {
+            let Ok(entry) = serde_json::from_slice::<Entry>(&v) else {
+                return Ok((key_seq, Some(format!("entry {key_seq} does not decode"))));
+            };
+            if entry.seq != key_seq || expected.is_some_and(|e| e != key_seq) {
+                return Ok((
+                    key_seq,
+                    Some(format!("entries before {key_seq} are missing")),
+                ));
+            }
+            if prev.as_ref().is_some_and(|p| *p != entry.prev)
+                || (entry.seq == 1 && entry.prev != ZERO)
+            {
+                return Ok((
+                    key_seq,
+                    Some(format!("entry {key_seq} does not follow the one before it")),
+                ));
+            }
+            let hash = entry_hash(
+                entry.seq,
+                entry.at_ms,
+                &entry.event,
+                &entry.details,
+                &entry.prev,
+            );
+            if hash != entry.hash {
+                return Ok((
+                    key_seq,
+                    Some(format!("entry {key_seq}'s contents were changed")),
+                ));
+            }
+            expected = Some(key_seq + 1);
+            last = key_seq;
+            prev = Some(entry.hash);
+        }
+        let head = self.head.get(HEAD_KEY)?;
+        let head_seq = head
+            .as_ref()
+            .and_then(|h| h.get(..8))
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        if head_seq != last {
+            return Ok((
+                last,
+                Some(format!(
+                    "the log ends at entry {last} but its head names entry {head_seq}"
+                )),
+            ));
+        }
+        Ok((last, None))
     }
 
     /// Appends an entry, durably.
@@ -122,6 +219,9 @@ impl AuditLog {
         head.extend_from_slice(entry.hash.as_bytes());
         self.head.insert(HEAD_KEY, head)?;
         self.db.flush()?;
+        if let Some(anchor) = &self.anchor {
+            anchor.note_audit(entry.seq, &entry.hash);
+        }
         Ok(entry)
     }
 

@@ -93,6 +93,21 @@ pub enum Command {
         #[command(subcommand)]
         command: RecordCommand,
     },
+    /// Check the whole data directory offline (the server must be
+    /// stopped): every record decodes and matches its heads, the feed has no
+    /// holes, index and access rows agree, the audit chain verifies and
+    /// the database reaches its anchor. Says what a repair would do; exits
+    /// non-zero if anything is damaged.
+    Check {
+        /// Where the data directory is.
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Carry out the repair: quarantine damaged records and accept the
+        /// database as it now is (audited). Restore a backup first if you
+        /// have one: what is missing is then lost.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Manage users: roles, areas, passwords, locked accounts.
     User {
         /// What to do with users.

@@ -31,6 +31,15 @@ pub enum DataDirError {
         #[source]
         source: sled::Error,
     },
+    /// The database library panicked while opening it: its files are
+    /// damaged in a way it does not report as an error.
+    #[error("the database in {path} is damaged (the storage library failed while opening it: {message}); see README's recovery section")]
+    Damaged {
+        /// The data directory.
+        path: PathBuf,
+        /// What the library said.
+        message: String,
+    },
     /// The database could not be opened for another reason.
     #[error("cannot open database in {path}")]
     Open {
@@ -82,7 +91,18 @@ impl DataDir {
     /// Opens the database, taking sled's exclusive lock on it.
     pub fn open_db(&self) -> Result<sled::Db, DataDirError> {
         let path = self.root.join("db");
-        sled::Config::new().path(&path).open().map_err(|source| {
+        // sled asserts on some damage instead of returning an error.
+        let opened = std::panic::catch_unwind(|| sled::Config::new().path(&path).open()).map_err(
+            |payload| DataDirError::Damaged {
+                path: self.root.clone(),
+                message: payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_default(),
+            },
+        )?;
+        opened.map_err(|source| {
             if is_lock_error(&source) {
                 DataDirError::Busy {
                     path: self.root.clone(),

@@ -48,6 +48,14 @@ impl LiveDoc {
     }
 }
 
+/// A stored value of the wrong shape is damage to that record.
+fn damage(id: DocId, e: StoreError) -> DocsError {
+    match e {
+        StoreError::Corrupt { .. } => DocsError::Load(id, e.to_string()),
+        other => DocsError::Store(other),
+    }
+}
+
 /// Operations a document holds, from its changes' metadata (no op is read).
 fn ops_of(doc: &Automerge) -> usize {
     doc.get_changes_meta(&[])
@@ -107,6 +115,16 @@ pub struct Docs {
 impl Docs {
     /// Starts the committer over `store`, caching up to `cache_docs` documents.
     pub fn start(store: Arc<dyn Store>, cache_docs: usize) -> Result<Arc<Docs>, DocsError> {
+        Docs::start_anchored(store, cache_docs, None)
+    }
+
+    /// [`Docs::start`], noting every committed feed position in `anchor`
+    /// before any writer is answered.
+    pub fn start_anchored(
+        store: Arc<dyn Store>,
+        cache_docs: usize,
+        anchor: Option<Arc<crate::integrity::Anchor>>,
+    ) -> Result<Arc<Docs>, DocsError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (durable_tx, durable) = watch::channel(store.latest_seq()?);
         let committer_store = store.clone();
@@ -114,7 +132,7 @@ impl Docs {
         let committer_queued = queued.clone();
         let handle = std::thread::Builder::new()
             .name("baraza-committer".into())
-            .spawn(move || commit_loop(committer_store, rx, durable_tx, committer_queued))
+            .spawn(move || commit_loop(committer_store, rx, durable_tx, committer_queued, anchor))
             .map_err(|e| DocsError::Store(StoreError::Db(sled::Error::Io(e))))?;
         Ok(Arc::new(Docs {
             store,
@@ -188,7 +206,7 @@ impl Docs {
             .get(&id)
             .map(|q| q.iter().map(|(_, c)| c.clone()).collect())
             .unwrap_or_default();
-        let mut live = match self.store.load(id)? {
+        let mut live = match self.store.load(id).map_err(|e| damage(id, e))? {
             Some(stored) => {
                 let doc = docsync::contained(|| {
                     Automerge::load(&stored.bytes).map_err(|e| ApplyError::Corrupt(e.to_string()))
@@ -379,7 +397,7 @@ impl Docs {
 
     /// A document as stored, whole, for a client that never had it.
     pub fn stored(&self, id: DocId) -> Result<Option<DocDelta>, DocsError> {
-        let Some(stored) = self.store.load(id)? else {
+        let Some(stored) = self.store.load(id).map_err(|e| damage(id, e))? else {
             return Ok(None);
         };
         // Not loaded (a cold start reads thousands), but every chunk's
@@ -399,6 +417,7 @@ fn commit_loop(
     rx: mpsc::Receiver<Job>,
     durable: watch::Sender<Seq>,
     queued: Arc<Mutex<Queued>>,
+    anchor: Option<Arc<crate::integrity::Anchor>>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -426,6 +445,9 @@ fn commit_loop(
         match result {
             Ok(seqs) => {
                 if let Some(&last) = seqs.last() {
+                    if let Some(anchor) = &anchor {
+                        anchor.note_feed(last);
+                    }
                     durable.send_replace(last);
                 }
                 for (job, seq) in jobs.into_iter().zip(seqs) {

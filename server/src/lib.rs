@@ -33,6 +33,7 @@ pub mod devices;
 pub mod docs;
 pub mod export;
 pub mod http;
+pub mod integrity;
 pub mod login;
 pub mod peer;
 pub mod review;

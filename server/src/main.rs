@@ -71,6 +71,84 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?)
         }
         Command::Audit { command } => audit(command),
+        Command::Check { common, repair } => check(&config::resolve_data_dir(&common)?, repair),
+    }
+}
+
+/// `baraza-server check`: the full offline scan, and the repair if asked.
+fn check(root: &std::path::Path, repair: bool) -> anyhow::Result<()> {
+    use baraza_server::integrity::{full_check, Anchor, AnchorState};
+    use baraza_server::store::{SledStore, Store};
+    let data = DataDir::create(root)?;
+    let db = data.open_db()?;
+    let audit = baraza_server::audit::AuditLog::open(&db)?;
+    let store = SledStore::open(db.clone(), rand::random())?;
+    let anchor_path = Anchor::path_in(root);
+    let vouched = match Anchor::read(&anchor_path) {
+        Ok(v) => v,
+        Err(err) => {
+            eprintln!("anchor: {err}");
+            None
+        }
+    };
+    let problems = full_check(&store, &audit, vouched.as_ref());
+    let mut stdout = std::io::stdout();
+    for p in &problems {
+        writeln!(stdout, "DAMAGED {}: {}", p.what, p.how)?;
+        if let Some(fix) = &p.repair {
+            writeln!(stdout, "  a repair would: {fix}")?;
+        }
+    }
+    if problems.is_empty() {
+        writeln!(
+            stdout,
+            "intact: {} records, feed at {}, audit log at entry {}",
+            store.doc_count()?,
+            store.latest_seq()?,
+            audit.last()?.0
+        )?;
+    } else if repair {
+        for p in &problems {
+            if let (Some(id), Some(_)) = (p.what.strip_prefix("record "), &p.repair) {
+                if let Ok(doc) = id.parse() {
+                    store.quarantine(doc, &format!("damaged: {}", p.how))?;
+                }
+            }
+        }
+        let found: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        audit.append("integrity_repair", serde_json::json!({ "problems": found }))?;
+        let (audit_seq, audit_hash) = audit.last()?;
+        Anchor::open(
+            &anchor_path,
+            AnchorState {
+                feed: store.latest_seq()?,
+                audit_seq,
+                audit_hash,
+            },
+        )?;
+        writeln!(
+            stdout,
+            "repaired: damaged records quarantined, the database accepted as it now is; \
+             tablets re-offer what they hold at their next sync"
+        )?;
+    } else {
+        writeln!(
+            stdout,
+            "{} problems; restore the data directory from a backup, or run again with --repair \
+             (see README's recovery section)",
+            problems.len()
+        )?;
+    }
+    // A check that found the store cleanly stopped leaves it so; a repair
+    // does not, so tablets re-offer what they hold and heal what was lost.
+    if store.was_clean() && !(repair && !problems.is_empty()) {
+        store.close_cleanly()?;
+    }
+    db.flush()?;
+    if problems.is_empty() || repair {
+        Ok(())
+    } else {
+        bail!("the data directory is damaged")
     }
 }
 
@@ -95,7 +173,11 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if let Some(secs) = config.access.token_lifetime_secs {
         devices = devices.with_token_lifetime(secs);
     }
-    let hub = open_hub(&db, &config)?;
+    let hub = open_hub(
+        &db,
+        &config,
+        &baraza_server::integrity::Anchor::path_in(data.root()),
+    )?;
     if config.access.skip_write_rules_for_benchmarks {
         hub.set_skip_write_rules(true);
     }
@@ -176,11 +258,16 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
 /// The one place the sync hub is opened, so that passing it more settings
 /// (such as `config.limits`) is a one-line change.
-fn open_hub(db: &sled::Db, config: &ServeConfig) -> anyhow::Result<std::sync::Arc<SyncHub>> {
-    SyncHub::open_with(
+fn open_hub(
+    db: &sled::Db,
+    config: &ServeConfig,
+    anchor: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<SyncHub>> {
+    SyncHub::open_checked(
         db.clone(),
         config.limits.protocol_limits(),
         baraza_server::sync::CACHE_DOCS_DEFAULT,
+        Some(anchor),
     )
 }
 
@@ -266,7 +353,39 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Export { common } => (common, AdminRequest::AuditExport),
     };
     let root = config::resolve_data_dir(&common)?;
+    if matches!(request, AdminRequest::AuditVerify) {
+        audit_reaches_anchor(&root)?;
+    }
     print_reply(admin::run_command(&root, request)?)
+}
+
+/// A chain that verifies may still have lost its newest entries (a
+/// truncated or rolled-back database): the anchor beside it names the last
+/// entry written, which must still be there, unchanged.
+fn audit_reaches_anchor(root: &std::path::Path) -> anyhow::Result<()> {
+    use baraza_server::integrity::Anchor;
+    let Some(anchor) = Anchor::read(&Anchor::path_in(root))? else {
+        return Ok(());
+    };
+    if anchor.audit_seq == 0 {
+        return Ok(());
+    }
+    let AdminReply::AuditEntries { entries } = admin::run_command(root, AdminRequest::AuditExport)?
+    else {
+        bail!("could not read the audit log");
+    };
+    let last = entries.last().map_or(0, |e| e.seq);
+    match entries.iter().find(|e| e.seq == anchor.audit_seq) {
+        Some(e) if e.hash == anchor.audit_hash => Ok(()),
+        Some(_) => bail!(
+            "audit log broken at entry {}: it is not the entry that was written",
+            anchor.audit_seq
+        ),
+        None => bail!(
+            "audit log broken: it ends at entry {last}, but entry {} was written (entries are missing)",
+            anchor.audit_seq
+        ),
+    }
 }
 
 fn print_reply(reply: AdminReply) -> anyhow::Result<()> {

@@ -298,6 +298,8 @@ pub struct SledStore {
     quarantine: sled::Tree,
     meta: sled::Tree,
     id: StoreId,
+    /// Whether the last stop before this open was clean.
+    clean_at_open: bool,
     /// Serialises commits so feed positions follow commit order.
     commit_lock: std::sync::Mutex<Seq>,
 }
@@ -346,8 +348,15 @@ impl SledStore {
             meta,
             db,
             id,
+            clean_at_open: clean,
             commit_lock: std::sync::Mutex::new(latest),
         })
+    }
+
+    /// Whether the stop before this open was clean (tools that only read
+    /// mark it clean again when they close, so they change nothing).
+    pub fn was_clean(&self) -> bool {
+        self.clean_at_open
     }
 
     /// Opens a standalone store in a directory (tests, tools).
@@ -439,6 +448,33 @@ fn doc_from(bytes: &[u8], tree: &'static str) -> Result<DocId, StoreError> {
     Ok(DocId::from_bytes(arr))
 }
 
+impl SledStore {
+    /// Every stored record (not erased ones), for the full check.
+    pub fn all_docs(&self) -> Result<Vec<DocId>, StoreError> {
+        self.meta_docs
+            .iter()
+            .keys()
+            .map(|k| doc_from(&k?, "doc_meta"))
+            .collect()
+    }
+
+    /// What is wrong with a record's index and access rows, if anything:
+    /// every record written since the index existed has both, pointing at
+    /// each other.
+    pub fn index_rows_agree(&self, doc: DocId) -> Result<Option<String>, StoreError> {
+        let key = doc.as_bytes();
+        let by_doc = self.index_by_doc.get(key)?;
+        let access = self.access.get(key)?;
+        Ok(match (by_doc, access) {
+            (None, None) => None,
+            (Some(k), Some(_)) if self.index.contains_key(&k)? => None,
+            (Some(_), Some(_)) => Some("its index row is missing".into()),
+            (Some(_), None) => Some("its access row is missing".into()),
+            (None, Some(_)) => Some("its index row is missing".into()),
+        })
+    }
+}
+
 impl Store for SledStore {
     fn store_id(&self) -> StoreId {
         self.id
@@ -458,9 +494,21 @@ impl Store for SledStore {
         };
         let meta = decode_meta(&meta)?;
         let mut bytes = Vec::new();
+        let mut found = 0u32;
         for item in self.chunks.scan_prefix(doc.as_bytes()) {
             let (_, v) = item?;
             bytes.extend_from_slice(&v);
+            found += 1;
+        }
+        if found != meta.chunks {
+            // A chunk lost (or left over) says the database lost writes.
+            return Err(StoreError::Corrupt {
+                tree: "doc_chunks",
+                reason: format!(
+                    "record {doc} has {found} stored chunks but {} were committed",
+                    meta.chunks
+                ),
+            });
         }
         Ok(Some(StoredDoc {
             bytes,

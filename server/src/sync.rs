@@ -231,15 +231,51 @@ impl SyncHub {
         limits: Limits,
         cache_docs: usize,
     ) -> anyhow::Result<Arc<SyncHub>> {
-        let audit = crate::audit::AuditLog::open(&db)?;
+        SyncHub::open_checked(db, limits, cache_docs, None)
+    }
+
+    /// Opens the document store inside `db`, and with `anchor` (the
+    /// anchor file's path) first checks the database against it and the
+    /// ends of its feed and audit chain, refusing to open damaged data;
+    /// then keeps the anchor up to date.
+    pub fn open_checked(
+        db: sled::Db,
+        limits: Limits,
+        cache_docs: usize,
+        anchor: Option<&std::path::Path>,
+    ) -> anyhow::Result<Arc<SyncHub>> {
+        let mut audit = crate::audit::AuditLog::open(&db)?;
         let store = SledStore::open(db, rand::random())?;
+        let mut anchored = None;
+        if let Some(path) = anchor {
+            use crate::integrity::{quick_check, Anchor, AnchorState};
+            let vouched = Anchor::read(path)?;
+            let problems = quick_check(&store, &audit, vouched.as_ref());
+            if !problems.is_empty() {
+                let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+                anyhow::bail!(
+                    "the data directory is damaged; refusing to start rather than serve less than was acknowledged:\n{}\n\
+                     Run `baraza-server check --data DIR` for a full report, and see README's recovery section.",
+                    list.join("\n")
+                );
+            }
+            let (audit_seq, audit_hash) = audit.last()?;
+            let now = AnchorState {
+                feed: store.latest_seq()?,
+                audit_seq,
+                audit_hash,
+            };
+            let anchor = Arc::new(Anchor::open(path, now)?);
+            audit = audit.with_anchor(anchor.clone());
+            anchored = Some(anchor);
+        }
         tracing::info!(
             store = ?store.store_id(),
             documents = store.doc_count()?,
             feed = store.latest_seq()?,
             "document store open"
         );
-        let docs = Docs::start(Arc::new(store), cache_docs)?;
+        let docs = Docs::start_anchored(Arc::new(store), cache_docs, anchored)?;
         Ok(Arc::new(SyncHub {
             docs,
             limits,
