@@ -484,10 +484,16 @@ fn routes(
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok");
 
     let records = records_routes(&state);
-    let enroll = crate::login::enroll_route(&state);
+    // One gate for both login doors, so that their failures count against
+    // one throttle per address.
+    let gate = Arc::new(crate::login::LoginGate::new(
+        state.users.clone(),
+        state.hub.audit().clone(),
+    ));
+    let enroll = crate::login::enroll_route(&state, gate.clone());
     let admin = crate::admin_api::routes(&state);
     let rotate = rotate_route(&state);
-    let review = crate::review::routes(&state, state.review_sessions.clone())
+    let review = crate::review::routes(&state, state.review_sessions.clone(), gate)
         .or(crate::review::page())
         .unify();
     let auth_state = state.clone();
