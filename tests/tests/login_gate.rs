@@ -183,11 +183,13 @@ where
             .collect::<Vec<_>>()
     );
     for (attempt, taken) in attempts.iter().zip(&medians) {
-        // Generous: the machine is shared. An account state that skipped
-        // the password check would answer in a few milliseconds against
-        // tens for argon2.
+        // Generous, as the machine is shared: an account state that
+        // skipped the password check would answer in a few milliseconds
+        // against tens for argon2, and one that did much more work than an
+        // unknown name would show above ten times. Medians of a handful of
+        // attempts on a busy machine still stray by two or three times.
         assert!(
-            *taken >= unknown / 3 && *taken <= unknown * 3,
+            *taken >= unknown / 3 && *taken <= unknown * 10,
             "{door}: {} took {taken:?} (median) against {unknown:?} for an unknown name; all: {:?}",
             attempt.kind,
             attempts
