@@ -19,6 +19,21 @@ pub const DATA_DEFAULT: &str = "./baraza-data";
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:8443";
 /// Largest sync frame when `[limits] frame_bytes_max` is not set.
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 8 * 1024 * 1024;
+/// Open connections (TLS handshakes, HTTP exchanges and sync sessions
+/// together) when `connections_max` is not set.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 4096;
+/// Open connections from one client address (an IPv4 address or an IPv6
+/// /64) that have not become sync sessions, when
+/// `connections_per_address_max` is not set. A station's tablets may share
+/// one address behind its router, so this is well above one tablet's needs.
+pub const CONNECTIONS_PER_ADDRESS_MAX_DEFAULT: usize = 64;
+/// Time from accepting a connection to the end of its TLS handshake, in
+/// milliseconds, when `handshake_timeout_ms` is not set.
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Time a connection may take to send the headers of its first request
+/// after the handshake, or of its next request on a kept-alive connection,
+/// in milliseconds, when `idle_timeout_ms` is not set.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// Largest config file we read; a config file is a few hundred bytes, so
 /// anything bigger is a mistake (a database or a device file passed by error).
 const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
@@ -63,6 +78,14 @@ pub enum ConfigError {
     #[error("[limits] {name} must be greater than zero")]
     ZeroLimit {
         /// The key in the `[limits]` table.
+        name: &'static str,
+    },
+    /// A connection setting was set to zero, which would refuse or cut off
+    /// every connection.
+    #[error("{name} must be greater than zero")]
+    ZeroConnectionSetting {
+        /// The key in the `[connections]` table (the flag is the same name
+        /// with dashes).
         name: &'static str,
     },
 }
@@ -288,7 +311,7 @@ pub struct CommonArgs {
     /// Data directory [default: ./baraza-data]
     #[arg(long, env = "BARAZA_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// TOML config file with keys data, listen, tls_cert, tls_key and a [limits] table.
+    /// TOML config file with keys data, listen, tls_cert, tls_key and [limits], [access] and [connections] tables.
     #[arg(long, env = "BARAZA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -308,6 +331,27 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "BARAZA_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
+    /// Connection limits and deadlines.
+    #[command(flatten)]
+    pub connections: ConnectionsArgs,
+}
+
+/// Connection flags, before merging with the config file's `[connections]`
+/// table (same names, with underscores).
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct ConnectionsArgs {
+    /// Open connections at most, sync sessions included [default: 4096]
+    #[arg(long, env = "BARAZA_CONNECTIONS_MAX", value_name = "N")]
+    pub connections_max: Option<usize>,
+    /// Open connections from one address (IPv4, or IPv6 /64), not counting sync sessions; more are closed at once [default: 64]
+    #[arg(long, env = "BARAZA_CONNECTIONS_PER_ADDRESS_MAX", value_name = "N")]
+    pub connections_per_address_max: Option<usize>,
+    /// Milliseconds from accepting a connection to the end of its TLS handshake [default: 10000]
+    #[arg(long, env = "BARAZA_HANDSHAKE_TIMEOUT_MS", value_name = "MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Milliseconds a connection may wait before the headers of its first request, or of its next one when kept alive [default: 30000]
+    #[arg(long, env = "BARAZA_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// The config file as written. Unknown keys are errors: a misspelt limit
@@ -329,6 +373,104 @@ pub struct FileConfig {
     /// Device tokens and access checks.
     #[serde(default)]
     pub access: AccessConfig,
+    /// Connection limits and deadlines.
+    #[serde(default)]
+    pub connections: ConnectionsFileConfig,
+}
+
+/// The `[connections]` table; each key is also a flag and a `BARAZA_*`
+/// variable, which win over it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsFileConfig {
+    /// Open connections at most, sync sessions included.
+    pub connections_max: Option<usize>,
+    /// Open connections from one address, sync sessions not included.
+    pub connections_per_address_max: Option<usize>,
+    /// Accept to end of TLS handshake, in milliseconds.
+    pub handshake_timeout_ms: Option<u64>,
+    /// Handshake (or last response) to the next request's headers, in
+    /// milliseconds.
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// How many connections the listener keeps open and how long an idle one
+/// may live, resolved. Without deadlines a client that connects and sends
+/// nothing would hold a connection slot for ever, and enough of them would
+/// starve every tablet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Open connections at most: TLS handshakes, HTTP connections and sync
+    /// sessions together.
+    pub connections_max: usize,
+    /// Open connections from one client address (IPv4 address or IPv6
+    /// /64) that have not become sync sessions; connections over it are
+    /// closed as soon as they are accepted.
+    pub connections_per_address_max: usize,
+    /// From accepting a connection to the end of its TLS handshake.
+    pub handshake_timeout: std::time::Duration,
+    /// From the end of the handshake to the complete headers of the first
+    /// request, and from each response to the next request's headers.
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> ConnectionLimits {
+        ConnectionLimits {
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            connections_per_address_max: CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,
+            handshake_timeout: std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS_DEFAULT),
+            idle_timeout: std::time::Duration::from_millis(IDLE_TIMEOUT_MS_DEFAULT),
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// Flags (and environment) over the file over the defaults; zero is
+    /// refused for every setting.
+    fn merge(
+        args: &ConnectionsArgs,
+        file: &ConnectionsFileConfig,
+    ) -> Result<ConnectionLimits, ConfigError> {
+        fn pick<T: Copy + PartialEq + From<u8>>(
+            name: &'static str,
+            flag: Option<T>,
+            file: Option<T>,
+            default: T,
+        ) -> Result<T, ConfigError> {
+            let value = flag.or(file).unwrap_or(default);
+            if value == T::from(0) {
+                return Err(ConfigError::ZeroConnectionSetting { name });
+            }
+            Ok(value)
+        }
+        Ok(ConnectionLimits {
+            connections_max: pick(
+                "connections_max",
+                args.connections_max,
+                file.connections_max,
+                CONNECTIONS_MAX_DEFAULT,
+            )?,
+            connections_per_address_max: pick(
+                "connections_per_address_max",
+                args.connections_per_address_max,
+                file.connections_per_address_max,
+                CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,
+            )?,
+            handshake_timeout: std::time::Duration::from_millis(pick(
+                "handshake_timeout_ms",
+                args.handshake_timeout_ms,
+                file.handshake_timeout_ms,
+                HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            )?),
+            idle_timeout: std::time::Duration::from_millis(pick(
+                "idle_timeout_ms",
+                args.idle_timeout_ms,
+                file.idle_timeout_ms,
+                IDLE_TIMEOUT_MS_DEFAULT,
+            )?),
+        })
+    }
 }
 
 /// The `[access]` table.
@@ -430,6 +572,8 @@ pub struct ServeConfig {
     pub limits: LimitsConfig,
     /// Token lifetime and access checks from the `[access]` table.
     pub access: AccessConfig,
+    /// Connection limits and deadlines.
+    pub connections: ConnectionLimits,
 }
 
 impl ServeConfig {
@@ -482,12 +626,14 @@ impl ServeConfig {
         .map(|(cert, key)| TlsFiles { cert, key });
 
         file.limits.validate()?;
+        let connections = ConnectionLimits::merge(&args.connections, &file.connections)?;
         Ok(ServeConfig {
             data,
             listen,
             tls,
             limits: file.limits,
             access: file.access,
+            connections,
         })
     }
 }
@@ -540,6 +686,7 @@ fn default_listen() -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn file(text: &str) -> Option<(FileConfig, PathBuf)> {
         Some((parse_file(text).unwrap(), PathBuf::from("/etc/baraza")))
@@ -560,6 +707,63 @@ mod tests {
             config.limits.ws_message_bytes_max(),
             4 * FRAME_BYTES_MAX_DEFAULT
         );
+        assert_eq!(config.connections, ConnectionLimits::default());
+        assert_eq!(config.connections.connections_max, 4096);
+        assert_eq!(
+            config.connections.handshake_timeout,
+            Duration::from_secs(10)
+        );
+        assert_eq!(config.connections.idle_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn connection_settings_come_from_the_file_and_zero_is_refused() {
+        let config = ServeConfig::merge(
+            &args(),
+            file(
+                r#"
+                [connections]
+                connections_max = 12
+                connections_per_address_max = 4
+                handshake_timeout_ms = 1500
+                idle_timeout_ms = 2500
+                "#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            config.connections,
+            ConnectionLimits {
+                connections_max: 12,
+                connections_per_address_max: 4,
+                handshake_timeout: Duration::from_millis(1500),
+                idle_timeout: Duration::from_millis(2500),
+            }
+        );
+        for key in [
+            "connections_max",
+            "connections_per_address_max",
+            "handshake_timeout_ms",
+            "idle_timeout_ms",
+        ] {
+            let text = format!("[connections]\n{key} = 0");
+            assert!(
+                matches!(
+                    ServeConfig::merge(&args(), file(&text)),
+                    Err(ConfigError::ZeroConnectionSetting { name }) if name == key
+                ),
+                "{key}"
+            );
+        }
+        let zero_flag = ServeArgs {
+            connections: ConnectionsArgs {
+                handshake_timeout_ms: Some(0),
+                ..ConnectionsArgs::default()
+            },
+            ..args()
+        };
+        assert!(ServeConfig::merge(&zero_flag, None).is_err());
+        assert!(parse_file("[connections]\nidle_timeout = 5").is_err());
     }
 
     #[test]
@@ -611,6 +815,11 @@ mod tests {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             tls_cert: Some(PathBuf::from("flag-cert.pem")),
             tls_key: Some(PathBuf::from("flag-key.pem")),
+            connections: ConnectionsArgs {
+                connections_max: Some(7),
+                idle_timeout_ms: Some(250),
+                ..ConnectionsArgs::default()
+            },
         };
         let config = ServeConfig::merge(
             &given,
@@ -622,10 +831,24 @@ mod tests {
                 tls_key = "file-key.pem"
                 [limits]
                 frame_bytes_max = 1024
+                [connections]
+                connections_max = 100
+                connections_per_address_max = 3
+                idle_timeout_ms = 9000
                 "#,
             ),
         )
         .unwrap();
+        // Setting by setting: a flag wins where given, the file elsewhere.
+        assert_eq!(
+            config.connections,
+            ConnectionLimits {
+                connections_max: 7,
+                connections_per_address_max: 3,
+                handshake_timeout: Duration::from_millis(HANDSHAKE_TIMEOUT_MS_DEFAULT),
+                idle_timeout: Duration::from_millis(250),
+            }
+        );
         assert_eq!(config.data, PathBuf::from("flag-data"));
         assert_eq!(config.listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(
@@ -656,6 +879,14 @@ mod tests {
             "k",
             "--config",
             "f.toml",
+            "--connections-max",
+            "9",
+            "--connections-per-address-max",
+            "2",
+            "--handshake-timeout-ms",
+            "300",
+            "--idle-timeout-ms",
+            "400",
         ])
         .unwrap();
         let Command::Serve(args) = cli.command else {
@@ -666,6 +897,10 @@ mod tests {
         assert_eq!(args.listen, Some("127.0.0.1:1".parse().unwrap()));
         assert_eq!(args.tls_cert, Some(PathBuf::from("c")));
         assert_eq!(args.tls_key, Some(PathBuf::from("k")));
+        assert_eq!(args.connections.connections_max, Some(9));
+        assert_eq!(args.connections.connections_per_address_max, Some(2));
+        assert_eq!(args.connections.handshake_timeout_ms, Some(300));
+        assert_eq!(args.connections.idle_timeout_ms, Some(400));
     }
 
     #[test]

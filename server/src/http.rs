@@ -8,39 +8,53 @@
 //!   any upgrade.
 //! - `POST /v1/enroll` (`login.rs`) and `/v1/admin/users` (`admin_api.rs`).
 //!
-//! One task per TCP connection; a semaphore bounds connections and sync
-//! sessions together. A bad handshake or stray plain-HTTP request ends only
-//! its own connection. On shutdown: stop accepting, tell every connection
-//! and session, wait a bounded time, flush the hub.
+//! One task per TCP connection. A bad handshake or stray plain-HTTP request
+//! ends only its own connection. Connections are bounded three ways
+//! ([`ConnectionLimits`]), so that clients which connect and then say
+//! nothing cannot take the slots tablets need:
+//! - deadlines: from accept to the end of the TLS handshake
+//!   (`handshake_timeout`), then to the complete headers of the first
+//!   request and from each response to the next request's headers
+//!   (`idle_timeout`, hyper's header read timeout);
+//! - per client address ([`crate::peer::client_key`]): at most
+//!   `connections_per_address_max` connections that are not sync sessions;
+//!   one over that is closed as soon as it is accepted;
+//! - in all: `connections_max` slots. A slot is taken before accepting and
+//!   held through the handshake and the HTTP exchanges; a sync upgrade
+//!   hands it to the session, so a socket is one slot whatever it carries.
+//!   When every slot is taken, connections that have served a request and
+//!   are between requests close (one with a request in flight finishes it
+//!   first), so slots go to requests rather than to idle keep-alive
+//!   sockets.
+//!
+//! On shutdown: stop accepting, tell every connection and session, wait a
+//! bounded time, flush the hub.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_rustls::TlsAcceptor;
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
-use crate::config::LimitsConfig;
+use crate::config::{ConnectionLimits, LimitsConfig};
 use crate::devices::Auth;
 use crate::devices::DeviceRegistry;
 use crate::sync::{Caller, SyncHub};
 
-/// Open TCP connections plus live sync sessions, at most.
-pub const CONNECTIONS_MAX: usize = 4096;
-/// A client that has not finished the TLS handshake by then is dropped, so
-/// idle half-open connections cannot use up the connection slots.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Likewise for a client that is slow to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for connections and sessions to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Least time between two warnings that every connection slot is taken, so
+/// a flood does not flood the log too.
+const FULL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the request handlers share.
 #[derive(Clone)]
@@ -91,16 +105,20 @@ pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     state: AppState,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    // The semaphore cannot hold more; no real server gets near it.
+    let connections_max = limits.connections_max.clamp(1, Semaphore::MAX_PERMITS);
+    let slots = Arc::new(Semaphore::new(connections_max));
     let hub = state.hub.clone();
 
     accept_loop(
         listener,
         TlsAcceptor::from(tls),
         state,
+        limits,
         slots.clone(),
         stop_rx,
         shutdown,
@@ -109,11 +127,11 @@ pub async fn serve(
 
     // Whatever happens below, new work is refused from here on.
     let _ = stop_tx.send(true);
-    let everything = u32::try_from(CONNECTIONS_MAX).unwrap_or(u32::MAX);
+    let everything = u32::try_from(connections_max).unwrap_or(u32::MAX);
     match tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(everything)).await {
         Ok(_) => tracing::info!("all connections closed"),
         Err(_) => tracing::warn!(
-            still_open = CONNECTIONS_MAX.saturating_sub(slots.available_permits()),
+            still_open = connections_max.saturating_sub(slots.available_permits()),
             "connections still open after {SHUTDOWN_GRACE:?}; flushing anyway"
         ),
     }
@@ -122,38 +140,104 @@ pub async fn serve(
     Ok(())
 }
 
+/// What every connection task needs from the accept loop.
+struct Listener<S> {
+    acceptor: TlsAcceptor,
+    http: hyper::server::conn::http1::Builder,
+    service: S,
+    handshake_timeout: Duration,
+    stop_rx: watch::Receiver<bool>,
+    pressure: Arc<Pressure>,
+}
+
+/// Whether a client is waiting for a slot, for connections between
+/// requests to see and close. A watch channel would not do: it keeps only
+/// the latest value, so a connection polled after the slot was found would
+/// miss the moment it was needed.
+#[derive(Default)]
+struct Pressure {
+    /// True while the accept loop holds a client and waits for a slot.
+    full: AtomicBool,
+    /// How many times that has happened, so a connection can tell whether
+    /// it did since the connection's first request.
+    episodes: AtomicU64,
+    /// Woken each time.
+    wake: Notify,
+}
+
+impl Pressure {
+    fn begin(&self) {
+        self.episodes.fetch_add(1, Ordering::SeqCst);
+        self.full.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    fn end(&self) {
+        self.full.store(false, Ordering::SeqCst);
+    }
+
+    /// Completes once a client has waited for a slot at any time since
+    /// `episodes` was `since`.
+    async fn felt_since(&self, since: u64) {
+        // Made before looking, so a wake-up sent after the look counts.
+        let wake = self.wake.notified();
+        if self.full.load(Ordering::SeqCst) || self.episodes.load(Ordering::SeqCst) != since {
+            return;
+        }
+        wake.await;
+    }
+}
+
+/// What the connection task learns from its service.
+#[derive(Default)]
+struct Activity {
+    /// `Pressure::episodes` when the first request came.
+    first_request_at: std::sync::OnceLock<u64>,
+    first_request: Notify,
+}
+
 /// Accepts until `shutdown`. Owns the routes so that, once it returns, only
 /// connection and session tasks still hold connection slots.
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     state: AppState,
+    limits: ConnectionLimits,
     slots: Arc<Semaphore>,
     stop_rx: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()>,
 ) {
     let service =
         TowerToHyperService::new(warp::service(routes(state, slots.clone(), stop_rx.clone())));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    // ALPN only offers http/1.1 and WebSocket needs HTTP/1.1 upgrades, so
-    // there is no reason to let clients start HTTP/2 by prior knowledge.
-    let builder = Arc::new(builder.http1_only());
+    // HTTP/1.1 only: ALPN offers nothing else and WebSocket needs HTTP/1.1
+    // upgrades. hyper's own HTTP/1 connection (not hyper-util's `auto`,
+    // which first waits, with no deadline, for bytes telling HTTP/1 from
+    // HTTP/2) starts the header read timeout as soon as it is polled, so
+    // the idle deadline covers the first request too.
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout);
+    let shared = Arc::new(Listener {
+        acceptor,
+        http,
+        service,
+        handshake_timeout: limits.handshake_timeout,
+        stop_rx,
+        pressure: Arc::default(),
+    });
+    let addresses = AddressCounts::new(limits.connections_per_address_max);
+    let mut warned_full: Option<Instant> = None;
 
     tokio::pin!(shutdown);
     loop {
-        // Taking the slot before accepting leaves excess clients in the
-        // kernel's backlog instead of accepting and dropping them.
-        let slot = tokio::select! {
-            _ = &mut shutdown => return,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
-        };
+        // A slot is taken before accepting where one is free. Where none
+        // is, one client is accepted and waits for one, and the rest stay
+        // in the kernel's backlog: so the server is "full" only when a
+        // client is really waiting, not whenever the last slot is used.
+        let free = slots.clone().try_acquire_owned();
+        if let Err(TryAcquireError::Closed) = free {
+            return;
+        }
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
@@ -167,40 +251,67 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(from_address) = addresses.admit(peer.ip()) else {
+            // Dropping the socket closes it now (and gives back its slot).
+            tracing::debug!(%peer, "too many connections from this address; closed");
+            continue;
+        };
+        // A slot may have come free while this client was awaited.
+        let slot = match free.or_else(|_| slots.clone().try_acquire_owned()) {
+            Ok(slot) => slot,
+            Err(_) => {
+                if warned_full.is_none_or(|at| at.elapsed() >= FULL_WARNING_INTERVAL) {
+                    tracing::warn!(
+                        connections_max = limits.connections_max,
+                        "every connection slot is taken; closing idle keep-alive connections"
+                    );
+                    warned_full = Some(Instant::now());
+                }
+                // Connections between requests see this and close.
+                shared.pressure.begin();
+                let slot = tokio::select! {
+                    _ = &mut shutdown => return,
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => return,
+                    },
+                };
+                shared.pressure.end();
+                slot
+            }
+        };
         // Sync frames are small and answered at once; Nagle's algorithm
         // against the peer's delayed ACK would add 40 ms stalls to each
         // exchange.
         let _ = tcp.set_nodelay(true);
         tokio::spawn(serve_connection(
+            shared.clone(),
             tcp,
             peer,
-            acceptor.clone(),
-            builder.clone(),
-            service.clone(),
-            stop_rx.clone(),
             slot,
+            from_address,
         ));
     }
 }
 
 async fn serve_connection<S>(
-    tcp: tokio::net::TcpStream,
+    shared: Arc<Listener<S>>,
+    tcp: TcpStream,
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    service: S,
-    mut stop_rx: watch::Receiver<bool>,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
+    _from_address: AddressSlot,
 ) where
     S: hyper::service::Service<
             hyper::Request<hyper::body::Incoming>,
             Response = warp::reply::Response,
-        > + Send
+        > + Clone
+        + Send
         + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+    let mut stop_rx = shared.stop_rx.clone();
+    let handshake = tokio::time::timeout(shared.handshake_timeout, shared.acceptor.accept(tcp));
     let tls = tokio::select! {
         _ = stopped(&mut stop_rx) => return,
         result = handshake => match result {
@@ -216,9 +327,26 @@ async fn serve_connection<S>(
         },
     };
 
-    let service = crate::peer::WithPeer::new(service, peer);
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    let activity = Arc::new(Activity::default());
+    let service = PerConnection {
+        inner: crate::peer::WithPeer::new(shared.service.clone(), peer),
+        slot: ConnectionSlot(Arc::new(Mutex::new(Some(slot)))),
+        activity: activity.clone(),
+        pressure: shared.pressure.clone(),
+    };
+    let connection = shared
+        .http
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
     tokio::pin!(connection);
+    let evicted = async {
+        // Only a connection that has had a request: one that has not sent
+        // its first yet may be a tablet a round trip away from it, and is
+        // held to the idle deadline instead.
+        activity.first_request.notified().await;
+        let since = activity.first_request_at.get().copied().unwrap_or(0);
+        shared.pressure.felt_since(since).await;
+    };
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = stopped(&mut stop_rx) => {
@@ -227,10 +355,118 @@ async fn serve_connection<S>(
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+        _ = evicted => {
+            tracing::debug!(%peer, "every slot taken: closing after the current request");
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
     };
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
+}
+
+/// The connection slot of the socket a request came on, as a request
+/// extension, so that a sync upgrade can take it over: the socket stays
+/// one slot when it turns into a session, and the session keeps it.
+#[derive(Clone)]
+struct ConnectionSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl ConnectionSlot {
+    fn take(&self) -> Option<OwnedSemaphorePermit> {
+        // A poisoned lock still holds a valid Option.
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// Wraps a connection's service: stamps each request with the connection's
+/// slot and tells the connection task that a request came.
+#[derive(Clone)]
+struct PerConnection<S> {
+    inner: S,
+    slot: ConnectionSlot,
+    activity: Arc<Activity>,
+    pressure: Arc<Pressure>,
+}
+
+impl<S, B> hyper::service::Service<hyper::Request<B>> for PerConnection<S>
+where
+    S: hyper::service::Service<hyper::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, mut request: hyper::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(self.slot.clone());
+        // Noted here, not when the connection task is next polled, so that
+        // pressure in between is not missed.
+        self.activity
+            .first_request_at
+            .get_or_init(|| self.pressure.episodes.load(Ordering::SeqCst));
+        // A stored permit is enough: the task only needs to learn it once.
+        self.activity.first_request.notify_one();
+        self.inner.call(request)
+    }
+}
+
+/// Open connections per client address, sync sessions not included.
+struct AddressCounts {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max: usize,
+}
+
+/// One open connection counted against its address; dropping it (when the
+/// connection task ends) takes it off the count.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl AddressCounts {
+    fn new(max: usize) -> AddressCounts {
+        AddressCounts {
+            counts: Arc::default(),
+            max,
+        }
+    }
+
+    /// Counts a new connection from `addr`, or refuses it if its address
+    /// (IPv4, or IPv6 /64) has `max` open already. Only addresses with open
+    /// connections are remembered, so the map is bounded by the slots.
+    fn admit(&self, addr: IpAddr) -> Option<AddressSlot> {
+        let key = crate::peer::client_key(addr);
+        let mut counts = lock_counts(&self.counts);
+        let count = counts.entry(key).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            counts: self.counts.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = lock_counts(&self.counts);
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Every update is a single increment, decrement or removal, so a poisoned
+/// lock still holds consistent counts.
+fn lock_counts(
+    counts: &Mutex<HashMap<IpAddr, usize>>,
+) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+    counts.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Completes once shutdown has begun (or the server is gone). Returns no
@@ -248,10 +484,16 @@ fn routes(
     let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok");
 
     let records = records_routes(&state);
-    let enroll = crate::login::enroll_route(&state);
+    // One gate for both login doors, so that their failures count against
+    // one throttle per address.
+    let gate = Arc::new(crate::login::LoginGate::new(
+        state.users.clone(),
+        state.hub.audit().clone(),
+    ));
+    let enroll = crate::login::enroll_route(&state, gate.clone());
     let admin = crate::admin_api::routes(&state);
     let rotate = rotate_route(&state);
-    let review = crate::review::routes(&state, state.review_sessions.clone())
+    let review = crate::review::routes(&state, state.review_sessions.clone(), gate)
         .or(crate::review::page())
         .unify();
     let auth_state = state.clone();
@@ -263,12 +505,15 @@ fn routes(
             async move { authenticate(&headers, &state).await }
         })
         .and(warp::ws())
-        .and_then(move |device: Caller, ws: warp::ws::Ws| {
-            let state = state.clone();
-            let slots = slots.clone();
-            let stop_rx = stop_rx.clone();
-            async move { upgrade(device, ws, state, slots, stop_rx) }
-        });
+        .and(warp::ext::optional::<ConnectionSlot>())
+        .and_then(
+            move |device: Caller, ws: warp::ws::Ws, slot: Option<ConnectionSlot>| {
+                let state = state.clone();
+                let slots = slots.clone();
+                let stop_rx = stop_rx.clone();
+                async move { upgrade(device, ws, state, slot, slots, stop_rx) }
+            },
+        );
 
     healthz
         .or(sync)
@@ -487,6 +732,7 @@ fn upgrade(
     caller: Caller,
     ws: warp::ws::Ws,
     state: AppState,
+    connection_slot: Option<ConnectionSlot>,
     slots: Arc<Semaphore>,
     stop_rx: watch::Receiver<bool>,
 ) -> Result<warp::reply::Response, Rejection> {
@@ -496,11 +742,17 @@ fn upgrade(
         )));
     }
     // The session outlives the HTTP connection task (hyper hands the socket
-    // over on upgrade), so it takes its own slot.
-    let Ok(slot) = slots.try_acquire_owned() else {
-        return Err(warp::reject::custom(Refusal::Unavailable(
-            "too many connections",
-        )));
+    // over on upgrade, and the task ends), so it takes over the socket's
+    // slot. If the client goes away before the upgrade, the slot is dropped
+    // with the callback below; the connection task ends then too.
+    let slot = match connection_slot.and_then(|s| s.take()) {
+        Some(slot) => slot,
+        // Only a request that did not come through `serve_connection` (or a
+        // second upgrade on one connection, which hyper does not allow) has
+        // no slot to hand over.
+        None => slots
+            .try_acquire_owned()
+            .map_err(|_| warp::reject::custom(Refusal::Unavailable("too many connections")))?,
     };
     tracing::info!(device_id = %caller.device.id, device_name = %caller.device.name, "sync session starting");
     let bytes_max = state.limits.ws_message_bytes_max();
@@ -566,5 +818,27 @@ mod tests {
         assert_eq!(bearer_token(&headers("Bearer ")), None);
         assert_eq!(bearer_token(&headers("Bearer")), None);
         assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn each_address_gets_its_share_of_connections_and_no_more() {
+        let counts = AddressCounts::new(2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let first = counts.admit(ip("127.0.0.2")).unwrap();
+        let second = counts.admit(ip("127.0.0.2")).unwrap();
+        assert!(counts.admit(ip("127.0.0.2")).is_none());
+        // Another address is counted apart; one IPv6 /64 is one client.
+        let _other = counts.admit(ip("127.0.0.3")).unwrap();
+        let _v6 = counts.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _v6_too = counts.admit(ip("2001:db8:1:2::ffff")).unwrap();
+        assert!(counts.admit(ip("2001:db8:1:2:aaaa::9")).is_none());
+        // A closed connection frees its place.
+        drop(first);
+        let _again = counts.admit(ip("127.0.0.2")).unwrap();
+        assert!(counts.admit(ip("127.0.0.2")).is_none());
+        drop(second);
+        drop(_again);
+        // Addresses with nothing open are forgotten.
+        assert!(!lock_counts(&counts.counts).contains_key(&ip("127.0.0.2")));
     }
 }

@@ -1,20 +1,33 @@
-//! `POST /v1/enroll`: a user logs in from a tablet and the tablet gets its
-//! own device token, tied to that user.
+//! Logging in. Two doors take a user name and password: `POST /v1/enroll`
+//! (here), where a tablet logs in once and gets its own device token tied
+//! to that user, and the review desk's `POST /review/api/login`
+//! (`review.rs`). Both go through one [`LoginGate`], built once per server
+//! (`http.rs`), so that:
 //!
-//! Two brakes on password guessing:
-//! - per account (`users.rs`): five failures in fifteen minutes lock it
-//!   until an administrator releases it; a locked, disabled or unknown
-//!   account gets 401 with the reason (unknown and wrong password read the
-//!   same);
-//! - per source address ([`LoginThrottle`]): after
+//! - every refusal looks the same from outside. An unknown name, a wrong
+//!   password, a locked or disabled account, and a door that does not
+//!   admit the user (the review desk is for supervisors) all get the same
+//!   status and body ([`REFUSED`]) after the same work: one argon2
+//!   verification (against a stand-in hash when the account cannot log in
+//!   anyway, see `users.rs`) and one audit entry. So a stranger learns
+//!   neither which names exist nor which accounts are locked; the holder
+//!   of a locked or disabled account hears of it from an administrator.
+//!   The real reason is in the audit log (`login_failed`, or
+//!   `review_login_refused` for a non-supervisor), which callers never see.
+//! - one per-address throttle ([`LoginThrottle`]) counts the failures of
+//!   both doors: after
 //!   [`ATTEMPTS_PER_ADDRESS_MAX`](crate::users::ATTEMPTS_PER_ADDRESS_MAX)
 //!   failed logins within
 //!   [`ADDRESS_WINDOW_SECS`](crate::users::ADDRESS_WINDOW_SECS) seconds,
-//!   the address gets 429 with `Retry-After`, and
-//!   the password is not even checked. This is what stops one client from
+//!   through either door, the address gets 429 with `Retry-After`, and the
+//!   password is not even checked. This is what stops one client from
 //!   guessing many names without locking any one of them. Refusals are
 //!   audited as `login_throttled` once per address and window, so a flood
-//!   cannot flood the audit log too.
+//!   cannot flood the audit log too. A successful login is forgiven, so
+//!   only failures add up.
+//!
+//! Per account (`users.rs`), five failures in fifteen minutes lock it until
+//! an administrator releases it.
 //!
 //! The address is the TCP peer (see `peer.rs`): Baraza terminates TLS
 //! itself, so there is no proxy header to trust.
@@ -27,12 +40,172 @@ use hyper::body::Bytes;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
+use crate::audit::AuditLog;
 use crate::devices::{DeviceError, DeviceRegistry};
 use crate::http::AppState;
-use crate::users::{LoginError, LoginThrottle, UserRegistry};
+use crate::users::{LoginError, LoginThrottle, Role, User, UserRegistry};
+
+/// The one answer to every refused login, whatever the reason.
+pub const REFUSED: &str = "wrong user name or password";
 
 /// Largest enrolment request body.
 const BODY_BYTES_MAX: u64 = 16 * 1024;
+
+/// Which door a login came through: it decides who may pass with a right
+/// password, and names the door in the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Door {
+    /// `POST /v1/enroll`: any enabled user.
+    Enrolment,
+    /// `POST /review/api/login`: supervisors only.
+    ReviewDesk,
+}
+
+impl Door {
+    fn name(self) -> &'static str {
+        match self {
+            Door::Enrolment => "enrolment",
+            Door::ReviewDesk => "review desk",
+        }
+    }
+
+    /// The audit event and reason for turning away `user`, whose password
+    /// was right, or `None` if this door admits them.
+    fn turns_away(self, user: &User) -> Option<(&'static str, &'static str)> {
+        match self {
+            Door::Enrolment => None,
+            Door::ReviewDesk => (user.role != Role::Supervisor)
+                .then_some(("review_login_refused", "not a supervisor")),
+        }
+    }
+}
+
+/// How the gate turned a login away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateError {
+    /// Any refused login, whatever the reason: answer 401 [`REFUSED`].
+    Refused,
+    /// Too many failures from this address: answer 429 with this many
+    /// seconds (at least one) in `Retry-After`.
+    Throttled(u64),
+    /// The user store failed; nothing was decided and nothing counted.
+    Unavailable,
+}
+
+/// The one place user names and passwords are checked, for both doors.
+pub struct LoginGate {
+    users: UserRegistry,
+    audit: AuditLog,
+    throttle: Mutex<LoginThrottle>,
+}
+
+impl LoginGate {
+    /// A gate with a fresh throttle. Build one per server and hand it to
+    /// both doors: two gates would mean two throttles.
+    pub fn new(users: UserRegistry, audit: AuditLog) -> LoginGate {
+        LoginGate {
+            users,
+            audit,
+            throttle: Mutex::new(LoginThrottle::default()),
+        }
+    }
+
+    /// Checks a login from `peer` at `door`; the user if they may pass.
+    /// Never logs the password.
+    pub async fn check(
+        &self,
+        door: Door,
+        peer: Option<SocketAddr>,
+        name: &str,
+        password: String,
+    ) -> Result<User, GateError> {
+        let address = match peer {
+            Some(peer) => peer.ip(),
+            None => {
+                // Only a wiring mistake gets here. All such requests share
+                // one bucket, so logins stay throttled rather than
+                // unthrottled.
+                tracing::error!(door = door.name(), "login request without a peer address");
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            }
+        };
+        let key = crate::peer::client_key(address);
+        let now = unix_now();
+
+        let admitted = self.throttle().attempt(key, now);
+        if let Err(LoginError::Throttled(wait)) = admitted {
+            // "Retry after 0" would invite a busy loop.
+            let wait = wait.max(1);
+            if self.throttle().report_refusal(key, now) {
+                tracing::warn!(%address, user = %name, door = door.name(), "login throttled");
+                let audit = self.audit.clone();
+                let details = serde_json::json!({
+                    "address": address.to_string(),
+                    "user": name,
+                    "retry_after_s": wait,
+                    "via": door.name(),
+                });
+                let _ =
+                    tokio::task::spawn_blocking(move || audit.record("login_throttled", details))
+                        .await;
+            } else {
+                tracing::debug!(%address, "login throttled");
+            }
+            return Err(GateError::Throttled(wait));
+        }
+
+        let users = self.users.clone();
+        let audit = self.audit.clone();
+        let name = name.to_string();
+        // The verification and the audit entry of a refusal run in one
+        // blocking task, so every refusal does the same work before it is
+        // answered.
+        let outcome = tokio::task::spawn_blocking(move || {
+            let refusal = match users.login(&name, &password, now) {
+                Ok(user) => match door.turns_away(&user) {
+                    None => return Ok(user),
+                    Some((event, reason)) => (event, reason.to_string()),
+                },
+                Err(LoginError::Unavailable) => return Err(None),
+                Err(error) => ("login_failed", error.to_string()),
+            };
+            let (event, reason) = refusal;
+            tracing::info!(%reason, %address, door = door.name(), "login refused");
+            audit.record(
+                event,
+                serde_json::json!({
+                    "user": name,
+                    "reason": reason,
+                    "address": address.to_string(),
+                    "via": door.name(),
+                }),
+            );
+            Err(Some(GateError::Refused))
+        })
+        .await;
+
+        match outcome {
+            Ok(Ok(user)) => {
+                self.throttle().forgive(key, now);
+                Ok(user)
+            }
+            Ok(Err(Some(refused))) => Err(refused),
+            // The server failed, not the password: it does not count.
+            Ok(Err(None)) | Err(_) => {
+                self.throttle().forgive(key, now);
+                tracing::error!(door = door.name(), "user store unavailable for a login");
+                Err(GateError::Unavailable)
+            }
+        }
+    }
+
+    /// The throttle's state stays consistent even if a holder panicked
+    /// (every update is a single push or remove), so a poisoned lock is
+    /// taken over.
+    fn throttle(&self) -> std::sync::MutexGuard<'_, LoginThrottle> {
+        self.throttle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// What a tablet sends to enrol: a user's login and a name for the device.
 #[derive(serde::Deserialize)]
@@ -44,22 +217,21 @@ struct EnrollRequest {
 
 /// What the enrolment handler shares across requests.
 struct Enrolment {
-    users: UserRegistry,
+    gate: Arc<LoginGate>,
     devices: DeviceRegistry,
-    audit: crate::audit::AuditLog,
-    throttle: Mutex<LoginThrottle>,
+    audit: AuditLog,
 }
 
-/// The `POST /v1/enroll` route, with its own per-address throttle.
+/// The `POST /v1/enroll` route, behind the server's one `gate`.
 pub fn enroll_route(
     state: &AppState,
+    gate: Arc<LoginGate>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static
 {
     let shared = Arc::new(Enrolment {
-        users: state.users.clone(),
+        gate,
         devices: state.devices.clone(),
         audit: state.hub.audit().clone(),
-        throttle: Mutex::new(LoginThrottle::default()),
     });
     warp::path!("v1" / "enroll")
         .and(warp::post())
@@ -85,61 +257,39 @@ async fn enroll(
             "expected a JSON object with user, password and device_name".into(),
         );
     };
-    let address = match peer {
-        Some(peer) => peer.ip(),
-        None => {
-            // Only a wiring mistake gets here. All such requests share one
-            // bucket, so logins stay throttled rather than unthrottled.
-            tracing::error!("enrolment request without a peer address");
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    let user = match shared
+        .gate
+        .check(Door::Enrolment, peer, &request.user, request.password)
+        .await
+    {
+        Ok(user) => user,
+        Err(GateError::Refused) => return text(StatusCode::UNAUTHORIZED, REFUSED.into()),
+        Err(GateError::Throttled(wait)) => return throttled(wait),
+        Err(GateError::Unavailable) => {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "enrolment unavailable".into(),
+            )
         }
     };
-    let key = crate::peer::client_key(address);
-    let now = unix_now();
 
-    let admitted = lock(&shared.throttle).attempt(key, now);
-    if let Err(LoginError::Throttled(wait)) = admitted {
-        let report = lock(&shared.throttle).report_refusal(key, now);
-        if report {
-            tracing::warn!(%address, user = %request.user, "login throttled");
-            let shared = shared.clone();
-            let details = serde_json::json!({
-                "address": address.to_string(),
-                "user": request.user,
-                "retry_after_s": wait,
-            });
-            let _ = tokio::task::spawn_blocking(move || {
-                shared.audit.record("login_throttled", details)
-            })
-            .await;
-        } else {
-            tracing::debug!(%address, "login throttled");
-        }
-        return throttled(wait);
-    }
-
-    let name = request.user.clone();
+    // From here the login was right: what fails is not a guess.
     let worker = shared.clone();
+    let device_name = request.device_name;
     let outcome = tokio::task::spawn_blocking(move || {
-        let user = worker
-            .users
-            .login(&request.user, &request.password, now)
-            .map_err(Failure::Login)?;
         let device = worker
             .devices
-            .add_for_user(&request.device_name, Some(&user.name))
-            .map_err(Failure::Device)?;
+            .add_for_user(&device_name, Some(&user.name))?;
         worker.audit.record(
             "device_enrolled",
             serde_json::json!({ "user": user.name, "device": device.identity.id }),
         );
-        Ok::<_, Failure>((user, device))
+        Ok::<_, DeviceError>((user, device))
     })
     .await;
 
     match outcome {
         Ok(Ok((user, device))) => {
-            lock(&shared.throttle).forgive(key, now);
             tracing::info!(user = %user.name, device = %device.identity.id, "device enrolled");
             let expires_at = shared
                 .devices
@@ -156,23 +306,11 @@ async fn enroll(
             }))
             .into_response()
         }
-        Ok(Err(Failure::Login(LoginError::Unavailable))) | Err(_) => {
-            lock(&shared.throttle).forgive(key, now);
-            text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "enrolment unavailable".into(),
-            )
-        }
-        Ok(Err(Failure::Device(DeviceError::InvalidName(why)))) => {
-            // The login itself was right.
-            lock(&shared.throttle).forgive(key, now);
-            text(
-                StatusCode::BAD_REQUEST,
-                format!("invalid device name: {why}"),
-            )
-        }
-        Ok(Err(Failure::Device(error))) => {
-            lock(&shared.throttle).forgive(key, now);
+        Ok(Err(DeviceError::InvalidName(why))) => text(
+            StatusCode::BAD_REQUEST,
+            format!("invalid device name: {why}"),
+        ),
+        Ok(Err(error)) => {
             tracing::error!(
                 error = &error as &dyn std::error::Error,
                 "cannot register an enrolled device"
@@ -182,31 +320,17 @@ async fn enroll(
                 "enrolment unavailable".into(),
             )
         }
-        Ok(Err(Failure::Login(refusal))) => {
-            tracing::info!(reason = %refusal, %address, "enrolment refused");
-            let reason = refusal.to_string();
-            let details = serde_json::json!({
-                "user": name,
-                "reason": reason,
-                "address": address.to_string(),
-            });
-            let _ =
-                tokio::task::spawn_blocking(move || shared.audit.record("login_failed", details))
-                    .await;
-            text(StatusCode::UNAUTHORIZED, reason)
+        Err(error) => {
+            tracing::error!(%error, "enrolment task failed");
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "enrolment unavailable".into(),
+            )
         }
     }
 }
 
-/// Why an enrolment failed after the throttle let it through.
-enum Failure {
-    Login(LoginError),
-    Device(DeviceError),
-}
-
 fn throttled(wait: u64) -> warp::reply::Response {
-    // At least one second: "retry after 0" would invite a busy loop.
-    let wait = wait.max(1);
     warp::reply::with_status(
         warp::reply::with_header(
             LoginError::Throttled(wait).to_string(),
@@ -220,10 +344,4 @@ fn throttled(wait: u64) -> warp::reply::Response {
 
 fn text(status: StatusCode, body: String) -> warp::reply::Response {
     warp::reply::with_status(body, status).into_response()
-}
-
-/// The throttle's state stays consistent even if a holder panicked (every
-/// update is a single push or remove), so a poisoned lock is taken over.
-fn lock(throttle: &Mutex<LoginThrottle>) -> std::sync::MutexGuard<'_, LoginThrottle> {
-    throttle.lock().unwrap_or_else(|p| p.into_inner())
 }

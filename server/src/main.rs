@@ -239,7 +239,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         limits: config.limits,
         users,
     };
-    let served = http::serve(listener, tls, state, shutdown).await;
+    let served = http::serve(listener, tls, state, config.connections, shutdown).await;
 
     let _ = stop_admin.send(true);
     if let Some(task) = admin_task {

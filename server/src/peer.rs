@@ -1,6 +1,6 @@
 //! The client's address, carried from the accept loop to the routes.
 //!
-//! hyper-util's `serve_connection` hands requests to warp without the TCP
+//! hyper's `serve_connection` hands requests to warp without the TCP
 //! peer, and `warp::addr::remote` is only filled in by warp's own server,
 //! which Baraza does not use (it terminates TLS itself). So each
 //! connection's service is wrapped in [`WithPeer`], which stamps every

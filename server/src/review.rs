@@ -4,8 +4,12 @@
 //!
 //! - `POST login` `{user, password}`: supervisors only. Sets the session
 //!   cookie (HttpOnly, Secure, SameSite=Strict, Path=/review) and answers
-//!   `{user, areas, csrf}`. Failed logins count towards the account's
-//!   lockout and the address's throttle, as enrolment's do.
+//!   `{user, areas, csrf}`. It goes through the server's one
+//!   [`LoginGate`](crate::login::LoginGate), as enrolment does: failures
+//!   count towards the account's lockout and the one per-address throttle
+//!   both doors share, and every refusal answers alike (401
+//!   `{"error": "wrong user name or password"}`), a non-supervisor's right
+//!   password included.
 //! - `POST logout`.
 //! - `GET records?kind=&area=&state=&from=&to=&q=&limit=`: from the index
 //!   (`from`/`to` are creation times in ms; `q` is free text, matched in
@@ -23,8 +27,8 @@
 //! sharing it could serve them.
 
 use crate::clock::unix_now;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use baraza_protocol::DocId;
 use baraza_records::ops::{self, FieldValue};
@@ -36,9 +40,10 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
 use crate::http::AppState;
+use crate::login::{Door, GateError, LoginGate};
 use crate::store::RecordFilter;
 use crate::sync::{Caller, DeskError, DeviceIdentity, SyncHub};
-use crate::users::{LoginError, LoginThrottle, UserRegistry};
+use crate::users::{LoginError, UserRegistry};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "baraza_review";
@@ -108,7 +113,7 @@ struct Desk {
     hub: Arc<SyncHub>,
     users: UserRegistry,
     sessions: Sessions,
-    throttle: Mutex<LoginThrottle>,
+    gate: Arc<LoginGate>,
 }
 
 /// A refusal before any work: turned into a JSON error reply.
@@ -297,17 +302,18 @@ pub fn page(
     index.or(js).unify().or(css).unify().map(hardened)
 }
 
-/// The routes under `/review/api/`.
+/// The routes under `/review/api/`, logins behind the server's one `gate`.
 pub fn routes(
     state: &AppState,
     sessions: Sessions,
+    gate: Arc<LoginGate>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static
 {
     let desk = Arc::new(Desk {
         hub: state.hub.clone(),
         users: state.users.clone(),
         sessions,
-        throttle: Mutex::new(LoginThrottle::default()),
+        gate,
     });
     let with_desk = warp::any().map(move || desk.clone());
     let body = warp::body::content_length_limit(BODY_BYTES_MAX).and(warp::body::bytes());
@@ -481,89 +487,59 @@ async fn indicators(
     }
 }
 
-fn lock(throttle: &Mutex<LoginThrottle>) -> std::sync::MutexGuard<'_, LoginThrottle> {
-    throttle.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 async fn login(desk: Arc<Desk>, peer: Option<SocketAddr>, body: Bytes) -> warp::reply::Response {
     // serde's messages can quote the offending value (a password): say
     // only what is expected.
     let Ok(request) = serde_json::from_slice::<LoginRequest>(&body) else {
         return error(StatusCode::BAD_REQUEST, "expected {\"user\", \"password\"}");
     };
-    let address = peer
-        .map(|p| p.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let key = crate::peer::client_key(address);
-    let now = unix_now();
-    if let Err(LoginError::Throttled(wait)) = lock(&desk.throttle).attempt(key, now) {
-        return warp::reply::with_header(
-            error(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("too many login attempts from this address; wait {wait} s"),
-            ),
-            "retry-after",
-            wait.to_string(),
-        )
-        .into_response();
-    }
-    let worker = desk.clone();
-    let name = request.user.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let user = worker.users.login(&request.user, &request.password, now)?;
-        if user.role != Role::Supervisor {
-            return Ok(Err(user.name));
-        }
-        let created = worker
-            .sessions
-            .create(&user.name, now)
-            .map_err(|_| LoginError::Unavailable)?;
-        Ok::<_, LoginError>(Ok((user, created)))
-    })
-    .await;
-    let audit = desk.hub.audit();
-    match outcome {
-        Ok(Ok(Ok((user, (id, session))))) => {
-            lock(&desk.throttle).forgive(key, now);
-            audit.record(
-                "review_login",
-                serde_json::json!({ "user": user.name, "address": address.to_string() }),
-            );
-            warp::reply::with_header(
-                ok(serde_json::json!({
-                    "user": user.name,
-                    "areas": user.areas,
-                    "csrf": session.csrf,
-                })),
-                "set-cookie",
-                format!(
-                    "{COOKIE}={id}; Path=/review; Max-Age={SESSION_SECS}; HttpOnly; Secure; SameSite=Strict"
+    let user = match desk
+        .gate
+        .check(Door::ReviewDesk, peer, &request.user, request.password)
+        .await
+    {
+        Ok(user) => user,
+        Err(GateError::Refused) => return error(StatusCode::UNAUTHORIZED, crate::login::REFUSED),
+        Err(GateError::Throttled(wait)) => {
+            return warp::reply::with_header(
+                error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    LoginError::Throttled(wait).to_string(),
                 ),
+                "retry-after",
+                wait.to_string(),
             )
             .into_response()
         }
-        Ok(Ok(Err(user))) => {
-            audit.record(
-                "review_login_refused",
-                serde_json::json!({ "user": user, "reason": "not a supervisor" }),
-            );
-            error(StatusCode::FORBIDDEN, "the review desk is for supervisors")
+        Err(GateError::Unavailable) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "sign-in unavailable")
         }
-        Ok(Err(LoginError::Unavailable)) | Err(_) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "sign-in unavailable")
-        }
-        Ok(Err(refusal)) => {
-            audit.record(
-                "login_failed",
-                serde_json::json!({
-                    "user": name,
-                    "reason": refusal.to_string(),
-                    "address": address.to_string(),
-                    "via": "review desk",
-                }),
-            );
-            error(StatusCode::UNAUTHORIZED, refusal.to_string())
-        }
+    };
+    let worker = desk.clone();
+    let address = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+    let created = tokio::task::spawn_blocking(move || {
+        let created = worker.sessions.create(&user.name, unix_now())?;
+        worker.hub.audit().record(
+            "review_login",
+            serde_json::json!({ "user": user.name, "address": address }),
+        );
+        Ok::<_, sled::Error>((user, created))
+    })
+    .await;
+    match created {
+        Ok(Ok((user, (id, session)))) => warp::reply::with_header(
+            ok(serde_json::json!({
+                "user": user.name,
+                "areas": user.areas,
+                "csrf": session.csrf,
+            })),
+            "set-cookie",
+            format!(
+                "{COOKIE}={id}; Path=/review; Max-Age={SESSION_SECS}; HttpOnly; Secure; SameSite=Strict"
+            ),
+        )
+        .into_response(),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "sign-in unavailable"),
     }
 }
 

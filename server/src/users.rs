@@ -84,22 +84,31 @@ pub enum UserError {
     Hash(String),
 }
 
-/// Why a login was refused. Unknown users and wrong passwords get the same
-/// answer, so a login form does not reveal which names exist.
+/// Why a login was refused: the real reason, for the audit log and the
+/// server's own log. Callers are never told which it was:
+/// [`crate::login::LoginGate`] answers every refusal alike, so a login form
+/// reveals neither which names exist nor the state of an account (its
+/// holder hears of a lock or a disabling from an administrator).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LoginError {
-    /// Wrong name or password.
-    #[error("wrong user name or password")]
-    BadCredentials,
-    /// Too many failures: an admin must release the account.
-    #[error(
-        "this account is locked after repeated failed logins; ask an administrator to release it"
-    )]
+    /// No user has that name.
+    #[error("no such user")]
+    UnknownUser,
+    /// The password is wrong.
+    #[error("wrong password")]
+    WrongPassword,
+    /// The password is wrong, and this failure locked the account.
+    #[error("wrong password; the account is now locked")]
+    WrongPasswordNowLocked,
+    /// Locked after repeated failures, until an admin releases it; the
+    /// password was not checked.
+    #[error("the account is locked after repeated failed logins")]
     Locked,
-    /// The account is disabled.
-    #[error("this account is disabled")]
+    /// The account is disabled; the password was not checked.
+    #[error("the account is disabled")]
     Disabled,
-    /// Too many attempts from this address: wait.
+    /// Too many attempts from this address: wait. This one is shown to the
+    /// caller: it depends only on the address, not on any account.
     #[error("too many login attempts from this address; wait {0} s")]
     Throttled(u64),
     /// The store failed; nothing was decided.
@@ -210,9 +219,19 @@ impl UserRegistry {
     }
 
     fn put(&self, user: &User) -> Result<(), UserError> {
+        self.put_unflushed(user)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Writes without waiting for the disk. For the failure bookkeeping of
+    /// [`login`](Self::login): a flush there would make a wrong password
+    /// for a real name measurably slower than an unknown name. The write
+    /// still reaches the disk with the audit entry every login failure
+    /// makes (the same database, flushed), or sled's own periodic flush.
+    fn put_unflushed(&self, user: &User) -> Result<(), UserError> {
         let bytes = serde_json::to_vec(user).map_err(|_| UserError::Corrupt(user.name.clone()))?;
         self.tree.insert(user.name.as_bytes(), bytes)?;
-        self.db.flush()?;
         Ok(())
     }
 
@@ -293,25 +312,30 @@ impl UserRegistry {
         })
     }
 
-    /// Checks a login at time `now` (unix seconds). A locked account is
-    /// refused even with the right password.
+    /// Checks a login at time `now` (unix seconds). A locked or disabled
+    /// account is refused even with the right password.
+    ///
+    /// Every call runs exactly one argon2 verification, against a stand-in
+    /// hash when the account could not log in anyway (unknown, locked,
+    /// disabled), so the time taken does not tell those apart from a wrong
+    /// password.
     pub fn login(&self, name: &str, password: &str, now: u64) -> Result<User, LoginError> {
-        let Some(mut user) = self.get(name).map_err(|_| LoginError::Unavailable)? else {
-            // Spend the same time as a real check, so timing does not tell
-            // which names exist.
-            let _ = verify(password, DUMMY_HASH);
-            return Err(LoginError::BadCredentials);
+        let mut user = match self.get(name).map_err(|_| LoginError::Unavailable)? {
+            Some(user) if !user.disabled && !user.locked => user,
+            other => {
+                let _ = verify(password, DUMMY_HASH);
+                return Err(match other {
+                    None => LoginError::UnknownUser,
+                    Some(user) if user.disabled => LoginError::Disabled,
+                    Some(_) => LoginError::Locked,
+                });
+            }
         };
-        if user.disabled {
-            return Err(LoginError::Disabled);
-        }
-        if user.locked {
-            return Err(LoginError::Locked);
-        }
         if verify(password, &user.password_hash) {
             if !user.failures.is_empty() {
                 user.failures.clear();
-                self.put(&user).map_err(|_| LoginError::Unavailable)?;
+                self.put_unflushed(&user)
+                    .map_err(|_| LoginError::Unavailable)?;
             }
             return Ok(user);
         }
@@ -319,11 +343,12 @@ impl UserRegistry {
             .retain(|t| now.saturating_sub(*t) < LOCKOUT_WINDOW_SECS);
         user.failures.push(now);
         user.locked = user.failures.len() >= LOCKOUT_FAILURES;
-        self.put(&user).map_err(|_| LoginError::Unavailable)?;
+        self.put_unflushed(&user)
+            .map_err(|_| LoginError::Unavailable)?;
         Err(if user.locked {
-            LoginError::Locked
+            LoginError::WrongPasswordNowLocked
         } else {
-            LoginError::BadCredentials
+            LoginError::WrongPassword
         })
     }
 }
@@ -458,12 +483,12 @@ mod tests {
         for i in 0..4 {
             assert_eq!(
                 users.login("otieno", "guess", 1_000 + i).err(),
-                Some(LoginError::BadCredentials)
+                Some(LoginError::WrongPassword)
             );
         }
         assert_eq!(
             users.login("otieno", "guess", 1_004).err(),
-            Some(LoginError::Locked)
+            Some(LoginError::WrongPasswordNowLocked)
         );
         // Even the right password is refused while locked.
         assert_eq!(
@@ -489,7 +514,7 @@ mod tests {
             let now = 10_000 + i * (LOCKOUT_WINDOW_SECS / 3);
             assert_eq!(
                 users.login("wanjiru", "nope", now).err(),
-                Some(LoginError::BadCredentials)
+                Some(LoginError::WrongPassword)
             );
         }
         assert!(users.login("wanjiru", "review queue 2024", 20_000).is_ok());
@@ -506,7 +531,7 @@ mod tests {
         let (_dir, users) = registry();
         assert_eq!(
             users.login("ghost", "whatever1", 0).err(),
-            Some(LoginError::BadCredentials)
+            Some(LoginError::UnknownUser)
         );
         users
             .add("kiprotich", Role::Officer, &[], "radio check 1900")
@@ -516,6 +541,12 @@ mod tests {
             users.login("kiprotich", "radio check 1900", 0).err(),
             Some(LoginError::Disabled)
         );
+        // The failure bookkeeping of a refused account is left alone.
+        assert_eq!(
+            users.login("kiprotich", "wrong guess", 0).err(),
+            Some(LoginError::Disabled)
+        );
+        assert!(!users.get("kiprotich").unwrap().unwrap().locked);
         assert!(matches!(
             users.add("kiprotich", Role::Admin, &[], "another good one"),
             Err(UserError::Exists(_))

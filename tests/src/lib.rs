@@ -27,7 +27,7 @@ pub mod webdriver;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -382,6 +382,10 @@ fn server_command() -> Command {
         "BARAZA_TLS_CERT",
         "BARAZA_TLS_KEY",
         "BARAZA_CONFIG",
+        "BARAZA_CONNECTIONS_MAX",
+        "BARAZA_CONNECTIONS_PER_ADDRESS_MAX",
+        "BARAZA_HANDSHAKE_TIMEOUT_MS",
+        "BARAZA_IDLE_TIMEOUT_MS",
     ] {
         command.env_remove(var);
     }
@@ -660,7 +664,8 @@ pub fn run_cli(data: &Path, args: &[&str]) -> String {
 
 type Socket = WebSocketStream<TlsStream<TcpStream>>;
 
-fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
+/// A TLS client trusting only the CA in `ca` (the server's development CA).
+pub fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).expect("read the CA file") {
         roots.add(cert.expect("a PEM certificate")).expect("a CA");
@@ -776,6 +781,24 @@ pub async fn https_request(
     https_request_with(server, method, path, &headers, json).await
 }
 
+/// A TCP connection to the server from the loopback address `local`
+/// (`127.0.0.2` and up work on Linux without any setup), so a test can be
+/// several clients as the server counts them.
+pub async fn tcp_connect_from(server: &ServerProcess, local: IpAddr) -> TcpStream {
+    let socket = match local {
+        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("a TCP socket");
+    socket
+        .bind(SocketAddr::new(local, 0))
+        .unwrap_or_else(|e| panic!("bind to {local}: {e}"));
+    tokio::time::timeout(FRAME_TIMEOUT, socket.connect(server.addr()))
+        .await
+        .expect("the TCP connection is made in time")
+        .expect("TCP connect")
+}
+
 /// One HTTPS request with extra headers (cookies, CSRF tokens).
 pub async fn https_request_with(
     server: &ServerProcess,
@@ -784,11 +807,38 @@ pub async fn https_request_with(
     headers: &[(&str, &str)],
     json: Option<&serde_json::Value>,
 ) -> HttpReply {
+    https_exchange(server, None, method, path, headers, json).await
+}
+
+/// [`https_request_with`] from the loopback address `local`: the server
+/// throttles and counts connections per address.
+pub async fn https_request_from(
+    server: &ServerProcess,
+    local: IpAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    json: Option<&serde_json::Value>,
+) -> HttpReply {
+    https_exchange(server, Some(local), method, path, headers, json).await
+}
+
+async fn https_exchange(
+    server: &ServerProcess,
+    local: Option<IpAddr>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    json: Option<&serde_json::Value>,
+) -> HttpReply {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
-        let tcp = TcpStream::connect(server.addr())
-            .await
-            .expect("TCP connect");
+        let tcp = match local {
+            Some(local) => tcp_connect_from(server, local).await,
+            None => TcpStream::connect(server.addr())
+                .await
+                .expect("TCP connect"),
+        };
         let name = ServerName::try_from("localhost").expect("a server name");
         let mut tls = tls_connector(&server.ca_path())
             .connect(name, tcp)

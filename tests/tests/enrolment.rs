@@ -2,13 +2,18 @@
 //! token tied to the officer and files records under them. Five wrong
 //! passwords lock the account, the right one is then refused too, until an
 //! administrator releases it (through the admin API, or on the command
-//! line). One address trying many names is throttled with 429 before any
-//! password is checked.
+//! line). The guesser is never told the account is locked: every refusal
+//! reads "wrong user name or password"; administrators see the lock. One
+//! address trying many names is throttled with 429 before any password is
+//! checked.
 
 use std::path::Path;
 
 use baraza_client::{Client, ClientError};
 use baraza_tests::{https_request, new_key, run_server_command, HttpReply, ServerProcess};
+
+/// What every refused login answers, whatever the reason.
+const REFUSED: &str = "wrong user name or password";
 use serde_json::json;
 
 /// `baraza_server::users::ATTEMPTS_PER_ADDRESS_MAX`: failed logins one
@@ -76,9 +81,17 @@ async fn an_officer_enrols_a_tablet_and_a_guesser_locks_the_account() {
 
     // Someone else guesses the password.
     guess_until_locked(&server, tmp.path(), "first").await;
-    // Now even the right password is refused...
+    // The account is locked, as an administrator's `user list` shows...
+    assert_eq!(listed_status(&data, "otieno"), "locked");
+    // ...so even the right password is refused, with the answer a wrong
+    // one gets: a stranger cannot learn that the account exists or is
+    // locked.
     let locked = enroll(&server, &tmp.path().join("officer-2"), "night patrol B4").await;
-    assert!(matches!(locked, Err(ClientError::Unauthorized(ref r)) if r.contains("locked")));
+    assert!(
+        matches!(locked, Err(ClientError::Unauthorized(ref r)) if r == REFUSED),
+        "{:?}",
+        locked.as_ref().err()
+    );
     // ...but the tablet already enrolled keeps syncing with its own token.
     tablet.set(&id, "beat", "B5").unwrap();
     assert_eq!(
@@ -122,6 +135,7 @@ async fn an_officer_enrols_a_tablet_and_a_guesser_locks_the_account() {
     .await;
     assert_eq!(released.status, 200, "{released:?}");
     assert_eq!(released.json()["user"]["locked"], false, "{released:?}");
+    assert_eq!(listed_status(&data, "otieno"), "active");
     assert!(
         enroll(&server, &tmp.path().join("officer-3"), "night patrol B4")
             .await
@@ -130,6 +144,11 @@ async fn an_officer_enrols_a_tablet_and_a_guesser_locks_the_account() {
 
     // Locked again, the command line releases it just the same.
     guess_until_locked(&server, tmp.path(), "second").await;
+    assert_eq!(listed_status(&data, "otieno"), "locked");
+    assert!(matches!(
+        enroll(&server, &tmp.path().join("officer-3b"), "night patrol B4").await,
+        Err(ClientError::Unauthorized(ref r)) if r == REFUSED
+    ));
     user_cmd(&data, &["release", "--name", "otieno"], "");
     assert!(
         enroll(&server, &tmp.path().join("officer-4"), "night patrol B4")
@@ -138,7 +157,21 @@ async fn an_officer_enrols_a_tablet_and_a_guesser_locks_the_account() {
     );
 }
 
-/// Five wrong passwords for otieno: four refusals, then the lock.
+/// The status column of `user list` (through the running server's admin
+/// socket) for `name`.
+fn listed_status(data: &Path, name: &str) -> String {
+    let out = run_server_command(data, &["user", "list"], "");
+    assert!(out.status.success(), "{out:?}");
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    list.lines()
+        .find(|line| line.split('\t').next() == Some(name))
+        .and_then(|line| line.rsplit('\t').next())
+        .unwrap_or_else(|| panic!("{name} is not in the user list:\n{list}"))
+        .to_string()
+}
+
+/// Five wrong passwords for otieno, the fifth locking the account: all
+/// five answered alike.
 async fn guess_until_locked(server: &ServerProcess, dir: &Path, round: &str) {
     for attempt in 1..=5 {
         let refused = enroll(
@@ -152,11 +185,7 @@ async fn guess_until_locked(server: &ServerProcess, dir: &Path, round: &str) {
         let ClientError::Unauthorized(reason) = refused else {
             panic!("expected a refusal, got {refused:?}");
         };
-        if attempt < 5 {
-            assert!(reason.contains("wrong user name or password"), "{reason}");
-        } else {
-            assert!(reason.contains("locked"), "{reason}");
-        }
+        assert_eq!(reason, REFUSED, "attempt {attempt}");
     }
 }
 
@@ -185,7 +214,11 @@ async fn one_address_guessing_many_names_is_throttled() {
     // is throttled.
     for i in 0..ATTEMPTS_PER_ADDRESS_MAX {
         let refused = enroll_raw(&server, &format!("guess-{i}"), "password guess").await;
-        assert_eq!(refused.status, 401, "attempt {i}: {refused:?}");
+        assert_eq!(
+            (refused.status, refused.body.as_str()),
+            (401, REFUSED),
+            "attempt {i}: {refused:?}"
+        );
     }
     // Now even the right password is not looked at.
     for _ in 0..2 {

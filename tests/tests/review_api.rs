@@ -1,5 +1,6 @@
 //! The supervisors' review desk API against a real server: sign-in (only
-//! supervisors; cookie flags; CSRF), listing and filtering, a record with
+//! supervisors, a non-supervisor answered as a wrong password is; cookie
+//! flags; CSRF), listing and filtering, a record with
 //! its conflict, resolving it, returning with a comment that reaches the
 //! officer's tablet at its next sync, approving, and the refusals an
 //! officer and a supervisor of another area get.
@@ -95,17 +96,21 @@ async fn a_supervisor_reviews_resolves_returns_and_approves_through_the_api() {
     liaison.sync().await;
     officer.sync().await;
 
-    // Only supervisors sign in; a wrong password is refused.
+    // Only supervisors sign in. A wrong password is refused, and so is an
+    // officer's right one, with the same answer: the sign-in form does not
+    // tell who has an account of which role.
+    let wrong = login(server, "sgt.wanjiru", "not the password").await;
+    assert_eq!(wrong.status, 401, "{wrong:?}");
     assert_eq!(
-        login(server, "cpl.otieno", HARNESS_PASSWORD).await.status,
-        403
+        wrong.json(),
+        json!({ "error": "wrong user name or password" })
     );
+    let officer_login = login(server, "cpl.otieno", HARNESS_PASSWORD).await;
     assert_eq!(
-        login(server, "sgt.wanjiru", "not the password")
-            .await
-            .status,
-        401
+        (officer_login.status, &officer_login.body),
+        (wrong.status, &wrong.body)
     );
+    assert!(officer_login.header("set-cookie").is_none());
     let desk = Desk::open(server, "sgt.wanjiru").await;
     assert_eq!(
         https_request_with(server, "GET", "/review/api/records", &[], None)
@@ -237,6 +242,10 @@ async fn a_supervisor_reviews_resolves_returns_and_approves_through_the_api() {
 
     // Decisions are audited with the supervisor; signing out ends the session.
     let log = server.audit_entries();
+    // The officer's attempt is audited with its real reason.
+    assert!(log.iter().any(|e| e["event"] == "review_login_refused"
+        && e["details"]["user"] == "cpl.otieno"
+        && e["details"]["reason"] == "not a supervisor"));
     assert!(log.iter().any(|e| e["event"] == "review_decision"
         && e["details"]["decision"] == "returned"
         && e["details"]["user"] == "sgt.wanjiru"));
