@@ -141,7 +141,7 @@ fn check(root: &std::path::Path, repair: bool) -> anyhow::Result<()> {
     }
     // A check that found the store cleanly stopped leaves it so; a repair
     // does not, so tablets re-offer what they hold and heal what was lost.
-    if store.was_clean() && !(repair && !problems.is_empty()) {
+    if store.was_clean() && (!repair || problems.is_empty()) {
         store.close_cleanly()?;
     }
     db.flush()?;
