@@ -419,7 +419,10 @@ async fn receive<S>(
     S: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
         + Unpin,
 {
-    let frame_bytes_max = Limits::DEFAULT.frame_bytes_max.saturating_mul(4);
+    let limits = Limits {
+        frame_bytes_max: Limits::DEFAULT.frame_bytes_max.saturating_mul(4),
+        ..Limits::DEFAULT
+    };
     let mut answered = 0usize;
     loop {
         if let Some(w) = &log.welcome {
@@ -459,7 +462,7 @@ async fn receive<S>(
         };
         log.frames_down += 1;
         log.bytes_down += frame.len() as u64;
-        let message = match codec::decode(&frame, frame_bytes_max) {
+        let message = match codec::decode(&frame, &limits) {
             Ok(m) => m,
             Err(e) => {
                 log.error = Some(format!("undecodable frame: {e}"));

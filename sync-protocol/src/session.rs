@@ -109,22 +109,30 @@ impl Wire {
     }
 
     /// Decodes a frame, answering a decode failure with an error frame. A
-    /// frame that is too large or not CBOR cannot be trusted to be followed
-    /// by well-formed ones, so those close the session; an unknown type or a
-    /// known type with bad fields is refused alone.
+    /// frame that is too large, not CBOR, or shaped past the codec's bounds
+    /// (only a hostile or broken peer builds one) cannot be trusted to be
+    /// followed by well-formed ones, so those close the session; an unknown
+    /// type or a known type with bad fields is refused alone, and a push
+    /// with too many changes is refused for its document alone, as any
+    /// other refused push is.
     fn decode(&mut self, frame: &[u8]) -> Result<Option<Message>, SessionError> {
-        match codec::decode(frame, self.limits.frame_bytes_max) {
+        match codec::decode(frame, &self.limits) {
             Ok(m) => Ok(Some(m)),
             Err(err) => {
-                let (code, fatal) = match &err {
-                    CodecError::TooLarge { .. } => (ErrorCode::FrameTooLarge, true),
-                    CodecError::MalformedCbor(_) => (ErrorCode::MalformedFrame, true),
-                    CodecError::UnknownType(_) => (ErrorCode::UnknownMessageType, false),
+                let (code, doc, fatal) = match &err {
+                    CodecError::TooLarge { .. } => (ErrorCode::FrameTooLarge, None, true),
+                    CodecError::MalformedCbor(_) | CodecError::TooComplex { .. } => {
+                        (ErrorCode::MalformedFrame, None, true)
+                    }
+                    CodecError::TooManyChanges { doc, .. } => {
+                        (ErrorCode::TooManyChanges, *doc, false)
+                    }
+                    CodecError::UnknownType(_) => (ErrorCode::UnknownMessageType, None, false),
                     CodecError::Invalid { .. } | CodecError::Encode(_) => {
-                        (ErrorCode::MalformedFrame, false)
+                        (ErrorCode::MalformedFrame, None, false)
                     }
                 };
-                self.send_error(code, None, err.to_string(), fatal);
+                self.send_error(code, doc, err.to_string(), fatal);
                 if fatal {
                     Err(SessionError::Codec(err))
                 } else {
@@ -885,17 +893,10 @@ impl ServerSession {
         }
     }
 
+    /// Parses a push's changes. Their count was bounded while decoding
+    /// (`CodecError::TooManyChanges`, refused in `Wire::decode`), before
+    /// the array was built.
     fn check_push(&mut self, push: Push) -> Vec<ServerEvent> {
-        let limits = &self.wire.limits;
-        if push.changes.len() > limits.changes_per_message_max {
-            let message = format!(
-                "push of {} changes exceeds the limit of {} per message",
-                push.changes.len(),
-                limits.changes_per_message_max
-            );
-            self.refuse(push.doc, ErrorCode::TooManyChanges, message);
-            return Vec::new();
-        }
         let bytes = push.changes.iter().map(|c| c.len()).sum();
         match docsync::parse_changes(&push.changes, limits.ops_per_message_max) {
             Ok((changes, ops)) => vec![ServerEvent::Push {

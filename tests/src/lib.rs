@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use baraza_client::{Client, Field, SyncEvent, SyncListener, SyncReport};
 use baraza_protocol::codec;
-use baraza_protocol::{ErrorMsg, Hello, Message, Welcome, PROTOCOL_VERSION};
+use baraza_protocol::{ErrorMsg, Hello, Limits, Message, Welcome, PROTOCOL_VERSION};
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -55,6 +55,14 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a raw connection waits for the server's next frame.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How a test reads what the server sends: every structural bound of the
+/// codec, but no frame size limit, so a test sees whatever the server
+/// chose to send rather than a limit of its own.
+const SERVER_FRAMES: Limits = Limits {
+    frame_bytes_max: usize::MAX,
+    ..Limits::DEFAULT
+};
 
 /// The path of a workspace binary, next to the running test executable
 /// (`target/<profile>/deps/<test>` → `target/<profile>/<name>`).
@@ -992,7 +1000,7 @@ impl RawConnection {
             match next {
                 Some(Ok(WsMessage::Binary(bytes))) => {
                     return Some(
-                        codec::decode(&bytes, usize::MAX).unwrap_or_else(|e| {
+                        codec::decode(&bytes, &SERVER_FRAMES).unwrap_or_else(|e| {
                             panic!("the server sent an undecodable frame: {e}")
                         }),
                     )

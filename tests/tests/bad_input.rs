@@ -229,6 +229,50 @@ async fn corrupt_changes_are_refused_for_their_record_and_the_connection_goes_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_of_too_many_changes_is_refused_for_its_record_before_it_is_built() {
+    let station = Station::open().await;
+    let mut hoarder = station.connect("tablet that never splits").await;
+    hoarder.hello().await;
+    let hoarded = DocId::from_bytes([0x4d; 16]);
+    let (good, doc) = handmade_record(
+        "Broken streetlight, Kariobangi",
+        hoarder.device_id(),
+        &user_for("tablet that never splits"),
+    );
+    let limit = baraza_protocol::Limits::DEFAULT.changes_per_message_max;
+    station
+        .while_the_witness_syncs(async {
+            // Small enough for the frame limit, one change past the count.
+            hoarder
+                .send(&Message::Push(Push {
+                    doc: hoarded,
+                    base: Vec::new(),
+                    heads: Vec::new(),
+                    changes: vec![ByteBuf::new(); limit + 1],
+                }))
+                .await;
+            let error = hoarder.expect_error().await;
+            assert_eq!(error.code, ErrorCode::TooManyChanges, "{error:?}");
+            assert_eq!(error.doc, Some(hoarded), "the refusal names the record");
+            assert!(!error.fatal, "{error:?}");
+            assert!(
+                error.message.contains(&(limit + 1).to_string())
+                    && error.message.contains(&limit.to_string()),
+                "the refusal names the count and the limit: {error:?}"
+            );
+
+            // The same connection still takes a valid push.
+            hoarder.send(&push_of(good, &doc)).await;
+            match hoarder.next_reply().await {
+                Some(Message::Ack(ack)) => assert_eq!(ack.doc, good),
+                other => panic!("expected the valid push to be acknowledged, got {other:?}"),
+            }
+        })
+        .await;
+    station.assert_unharmed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_from_the_future_is_told_which_versions_the_server_speaks() {
     let station = Station::open().await;
     let mut future = station.connect("tablet running protocol 99").await;
