@@ -898,7 +898,7 @@ impl ServerSession {
     /// the array was built.
     fn check_push(&mut self, push: Push) -> Vec<ServerEvent> {
         let bytes = push.changes.iter().map(|c| c.len()).sum();
-        match docsync::parse_changes(&push.changes, limits.ops_per_message_max) {
+        match docsync::parse_changes(&push.changes, self.wire.limits.ops_per_message_max) {
             Ok((changes, ops)) => vec![ServerEvent::Push {
                 doc: push.doc,
                 base: push.base,
