@@ -1106,3 +1106,81 @@ impl ServerSession {
         }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+    use automerge::ReadDoc;
+
+    /// Text that DEFLATE cannot shrink much, so a save stays large.
+    fn noise(seed: usize) -> String {
+        let mut x = (seed as u64).wrapping_mul(6364136223846793005) ^ 0x9e37_79b9;
+        (0..300)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                char::from(b'a' + ((x >> 33) % 26) as u8)
+            })
+            .collect()
+    }
+
+    fn written(changes: usize) -> Automerge {
+        let mut doc = Automerge::new();
+        for i in 0..changes {
+            let mut tx = doc.transaction();
+            tx.put(automerge::ROOT, format!("field{i}"), noise(i))
+                .unwrap();
+            tx.commit();
+        }
+        doc
+    }
+
+    #[test]
+    fn a_document_larger_than_a_frame_goes_in_parts_that_each_apply() {
+        let doc = written(40);
+        let mut data = doc.save();
+        // A save, then later chunks, as the store holds them.
+        let mut later = doc.fork();
+        let mut tx = later.transaction();
+        tx.put(automerge::ROOT, "late", noise(999)).unwrap();
+        tx.commit();
+        data.extend(docsync::encode_changes(
+            &later.get_changes(&doc.get_heads()),
+        ));
+        let budget = 2_000;
+        assert!(data.len() > budget);
+        let parts = split_for_frames(data, budget);
+        assert!(parts.len() > 1);
+        let mut replica = Automerge::new();
+        for part in &parts {
+            assert!(part.len() <= budget, "a part of {} bytes", part.len());
+            docsync::apply_chunks(&mut replica, part).unwrap();
+            // Each part builds on the ones before: nothing waits for a base.
+            assert!(replica.get_missing_deps(&[]).is_empty());
+        }
+        assert_eq!(replica.get_heads(), later.get_heads());
+    }
+
+    #[test]
+    fn the_server_session_sends_no_frame_over_its_limit() {
+        let limits = Limits {
+            frame_bytes_max: 4_096,
+            ..Limits::DEFAULT
+        };
+        let doc = written(60);
+        let mut session = ServerSession::new(limits.clone());
+        session.send_changes(
+            DocId::from_bytes([1; 16]),
+            to_heads(&doc.get_heads()),
+            doc.save(),
+        );
+        let mut frames = 0;
+        while let Some(frame) = session.poll_transmit() {
+            assert!(frame.len() <= limits.frame_bytes_max, "{}", frame.len());
+            frames += 1;
+        }
+        assert!(frames > 1);
+    }
+}
