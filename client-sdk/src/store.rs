@@ -14,10 +14,10 @@
 //! the format marker in `meta`: the format version and a sealed constant,
 //! which tells a wrong key apart before anything is read or written.
 //!
-//! Opening runs on a thread of its own under a deadline ([`open_guard`]):
+//! Opening runs on a thread of its own under a deadline (`open_guard`):
 //! sled 0.34 can panic on a damaged log, and damage can leave a tree scan
 //! yielding the same error forever. Before the store is handed out, every
-//! tree is read through once and every value opened ([`validate`]), so a
+//! tree is read through once and every value opened (`validate`), so a
 //! damaged store is refused at the door with
 //! [`ClientError::DamagedStore`], told apart from a wrong key. Counting
 //! records stops at the first error instead of using sled's `len`, which
