@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use automerge::{ActorId, Automerge};
 use baraza_protocol::{DocId, Limits};
@@ -106,12 +107,32 @@ impl Client {
     /// never in the data dir. The same key must be given every time: a store
     /// sealed with another is refused with [`ClientError::WrongKey`] and left
     /// as it was; a key of another length with [`ClientError::KeyLength`].
+    ///
+    /// A damaged store is refused with [`ClientError::DamagedStore`] (never
+    /// mistaken for a wrong key), and so is one that has not opened after
+    /// [`DEFAULT_OPEN_DEADLINE`](crate::DEFAULT_OPEN_DEADLINE); see
+    /// [`open_within`](Self::open_within).
     pub fn open(data_dir: &Path, key: &[u8]) -> Result<Client, ClientError> {
+        Self::open_within(data_dir, key, crate::store::DEFAULT_OPEN_DEADLINE)
+    }
+
+    /// [`open`](Self::open), giving up after `deadline` instead of the
+    /// default. The store is opened, and read through once to check it, on
+    /// a thread of its own: a damaged store can leave sled stuck, and that
+    /// thread cannot be stopped, so when the deadline passes it is left
+    /// running and [`ClientError::DamagedStore`] returned. Opening the same
+    /// store again in this process then fails at once (until that thread
+    /// ends, if it ever does): restart the app's process before retrying.
+    pub fn open_within(
+        data_dir: &Path,
+        key: &[u8],
+        deadline: Duration,
+    ) -> Result<Client, ClientError> {
         if key.len() != crate::seal::KEY_LEN {
             return Err(ClientError::KeyLength(key.len()));
         }
         std::fs::create_dir_all(data_dir).map_err(|e| ClientError::Store(sled::Error::Io(e)))?;
-        let store = LocalStore::open(data_dir, key)?;
+        let store = LocalStore::open_within(data_dir, key, deadline)?;
         Ok(Client {
             store,
             local_edits: Arc::new(Notify::new()),
@@ -372,8 +393,8 @@ impl Client {
     pub fn status(&self) -> Result<Status, ClientError> {
         let (_, cursor) = self.store.cursor_state()?;
         Ok(Status {
-            records: self.store.count() as u64,
-            unacknowledged: self.store.unacknowledged_count() as u64,
+            records: self.store.count()? as u64,
+            unacknowledged: self.store.unacknowledged_count()? as u64,
             refused: self
                 .store
                 .refusals()?

@@ -64,6 +64,22 @@ pub enum ClientError {
         "wrong key for this tablet's store: it was sealed with another key (nothing was changed)"
     )]
     WrongKey,
+    /// The tablet's store is damaged: sled failed or panicked opening it,
+    /// a tree cannot be read through, or none of its values opens under
+    /// the key its format marker accepts. Never a wrong key (that is
+    /// [`ClientError::WrongKey`]); nothing was changed. Also returned when
+    /// the open did not finish within its deadline: that open keeps
+    /// running on a thread of its own, which cannot be stopped, and every
+    /// later open of the same store in this process gets this error at
+    /// once (instead of waiting on sled's file lock), so restart the
+    /// process before trying again.
+    #[error("the tablet's store {} is damaged and was not opened: {reason}", path.display())]
+    DamagedStore {
+        /// The store's directory (`DATA/store`).
+        path: std::path::PathBuf,
+        /// What failed, for a person to read.
+        reason: String,
+    },
     /// The data dir holds records written before stores were encrypted.
     #[error(
         "this tablet's store was written without encryption; it is left untouched: \

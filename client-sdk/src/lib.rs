@@ -13,7 +13,9 @@
 //! Typical flow: `Client::open(dir, key)` (the 32-byte key from the
 //! platform keystore; the store is sealed with it on disk) →
 //! `configure(url, ca, token)` once → edits at any time → `sync_once` or
-//! `start_background`.
+//! `start_background`. A damaged store is refused, within a deadline,
+//! with [`ClientError::DamagedStore`]; a wrong key with
+//! [`ClientError::WrongKey`].
 //!
 //! The public API is kept small and FFI-friendly (strings, integers, plain
 //! structs, one callback trait) for the UniFFI bindings to come.
@@ -30,5 +32,5 @@ pub use client::{BackgroundSync, Client, Enrolment, RefusedRecord, Status};
 pub use error::ClientError;
 pub use record::{Field, Record};
 pub use seal::KEY_LEN;
-pub use store::Rejection;
+pub use store::{Rejection, DEFAULT_OPEN_DEADLINE, STORE_OPEN_THREAD};
 pub use sync::{NoListener, SyncEvent, SyncListener, SyncReport, WipeReport};

@@ -6,7 +6,7 @@ mod cli_key;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use baraza_client::{Client, SyncEvent, SyncListener};
+use baraza_client::{Client, ClientError, SyncEvent, SyncListener};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -31,6 +31,16 @@ struct Cli {
     /// input) and stretched with argon2id.
     #[arg(long, global = true, env = "BARAZA_KEY_FILE")]
     key_file: Option<PathBuf>,
+    /// Seconds to wait for the tablet's store to open before calling it
+    /// damaged (a damaged store can leave the storage engine stuck).
+    #[arg(
+        long,
+        global = true,
+        env = "BARAZA_OPEN_TIMEOUT",
+        default_value_t = baraza_client::DEFAULT_OPEN_DEADLINE.as_secs(),
+        value_name = "SECS"
+    )]
+    open_timeout: u64,
     /// Print machine-readable JSON (read verbs and sync).
     #[arg(long, global = true)]
     json: bool,
@@ -338,10 +348,30 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A panic of the storage engine while opening the store is caught by
+    // the SDK and reported below as a damaged store; printed by the default
+    // hook as well, it would read as a crash of this program.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() != Some(baraza_client::STORE_OPEN_THREAD) {
+            default_hook(info);
+        }
+    }));
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
+            if let Some(ClientError::DamagedStore { path, .. }) = err.downcast_ref::<ClientError>()
+            {
+                eprintln!(
+                    "the store was left as it is; keep a copy of {} before moving it aside. \
+                     Records the server acknowledged come back when a new data dir syncs; \
+                     changes never acknowledged are only in the damaged store",
+                    path.display()
+                );
+            }
+            // A store open given up on may still be running on its own
+            // thread; returning ends the process, and it with it.
             ExitCode::FAILURE
         }
     }
@@ -354,7 +384,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let setting_up = matches!(cli.command, Command::Init { .. } | Command::Enroll { .. });
     let key = cli_key::store_key(&cli.data, source, setting_up)?;
-    let client = Client::open(&cli.data, &key)
+    let deadline = std::time::Duration::from_secs(cli.open_timeout);
+    let client = Client::open_within(&cli.data, &key, deadline)
         .with_context(|| format!("cannot open tablet data in {}", cli.data.display()))?;
     drop(key);
     match cli.command {

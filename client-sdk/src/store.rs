@@ -14,6 +14,15 @@
 //! the format marker in `meta`: the format version and a sealed constant,
 //! which tells a wrong key apart before anything is read or written.
 //!
+//! Opening runs on a thread of its own under a deadline (`open_guard`):
+//! sled 0.34 can panic on a damaged log, and damage can leave a tree scan
+//! yielding the same error forever. Before the store is handed out, every
+//! tree is read through once and every value opened (`validate`), so a
+//! damaged store is refused at the door with
+//! [`ClientError::DamagedStore`], told apart from a wrong key. Counting
+//! records stops at the first error instead of using sled's `len`, which
+//! loops on such a tree.
+//!
 //! Writes append only the new changes (a full save every
 //! [`CHUNKS_BEFORE_SAVE`] writes), and recently used documents stay loaded
 //! in a small cache: receiving a change costs an apply, not a load and a
@@ -21,12 +30,16 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use automerge::{Automerge, ChangeHash};
 use baraza_protocol::{DocId, ErrorCode, Head, Replica, Seq, StoreId};
 
 use crate::error::ClientError;
 use crate::seal::Sealer;
+
+mod open_guard;
+pub use open_guard::THREAD_NAME as STORE_OPEN_THREAD;
 
 /// Appended chunks a record may gather before the next write saves it whole.
 pub const CHUNKS_BEFORE_SAVE: u32 = 32;
@@ -60,11 +73,16 @@ impl SealedTree {
     }
 
     fn unseal(&self, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, ClientError> {
+        // The key itself was checked against the format marker at open, so
+        // a value that does not open was altered or moved, not sealed
+        // under another key.
         self.sealer
             .open(self.name, key, sealed)
-            .map_err(|e| ClientError::Corrupt {
+            .map_err(|_| ClientError::Corrupt {
                 what: self.name,
-                reason: e.to_string(),
+                reason: "a value does not authenticate under this store's key: \
+                         altered, or moved from elsewhere"
+                    .into(),
             })
     }
 
@@ -104,8 +122,16 @@ impl SealedTree {
         self.tree.scan_prefix(prefix).keys()
     }
 
-    fn len(&self) -> usize {
-        self.tree.len()
+    /// Entries in the tree. Not sled's `len`: on a tree with a page it
+    /// cannot read, sled's iterator yields the same error forever and
+    /// `len` never returns; this stops at the first error.
+    fn len(&self) -> Result<usize, ClientError> {
+        let mut n = 0;
+        for key in self.tree.iter().keys() {
+            key?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     fn clear(&self) -> Result<(), ClientError> {
@@ -139,14 +165,46 @@ const STORE_FORMAT: u8 = 1;
 const KEY_CHECK: &[u8] = b"baraza tablet store key check";
 const TREES: [&str; 6] = ["docs", "chunks", "known", "unacked", "refused", "meta"];
 
+/// How long opening the store may take before it is given up as stuck:
+/// far beyond what a healthy tablet store needs (well under a second for
+/// thousands of records), short enough that an app is not left hanging.
+pub const DEFAULT_OPEN_DEADLINE: Duration = Duration::from_secs(20);
+
 impl LocalStore {
+    /// Opens or creates the store in `dir`, sealed under `key` (32 bytes),
+    /// giving up after [`DEFAULT_OPEN_DEADLINE`]; see
+    /// [`open_within`](Self::open_within).
+    pub fn open(dir: &Path, key: &[u8]) -> Result<LocalStore, ClientError> {
+        Self::open_within(dir, key, DEFAULT_OPEN_DEADLINE)
+    }
+
     /// Opens or creates the store in `dir`, sealed under `key` (32 bytes).
     /// A store sealed with another key is refused with
-    /// [`ClientError::WrongKey`] before anything is read or written.
-    pub fn open(dir: &Path, key: &[u8]) -> Result<LocalStore, ClientError> {
+    /// [`ClientError::WrongKey`] before anything is read or written. A
+    /// damaged one (sled fails or panics, a tree cannot be read through,
+    /// no value opens under the key) is refused with
+    /// [`ClientError::DamagedStore`], as is an open that has not finished
+    /// after `deadline`: that one is left running on its own thread, and
+    /// opening the same store again in this process fails at once until
+    /// it ends; restart the process before retrying.
+    pub fn open_within(
+        dir: &Path,
+        key: &[u8],
+        deadline: Duration,
+    ) -> Result<LocalStore, ClientError> {
         let sealer = Arc::new(Sealer::new(key)?);
-        let db = sled::open(dir.join("store"))?;
+        let path = dir.join("store");
+        let at = path.clone();
+        open_guard::run(&path, deadline, move || {
+            Self::open_now(&at, sealer).map_err(|e| as_damage(&at, e))
+        })
+    }
+
+    /// The open itself, on the guard's thread.
+    fn open_now(path: &Path, sealer: Arc<Sealer>) -> Result<LocalStore, ClientError> {
+        let db = sled::open(path)?;
         check_or_mark(&db, &sealer)?;
+        validate(&db, &sealer, path)?;
         let cap = std::num::NonZeroUsize::new(CACHE_DOCS).unwrap_or(std::num::NonZeroUsize::MIN);
         Ok(LocalStore {
             docs: SealedTree::open(&db, "docs", &sealer)?,
@@ -287,7 +345,7 @@ impl LocalStore {
     }
 
     /// How many records have changes the server has not acknowledged.
-    pub fn unacknowledged_count(&self) -> usize {
+    pub fn unacknowledged_count(&self) -> Result<usize, ClientError> {
         self.unacked.len()
     }
 
@@ -382,7 +440,7 @@ impl LocalStore {
     }
 
     /// How many records the device holds.
-    pub fn count(&self) -> usize {
+    pub fn count(&self) -> Result<usize, ClientError> {
         self.docs.len()
     }
 }
@@ -447,6 +505,84 @@ fn check_or_mark(db: &sled::Db, sealer: &Sealer) -> Result<(), ClientError> {
             Ok(())
         }
     }
+}
+
+/// What an error met while opening says about the store. sled's I/O
+/// errors (permissions, a full disk, the lock held by another process)
+/// stay as they are; anything else sled reports, and values that do not
+/// read back, mean the files are damaged. The key's own verdicts
+/// (wrong key, unsealed store, newer format) pass through.
+fn as_damage(path: &Path, e: ClientError) -> ClientError {
+    let reason = match e {
+        ClientError::Store(sled::Error::Io(_)) => return e,
+        ClientError::Store(other) => format!("sled: {other}"),
+        ClientError::Corrupt { what, reason } => format!("its {what} does not read back: {reason}"),
+        other => return other,
+    };
+    ClientError::DamagedStore {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// Reads every tree through and opens every value, once, before the store
+/// is handed out. Any read error is damage: sled would repeat it on every
+/// scan of that tree (its `len` never returns on one). Keys must come in
+/// strictly rising order, as sled sorts them; otherwise its pages are
+/// linked wrongly and a scan could go round for ever. If the format marker
+/// opened (checked just before) but no value does, the values were
+/// altered or replaced: damage, not a wrong key. A few values that do not
+/// open are left to be reported, as corrupt, by the reads that meet them,
+/// so the rest of the store stays usable.
+fn validate(db: &sled::Db, sealer: &Sealer, path: &Path) -> Result<(), ClientError> {
+    let damaged = |reason: String| ClientError::DamagedStore {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let existing = db.tree_names();
+    let (mut values, mut unopened) = (0usize, 0usize);
+    for name in TREES {
+        if !existing.iter().any(|t| t == name.as_bytes()) {
+            continue;
+        }
+        let tree = db.open_tree(name)?;
+        let mut last: Option<sled::IVec> = None;
+        for item in tree.iter() {
+            let (key, value) = item.map_err(|e| {
+                damaged(format!(
+                    "its {name} tree cannot be read through ({e}): a file of it is missing, \
+                     cut short or altered"
+                ))
+            })?;
+            if last.as_ref().is_some_and(|l| *l >= key) {
+                return Err(damaged(format!(
+                    "its {name} tree lists keys out of order: its pages are linked wrongly"
+                )));
+            }
+            if !(name == "meta" && key == FORMAT) {
+                values += 1;
+                if sealer.open(name, &key, &value).is_err() {
+                    unopened += 1;
+                }
+            }
+            last = Some(key);
+        }
+    }
+    if values > 0 && unopened == values {
+        return Err(damaged(format!(
+            "none of its {values} values opens under the key that opens its format marker: \
+             they were altered or replaced"
+        )));
+    }
+    if unopened > 0 {
+        tracing::warn!(
+            store = %path.display(),
+            unopened,
+            values,
+            "some stored values do not authenticate; they read as corrupt"
+        );
+    }
+    Ok(())
 }
 
 fn doc_id(bytes: &[u8]) -> Result<DocId, ClientError> {
@@ -705,6 +841,65 @@ mod tests {
         ));
     }
 
+    /// Replaces the values at `keys` in `tree` of the closed store in
+    /// `dir` with ones sealed in place, but under another key.
+    fn reseal_elsewhere(dir: &Path, tree: &'static str, keys: &[&[u8]]) {
+        let db = waiting_out_lock(|| Ok(sled::open(dir.join("store"))?)).unwrap();
+        let other = Sealer::new(&[0xa5; 32]).unwrap();
+        let t = db.open_tree(tree).unwrap();
+        for key in keys {
+            t.insert(key, other.seal(tree, key, b"replaced").unwrap())
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    #[test]
+    fn a_store_whose_values_do_not_open_under_the_checked_key_is_damaged_not_a_wrong_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (DocId::from_bytes([1; 16]), DocId::from_bytes([2; 16]));
+        {
+            let store = LocalStore::open(dir.path(), &KEY).unwrap();
+            store.set_setting("token", "bz_x_y").unwrap();
+            let mut doc = Automerge::new();
+            let mut tx = doc.transaction();
+            tx.put(automerge::ROOT, "title", "a").unwrap();
+            tx.commit();
+            store.save_local_edit(a, &doc).unwrap();
+            store.save_local_edit(b, &doc).unwrap();
+        }
+        // One value altered: the store opens, the rest reads, that record
+        // is corrupt.
+        reseal_elsewhere(dir.path(), "docs", &[a.as_bytes()]);
+        let store = reopen(dir.path(), &KEY).unwrap();
+        assert!(store.load(b).unwrap().is_some());
+        assert!(matches!(
+            store.load(a),
+            Err(ClientError::Corrupt { what: "docs", .. })
+        ));
+        assert_eq!(store.count().unwrap(), 2);
+        drop(store);
+
+        // Every value but the format marker altered: the marker opens, so
+        // the key is right and the store is damaged.
+        reseal_elsewhere(dir.path(), "docs", &[b.as_bytes()]);
+        reseal_elsewhere(dir.path(), "unacked", &[a.as_bytes(), b.as_bytes()]);
+        reseal_elsewhere(dir.path(), "meta", &[b"setting/token"]);
+        match reopen(dir.path(), &KEY) {
+            Err(ClientError::DamagedStore { path, reason }) => {
+                assert_eq!(path, dir.path().join("store"));
+                assert!(reason.contains("none of its 5 values"), "{reason}");
+            }
+            Err(other) => panic!("expected DamagedStore, got {other}"),
+            Ok(_) => panic!("a store none of whose values open was opened"),
+        }
+        // Another key still fails on the marker, as a wrong key.
+        assert!(matches!(
+            reopen(dir.path(), &[0xa5; 32]),
+            Err(ClientError::WrongKey)
+        ));
+    }
+
     #[test]
     fn a_store_written_before_sealing_is_refused_untouched() {
         let dir = tempfile::tempdir().unwrap();
@@ -738,12 +933,12 @@ mod tests {
                 tx.commit();
                 store.save_local_edit(id, &doc).unwrap();
             }
-            assert!(store.chunks.len() < CHUNKS_BEFORE_SAVE as usize);
+            assert!(store.chunks.len().unwrap() < CHUNKS_BEFORE_SAVE as usize);
             doc.get_heads()
         };
         let reopened = reopen(dir.path(), &KEY).unwrap();
         let loaded = reopened.load(id).unwrap().unwrap();
         assert_eq!(loaded.get_heads(), heads);
-        assert_eq!(reopened.unacknowledged_count(), 1);
+        assert_eq!(reopened.unacknowledged_count().unwrap(), 1);
     }
 }

@@ -356,7 +356,7 @@ fn report(
         docs_received: counts.docs_received as u64,
         docs_reconciled: counts.docs_reconciled as u64,
         refused: store.refusals()?.len() as u64,
-        unacknowledged: store.unacknowledged_count() as u64,
+        unacknowledged: store.unacknowledged_count()? as u64,
     })
 }
 

@@ -2,9 +2,12 @@
 //! shown and listed with no server, and survive the process ending. Its
 //! store is sealed under a key from a key file or a passphrase.
 
+mod damage;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Runs `baraza --data DATA ARGS` with `stdin` as its input and no
 /// `BARAZA_*` settings leaking in.
@@ -15,6 +18,7 @@ fn run(data: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
         "BARAZA_TOKEN",
         "BARAZA_LOG",
         "BARAZA_KEY_FILE",
+        "BARAZA_OPEN_TIMEOUT",
     ] {
         command.env_remove(var);
     }
@@ -347,4 +351,96 @@ fn a_key_file_kept_inside_the_data_dir_is_warned_about() {
     let (ok, _, err) = run(&data, &args, "");
     assert!(ok, "{err}");
     assert!(err.contains("inside the data dir"), "{err}");
+}
+
+/// Runs `baraza --data DATA --key-file KEY ARGS`, killing it if it has not
+/// ended after `limit`: a hang fails the test instead of stalling it.
+/// Returns success, stderr and how long it ran.
+fn run_within(data: &Path, key: &Path, args: &[&str], limit: Duration) -> (bool, String, Duration) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_baraza"));
+    for var in [
+        "BARAZA_TABLET_DATA",
+        "BARAZA_TOKEN",
+        "BARAZA_LOG",
+        "BARAZA_KEY_FILE",
+        "BARAZA_OPEN_TIMEOUT",
+    ] {
+        command.env_remove(var);
+    }
+    let started = Instant::now();
+    let mut child = command
+        .arg("--data")
+        .arg(data)
+        .arg("--key-file")
+        .arg(key)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run baraza");
+    loop {
+        if let Some(status) = child.try_wait().expect("poll baraza") {
+            let out = child.wait_with_output().expect("collect baraza's output");
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            return (status.success(), stderr, started.elapsed());
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`baraza {}` still running after {limit:?}: it hangs",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A key file holding `key` as 64 hex digits, beside (not inside) `data`.
+fn key_file(dir: &Path, name: &str, key: &[u8; 32]) -> PathBuf {
+    let path = dir.join(name);
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, hex).unwrap();
+    path
+}
+
+#[test]
+fn a_damaged_store_is_named_and_refused_in_bounded_time_and_a_wrong_key_is_told_apart() {
+    const LIMIT: Duration = Duration::from_secs(60);
+    let tmp = tempfile::tempdir().unwrap();
+    let right = key_file(tmp.path(), "right.key", &damage::KEY);
+    let wrong = key_file(tmp.path(), "wrong.key", &damage::OTHER_KEY);
+
+    // A missing blob file: `status` spun forever counting records.
+    let data = tmp.path().join("missing-blob");
+    damage::remove_blob(&data);
+    let store = data.join("store");
+    let (ok, err, took) = run_within(&data, &right, &["status"], LIMIT);
+    assert!(!ok, "status succeeded on a damaged store: {err}");
+    assert!(err.contains("damaged"), "{err}");
+    assert!(
+        err.contains(&store.display().to_string()),
+        "names the store: {err}"
+    );
+    assert!(!err.contains("wrong key"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let (ok, err, _) = run_within(&data, &wrong, &["status"], LIMIT);
+    assert!(!ok);
+    assert!(err.contains("wrong key"), "{err}");
+    assert!(!err.contains("damaged"), "{err}");
+
+    // Segments claiming the same place in the log: sled panicked opening it.
+    let data = tmp.path().join("duplicate-segment");
+    damage::duplicate_segment_header(&data);
+    let store = data.join("store");
+    let (ok, err, took) = run_within(&data, &right, &["status"], LIMIT);
+    assert!(!ok, "status succeeded on a damaged store: {err}");
+    assert!(err.contains("damaged"), "{err}");
+    assert!(
+        err.contains(&store.display().to_string()),
+        "names the store: {err}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
 }
