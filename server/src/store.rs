@@ -278,6 +278,8 @@ pub trait Store: Send + Sync + 'static {
     fn release_quarantine(&self, doc: DocId) -> Result<bool, StoreError>;
     /// Why a record is quarantined; None if it is not.
     fn quarantined(&self, doc: DocId) -> Result<Option<String>, StoreError>;
+    /// Every quarantined record and why.
+    fn quarantines(&self) -> Result<Vec<(DocId, String)>, StoreError>;
     /// Marks a clean shutdown (after flushing).
     fn close_cleanly(&self) -> Result<(), StoreError>;
     /// How many documents are stored.
@@ -774,6 +776,19 @@ impl Store for SledStore {
             .quarantine
             .get(doc.as_bytes())?
             .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    fn quarantines(&self) -> Result<Vec<(DocId, String)>, StoreError> {
+        self.quarantine
+            .iter()
+            .map(|item| {
+                let (k, v) = item?;
+                Ok((
+                    doc_from(&k, "quarantine")?,
+                    String::from_utf8_lossy(&v).into_owned(),
+                ))
+            })
+            .collect()
     }
 
     fn close_cleanly(&self) -> Result<(), StoreError> {

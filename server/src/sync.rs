@@ -63,6 +63,9 @@ pub struct SyncHub {
     access_cache: std::sync::RwLock<std::collections::HashMap<DocId, Arc<Access>>>,
     /// Frames from devices being decoded and applied at once, at most.
     work_slots: tokio::sync::Semaphore,
+    /// Damaged records being rebuilt from devices' copies, by the sync
+    /// protocol from an empty document.
+    repairs: std::sync::Mutex<std::collections::HashMap<DocId, automerge::Automerge>>,
 }
 
 /// What a device's changes are applied to (see [`SyncHub::target`]).
@@ -71,7 +74,13 @@ enum Target {
     Stored,
     /// A record the caller may not read: an empty copy, never stored.
     Hidden,
+    /// A record found damaged, which this device's copy may repair.
+    Repair,
 }
+
+/// Marks a quarantine set because stored bytes were found damaged (one an
+/// administrator set is lifted only by an administrator).
+const DAMAGED: &str = "damaged: ";
 
 /// What read checks need of a record.
 struct Access {
@@ -283,6 +292,7 @@ impl SyncHub {
             write_rules: std::sync::atomic::AtomicBool::new(true),
             access_cache: Default::default(),
             desk_actor_suffix: rand::random(),
+            repairs: Default::default(),
             work_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
             ),
@@ -861,6 +871,7 @@ impl SyncHub {
                     // cursor, so the feed goes out again.
                     let refeed = device.scope.as_ref().is_some_and(|s| *s != caller.scope());
                     session.accept_with(&hello, self.docs.store().store_id(), seq, refeed);
+                    self.ask_for_repairs(session, caller);
                     tracing::debug!(device = %device.id, cursor = hello.cursor, feed = seq, "hello");
                 }
                 ServerEvent::Push {
@@ -900,6 +911,7 @@ impl SyncHub {
                 Err(err) => return self.storage_refusal(session, id, &err),
             },
             Target::Hidden => None,
+            Target::Repair => return self.refuse_quarantined(session, id),
         };
         // A record the caller may not read is answered as a missing one
         // is: from an empty copy that is never stored.
@@ -974,6 +986,7 @@ impl SyncHub {
                 Err(err) => return self.storage_refusal(session, id, &err),
             },
             Target::Hidden => None,
+            Target::Repair => return self.on_repair_sync(session, caller, id, data),
         };
         let mut scratch = LiveDoc::empty();
         let mut guard = handle
@@ -1085,6 +1098,118 @@ impl SyncHub {
             baraza_protocol::apply_error_code(err),
             format!("document {id}: {err}"),
         );
+    }
+
+    fn refuse_quarantined(&self, session: &mut ServerSession, id: DocId) {
+        session.refuse(
+            id,
+            ErrorCode::Quarantined,
+            format!("record {id} is held back by the server for now; keep your copy and sync again later"),
+        );
+    }
+
+    /// Asks this device, by the sync protocol from an empty document, for
+    /// every damaged record it may read: a device that holds one answers
+    /// with its changes, which rebuild it (see `on_repair_sync`).
+    fn ask_for_repairs(&self, session: &mut ServerSession, caller: &Caller) {
+        let damaged = match self.docs.store().quarantines() {
+            Ok(q) => q,
+            Err(err) => {
+                tracing::error!(error = %err, "could not list quarantined records");
+                return;
+            }
+        };
+        for (id, why) in damaged {
+            if why.starts_with(DAMAGED) && self.readable(&caller.principal, id).unwrap_or(false) {
+                session.start_sync(id, &automerge::Automerge::new());
+            }
+        }
+    }
+
+    /// A device's copy of a damaged record, arriving by the sync protocol.
+    /// Once the rebuilt copy holds every head the store recorded, it is
+    /// stored at exactly those heads as one compacted save (replacing the
+    /// damaged chunks), and the quarantine is lifted when that is durable.
+    /// Only what the server had acknowledged goes in: the changes were
+    /// admitted when first stored, and their hashes prove them the same;
+    /// anything newer the device holds it pushes afterwards, admitted as
+    /// usual.
+    fn on_repair_sync(&self, session: &mut ServerSession, caller: &Caller, id: DocId, data: &[u8]) {
+        let store = self.docs.store();
+        let recorded = match store.heads_at(id, Seq::MAX) {
+            Ok(Some(h)) => baraza_protocol::to_hashes(&h),
+            Ok(None) => return self.refuse_quarantined(session, id),
+            Err(err) => return self.storage_refusal(session, id, &DocsError::Store(err)),
+        };
+        let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
+        let doc = repairs.entry(id).or_default();
+        if let Err(err) = session.receive_sync(id, doc, data) {
+            repairs.remove(&id);
+            return session.refuse(
+                id,
+                baraza_protocol::apply_error_code(&err),
+                format!("document {id}: {err}"),
+            );
+        }
+        let complete = recorded
+            .iter()
+            .all(|h| doc.get_change_meta_by_hash(h).is_some());
+        if !complete {
+            return;
+        }
+        let rebuilt = docsync::contained(|| {
+            doc.fork_at(&recorded)
+                .map_err(|e| ApplyError::Corrupt(e.to_string()))
+        });
+        repairs.remove(&id);
+        drop(repairs);
+        let rebuilt = match rebuilt {
+            Ok(d) => d,
+            Err(err) => {
+                tracing::error!(record = %id, error = %err, "a device's copy did not rebuild a damaged record");
+                return self.refuse_quarantined(session, id);
+            }
+        };
+        let index = Header::read(&rebuilt).ok().map(|h| IndexEntry {
+            kind: h.kind.name().to_string(),
+            area: h.area.clone(),
+            state: baraza_records::review_state(&rebuilt),
+            created_at: h.created_at,
+            created_by: h.created_by_user.clone(),
+        });
+        let write = crate::store::DocWrite {
+            doc: id,
+            chunk: Vec::new(),
+            heads: baraza_protocol::to_heads(&rebuilt.get_heads()),
+            compacted: Some(rebuilt.save()),
+            index,
+            erase: false,
+        };
+        self.docs.forget(id);
+        let rx = self.docs.submit(write);
+        tracing::info!(record = %id, device = %caller.device.id, "damaged record rebuilt from a device's copy");
+        // Lifted once durable, on a task of its own: the device may hang up
+        // before then, and the repair must not depend on it staying.
+        let store = self.docs.store().clone();
+        let audit = self.audit.clone();
+        let by = serde_json::json!({
+            "record": id.to_string(),
+            "device": caller.device.id,
+            "user": caller.principal.user,
+        });
+        tokio::spawn(async move {
+            match rx.await {
+                Ok(Ok(_)) => match store.release_quarantine(id) {
+                    Ok(_) => audit.record("record_repaired", by),
+                    Err(err) => {
+                        tracing::error!(record = %id, error = %err, "could not lift a repaired record's quarantine")
+                    }
+                },
+                _ => {
+                    tracing::error!(record = %id, "the rebuilt record was not stored; it stays quarantined")
+                }
+            }
+        });
     }
 
     /// A whole new record pushed under the id of one the caller may not
@@ -1204,6 +1329,7 @@ impl SyncHub {
         }
         match store.quarantined(id) {
             Ok(None) => Some(Target::Stored),
+            Ok(Some(why)) if why.starts_with(DAMAGED) => Some(Target::Repair),
             Ok(Some(_)) => {
                 session.refuse(
                     id,
