@@ -175,7 +175,7 @@ fn attack_frames(device_id: &str) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>
 }
 
 fn hex_bytes(hex: &str) -> anyhow::Result<Vec<u8>> {
-    ensure!(hex.len() % 2 == 0, "odd hex length");
+    ensure!(hex.len().is_multiple_of(2), "odd hex length");
     (0..hex.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).context("bad hex"))
