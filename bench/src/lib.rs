@@ -18,6 +18,10 @@
 //!   everyone's records; the time of each change's acknowledgement is
 //!   inferred by a listener (the SDK does not report acks one by one).
 //!
+//! - hostile: the server's peak memory under inputs built against its
+//!   limits, and S1 while thousands of idle connections and repeated
+//!   deflate bombs are held against it ([`hostile`]).
+//!
 //! Bytes are counted at the TCP level (TLS records included) by a small
 //! forwarding proxy ([`proxy::CountingProxy`]) placed between client and
 //! server. Nothing here asserts on time: the numbers are reported, not
@@ -26,6 +30,7 @@
 // The S3 result is one large `json!` literal.
 #![recursion_limit = "256"]
 
+pub mod hostile;
 pub mod ingest;
 pub mod light;
 pub mod meeting;

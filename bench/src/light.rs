@@ -12,7 +12,7 @@
 //! loopback address.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_bytes::ByteBuf;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -112,6 +112,31 @@ impl Connector {
 }
 
 impl Connector {
+    /// TCP connect from `local` (any port; the system's choice of address
+    /// when None) and a TLS handshake, nothing more: a connection that then
+    /// says nothing, for the hostile scenario.
+    pub async fn tls_from(&self, local: Option<IpAddr>) -> anyhow::Result<TlsStream<TcpStream>> {
+        let socket = if self.addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = local {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .with_context(|| format!("cannot bind to {ip}"))?;
+        }
+        let tcp = socket
+            .connect(self.addr)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.addr))?;
+        let _ = tcp.set_nodelay(true);
+        self.tls
+            .connect(ServerName::from(self.addr.ip()), tcp)
+            .await
+            .context("TLS handshake")
+    }
+
     /// One HTTPS request (HTTP/1.1, `Connection: close`): status, head and
     /// body. For the review desk's API.
     pub async fn https(

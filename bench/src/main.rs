@@ -35,6 +35,11 @@ enum Scenario {
     /// area's submitted records from the index, open a record with 500
     /// history entries.
     Review,
+    /// Server peak RSS under worst-case inputs (deflate bomb, wide CBOR
+    /// array, a million empty changes, run-length bomb; 1 and 8
+    /// connections), then S1 (--docs default 2,000) without and with 4,096
+    /// idle TLS connections and repeated deflate bombs held against it.
+    Hostile,
 }
 
 /// End-to-end benchmarks of Baraza against a real server process on
@@ -51,9 +56,10 @@ struct Cli {
     /// variant of S3).
     #[arg(long, value_delimiter = ',', default_values = ["s1", "s2", "s3"])]
     scenarios: Vec<Scenario>,
-    /// S1/S2: records held by the first client (about 300 bytes each).
-    #[arg(long, default_value_t = 10_000)]
-    docs: usize,
+    /// S1/S2: records held by the first client (about 300 bytes each)
+    /// [default: 10000; 2000 for the hostile scenario's S1].
+    #[arg(long)]
+    docs: Option<usize>,
     /// S1: records edited on each side.
     #[arg(long, default_value_t = 50)]
     edits: usize,
@@ -98,6 +104,13 @@ struct Cli {
     /// streams far less of its feed (ingest with little fan-out).
     #[arg(long)]
     ack_only: bool,
+    /// Hostile: S1 runs without and with the attack.
+    #[arg(long, default_value_t = 5)]
+    hostile_runs: usize,
+    /// Hostile: times each idle connection is reopened after the server
+    /// closes it (keeps the pressure on during S1).
+    #[arg(long, default_value_t = 3)]
+    hostile_reopen: usize,
     /// Review: records the server holds.
     #[arg(long, default_value_t = 100_000)]
     review_records: usize,
@@ -142,7 +155,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         work.path().display()
     );
     let bench = Bench::new(Options {
-        docs: cli.docs,
+        docs: cli.docs.unwrap_or(10_000),
+        hostile_docs: cli.docs.unwrap_or(2_000),
+        hostile_runs: cli.hostile_runs,
+        hostile_reopen: cli.hostile_reopen,
         edits: cli.edits,
         clients: cli.clients,
         creates: cli.creates,
@@ -189,6 +205,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let r = bench.review_desk(cli.review_records)?;
             emit(&r, profile);
             outcomes.push(r);
+        }
+        if wants(Scenario::Hostile) {
+            let h = bench.hostile()?;
+            emit(&h, profile);
+            outcomes.push(h);
         }
         if wants(Scenario::S3Sdk) {
             let s3 = bench.fan_in_sdk()?;

@@ -55,6 +55,13 @@ pub struct Options {
     /// S3: clients hang up at their last acknowledgement instead of
     /// waiting for the feed (everything the others wrote).
     pub ack_only: bool,
+    /// Hostile: records the S1 client holds.
+    pub hostile_docs: usize,
+    /// Hostile: S1 runs with and without the attack.
+    pub hostile_runs: usize,
+    /// Hostile: times each idle connection is reopened after the server
+    /// closes it.
+    pub hostile_reopen: usize,
     /// The `baraza-server` binary.
     pub server_bin: PathBuf,
     /// Where each scenario makes its directory.
