@@ -204,7 +204,7 @@ async fn await_answer(socket: &mut light::Socket, deadline: tokio::time::Instant
             }
             _ => continue,
         };
-        match codec::decode(&frame, Limits::DEFAULT.frame_bytes_max.saturating_mul(4)) {
+        match codec::decode(&frame, &reading_limits()) {
             Ok(Message::Error(e)) => {
                 return format!(
                     "{}error {:?}: {}",
@@ -276,9 +276,7 @@ async fn warm_up(connector: &Connector, token: &str, hello: &[u8]) -> String {
     for _ in 0..10_000 {
         match tokio::time::timeout_at(deadline, socket.next()).await {
             Ok(Some(Ok(WsMessage::Binary(b)))) => {
-                if let Ok(Message::Welcome(_)) =
-                    codec::decode(&b, Limits::DEFAULT.frame_bytes_max.saturating_mul(4))
-                {
+                if let Ok(Message::Welcome(_)) = codec::decode(&b, &reading_limits()) {
                     out = "welcomed".into();
                     break;
                 }
@@ -942,6 +940,14 @@ fn dedup(v: &[String]) -> Vec<String> {
     out.into_iter()
         .map(|(s, n)| if n > 1 { format!("{n}x {s}") } else { s })
         .collect()
+}
+
+/// Limits for reading the server's answers: its frames, with room to spare.
+fn reading_limits() -> Limits {
+    Limits {
+        frame_bytes_max: Limits::DEFAULT.frame_bytes_max.saturating_mul(4),
+        ..Limits::DEFAULT
+    }
 }
 
 #[cfg(test)]
