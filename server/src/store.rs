@@ -841,20 +841,37 @@ mod tests {
         assert_eq!(loaded.chunks, 2);
     }
 
+    /// Opens a store just dropped: sled releases its file lock from a
+    /// background thread, so a reopen at once can find it still held.
+    fn reopen(path: &Path, fresh_id: [u8; 16]) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match SledStore::open_path(path, fresh_id) {
+                Ok(s) => return s,
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                Err(e) => panic!("cannot reopen the store: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn an_unclean_stop_changes_the_store_id_and_a_clean_one_keeps_it() {
         let dir = tempfile::tempdir().unwrap();
         let id1 = {
-            let s = SledStore::open_path(dir.path(), [1; 16]).unwrap();
+            let s = reopen(dir.path(), [1; 16]);
             s.close_cleanly().unwrap();
             s.store_id()
         };
         let id2 = {
-            let s = SledStore::open_path(dir.path(), [2; 16]).unwrap();
+            let s = reopen(dir.path(), [2; 16]);
             s.store_id() // dropped without close_cleanly: like a crash
         };
         assert_eq!(id1, id2);
-        let s = SledStore::open_path(dir.path(), [3; 16]).unwrap();
+        let s = reopen(dir.path(), [3; 16]);
         assert_eq!(s.store_id(), StoreId::from_bytes([3; 16]));
         assert_eq!(s.latest_seq().unwrap(), 0);
     }
