@@ -254,17 +254,7 @@ pub fn quick_check(
         Ok(s) => s,
         Err(e) => return vec![problem("feed", e.to_string())],
     };
-    if let Some(a) = anchor {
-        if latest < a.feed {
-            found.push(problem(
-                "feed",
-                format!(
-                    "the database's feed ends at position {latest}, but position {} was committed: acknowledged writes are missing",
-                    a.feed
-                ),
-            ));
-        }
-    }
+    found.extend(feed_against_anchor(latest, anchor));
     found.extend(feed_tail(store, latest, TAIL_CHECKED));
     match audit.verify_tail(TAIL_CHECKED) {
         Ok((last, None)) => {
@@ -276,6 +266,18 @@ pub fn quick_check(
         Err(e) => found.push(problem("audit log", e.to_string())),
     }
     found
+}
+
+/// The feed must reach the position the anchor vouches for.
+fn feed_against_anchor(latest: u64, anchor: Option<&AnchorState>) -> Option<Problem> {
+    let a = anchor.filter(|a| latest < a.feed)?;
+    Some(problem(
+        "feed",
+        format!(
+            "the database's feed ends at position {latest}, but position {} was committed: acknowledged writes are missing",
+            a.feed
+        ),
+    ))
 }
 
 fn audit_against_anchor(audit: &AuditLog, last: u64, a: &AnchorState) -> Vec<Problem> {
@@ -351,17 +353,7 @@ pub fn full_check(
 ) -> Vec<Problem> {
     let mut found = Vec::new();
     let latest = store.latest_seq().unwrap_or(0);
-    if let Some(a) = anchor {
-        if latest < a.feed {
-            found.push(problem(
-                "feed",
-                format!(
-                    "the database's feed ends at position {latest}, but position {} was committed: acknowledged writes are missing",
-                    a.feed
-                ),
-            ));
-        }
-    }
+    found.extend(feed_against_anchor(latest, anchor));
     found.extend(feed_tail(
         store,
         latest,

@@ -82,6 +82,42 @@ enum Target {
 /// administrator set is lifted only by an administrator).
 const DAMAGED: &str = "damaged: ";
 
+/// The copy a device's changes are applied to: the cached document under
+/// its lock, or, for a record the caller may not read, an empty one that
+/// is never stored, so it is answered as a missing record is.
+enum Working<'a> {
+    Held(std::sync::MutexGuard<'a, LiveDoc>),
+    Scratch(Box<LiveDoc>),
+}
+
+impl<'a> Working<'a> {
+    fn of(handle: Option<&'a crate::docs::DocHandle>) -> Working<'a> {
+        match handle {
+            Some(h) => Working::Held(h.lock().unwrap_or_else(|p| p.into_inner())),
+            None => Working::Scratch(Box::new(LiveDoc::empty())),
+        }
+    }
+}
+
+impl std::ops::Deref for Working<'_> {
+    type Target = LiveDoc;
+    fn deref(&self) -> &LiveDoc {
+        match self {
+            Working::Held(live) => live,
+            Working::Scratch(live) => live,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Working<'_> {
+    fn deref_mut(&mut self) -> &mut LiveDoc {
+        match self {
+            Working::Held(live) => live,
+            Working::Scratch(live) => live,
+        }
+    }
+}
+
 /// What read checks need of a record.
 struct Access {
     kind: Kind,
@@ -913,16 +949,8 @@ impl SyncHub {
             Target::Hidden => None,
             Target::Repair => return self.refuse_quarantined(session, id),
         };
-        // A record the caller may not read is answered as a missing one
-        // is: from an empty copy that is never stored.
-        let mut scratch = LiveDoc::empty();
-        let mut guard = handle
-            .as_ref()
-            .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()));
-        let live: &mut LiveDoc = match guard.as_deref_mut() {
-            Some(live) => live,
-            None => &mut scratch,
-        };
+        let mut working = Working::of(handle.as_ref());
+        let live: &mut LiveDoc = &mut working;
         if let Err((code, message)) = self.within_limits(id, live, bytes, ops) {
             return session.refuse(id, code, message);
         }
@@ -952,7 +980,7 @@ impl SyncHub {
         // Submitted under the document's lock, so writes to one document
         // reach the committer in the order they were applied.
         let rx = Docs::write_for(id, live, applied.new_chunk, index).map(|w| self.docs.submit(w));
-        drop(guard);
+        drop(working);
         let now = *self.docs.durable().borrow();
         let heads = applied.heads;
         let reply = applied.reply;
@@ -988,14 +1016,8 @@ impl SyncHub {
             Target::Hidden => None,
             Target::Repair => return self.on_repair_sync(session, caller, id, data),
         };
-        let mut scratch = LiveDoc::empty();
-        let mut guard = handle
-            .as_ref()
-            .map(|h| h.lock().unwrap_or_else(|p| p.into_inner()));
-        let live: &mut LiveDoc = match guard.as_deref_mut() {
-            Some(live) => live,
-            None => &mut scratch,
-        };
+        let mut working = Working::of(handle.as_ref());
+        let live: &mut LiveDoc = &mut working;
         let before = live.doc.get_heads();
         let before_header = Header::read(&live.doc).ok();
         if let Err(err) = session.receive_sync(id, &mut live.doc, data) {
@@ -1030,7 +1052,7 @@ impl SyncHub {
         let (index, wrote) = admitted.unzip();
         let rx = Docs::write_for(id, live, chunk, index).map(|w| self.docs.submit(w));
         let heads = baraza_protocol::to_heads(&live.doc.get_heads());
-        drop(guard);
+        drop(working);
         let now = *self.docs.durable().borrow();
         pending.push_back(Box::pin(async move {
             Done::Sync {

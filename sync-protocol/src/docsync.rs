@@ -333,31 +333,46 @@ pub fn parse_device_sync(
     let msg = contained(|| {
         automerge::sync::Message::decode(data).map_err(|e| ApplyError::Corrupt(e.to_string()))
     })?;
-    let mut ops = 0usize;
+    let mut budget = OpBudget::new(ops_max);
     let mut changes = Vec::new();
     for entry in msg.changes.iter() {
         for (kind, chunk) in split_chunks(entry)? {
             if kind != ChunkKind::Change {
                 return Err(ApplyError::Encoding(kind.name()));
             }
-            let change = parse_device_change(chunk, ops_max - ops).map_err(|e| match e {
-                ApplyError::TooManyOps { ops: more, .. } => ApplyError::TooManyOps {
-                    ops: ops.saturating_add(more),
-                    limit: ops_max,
-                },
-                other => other,
-            })?;
-            ops = ops.saturating_add(ops_in(&change));
-            if ops > ops_max {
-                return Err(ApplyError::TooManyOps {
-                    ops,
-                    limit: ops_max,
-                });
-            }
-            changes.push(change);
+            changes.push(budget.parse(chunk)?);
         }
     }
     Ok((msg, changes))
+}
+
+/// The operations the changes of one message may hold, spent change by
+/// change, so the refusal names the message's total and its limit.
+struct OpBudget {
+    used: usize,
+    max: usize,
+}
+
+impl OpBudget {
+    fn new(max: usize) -> OpBudget {
+        OpBudget { used: 0, max }
+    }
+
+    /// Parses one change against what is left. `parse_device_change`
+    /// checks the counted operations against it and that the change holds
+    /// exactly those, so `used` never passes `max`.
+    fn parse(&mut self, bytes: &[u8]) -> Result<Change, ApplyError> {
+        let used = self.used;
+        let change = parse_device_change(bytes, self.max - used).map_err(|e| match e {
+            ApplyError::TooManyOps { ops: more, .. } => ApplyError::TooManyOps {
+                ops: used.saturating_add(more),
+                limit: self.max,
+            },
+            other => other,
+        })?;
+        self.used += ops_in(&change);
+        Ok(change)
+    }
 }
 
 /// Concatenates changes into the chunk form `load_incremental` reads.
@@ -381,26 +396,12 @@ pub fn parse_changes(
     raw: &[serde_bytes::ByteBuf],
     ops_max: usize,
 ) -> Result<(Vec<Change>, usize), ApplyError> {
-    let mut ops = 0usize;
-    let mut changes = Vec::with_capacity(raw.len());
-    for bytes in raw {
-        let change = parse_device_change(bytes, ops_max - ops).map_err(|e| match e {
-            ApplyError::TooManyOps { ops: more, .. } => ApplyError::TooManyOps {
-                ops: ops.saturating_add(more),
-                limit: ops_max,
-            },
-            other => other,
-        })?;
-        ops = ops.saturating_add(ops_in(&change));
-        if ops > ops_max {
-            return Err(ApplyError::TooManyOps {
-                ops,
-                limit: ops_max,
-            });
-        }
-        changes.push(change);
-    }
-    Ok((changes, ops))
+    let mut budget = OpBudget::new(ops_max);
+    let changes = raw
+        .iter()
+        .map(|bytes| budget.parse(bytes))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((changes, budget.used))
 }
 
 /// Applies chunk bytes (changes or a saved document) to `doc`.
