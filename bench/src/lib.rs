@@ -33,6 +33,7 @@
 pub mod hostile;
 pub mod ingest;
 pub mod light;
+pub mod login;
 pub mod meeting;
 pub mod proxy;
 pub mod records;

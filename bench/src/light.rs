@@ -146,14 +146,21 @@ impl Connector {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> anyhow::Result<(u16, String, String)> {
+        self.https_from(None, method, path, headers, body).await
+    }
+
+    /// [`https`](Self::https) from the local address `local` (the system's
+    /// choice when None): the server throttles logins per address.
+    pub async fn https_from(
+        &self,
+        local: Option<IpAddr>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, String, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let tcp = TcpStream::connect(self.addr).await?;
-        let _ = tcp.set_nodelay(true);
-        let mut tls = self
-            .tls
-            .connect(ServerName::from(self.addr.ip()), tcp)
-            .await
-            .context("TLS handshake")?;
+        let mut tls = self.tls_from(local).await?;
         let extra: String = headers
             .iter()
             .map(|(k, v)| format!("{k}: {v}\r\n"))

@@ -40,6 +40,10 @@ enum Scenario {
     /// connections), then S1 (--docs default 2,000) without and with 4,096
     /// idle TLS connections and repeated deflate bombs held against it.
     Hostile,
+    /// Login answer times at both doors (enrolment, review desk) for an
+    /// unknown name, a wrong password, a locked and a disabled account, an
+    /// officer at the desk, and a right password for reference.
+    Login,
 }
 
 /// End-to-end benchmarks of Baraza against a real server process on
@@ -210,6 +214,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let h = bench.hostile()?;
             emit(&h, profile);
             outcomes.push(h);
+        }
+        if wants(Scenario::Login) {
+            let l = bench.login_timing()?;
+            emit(&l, profile);
+            outcomes.push(l);
         }
         if wants(Scenario::S3Sdk) {
             let s3 = bench.fan_in_sdk()?;

@@ -189,6 +189,26 @@ impl Server {
         Ok(())
     }
 
+    /// Runs `baraza-server user ARGS --data DATA` (disable, list, ...) and
+    /// returns its standard output.
+    pub fn user_command(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = command(&self.bin)
+            .arg("user")
+            .args(args)
+            .arg("--data")
+            .arg(&self.data)
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run `baraza-server user`")?;
+        ensure!(
+            out.status.success(),
+            "`user {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Registers a device acting for `user` and returns its token.
     pub fn add_device_for(&self, name: &str, user: &str) -> anyhow::Result<String> {
         let out = command(&self.bin)

@@ -34,6 +34,13 @@ pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// after the handshake, or of its next request on a kept-alive connection,
 /// in milliseconds, when `idle_timeout_ms` is not set.
 pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Time from accepting a connection during which it may stay silent (no
+/// complete first request) and still keep its slot when every slot is
+/// wanted, in milliseconds, when `first_request_grace_ms` is not set. A
+/// tablet on 2G needs a few round trips of a second or so for the handshake
+/// and its first request; a connection silent for longer is more likely a
+/// flood than a tablet, and gives way to clients waiting for a slot.
+pub const FIRST_REQUEST_GRACE_MS_DEFAULT: u64 = 5_000;
 /// Largest config file we read; a config file is a few hundred bytes, so
 /// anything bigger is a mistake (a database or a device file passed by error).
 const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
@@ -352,6 +359,9 @@ pub struct ConnectionsArgs {
     /// Milliseconds a connection may wait before the headers of its first request, or of its next one when kept alive [default: 30000]
     #[arg(long, env = "BARAZA_IDLE_TIMEOUT_MS", value_name = "MS")]
     pub idle_timeout_ms: Option<u64>,
+    /// Milliseconds after accepting during which a connection that has sent no request keeps its slot when every slot is wanted; older silent ones are closed for waiting clients [default: 5000]
+    #[arg(long, env = "BARAZA_FIRST_REQUEST_GRACE_MS", value_name = "MS")]
+    pub first_request_grace_ms: Option<u64>,
 }
 
 /// The config file as written. Unknown keys are errors: a misspelt limit
@@ -392,6 +402,9 @@ pub struct ConnectionsFileConfig {
     /// Handshake (or last response) to the next request's headers, in
     /// milliseconds.
     pub idle_timeout_ms: Option<u64>,
+    /// Accept to the time a silent connection gives way when every slot is
+    /// wanted, in milliseconds.
+    pub first_request_grace_ms: Option<u64>,
 }
 
 /// How many connections the listener keeps open and how long an idle one
@@ -412,6 +425,10 @@ pub struct ConnectionLimits {
     /// From the end of the handshake to the complete headers of the first
     /// request, and from each response to the next request's headers.
     pub idle_timeout: std::time::Duration,
+    /// From accepting a connection to the time when, if it has sent no
+    /// complete request yet and every slot is wanted, it is closed for a
+    /// waiting client (before that it is held to its deadlines only).
+    pub first_request_grace: std::time::Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -421,6 +438,7 @@ impl Default for ConnectionLimits {
             connections_per_address_max: CONNECTIONS_PER_ADDRESS_MAX_DEFAULT,
             handshake_timeout: std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS_DEFAULT),
             idle_timeout: std::time::Duration::from_millis(IDLE_TIMEOUT_MS_DEFAULT),
+            first_request_grace: std::time::Duration::from_millis(FIRST_REQUEST_GRACE_MS_DEFAULT),
         }
     }
 }
@@ -468,6 +486,12 @@ impl ConnectionLimits {
                 args.idle_timeout_ms,
                 file.idle_timeout_ms,
                 IDLE_TIMEOUT_MS_DEFAULT,
+            )?),
+            first_request_grace: std::time::Duration::from_millis(pick(
+                "first_request_grace_ms",
+                args.first_request_grace_ms,
+                file.first_request_grace_ms,
+                FIRST_REQUEST_GRACE_MS_DEFAULT,
             )?),
         })
     }
@@ -727,6 +751,7 @@ mod tests {
                 connections_per_address_max = 4
                 handshake_timeout_ms = 1500
                 idle_timeout_ms = 2500
+                first_request_grace_ms = 700
                 "#,
             ),
         )
@@ -738,6 +763,7 @@ mod tests {
                 connections_per_address_max: 4,
                 handshake_timeout: Duration::from_millis(1500),
                 idle_timeout: Duration::from_millis(2500),
+                first_request_grace: Duration::from_millis(700),
             }
         );
         for key in [
@@ -745,6 +771,7 @@ mod tests {
             "connections_per_address_max",
             "handshake_timeout_ms",
             "idle_timeout_ms",
+            "first_request_grace_ms",
         ] {
             let text = format!("[connections]\n{key} = 0");
             assert!(
@@ -847,6 +874,7 @@ mod tests {
                 connections_per_address_max: 3,
                 handshake_timeout: Duration::from_millis(HANDSHAKE_TIMEOUT_MS_DEFAULT),
                 idle_timeout: Duration::from_millis(250),
+                first_request_grace: Duration::from_millis(FIRST_REQUEST_GRACE_MS_DEFAULT),
             }
         );
         assert_eq!(config.data, PathBuf::from("flag-data"));

@@ -22,10 +22,13 @@
 //! - in all: `connections_max` slots. A slot is taken before accepting and
 //!   held through the handshake and the HTTP exchanges; a sync upgrade
 //!   hands it to the session, so a socket is one slot whatever it carries.
-//!   When every slot is taken, connections that have served a request and
-//!   are between requests close (one with a request in flight finishes it
-//!   first), so slots go to requests rather than to idle keep-alive
-//!   sockets.
+//!   When every slot is taken and a client waits for one, connections
+//!   that have served a request and are between requests close (one with a
+//!   request in flight finishes it first), and so do connections that have
+//!   been open longer than `first_request_grace` without a complete first
+//!   request (in the handshake or after it). Slots go to requests rather
+//!   than to idle keep-alive sockets or to a flood of silent ones, while a
+//!   tablet a few slow round trips from its first request keeps its own.
 //!
 //! On shutdown: stop accepting, tell every connection and session, wait a
 //! bounded time, flush the hub.
@@ -146,6 +149,7 @@ struct Listener<S> {
     http: hyper::server::conn::http1::Builder,
     service: S,
     handshake_timeout: Duration,
+    first_request_grace: Duration,
     stop_rx: watch::Receiver<bool>,
     pressure: Arc<Pressure>,
 }
@@ -186,6 +190,14 @@ impl Pressure {
         }
         wake.await;
     }
+
+    /// Completes once a client waits for a slot at or after `from`: the
+    /// time a silent connection has had its grace.
+    async fn felt_after(&self, from: Instant) {
+        tokio::time::sleep_until(from.into()).await;
+        let since = self.episodes.load(Ordering::SeqCst);
+        self.felt_since(since).await;
+    }
 }
 
 /// What the connection task learns from its service.
@@ -194,6 +206,11 @@ struct Activity {
     /// `Pressure::episodes` when the first request came.
     first_request_at: std::sync::OnceLock<u64>,
     first_request: Notify,
+    /// A request asked to upgrade to a sync session. Such a connection is
+    /// never asked to shut down: hyper would then answer the upgrade with
+    /// `Connection: close`, which no WebSocket client accepts, and once
+    /// upgraded the session holds the slot on its own terms anyway.
+    upgrading: AtomicBool,
 }
 
 /// Accepts until `shutdown`. Owns the routes so that, once it returns, only
@@ -222,6 +239,7 @@ async fn accept_loop(
         http,
         service,
         handshake_timeout: limits.handshake_timeout,
+        first_request_grace: limits.first_request_grace,
         stop_rx,
         pressure: Arc::default(),
     });
@@ -311,9 +329,16 @@ async fn serve_connection<S>(
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut stop_rx = shared.stop_rx.clone();
+    // Past this, a connection still without a request gives way to a
+    // client waiting for a slot.
+    let grace_ends = Instant::now() + shared.first_request_grace;
     let handshake = tokio::time::timeout(shared.handshake_timeout, shared.acceptor.accept(tcp));
     let tls = tokio::select! {
         _ = stopped(&mut stop_rx) => return,
+        _ = shared.pressure.felt_after(grace_ends) => {
+            tracing::debug!(%peer, "every slot taken: closing a connection still in its handshake");
+            return;
+        }
         result = handshake => match result {
             Ok(Ok(tls)) => tls,
             Ok(Err(error)) => {
@@ -340,12 +365,18 @@ async fn serve_connection<S>(
         .with_upgrades();
     tokio::pin!(connection);
     let evicted = async {
-        // Only a connection that has had a request: one that has not sent
-        // its first yet may be a tablet a round trip away from it, and is
-        // held to the idle deadline instead.
-        activity.first_request.notified().await;
+        // A connection that has not sent its first request yet may be a
+        // tablet a slow round trip away from it: within its grace it is held
+        // to the idle deadline only.
+        tokio::select! {
+            _ = activity.first_request.notified() => {}
+            _ = shared.pressure.felt_after(grace_ends) => return,
+        }
         let since = activity.first_request_at.get().copied().unwrap_or(0);
         shared.pressure.felt_since(since).await;
+        if activity.upgrading.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
     };
     let result = tokio::select! {
         result = connection.as_mut() => result,
@@ -399,6 +430,9 @@ where
 
     fn call(&self, mut request: hyper::Request<B>) -> Self::Future {
         request.extensions_mut().insert(self.slot.clone());
+        if request.headers().contains_key(warp::http::header::UPGRADE) {
+            self.activity.upgrading.store(true, Ordering::SeqCst);
+        }
         // Noted here, not when the connection task is next polled, so that
         // pressure in between is not missed.
         self.activity
