@@ -23,5 +23,5 @@ pub use inspect::{
     CommentFieldEdit, Conflict, ConflictValue, HistoryEntry, ReviewComment, ReviewEdit,
 };
 pub use ops::{EditError, FieldValue};
-pub use schema::{FieldSpec, FieldType, Kind, SCHEMA_VERSION};
-pub use validate::{validate, validate_change, SchemaError};
+pub use schema::{Bounds, FieldSpec, FieldType, Kind, SCHEMA_VERSION};
+pub use validate::{validate, validate_additions, validate_change, SchemaError};
