@@ -92,14 +92,16 @@ pub fn fields(gen: &mut Gen, n: usize) -> Vec<(String, String)> {
     }
     let day = 1 + gen.next_u64() % 28;
     vec![
-        ("title".into(), format!("Patrol note #{n:06}")),
+        // The summary goes in the title: `notes` is a collaborative text
+        // field, which `Client::create` cannot set whole, and the server
+        // refuses fields the meeting schema does not have.
+        ("title".into(), format!("Patrol note #{n:06}: {notes}")),
         ("place".into(), gen.pick(PLACES).into()),
-        ("officer".into(), gen.pick(OFFICERS).into()),
-        ("date".into(), format!("2024-03-{day:02}")),
-        ("status".into(), "open".into()),
-        // Not `notes`: that is a collaborative text field in the record
-        // schema, which `Client::create` cannot set whole.
-        ("summary".into(), notes),
+        ("facilitator".into(), gen.pick(OFFICERS).into()),
+        (
+            "held_at".into(),
+            (1_709_251_200_000 + day * 86_400_000).to_string(),
+        ),
     ]
 }
 

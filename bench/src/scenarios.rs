@@ -21,7 +21,7 @@ use crate::stats::{ms, round3, summary};
 /// How long to wait for the proxy to see a finished sync's connection close.
 const PROXY_DRAIN: Duration = Duration::from_secs(5);
 /// The record field the edits set.
-pub(crate) const EDIT_FIELD: &str = "status";
+pub(crate) const EDIT_FIELD: &str = "place";
 
 /// Sizes and places.
 #[derive(Clone, Debug)]

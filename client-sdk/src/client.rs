@@ -299,7 +299,8 @@ impl Client {
     }
 
     /// Creates a record of `kind` in `area`, with the given fields (typed by
-    /// the kind's schema; fields it does not know are kept as strings).
+    /// the kind's schema; a field it does not have is refused and nothing
+    /// is created).
     pub fn create_record(
         &self,
         kind: &str,
@@ -340,8 +341,9 @@ impl Client {
         Ok(id.to_string())
     }
 
-    /// Sets a field: typed by the record's schema, or kept as a string if
-    /// the schema does not know it.
+    /// Sets a field, typed by the record's schema. A field the schema does
+    /// not have is refused ([`baraza_records::EditError::UnknownField`],
+    /// naming the fields there are), as the server would refuse it.
     pub fn set(&self, id: &str, field: &str, value: &str) -> Result<(), ClientError> {
         self.edit(parse_id(id)?, false, |doc, at| {
             record::set(doc, field, value, at)
@@ -466,7 +468,17 @@ impl Client {
     ) -> Result<Vec<(String, FieldValue)>, ClientError> {
         let kind = self.kind_of(id)?;
         let spec = kind.field(list).ok_or_else(|| {
-            ClientError::BadEdit(format!("a {} record has no list {list:?}", kind.name()))
+            let lists: Vec<&str> = kind
+                .fields()
+                .iter()
+                .filter(|f| matches!(f.ty, baraza_records::FieldType::List(_)))
+                .map(|f| f.name)
+                .collect();
+            ClientError::BadEdit(format!(
+                "a {} record has no list {list:?}; its lists are {}",
+                kind.name(),
+                lists.join(", ")
+            ))
         })?;
         values
             .iter()
@@ -476,7 +488,10 @@ impl Client {
                     .iter()
                     .find(|p| p.name == name)
                     .ok_or_else(|| {
-                        ClientError::BadEdit(format!("items of {list} have no field {name:?}"))
+                        ClientError::BadEdit(format!(
+                            "items of {list} have no field {name:?}; their fields are {}",
+                            baraza_records::schema::names(spec.parts()).join(", ")
+                        ))
                     })?;
                 let value = FieldValue::parse(part.ty, text)
                     .map_err(|reason| ClientError::BadEdit(format!("{list}.{name}: {reason}")))?;
@@ -531,7 +546,21 @@ impl Client {
         })
     }
 
-    /// Attaches a GPS point to an observation of a patrol note.
+    /// Checks a GPS point before it is attached: latitude -90..=90 and
+    /// longitude -180..=180 in decimal degrees, accuracy at least 1 m.
+    /// [`set_gps`](Self::set_gps) checks the same; checking first lets an
+    /// app refuse a bad point before it makes the observation.
+    pub fn check_gps(lat: &str, lon: &str, accuracy_m: i64) -> Result<(), ClientError> {
+        Ok(ops::check_item_map(
+            Kind::PatrolNote,
+            "observations",
+            "gps",
+            &gps_values(lat, lon, accuracy_m),
+        )?)
+    }
+
+    /// Attaches a GPS point to an observation of a patrol note; a point out
+    /// of range is refused (see [`check_gps`](Self::check_gps)).
     pub fn set_gps(
         &self,
         id: &str,
@@ -546,11 +575,7 @@ impl Client {
                 "observations",
                 observation as usize,
                 "gps",
-                &[
-                    ("lat", FieldValue::Str(lat.into())),
-                    ("lon", FieldValue::Str(lon.into())),
-                    ("accuracy_m", FieldValue::Int(accuracy_m)),
-                ],
+                &gps_values(lat, lon, accuracy_m),
                 at,
             )?)
         })
@@ -620,6 +645,15 @@ impl Client {
             .ok_or_else(|| ClientError::NotFound(id.to_string()))?;
         Ok(doc.get_heads().iter().map(|h| h.to_string()).collect())
     }
+}
+
+/// A GPS point as the schema's `gps` map holds it: degrees as typed.
+fn gps_values(lat: &str, lon: &str, accuracy_m: i64) -> [(&'static str, FieldValue); 3] {
+    [
+        ("lat", FieldValue::Str(lat.trim().into())),
+        ("lon", FieldValue::Str(lon.trim().into())),
+        ("accuracy_m", FieldValue::Int(accuracy_m)),
+    ]
 }
 
 /// The device id a token carries (`bz_<device id>_<secret>`), if any.

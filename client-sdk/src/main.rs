@@ -273,8 +273,11 @@ enum PatrolCmd {
         id: String,
         /// What was observed.
         text: String,
-        /// GPS point: LAT,LON,ACCURACY_M.
-        #[arg(long)]
+        /// GPS point: LAT,LON,ACCURACY_M in decimal degrees and whole
+        /// metres, e.g. -1.3127,36.7850,8.
+        // A southern latitude starts with '-', which clap would otherwise
+        // read as a flag.
+        #[arg(long, allow_hyphen_values = true, value_name = "LAT,LON,ACCURACY_M")]
         gps: Option<String>,
         /// Tags, comma-separated.
         #[arg(long)]
@@ -582,21 +585,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 gps,
                 tags,
             } => {
+                // The point is checked before the observation is made, so a
+                // bad one leaves no observation without it behind.
+                let point = match &gps {
+                    Some(gps) => {
+                        let parts: Vec<&str> = gps.split(',').collect();
+                        let [lat, lon, acc] = parts.as_slice() else {
+                            bail!("--gps wants LAT,LON,ACCURACY_M, got {gps:?}");
+                        };
+                        let acc: i64 = acc
+                            .trim()
+                            .parse()
+                            .with_context(|| format!("accuracy {acc:?} is not whole metres"))?;
+                        Client::check_gps(lat, lon, acc)?;
+                        Some((lat.trim(), lon.trim(), acc))
+                    }
+                    None => None,
+                };
                 let mut item = vec![kv("text", &text), kv("at", &now_ms())];
                 if let Some(tags) = tags {
                     item.push(kv("tags", &tags));
                 }
                 let index = client.add_item(&id, "observations", item)?;
-                if let Some(gps) = gps {
-                    let parts: Vec<&str> = gps.split(',').collect();
-                    let [lat, lon, acc] = parts.as_slice() else {
-                        bail!("--gps wants LAT,LON,ACCURACY_M, got {gps:?}");
-                    };
-                    let acc: i64 = acc
-                        .trim()
-                        .parse()
-                        .with_context(|| format!("accuracy {acc:?} is not whole metres"))?;
-                    client.set_gps(&id, index, lat.trim(), lon.trim(), acc)?;
+                if let Some((lat, lon, acc)) = point {
+                    client.set_gps(&id, index, lat, lon, acc)?;
                 }
                 println!("{index}");
             }

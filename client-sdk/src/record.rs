@@ -1,13 +1,14 @@
-//! Reading and editing a record's fields. Issue-2 records are flat: each
-//! field is a scalar (set whole) or a text (spliced by character, so two
-//! people typing in the same field merge).
+//! Reading and editing a record's fields by name: a scalar is set whole, a
+//! text spliced by character (so two people typing in the same field
+//! merge). Only fields of the record's schema are edited.
 
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ObjType, ReadDoc, Value, ROOT};
 use serde::Serialize;
 
 use baraza_records::ops::{commit_options, Stamp};
-use baraza_records::{FieldSpec, FieldType, FieldValue, Header};
+use baraza_records::schema::names;
+use baraza_records::{EditError, FieldSpec, FieldType, FieldValue, Header};
 
 use crate::error::ClientError;
 
@@ -66,7 +67,9 @@ pub fn fields(doc: &Automerge) -> Vec<Field> {
         .collect()
 }
 
-/// Sets a scalar field.
+/// Sets a scalar field. A field the record's schema does not have is
+/// refused, naming the fields it has: stored, a typo (`titel`) would sync
+/// and show as a field of its own, and the server refuses it anyway.
 pub fn set(
     doc: &mut Automerge,
     field: &str,
@@ -78,23 +81,25 @@ pub fn set(
             "{field} is not set by hand (the header is fixed at creation; review with submit)"
         )));
     }
-    if let Some(spec) = known_field(doc, field) {
-        let typed = FieldValue::parse(spec.ty, value)
-            .map_err(|reason| ClientError::BadEdit(format!("field {field}: {reason}")))?;
-        return Ok(baraza_records::ops::set(doc, field, typed, at)?);
-    }
-    // A field the schema does not know: kept as a string, like the fields a
-    // newer schema adds.
-    let mut tx = doc.transaction();
-    tx.put(ROOT, field, value)?;
-    tx.commit_with(commit_options(&format!("set {field}"), at));
-    Ok(())
+    let spec = known_field(doc, field)?;
+    let typed = FieldValue::parse(spec.ty, value)
+        .map_err(|reason| ClientError::BadEdit(format!("field {field}: {reason}")))?;
+    Ok(baraza_records::ops::set(doc, field, typed, at)?)
 }
 
-/// The schema's spec for a field of this record, if its kind has one.
-fn known_field(doc: &Automerge, field: &str) -> Option<FieldSpec> {
-    let kind = Header::read(doc).ok()?.kind;
-    kind.fields().iter().find(|f| f.name == field).copied()
+/// The schema's spec for a field of this record, or the refusal naming the
+/// fields its kind has.
+fn known_field(doc: &Automerge, field: &str) -> Result<FieldSpec, ClientError> {
+    let kind = Header::read(doc).map_err(EditError::from)?.kind;
+    match kind.field(field) {
+        Some(spec) => Ok(*spec),
+        None => Err(EditError::UnknownField {
+            kind: kind.name(),
+            field: field.to_string(),
+            known: names(kind.fields()),
+        }
+        .into()),
+    }
 }
 
 /// Splices into a text field, creating it if absent.
@@ -106,12 +111,10 @@ pub fn splice(
     text: &str,
     at: Stamp<'_>,
 ) -> Result<(), ClientError> {
-    if let Some(spec) = known_field(doc, field) {
-        if spec.ty != FieldType::Text {
-            return Err(ClientError::BadEdit(format!(
-                "field {field:?} is not a text field; use set"
-            )));
-        }
+    if known_field(doc, field)?.ty != FieldType::Text {
+        return Err(ClientError::BadEdit(format!(
+            "field {field:?} is not a text field; use set"
+        )));
     }
     let mut tx = doc.transaction();
     let obj = match tx.get(ROOT, field)? {
@@ -137,10 +140,26 @@ pub fn splice(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baraza_records::{ops, Kind};
+
+    fn meeting() -> Automerge {
+        let mut doc = Automerge::new();
+        let header = Header {
+            id: "00000000000000000000000000000001".into(),
+            kind: Kind::Meeting,
+            area: "kibera".into(),
+            created_by_user: "cpl.otieno".into(),
+            created_by_device: "d".into(),
+            created_at: 0,
+            schema: baraza_records::SCHEMA_VERSION,
+        };
+        ops::create(&mut doc, &header, 0).unwrap();
+        doc
+    }
 
     #[test]
     fn concurrent_sets_show_as_conflicts_and_text_merges() {
-        let mut a = Automerge::new();
+        let mut a = meeting();
         splice(&mut a, "notes", 0, 0, "hello", 0.into()).unwrap();
         let mut b = a.fork();
         set(&mut a, "place", "market", 0.into()).unwrap();
@@ -161,11 +180,33 @@ mod tests {
 
     #[test]
     fn splicing_a_scalar_is_refused() {
-        let mut a = Automerge::new();
+        let mut a = meeting();
         set(&mut a, "place", "market", 0.into()).unwrap();
         assert!(matches!(
             splice(&mut a, "place", 0, 0, "x", 0.into()),
             Err(ClientError::BadEdit(_))
         ));
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused_naming_the_real_ones_and_changes_nothing() {
+        let mut a = meeting();
+        let heads = a.get_heads();
+        for result in [
+            set(&mut a, "titel", "Baraza", 0.into()),
+            splice(&mut a, "nots", 0, 0, "x", 0.into()),
+        ] {
+            match result {
+                Err(ClientError::Edit(EditError::UnknownField { kind, known, .. })) => {
+                    assert_eq!(kind, "meeting");
+                    assert!(known.contains(&"title") && known.contains(&"notes"));
+                }
+                other => panic!("expected an unknown field, got {other:?}"),
+            }
+        }
+        assert_eq!(a.get_heads(), heads);
+        assert!(fields(&a)
+            .iter()
+            .all(|f| f.name != "titel" && f.name != "nots"));
     }
 }

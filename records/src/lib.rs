@@ -4,8 +4,10 @@
 //!
 //! A record is one Automerge document: an immutable [`Header`], the kind's
 //! fields ([`schema`]), and a review block. [`ops`] makes each edit one
-//! timestamped change; [`validate`] is what the server runs on every
-//! incoming change; [`inspect`] finds conflicts and history for people.
+//! timestamped change; [`validate`] (the record as it stands) and
+//! [`validate_additions`] (what new changes put into it) are what the
+//! server runs on every incoming change; [`inspect`] finds conflicts and
+//! history for people.
 //!
 //! No I/O, no clock: callers pass the time in.
 
@@ -23,5 +25,5 @@ pub use inspect::{
     CommentFieldEdit, Conflict, ConflictValue, HistoryEntry, ReviewComment, ReviewEdit,
 };
 pub use ops::{EditError, FieldValue};
-pub use schema::{FieldSpec, FieldType, Kind, SCHEMA_VERSION};
-pub use validate::{validate, validate_change, SchemaError};
+pub use schema::{Bounds, FieldSpec, FieldType, Kind, SCHEMA_VERSION};
+pub use validate::{validate, validate_additions, validate_change, SchemaError};

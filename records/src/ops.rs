@@ -61,13 +61,19 @@ pub enum EditError {
     /// The record does not fit its schema (or has no header).
     #[error(transparent)]
     Schema(#[from] SchemaError),
-    /// The field is not part of this kind of record.
-    #[error("a {kind} record has no field {field:?}")]
+    /// The field is not part of this kind of record (or of this list's
+    /// items, or this map).
+    #[error(
+        "a {kind} record has no field {field:?}; the fields there are {}",
+        known.join(", ")
+    )]
     UnknownField {
         /// The record's kind.
         kind: &'static str,
         /// The field asked for.
         field: String,
+        /// The fields there are, where it was asked for.
+        known: Vec<&'static str>,
     },
     /// The value does not fit the field.
     #[error("field {field}: {reason}")]
@@ -97,7 +103,25 @@ fn spec<'a>(fields: &'a [FieldSpec], name: &str, kind: Kind) -> Result<&'a Field
         .ok_or_else(|| EditError::UnknownField {
             kind: kind.name(),
             field: name.to_string(),
+            known: crate::schema::names(fields),
         })
+}
+
+/// Checks a value against its field's spec: type, allowed values, range.
+pub fn check_value(field: &str, spec: &FieldSpec, value: &FieldValue) -> Result<(), EditError> {
+    check_scalar(field, spec.ty, value)?;
+    let Some(bounds) = spec.bounds else {
+        return Ok(());
+    };
+    let checked = match value {
+        FieldValue::Str(text) => bounds.check_text(text),
+        FieldValue::Int(v) | FieldValue::Time(v) => bounds.check(*v as f64),
+        FieldValue::Bool(_) => Ok(()),
+    };
+    checked.map_err(|reason| EditError::BadValue {
+        field: field.to_string(),
+        reason,
+    })
 }
 
 fn check_scalar(field: &str, ty: FieldType, value: &FieldValue) -> Result<(), EditError> {
@@ -211,7 +235,7 @@ pub fn set<'a>(
 ) -> Result<(), EditError> {
     let kind = Header::read(doc)?.kind;
     let spec = spec(kind.fields(), field, kind)?;
-    check_scalar(field, spec.ty, &value)?;
+    check_value(field, spec, &value)?;
     let mut tx = doc.transaction();
     tx.put(ROOT, field, value.scalar())?;
     commit(tx, &format!("set {field}"), at.into());
@@ -268,7 +292,7 @@ pub fn append<'a>(
     };
     for (name, value) in values {
         let s = spec(item_spec, name, kind)?;
-        check_scalar(&format!("{field}.{name}"), s.ty, value)?;
+        check_value(&format!("{field}.{name}"), s, value)?;
     }
     let mut tx = doc.transaction();
     let list = list_obj(&mut tx, field)?;
@@ -281,6 +305,37 @@ pub fn append<'a>(
     Ok(index)
 }
 
+/// Checks the values of a nested map of a list's items (e.g. an
+/// observation's GPS point) against the schema, without a record: so a
+/// caller can refuse a bad point before making any change.
+pub fn check_item_map(
+    kind: Kind,
+    field: &str,
+    key: &str,
+    values: &[(&str, FieldValue)],
+) -> Result<(), EditError> {
+    let FieldType::List(item_spec) = spec(kind.fields(), field, kind)?.ty else {
+        return Err(EditError::BadValue {
+            field: field.into(),
+            reason: "not a list".into(),
+        });
+    };
+    let FieldType::Map(parts) = spec(item_spec, key, kind)?.ty else {
+        return Err(EditError::BadValue {
+            field: format!("{field}.{key}"),
+            reason: "not a map".into(),
+        });
+    };
+    for (name, value) in values {
+        check_value(
+            &format!("{field}.{key}.{name}"),
+            spec(parts, name, kind)?,
+            value,
+        )?;
+    }
+    Ok(())
+}
+
 /// Puts a nested map (e.g. an observation's GPS point) into a list item.
 pub fn set_item_map<'a>(
     doc: &mut Automerge,
@@ -290,6 +345,7 @@ pub fn set_item_map<'a>(
     values: &[(&str, FieldValue)],
     at: impl Into<Stamp<'a>>,
 ) -> Result<(), EditError> {
+    check_item_map(Header::read(doc)?.kind, field, key, values)?;
     let mut tx = doc.transaction();
     let item = item_obj(&mut tx, field, index)?;
     let map = tx.put_object(&item, key, ObjType::Map)?;
@@ -336,9 +392,9 @@ pub fn set_item<'a>(
             reason: "not a list".into(),
         });
     };
-    check_scalar(
+    check_value(
         &format!("{field}.{name}"),
-        spec(item_spec, name, kind)?.ty,
+        spec(item_spec, name, kind)?,
         &value,
     )?;
     let mut tx = doc.transaction();
@@ -386,6 +442,7 @@ pub fn follow_up<'a>(
         return Err(EditError::UnknownField {
             kind: kind.name(),
             field: "follow_ups".into(),
+            known: crate::schema::names(kind.fields()),
         });
     }
     check_scalar(

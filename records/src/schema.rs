@@ -2,8 +2,11 @@
 //!
 //! Layout of every record document: `header` (a map written once at
 //! creation), the kind's fields at the root, and `review`. Fields a newer
-//! schema version adds are simply other root keys: an older client neither
-//! reads nor drops them, and the server does not check them.
+//! schema version adds are simply other keys: an older client neither
+//! reads nor drops them, and the server does not check them in records
+//! whose header names a newer version than [`SCHEMA_VERSION`]. In records
+//! of a version it knows, a key the schema lacks is a mistake (a typo
+//! such as `titel`) and new ones are refused.
 
 use serde::{Deserialize, Serialize};
 
@@ -66,7 +69,7 @@ impl Kind {
 }
 
 /// The type of a field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum FieldType {
     /// A string set whole (last writer wins, concurrent sets conflict).
     Str,
@@ -87,13 +90,49 @@ pub enum FieldType {
     Map(&'static [FieldSpec]),
 }
 
+/// The inclusive range a number must fall in. Numbers held as strings
+/// (coordinates, kept as typed so no digit is lost to a float) must also
+/// read as a finite decimal number.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Bounds {
+    /// The smallest value allowed.
+    pub min: f64,
+    /// The largest value allowed.
+    pub max: f64,
+}
+
+impl Bounds {
+    /// Why `value` is outside these bounds, if it is.
+    pub fn check(&self, value: f64) -> Result<(), String> {
+        if !value.is_finite() {
+            Err(format!("{value} is not a finite number"))
+        } else if value < self.min && self.max == f64::MAX {
+            Err(format!("{value} is less than {}", self.min))
+        } else if value < self.min || value > self.max {
+            Err(format!("{value} is outside {}..={}", self.min, self.max))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Reads a number held as a string and checks it.
+    pub fn check_text(&self, text: &str) -> Result<(), String> {
+        match text.trim().parse::<f64>() {
+            Ok(v) => self.check(v),
+            Err(_) => Err(format!("{text:?} is not a decimal number")),
+        }
+    }
+}
+
 /// One field of a schema.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct FieldSpec {
     /// Key in the document.
     pub name: &'static str,
     /// Its type.
     pub ty: FieldType,
+    /// For a number (or a number held as a string), the range it must be in.
+    pub bounds: Option<Bounds>,
 }
 
 impl FieldSpec {
@@ -107,7 +146,24 @@ impl FieldSpec {
 }
 
 const fn f(name: &'static str, ty: FieldType) -> FieldSpec {
-    FieldSpec { name, ty }
+    FieldSpec {
+        name,
+        ty,
+        bounds: None,
+    }
+}
+
+const fn bounded(name: &'static str, ty: FieldType, min: f64, max: f64) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty,
+        bounds: Some(Bounds { min, max }),
+    }
+}
+
+/// The names of some fields, for messages that list what is allowed.
+pub fn names(fields: &[FieldSpec]) -> Vec<&'static str> {
+    fields.iter().map(|f| f.name).collect()
 }
 
 /// Review states.
@@ -172,10 +228,12 @@ const ACTION_ITEM: &[FieldSpec] = &[
     f("status", FieldType::Enum(ACTION_STATES)),
 ];
 
-const GPS: &[FieldSpec] = &[
-    f("lat", FieldType::Str),
-    f("lon", FieldType::Str),
-    f("accuracy_m", FieldType::Int),
+/// A GPS point. Latitude and longitude are decimal degrees kept as typed;
+/// the accuracy is whole metres, and a fix claiming 0 m is not one.
+pub const GPS: &[FieldSpec] = &[
+    bounded("lat", FieldType::Str, -90.0, 90.0),
+    bounded("lon", FieldType::Str, -180.0, 180.0),
+    bounded("accuracy_m", FieldType::Int, 1.0, f64::MAX),
 ];
 
 const OBSERVATION: &[FieldSpec] = &[

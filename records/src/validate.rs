@@ -1,11 +1,13 @@
 //! Checking a record against its schema: the header is well formed and
 //! never changes, and every known field holds a value of its type
-//! (every value, where devices set it concurrently).
+//! (every value, where devices set it concurrently). What changes add is
+//! held to more ([`validate_additions`]): no keys the schema lacks (in
+//! records of a schema version this one knows) and numbers in range.
 
-use automerge::{Automerge, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{ActorId, Automerge, Change, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
 
 use crate::header::Header;
-use crate::schema::{FieldSpec, FieldType, HEADER, REVIEW};
+use crate::schema::{names, FieldSpec, FieldType, HEADER, REVIEW, SCHEMA_VERSION};
 
 /// Why a record does not fit its schema. Names the field, so a refusal can
 /// tell the device exactly what was wrong.
@@ -34,6 +36,30 @@ pub enum SchemaError {
         expected: String,
         /// What the record holds.
         found: String,
+    },
+    /// A change adds a key the schema does not have (a typo, or an app
+    /// writing what it should not) to a record whose schema version is
+    /// not newer than this one.
+    #[error(
+        "unknown field {path}: a {kind} record (schema version {SCHEMA_VERSION}) has no such \
+         field; the fields there are {}",
+        known.join(", ")
+    )]
+    UnknownField {
+        /// Dotted path of the key (`attendees.0.nmae`).
+        path: String,
+        /// The record's kind.
+        kind: &'static str,
+        /// The keys allowed beside it.
+        known: Vec<&'static str>,
+    },
+    /// A change puts a number outside its field's range (a latitude of -91).
+    #[error("field {path}: {reason}")]
+    OutOfRange {
+        /// Dotted path (`observations.0.gps.lat`).
+        path: String,
+        /// The value and the range it missed.
+        reason: String,
     },
     /// A field holds a value outside its allowed set.
     #[error("field {path}: {value:?} is not one of {allowed:?}")]
@@ -137,8 +163,10 @@ fn check_value(
     }
 }
 
-/// Checks the known fields of one map. Unknown keys are left alone: a newer
-/// schema may have written them.
+/// Checks the known fields of one map. Unknown keys are left alone here: a
+/// newer schema may have written them, and records stored before unknown
+/// keys were refused must still load ([`validate_additions`] judges new
+/// ones).
 fn check_map(
     doc: &Automerge,
     obj: &ObjId,
@@ -189,7 +217,8 @@ pub fn validate(doc: &Automerge) -> Result<Header, SchemaError> {
 }
 
 /// Checks a record after changes were applied to it, against the copy
-/// before them (None for a new record): valid, and the header unchanged.
+/// before them (None for a new record): valid, the header unchanged, and
+/// what the changes added fits [`validate_additions`].
 pub fn validate_change(
     before: Option<&Automerge>,
     after: &Automerge,
@@ -201,5 +230,127 @@ pub fn validate_change(
             return Err(SchemaError::HeaderChanged(field));
         }
     }
+    let since = before.map(|b| b.get_heads()).unwrap_or_default();
+    validate_additions(after, &after.get_changes(&since))?;
     Ok(header)
+}
+
+/// Checks what `changes` (already applied to `doc`) put into it: no key
+/// the schema lacks, anywhere (root, header, review block, list items,
+/// nested maps), unless the header names a schema version newer than
+/// [`SCHEMA_VERSION`] (a newer app's fields are kept, not judged); and
+/// every bounded number in range. Values already there before the changes
+/// are not judged: records stored before these rules still load and take
+/// edits, and only new writes are refused.
+pub fn validate_additions(doc: &Automerge, changes: &[Change]) -> Result<(), SchemaError> {
+    let header = Header::read(doc)?;
+    let walk = Additions {
+        doc,
+        made: changes
+            .iter()
+            .filter(|c| !c.is_empty())
+            .map(|c| (c.actor_id().clone(), c.start_op().get(), c.max_op()))
+            .collect(),
+        unknown_refused: header.schema <= SCHEMA_VERSION,
+        kind: header.kind.name(),
+    };
+    let mut root: Vec<FieldSpec> = header.kind.fields().to_vec();
+    root.push(FieldSpec {
+        name: "header",
+        ty: FieldType::Map(HEADER),
+        bounds: None,
+    });
+    root.push(FieldSpec {
+        name: "review",
+        ty: FieldType::Map(REVIEW),
+        bounds: None,
+    });
+    walk.map(&ROOT, &root, "")
+}
+
+/// The walk of [`validate_additions`].
+struct Additions<'a> {
+    doc: &'a Automerge,
+    /// Each change's actor and first and last operation counters: a value
+    /// whose id falls in one was put by these changes.
+    made: Vec<(ActorId, u64, u64)>,
+    unknown_refused: bool,
+    kind: &'static str,
+}
+
+impl Additions<'_> {
+    fn is_new(&self, id: &ObjId) -> bool {
+        match id {
+            ObjId::Id(counter, actor, _) => self
+                .made
+                .iter()
+                .any(|(a, first, last)| a == actor && (*first..=*last).contains(counter)),
+            ObjId::Root => false,
+        }
+    }
+
+    fn map(&self, obj: &ObjId, spec: &[FieldSpec], prefix: &str) -> Result<(), SchemaError> {
+        for key in self.doc.keys(obj) {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            let values = self.doc.get_all(obj, key.as_str()).unwrap_or_default();
+            let Some(field) = spec.iter().find(|f| f.name == key) else {
+                if self.unknown_refused && values.iter().any(|(_, id)| self.is_new(id)) {
+                    return Err(SchemaError::UnknownField {
+                        path,
+                        kind: self.kind,
+                        known: names(spec),
+                    });
+                }
+                continue;
+            };
+            for (value, id) in &values {
+                self.value(field, &path, value, id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn value(
+        &self,
+        field: &FieldSpec,
+        path: &str,
+        value: &Value<'_>,
+        id: &ObjId,
+    ) -> Result<(), SchemaError> {
+        match (field.ty, value) {
+            (FieldType::Map(parts), Value::Object(ObjType::Map)) => self.map(id, parts, path),
+            (FieldType::List(parts), Value::Object(ObjType::List)) => {
+                for i in 0..self.doc.length(id) {
+                    for (item, item_id) in self.doc.get_all(id, i).unwrap_or_default() {
+                        if let Value::Object(ObjType::Map) = item {
+                            self.map(&item_id, parts, &format!("{path}.{i}"))?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+            (_, Value::Scalar(s)) => match field.bounds {
+                Some(bounds) if self.is_new(id) => {
+                    let checked = match s.as_ref() {
+                        ScalarValue::Str(text) => bounds.check_text(text),
+                        ScalarValue::Int(v) => bounds.check(*v as f64),
+                        ScalarValue::Uint(v) => bounds.check(*v as f64),
+                        ScalarValue::F64(v) => bounds.check(*v),
+                        // A wrong type is validate's to report.
+                        _ => Ok(()),
+                    };
+                    checked.map_err(|reason| SchemaError::OutOfRange {
+                        path: path.to_string(),
+                        reason,
+                    })
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
+    }
 }

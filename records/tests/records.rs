@@ -216,6 +216,140 @@ fn fields_from_a_newer_schema_survive_an_older_clients_edit() {
     assert_eq!(v.as_str(), Some("KDA 123X"));
 }
 
+/// A change made straight with automerge, as a buggy app would.
+fn raw_change(
+    doc: &Automerge,
+    f: impl FnOnce(&mut automerge::transaction::Transaction<'_>),
+) -> Automerge {
+    let mut d = doc.fork();
+    let mut tx = d.transaction();
+    f(&mut tx);
+    tx.commit();
+    d
+}
+
+#[test]
+fn new_unknown_fields_are_refused_where_the_schema_version_is_known() {
+    let mut doc = Automerge::new();
+    ops::create(&mut doc, &header(Kind::Meeting), 0).unwrap();
+    let typo = raw_change(&doc, |tx| {
+        tx.put(ROOT, "titel", "Baraza").unwrap();
+    });
+    match validate_change(Some(&doc), &typo) {
+        Err(SchemaError::UnknownField { path, kind, known }) => {
+            assert_eq!((path.as_str(), kind), ("titel", "meeting"));
+            assert!(known.contains(&"title") && known.contains(&"review"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // validate alone judges the whole record as stored: unknown keys are
+    // left alone, so records stored before this rule still load.
+    validate(&typo).unwrap();
+
+    // Nested: a key the items of a list do not have.
+    let attendees = doc.get(ROOT, "attendees").unwrap().unwrap().1;
+    let nested = raw_change(&doc, |tx| {
+        let item = tx
+            .insert_object(&attendees, 0, automerge::ObjType::Map)
+            .unwrap();
+        tx.put(&item, "nmae", "Otieno").unwrap();
+    });
+    assert!(matches!(
+        validate_change(Some(&doc), &nested),
+        Err(SchemaError::UnknownField { path, .. }) if path == "attendees.0.nmae"
+    ));
+
+    // A record already holding an unknown key takes other edits, and a
+    // delete of the typo; only new values under unknown keys are refused.
+    let mut later = typo.fork();
+    ops::set(&mut later, "title", s("Baraza"), 0).unwrap();
+    validate_change(Some(&typo), &later).unwrap();
+    let fixed = raw_change(&typo, |tx| tx.delete(ROOT, "titel").unwrap());
+    validate_change(Some(&typo), &fixed).unwrap();
+    let again = raw_change(&typo, |tx| {
+        tx.put(ROOT, "titel", "Baraza 2").unwrap();
+    });
+    assert!(matches!(
+        validate_change(Some(&typo), &again),
+        Err(SchemaError::UnknownField { .. })
+    ));
+
+    // A newer schema's record keeps its own fields.
+    let mut newer_header = header(Kind::Meeting);
+    newer_header.schema = SCHEMA_VERSION + 1;
+    let mut newer = Automerge::new();
+    ops::create(&mut newer, &newer_header, 0).unwrap();
+    let extra = raw_change(&newer, |tx| {
+        tx.put(ROOT, "livestream_url", "https://example.org")
+            .unwrap();
+    });
+    validate_change(Some(&newer), &extra).unwrap();
+    validate_change(None, &extra).unwrap();
+}
+
+#[test]
+fn coordinates_are_checked_when_written() {
+    let mut doc = Automerge::new();
+    ops::create(&mut doc, &header(Kind::PatrolNote), 0).unwrap();
+    ops::append(&mut doc, "observations", &[("text", s("Stalls closed"))], 0).unwrap();
+    let point = |lat: &str, lon: &str, acc: i64| {
+        [
+            ("lat", s(lat)),
+            ("lon", s(lon)),
+            ("accuracy_m", FieldValue::Int(acc)),
+        ]
+    };
+    let mut good = doc.fork();
+    ops::set_item_map(
+        &mut good,
+        "observations",
+        0,
+        "gps",
+        &point("-1.3127", "36.7850", 8),
+        0,
+    )
+    .unwrap();
+    validate_change(Some(&doc), &good).unwrap();
+    for (lat, lon, acc, field) in [
+        ("-91", "36.7850", 8, "lat"),
+        ("90.0001", "36.7850", 8, "lat"),
+        ("-1.3", "180.5", 8, "lon"),
+        ("-1.3", "36.7", 0, "accuracy_m"),
+        ("NaN", "36.7", 8, "lat"),
+        ("-1,3", "36.7", 8, "lat"),
+    ] {
+        let mut d = doc.fork();
+        let before = d.get_heads();
+        match ops::set_item_map(&mut d, "observations", 0, "gps", &point(lat, lon, acc), 0) {
+            Err(EditError::BadValue { field: f, .. }) => {
+                assert_eq!(f, format!("observations.gps.{field}"))
+            }
+            other => panic!("{lat},{lon},{acc}: {other:?}"),
+        }
+        assert_eq!(d.get_heads(), before, "nothing is changed");
+    }
+    // Written past the edit API, the server's check names the field; an
+    // out-of-range point already stored does not block other edits.
+    let item = doc
+        .get(doc.get(ROOT, "observations").unwrap().unwrap().1, 0)
+        .unwrap()
+        .unwrap()
+        .1;
+    let bad = raw_change(&doc, |tx| {
+        let gps = tx
+            .put_object(&item, "gps", automerge::ObjType::Map)
+            .unwrap();
+        tx.put(&gps, "lat", "-91").unwrap();
+    });
+    assert!(matches!(
+        validate_change(Some(&doc), &bad),
+        Err(SchemaError::OutOfRange { path, .. }) if path == "observations.0.gps.lat"
+    ));
+    let mut later = bad.fork();
+    ops::set(&mut later, "beat", s("B4"), 0).unwrap();
+    validate_change(Some(&bad), &later).unwrap();
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Attend(u8),

@@ -857,6 +857,7 @@ fn set_path(
     let unknown = || baraza_records::EditError::UnknownField {
         field: path.to_string(),
         kind: kind.name(),
+        known: baraza_records::schema::names(kind.fields()),
     };
     let parse = |ty: FieldType| {
         FieldValue::parse(ty, text).map_err(|reason| baraza_records::EditError::BadValue {

@@ -1519,8 +1519,10 @@ struct Refused {
 /// Decides whether changes a device just added to a record may stay: every
 /// new change must be authored under one of the device's own actor ids
 /// (automerge does not authenticate actors, so the server must), the
-/// record must still fit its schema with its header unchanged, a new
-/// record must name the pushing device as its creator, and (unless `rules`
+/// record must still fit its schema with its header unchanged, what the
+/// changes add must hold no field the schema lacks (unless the record is
+/// of a newer schema version) and no number out of range, a new record
+/// must name the pushing device as its creator, and (unless `rules`
 /// is None) the user's access rules must allow every change.
 fn admit(
     id: DocId,
@@ -1575,6 +1577,14 @@ fn admit(
         }
         None => {}
     }
+    baraza_records::validate_additions(doc, &changes).map_err(|e| Refused {
+        code: match e {
+            baraza_records::SchemaError::UnknownField { .. } => ErrorCode::UnknownField,
+            _ => ErrorCode::InvalidRecord,
+        },
+        rule: None,
+        message: format!("record {id}: {e}"),
+    })?;
     let summary = match rules {
         Some(who) => who
             .check_write(&header, is_new, doc, &changes)

@@ -178,6 +178,10 @@ pub enum ErrorCode {
     Forbidden,
     /// The record does not fit its schema (names the record and field).
     InvalidRecord,
+    /// A change adds a field the record's schema does not have (a typo
+    /// such as `titel`) to a record of a schema version the server knows.
+    /// The message names the record, the field and the fields there are.
+    UnknownField,
     /// The server could not store the change; nothing was acknowledged.
     StorageFailure,
     /// The device was reported lost or stolen: it must wipe its store

@@ -47,7 +47,7 @@ impl Station {
         let n = self.edits.get() + 1;
         self.edits.set(n);
         self.witness
-            .set(&self.record, "status", &format!("update {n}"))
+            .set(&self.record, "place", &format!("update {n}"))
             .unwrap();
         let (outcome, report) = tokio::join!(attack, self.witness.sync());
         assert_eq!(report.docs_sent, 1, "{report:?}");
@@ -71,7 +71,7 @@ impl Station {
         assert!(held.contains_key(&self.record));
         assert_eq!(newcomer.all_heads(), held);
         assert_eq!(
-            newcomer.field(&self.record, "status").value,
+            newcomer.field(&self.record, "place").value,
             format!("update {}", self.edits.get())
         );
         assert!(

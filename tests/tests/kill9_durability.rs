@@ -26,10 +26,9 @@ async fn records_acknowledged_before_a_kill9_survive_the_restart() {
     for n in 0..RECORDS {
         let id = patrol
             .create(vec![
-                ("kind".into(), "occurrence".into()),
-                ("ob_number".into(), format!("OB/{n:04}/2025")),
+                ("title".into(), format!("OB/{n:04}/2025")),
                 (
-                    "summary".into(),
+                    "place".into(),
                     format!("Patrol note {n}: all quiet at the market."),
                 ),
             ])

@@ -30,8 +30,8 @@ async fn an_incident_reported_on_patrol_appears_on_the_duty_officers_tablet() {
     // A patrol reports an incident and syncs once.
     let id = patrol
         .create(vec![
-            ("kind".into(), "incident".into()),
-            ("summary".into(), "Market stall fire, Gikomba".into()),
+            ("title".into(), "Market stall fire, Gikomba".into()),
+            ("place".into(), "Gikomba market".into()),
         ])
         .unwrap();
     let report = patrol.sync().await;
@@ -43,21 +43,18 @@ async fn an_incident_reported_on_patrol_appears_on_the_duty_officers_tablet() {
     })
     .await;
     assert_eq!(duty.heads(&id).unwrap(), patrol.heads(&id).unwrap());
-    assert_eq!(
-        duty.field(&id, "summary").value,
-        "Market stall fire, Gikomba"
-    );
+    assert_eq!(duty.field(&id, "title").value, "Market stall fire, Gikomba");
 
     // The duty officer assigns it; the background sync pushes the edit by
     // itself and the patrol picks it up at its next sync.
-    duty.set(&id, "assigned_to", "Sgt. Wanjiru").unwrap();
+    duty.set(&id, "facilitator", "Sgt. Wanjiru").unwrap();
     wait_until("the assignment is acknowledged", LIVE_TIMEOUT, || {
         duty.status().unwrap().unacknowledged == 0
     })
     .await;
     let report = patrol.sync().await;
     assert_eq!(report.docs_received, 1);
-    assert_eq!(patrol.field(&id, "assigned_to").value, "Sgt. Wanjiru");
+    assert_eq!(patrol.field(&id, "facilitator").value, "Sgt. Wanjiru");
 
     // A tablet running the command-line app updates it too; the duty
     // tablet sees that live as well.
@@ -78,12 +75,12 @@ async fn an_incident_reported_on_patrol_appears_on_the_duty_officers_tablet() {
         ],
     );
     run_cli(&cli_dir, &["sync"]);
-    run_cli(&cli_dir, &["set", &id, "status", "fire out, no injuries"]);
+    run_cli(&cli_dir, &["set", &id, "place", "fire out, no injuries"]);
     run_cli(&cli_dir, &["sync"]);
     wait_until(
         "the CLI tablet's update reaches the duty tablet",
         LIVE_TIMEOUT,
-        || duty.value(&id, "status").as_deref() == Some("fire out, no injuries"),
+        || duty.value(&id, "place").as_deref() == Some("fire out, no injuries"),
     )
     .await;
 

@@ -35,7 +35,7 @@ async fn officer_and_liaison_edit_a_meeting_offline_then_reconnect() {
 
     // Both go offline (they simply do not sync) and edit the same record.
     officer.set(&id, "place", "Chief's camp, Kibera").unwrap();
-    liaison.set(&id, "status", "minutes approved").unwrap();
+    liaison.set(&id, "facilitator", "Chief Odhiambo").unwrap();
     officer.splice(&id, "notes", 0, 0, "Officer: ").unwrap();
     let end = liaison.field(&id, "notes").value.chars().count() as u64;
     liaison
@@ -76,8 +76,8 @@ async fn officer_and_liaison_edit_a_meeting_offline_then_reconnect() {
         "the officer's field survives"
     );
     assert_eq!(
-        officer.field(&id, "status").value,
-        "minutes approved",
+        officer.field(&id, "facilitator").value,
+        "Chief Odhiambo",
         "the liaison's field survives"
     );
     let notes = officer.field(&id, "notes");

@@ -25,9 +25,8 @@ async fn reconnecting_after_a_shift_costs_only_the_records_that_changed() {
         .map(|n| {
             front_desk
                 .create(vec![
-                    ("kind".into(), "occurrence".into()),
-                    ("ob_number".into(), format!("OB/{n:05}/2025")),
-                    ("status".into(), "open".into()),
+                    ("title".into(), format!("OB/{n:05}/2025")),
+                    ("place".into(), "open".into()),
                 ])
                 .unwrap()
         })
@@ -55,10 +54,10 @@ async fn reconnecting_after_a_shift_costs_only_the_records_that_changed() {
     let (desk_edits, patrol_edits) = ids.split_at(EDITS_EACH);
     let patrol_edits = &patrol_edits[..EDITS_EACH];
     for id in desk_edits {
-        front_desk.set(id, "status", "closed at the desk").unwrap();
+        front_desk.set(id, "place", "closed at the desk").unwrap();
     }
     for id in patrol_edits {
-        patrol.set(id, "status", "closed on patrol").unwrap();
+        patrol.set(id, "place", "closed on patrol").unwrap();
     }
 
     // The patrol tablet reconnects first and uploads its 50.
@@ -81,14 +80,14 @@ async fn reconnecting_after_a_shift_costs_only_the_records_that_changed() {
     );
     assert_eq!(desk_sync.unacknowledged, 0);
     for id in patrol_edits {
-        assert_eq!(front_desk.field(id, "status").value, "closed on patrol");
+        assert_eq!(front_desk.field(id, "place").value, "closed on patrol");
     }
 
     // The patrol tablet picks up the desk's 50, and the two agree on all.
     let patrol_sync = patrol.sync().await;
     assert_eq!(patrol_sync.docs_sent, 0);
     for id in desk_edits {
-        assert_eq!(patrol.field(id, "status").value, "closed at the desk");
+        assert_eq!(patrol.field(id, "place").value, "closed at the desk");
     }
     assert_eq!(patrol.all_heads(), front_desk.all_heads());
 }
