@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use automerge::{Automerge, ChangeHash};
-use baraza_protocol::{DocId, ErrorCode, Head, Replica, Seq, StoreId};
+use baraza_protocol::{DeviceName, DocId, ErrorCode, Head, Replica, Seq, StoreId};
 
 use crate::error::ClientError;
 use crate::seal::Sealer;
@@ -234,6 +234,17 @@ impl LocalStore {
                     reason: e.to_string(),
                 }
             })?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The name the server gave a device (32 hex digits), if it did.
+    pub fn device_name(&self, device: &str) -> Result<Option<String>, ClientError> {
+        match self
+            .meta
+            .get(format!("device_name/{}", device.to_ascii_lowercase()))?
+        {
+            Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
             None => Ok(None),
         }
     }
@@ -693,6 +704,18 @@ impl Replica for LocalStore {
     fn erase(&mut self, id: DocId) -> Result<(), ClientError> {
         tracing::info!(doc = %id, "record erased by an administrator");
         self.delete(id)
+    }
+
+    fn device_names(&mut self, names: &[DeviceName]) -> Result<(), ClientError> {
+        // Sealed like everything else in `meta` (a device's name can name
+        // its officer), and wiped with it. Made durable with the cursor.
+        for n in names {
+            self.meta.insert(
+                format!("device_name/{}", n.device.to_hex()),
+                n.name.as_bytes(),
+            )?;
+        }
+        Ok(())
     }
 }
 

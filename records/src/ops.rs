@@ -281,6 +281,38 @@ pub fn append<'a>(
     Ok(index)
 }
 
+/// Sets keys of a map field (a meeting's `headcount`), making the map if
+/// the record has none. Keys are set one by one in the map that is there,
+/// so two devices counting different groups offline both keep theirs.
+pub fn set_map<'a>(
+    doc: &mut Automerge,
+    field: &str,
+    values: &[(&str, FieldValue)],
+    at: impl Into<Stamp<'a>>,
+) -> Result<(), EditError> {
+    let kind = Header::read(doc)?.kind;
+    let FieldType::Map(parts) = spec(kind.fields(), field, kind)?.ty else {
+        return Err(EditError::BadValue {
+            field: field.into(),
+            reason: "not a map".into(),
+        });
+    };
+    for (name, value) in values {
+        let s = spec(parts, name, kind)?;
+        check_scalar(&format!("{field}.{name}"), s.ty, value)?;
+    }
+    let mut tx = doc.transaction();
+    let map = match tx.get(ROOT, field)? {
+        Some((Value::Object(ObjType::Map), obj)) => obj,
+        _ => tx.put_object(ROOT, field, ObjType::Map)?,
+    };
+    for (name, value) in values {
+        tx.put(&map, *name, value.scalar())?;
+    }
+    commit(tx, &format!("set {field}"), at.into());
+    Ok(())
+}
+
 /// Puts a nested map (e.g. an observation's GPS point) into a list item.
 pub fn set_item_map<'a>(
     doc: &mut Automerge,
