@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use baraza_client::{Client, ClientError, Content, Record, Summary};
+use baraza_client::{Client, Content, Record, Summary};
 use chrono::{Local, SecondsFormat, TimeZone};
 use serde_json::{json, Map, Value as Json};
 
@@ -50,7 +50,7 @@ pub fn iso_ms(ms: i64) -> String {
 
 /// How a device is named to a person: its registered name in quotes, or
 /// its id when this tablet was never told the name.
-pub fn device_label(client: &Client, actor: &str) -> Result<String, ClientError> {
+pub fn device_label(client: &Client, actor: &str) -> anyhow::Result<String> {
     let id = actor.get(..32).unwrap_or(actor);
     Ok(match client.device_name(actor)? {
         Some(name) => format!("{name:?}"),
@@ -59,14 +59,14 @@ pub fn device_label(client: &Client, actor: &str) -> Result<String, ClientError>
 }
 
 /// The device part of an actor id and its name, for JSON.
-fn device_json(client: &Client, actor: &str) -> Result<(Json, Json), ClientError> {
+fn device_json(client: &Client, actor: &str) -> anyhow::Result<(Json, Json)> {
     let id = actor.get(..32).unwrap_or(actor);
     let name = client.device_name(actor)?;
     Ok((json!(id), json!(name)))
 }
 
 /// `record` as indented text.
-pub fn record_text(client: &Client, record: &Record) -> Result<String, ClientError> {
+pub fn record_text(client: &Client, record: &Record) -> anyhow::Result<String> {
     let mut out = String::new();
     let _ = writeln!(out, "record {}", record.id);
     if let Some(h) = &record.header {
@@ -214,7 +214,7 @@ pub fn content_json(content: &Content) -> Json {
 }
 
 /// `record` as JSON.
-pub fn record_json(client: &Client, record: &Record) -> Result<Json, ClientError> {
+pub fn record_json(client: &Client, record: &Record) -> anyhow::Result<Json> {
     let mut obj = Map::new();
     obj.insert("id".into(), json!(record.id));
     if let Some(h) = &record.header {
@@ -321,7 +321,7 @@ fn change_ms(secs: i64) -> i64 {
 pub fn conflicts_text(
     client: &Client,
     conflicts: &[baraza_records::Conflict],
-) -> Result<String, ClientError> {
+) -> anyhow::Result<String> {
     let mut out = String::new();
     if conflicts.is_empty() {
         out.push_str("no conflicts\n");
@@ -351,7 +351,7 @@ pub fn conflicts_text(
 pub fn conflicts_json(
     client: &Client,
     conflicts: &[baraza_records::Conflict],
-) -> Result<Json, ClientError> {
+) -> anyhow::Result<Json> {
     let mut out = Vec::new();
     for c in conflicts {
         let mut values = Vec::new();
@@ -378,7 +378,7 @@ pub fn conflicts_json(
 pub fn history_text(
     client: &Client,
     history: &[baraza_records::HistoryEntry],
-) -> Result<String, ClientError> {
+) -> anyhow::Result<String> {
     let mut out = String::new();
     for h in history {
         let _ = writeln!(
@@ -397,7 +397,7 @@ pub fn history_text(
 pub fn history_json(
     client: &Client,
     history: &[baraza_records::HistoryEntry],
-) -> Result<Json, ClientError> {
+) -> anyhow::Result<Json> {
     let mut out = Vec::new();
     for h in history {
         let (device, name) = device_json(client, &h.actor)?;
