@@ -329,6 +329,7 @@ pub fn hello_frame(store: Option<StoreId>, cursor: Seq) -> anyhow::Result<Vec<u8
         version: PROTOCOL_VERSION,
         store,
         cursor,
+        names: false,
     }))?)
 }
 

@@ -15,7 +15,7 @@ use baraza_records::ops::Stamp;
 use baraza_records::{ops, FieldValue, Header, Kind};
 
 use crate::error::ClientError;
-use crate::record::{self, Record};
+use crate::record::{self, Record, Summary};
 use crate::store::{LocalStore, Rejection};
 use crate::sync::{self, Mode, SyncListener, SyncReport};
 use crate::transport::Endpoint;
@@ -373,6 +373,7 @@ impl Client {
             .ok_or_else(|| ClientError::NotFound(id.to_string()))?;
         Ok(Record {
             id: doc_id.to_string(),
+            header: Header::read(&doc).ok(),
             fields: record::fields(&doc),
             unacknowledged: self.store.is_unacknowledged(doc_id)?,
             rejected: self.store.rejection(doc_id)?,
@@ -389,6 +390,48 @@ impl Client {
             .into_iter()
             .map(|id| id.to_string())
             .collect())
+    }
+
+    /// Every record held, in id order, with what a listing shows of it.
+    pub fn records(&self) -> Result<Vec<Summary>, ClientError> {
+        let mut out = Vec::new();
+        for id in self.store.ids()? {
+            let Some(doc) = self.store.load(id)? else {
+                continue;
+            };
+            let header = Header::read(&doc).ok();
+            let title = header
+                .as_ref()
+                .and_then(|h| {
+                    let name = record::title_field(h.kind);
+                    record::fields(&doc).into_iter().find(|f| f.name == name)
+                })
+                .map(|f| f.value)
+                .unwrap_or_default();
+            out.push(Summary {
+                id: id.to_string(),
+                kind: header
+                    .as_ref()
+                    .map(|h| h.kind.name().to_string())
+                    .unwrap_or_default(),
+                area: header.as_ref().map(|h| h.area.clone()).unwrap_or_default(),
+                title,
+                review_state: baraza_records::review_state(&doc),
+                synced: !self.store.is_unacknowledged(id)?,
+                refused: self.store.rejection(id)?.is_some(),
+                created_at_ms: header.as_ref().map(|h| h.created_at).unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The name of the device an actor id (hex) belongs to: as the server
+    /// named it to this tablet, or this device's own; None if unknown.
+    pub fn device_name(&self, actor: &str) -> Result<Option<String>, ClientError> {
+        let Some(device) = actor.get(..2 * baraza_protocol::DeviceId::LEN) else {
+            return Ok(None);
+        };
+        self.store.device_name(device)
     }
 
     /// Local state of sync.
@@ -471,11 +514,16 @@ impl Client {
             let lists: Vec<&str> = kind
                 .fields()
                 .iter()
-                .filter(|f| matches!(f.ty, baraza_records::FieldType::List(_)))
+                .filter(|f| {
+                    matches!(
+                        f.ty,
+                        baraza_records::FieldType::List(_) | baraza_records::FieldType::Map(_)
+                    )
+                })
                 .map(|f| f.name)
                 .collect();
             ClientError::BadEdit(format!(
-                "a {} record has no list {list:?}; its lists are {}",
+                "a {} record has no list or map {list:?}; its lists and maps are {}",
                 kind.name(),
                 lists.join(", ")
             ))
@@ -519,6 +567,24 @@ impl Client {
             Ok(())
         })?;
         Ok(index as u64)
+    }
+
+    /// Sets keys of a map field (a meeting's headcount: `women`, `men`,
+    /// ...), typed by the schema.
+    pub fn set_map(
+        &self,
+        id: &str,
+        field: &str,
+        values: Vec<(String, String)>,
+    ) -> Result<(), ClientError> {
+        let doc_id = parse_id(id)?;
+        // A map's keys are typed like a list item's: the same lookup.
+        let typed = self.item_values(doc_id, field, &values)?;
+        self.edit(doc_id, false, |doc, at| {
+            let pairs: Vec<(&str, FieldValue)> =
+                typed.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            Ok(ops::set_map(doc, field, &pairs, at)?)
+        })
     }
 
     /// Sets one field of a list item (e.g. an action item's status).

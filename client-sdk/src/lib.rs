@@ -30,7 +30,7 @@ pub mod transport;
 
 pub use client::{BackgroundSync, Client, Enrolment, RefusedRecord, Status};
 pub use error::ClientError;
-pub use record::{Field, Record};
+pub use record::{Content, Field, Record, Summary};
 pub use seal::KEY_LEN;
 pub use store::{Rejection, DEFAULT_OPEN_DEADLINE, STORE_OPEN_THREAD};
 pub use sync::{NoListener, SyncEvent, SyncListener, SyncReport, WipeReport};

@@ -1,9 +1,13 @@
 //! `baraza`: a scriptable command-line tablet over the client SDK.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 mod cli_key;
+mod cli_out;
 use std::process::ExitCode;
+
+use cli_out::outln;
 
 use anyhow::{bail, Context};
 use baraza_client::{Client, ClientError, SyncEvent, SyncListener};
@@ -152,6 +156,15 @@ enum Command {
         field: String,
         /// New value.
         value: String,
+    },
+    /// Sets keys of a map field: `map ID headcount women=12 men=9 total=21`.
+    Map {
+        /// Record id.
+        id: String,
+        /// Map field (headcount).
+        field: String,
+        /// Keys and values, KEY=VALUE.
+        values: Vec<String>,
     },
     /// Removes a list item.
     Remove {
@@ -350,6 +363,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes are for a person at a terminal, not for a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     // A panic of the storage engine while opening the store is caught by
     // the SDK and reported below as a damaged store; printed by the default
@@ -362,6 +377,15 @@ fn main() -> ExitCode {
     }));
     match run(Cli::parse()) {
         Ok(code) => code,
+        Err(err)
+            if err
+                .downcast_ref::<cli_out::StdoutError>()
+                .is_some_and(|e| e.is_broken_pipe()) =>
+        {
+            // The reader is gone (`baraza list | head -1`): nobody is left
+            // to tell, and what it wanted it has.
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             if let Some(ClientError::DamagedStore { path, .. }) = err.downcast_ref::<ClientError>()
@@ -406,7 +430,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     area.as_deref().unwrap_or("unassigned"),
                 )?;
             }
-            println!("configured {server}");
+            outln!("configured {server}");
         }
         Command::Enroll {
             server,
@@ -424,7 +448,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             let enrolment =
                 runtime.block_on(client.enroll(&server, &ca, &user, password, &device_name))?;
-            println!(
+            outln!(
                 "enrolled device {} for {} ({}; areas: {})",
                 enrolment.device_id,
                 enrolment.user,
@@ -440,55 +464,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 };
                 fields.push((k.to_string(), v.to_string()));
             }
-            let id = match area {
-                Some(area) => client.create_record(&kind, &area, fields)?,
-                None => client.create_record(&kind, &client.area()?, fields)?,
+            let area = match area {
+                Some(area) => area,
+                None => client.area()?,
             };
-            println!("{id}");
+            let id = client.create_record(&kind, &area, fields)?;
+            created(&kind, &area, &id);
+            // Only the id on standard output: scripts take it with $(...).
+            outln!("{id}");
         }
-        Command::Set { id, field, value } => client.set(&id, &field, &value)?,
+        Command::Set { id, field, value } => {
+            client.set(&id, &field, &value)?;
+            done(&format!("set {field} of record {id} to {value:?}"));
+        }
         Command::Splice {
             id,
             field,
             pos,
             delete,
             text,
-        } => client.splice(&id, &field, pos, delete, &text)?,
+        } => {
+            client.splice(&id, &field, pos, delete, &text)?;
+            done(&format!(
+                "edited {field} of record {id}: at character {pos}, deleted {delete}, inserted {}",
+                text.chars().count()
+            ));
+        }
         Command::Show { id } => {
             let record = client.get(&id)?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&record)?);
+                let json = cli_out::record_json(&client, &record)?;
+                outln!("{}", serde_json::to_string_pretty(&json)?);
             } else {
-                println!("record {}", record.id);
-                if let Some(r) = &record.rejected {
-                    match &r.rule {
-                        Some(rule) => println!("  REJECTED by rule {rule}: {}", r.message),
-                        None => println!("  REFUSED ({}): {}", r.code, r.message),
-                    }
-                    println!("  (kept on this device; not sent again until edited)");
-                } else if record.unacknowledged {
-                    println!("  (changes not yet acknowledged by the server)");
-                }
-                println!("  review: {}", record.review_state);
-                for c in &record.review_comments {
-                    println!("    {}: {}", c.by, c.text);
-                }
-                for f in record.fields.iter().filter(|f| f.name != "review") {
-                    let kind = if f.text { " (text)" } else { "" };
-                    println!("  {}{kind}: {}", f.name, f.value);
-                    for other in &f.conflicts {
-                        println!("    CONFLICT: also set to {other}");
-                    }
-                }
+                let text = cli_out::record_text(&client, &record)?;
+                outln!("{}", text.trim_end());
             }
         }
         Command::List => {
-            let ids = client.list()?;
+            let records = client.records()?;
             if cli.json {
-                println!("{}", serde_json::to_string(&ids)?);
+                outln!("{}", serde_json::to_string(&cli_out::list_json(&records))?);
             } else {
-                for id in ids {
-                    println!("{id}");
+                // Line by line, so a reader that stops early stops us too.
+                for line in cli_out::list_text(&records).lines() {
+                    outln!("{line}");
                 }
             }
         }
@@ -499,11 +518,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             let report = runtime.block_on(client.sync_once(&Printer))?;
             if cli.json {
-                println!("{}", serde_json::to_string(&report)?);
+                outln!("{}", serde_json::to_string(&report)?);
             } else {
-                println!(
+                outln!(
                     "synced: {} sent, {} received, {} reconciled",
-                    report.docs_sent, report.docs_received, report.docs_reconciled
+                    report.docs_sent,
+                    report.docs_received,
+                    report.docs_reconciled
                 );
             }
             if report.unacknowledged > 0 {
@@ -519,7 +540,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Add { id, list, values } => {
-            println!("{}", client.add_item(&id, &list, pairs(&values)?)?);
+            let index = client.add_item(&id, &list, pairs(&values)?)?;
+            done(&format!("added item {index} to {list} of record {id}"));
+            outln!("{index}");
         }
         Command::Item {
             id,
@@ -527,8 +550,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             index,
             field,
             value,
-        } => client.set_item(&id, &list, index, &field, &value)?,
-        Command::Remove { id, list, index } => client.remove_item(&id, &list, index)?,
+        } => {
+            client.set_item(&id, &list, index, &field, &value)?;
+            done(&format!(
+                "set {field} of {list} item {index} of record {id} to {value:?}"
+            ));
+        }
+        Command::Map { id, field, values } => {
+            let values = pairs(&values)?;
+            let keys: Vec<&str> = values.iter().map(|(k, _)| k.as_str()).collect();
+            let keys = keys.join(", ");
+            client.set_map(&id, &field, values)?;
+            done(&format!("set {keys} of {field} of record {id}"));
+        }
+        Command::Remove { id, list, index } => {
+            client.remove_item(&id, &list, index)?;
+            done(&format!("removed item {index} from {list} of record {id}"));
+        }
         Command::Meeting(cmd) => match cmd {
             MeetingCmd::New { title, place, area } => {
                 let mut fields = vec![kv("title", &title), kv("held_at", &now_ms())];
@@ -539,28 +577,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(a) => a,
                     None => client.area()?,
                 };
-                println!("{}", client.create_record("meeting", &area, fields)?);
+                let id = client.create_record("meeting", &area, fields)?;
+                created("meeting", &area, &id);
+                outln!("{id}");
             }
             MeetingCmd::Attend { id, name, role } => {
                 let mut item = vec![kv("name", &name)];
                 if let Some(role) = role {
                     item.push(kv("role", &role));
                 }
-                println!("{}", client.add_item(&id, "attendees", item)?);
+                let index = client.add_item(&id, "attendees", item)?;
+                done(&format!(
+                    "added attendee {name:?} (item {index}) to record {id}"
+                ));
+                outln!("{index}");
             }
             MeetingCmd::Concern { id, topic, text } => {
                 let item = vec![kv("topic", &topic), kv("text", &text)];
-                println!("{}", client.add_item(&id, "concerns", item)?);
+                let index = client.add_item(&id, "concerns", item)?;
+                done(&format!("added concern {index} ({topic}) to record {id}"));
+                outln!("{index}");
             }
             MeetingCmd::Action { id, text, owner } => {
                 let mut item = vec![kv("text", &text), kv("status", "open")];
                 if let Some(owner) = owner {
                     item.push(kv("owner", &owner));
                 }
-                println!("{}", client.add_item(&id, "action_items", item)?);
+                let index = client.add_item(&id, "action_items", item)?;
+                done(&format!("added action item {index} to record {id}"));
+                outln!("{index}");
             }
             MeetingCmd::ActionStatus { id, index, status } => {
-                client.set_item(&id, "action_items", index, "status", &status)?
+                client.set_item(&id, "action_items", index, "status", &status)?;
+                done(&format!(
+                    "set action item {index} of record {id} to {status}"
+                ));
             }
         },
         Command::Patrol(cmd) => match cmd {
@@ -577,7 +628,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(a) => a,
                     None => client.area()?,
                 };
-                println!("{}", client.create_record("patrol_note", &area, fields)?);
+                let id = client.create_record("patrol_note", &area, fields)?;
+                created("patrol_note", &area, &id);
+                outln!("{id}");
             }
             PatrolCmd::Observe {
                 id,
@@ -610,7 +663,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some((lat, lon, acc)) = point {
                     client.set_gps(&id, index, lat, lon, acc)?;
                 }
-                println!("{index}");
+                done(&format!("added observation {index} to record {id}"));
+                outln!("{index}");
             }
         },
         Command::Feedback(cmd) => match cmd {
@@ -630,74 +684,92 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(a) => a,
                     None => client.area()?,
                 };
-                println!("{}", client.create_record("feedback", &area, fields)?);
+                let id = client.create_record("feedback", &area, fields)?;
+                created("feedback", &area, &id);
+                outln!("{id}");
             }
-            FeedbackCmd::FollowUp { id, status, note } => client.follow_up(&id, &status, &note)?,
+            FeedbackCmd::FollowUp { id, status, note } => {
+                client.follow_up(&id, &status, &note)?;
+                done(&format!(
+                    "added a follow-up to record {id}; its status is now {status}"
+                ));
+            }
         },
-        Command::Submit { id } => client.submit(&id)?,
+        Command::Submit { id } => {
+            client.submit(&id)?;
+            done(&format!("submitted record {id} for review"));
+        }
         Command::Review {
             id,
             decision,
             comment,
-        } => client.review(&id, &decision, comment)?,
+        } => {
+            let commented = if comment.is_some() {
+                " with a comment"
+            } else {
+                ""
+            };
+            client.review(&id, &decision, comment)?;
+            done(&format!("marked record {id} {decision}{commented}"));
+        }
         Command::Conflicts { id } => {
             let conflicts = client.conflicts(&id)?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&conflicts)?);
-            } else if conflicts.is_empty() {
-                println!("no conflicts");
+                let json = cli_out::conflicts_json(&client, &conflicts)?;
+                outln!("{}", serde_json::to_string_pretty(&json)?);
             } else {
-                for c in conflicts {
-                    println!("{}:", c.path);
-                    for v in c.values {
-                        let device = v.actor.get(..32).unwrap_or(&v.actor);
-                        println!(
-                            "  {:?} set by device {device} at {} (unix seconds)",
-                            v.value, v.time
-                        );
-                    }
-                }
+                let text = cli_out::conflicts_text(&client, &conflicts)?;
+                outln!("{}", text.trim_end());
             }
         }
         Command::History { id } => {
             let history = client.history(&id)?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&history)?);
+                let json = cli_out::history_json(&client, &history)?;
+                outln!("{}", serde_json::to_string_pretty(&json)?);
             } else {
-                for h in history {
-                    let device = h.actor.get(..32).unwrap_or(&h.actor);
-                    println!(
-                        "{} device {device}: {} [{}]",
-                        h.time,
-                        h.message.as_deref().unwrap_or("change"),
-                        h.fields.join(", ")
-                    );
+                for line in cli_out::history_text(&client, &history)?.lines() {
+                    outln!("{line}");
                 }
             }
         }
         Command::Status => {
             let status = client.status()?;
             if cli.json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                outln!("{}", serde_json::to_string_pretty(&status)?);
             } else {
-                println!(
+                outln!(
                     "server: {}",
                     status.server.as_deref().unwrap_or("(not configured)")
                 );
-                println!("records: {}", status.records);
-                println!("unacknowledged: {}", status.unacknowledged);
+                outln!("records: {}", status.records);
+                outln!("unacknowledged: {}", status.unacknowledged);
                 match status.last_sync {
-                    Some(t) => println!("last sync: {t} (unix seconds)"),
-                    None => println!("last sync: never"),
+                    Some(t) => outln!(
+                        "last sync: {}",
+                        cli_out::iso_ms(i64::try_from(t).unwrap_or(i64::MAX).saturating_mul(1000))
+                    ),
+                    None => outln!("last sync: never"),
                 }
-                println!("cursor: {}", status.cursor);
+                outln!("cursor: {}", status.cursor);
                 for r in &status.refused {
-                    println!("{}", describe_refusal(r));
+                    outln!("{}", describe_refusal(r));
                 }
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says on standard error what a write did: standard output stays for
+/// what scripts capture (a new record's id, an item's position).
+fn done(what: &str) {
+    eprintln!("{what} (on this tablet; `baraza sync` sends it to the server)");
+}
+
+/// Says on standard error which record a `new` made.
+fn created(kind: &str, area: &str, id: &str) {
+    done(&format!("created {kind} record {id} in area {area}"));
 }
 
 /// One line per refused record: which rule, and the server's reason.

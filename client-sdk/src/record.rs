@@ -1,24 +1,53 @@
-//! Reading and editing a record's fields by name: a scalar is set whole, a
-//! text spliced by character (so two people typing in the same field
-//! merge). Only fields of the record's schema are edited.
+//! Reading and editing a record's fields. A field is a scalar (set whole),
+//! a text (spliced by character, so two people typing in the same field
+//! merge), or a list or map of those ([`Content`] holds it in full). Only
+//! fields of the record's schema are edited.
 
 use automerge::transaction::Transactable;
-use automerge::{Automerge, ObjType, ReadDoc, Value, ROOT};
+use automerge::{Automerge, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
 use serde::Serialize;
 
 use baraza_records::ops::{commit_options, Stamp};
 use baraza_records::schema::names;
-use baraza_records::{EditError, FieldSpec, FieldType, FieldValue, Header};
+use baraza_records::{EditError, FieldSpec, FieldType, FieldValue, Header, Kind};
 
 use crate::error::ClientError;
+
+/// A field's value in full, typed by the record's schema where it knows
+/// the field (so a time is told from a number), nested lists and maps
+/// included.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum Content {
+    /// A string set whole (enums too).
+    Str(String),
+    /// Collaborative text.
+    Text(String),
+    /// A whole number.
+    Int(i64),
+    /// A flag.
+    Bool(bool),
+    /// A time the schema declares: milliseconds since the Unix epoch.
+    Time(i64),
+    /// A list, in order.
+    List(Vec<Content>),
+    /// A map, by key.
+    Map(Vec<(String, Content)>),
+    /// Anything else automerge can hold (counters, bytes), as text.
+    Other(String),
+}
 
 /// One field of a record as a person sees it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Field {
     /// Field name.
     pub name: String,
-    /// The value shown (the winning one where there is a conflict).
+    /// The value in one line (the winning one where there is a conflict):
+    /// scalars and text as they are, a list as `[N items]`. [`Field::content`]
+    /// has it in full.
     pub value: String,
+    /// The value in full (the winning one where there is a conflict).
+    pub content: Content,
     /// True for text fields (edited with splice).
     pub text: bool,
     /// Other values set concurrently by other devices, kept until someone
@@ -31,6 +60,9 @@ pub struct Field {
 pub struct Record {
     /// The record id.
     pub id: String,
+    /// What its header says (kind, area, creator, creation time); None for
+    /// a document without a readable header.
+    pub header: Option<Header>,
     /// Its fields, by name.
     pub fields: Vec<Field>,
     /// True if it has changes the server has not acknowledged.
@@ -44,27 +76,128 @@ pub struct Record {
     pub review_comments: Vec<baraza_records::ReviewComment>,
 }
 
+/// A record in a listing: enough to pick it out.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    /// The record id.
+    pub id: String,
+    /// Its kind (`meeting`), empty for a document without a readable header.
+    pub kind: String,
+    /// The area it is filed under.
+    pub area: String,
+    /// What names it: a meeting's title, a patrol note's beat, what a
+    /// feedback is about, a contact's name; empty if not set.
+    pub title: String,
+    /// `draft`, `submitted`, `approved` or `returned`.
+    pub review_state: String,
+    /// True when the server has acknowledged every change to it.
+    pub synced: bool,
+    /// True when the server refused its changes (see `status`).
+    pub refused: bool,
+    /// When it was created (milliseconds since the epoch, the creating
+    /// device's clock), 0 if unknown.
+    pub created_at_ms: i64,
+}
+
+/// The field that names a record of `kind` in listings.
+pub fn title_field(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Meeting => "title",
+        Kind::PatrolNote => "beat",
+        Kind::Feedback => "about",
+        Kind::FeedbackContact => "name",
+    }
+}
+
 /// The fields of a document.
 pub fn fields(doc: &Automerge) -> Vec<Field> {
+    let kind = Header::read(doc).ok().map(|h| h.kind);
     doc.keys(ROOT)
         .filter(|name| name != "header")
         .map(|name| {
+            let spec = kind.and_then(|k| k.field(&name)).copied();
             let all = doc.get_all(ROOT, name.as_str()).unwrap_or_default();
             let mut values = all.iter().map(|(v, obj)| {
                 let text = matches!(v, Value::Object(ObjType::Text));
-                (baraza_records::inspect::show(doc, v, obj), text)
+                (
+                    baraza_records::inspect::show(doc, v, obj),
+                    content(doc, v, obj, spec.map(|s| s.ty), 0),
+                    text,
+                )
             });
             // get_all lists the winner last.
-            let (value, text) = values.next_back().unwrap_or_else(|| (String::new(), false));
-            let conflicts = values.map(|(v, _)| v).collect();
+            let (value, content, text) = values
+                .next_back()
+                .unwrap_or_else(|| (String::new(), Content::Str(String::new()), false));
+            let conflicts = values.map(|(v, _, _)| v).collect();
             Field {
                 name,
                 value,
+                content,
                 text,
                 conflicts,
             }
         })
         .collect()
+}
+
+/// Levels of lists and maps read into a [`Content`]; our schemas use two
+/// (an observation's `gps`), the rest is room for a newer schema. Deeper
+/// values (only a hostile or broken device writes them) show as text.
+const DEPTH_MAX: usize = 16;
+
+/// A value in full, typed by `ty` where the schema gives one.
+fn content(
+    doc: &Automerge,
+    value: &Value<'_>,
+    obj: &ObjId,
+    ty: Option<FieldType>,
+    depth: usize,
+) -> Content {
+    match value {
+        Value::Scalar(s) => match (s.as_ref(), ty) {
+            (ScalarValue::Int(i), Some(FieldType::Time)) => Content::Time(*i),
+            (ScalarValue::Uint(u), Some(FieldType::Time)) => {
+                Content::Time(i64::try_from(*u).unwrap_or(i64::MAX))
+            }
+            (ScalarValue::Str(s), _) => Content::Str(s.to_string()),
+            (ScalarValue::Int(i), _) => Content::Int(*i),
+            (ScalarValue::Boolean(b), _) => Content::Bool(*b),
+            (other, _) => Content::Other(other.to_string()),
+        },
+        Value::Object(ObjType::Text) => Content::Text(doc.text(obj).unwrap_or_default()),
+        Value::Object(_) if depth >= DEPTH_MAX => {
+            Content::Other(baraza_records::inspect::show(doc, value, obj))
+        }
+        Value::Object(ObjType::List) => {
+            let item = match ty {
+                Some(FieldType::List(parts)) => Some(FieldType::Map(parts)),
+                _ => None,
+            };
+            Content::List(
+                (0..doc.length(obj))
+                    .filter_map(|i| doc.get(obj, i).ok().flatten())
+                    .map(|(v, id)| content(doc, &v, &id, item, depth + 1))
+                    .collect(),
+            )
+        }
+        Value::Object(ObjType::Map | ObjType::Table) => {
+            let parts: &[FieldSpec] = match ty {
+                Some(FieldType::Map(parts)) => parts,
+                _ => &[],
+            };
+            Content::Map(
+                doc.keys(obj)
+                    .filter_map(|key| {
+                        let (v, id) = doc.get(obj, key.as_str()).ok().flatten()?;
+                        let ty = parts.iter().find(|p| p.name == key).map(|p| p.ty);
+                        let shown = content(doc, &v, &id, ty, depth + 1);
+                        Some((key, shown))
+                    })
+                    .collect(),
+            )
+        }
+    }
 }
 
 /// Sets a scalar field. A field the record's schema does not have is
@@ -176,6 +309,40 @@ mod tests {
         let notes = f.iter().find(|f| f.name == "notes").unwrap();
         assert!(notes.text);
         assert_eq!(notes.value, ">> hello world");
+    }
+
+    #[test]
+    fn lists_maps_and_times_are_read_in_full() {
+        let mut doc = Automerge::new();
+        let header = Header {
+            id: "00000000-0000-0000-0000-000000000001".into(),
+            kind: Kind::Meeting,
+            area: "kibera".into(),
+            created_by_user: "lia.achieng".into(),
+            created_by_device: "0".repeat(32),
+            created_at: 5,
+            schema: baraza_records::SCHEMA_VERSION,
+        };
+        baraza_records::ops::create(&mut doc, &header, 0).unwrap();
+        let name = |n: &str| ("name", FieldValue::Str(n.into()));
+        baraza_records::ops::append(&mut doc, "attendees", &[name("Otieno")], 0).unwrap();
+        baraza_records::ops::set_map(&mut doc, "headcount", &[("women", FieldValue::Int(12))], 0)
+            .unwrap();
+        set(&mut doc, "held_at", "1780000000000", 0.into()).unwrap();
+        let f = fields(&doc);
+        let get = |n: &str| f.iter().find(|f| f.name == n).unwrap().content.clone();
+        assert_eq!(
+            get("attendees"),
+            Content::List(vec![Content::Map(vec![(
+                "name".into(),
+                Content::Str("Otieno".into())
+            )])])
+        );
+        assert_eq!(
+            get("headcount"),
+            Content::Map(vec![("women".into(), Content::Int(12))])
+        );
+        assert_eq!(get("held_at"), Content::Time(1_780_000_000_000));
     }
 
     #[test]

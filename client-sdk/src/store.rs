@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use automerge::{Automerge, ChangeHash};
-use baraza_protocol::{DocId, ErrorCode, Head, Replica, Seq, StoreId};
+use baraza_protocol::{DeviceName, DocId, ErrorCode, Head, Replica, Seq, StoreId};
 
 use crate::error::ClientError;
 use crate::seal::Sealer;
@@ -158,6 +158,8 @@ pub struct LocalStore {
 const CURSOR: &[u8] = b"cursor";
 const STORE: &[u8] = b"store_id";
 const LAST_SYNC: &[u8] = b"last_sync";
+/// Names of devices as the server told them: JSON, device id (hex) → name.
+const DEVICE_NAMES: &[u8] = b"device_names";
 /// The plaintext marker in `meta`: [`STORE_FORMAT`], then [`KEY_CHECK`] sealed.
 const FORMAT: &[u8] = b"format";
 /// Version of the store's layout; 1 is the first sealed one.
@@ -235,6 +237,26 @@ impl LocalStore {
                 }
             })?)),
             None => Ok(None),
+        }
+    }
+
+    /// The name the server gave a device (32 hex digits), if it did.
+    pub fn device_name(&self, device: &str) -> Result<Option<String>, ClientError> {
+        Ok(self
+            .all_device_names()?
+            .remove(&device.to_ascii_lowercase()))
+    }
+
+    /// Every device name held, by device id (hex). One sealed value, not a
+    /// key per device: sled keys are plaintext, and device ids are not to
+    /// be read off a copied store.
+    fn all_device_names(&self) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
+        match self.meta.get(DEVICE_NAMES)? {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| ClientError::Corrupt {
+                what: "device names",
+                reason: e.to_string(),
+            }),
+            None => Ok(Default::default()),
         }
     }
 
@@ -693,6 +715,20 @@ impl Replica for LocalStore {
     fn erase(&mut self, id: DocId) -> Result<(), ClientError> {
         tracing::info!(doc = %id, "record erased by an administrator");
         self.delete(id)
+    }
+
+    fn device_names(&mut self, names: &[DeviceName]) -> Result<(), ClientError> {
+        // Sealed like everything else in `meta` (a device's name can name
+        // its officer), and wiped with it. Made durable with the cursor.
+        let mut all = self.all_device_names()?;
+        for n in names {
+            all.insert(n.device.to_hex(), n.name.clone());
+        }
+        let bytes = serde_json::to_vec(&all).map_err(|e| ClientError::Corrupt {
+            what: "device names",
+            reason: e.to_string(),
+        })?;
+        self.meta.insert(DEVICE_NAMES, &bytes)
     }
 }
 

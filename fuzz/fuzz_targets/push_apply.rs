@@ -58,6 +58,7 @@ fuzz_target!(|change: &[u8]| {
         version: baraza_protocol::PROTOCOL_VERSION,
         store: None,
         cursor: 0,
+        names: false,
     }))
     .expect("hello encodes");
     if let Ok(events) = session.handle_frame(&hello) {

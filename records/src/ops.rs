@@ -336,6 +336,37 @@ pub fn check_item_map(
     Ok(())
 }
 
+/// Sets keys of a map field (a meeting's `headcount`), making the map if
+/// the record has none. Keys are set one by one in the map that is there,
+/// so two devices counting different groups offline both keep theirs.
+pub fn set_map<'a>(
+    doc: &mut Automerge,
+    field: &str,
+    values: &[(&str, FieldValue)],
+    at: impl Into<Stamp<'a>>,
+) -> Result<(), EditError> {
+    let kind = Header::read(doc)?.kind;
+    let FieldType::Map(parts) = spec(kind.fields(), field, kind)?.ty else {
+        return Err(EditError::BadValue {
+            field: field.into(),
+            reason: "not a map".into(),
+        });
+    };
+    for (name, value) in values {
+        check_value(&format!("{field}.{name}"), spec(parts, name, kind)?, value)?;
+    }
+    let mut tx = doc.transaction();
+    let map = match tx.get(ROOT, field)? {
+        Some((Value::Object(ObjType::Map), obj)) => obj,
+        _ => tx.put_object(ROOT, field, ObjType::Map)?,
+    };
+    for (name, value) in values {
+        tx.put(&map, *name, value.scalar())?;
+    }
+    commit(tx, &format!("set {field}"), at.into());
+    Ok(())
+}
+
 /// Puts a nested map (e.g. an observation's GPS point) into a list item.
 pub fn set_item_map<'a>(
     doc: &mut Automerge,

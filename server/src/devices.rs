@@ -523,6 +523,25 @@ impl DeviceRegistry {
         self.store.acks(id)
     }
 
+    /// The registered names of those of `ids` the registry knows (revoked
+    /// and retired ones too: their changes stay in records), for tablets
+    /// that show who made a change.
+    pub fn names(
+        &self,
+        ids: &[baraza_protocol::DeviceId],
+    ) -> Result<Vec<baraza_protocol::DeviceName>, DeviceError> {
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(record) = self.store.get(&id.to_hex())? {
+                out.push(baraza_protocol::DeviceName {
+                    device: *id,
+                    name: record.name,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Every registered device, revoked ones included.
     pub fn list(&self) -> Result<Vec<DeviceRecord>, DeviceError> {
         self.store.all()

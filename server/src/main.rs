@@ -29,10 +29,74 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of standard output went away (`user list | head`):
+        // what it wanted it has, and nobody is left to read an error.
+        Err(error) if StdoutFailed::is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Standard output whose failures say they are standard output's, so a
+/// reader that went away is told apart from, say, a broken admin socket.
+struct Stdout(std::io::Stdout);
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(StdoutFailed::wrap)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(StdoutFailed::wrap)
+    }
+}
+
+/// Standard output for `check`: once its reader has gone, what is written
+/// is dropped, and the check goes on to its verdict and exit status.
+struct Unread(std::io::Stdout);
+
+impl Write for Unread {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.write(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(buf.len()),
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.flush() {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// The cause inside an `io::Error` from [`Stdout`].
+#[derive(Debug)]
+struct StdoutFailed(std::io::Error);
+
+impl std::fmt::Display for StdoutFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot write to standard output: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutFailed {}
+
+impl StdoutFailed {
+    fn wrap(e: std::io::Error) -> std::io::Error {
+        std::io::Error::new(e.kind(), StdoutFailed(e))
+    }
+
+    fn is_broken_pipe(error: &anyhow::Error) -> bool {
+        error.chain().any(|cause| {
+            cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                io.kind() == std::io::ErrorKind::BrokenPipe
+                    && io.get_ref().is_some_and(|inner| inner.is::<StdoutFailed>())
+            })
+        })
     }
 }
 
@@ -92,7 +156,9 @@ fn check(root: &std::path::Path, repair: bool) -> anyhow::Result<()> {
         }
     };
     let problems = full_check(&store, &audit, vouched.as_ref());
-    let mut stdout = std::io::stdout();
+    // A reader that goes away (`check | head`) must not stop a repair half
+    // done nor turn a damaged verdict into success: its lines are dropped.
+    let mut stdout = Unread(std::io::stdout());
     for p in &problems {
         writeln!(stdout, "DAMAGED {}: {}", p.what, p.how)?;
         if let Some(fix) = &p.repair {
@@ -227,6 +293,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
 
     tracing::info!("baraza-server listening on https://{addr}");
+    // Plain standard output: a server that cannot say where it listens
+    // stops with an error, even if the reader is the one that went away.
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {addr}")?;
     stdout.flush()?;
@@ -393,7 +461,7 @@ fn audit_reaches_anchor(root: &std::path::Path) -> anyhow::Result<()> {
 }
 
 fn print_reply(reply: AdminReply) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout();
+    let mut stdout = Stdout(std::io::stdout());
     match reply {
         AdminReply::AuditVerdict { intact, at, reason } => {
             if intact {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use baraza_protocol::docsync;
 use baraza_protocol::{
-    DocId, ErrorCode, Feed, Head, Limits, PushOutcome, Seq, ServerEvent, ServerSession,
+    DeviceId, DeviceName, DocId, ErrorCode, Feed, Head, Limits, PushOutcome, Seq, ServerEvent,
+    ServerSession,
 };
 use futures_util::stream::FuturesOrdered;
 use futures_util::{SinkExt, StreamExt};
@@ -859,7 +860,7 @@ impl SyncHub {
                 // replies (which mark those documents as carried) keep a
                 // device from being sent its own changes back.
                 _ = std::future::ready(()), if feed_due => {
-                    let mut feed = HubFeed { hub: &self, who: &caller.principal };
+                    let mut feed = HubFeed { hub: &self, who: &caller.principal, devices: &devices };
                     if let Err(err) = session.catch_up(&mut feed, *durable.borrow(), CATCH_UP_BATCH) {
                         tracing::warn!(device = %device.id, error = %err, "catch-up failed");
                         break;
@@ -907,6 +908,14 @@ impl SyncHub {
                     // cursor, so the feed goes out again.
                     let refeed = device.scope.as_ref().is_some_and(|s| *s != caller.scope());
                     session.accept_with(&hello, self.docs.store().store_id(), seq, refeed);
+                    // Its own name first: a tablet enrolled by token alone
+                    // learns what the registry calls it.
+                    if let Some(own) = DeviceId::from_hex(&device.id) {
+                        session.send_device_names(vec![DeviceName {
+                            device: own,
+                            name: device.name.clone(),
+                        }]);
+                    }
                     self.ask_for_repairs(session, caller);
                     tracing::debug!(device = %device.id, cursor = hello.cursor, feed = seq, "hello");
                 }
@@ -1412,6 +1421,16 @@ impl SyncHub {
                 stored: Ok(seq),
             } => {
                 audit_write(doc, &heads, wrote);
+                // Named before the reply that carries their changes.
+                let unnamed = session.unnamed_devices(&reply);
+                if !unnamed.is_empty() {
+                    match devices.names(&unnamed) {
+                        Ok(names) => session.send_device_names(names),
+                        Err(err) => {
+                            tracing::warn!(device = %caller.device.id, error = %err, "could not look up device names")
+                        }
+                    }
+                }
                 session.push_applied(
                     doc,
                     PushOutcome {
@@ -1612,6 +1631,7 @@ fn admit(
 struct HubFeed<'a> {
     hub: &'a SyncHub,
     who: &'a Principal,
+    devices: &'a crate::devices::DeviceRegistry,
 }
 
 impl Feed for HubFeed<'_> {
@@ -1637,6 +1657,15 @@ impl Feed for HubFeed<'_> {
 
     fn quarantined(&mut self, doc: DocId) -> Result<bool, DocsError> {
         Ok(self.hub.readable(self.who, doc)? && self.hub.docs.store().quarantined(doc)?.is_some())
+    }
+
+    fn device_names(&mut self, devices: &[DeviceId]) -> Result<Vec<DeviceName>, DocsError> {
+        // A registry that cannot be read costs the tablet names, not the
+        // sync: it shows device ids instead.
+        Ok(self.devices.names(devices).unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "could not look up device names");
+            Vec::new()
+        }))
     }
 
     fn changes_since(

@@ -525,6 +525,7 @@ mod tests {
             version: 1,
             store: None,
             cursor: 7,
+            names: false,
         });
         let bytes = encode(&hello).unwrap();
         // {"t":"hello","version":1,"store":null,"cursor":7}
@@ -535,6 +536,66 @@ mod tests {
         ];
         assert_eq!(bytes, expected);
         assert_eq!(decode(expected, &limits(MAX)).unwrap(), hello);
+    }
+
+    #[test]
+    fn a_hello_asking_for_names_still_decodes_as_an_old_hello_and_back() {
+        // What a server that predates names reads: the same struct without
+        // the field. serde ignores the field it does not know.
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct OldHello {
+            t: String,
+            version: u32,
+            store: Option<StoreId>,
+            cursor: u64,
+        }
+        let new = encode(&Message::Hello(Hello {
+            version: 1,
+            store: None,
+            cursor: 7,
+            names: true,
+        }))
+        .unwrap();
+        let old: OldHello = serde_cbor::from_slice(&new).unwrap();
+        assert_eq!((old.t.as_str(), old.version, old.cursor), ("hello", 1, 7));
+        // An old client's hello (no field) asks for no names.
+        let old_bytes = encode(&Message::Hello(Hello {
+            version: 1,
+            store: None,
+            cursor: 7,
+            names: false,
+        }))
+        .unwrap();
+        assert!(!old_bytes.windows(5).any(|w| w == b"names"));
+        match decode(&old_bytes, &limits(MAX)).unwrap() {
+            Message::Hello(h) => assert!(!h.names),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn golden_devices_bytes_are_stable() {
+        let msg = Message::Devices(DevicesMsg {
+            names: vec![DeviceName {
+                device: DeviceId::from_bytes([0xab; 16]),
+                name: "t1".into(),
+            }],
+        });
+        let bytes = encode(&msg).unwrap();
+        // {"t":"devices","names":[{"device":h'abab..',"name":"t1"}]}
+        let mut expected = vec![0xa2, 0x61, b't', 0x67];
+        expected.extend(b"devices");
+        expected.extend([0x65]);
+        expected.extend(b"names");
+        expected.extend([0x81, 0xa2, 0x66]);
+        expected.extend(b"device");
+        expected.extend([0x50]);
+        expected.extend([0xab; 16]);
+        expected.extend([0x64]);
+        expected.extend(b"name");
+        expected.extend([0x62, b't', b'1']);
+        assert_eq!(bytes, expected);
+        assert_eq!(decode(&expected, &limits(MAX)).unwrap(), msg);
     }
 
     #[test]
@@ -627,11 +688,29 @@ mod tests {
     fn arb_message() -> impl Strategy<Value = Message> {
         let bytes = proptest::collection::vec(any::<u8>(), 0..64).prop_map(ByteBuf::from);
         prop_oneof![
-            (any::<u32>(), any::<Option<[u8; 16]>>(), any::<u64>()).prop_map(|(v, s, c)| {
-                Message::Hello(Hello {
-                    version: v,
-                    store: s.map(StoreId::from_bytes),
-                    cursor: c,
+            (
+                any::<u32>(),
+                any::<Option<[u8; 16]>>(),
+                any::<u64>(),
+                any::<bool>()
+            )
+                .prop_map(|(v, s, c, names)| {
+                    Message::Hello(Hello {
+                        version: v,
+                        store: s.map(StoreId::from_bytes),
+                        cursor: c,
+                        names,
+                    })
+                }),
+            proptest::collection::vec((any::<[u8; 16]>(), ".{0,20}"), 0..4).prop_map(|names| {
+                Message::Devices(DevicesMsg {
+                    names: names
+                        .into_iter()
+                        .map(|(d, name)| DeviceName {
+                            device: DeviceId::from_bytes(d),
+                            name,
+                        })
+                        .collect(),
                 })
             }),
             (
@@ -776,7 +855,8 @@ mod tests {
             Message::Hello(Hello {
                 version: 1,
                 store: None,
-                cursor: 7
+                cursor: 7,
+                names: false,
             })
         );
     }

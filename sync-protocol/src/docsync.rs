@@ -118,6 +118,53 @@ pub fn verify_chunks(data: &[u8]) -> Result<usize, ApplyError> {
     Ok(chunks.len())
 }
 
+/// The actors whose changes concatenated chunks hold, read from the chunk
+/// headers alone (nothing is decoded or inflated): a change's author, a
+/// saved document's actor table. Compressed changes and bundles, which
+/// the server never stores from devices, are skipped, as are chunks that
+/// do not parse: naming authors is a courtesy, never a check.
+pub fn chunk_actors(data: &[u8]) -> Vec<Vec<u8>> {
+    let Ok(chunks) = split_chunks(data) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for (kind, chunk) in chunks {
+        let mut r = Reader {
+            bytes: chunk,
+            at: 9,
+        };
+        if r.uleb().is_none() {
+            continue;
+        }
+        match kind {
+            ChunkKind::Change => {
+                let Some(deps) = r.uleb().and_then(|d| d.checked_mul(32)) else {
+                    continue;
+                };
+                if r.take(deps).is_none() {
+                    continue;
+                }
+                if let Some(actor) = r.uleb().and_then(|n| r.take(n)) {
+                    out.push(actor.to_vec());
+                }
+            }
+            ChunkKind::Document => {
+                let Some(count) = r.uleb() else { continue };
+                for _ in 0..count {
+                    match r.uleb().and_then(|n| r.take(n)) {
+                        Some(actor) => out.push(actor.to_vec()),
+                        None => break,
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// An unsigned LEB128 number and how many bytes it took; None if it runs
 /// past the input or past 64 bits.
 fn uleb128(bytes: &[u8]) -> Option<(u64, usize)> {
@@ -621,6 +668,36 @@ mod tests {
         apply_chunks(&mut b, &encode_changes(&delta)).unwrap();
         assert_eq!(a.get_heads(), b.get_heads());
         assert!(missing(&b, &to_heads(&a.get_heads())).is_empty());
+    }
+
+    #[test]
+    fn the_actors_of_changes_and_of_a_saved_document_are_read_from_headers() {
+        let mut a = doc_with("place", "market");
+        a.set_actor(automerge::ActorId::from(vec![1u8; 24]));
+        let mut b = a.fork();
+        b.set_actor(automerge::ActorId::from(vec![2u8; 24]));
+        let mut tx = b.transaction();
+        tx.put(automerge::ROOT, "place", "school").unwrap();
+        tx.commit();
+        let mut tx = a.transaction();
+        tx.put(automerge::ROOT, "title", "lighting").unwrap();
+        tx.commit();
+        a.merge(&mut b).unwrap();
+        let mut expected: Vec<Vec<u8>> = a
+            .get_changes(&[])
+            .iter()
+            .map(|c| c.actor_id().to_bytes().to_vec())
+            .collect();
+        expected.sort();
+        expected.dedup();
+        assert_eq!(
+            expected.len(),
+            3,
+            "the first change's random actor, 1 and 2"
+        );
+        assert_eq!(chunk_actors(&a.save()), expected);
+        assert_eq!(chunk_actors(&encode_changes(&a.get_changes(&[]))), expected);
+        assert!(chunk_actors(b"not automerge").is_empty());
     }
 
     #[test]

@@ -220,6 +220,9 @@ pub enum Message {
     Sync(SyncMsg),
     /// Either way: something was refused.
     Error(ErrorMsg),
+    /// Server → client, only to a client whose hello asked for names: the
+    /// names of devices whose changes it is sent.
+    Devices(DevicesMsg),
 }
 
 impl Message {
@@ -234,13 +237,14 @@ impl Message {
             Message::Cursor(_) => "cursor",
             Message::Sync(_) => "sync",
             Message::Error(_) => "error",
+            Message::Devices(_) => "devices",
         }
     }
 
     /// Every type name this version knows, for telling unknown types apart
     /// from malformed ones.
     pub const KINDS: &'static [&'static str] = &[
-        "hello", "welcome", "push", "ack", "changes", "cursor", "sync", "error",
+        "hello", "welcome", "push", "ack", "changes", "cursor", "sync", "error", "devices",
     ];
 }
 
@@ -253,6 +257,12 @@ pub struct Hello {
     pub store: Option<StoreId>,
     /// The last feed position the client fully received (0 if none).
     pub cursor: Seq,
+    /// True when the client wants [`Message::Devices`] before changes by
+    /// devices it has not been told the names of. Left out by clients
+    /// that predate it (and ignored by servers that do), so neither side
+    /// meets a message type it does not know.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub names: bool,
 }
 
 /// The server's answer to a hello.
@@ -336,6 +346,84 @@ pub struct SyncMsg {
     pub doc: DocId,
     /// `automerge::sync::Message::encode` output.
     pub data: ByteBuf,
+}
+
+/// A device's id: the first [`DeviceId::LEN`] bytes of every automerge
+/// actor id it writes under.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeviceId(#[serde(with = "serde_bytes")] [u8; 16]);
+
+impl DeviceId {
+    /// Bytes in a device id.
+    pub const LEN: usize = 16;
+
+    /// Wraps 16 bytes.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        DeviceId(bytes)
+    }
+
+    /// The device an actor id belongs to; None for one shorter than a
+    /// device id (not written by a Baraza device).
+    pub fn of_actor(actor: &[u8]) -> Option<DeviceId> {
+        let bytes: [u8; 16] = actor.get(..Self::LEN)?.try_into().ok()?;
+        Some(DeviceId(bytes))
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Lowercase hex, as the server's registry and actor ids spell it.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses 32 hex digits.
+    pub fn from_hex(hex: &str) -> Option<DeviceId> {
+        let digits = hex.as_bytes();
+        if digits.len() != 2 * Self::LEN {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, pair) in digits.chunks(2).enumerate() {
+            out[i] = (hex_val(pair[0])? << 4) | hex_val(pair[1])?;
+        }
+        Some(DeviceId(out))
+    }
+}
+
+impl fmt::Debug for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceId({})", self.to_hex())
+    }
+}
+
+/// One device and the name it was registered under.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceName {
+    /// The device.
+    pub device: DeviceId,
+    /// Its name ("Kibera tablet 3"), at most [`DevicesMsg::NAME_CHARS_MAX`]
+    /// characters.
+    pub name: String,
+}
+
+/// Names of devices, so a tablet can say who made a change rather than
+/// print an actor id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DevicesMsg {
+    /// At most [`DevicesMsg::NAMES_MAX`] entries.
+    pub names: Vec<DeviceName>,
+}
+
+impl DevicesMsg {
+    /// Most names in one message: a document rarely has more than a few
+    /// dozen authors, and the codec's bounds on items stay far off.
+    pub const NAMES_MAX: usize = 256;
+    /// Longest name sent, in characters; longer ones are cut.
+    pub const NAME_CHARS_MAX: usize = 128;
 }
 
 /// A refusal.

@@ -53,6 +53,12 @@ pub trait Replica {
     /// An administrator erased the document: delete it and everything kept
     /// about it, unsent changes included.
     fn erase(&mut self, id: DocId) -> Result<(), Self::Error>;
+    /// The server named these devices (authors of changes this replica
+    /// holds): keep the names, replacing older ones. Need not be durable
+    /// before the cursor is.
+    fn device_names(&mut self, _names: &[DeviceName]) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 /// Why a sync stopped.
@@ -259,6 +265,7 @@ impl ClientDriver {
                 }
             }
             ClientEvent::RetireRequested => self.retire_requested = true,
+            ClientEvent::DeviceNames(names) => replica.device_names(&names)?,
         }
         Ok(())
     }

@@ -271,6 +271,9 @@ pub enum ClientEvent {
     /// The server asks this device to retire: push what is not
     /// acknowledged, then wipe (see [`ClientSession::goodbye`]).
     RetireRequested,
+    /// The names of devices whose changes follow (or came before): keep
+    /// them to show who made a change.
+    DeviceNames(Vec<DeviceName>),
 }
 
 /// Counts a sync reports as progress and at the end.
@@ -328,6 +331,7 @@ impl ClientSession {
             version: PROTOCOL_VERSION,
             store,
             cursor,
+            names: true,
         }));
         ClientSession {
             wire,
@@ -544,6 +548,13 @@ impl ClientSession {
                 self.touched.insert(s.doc);
                 events.push(ClientEvent::Sync(s));
             }
+            (ClientPhase::Established { .. }, Message::Devices(d)) => {
+                // Bounded by the codec's array limit already; a server
+                // sending more than it should is cut, not obeyed.
+                let mut names = d.names;
+                names.truncate(DevicesMsg::NAMES_MAX);
+                events.push(ClientEvent::DeviceNames(names));
+            }
             (ClientPhase::Established { .. }, Message::Cursor(c)) => {
                 // A cursor is only true if every change message before it
                 // arrived; if one went missing the connection is not to be
@@ -726,6 +737,11 @@ pub trait Feed {
     fn quarantined(&mut self, _doc: DocId) -> Result<bool, Self::Error> {
         Ok(false)
     }
+    /// The names of those of `devices` that have one, for a client that
+    /// asked for names ([`Hello::names`]). Unknown devices are left out.
+    fn device_names(&mut self, _devices: &[DeviceId]) -> Result<Vec<DeviceName>, Self::Error> {
+        Ok(Vec::new())
+    }
 }
 
 /// What catch-up sends of one document.
@@ -777,6 +793,11 @@ pub struct ServerSession {
     /// Every document sent and the heads it was sent at, for the audit.
     sent_records: Vec<(DocId, Vec<Head>)>,
     welcome_seq: Seq,
+    /// Set when the client's hello asked for device names.
+    names_wanted: bool,
+    /// Devices whose names this connection has looked up (found or not),
+    /// so each is asked for and sent once per connection.
+    named: HashSet<DeviceId>,
 }
 
 impl ServerSession {
@@ -794,6 +815,49 @@ impl ServerSession {
             changes_sent: 0,
             sent_records: Vec::new(),
             welcome_seq: 0,
+            names_wanted: false,
+            named: HashSet::new(),
+        }
+    }
+
+    /// The devices whose changes `data` (chunks about to be sent) holds
+    /// and whose names this client has not been sent yet: the driver looks
+    /// them up and passes what it finds to
+    /// [`ServerSession::send_device_names`] *before* sending `data`, so the
+    /// names arrive ahead of the changes they describe. Empty unless the
+    /// client asked for names. Each device is returned once per connection.
+    pub fn unnamed_devices(&mut self, data: &[u8]) -> Vec<DeviceId> {
+        if !self.names_wanted {
+            return Vec::new();
+        }
+        docsync::chunk_actors(data)
+            .iter()
+            .filter_map(|actor| DeviceId::of_actor(actor))
+            .filter(|device| self.named.insert(*device))
+            .collect()
+    }
+
+    /// Sends device names (a client that did not ask gets nothing). Names
+    /// longer than [`DevicesMsg::NAME_CHARS_MAX`] characters are cut; more
+    /// than [`DevicesMsg::NAMES_MAX`] go in several messages.
+    pub fn send_device_names(&mut self, names: Vec<DeviceName>) {
+        if !self.names_wanted || names.is_empty() {
+            return;
+        }
+        let names: Vec<DeviceName> = names
+            .into_iter()
+            .map(|n| {
+                self.named.insert(n.device);
+                DeviceName {
+                    device: n.device,
+                    name: n.name.chars().take(DevicesMsg::NAME_CHARS_MAX).collect(),
+                }
+            })
+            .collect();
+        for part in names.chunks(DevicesMsg::NAMES_MAX) {
+            self.wire.send(&Message::Devices(DevicesMsg {
+                names: part.to_vec(),
+            }));
         }
     }
 
@@ -929,6 +993,7 @@ impl ServerSession {
         let refeed = refeed && !reset && hello.cursor > 0;
         self.sent_seq = if reset || refeed { 0 } else { hello.cursor };
         self.welcome_seq = seq;
+        self.names_wanted = hello.names;
         self.phase = ServerPhase::Established;
         self.wire.send(&Message::Welcome(Welcome {
             version: PROTOCOL_VERSION,
@@ -1059,6 +1124,11 @@ impl ServerSession {
             };
             if let Some(delta) = feed.changes_since(doc, base_seq)? {
                 if !delta.data.is_empty() {
+                    let unnamed = self.unnamed_devices(&delta.data);
+                    if !unnamed.is_empty() {
+                        let names = feed.device_names(&unnamed)?;
+                        self.send_device_names(names);
+                    }
                     self.send_changes_msg(doc, delta.heads, delta.data);
                 }
                 // The document went out as it is now, which covers its later
@@ -1161,6 +1231,99 @@ mod tests {
             assert!(replica.get_missing_deps(&[]).is_empty());
         }
         assert_eq!(replica.get_heads(), later.get_heads());
+    }
+
+    /// One document written by device 7, as a feed of one entry.
+    struct OneDoc {
+        doc: Automerge,
+        asked: Vec<Vec<DeviceId>>,
+    }
+
+    impl Feed for OneDoc {
+        type Error = std::convert::Infallible;
+        fn entries_after(
+            &mut self,
+            after: Seq,
+            upto: Seq,
+            _limit: usize,
+        ) -> Result<Vec<(Seq, DocId)>, Self::Error> {
+            Ok((after < 1 && upto >= 1)
+                .then_some((1, DocId::from_bytes([1; 16])))
+                .into_iter()
+                .collect())
+        }
+        fn changes_since(&mut self, _: DocId, _: Seq) -> Result<Option<DocDelta>, Self::Error> {
+            Ok(Some(DocDelta {
+                heads: to_heads(&self.doc.get_heads()),
+                data: self.doc.save(),
+                seq: 1,
+            }))
+        }
+        fn device_names(&mut self, devices: &[DeviceId]) -> Result<Vec<DeviceName>, Self::Error> {
+            self.asked.push(devices.to_vec());
+            Ok(devices
+                .iter()
+                .map(|d| DeviceName {
+                    device: *d,
+                    name: "Kibera tablet 3".into(),
+                })
+                .collect())
+        }
+    }
+
+    fn feed_of_device_7() -> OneDoc {
+        let mut doc = Automerge::new();
+        let mut actor = vec![7u8; 16];
+        actor.extend([9u8; 8]);
+        doc.set_actor(automerge::ActorId::from(actor));
+        let mut tx = doc.transaction();
+        tx.put(automerge::ROOT, "place", "market").unwrap();
+        tx.commit();
+        OneDoc {
+            doc,
+            asked: Vec::new(),
+        }
+    }
+
+    fn caught_up(names: bool, feed: &mut OneDoc) -> Vec<Message> {
+        let mut session = ServerSession::new(Limits::DEFAULT);
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            store: None,
+            cursor: 0,
+            names,
+        };
+        session.accept(&hello, StoreId::from_bytes([2; 16]), 1);
+        session.catch_up(feed, 1, 10).unwrap();
+        // A second pass over the same device asks for nothing more.
+        session.sent_seq = 0;
+        session.covered.clear();
+        session.catch_up(feed, 1, 10).unwrap();
+        std::iter::from_fn(|| session.poll_transmit())
+            .map(|f| codec::decode(&f, &Limits::DEFAULT).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_client_that_asks_is_told_device_names_before_their_changes_once() {
+        let mut feed = feed_of_device_7();
+        let kinds: Vec<&str> = caught_up(true, &mut feed)
+            .iter()
+            .map(|m| m.kind())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["welcome", "devices", "changes", "cursor", "changes", "cursor"]
+        );
+        assert_eq!(feed.asked, vec![vec![DeviceId::from_bytes([7; 16])]]);
+    }
+
+    #[test]
+    fn a_client_that_does_not_ask_gets_no_names_and_costs_no_lookups() {
+        let mut feed = feed_of_device_7();
+        let messages = caught_up(false, &mut feed);
+        assert!(messages.iter().all(|m| m.kind() != "devices"));
+        assert!(feed.asked.is_empty());
     }
 
     #[test]

@@ -981,6 +981,7 @@ impl RawConnection {
             version: PROTOCOL_VERSION,
             store: None,
             cursor: 0,
+            names: false,
         }))
         .await;
         match self.next_message().await {

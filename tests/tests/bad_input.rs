@@ -283,6 +283,7 @@ async fn a_client_from_the_future_is_told_which_versions_the_server_speaks() {
                     version: 99,
                     store: None,
                     cursor: 0,
+                    names: false,
                 }))
                 .await;
             let error = future.expect_error().await;
