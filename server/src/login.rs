@@ -29,6 +29,16 @@
 //! Per account (`users.rs`), five failures in fifteen minutes lock it until
 //! an administrator releases it.
 //!
+//! A tablet whose store already belongs to a device (its token expired,
+//! say) sends that `device_id` when it enrols again. Once the password is
+//! right, that same device gets a new token ([`DeviceRegistry::reenroll`],
+//! audited `device_reenrolled`): a new device would strand every change
+//! the tablet wrote offline, since those are authored under the old
+//! device's actor ids. A revoked or retired device, or one another user
+//! enrolled, is refused with a JSON `{error, rule}` (audited
+//! `device_reenrol_refused`); only a user who just proved their password
+//! hears why, so it tells a stranger nothing.
+//!
 //! The address is the TCP peer (see `peer.rs`): Baraza terminates TLS
 //! itself, so there is no proxy header to trust.
 
