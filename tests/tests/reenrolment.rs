@@ -7,7 +7,7 @@
 //! tablet over; and a failed `enroll` or `init` leaves no key file or
 //! store behind (but never removes one that was there).
 //!
-//! The server runs with a four-second token lifetime; the waits below are
+//! The server runs with a six-second token lifetime; the waits below are
 //! that lifetime passing, not assertions about speed.
 
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use baraza_tests::{cli, run_cli, run_server_command, ServerProcess, Tablet, HARNESS_PASSWORD};
 
-const LIFETIME_SECS: u64 = 4;
+const LIFETIME_SECS: u64 = 6;
 const OFFICER: &str = "cpl.achieng";
 const LIAISON: &str = "lia.wairimu";
 const SUPERVISOR: &str = "sgt.mutua";
@@ -88,11 +88,13 @@ fn status(data: &Path) -> serde_json::Value {
     serde_json::from_str(&run_cli(data, &["status", "--json"])).expect("status as JSON")
 }
 
-fn server_with_users(tmp: &Path) -> ServerProcess {
-    let server = ServerProcess::start_with_config(
-        &tmp.join("server"),
-        &format!("[access]\ntoken_lifetime_secs = {LIFETIME_SECS}\n"),
-    );
+/// A server with an officer, a liaison and a supervisor of kibera; tokens
+/// live `lifetime_secs` if given, else the default 90 days.
+fn server_with_users(tmp: &Path, lifetime_secs: Option<u64>) -> ServerProcess {
+    let config = lifetime_secs
+        .map(|secs| format!("[access]\ntoken_lifetime_secs = {secs}\n"))
+        .unwrap_or_default();
+    let server = ServerProcess::start_with_config(&tmp.join("server"), &config);
     server.add_user(OFFICER, "officer", &["kibera"]);
     server.add_user(LIAISON, "liaison", &["kibera"]);
     server.add_user(SUPERVISOR, "supervisor", &["kibera"]);
@@ -111,7 +113,7 @@ fn details(entry: &serde_json::Value) -> &serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_tablet_enrolled_again_delivers_its_offline_work_as_the_same_device() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = server_with_users(tmp.path());
+    let server = server_with_users(tmp.path(), Some(LIFETIME_SECS));
     let tablet = tmp.path().join("tablet");
 
     let device = enrolled_device(&enroll(&server, &tablet, OFFICER, HARNESS_PASSWORD));
@@ -204,7 +206,7 @@ async fn an_expired_tablet_enrolled_again_delivers_its_offline_work_as_the_same_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_tablet_is_not_revived_by_enrolling_again() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = server_with_users(tmp.path());
+    let server = server_with_users(tmp.path(), None);
     let tablet = tmp.path().join("tablet");
 
     let device = enrolled_device(&enroll(&server, &tablet, OFFICER, HARNESS_PASSWORD));
@@ -267,7 +269,7 @@ async fn a_revoked_tablet_is_not_revived_by_enrolling_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_enroll_or_init_leaves_nothing_behind_and_keeps_what_was_there() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = server_with_users(tmp.path());
+    let server = server_with_users(tmp.path(), None);
     let url = server.url();
     let ca = server.ca_path();
     let ca = ca.to_str().unwrap();
