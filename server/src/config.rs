@@ -784,6 +784,20 @@ mod tests {
     }
 
     #[test]
+    fn the_clock_tolerance_comes_from_records_and_zero_is_refused() {
+        let config = ServeConfig::merge(&args(), None).unwrap();
+        assert_eq!(config.records.clock_ahead_max_ms_or_default(), 86_400_000);
+        let config =
+            ServeConfig::merge(&args(), file("[records]\nclock_ahead_max_ms = 3600000\n")).unwrap();
+        assert_eq!(config.records.clock_ahead_max_ms_or_default(), 3_600_000);
+        assert!(matches!(
+            ServeConfig::merge(&args(), file("[records]\nclock_ahead_max_ms = 0\n")),
+            Err(ConfigError::ZeroRecordsSetting { .. })
+        ));
+        assert!(parse_file("[records]\nclock_ahead_max = 1\n").is_err());
+    }
+
+    #[test]
     fn connection_settings_come_from_the_file_and_zero_is_refused() {
         let config = ServeConfig::merge(
             &args(),
