@@ -15,7 +15,7 @@ use baraza_client::KEY_LEN;
 use zeroize::Zeroizing;
 
 /// The file beside the store holding the argon2 parameters and salt.
-const SALT_FILE: &str = "key-salt";
+pub const SALT_FILE: &str = "key-salt";
 const SALT_LEN: usize = 16;
 
 /// How a key reaches the store.

@@ -65,6 +65,10 @@ pub struct Enrolment {
     /// its life, whenever it syncs.
     #[serde(default)]
     pub expires_at: Option<u64>,
+    /// True when the store's own device was enrolled again (its changes
+    /// not yet synced stay deliverable), false for a new device.
+    #[serde(default)]
+    pub reenrolled: bool,
 }
 
 /// A background sync in progress; dropping it does not stop it, `stop` does.
@@ -151,6 +155,7 @@ impl Client {
         ca_file: Option<&Path>,
         token: &str,
     ) -> Result<(), ClientError> {
+        crate::transport::check_endpoint(server, ca_file)?;
         self.store.set_setting("server", server)?;
         if let Some(ca) = ca_file {
             let abs = std::fs::canonicalize(ca).map_err(|e| {
@@ -182,6 +187,12 @@ impl Client {
     /// issues the device its own token, tied to the user; the tablet then
     /// files new records under the user and their first area. The password
     /// is not kept.
+    ///
+    /// A store that already belongs to a device (one whose token expired,
+    /// say) asks for that same device again, so the changes it holds keep
+    /// their author and stay deliverable. The server refuses that for a
+    /// revoked or retired device, or one another user enrolled
+    /// ([`ClientError::EnrolRefused`]), and the store is left unchanged.
     pub async fn enroll(
         &self,
         server: &str,
@@ -190,16 +201,32 @@ impl Client {
         password: &str,
         device_name: &str,
     ) -> Result<Enrolment, ClientError> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "user": user,
             "password": password,
             "device_name": device_name,
-        })
-        .to_string();
+        });
+        if let Some(device) = self.store.setting("device_id")? {
+            body["device_id"] = serde_json::Value::String(device);
+        }
         let (status, reply) =
-            crate::transport::post_json(server, ca_file, "/v1/enroll", &body, None).await?;
+            crate::transport::post_json(server, ca_file, "/v1/enroll", &body.to_string(), None)
+                .await?;
         if status == 401 {
             return Err(ClientError::Unauthorized(reply.trim().to_string()));
+        }
+        if status == 403 || status == 409 {
+            #[derive(serde::Deserialize)]
+            struct Refusal {
+                error: String,
+                rule: String,
+            }
+            if let Ok(refusal) = serde_json::from_str::<Refusal>(&reply) {
+                return Err(ClientError::EnrolRefused {
+                    rule: refusal.rule,
+                    message: refusal.error,
+                });
+            }
         }
         if status != 200 {
             return Err(ClientError::Connect {

@@ -43,6 +43,17 @@ pub enum ClientError {
     /// The server refused the device's token.
     #[error("the server refused this device: {0}")]
     Unauthorized(String),
+    /// The server would not enrol this tablet's own device again (it was
+    /// revoked or retired, or belongs to another user); nothing on the
+    /// tablet was changed.
+    #[error("enrolment refused by rule {rule}: {message}")]
+    EnrolRefused {
+        /// The server's code for why: `device_revoked`, `device_retired`,
+        /// `device_of_another_user` or `unknown_device`.
+        rule: String,
+        /// What the server said.
+        message: String,
+    },
     /// The device was retired or reported lost: its store is wiped. The
     /// report says what was wiped and what the server never received.
     #[error("this device was {} and its store wiped: {} records, {} never acknowledged by the server", .0.reason, .0.records.len(), .0.unacknowledged.len())]

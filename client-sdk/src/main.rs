@@ -404,7 +404,71 @@ fn main() -> ExitCode {
     }
 }
 
+/// What was on disk before `init` or `enroll` began, so that a failed one
+/// removes what it created and nothing else: a tablet set up half way
+/// would later refuse a new attempt ("not set up", or a key file without
+/// a store), and a pre-existing store or key file is never touched.
+struct BeforeSetUp {
+    data_dir: bool,
+    store: bool,
+    salt: bool,
+    key_file: Option<(PathBuf, bool)>,
+}
+
+impl BeforeSetUp {
+    fn note(data: &std::path::Path, key_file: Option<&std::path::Path>) -> BeforeSetUp {
+        BeforeSetUp {
+            data_dir: data.exists(),
+            store: data.join("store").exists(),
+            salt: data.join(cli_key::SALT_FILE).exists(),
+            key_file: key_file.map(|k| (k.to_path_buf(), k.exists())),
+        }
+    }
+
+    /// Removes what the failed command created. Best effort: what cannot
+    /// be removed is named, so the person can remove it.
+    fn undo(&self, data: &std::path::Path) {
+        let remove = |path: &std::path::Path, dir: bool| {
+            let removed = if dir {
+                std::fs::remove_dir_all(path)
+            } else {
+                std::fs::remove_file(path)
+            };
+            match removed {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => eprintln!("could not remove {}: {e}", path.display()),
+            }
+        };
+        if let Some((key, false)) = &self.key_file {
+            remove(key, false);
+        }
+        if !self.data_dir {
+            remove(data, true);
+            return;
+        }
+        if !self.store {
+            remove(&data.join("store"), true);
+        }
+        if !self.salt {
+            remove(&data.join(cli_key::SALT_FILE), false);
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let setting_up = matches!(cli.command, Command::Init { .. } | Command::Enroll { .. });
+    let before = setting_up.then(|| BeforeSetUp::note(&cli.data, cli.key_file.as_deref()));
+    let data = cli.data.clone();
+    // The command owns the store and closes it on return, before any undo.
+    let outcome = run_command(cli);
+    if let (Err(_), Some(before)) = (&outcome, &before) {
+        before.undo(&data);
+    }
+    outcome
+}
+
+fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     let source = match &cli.key_file {
         Some(path) => cli_key::KeySource::File(path),
         None => cli_key::KeySource::Passphrase,
@@ -448,12 +512,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             let enrolment =
                 runtime.block_on(client.enroll(&server, &ca, &user, password, &device_name))?;
+            let again = if enrolment.reenrolled {
+                " again"
+            } else {
+                ""
+            };
             outln!(
-                "enrolled device {} for {} ({}; areas: {})",
+                "enrolled device {}{again} for {} ({}; areas: {}){}",
                 enrolment.device_id,
                 enrolment.user,
                 enrolment.role,
-                enrolment.areas.join(", ")
+                enrolment.areas.join(", "),
+                if enrolment.reenrolled {
+                    ": changes not yet synced go with the next sync"
+                } else {
+                    ""
+                }
             );
         }
         Command::New { kind, area, set } => {

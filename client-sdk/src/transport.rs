@@ -96,6 +96,20 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
         .with_no_client_auth())
 }
 
+/// Checks a server URL and a CA file as a connection would, without
+/// connecting: setting a tablet up with either wrong fails then, not at
+/// its first sync.
+pub(crate) fn check_endpoint(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<(), ClientError> {
+    parse(url)?;
+    if ca_file.is_some() {
+        tls_config(ca_file)?;
+    }
+    Ok(())
+}
+
 /// Opens a TLS WebSocket to the server's sync endpoint.
 pub async fn connect(
     endpoint: &Endpoint,

@@ -83,6 +83,10 @@ fn found_in(dir: &Path, needle: &str) -> Option<PathBuf> {
         .map(|(path, _)| path)
 }
 
+/// A CA certificate (its key thrown away): `init` checks the CA file it is
+/// given, and these tests need no server.
+const TEST_CA: &str = include_str!("fixtures/ca.pem");
+
 fn init_args(ca: &str) -> Vec<String> {
     let token = format!("bz_{}_{}", "ab".repeat(16), "cd".repeat(32));
     [
@@ -106,7 +110,7 @@ fn init_args(ca: &str) -> Vec<String> {
 /// creates the key file.
 fn enrol_offline(dir: &Path) {
     let ca = dir.join("ca.pem");
-    std::fs::write(&ca, "not needed offline").unwrap();
+    std::fs::write(&ca, TEST_CA).unwrap();
     let args = init_args(&ca.to_string_lossy());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, _, err) = baraza(dir, &args);
@@ -305,7 +309,7 @@ fn without_a_key_file_a_passphrase_seals_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("tablet");
     let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, "not needed offline").unwrap();
+    std::fs::write(&ca, TEST_CA).unwrap();
     let args = init_args(&ca.to_string_lossy());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let passphrase = "mvua ya masika 2024\n";
@@ -349,7 +353,7 @@ fn a_key_file_kept_inside_the_data_dir_is_warned_about() {
     let data = dir.path().join("tablet");
     let key = data.join("store.key");
     let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, "not needed offline").unwrap();
+    std::fs::write(&ca, TEST_CA).unwrap();
     let mut args = vec!["--key-file".to_string(), key.to_string_lossy().into_owned()];
     args.extend(init_args(&ca.to_string_lossy()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -101,6 +101,10 @@ pub mod rules {
     pub const READ_TO_EDIT: &str = "read_to_edit";
     /// Only the author and the area's supervisors edit contact details.
     pub const CONTACT: &str = "contact_author_or_supervisor";
+    /// A device authors changes only under its own actor ids (its device
+    /// id and some install bytes): automerge does not authenticate actors,
+    /// so the server must.
+    pub const DEVICE_ACTOR: &str = "device_actor";
     /// Every change names the user who made it, truthfully.
     pub const ATTRIBUTION: &str = "attribution";
     /// Only supervisors of the area approve or return a record.

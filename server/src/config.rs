@@ -87,6 +87,12 @@ pub enum ConfigError {
         /// The key in the `[limits]` table.
         name: &'static str,
     },
+    /// A `[records]` setting was set to zero.
+    #[error("[records] {name} must be greater than zero")]
+    ZeroRecordsSetting {
+        /// The key in the `[records]` table.
+        name: &'static str,
+    },
     /// A connection setting was set to zero, which would refuse or cut off
     /// every connection.
     #[error("{name} must be greater than zero")]
@@ -318,7 +324,7 @@ pub struct CommonArgs {
     /// Data directory [default: ./baraza-data]
     #[arg(long, env = "BARAZA_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// TOML config file with keys data, listen, tls_cert, tls_key and [limits], [access] and [connections] tables.
+    /// TOML config file with keys data, listen, tls_cert, tls_key and [limits], [access], [connections] and [records] tables.
     #[arg(long, env = "BARAZA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -386,6 +392,39 @@ pub struct FileConfig {
     /// Connection limits and deadlines.
     #[serde(default)]
     pub connections: ConnectionsFileConfig,
+    /// How records are judged on arrival.
+    #[serde(default)]
+    pub records: RecordsConfig,
+}
+
+/// The `[records]` table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsConfig {
+    /// How far ahead of the server's clock, in ms, a time a tablet claims
+    /// (a change's time, a record's `created_at`) may be before the record
+    /// is flagged on the review desk and in exports (default one day).
+    /// The merge ignores clocks either way.
+    pub clock_ahead_max_ms: Option<u64>,
+}
+
+impl RecordsConfig {
+    /// `clock_ahead_max_ms`, or the default.
+    pub fn clock_ahead_max_ms_or_default(&self) -> u64 {
+        self.clock_ahead_max_ms
+            .unwrap_or(crate::sync::CLOCK_AHEAD_MAX_MS_DEFAULT as u64)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.clock_ahead_max_ms == Some(0) {
+            // Clocks that agree still differ by a little: zero would flag
+            // nearly every record.
+            return Err(ConfigError::ZeroRecordsSetting {
+                name: "clock_ahead_max_ms",
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The `[connections]` table; each key is also a flag and a `BARAZA_*`
@@ -598,6 +637,8 @@ pub struct ServeConfig {
     pub access: AccessConfig,
     /// Connection limits and deadlines.
     pub connections: ConnectionLimits,
+    /// How records are judged on arrival, from the `[records]` table.
+    pub records: RecordsConfig,
 }
 
 impl ServeConfig {
@@ -650,6 +691,7 @@ impl ServeConfig {
         .map(|(cert, key)| TlsFiles { cert, key });
 
         file.limits.validate()?;
+        file.records.validate()?;
         let connections = ConnectionLimits::merge(&args.connections, &file.connections)?;
         Ok(ServeConfig {
             data,
@@ -658,6 +700,7 @@ impl ServeConfig {
             limits: file.limits,
             access: file.access,
             connections,
+            records: file.records,
         })
     }
 }
@@ -738,6 +781,20 @@ mod tests {
             Duration::from_secs(10)
         );
         assert_eq!(config.connections.idle_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_clock_tolerance_comes_from_records_and_zero_is_refused() {
+        let config = ServeConfig::merge(&args(), None).unwrap();
+        assert_eq!(config.records.clock_ahead_max_ms_or_default(), 86_400_000);
+        let config =
+            ServeConfig::merge(&args(), file("[records]\nclock_ahead_max_ms = 3600000\n")).unwrap();
+        assert_eq!(config.records.clock_ahead_max_ms_or_default(), 3_600_000);
+        assert!(matches!(
+            ServeConfig::merge(&args(), file("[records]\nclock_ahead_max_ms = 0\n")),
+            Err(ConfigError::ZeroRecordsSetting { .. })
+        ));
+        assert!(parse_file("[records]\nclock_ahead_max = 1\n").is_err());
     }
 
     #[test]

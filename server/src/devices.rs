@@ -342,6 +342,62 @@ pub struct NewDevice {
     pub token: String,
 }
 
+/// The outcome of [`DeviceRegistry::reenroll`].
+#[derive(Debug, Clone)]
+pub enum Reenrolment {
+    /// The same device, with a new token.
+    Reissued(NewDevice),
+    /// Not re-enrolled, and why; nothing was changed.
+    Refused(ReenrolRefusal),
+}
+
+/// Why a device could not be enrolled again. Each has a stable code the
+/// tablet matches on ([`ReenrolRefusal::code`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReenrolRefusal {
+    /// No device has this id (the store came from another server, say).
+    UnknownDevice,
+    /// The device was enrolled by another user, or added for none.
+    OtherUser,
+    /// The device was reported lost or stolen.
+    Revoked,
+    /// The device was retired and wiped itself.
+    Retired,
+}
+
+impl ReenrolRefusal {
+    /// The code the enrolment reply carries, which is also the rule named.
+    pub fn code(self) -> &'static str {
+        match self {
+            ReenrolRefusal::UnknownDevice => "unknown_device",
+            ReenrolRefusal::OtherUser => "device_of_another_user",
+            ReenrolRefusal::Revoked => "device_revoked",
+            ReenrolRefusal::Retired => "device_retired",
+        }
+    }
+
+    /// What a person is told.
+    pub fn message(self, id: &str) -> String {
+        match self {
+            ReenrolRefusal::UnknownDevice => format!(
+                "this tablet's store belongs to device {id}, which this server does not know; \
+                 its records were left as they are: enrol with a new data dir"
+            ),
+            ReenrolRefusal::OtherUser => format!(
+                "this tablet's store belongs to device {id}, which another user enrolled; \
+                 its records were left as they are: that user enrols it again, or use a new data dir"
+            ),
+            ReenrolRefusal::Revoked => format!(
+                "device {id} was reported lost or stolen and cannot be enrolled again; \
+                 ask an administrator"
+            ),
+            ReenrolRefusal::Retired => format!(
+                "device {id} was retired and cannot be enrolled again: enrol with a new data dir"
+            ),
+        }
+    }
+}
+
 /// Registers, authenticates, lists and revokes devices. Cheap to clone.
 #[derive(Clone)]
 pub struct DeviceRegistry {
@@ -467,6 +523,51 @@ impl DeviceRegistry {
             identity: record.identity(),
             token,
         })
+    }
+
+    /// Issues a new token for the existing device `id` on behalf of
+    /// `user`, whose password was just checked: a tablet enrolling again on
+    /// its own store (after its token expired, say) keeps its device, so
+    /// the actor ids its unsynced changes were authored under stay its
+    /// own. Every earlier token of the device ends. Refused, changing
+    /// nothing, for a device another user (or no user) enrolled, and for a
+    /// revoked or retired one: re-enrolment must not revive those.
+    pub fn reenroll(&self, id: &str, user: &str, now: u64) -> Result<Reenrolment, DeviceError> {
+        let Some(mut record) = self.store.get(id)? else {
+            return Ok(Reenrolment::Refused(ReenrolRefusal::UnknownDevice));
+        };
+        if record.revoked {
+            return Ok(Reenrolment::Refused(ReenrolRefusal::Revoked));
+        }
+        if record.retired_at.is_some() {
+            return Ok(Reenrolment::Refused(ReenrolRefusal::Retired));
+        }
+        if record.user.as_deref() != Some(user) {
+            return Ok(Reenrolment::Refused(ReenrolRefusal::OtherUser));
+        }
+        for old in [
+            Some(record.token_hash.clone()),
+            record.previous_token_hash.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Some(hash) = decode_hash(&old) {
+                self.store.remove_token(&hash)?;
+            }
+        }
+        let token = Self::issue_secret(&record.id)?;
+        let hash = TokenHash::of(&token);
+        record.token_hash = hex::encode(hash.0);
+        record.expires_at = Some(now.saturating_add(self.lifetime));
+        self.store.insert(&record, &hash)?;
+        self.store.flush()?;
+        // Live sessions on an old token re-check their standing.
+        self.changed.send_modify(|n| *n += 1);
+        Ok(Reenrolment::Reissued(NewDevice {
+            identity: record.identity(),
+            token,
+        }))
     }
 
     /// What a token is: a device in good standing, or why not.
@@ -760,6 +861,46 @@ mod tests {
         let db = sled::Config::new().path(tmp.path()).open().unwrap();
         let registry = DeviceRegistry::open_sled(&db).unwrap();
         assert!(registry.authenticate(&token).unwrap().device().is_some());
+    }
+
+    #[test]
+    fn enrolling_again_keeps_the_device_for_its_own_user_only() {
+        let (_tmp, _db, registry) = registry();
+        let first = registry.add_for_user("tablet", Some("ofc")).unwrap();
+        let id = first.identity.id.clone();
+        let now = unix_now();
+        let Reenrolment::Reissued(again) = registry.reenroll(&id, "ofc", now).unwrap() else {
+            panic!("the owner re-enrols their device");
+        };
+        assert_eq!(again.identity.id, id);
+        assert!(matches!(
+            registry.authenticate(&first.token).unwrap(),
+            Auth::Unknown
+        ));
+        assert_eq!(
+            registry
+                .authenticate(&again.token)
+                .unwrap()
+                .device()
+                .map(|d| d.id),
+            Some(id.clone())
+        );
+        let refused = |who: &str| match registry.reenroll(&id, who, now).unwrap() {
+            Reenrolment::Refused(why) => Some(why),
+            Reenrolment::Reissued(_) => None,
+        };
+        assert_eq!(refused("someone.else"), Some(ReenrolRefusal::OtherUser));
+        assert!(matches!(
+            registry.reenroll(&"0".repeat(32), "ofc", now).unwrap(),
+            Reenrolment::Refused(ReenrolRefusal::UnknownDevice)
+        ));
+        registry.revoke(&id).unwrap();
+        assert_eq!(refused("ofc"), Some(ReenrolRefusal::Revoked));
+        // Still revoked, and the token it had is still refused as such.
+        assert!(matches!(
+            registry.authenticate(&again.token).unwrap(),
+            Auth::Revoked
+        ));
     }
 
     #[test]

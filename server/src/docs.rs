@@ -16,7 +16,7 @@ use baraza_protocol::docsync::{self, ApplyError};
 use baraza_protocol::{to_heads, DocDelta, DocId, Seq};
 use tokio::sync::{oneshot, watch};
 
-use crate::store::{DocWrite, IndexEntry, Store, StoreError};
+use crate::store::{DocWrite, IndexEntry, Receipt, Store, StoreError};
 
 /// Chunks a document may accumulate before its next write compacts them.
 const CHUNKS_BEFORE_COMPACTION: u32 = 64;
@@ -293,13 +293,14 @@ impl Docs {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Prepares the write of `chunk` (changes just applied to `live`).
-    /// Returns None if there is nothing new.
+    /// Prepares the write of `chunk` (changes just applied to `live`),
+    /// with when they arrived. Returns None if there is nothing new.
     pub fn write_for(
         id: DocId,
         live: &mut LiveDoc,
         chunk: Vec<u8>,
         index: Option<IndexEntry>,
+        receipt: Option<Receipt>,
     ) -> Option<DocWrite> {
         if chunk.is_empty() {
             return None;
@@ -330,6 +331,7 @@ impl Docs {
             compacted,
             index,
             erase: false,
+            receipt,
         })
     }
 

@@ -21,6 +21,23 @@ pub struct ExportRecord {
     /// Review decisions ever made on it, oldest first (`approved`,
     /// `returned`), from its change history.
     pub decisions: Vec<String>,
+    /// Claimed times that were implausibly far ahead of the server's clock
+    /// when they arrived, if any.
+    pub clock: Option<crate::store::ClockSkew>,
+}
+
+/// The clock flag as an export cell says it: empty for a record whose
+/// claimed times were plausible.
+pub fn clock_flag(clock: Option<&crate::store::ClockSkew>) -> String {
+    match clock {
+        None => String::new(),
+        Some(c) => format!(
+            "clock ahead: {} claimed time{} up to {:.1} days ahead of the server",
+            c.times,
+            if c.times == 1 { "" } else { "s" },
+            c.ahead_ms_max as f64 / DAY_MS
+        ),
+    }
 }
 
 /// The contact columns a feedback export gains when contacts are asked for.
@@ -76,10 +93,17 @@ fn escape(cell: &str) -> String {
 pub fn csv(kind: Kind, records: &[ExportRecord], contacts: bool) -> String {
     let cols = columns(kind);
     let with_contacts = contacts && kind == Kind::Feedback;
-    let mut head: Vec<String> = ["id", "area", "created_by", "created_at", "review_state"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut head: Vec<String> = [
+        "id",
+        "area",
+        "created_by",
+        "created_at",
+        "review_state",
+        "clock_flag",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     head.extend(cols.iter().map(|(name, _)| name.clone()));
     if with_contacts {
         head.extend(CONTACT_COLUMNS.iter().map(|c| format!("contact.{c}")));
@@ -94,6 +118,7 @@ pub fn csv(kind: Kind, records: &[ExportRecord], contacts: bool) -> String {
             r.header.created_by_user.clone(),
             r.header.created_at.to_string(),
             r.review_state.clone(),
+            clock_flag(r.clock.as_ref()),
         ];
         for (name, path) in &cols {
             row.push(cell_of(&r.fields, path, name.ends_with("_count")));
@@ -148,6 +173,7 @@ pub fn geojson(records: &[ExportRecord]) -> serde_json::Value {
                     "tags": o["tags"],
                     "accuracy_m": o["gps"]["accuracy_m"],
                     "review_state": r.review_state,
+                    "clock_flag": clock_flag(r.clock.as_ref()),
                 }
             }));
         }

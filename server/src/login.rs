@@ -29,6 +29,16 @@
 //! Per account (`users.rs`), five failures in fifteen minutes lock it until
 //! an administrator releases it.
 //!
+//! A tablet whose store already belongs to a device (its token expired,
+//! say) sends that `device_id` when it enrols again. Once the password is
+//! right, that same device gets a new token ([`DeviceRegistry::reenroll`],
+//! audited `device_reenrolled`): a new device would strand every change
+//! the tablet wrote offline, since those are authored under the old
+//! device's actor ids. A revoked or retired device, or one another user
+//! enrolled, is refused with a JSON `{error, rule}` (audited
+//! `device_reenrol_refused`); only a user who just proved their password
+//! hears why, so it tells a stranger nothing.
+//!
 //! The address is the TCP peer (see `peer.rs`): Baraza terminates TLS
 //! itself, so there is no proxy header to trust.
 
@@ -41,7 +51,7 @@ use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::audit::AuditLog;
-use crate::devices::{DeviceError, DeviceRegistry};
+use crate::devices::{DeviceError, DeviceRegistry, NewDevice, ReenrolRefusal, Reenrolment};
 use crate::http::AppState;
 use crate::users::{LoginError, LoginThrottle, Role, User, UserRegistry};
 
@@ -213,6 +223,20 @@ struct EnrollRequest {
     user: String,
     password: String,
     device_name: String,
+    /// The device the tablet's store already belongs to, when it enrols
+    /// again (its token expired, say): the same device gets a new token.
+    #[serde(default)]
+    device_id: Option<String>,
+}
+
+/// What enrolment did, once the user's password was right.
+enum Enrolled {
+    /// A new device.
+    New(NewDevice),
+    /// The tablet's own device again, with a new token.
+    Again(NewDevice),
+    /// The tablet's device may not be enrolled again: nothing changed.
+    Refused(String, ReenrolRefusal),
 }
 
 /// What the enrolment handler shares across requests.
@@ -257,6 +281,16 @@ async fn enroll(
             "expected a JSON object with user, password and device_name".into(),
         );
     };
+    // Checked before the password, so it cannot reach a log or a message
+    // as anything but a device id.
+    if let Some(id) = &request.device_id {
+        if id.len() != 32 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "device_id must be 32 lowercase hex digits".into(),
+            );
+        }
+    }
     let user = match shared
         .gate
         .check(Door::Enrolment, peer, &request.user, request.password)
@@ -273,39 +307,62 @@ async fn enroll(
         }
     };
 
-    // From here the login was right: what fails is not a guess.
+    // From here the login was right: what fails is not a guess, and a
+    // refusal may say why.
     let worker = shared.clone();
     let device_name = request.device_name;
+    let device_id = request.device_id;
     let outcome = tokio::task::spawn_blocking(move || {
-        let device = worker
-            .devices
-            .add_for_user(&device_name, Some(&user.name))?;
-        worker.audit.record(
-            "device_enrolled",
-            serde_json::json!({ "user": user.name, "device": device.identity.id }),
-        );
-        Ok::<_, DeviceError>((user, device))
+        let enrolled = match device_id {
+            Some(id) => match worker.devices.reenroll(&id, &user.name, unix_now())? {
+                Reenrolment::Reissued(device) => {
+                    worker.audit.record(
+                        "device_reenrolled",
+                        serde_json::json!({ "user": user.name, "device": device.identity.id }),
+                    );
+                    Enrolled::Again(device)
+                }
+                Reenrolment::Refused(why) => {
+                    worker.audit.record(
+                        "device_reenrol_refused",
+                        serde_json::json!({ "user": user.name, "device": id, "rule": why.code() }),
+                    );
+                    Enrolled::Refused(id, why)
+                }
+            },
+            None => {
+                let device = worker
+                    .devices
+                    .add_for_user(&device_name, Some(&user.name))?;
+                worker.audit.record(
+                    "device_enrolled",
+                    serde_json::json!({ "user": user.name, "device": device.identity.id }),
+                );
+                Enrolled::New(device)
+            }
+        };
+        Ok::<_, DeviceError>((user, enrolled))
     })
     .await;
 
     match outcome {
-        Ok(Ok((user, device))) => {
-            tracing::info!(user = %user.name, device = %device.identity.id, "device enrolled");
-            let expires_at = shared
-                .devices
-                .expires_at(&device.identity.id)
-                .ok()
-                .flatten();
-            warp::reply::json(&serde_json::json!({
-                "token": device.token,
-                "device_id": device.identity.id,
-                "user": user.name,
-                "role": user.role,
-                "areas": user.areas,
-                "expires_at": expires_at,
-            }))
+        Ok(Ok((user, Enrolled::Refused(id, why)))) => {
+            tracing::info!(user = %user.name, device = %id, rule = why.code(), "re-enrolment refused");
+            let status = match why {
+                ReenrolRefusal::Revoked | ReenrolRefusal::Retired => StatusCode::FORBIDDEN,
+                ReenrolRefusal::UnknownDevice | ReenrolRefusal::OtherUser => StatusCode::CONFLICT,
+            };
+            warp::reply::with_status(
+                warp::reply::json(&serde_json::json!({
+                    "error": why.message(&id),
+                    "rule": why.code(),
+                })),
+                status,
+            )
             .into_response()
         }
+        Ok(Ok((user, Enrolled::New(device)))) => enrolled_reply(&shared, &user, &device, false),
+        Ok(Ok((user, Enrolled::Again(device)))) => enrolled_reply(&shared, &user, &device, true),
         Ok(Err(DeviceError::InvalidName(why))) => text(
             StatusCode::BAD_REQUEST,
             format!("invalid device name: {why}"),
@@ -328,6 +385,33 @@ async fn enroll(
             )
         }
     }
+}
+
+/// The token and what the tablet files records under; `again` when the
+/// tablet's own device was enrolled again.
+fn enrolled_reply(
+    shared: &Enrolment,
+    user: &User,
+    device: &NewDevice,
+    again: bool,
+) -> warp::reply::Response {
+    tracing::info!(user = %user.name, device = %device.identity.id, again, "device enrolled");
+    let expires_at = shared
+        .devices
+        .expires_at(&device.identity.id)
+        .ok()
+        .flatten();
+    warp::reply::json(&serde_json::json!({
+        "token": device.token,
+        "device_id": device.identity.id,
+        "device_name": device.identity.name,
+        "reenrolled": again,
+        "user": user.name,
+        "role": user.role,
+        "areas": user.areas,
+        "expires_at": expires_at,
+    }))
+    .into_response()
 }
 
 fn throttled(wait: u64) -> warp::reply::Response {

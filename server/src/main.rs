@@ -247,6 +247,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     if config.access.skip_write_rules_for_benchmarks {
         hub.set_skip_write_rules(true);
     }
+    hub.set_clock_ahead_max_ms(config.records.clock_ahead_max_ms_or_default());
     let tls = tls::server_config(config.tls.as_ref(), &data.tls_dir())?;
     if config.tls.is_none() && !config.listen.ip().is_loopback() {
         tracing::warn!(

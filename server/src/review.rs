@@ -14,7 +14,11 @@
 //! - `GET records?kind=&area=&state=&from=&to=&q=&limit=`: from the index
 //!   (`from`/`to` are creation times in ms; `q` is free text, matched in
 //!   the records the index already narrowed down).
-//! - `GET records/{id}`: fields, conflicts, history, review comments.
+//! - `GET records/{id}`: fields, conflicts, history (each change's claimed
+//!   time beside when the server first stored it), review comments, and
+//!   `clock`, set when claimed times were implausibly far ahead of the
+//!   server's clock on arrival (`[records] clock_ahead_max_ms`); list rows
+//!   carry `clock` too.
 //! - `POST records/{id}/decision` `{decision: approved|returned, comment}`.
 //! - `POST records/{id}/resolve` `{path, value}`: sets a conflicted field
 //!   to one of its values or a new one (`place`, `action_items.1.status`).
@@ -629,7 +633,24 @@ async fn list(
         Err(refused) => return refused.reply(),
     };
     let hub = desk.hub.clone();
-    let rows = tokio::task::spawn_blocking(move || selection.rows(&hub, &caller.principal)).await;
+    let rows = tokio::task::spawn_blocking(move || {
+        // Each row says whether its claimed times were implausible: one
+        // lookup in a small tree, no document loaded.
+        selection
+            .rows(&hub, &caller.principal)?
+            .into_iter()
+            .map(|row| {
+                let clock = match row.id.parse::<DocId>() {
+                    Ok(id) => hub.clock_skew(id)?,
+                    Err(_) => None,
+                };
+                let mut value = serde_json::json!(row);
+                value["clock"] = serde_json::json!(clock);
+                Ok(value)
+            })
+            .collect::<Result<Vec<_>, crate::docs::DocsError>>()
+    })
+    .await;
     match rows {
         Ok(Ok(rows)) => ok(serde_json::json!({ "records": rows })),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "record index unavailable"),

@@ -15,6 +15,10 @@
 //!   sent whole). Trimming entries below every device's cursor is future work.
 //! - `doc_log`: (doc, seq) → heads after that write, so catch-up can send a
 //!   client only what it lacks since the position its cursor names.
+//! - `change_received`: (doc, change hash) → when the server first stored
+//!   that change (ms, its own clock), beside the time the change claims.
+//! - `record_clock`: doc → the record's claimed times found implausible
+//!   ([`ClockSkew`]), for the review desk and exports.
 //! - `meta`: the store id and the clean-shutdown marker.
 //!
 //! Durability: [`Store::commit`] writes a whole batch in one sled
@@ -74,6 +78,83 @@ pub struct DocWrite {
     /// a tombstone stays (for read checks and to refuse it coming back)
     /// and the feed gets an entry so devices delete it.
     pub erase: bool,
+    /// When the changes in `chunk` reached the server, if they are new.
+    pub receipt: Option<Receipt>,
+}
+
+/// When the server received changes, kept per change beside the time each
+/// change claims (tablets' clocks can be years off, and the merge trusts
+/// no clock, so this is only for people reading the record).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt {
+    /// The server's time at receipt, milliseconds since the epoch.
+    pub at_ms: i64,
+    /// The changes first stored by this write.
+    pub changes: Vec<Head>,
+    /// Claimed times among them too far ahead of `at_ms`, if any.
+    pub skew: Option<ClockSkew>,
+}
+
+/// Claimed times of a record (change times, the header's `created_at`)
+/// that were too far ahead of the server's clock when they arrived.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClockSkew {
+    /// How many claimed times were too far ahead.
+    pub times: u32,
+    /// The furthest ahead of the server's time at receipt, in ms.
+    pub ahead_ms_max: i64,
+    /// That claimed time, milliseconds since the epoch.
+    pub claimed_ms: i64,
+}
+
+impl ClockSkew {
+    /// Both together: counts add up, the furthest ahead is kept.
+    pub fn merge(self, other: ClockSkew) -> ClockSkew {
+        let furthest = if other.ahead_ms_max > self.ahead_ms_max {
+            other
+        } else {
+            self
+        };
+        ClockSkew {
+            times: self.times.saturating_add(other.times),
+            ..furthest
+        }
+    }
+
+    fn encode(&self) -> [u8; 20] {
+        let mut v = [0u8; 20];
+        v[..4].copy_from_slice(&self.times.to_be_bytes());
+        v[4..12].copy_from_slice(&self.ahead_ms_max.to_be_bytes());
+        v[12..].copy_from_slice(&self.claimed_ms.to_be_bytes());
+        v
+    }
+
+    fn decode(v: &[u8]) -> Result<ClockSkew, StoreError> {
+        let corrupt = || StoreError::Corrupt {
+            tree: "record_clock",
+            reason: format!("value of {} bytes", v.len()),
+        };
+        let v: &[u8; 20] = v.try_into().map_err(|_| corrupt())?;
+        let mut times = [0u8; 4];
+        let mut ahead = [0u8; 8];
+        let mut claimed = [0u8; 8];
+        times.copy_from_slice(&v[..4]);
+        ahead.copy_from_slice(&v[4..12]);
+        claimed.copy_from_slice(&v[12..]);
+        Ok(ClockSkew {
+            times: u32::from_be_bytes(times),
+            ahead_ms_max: i64::from_be_bytes(ahead),
+            claimed_ms: i64::from_be_bytes(claimed),
+        })
+    }
+}
+
+/// `change_received` key: doc (16) | change hash (32).
+fn receipt_key(doc: DocId, change: &Head) -> Vec<u8> {
+    let mut k = Vec::with_capacity(48);
+    k.extend_from_slice(doc.as_bytes());
+    k.extend_from_slice(change.as_bytes());
+    k
 }
 
 impl DocWrite {
@@ -86,6 +167,7 @@ impl DocWrite {
             compacted: None,
             index: None,
             erase: true,
+            receipt: None,
         }
     }
 }
@@ -284,6 +366,12 @@ pub trait Store: Send + Sync + 'static {
     fn close_cleanly(&self) -> Result<(), StoreError>;
     /// How many documents are stored.
     fn doc_count(&self) -> Result<usize, StoreError>;
+    /// When the server first stored each change of a record it knows of
+    /// (change hash, milliseconds since the epoch); changes stored before
+    /// receipts were kept have none.
+    fn received(&self, doc: DocId) -> Result<Vec<(Head, i64)>, StoreError>;
+    /// A record's claimed times found implausible on arrival, if any.
+    fn clock_skew(&self, doc: DocId) -> Result<Option<ClockSkew>, StoreError>;
 }
 
 /// The sled implementation.
@@ -298,6 +386,8 @@ pub struct SledStore {
     access: sled::Tree,
     erased: sled::Tree,
     quarantine: sled::Tree,
+    received: sled::Tree,
+    clock: sled::Tree,
     meta: sled::Tree,
     id: StoreId,
     /// Whether the last stop before this open was clean.
@@ -346,6 +436,8 @@ impl SledStore {
             erased: db.open_tree("erased")?,
             quarantine: db.open_tree("quarantine")?,
             index_by_doc: db.open_tree("record_index_by_doc")?,
+            received: db.open_tree("change_received")?,
+            clock: db.open_tree("record_clock")?,
             feed,
             meta,
             db,
@@ -527,10 +619,12 @@ impl Store for SledStore {
         // Transactional trees cannot scan, so the chunk keys a compaction
         // removes are listed first; commits are serialised by the lock we
         // hold, so the list cannot go stale.
-        let mut doomed: Vec<(Vec<sled::IVec>, Vec<sled::IVec>)> = Vec::with_capacity(writes.len());
+        type Doomed = (Vec<sled::IVec>, Vec<sled::IVec>, Vec<sled::IVec>);
+        let mut doomed: Vec<Doomed> = Vec::with_capacity(writes.len());
         for w in writes {
             let mut keys = Vec::new();
             let mut logs = Vec::new();
+            let mut receipts = Vec::new();
             if w.compacted.is_some() || w.erase {
                 for item in self.chunks.scan_prefix(w.doc.as_bytes()).keys() {
                     keys.push(item?);
@@ -540,8 +634,11 @@ impl Store for SledStore {
                 for item in self.log.scan_prefix(w.doc.as_bytes()).keys() {
                     logs.push(item?);
                 }
+                for item in self.received.scan_prefix(w.doc.as_bytes()).keys() {
+                    receipts.push(item?);
+                }
             }
-            doomed.push((keys, logs));
+            doomed.push((keys, logs, receipts));
         }
         (
             &self.chunks,
@@ -552,10 +649,13 @@ impl Store for SledStore {
             &self.index_by_doc,
             &self.access,
             &self.erased,
+            &self.received,
+            &self.clock,
         )
             .transaction(
-                |(chunks, metas, feed, log, index, by_doc, access, erased)| {
-                    for ((w, &seq), (doomed, doomed_logs)) in writes.iter().zip(&seqs).zip(&doomed)
+                |(chunks, metas, feed, log, index, by_doc, access, erased, received, clock)| {
+                    for ((w, &seq), (doomed, doomed_logs, doomed_receipts)) in
+                        writes.iter().zip(&seqs).zip(&doomed)
                     {
                         let key = w.doc.as_bytes();
                         if w.erase {
@@ -565,6 +665,10 @@ impl Store for SledStore {
                             for k in doomed_logs {
                                 log.remove(k)?;
                             }
+                            for k in doomed_receipts {
+                                received.remove(k)?;
+                            }
+                            clock.remove(&key[..])?;
                             metas.remove(&key[..])?;
                             if let Some(old) = by_doc.remove(&key[..])? {
                                 index.remove(old)?;
@@ -596,6 +700,26 @@ impl Store for SledStore {
                         meta.heads = w.heads.clone();
                         feed.insert(&seq.to_be_bytes()[..], &key[..])?;
                         log.insert(&log_key(w.doc, seq)[..], encode_heads(&w.heads))?;
+                        if let Some(receipt) = &w.receipt {
+                            // The first receipt of a change stands: a change
+                            // offered again (after a store reset) arrived first
+                            // back then.
+                            for change in &receipt.changes {
+                                let k = receipt_key(w.doc, change);
+                                if received.get(&k)?.is_none() {
+                                    received.insert(k, &receipt.at_ms.to_be_bytes()[..])?;
+                                }
+                            }
+                            if let Some(skew) = receipt.skew {
+                                let merged = match clock.get(&key[..])? {
+                                    Some(v) => ClockSkew::decode(&v)
+                                        .map_err(ConflictableTransactionError::Abort)?
+                                        .merge(skew),
+                                    None => skew,
+                                };
+                                clock.insert(&key[..], &merged.encode()[..])?;
+                            }
+                        }
                         metas.insert(&key[..], encode_meta(&meta))?;
                         if let Some(entry) = &w.index {
                             let new_key = index_key(w.doc, entry);
@@ -801,6 +925,37 @@ impl Store for SledStore {
     fn doc_count(&self) -> Result<usize, StoreError> {
         Ok(self.meta_docs.len())
     }
+
+    fn received(&self, doc: DocId) -> Result<Vec<(Head, i64)>, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt {
+            tree: "change_received",
+            reason: what.to_string(),
+        };
+        self.received
+            .scan_prefix(doc.as_bytes())
+            .map(|item| {
+                let (k, v) = item?;
+                let hash: [u8; 32] = k
+                    .get(16..)
+                    .and_then(|h| h.try_into().ok())
+                    .ok_or_else(|| corrupt("key of the wrong length"))?;
+                let at: [u8; 8] = v[..]
+                    .try_into()
+                    .map_err(|_| corrupt("time of the wrong length"))?;
+                Ok((
+                    Head::from(automerge::ChangeHash(hash)),
+                    i64::from_be_bytes(at),
+                ))
+            })
+            .collect()
+    }
+
+    fn clock_skew(&self, doc: DocId) -> Result<Option<ClockSkew>, StoreError> {
+        match self.clock.get(doc.as_bytes())? {
+            Some(v) => Ok(Some(ClockSkew::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -819,6 +974,7 @@ mod tests {
         let b = DocId::from_bytes([2; 16]);
         let w = |doc, h| DocWrite {
             erase: false,
+            receipt: None,
             doc,
             chunk: vec![h],
             heads: vec![head(h)],
@@ -839,6 +995,50 @@ mod tests {
         let loaded = store.load(a).unwrap().unwrap();
         assert_eq!(loaded.bytes, vec![1, 3]);
         assert_eq!(loaded.chunks, 2);
+    }
+
+    #[test]
+    fn the_first_receipt_of_a_change_stands_and_skews_add_up_until_erased() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_path(dir.path(), [1; 16]).unwrap();
+        let a = DocId::from_bytes([1; 16]);
+        let skew = |ahead| ClockSkew {
+            times: 1,
+            ahead_ms_max: ahead,
+            claimed_ms: 1_000 + ahead,
+        };
+        let w = |h: u8, at_ms, skew| DocWrite {
+            doc: a,
+            chunk: vec![h],
+            heads: vec![head(h)],
+            compacted: None,
+            index: None,
+            erase: false,
+            receipt: Some(Receipt {
+                at_ms,
+                changes: vec![head(h), head(1)],
+                skew,
+            }),
+        };
+        store.commit(&[w(1, 1_000, Some(skew(50)))]).unwrap();
+        store.commit(&[w(2, 2_000, Some(skew(90)))]).unwrap();
+        store.commit(&[w(3, 3_000, None)]).unwrap();
+        let mut received = store.received(a).unwrap();
+        received.sort();
+        let mut expected = vec![(head(1), 1_000), (head(2), 2_000), (head(3), 3_000)];
+        expected.sort();
+        assert_eq!(received, expected);
+        assert_eq!(
+            store.clock_skew(a).unwrap(),
+            Some(ClockSkew {
+                times: 2,
+                ahead_ms_max: 90,
+                claimed_ms: 1_090
+            })
+        );
+        store.commit(&[DocWrite::erasure(a)]).unwrap();
+        assert!(store.received(a).unwrap().is_empty());
+        assert_eq!(store.clock_skew(a).unwrap(), None);
     }
 
     /// Opens a store just dropped: sled releases its file lock from a
@@ -885,6 +1085,7 @@ mod tests {
             store
                 .commit(&[DocWrite {
                     erase: false,
+                    receipt: None,
                     doc: a,
                     chunk: vec![i],
                     heads: vec![head(i)],
@@ -910,6 +1111,7 @@ mod tests {
         store
             .commit(&[DocWrite {
                 erase: false,
+                receipt: None,
                 doc: a,
                 chunk: vec![9],
                 heads: vec![head(9)],

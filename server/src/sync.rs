@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, watch};
 use warp::ws::{Message as WsMessage, WebSocket};
 
 use crate::docs::{Docs, DocsError, LiveDoc};
-use crate::store::{IndexEntry, RecordFilter, RecordRow, SledStore, Store};
+use crate::store::{ClockSkew, IndexEntry, Receipt, RecordFilter, RecordRow, SledStore, Store};
 use baraza_protocol::docsync::ApplyError;
 use baraza_records::access::WriteSummary;
 use baraza_records::{Header, Kind, Principal};
@@ -44,6 +44,10 @@ pub fn report_contained_panics() {
     }));
 }
 
+/// Claimed times further ahead of the server's clock than this (one day,
+/// in ms) flag a record when `[records] clock_ahead_max_ms` is not set.
+pub const CLOCK_AHEAD_MAX_MS_DEFAULT: i64 = 86_400_000;
+
 /// Documents kept in memory by default.
 pub const CACHE_DOCS_DEFAULT: usize = 4096;
 /// Feed entries read per catch-up step, bounding what one step holds.
@@ -57,6 +61,9 @@ pub struct SyncHub {
     /// Off only to measure what the write-rule inspection costs; the
     /// server warns loudly when started that way.
     write_rules: std::sync::atomic::AtomicBool,
+    /// How far ahead of the server's clock a claimed time may be before
+    /// the record is flagged, in ms (`[records] clock_ahead_max_ms`).
+    clock_ahead_max_ms: std::sync::atomic::AtomicI64,
     /// Ends the actor ids of changes made at the review desk, so two
     /// server processes never author under the same actor.
     desk_actor_suffix: [u8; 8],
@@ -327,6 +334,7 @@ impl SyncHub {
             limits,
             audit,
             write_rules: std::sync::atomic::AtomicBool::new(true),
+            clock_ahead_max_ms: std::sync::atomic::AtomicI64::new(CLOCK_AHEAD_MAX_MS_DEFAULT),
             access_cache: Default::default(),
             desk_actor_suffix: rand::random(),
             repairs: Default::default(),
@@ -347,6 +355,31 @@ impl SyncHub {
         }
         self.write_rules
             .store(!skip, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Flags records whose claimed times are more than `ms` ahead of the
+    /// server's clock when they arrive.
+    pub fn set_clock_ahead_max_ms(&self, ms: u64) {
+        self.clock_ahead_max_ms.store(
+            i64::try_from(ms).unwrap_or(i64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// What the clock check of changes arriving now compares against.
+    fn clock_check(&self) -> ClockCheck {
+        ClockCheck {
+            now_ms: i64::try_from(crate::clock::unix_now_ms()).unwrap_or(i64::MAX),
+            ahead_max_ms: self
+                .clock_ahead_max_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// A record's implausible claimed times, if any (from a small tree,
+    /// no document loaded): for the desk's list.
+    pub fn clock_skew(&self, id: DocId) -> Result<Option<ClockSkew>, DocsError> {
+        Ok(self.docs.store().clock_skew(id)?)
     }
 
     /// Records matching a filter that `who` may read, from the index (no
@@ -422,6 +455,7 @@ impl SyncHub {
             fields,
             contact,
             decisions,
+            clock: self.docs.store().clock_skew(id)?,
         }))
     }
 
@@ -524,6 +558,28 @@ impl SyncHub {
                 "device": caller.device.id,
             }),
         );
+        let store = self.docs.store();
+        let received: std::collections::HashMap<String, i64> = store
+            .received(id)?
+            .into_iter()
+            .map(|(hash, at)| (hex::encode(hash.as_bytes()), at))
+            .collect();
+        let ahead_max = self.clock_check().ahead_max_ms;
+        // Each change's claimed time (seconds, the tablet's clock) beside
+        // when the server first stored it (ms, its own clock).
+        let history: Vec<serde_json::Value> = baraza_records::history(doc)
+            .into_iter()
+            .map(|entry| {
+                let at = received.get(&entry.hash).copied();
+                let implausible = at.is_some_and(|at| {
+                    entry.time.saturating_mul(1000).saturating_sub(at) > ahead_max
+                });
+                let mut value = serde_json::json!(entry);
+                value["received_at_ms"] = serde_json::json!(at);
+                value["clock_implausible"] = serde_json::json!(implausible);
+                value
+            })
+            .collect();
         Ok(Some(serde_json::json!({
             "id": id.to_string(),
             "header": header,
@@ -531,7 +587,8 @@ impl SyncHub {
             "review_comments": baraza_records::review_comments(doc),
             "fields": to_json(doc, &automerge::ROOT),
             "conflicts": baraza_records::conflicts(doc),
-            "history": baraza_records::history(doc),
+            "history": history,
+            "clock": store.clock_skew(id)?,
         })))
     }
 
@@ -580,20 +637,28 @@ impl SyncHub {
                 }
             }
             let rules = Some(&caller.principal);
-            let (index, summary) =
-                match admit(id, &caller.device, rules, &live.doc, &before, before_header) {
-                    Ok(admitted) => admitted,
-                    Err(refused) => {
-                        self.docs.restore(id, &mut live, &before);
-                        return Err(DeskError::Refused {
-                            rule: refused.rule,
-                            message: refused.message,
-                        });
-                    }
-                };
+            let clock = self.clock_check();
+            let (index, summary, receipt) = match admit(
+                id,
+                &caller.device,
+                rules,
+                &live.doc,
+                &before,
+                before_header,
+                clock,
+            ) {
+                Ok(admitted) => admitted,
+                Err(refused) => {
+                    self.docs.restore(id, &mut live, &before);
+                    return Err(DeskError::Refused {
+                        rule: refused.rule,
+                        message: refused.message,
+                    });
+                }
+            };
             let chunk = docsync::encode_changes(&live.doc.get_changes(&before));
-            let rx =
-                Docs::write_for(id, &mut live, chunk, Some(index)).map(|w| self.docs.submit(w));
+            let rx = Docs::write_for(id, &mut live, chunk, Some(index), Some(receipt))
+                .map(|w| self.docs.submit(w));
             (rx, summary)
         };
         let now = *self.docs.durable().borrow();
@@ -982,13 +1047,14 @@ impl SyncHub {
             }
             live.ops += ops;
         }
-        let (index, wrote) = admitted.unzip();
+        let (index, wrote, receipt) = split_admitted(admitted);
         if applied.base_missing {
             session.start_sync(id, &live.doc);
         }
         // Submitted under the document's lock, so writes to one document
         // reach the committer in the order they were applied.
-        let rx = Docs::write_for(id, live, applied.new_chunk, index).map(|w| self.docs.submit(w));
+        let rx = Docs::write_for(id, live, applied.new_chunk, index, receipt)
+            .map(|w| self.docs.submit(w));
         drop(working);
         let now = *self.docs.durable().borrow();
         let heads = applied.heads;
@@ -1058,8 +1124,8 @@ impl SyncHub {
             }
             live.ops += ops;
         }
-        let (index, wrote) = admitted.unzip();
-        let rx = Docs::write_for(id, live, chunk, index).map(|w| self.docs.submit(w));
+        let (index, wrote, receipt) = split_admitted(admitted);
+        let rx = Docs::write_for(id, live, chunk, index, receipt).map(|w| self.docs.submit(w));
         let heads = baraza_protocol::to_heads(&live.doc.get_heads());
         drop(working);
         let now = *self.docs.durable().borrow();
@@ -1215,6 +1281,7 @@ impl SyncHub {
             compacted: Some(rebuilt.save()),
             index,
             erase: false,
+            receipt: None,
         };
         self.docs.forget(id);
         let rx = self.docs.submit(write);
@@ -1264,7 +1331,8 @@ impl SyncHub {
         live: &mut crate::docs::LiveDoc,
         before: &[automerge::ChangeHash],
         before_header: Option<Header>,
-    ) -> Option<(IndexEntry, WriteSummary)> {
+    ) -> Option<Admitted> {
+        let clock = self.clock_check();
         let rules = self
             .write_rules
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -1279,6 +1347,7 @@ impl SyncHub {
                 &live.doc,
                 before,
                 before_header,
+                clock,
             ))
         });
         let checked = match checked {
@@ -1528,6 +1597,60 @@ fn to_json(doc: &automerge::Automerge, obj: &automerge::ObjId) -> serde_json::Va
     }
 }
 
+/// What [`admit`] lets through: where the record sits in the index, what
+/// the write did, and when its changes arrived.
+type Admitted = (IndexEntry, WriteSummary, Receipt);
+
+fn split_admitted(
+    admitted: Option<Admitted>,
+) -> (Option<IndexEntry>, Option<WriteSummary>, Option<Receipt>) {
+    match admitted {
+        Some((index, wrote, receipt)) => (Some(index), Some(wrote), Some(receipt)),
+        None => (None, None, None),
+    }
+}
+
+/// The server's time for changes arriving now, and how far ahead of it a
+/// claimed time may be.
+#[derive(Clone, Copy, Debug)]
+struct ClockCheck {
+    now_ms: i64,
+    ahead_max_ms: i64,
+}
+
+impl ClockCheck {
+    /// The receipt of `changes` (and of `created_at`, a new record's
+    /// claimed creation time): the merge ignores every clock, so claimed
+    /// times are only noted, and flagged when implausible.
+    fn receipt(&self, changes: &[automerge::Change], created_at: Option<i64>) -> Receipt {
+        // Change times are whole seconds (`ops::commit_options`).
+        let claimed = changes
+            .iter()
+            .map(|c| c.timestamp().saturating_mul(1000))
+            .chain(created_at);
+        let mut skew: Option<ClockSkew> = None;
+        for claimed_ms in claimed {
+            let ahead = claimed_ms.saturating_sub(self.now_ms);
+            if ahead > self.ahead_max_ms {
+                let this = ClockSkew {
+                    times: 1,
+                    ahead_ms_max: ahead,
+                    claimed_ms,
+                };
+                skew = Some(skew.map_or(this, |s| s.merge(this)));
+            }
+        }
+        Receipt {
+            at_ms: self.now_ms,
+            changes: changes
+                .iter()
+                .map(|c| baraza_protocol::Head::from(c.hash()))
+                .collect(),
+            skew,
+        }
+    }
+}
+
 /// Why [`admit`] refused a write.
 struct Refused {
     code: ErrorCode,
@@ -1550,14 +1673,15 @@ fn admit(
     doc: &automerge::Automerge,
     before: &[automerge::ChangeHash],
     before_header: Option<Header>,
-) -> Result<(IndexEntry, WriteSummary), Refused> {
+    clock: ClockCheck,
+) -> Result<Admitted, Refused> {
     let prefix = hex::decode(&device.id).unwrap_or_default();
     let changes = doc.get_changes(before);
     for change in &changes {
         if !change.actor_id().to_bytes().starts_with(&prefix) {
             return Err(Refused {
                 code: ErrorCode::Forbidden,
-                rule: None,
+                rule: Some(baraza_records::access::rules::DEVICE_ACTOR),
                 message: format!(
                     "record {id}: change {} is authored under actor {}, which is not one of this device's; \
                      a device may only author changes under its own actor ids",
@@ -1614,6 +1738,7 @@ fn admit(
             })?,
         None => WriteSummary::default(),
     };
+    let receipt = clock.receipt(&changes, is_new.then_some(header.created_at));
     Ok((
         IndexEntry {
             kind: header.kind.name().to_string(),
@@ -1623,6 +1748,7 @@ fn admit(
             created_by: header.created_by_user,
         },
         summary,
+        receipt,
     ))
 }
 

@@ -49,6 +49,15 @@ function when(ms) {
   return new Date(ms).toISOString().replace("T", " ").slice(0, 16) + " UTC";
 }
 
+// A tablet's clock can be years off; the server notes when it received
+// each change and flags records whose claimed times were implausible.
+function clockFlag(clock) {
+  if (!clock) return null;
+  const days = (clock.ahead_ms_max / 86400000).toFixed(1);
+  return el("span", { class: "clock-flag", title: "Claimed " + when(clock.claimed_ms),
+    text: "clock ahead: " + clock.times + (clock.times === 1 ? " claimed time" : " claimed times") + " up to " + days + " days ahead of the server" });
+}
+
 function showSignin() {
   clearInterval(desk.timer);
   $("desk").hidden = true;
@@ -103,6 +112,7 @@ function renderQueue() {
     const item = el("li", { tabindex: "-1", "data-id": row.id, "aria-selected": String(i === desk.selected) },
       el("div", { class: "kind", text: row.kind.replace("_", " ") + " \u00b7 " + row.area + " \u00b7 " + row.state }),
       el("div", { text: row.created_by + ", " + when(row.created_at) }),
+      clockFlag(row.clock),
       fresh ? el("span", { class: "new", text: "new" }) : null);
     item.addEventListener("click", () => select(i, true));
     return item;
@@ -151,9 +161,10 @@ async function openRecord(id) {
       el("div", { class: "value" }, custom, button("Set", "", () => resolve(c.path, custom.value))));
   });
   const history = el("table", { id: "history" },
-    el("tr", {}, el("th", { text: "When" }), el("th", { text: "Who" }), el("th", { text: "What" })),
-    ...data.history.slice().reverse().map((h) => el("tr", {},
-      el("td", { text: when(h.time * 1000) }),
+    el("tr", {}, el("th", { text: "When (tablet)" }), el("th", { text: "Received" }), el("th", { text: "Who" }), el("th", { text: "What" })),
+    ...data.history.slice().reverse().map((h) => el("tr", h.clock_implausible ? { class: "clock-implausible" } : {},
+      el("td", { text: when(h.time * 1000) + (h.clock_implausible ? " (implausible)" : "") }),
+      el("td", { text: typeof h.received_at_ms === "number" ? when(h.received_at_ms) : "" }),
       el("td", { text: h.user || h.actor.slice(0, 8) }),
       el("td", { text: (h.message || "") + (h.fields.length ? " (" + h.fields.join(", ") + ")" : "") }))));
   const comments = el("ul", { id: "comments" },
@@ -168,6 +179,8 @@ async function openRecord(id) {
   view.replaceChildren(
     el("h2", { id: "record-title", text: (header.kind || "record").replace("_", " ") + " \u00b7 " + (data.fields.title || data.fields.beat || data.fields.about || data.id) }),
     el("p", { class: "meta", text: "Area " + (header.area || "") + " \u00b7 by " + (header.created_by_user || "") + " \u00b7 " + when(header.created_at) + " \u00b7 review: " }, el("strong", { id: "review-state", text: data.review_state })),
+    data.clock ? el("p", { id: "record-clock", class: "clock-flag" }, clockFlag(data.clock).textContent +
+      "; times below are as the tablet claimed, beside when the server received each change") : null,
     el("h3", { text: "Fields" }), fields,
     el("h3", { text: conflicts.length ? "Conflicts" : "No conflicts" }), ...conflicts,
     el("h3", { text: "Review" }), comments, decide,
