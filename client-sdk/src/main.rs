@@ -512,11 +512,7 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 .build()?;
             let enrolment =
                 runtime.block_on(client.enroll(&server, &ca, &user, password, &device_name))?;
-            let again = if enrolment.reenrolled {
-                " again"
-            } else {
-                ""
-            };
+            let again = if enrolment.reenrolled { " again" } else { "" };
             outln!(
                 "enrolled device {}{again} for {} ({}; areas: {}){}",
                 enrolment.device_id,
