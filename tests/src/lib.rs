@@ -672,6 +672,14 @@ pub fn run_cli(data: &Path, args: &[&str]) -> String {
 
 type Socket = WebSocketStream<TlsStream<TcpStream>>;
 
+/// Writes a CA certificate (its key thrown away) to `path`, for a tablet
+/// that is set up offline: `init` checks the CA file it is given.
+pub fn write_offline_ca(path: &Path) {
+    std::fs::write(path, OFFLINE_CA).expect("write the CA file");
+}
+
+const OFFLINE_CA: &str = include_str!("../../client-sdk/tests/fixtures/ca.pem");
+
 /// A TLS client trusting only the CA in `ca` (the server's development CA).
 pub fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();

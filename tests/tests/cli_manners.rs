@@ -70,7 +70,7 @@ fn assert_quiet(stderr: &str) {
 /// A tablet with a few records, set up offline.
 fn tablet_with_records(tmp: &Path) -> std::path::PathBuf {
     let ca = tmp.join("ca.pem");
-    std::fs::write(&ca, "unused offline").unwrap();
+    baraza_tests::write_offline_ca(&ca);
     let dir = tmp.join("tablet");
     run_cli(
         &dir,

@@ -349,7 +349,7 @@ async fn a_device_the_server_never_named_is_shown_by_its_id() {
     // A token for a device id this server never registered: the tablet
     // works offline, and has no name for itself.
     let ca = tmp.path().join("ca.pem");
-    std::fs::write(&ca, "not needed offline").unwrap();
+    baraza_tests::write_offline_ca(&ca);
     let dir = tmp.path().join("tablet");
     let device = "0123456789abcdef0123456789abcdef";
     run_cli(

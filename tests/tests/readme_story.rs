@@ -84,7 +84,7 @@ fn the_readme_story_runs_as_written() {
         assert!(stdout.contains(place), "{place:?} not shown:\n{stdout}");
     }
     let last_show = stdout
-        .rsplit_once("Market baraza")
+        .rsplit_once("\nrecord ")
         .map(|(_, tail)| tail)
         .unwrap_or_default();
     assert!(
