@@ -126,7 +126,7 @@ fn attack_frames(device_id: &str) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>
     // (a) Deflate bomb.
     let id = DocId::from_bytes(light::id_bytes(&mut gen));
     let big = "a".repeat(DEFLATE_FIELD_BYTES);
-    let record = LightRecord::create(id, device_id, &actor, &[("bench_blob".to_string(), big)])?;
+    let record = LightRecord::create(id, device_id, &actor, &[("title".to_string(), big)])?;
     let changes: Vec<ByteBuf> = record
         .doc
         .get_changes(&[])
