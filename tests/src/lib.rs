@@ -672,6 +672,45 @@ pub fn run_cli(data: &Path, args: &[&str]) -> String {
 
 type Socket = WebSocketStream<TlsStream<TcpStream>>;
 
+/// The automerge actor a device writes under: its id, then `install`
+/// (one byte, repeated) for the install, as the server requires.
+pub fn actor_for(device: &str, install: u8) -> automerge::ActorId {
+    let mut bytes: Vec<u8> = (0..device.len() / 2)
+        .map(|i| u8::from_str_radix(&device[2 * i..2 * i + 2], 16).expect("a hex device id"))
+        .collect();
+    bytes.extend_from_slice(&[install; 4]);
+    automerge::ActorId::from(bytes)
+}
+
+/// A push of `doc`'s changes since `base`, as a hand-made client sends it.
+pub fn push_since(
+    id: baraza_protocol::DocId,
+    base: &[baraza_protocol::Head],
+    doc: &automerge::Automerge,
+) -> Message {
+    Message::Push(baraza_protocol::Push {
+        doc: id,
+        base: base.to_vec(),
+        heads: baraza_protocol::to_heads(&doc.get_heads()),
+        changes: doc
+            .get_changes(&baraza_protocol::to_hashes(base))
+            .iter()
+            .map(|c| serde_bytes::ByteBuf::from(c.raw_bytes().to_vec()))
+            .collect(),
+    })
+}
+
+/// Runs the CLI on `data` expecting it to fail; returns its standard error.
+pub fn cli_fails(data: &Path, args: &[&str]) -> String {
+    let output = run_bounded(cli(data).args(args), SYNC_TIMEOUT);
+    assert!(
+        !output.status.success(),
+        "baraza {args:?} should have failed; stdout: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// Writes a CA certificate (its key thrown away) to `path`, for a tablet
 /// that is set up offline: `init` checks the CA file it is given.
 pub fn write_offline_ca(path: &Path) {

@@ -3,47 +3,13 @@
 //! latitude of -91 is refused by the tablet before any observation is
 //! made, and by the server when an app pushes one anyway, naming the field.
 
-use std::path::Path;
-
 use automerge::transaction::Transactable;
-use automerge::{ActorId, Automerge, ObjType, ReadDoc, ROOT};
-use baraza_protocol::{to_hashes, to_heads, DocId, ErrorCode, Head, Message, Push};
+use automerge::{Automerge, ObjType, ReadDoc, ROOT};
+use baraza_protocol::{to_heads, DocId, ErrorCode, Message};
 use baraza_tests::{
-    cli, device_of, https_get, run_bounded, run_cli, user_for, RawConnection, ServerProcess,
-    SYNC_TIMEOUT,
+    actor_for, cli_fails, device_of, https_get, push_since, run_cli, user_for, RawConnection,
+    ServerProcess,
 };
-use serde_bytes::ByteBuf;
-
-fn actor_for(device: &str, install: u8) -> ActorId {
-    let mut bytes: Vec<u8> = (0..device.len() / 2)
-        .map(|i| u8::from_str_radix(&device[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
-    bytes.extend_from_slice(&[install; 4]);
-    ActorId::from(bytes)
-}
-
-fn push(id: DocId, base: &[Head], doc: &Automerge) -> Message {
-    Message::Push(Push {
-        doc: id,
-        base: base.to_vec(),
-        heads: to_heads(&doc.get_heads()),
-        changes: doc
-            .get_changes(&to_hashes(base))
-            .iter()
-            .map(|c| ByteBuf::from(c.raw_bytes().to_vec()))
-            .collect(),
-    })
-}
-
-fn cli_fails(data: &Path, args: &[&str]) -> String {
-    let output = run_bounded(cli(data).args(args), SYNC_TIMEOUT);
-    assert!(
-        !output.status.success(),
-        "baraza {args:?} should have failed; stdout: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_southern_latitude_is_typed_and_an_impossible_one_refused() {
@@ -154,7 +120,7 @@ async fn the_server_refuses_a_latitude_past_the_pole_naming_the_field() {
     .unwrap();
     let mut raw = RawConnection::open(&server, &token).await;
     raw.hello().await;
-    raw.send(&push(id, &[], &doc)).await;
+    raw.send(&push_since(id, &[], &doc)).await;
     match raw.next_reply().await {
         Some(Message::Ack(ack)) => assert_eq!(ack.heads, to_heads(&doc.get_heads())),
         other => panic!("expected an ack, got {other:?}"),
@@ -185,7 +151,7 @@ async fn the_server_refuses_a_latitude_past_the_pole_naming_the_field() {
         ),
         (with_gps("inf", "36.7850", 8), "observations.0.gps.lat"),
     ] {
-        raw.send(&push(id, &base, &point)).await;
+        raw.send(&push_since(id, &base, &point)).await;
         let error = raw.expect_error().await;
         assert_eq!(error.code, ErrorCode::InvalidRecord, "{error:?}");
         assert!(!error.fatal, "{error:?}");
@@ -196,7 +162,7 @@ async fn the_server_refuses_a_latitude_past_the_pole_naming_the_field() {
 
     // A true point from the same device is stored.
     let good = with_gps("-1.3127", "36.7850", 8);
-    raw.send(&push(id, &base, &good)).await;
+    raw.send(&push_since(id, &base, &good)).await;
     match raw.next_reply().await {
         Some(Message::Ack(ack)) => assert_eq!(ack.heads, to_heads(&good.get_heads())),
         other => panic!("expected an ack, got {other:?}"),

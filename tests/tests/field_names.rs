@@ -11,34 +11,12 @@ use std::path::Path;
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ObjType, ReadDoc, ROOT};
-use baraza_protocol::{to_hashes, to_heads, DocId, ErrorCode, Head, Message, Push};
+use baraza_protocol::{to_heads, DocId, ErrorCode, Message};
 use baraza_records::ops::{self, FieldValue, Stamp};
 use baraza_tests::{
-    cli, device_of, run_bounded, run_cli, user_for, RawConnection, ServerProcess, Tablet,
-    SYNC_TIMEOUT,
+    actor_for, cli_fails, device_of, push_since, run_cli, user_for, RawConnection, ServerProcess,
+    Tablet,
 };
-use serde_bytes::ByteBuf;
-
-fn actor_for(device: &str, install: u8) -> ActorId {
-    let mut bytes: Vec<u8> = (0..device.len() / 2)
-        .map(|i| u8::from_str_radix(&device[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
-    bytes.extend_from_slice(&[install; 4]);
-    ActorId::from(bytes)
-}
-
-fn push(id: DocId, base: &[Head], doc: &Automerge) -> Message {
-    Message::Push(Push {
-        doc: id,
-        base: base.to_vec(),
-        heads: to_heads(&doc.get_heads()),
-        changes: doc
-            .get_changes(&to_hashes(base))
-            .iter()
-            .map(|c| ByteBuf::from(c.raw_bytes().to_vec()))
-            .collect(),
-    })
-}
 
 /// Waits on the raw connection's catch-up stream for the record.
 async fn fetch(raw: &mut RawConnection, id: DocId) -> Automerge {
@@ -67,18 +45,6 @@ fn edit(
     f(&mut tx);
     tx.commit();
     doc
-}
-
-/// Runs the CLI expecting failure; returns its standard error.
-fn cli_fails(data: &Path, args: &[&str]) -> String {
-    let output = run_bounded(cli(data).args(args), SYNC_TIMEOUT);
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        !output.status.success(),
-        "baraza {args:?} should have failed; stdout: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
-    stderr
 }
 
 fn init_cli(server: &ServerProcess, dir: &Path, name: &str) {
@@ -191,7 +157,7 @@ async fn the_server_refuses_unknown_fields_anywhere_in_a_current_record() {
         (&in_review, "review.reviewed_by", "comments"),
         (&in_header, "header.priority", "created_by_user"),
     ] {
-        raw.send(&push(id, &base, doc)).await;
+        raw.send(&push_since(id, &base, doc)).await;
         let error = raw.expect_error().await;
         assert_eq!(error.code, ErrorCode::UnknownField, "{error:?}");
         assert!(!error.fatal, "{error:?}");
@@ -223,7 +189,7 @@ async fn the_server_refuses_unknown_fields_anywhere_in_a_current_record() {
         at,
     )
     .unwrap();
-    raw.send(&push(id, &base, &good)).await;
+    raw.send(&push_since(id, &base, &good)).await;
     match raw.next_reply().await {
         Some(Message::Ack(ack)) => assert_eq!(ack.heads, to_heads(&good.get_heads())),
         other => panic!("expected an ack, got {other:?}"),
@@ -278,7 +244,7 @@ async fn a_newer_schemas_fields_are_kept_and_a_current_records_are_refused() {
 
     // The same record under this server's schema version: refused whole.
     let current = DocId::from_bytes(*b"current-schema!!");
-    raw.send(&push(
+    raw.send(&push_since(
         current,
         &[],
         &record(current, baraza_records::SCHEMA_VERSION),
@@ -291,7 +257,7 @@ async fn a_newer_schemas_fields_are_kept_and_a_current_records_are_refused() {
     // Under a newer version: stored, extra fields and all.
     let newer = DocId::from_bytes(*b"newer-schema-rec");
     let doc = record(newer, baraza_records::SCHEMA_VERSION + 1);
-    raw.send(&push(newer, &[], &doc)).await;
+    raw.send(&push_since(newer, &[], &doc)).await;
     match raw.next_reply().await {
         Some(Message::Ack(ack)) => assert_eq!(ack.heads, to_heads(&doc.get_heads())),
         other => panic!("expected an ack, got {other:?}"),

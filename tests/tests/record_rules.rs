@@ -6,18 +6,11 @@
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ReadDoc, ROOT};
-use baraza_protocol::{to_heads, DocId, ErrorCode, Head, Message, Push};
+use baraza_protocol::{to_heads, DocId, ErrorCode, Message};
 use baraza_records::ops;
-use baraza_tests::{device_of, user_for, RawConnection, ServerProcess, Tablet};
-use serde_bytes::ByteBuf;
-
-fn actor_for(device: &str, install: u8) -> ActorId {
-    let mut bytes: Vec<u8> = (0..device.len() / 2)
-        .map(|i| u8::from_str_radix(&device[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
-    bytes.extend_from_slice(&[install; 4]);
-    ActorId::from(bytes)
-}
+use baraza_tests::{
+    actor_for, device_of, push_since, user_for, RawConnection, ServerProcess, Tablet,
+};
 
 /// Waits on the raw connection's catch-up stream for the record, and
 /// returns it as the server holds it.
@@ -33,19 +26,6 @@ async fn fetch(raw: &mut RawConnection, id: DocId) -> Automerge {
             None => panic!("the server closed before sending the record"),
         }
     }
-}
-
-fn push(id: DocId, base: &[Head], doc: &Automerge) -> Message {
-    Message::Push(Push {
-        doc: id,
-        base: base.to_vec(),
-        heads: to_heads(&doc.get_heads()),
-        changes: doc
-            .get_changes(&baraza_protocol::to_hashes(base))
-            .iter()
-            .map(|c| ByteBuf::from(c.raw_bytes().to_vec()))
-            .collect(),
-    })
 }
 
 /// A change made on a copy of the record, by `actor`.
@@ -99,7 +79,7 @@ async fn changes_that_break_the_rules_are_refused_and_change_nothing() {
     });
     refused(
         &mut rogue,
-        &push(id, &base, &moved),
+        &push_since(id, &base, &moved),
         ErrorCode::InvalidRecord,
         "header field area",
     )
@@ -111,7 +91,7 @@ async fn changes_that_break_the_rules_are_refused_and_change_nothing() {
     });
     refused(
         &mut rogue,
-        &push(id, &base, &garbled),
+        &push_since(id, &base, &garbled),
         ErrorCode::InvalidRecord,
         "held_at",
     )
@@ -124,7 +104,7 @@ async fn changes_that_break_the_rules_are_refused_and_change_nothing() {
     });
     refused(
         &mut rogue,
-        &push(id, &base, &spoofed),
+        &push_since(id, &base, &spoofed),
         ErrorCode::Forbidden,
         "actor",
     )
@@ -139,7 +119,7 @@ async fn changes_that_break_the_rules_are_refused_and_change_nothing() {
     let bare_id = DocId::from_bytes([0xb4; 16]);
     refused(
         &mut rogue,
-        &push(bare_id, &[], &bare),
+        &push_since(bare_id, &[], &bare),
         ErrorCode::InvalidRecord,
         "no header",
     )
@@ -158,7 +138,7 @@ async fn changes_that_break_the_rules_are_refused_and_change_nothing() {
         },
     )
     .unwrap();
-    rogue.send(&push(id, &base, &fixed)).await;
+    rogue.send(&push_since(id, &base, &fixed)).await;
     match rogue.next_reply().await {
         Some(Message::Ack(ack)) => assert_eq!(ack.heads, to_heads(&fixed.get_heads())),
         other => panic!("expected an ack, got {other:?}"),
@@ -222,7 +202,7 @@ async fn a_field_from_a_newer_schema_survives_an_older_tablets_edit() {
     tx.commit_with(ops::commit_options("set vehicle", at));
     let mut newer = RawConnection::open(&server, &token).await;
     newer.hello().await;
-    newer.send(&push(id, &[], &doc)).await;
+    newer.send(&push_since(id, &[], &doc)).await;
     assert!(matches!(newer.next_reply().await, Some(Message::Ack(_))));
 
     // A tablet with this version edits the record and syncs it back.
@@ -296,7 +276,7 @@ async fn a_record_over_the_size_limit_is_refused_by_name() {
     raw.hello().await;
     refused(
         &mut raw,
-        &push(id, &[], &doc),
+        &push_since(id, &[], &doc),
         ErrorCode::DocTooLarge,
         &id.to_string(),
     )

@@ -8,26 +8,17 @@
 
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{ActorId, Automerge, ObjId, ObjType, ReadDoc, ROOT};
-use baraza_protocol::{to_hashes, to_heads, DocId, ErrorCode, Head, Message, Push};
+use baraza_protocol::{to_heads, DocId, ErrorCode, Head, Message};
 use baraza_records::ops;
 use baraza_tests::{
-    device_of, https_get, https_request_with, HttpReply, RawConnection, ServerProcess, Tablet,
-    HARNESS_PASSWORD,
+    actor_for, device_of, https_get, https_request_with, push_since, HttpReply, RawConnection,
+    ServerProcess, Tablet, HARNESS_PASSWORD,
 };
-use serde_bytes::ByteBuf;
 use serde_json::json;
 
 const OFFICER: &str = "cpl.otieno";
 const SUPERVISOR: &str = "sgt.wanjiru";
 const RETURN_COMMENT: &str = "add the patrol's end time";
-
-fn actor_for(device: &str, install: u8) -> ActorId {
-    let mut bytes: Vec<u8> = (0..device.len() / 2)
-        .map(|i| u8::from_str_radix(&device[2 * i..2 * i + 2], 16).unwrap())
-        .collect();
-    bytes.extend_from_slice(&[install; 4]);
-    ActorId::from(bytes)
-}
 
 /// The record as the server holds it, from a new connection's catch-up.
 async fn snapshot(server: &ServerProcess, token: &str, id: DocId) -> (RawConnection, Automerge) {
@@ -44,19 +35,6 @@ async fn snapshot(server: &ServerProcess, token: &str, id: DocId) -> (RawConnect
             None => panic!("the server closed before sending the record"),
         }
     }
-}
-
-fn push(id: DocId, base: &[Head], doc: &Automerge) -> Message {
-    Message::Push(Push {
-        doc: id,
-        base: base.to_vec(),
-        heads: to_heads(&doc.get_heads()),
-        changes: doc
-            .get_changes(&to_hashes(base))
-            .iter()
-            .map(|c| ByteBuf::from(c.raw_bytes().to_vec()))
-            .collect(),
-    })
 }
 
 /// One raw change on a copy of `base`, truthfully signed by the officer
@@ -104,7 +82,7 @@ async fn refused(
     forged: &Automerge,
     rule: &str,
 ) {
-    raw.send(&push(id, base, forged)).await;
+    raw.send(&push_since(id, base, forged)).await;
     let error = raw.expect_error().await;
     assert_eq!(error.code, ErrorCode::Forbidden, "{error:?}");
     assert_eq!(error.rule.as_deref(), Some(rule), "{error:?}");
