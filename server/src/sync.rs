@@ -211,6 +211,19 @@ pub struct DeviceIdentity {
     pub scope: Option<String>,
 }
 
+/// What the review desk's changes name as their device.
+pub const DESK_DEVICE_NAME: &str = "review desk";
+
+/// The device id (hex) the review desk authors a supervisor's changes
+/// under: derived from the user, so every server node agrees on it and a
+/// record's history can tell the desk's changes from a tablet's. Device
+/// ids in the registry are random, so none can be mistaken for one.
+pub fn desk_device_id(user: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("baraza review desk:{user}").as_bytes());
+    hex::encode(&digest[..DeviceId::LEN])
+}
+
 type Completion = Pin<Box<dyn Future<Output = Done> + Send>>;
 
 /// Heads as the audit log and device records keep them: hex.
@@ -398,6 +411,34 @@ impl SyncHub {
         Ok(self.docs.store().list_records(filter, &visible, limit)?)
     }
 
+    /// One record's listing row if `who` may read it, by the rule
+    /// [`SyncHub::list_records`] applies (no document is loaded).
+    pub fn record_row(&self, who: &Principal, id: DocId) -> Result<Option<RecordRow>, DocsError> {
+        Ok(self.docs.store().record_row(id)?.filter(|row| {
+            Kind::parse(&row.entry.kind).is_some_and(|kind| {
+                who.may_read_parts(kind, &row.entry.area, &row.entry.created_by)
+            })
+        }))
+    }
+
+    /// Watches the feed position up to which writes are durable: what
+    /// wakes live sync sessions, and the review desk's event streams.
+    pub fn durable(&self) -> watch::Receiver<Seq> {
+        self.docs.durable()
+    }
+
+    /// The records written at feed positions `after < seq <= upto`, at
+    /// most `limit` entries, oldest first (a record written twice is
+    /// there twice).
+    pub fn written_after(
+        &self,
+        after: Seq,
+        upto: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, DocId)>, DocsError> {
+        Ok(self.docs.store().entries_after(after, upto, limit)?)
+    }
+
     /// One record as an export holds it, if `who` may read it; with
     /// `contacts`, a feedback record carries its contact details too
     /// (when `who` may read those). Not audited here: the export is, once.
@@ -521,10 +562,17 @@ impl SyncHub {
     /// fields). None if there is no such record, and likewise if `caller`
     /// may not read it: the two must look the same. Every read is audited,
     /// refused ones too.
+    ///
+    /// Each conflicting value and history entry names its `device` (the
+    /// first 16 bytes of its actor id, hex) and `device_name`: the
+    /// registry's name, looked up as the sync protocol's device names are
+    /// ([`DeviceRegistry::names`](crate::devices::DeviceRegistry::names)),
+    /// or [`DESK_DEVICE_NAME`] for changes made at the review desk.
     pub fn record_view(
         &self,
         caller: &Caller,
         id: DocId,
+        devices: &crate::devices::DeviceRegistry,
     ) -> Result<Option<serde_json::Value>, DocsError> {
         let exists = self.docs.store().doc_seq(id)?.is_some();
         if !exists || !self.readable(&caller.principal, id)? {
@@ -567,7 +615,15 @@ impl SyncHub {
         let ahead_max = self.clock_check().ahead_max_ms;
         // Each change's claimed time (seconds, the tablet's clock) beside
         // when the server first stored it (ms, its own clock).
-        let history: Vec<serde_json::Value> = baraza_records::history(doc)
+        let entries = baraza_records::history(doc);
+        let conflicts = baraza_records::conflicts(doc);
+        let actors = entries.iter().map(|e| e.actor.as_str()).chain(
+            conflicts
+                .iter()
+                .flat_map(|c| c.values.iter().map(|v| v.actor.as_str())),
+        );
+        let namer = DeviceNamer::new(actors, devices);
+        let history: Vec<serde_json::Value> = entries
             .into_iter()
             .map(|entry| {
                 let at = received.get(&entry.hash).copied();
@@ -577,6 +633,19 @@ impl SyncHub {
                 let mut value = serde_json::json!(entry);
                 value["received_at_ms"] = serde_json::json!(at);
                 value["clock_implausible"] = serde_json::json!(implausible);
+                namer.stamp(&mut value, &entry.actor, entry.user.as_deref());
+                value
+            })
+            .collect();
+        let conflicts: Vec<serde_json::Value> = conflicts
+            .into_iter()
+            .map(|conflict| {
+                let mut value = serde_json::json!(conflict);
+                if let Some(values) = value["values"].as_array_mut() {
+                    for (shown, v) in values.iter_mut().zip(&conflict.values) {
+                        namer.stamp(shown, &v.actor, v.user.as_deref());
+                    }
+                }
                 value
             })
             .collect();
@@ -586,7 +655,7 @@ impl SyncHub {
             "review_state": baraza_records::review_state(doc),
             "review_comments": baraza_records::review_comments(doc),
             "fields": to_json(doc, &automerge::ROOT),
-            "conflicts": baraza_records::conflicts(doc),
+            "conflicts": conflicts,
             "history": history,
             "clock": store.clock_skew(id)?,
         })))
@@ -652,7 +721,7 @@ impl SyncHub {
                     self.docs.restore(id, &mut live, &before);
                     return Err(DeskError::Refused {
                         rule: refused.rule,
-                        message: refused.message,
+                        message: refused.reason.unwrap_or(refused.message),
                     });
                 }
             };
@@ -1267,13 +1336,9 @@ impl SyncHub {
                 return self.refuse_quarantined(session, id);
             }
         };
-        let index = Header::read(&rebuilt).ok().map(|h| IndexEntry {
-            kind: h.kind.name().to_string(),
-            area: h.area.clone(),
-            state: baraza_records::review_state(&rebuilt),
-            created_at: h.created_at,
-            created_by: h.created_by_user.clone(),
-        });
+        let index = Header::read(&rebuilt)
+            .ok()
+            .map(|h| index_entry(h, &rebuilt));
         let write = crate::store::DocWrite {
             doc: id,
             chunk: Vec::new(),
@@ -1559,6 +1624,51 @@ impl SyncHub {
     }
 }
 
+/// Names the devices behind actor ids, for the record view: one registry
+/// lookup for every device a record's changes come from.
+struct DeviceNamer {
+    names: std::collections::HashMap<DeviceId, String>,
+}
+
+impl DeviceNamer {
+    fn new<'a>(
+        actors: impl Iterator<Item = &'a str>,
+        devices: &crate::devices::DeviceRegistry,
+    ) -> DeviceNamer {
+        let ids: std::collections::BTreeSet<DeviceId> =
+            actors.filter_map(device_of_actor).collect();
+        let ids: Vec<DeviceId> = ids.into_iter().collect();
+        // A registry that cannot be read costs the desk names, not the
+        // record: it shows device ids instead.
+        let names = devices.names(&ids).unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "could not look up device names");
+            Vec::new()
+        });
+        DeviceNamer {
+            names: names.into_iter().map(|n| (n.device, n.name)).collect(),
+        }
+    }
+
+    /// Adds `device` and `device_name` to `value`, the JSON of something
+    /// authored under `actor` naming `user`.
+    fn stamp(&self, value: &mut serde_json::Value, actor: &str, user: Option<&str>) {
+        let device = device_of_actor(actor);
+        let name = device.and_then(|d| {
+            self.names.get(&d).cloned().or_else(|| {
+                user.filter(|u| desk_device_id(u) == d.to_hex())
+                    .map(|_| DESK_DEVICE_NAME.to_string())
+            })
+        });
+        value["device"] = serde_json::json!(device.map(|d| d.to_hex()));
+        value["device_name"] = serde_json::json!(name);
+    }
+}
+
+/// The device an actor id (hex) belongs to: its first 16 bytes.
+fn device_of_actor(actor: &str) -> Option<DeviceId> {
+    DeviceId::of_actor(&hex::decode(actor).ok()?)
+}
+
 /// A document's current values as JSON (the value shown where fields
 /// conflict; `conflicts` lists the others).
 fn to_json(doc: &automerge::Automerge, obj: &automerge::ObjId) -> serde_json::Value {
@@ -1655,7 +1765,10 @@ impl ClockCheck {
 struct Refused {
     code: ErrorCode,
     rule: Option<&'static str>,
+    /// For the device: the record and why.
     message: String,
+    /// A rule's own reason, without the record (the desk names it already).
+    reason: Option<String>,
 }
 
 /// Decides whether changes a device just added to a record may stay: every
@@ -1682,6 +1795,7 @@ fn admit(
             return Err(Refused {
                 code: ErrorCode::Forbidden,
                 rule: Some(baraza_records::access::rules::DEVICE_ACTOR),
+                reason: None,
                 message: format!(
                     "record {id}: change {} is authored under actor {}, which is not one of this device's; \
                      a device may only author changes under its own actor ids",
@@ -1695,6 +1809,7 @@ fn admit(
         code: ErrorCode::InvalidRecord,
         rule: None,
         message: format!("record {id}: {e}"),
+        reason: None,
     };
     let header = baraza_records::validate(doc).map_err(|e| invalid(e.to_string()))?;
     if header.id != id.to_string() {
@@ -1727,6 +1842,7 @@ fn admit(
         },
         rule: None,
         message: format!("record {id}: {e}"),
+        reason: None,
     })?;
     let summary = match rules {
         Some(who) => who
@@ -1735,21 +1851,30 @@ fn admit(
                 code: ErrorCode::Forbidden,
                 rule: Some(r.rule),
                 message: format!("record {id}: {}", r.reason),
+                reason: Some(r.reason),
             })?,
         None => WriteSummary::default(),
     };
     let receipt = clock.receipt(&changes, is_new.then_some(header.created_at));
-    Ok((
-        IndexEntry {
-            kind: header.kind.name().to_string(),
-            area: header.area,
-            state: baraza_records::review_state(doc),
-            created_at: header.created_at,
-            created_by: header.created_by_user,
+    Ok((index_entry(header, doc), summary, receipt))
+}
+
+/// Where a record sits in the listing index, and what its list row shows,
+/// as `doc` (the record after an admitted write) has it.
+fn index_entry(header: Header, doc: &automerge::Automerge) -> IndexEntry {
+    IndexEntry {
+        kind: header.kind.name().to_string(),
+        state: baraza_records::review_state(doc),
+        created_at: header.created_at,
+        summary: crate::store::RecordSummary {
+            title: baraza_records::title(doc, header.kind),
+            submitted_at: baraza_records::submitted_at(doc),
+            conflicts: !baraza_records::conflicts(doc).is_empty(),
+            comments: u32::try_from(baraza_records::review_comments(doc).len()).unwrap_or(u32::MAX),
         },
-        summary,
-        receipt,
-    ))
+        area: header.area,
+        created_by: header.created_by_user,
+    }
 }
 
 /// The store seen as one user's [`Feed`]: records they may not read are
