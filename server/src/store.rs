@@ -201,8 +201,10 @@ pub struct IndexEntry {
 /// What a list row shows of a record beyond its index key, so the queue
 /// tells records apart without loading any: computed from the record as
 /// each admitted write leaves it, stored in `record_summary` in the same
-/// transaction. Records last written before it was kept have none until
-/// their next write, and list with the defaults (null, false, 0).
+/// transaction. Records last written before it was kept list with the
+/// defaults (null, false, 0) until the server fills theirs in, once, in
+/// the background after it starts (`SyncHub::fill_summaries`), or their
+/// next write does.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecordSummary {
     /// A title (`baraza_records::title`); never contact details.
@@ -418,6 +420,13 @@ pub trait Store: Send + Sync + 'static {
     /// None if it is not indexed (unknown, erased, or stored before the
     /// index existed).
     fn record_row(&self, doc: DocId) -> Result<Option<RecordRow>, StoreError>;
+    /// Up to `limit` indexed records after `after` (by id) that have no
+    /// list row summary yet (last written before summaries were kept),
+    /// in id order.
+    fn unsummarised(&self, after: Option<DocId>, limit: usize) -> Result<Vec<DocId>, StoreError>;
+    /// Stores a record's summary unless one is there already (a write
+    /// since has its own, newer one); true if stored.
+    fn fill_summary(&self, doc: DocId, summary: &RecordSummary) -> Result<bool, StoreError>;
 }
 
 /// The sled implementation.
@@ -1034,6 +1043,39 @@ impl Store for SledStore {
         }
     }
 
+    fn unsummarised(&self, after: Option<DocId>, limit: usize) -> Result<Vec<DocId>, StoreError> {
+        let keys = match after {
+            Some(doc) => self
+                .index_by_doc
+                .range((
+                    std::ops::Bound::Excluded(doc.as_bytes().to_vec()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .keys(),
+            None => self.index_by_doc.iter().keys(),
+        };
+        let mut out = Vec::new();
+        for key in keys {
+            let key = key?;
+            if !self.summary.contains_key(&key)? {
+                out.push(doc_from(&key, "record_index_by_doc")?);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn fill_summary(&self, doc: DocId, summary: &RecordSummary) -> Result<bool, StoreError> {
+        let stored = self.summary.compare_and_swap(
+            doc.as_bytes(),
+            None as Option<&[u8]>,
+            Some(summary.encode()),
+        )?;
+        Ok(stored.is_ok())
+    }
+
     fn record_row(&self, doc: DocId) -> Result<Option<RecordRow>, StoreError> {
         let key = doc.as_bytes();
         let Some(index_key) = self.index_by_doc.get(key)? else {
@@ -1169,6 +1211,63 @@ mod tests {
         let s = reopen(dir.path(), [3; 16]);
         assert_eq!(s.store_id(), StoreId::from_bytes([3; 16]));
         assert_eq!(s.latest_seq().unwrap(), 0);
+    }
+
+    #[test]
+    fn list_rows_keep_their_submitted_time_and_old_rows_list_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_path(dir.path(), [1; 16]).unwrap();
+        let a = DocId::from_bytes([1; 16]);
+        let entry = |state: &str, submitted_at| IndexEntry {
+            kind: "meeting".into(),
+            area: "kibera".into(),
+            state: state.into(),
+            created_at: 5,
+            created_by: "lia".into(),
+            summary: RecordSummary {
+                title: Some("Water point".into()),
+                submitted_at,
+                conflicts: state == "submitted",
+                comments: 0,
+            },
+        };
+        let w = |h: u8, index| DocWrite {
+            doc: a,
+            chunk: vec![h],
+            heads: vec![head(h)],
+            compacted: None,
+            index: Some(index),
+            erase: false,
+            receipt: None,
+        };
+        store
+            .commit(&[w(1, entry("submitted", Some(7_000)))])
+            .unwrap();
+        // A later write (the state moved on) keeps when it was submitted.
+        store.commit(&[w(2, entry("approved", None))]).unwrap();
+        let row = store.record_row(a).unwrap().unwrap();
+        assert_eq!(row.entry.state, "approved");
+        assert_eq!(row.entry.created_by, "lia");
+        assert_eq!(row.entry.summary.submitted_at, Some(7_000));
+        assert!(!row.entry.summary.conflicts);
+        let all = |s: &SledStore| {
+            s.list_records(&RecordFilter::default(), &|_| true, 10)
+                .unwrap()
+        };
+        assert_eq!(all(&store), vec![row.clone()]);
+
+        // A data dir from before summaries: the row lists with defaults,
+        // is found unsummarised, and a fill stands only where none is.
+        store.summary.remove(a.as_bytes()).unwrap();
+        let listed = all(&store);
+        assert_eq!(listed[0].entry.summary, RecordSummary::default());
+        assert_eq!(listed[0].entry.state, "approved");
+        assert_eq!(store.unsummarised(None, 10).unwrap(), vec![a]);
+        assert!(store.unsummarised(Some(a), 10).unwrap().is_empty());
+        assert!(store.fill_summary(a, &row.entry.summary).unwrap());
+        assert!(!store.fill_summary(a, &RecordSummary::default()).unwrap());
+        assert_eq!(all(&store), vec![row]);
+        assert!(store.unsummarised(None, 10).unwrap().is_empty());
     }
 
     #[test]

@@ -74,6 +74,11 @@ pub struct SyncHub {
     /// Damaged records being rebuilt from devices' copies, by the sync
     /// protocol from an empty document.
     repairs: std::sync::Mutex<std::collections::HashMap<DocId, automerge::Automerge>>,
+    /// Set at shutdown: the background filling of list row summaries
+    /// stops, and `flush` waits (on `filling`) for the record in hand.
+    closing: std::sync::atomic::AtomicBool,
+    /// Held while a summary is filled in.
+    filling: std::sync::Mutex<()>,
 }
 
 /// What a device's changes are applied to (see [`SyncHub::target`]).
@@ -354,7 +359,81 @@ impl SyncHub {
             work_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
             ),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            filling: std::sync::Mutex::new(()),
         }))
+    }
+
+    /// Starts filling in, on a thread of its own, the list row summaries
+    /// of records last written before the server kept them (see
+    /// `fill_summaries`). The serving server calls it once; tools that
+    /// open the store for one command do not.
+    pub fn start_filling_summaries(self: &Arc<Self>) -> std::io::Result<()> {
+        // In the background: it loads records, and starting must not
+        // cost time in proportion to the records held.
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("baraza-summaries".into())
+            .spawn(move || SyncHub::fill_summaries(weak))?;
+        Ok(())
+    }
+
+    /// Fills in, once, the list row summaries of records last written
+    /// before the server kept them (a data dir from an older version):
+    /// each such record is loaded and its summary computed as an admitted
+    /// write computes it, then stored unless a write got there first.
+    /// Stops at shutdown; a record that does not load is left to list
+    /// with the defaults.
+    fn fill_summaries(hub: std::sync::Weak<SyncHub>) {
+        const BATCH: usize = 64;
+        let mut after = None;
+        let mut filled = 0usize;
+        loop {
+            let Some(hub) = hub.upgrade() else { return };
+            let batch = match hub.docs.store().unsummarised(after, BATCH) {
+                Ok(batch) => batch,
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not look for records without a list row summary");
+                    return;
+                }
+            };
+            if batch.is_empty() {
+                break;
+            }
+            for id in batch {
+                after = Some(id);
+                let _filling = hub.filling.lock().unwrap_or_else(|p| p.into_inner());
+                if hub.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let stored = hub.summary_of(id).and_then(|summary| match summary {
+                    Some(summary) => Ok(hub.docs.store().fill_summary(id, &summary)?),
+                    None => Ok(false),
+                });
+                match stored {
+                    Ok(true) => filled += 1,
+                    Ok(false) => {}
+                    Err(err) => {
+                        tracing::warn!(record = %id, error = %err, "could not fill in a record's list row summary")
+                    }
+                }
+            }
+        }
+        if filled > 0 {
+            tracing::info!(
+                records = filled,
+                "list row summaries filled in for records stored before they were kept"
+            );
+        }
+    }
+
+    /// A record's list row summary as it stands now.
+    fn summary_of(&self, id: DocId) -> Result<Option<crate::store::RecordSummary>, DocsError> {
+        let handle = self.docs.handle(id)?;
+        let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Header::read(&live.doc)
+            .ok()
+            .map(|header| index_entry(header, &live.doc).summary))
     }
 
     /// Turns the write-rule inspection off (true) or on. Only for
@@ -865,6 +944,11 @@ impl SyncHub {
     /// Commits what is queued, flushes, and marks the store cleanly closed.
     /// Called once at graceful shutdown.
     pub fn flush(&self) -> anyhow::Result<()> {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Waits for a summary being filled in: nothing is written after
+        // the store is marked closed.
+        drop(self.filling.lock().unwrap_or_else(|p| p.into_inner()));
         self.docs.shutdown()?;
         Ok(())
     }

@@ -5,7 +5,8 @@
 //! are resolved; a supervisor's event stream brings records synced in
 //! their areas and nothing from other areas, survives the idle deadline,
 //! keeps alive and ends with the session; `/` and the favicon redirect,
-//! HEAD answers; exports carry ISO 8601 times.
+//! HEAD answers; exports carry ISO 8601 times; records stored before the
+//! queue's summaries were kept list at once and get theirs filled in.
 
 use std::time::{Duration, Instant};
 
@@ -466,4 +467,49 @@ fn iso_year(ms: i64) -> String {
         days -= length;
         year += 1;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_stored_before_list_summaries_list_at_once_and_get_theirs_after_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("server");
+    let mut server = ServerProcess::start(&data);
+    server.add_user("cpl.otieno", "officer", &["kibera"]);
+    server.add_user("sgt.wanjiru", "supervisor", &["kibera"]);
+    let officer = Tablet::for_user(&server, "officer's tablet", "cpl.otieno", "kibera");
+    let patrol = officer
+        .create_record("patrol_note", "kibera", vec![kv("beat", "B9")])
+        .unwrap();
+    officer.submit(&patrol).unwrap();
+    assert_eq!(officer.sync().await.refused, 0);
+    assert_eq!(server.terminate().code(), Some(0));
+    // The data dir of a server from before list summaries: none kept.
+    {
+        let db = sled::open(data.join("db")).unwrap();
+        assert!(db.drop_tree("record_summary").unwrap());
+        db.flush().unwrap();
+    }
+    server.restart();
+    let desk = Desk::open(&server, "sgt.wanjiru").await;
+    // It lists (with the defaults, or already filled in), and is filled
+    // in soon after the start without a write.
+    let row = desk.row(&patrol).await;
+    assert_eq!(row["state"], "submitted", "{row}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = desk.row(&patrol).await;
+        if row["title"] == "B9" {
+            assert!(row["submitted_at"].is_i64(), "{row}");
+            assert_eq!(row["conflicts"], false);
+            break;
+        }
+        assert!(row["title"].is_null(), "{row}");
+        assert!(Instant::now() < deadline, "never filled in: {row}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        server.log().contains("list row summaries filled in"),
+        "{}",
+        server.log()
+    );
 }
