@@ -523,6 +523,8 @@ fn events(
         check,
         sessions_ended: desk.sessions.ended.subscribe(),
         stop,
+        buffered_max: crate::review_events::EVENTS_BUFFERED_MAX,
+        entries_per_wake_max: crate::review_events::ENTRIES_PER_WAKE_MAX,
     };
     let stream = crate::review_events::start(source, caller.principal);
     warp::sse::reply(stream).into_response()

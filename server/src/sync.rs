@@ -1708,6 +1708,33 @@ impl SyncHub {
     }
 }
 
+#[cfg(test)]
+impl SyncHub {
+    /// Stores whole records as one commit, as if a device had pushed
+    /// them (no rules): for tests of what reads the store and the feed.
+    pub(crate) async fn store_all_for_test(&self, records: &[(DocId, automerge::Automerge)]) {
+        let mut waits = Vec::new();
+        for (id, doc) in records {
+            let entry = index_entry(Header::read(doc).unwrap(), doc);
+            let handle = self.docs.handle(*id).unwrap();
+            let mut live = handle.lock().unwrap();
+            let before = live.doc.get_heads();
+            live.doc = doc.clone();
+            let chunk = docsync::encode_changes(&doc.get_changes(&before));
+            let write = Docs::write_for(*id, &mut live, chunk, Some(entry), None).unwrap();
+            waits.push(self.docs.submit(write));
+        }
+        for wait in waits {
+            wait.await.unwrap().unwrap();
+        }
+    }
+
+    /// [`SyncHub::store_all_for_test`] of one record.
+    pub(crate) async fn store_for_test(&self, id: DocId, doc: &automerge::Automerge) {
+        self.store_all_for_test(&[(id, doc.clone())]).await
+    }
+}
+
 /// Names the devices behind actor ids, for the record view: one registry
 /// lookup for every device a record's changes come from.
 struct DeviceNamer {
