@@ -2,7 +2,7 @@
 //! queue tells records apart from the index alone (title, submitted time,
 //! a conflict marker, a comment count; never contact details); conflicts
 //! and history name devices; a record is approved only once its conflicts
-//! are resolved; a supervisor's event stream brings records synced in
+//! are resolved, at the desk and from a supervisor's tablet alike; a supervisor's event stream brings records synced in
 //! their areas and nothing from other areas, survives the idle deadline,
 //! keeps alive and ends with the session; `/` and the favicon redirect,
 //! HEAD answers; exports carry ISO 8601 times; records stored before the
@@ -213,6 +213,26 @@ async fn the_queue_tells_records_apart_conflicts_name_devices_and_approval_waits
         .audit_entries()
         .iter()
         .any(|e| e["event"] == "review_decision" && e["details"]["record"] == meeting.as_str()));
+
+    // A supervisor's tablet cannot approve around it: the same rule
+    // refuses its push, and the tablet keeps its change marked.
+    let sergeant = Tablet::for_user(server, "sergeant's tablet", "sgt.wanjiru", "kibera");
+    sergeant.sync().await;
+    sergeant.review(&meeting, "approved", None).unwrap();
+    assert_eq!(sergeant.sync().await.refused, 1);
+    let refusal = sergeant
+        .status()
+        .unwrap()
+        .refused
+        .into_iter()
+        .find(|r| r.id == meeting)
+        .expect("the approval is marked refused");
+    assert_eq!(
+        refusal.rejection.rule.as_deref(),
+        Some("unresolved_conflict"),
+        "{refusal:?}"
+    );
+    assert_eq!(desk.view(&meeting).await["review_state"], "submitted");
 
     // Resolved, it is approved; the desk's changes are the review desk's.
     let resolved = desk
