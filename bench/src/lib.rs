@@ -18,6 +18,8 @@
 //!   everyone's records; the time of each change's acknowledgement is
 //!   inferred by a listener (the SDK does not report acks one by one).
 //!
+//! - desk live: from a tablet's acknowledged submit to the record's
+//!   event on an open review desk's stream ([`desk_live`]).
 //! - hostile: the server's peak memory under inputs built against its
 //!   limits, and S1 while thousands of idle connections and repeated
 //!   deflate bombs are held against it ([`hostile`]).
@@ -30,6 +32,7 @@
 // The S3 result is one large `json!` literal.
 #![recursion_limit = "256"]
 
+pub mod desk_live;
 pub mod hostile;
 pub mod ingest;
 pub mod light;

@@ -40,6 +40,10 @@ enum Scenario {
     /// connections), then S1 (--docs default 2,000) without and with 4,096
     /// idle TLS connections and repeated deflate bombs held against it.
     Hostile,
+    /// The review desk's event stream: from a tablet's acknowledged submit
+    /// to the record's event on an open desk, over --desk-records records.
+    #[value(name = "desk-live")]
+    DeskLive,
     /// Login answer times at both doors (enrolment, review desk) for an
     /// unknown name, a wrong password, a locked and a disabled account, an
     /// officer at the desk, and a right password for reference.
@@ -118,6 +122,9 @@ struct Cli {
     /// Review: records the server holds.
     #[arg(long, default_value_t = 100_000)]
     review_records: usize,
+    /// Desk live: records submitted one at a time.
+    #[arg(long, default_value_t = 100)]
+    desk_records: usize,
     /// The baraza-server binary [default: next to this executable].
     #[arg(long, env = "BARAZA_SERVER_BIN", value_name = "FILE")]
     server_bin: Option<PathBuf>,
@@ -214,6 +221,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let h = bench.hostile()?;
             emit(&h, profile);
             outcomes.push(h);
+        }
+        if wants(Scenario::DeskLive) {
+            let d = bench.desk_live(cli.desk_records.max(1))?;
+            emit(&d, profile);
+            outcomes.push(d);
         }
         if wants(Scenario::Login) {
             let l = bench.login_timing()?;

@@ -16,7 +16,7 @@ use automerge::{Automerge, Change};
 use serde::{Deserialize, Serialize};
 
 use crate::header::Header;
-use crate::inspect::{effects, review_edits, user_of, CommentFieldEdit, ReviewEdit};
+use crate::inspect::{conflicts, effects, review_edits, user_of, CommentFieldEdit, ReviewEdit};
 use crate::schema::Kind;
 
 /// What a user does, which decides what they may read and change.
@@ -124,6 +124,13 @@ pub mod rules {
     pub const REVIEW_STATE: &str = "review_state_by_supervisor";
     /// The review block holds its state and comments, nothing else.
     pub const REVIEW_FIELDS: &str = "review_known_fields";
+    /// A record is approved only once no field holds values set
+    /// differently on different devices: approving it would vouch for a
+    /// value nobody chose. Judged on the record with the approving change
+    /// applied, so a change that resolves the conflicts and approves in
+    /// one push passes; the desk and a supervisor's tablet meet the same
+    /// rule.
+    pub const UNRESOLVED_CONFLICT: &str = "unresolved_conflict";
 }
 
 /// A write refused by a rule.
@@ -257,6 +264,20 @@ impl Principal {
             }
             for edit in review_edits(doc, change) {
                 self.check_review_edit(header, change, edit)?;
+            }
+        }
+        if summary.decisions.iter().any(|d| d == "approved") {
+            let standing = conflicts(doc);
+            if !standing.is_empty() {
+                let paths: Vec<&str> = standing.iter().map(|c| c.path.as_str()).collect();
+                return refuse(
+                    rules::UNRESOLVED_CONFLICT,
+                    format!(
+                        "resolve the conflicts first: {} {} values set differently on different devices",
+                        paths.join(", "),
+                        if paths.len() == 1 { "holds" } else { "hold" }
+                    ),
+                );
             }
         }
         Ok(summary)

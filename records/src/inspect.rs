@@ -182,6 +182,52 @@ pub fn review_comments(doc: &Automerge) -> Vec<ReviewComment> {
         .collect()
 }
 
+/// Most characters of a [`title`].
+pub const TITLE_CHARS_MAX: usize = 120;
+
+/// What tells a record apart in a list: a meeting's `title`, a patrol
+/// note's `beat`, a feedback's `about`, or else the first non-empty line of
+/// its `description` (or `notes`), cut to [`TITLE_CHARS_MAX`] characters.
+/// None for contact details: a list shows no one's name or phone number.
+pub fn title(doc: &Automerge, kind: crate::Kind) -> Option<String> {
+    use crate::Kind;
+    let (first, fallback) = match kind {
+        Kind::Meeting => ("title", "notes"),
+        Kind::PatrolNote => ("beat", "notes"),
+        Kind::Feedback => ("about", "description"),
+        Kind::FeedbackContact => return None,
+    };
+    let line = |key: &str| {
+        let (value, obj) = doc.get(ROOT, key).ok().flatten()?;
+        if !matches!(value, Value::Object(ObjType::Text) | Value::Scalar(_)) {
+            return None;
+        }
+        let text = show(doc, &value, &obj);
+        let line = text.lines().map(str::trim).find(|l| !l.is_empty())?;
+        Some(line.chars().take(TITLE_CHARS_MAX).collect::<String>())
+    };
+    line(first).or_else(|| line(fallback))
+}
+
+/// When the record's standing `submitted` review state was set: the
+/// claimed time (ms) of the change that set it, the latest if concurrent
+/// changes each set it. None unless the state is `submitted` now. Reads
+/// the value's op ids, no diff: cheap enough for every admitted write.
+pub fn submitted_at(doc: &Automerge) -> Option<i64> {
+    let Ok(Some((Value::Object(ObjType::Map), review))) = doc.get(ROOT, "review") else {
+        return None;
+    };
+    doc.get_all(&review, "state")
+        .unwrap_or_default()
+        .iter()
+        .filter(|(v, _)| v.as_str() == Some("submitted"))
+        .filter_map(|(_, id)| {
+            let meta = doc.get_change_meta_by_hash(&doc.hash_for_opid(id)?)?;
+            Some(meta.timestamp.saturating_mul(1000))
+        })
+        .max()
+}
+
 /// Every conflicted field of a record, nested ones included.
 pub fn conflicts(doc: &Automerge) -> Vec<Conflict> {
     let mut out = Vec::new();

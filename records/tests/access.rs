@@ -648,3 +648,96 @@ fn the_normal_review_flow_passes() {
     let by: Vec<String> = review_comments(&doc).into_iter().map(|c| c.by).collect();
     assert_eq!(by, ["ofc", "sup", "sup"]);
 }
+
+#[test]
+fn a_record_with_a_conflict_is_approved_only_once_it_is_resolved() {
+    let h = header(Kind::PatrolNote, "east", "ofc");
+    let supervisor = supervisor();
+    let mut base = Automerge::new();
+    base.set_actor(officer_actor());
+    ops::create(&mut base, &h, at("ofc")).unwrap();
+    // Two devices set the beat while offline: a conflict.
+    let mut one = base.fork().with_actor(ActorId::from(vec![1u8; 24]));
+    let mut two = base.fork().with_actor(ActorId::from(vec![2u8; 24]));
+    ops::set(&mut one, "beat", FieldValue::Str("B4".into()), at("ofc")).unwrap();
+    ops::set(&mut two, "beat", FieldValue::Str("B5".into()), at("ofc")).unwrap();
+    one.merge(&mut two).unwrap();
+    let mut doc = one;
+
+    // Returning it is fine: the officer fixes it.
+    let before = doc.get_heads();
+    let mut returned = doc.fork();
+    ops::review(
+        &mut returned,
+        "returned",
+        Some(("sup", "which beat?")),
+        at("sup"),
+    )
+    .unwrap();
+    let changes = returned.get_changes(&before);
+    assert!(supervisor
+        .check_write(&h, false, &returned, &changes)
+        .is_ok());
+
+    // Approving it is not, and the refusal names the field.
+    let mut approved = doc.fork();
+    ops::review(&mut approved, "approved", None, at("sup")).unwrap();
+    let changes = approved.get_changes(&before);
+    let refused = supervisor
+        .check_write(&h, false, &approved, &changes)
+        .unwrap_err();
+    assert_eq!(refused.rule, rules::UNRESOLVED_CONFLICT);
+    assert!(refused.reason.contains("beat"), "{refused}");
+
+    // Resolved and approved in one go passes.
+    ops::set(&mut doc, "beat", FieldValue::Str("B4".into()), at("sup")).unwrap();
+    ops::review(&mut doc, "approved", None, at("sup")).unwrap();
+    let changes = doc.get_changes(&before);
+    let wrote = supervisor.check_write(&h, false, &doc, &changes).unwrap();
+    assert_eq!(wrote.decisions, vec!["approved".to_string()]);
+}
+
+#[test]
+fn a_list_row_names_the_record_but_never_a_contact() {
+    use baraza_records::{submitted_at, title};
+    let (mut doc, _) = created(&header(Kind::Feedback, "east", "ofc"));
+    assert_eq!(title(&doc, Kind::Feedback), None);
+    ops::splice(
+        &mut doc,
+        "description",
+        0,
+        0,
+        "\n  Noise at night\nfrom the bar",
+        at("ofc"),
+    )
+    .unwrap();
+    assert_eq!(
+        title(&doc, Kind::Feedback).as_deref(),
+        Some("Noise at night")
+    );
+    ops::set(
+        &mut doc,
+        "about",
+        FieldValue::Str("Bar noise".into()),
+        at("ofc"),
+    )
+    .unwrap();
+    assert_eq!(title(&doc, Kind::Feedback).as_deref(), Some("Bar noise"));
+    let (contact, _) = created(&header(Kind::FeedbackContact, "east", "ofc"));
+    assert_eq!(title(&contact, Kind::FeedbackContact), None);
+
+    assert_eq!(submitted_at(&doc), None);
+    ops::review(
+        &mut doc,
+        "submitted",
+        None,
+        Stamp {
+            now_ms: 7_000,
+            by: "ofc",
+        },
+    )
+    .unwrap();
+    assert_eq!(submitted_at(&doc), Some(7_000));
+    ops::review(&mut doc, "approved", None, at("sup")).unwrap();
+    assert_eq!(submitted_at(&doc), None, "only while it stands");
+}

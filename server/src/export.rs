@@ -1,5 +1,6 @@
 //! Exports for reports: CSV, one file per record kind, and GeoJSON of
-//! patrol observations with a GPS fix. Pure functions over records already
+//! patrol observations with a GPS fix. Times are ISO 8601 in UTC with the
+//! offset (`Z`); GeoJSON keeps an observation's ms beside it (`at_ms`). Pure functions over records already
 //! read and access-checked; the review API decides what goes in and audits
 //! it.
 
@@ -43,19 +44,52 @@ pub fn clock_flag(clock: Option<&crate::store::ClockSkew>) -> String {
 /// The contact columns a feedback export gains when contacts are asked for.
 const CONTACT_COLUMNS: &[&str] = &["name", "phone", "email", "address"];
 
+/// A time (ms since the epoch) as ISO 8601 in UTC with its offset
+/// (`2026-12-01T14:32:11Z`, with milliseconds only when there are any):
+/// what spreadsheets and GIS tools read as a time, where epoch numbers
+/// are read as plain numbers. Empty if out of chrono's range.
+pub fn iso_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_default()
+}
+
+/// A JSON time value (ms) as [`iso_time`]; anything else as it is.
+fn iso_value(value: &serde_json::Value) -> serde_json::Value {
+    match value.as_i64() {
+        Some(ms) => serde_json::Value::String(iso_time(ms)),
+        None => value.clone(),
+    }
+}
+
+/// One CSV column: its name, the path to its value, and whether the
+/// value is a time.
+type Column = (String, Vec<&'static str>, bool);
+
 /// One column per scalar field; a list becomes its item count, a map one
 /// column per part (`headcount.women`).
-fn columns(kind: Kind) -> Vec<(String, Vec<&'static str>)> {
+fn columns(kind: Kind) -> Vec<Column> {
     let mut out = Vec::new();
     for spec in kind.fields() {
         match spec.ty {
-            FieldType::List(_) => out.push((format!("{}_count", spec.name), vec![spec.name])),
+            FieldType::List(_) => {
+                out.push((format!("{}_count", spec.name), vec![spec.name], false))
+            }
             FieldType::Map(parts) => {
-                for part in parts.iter().map(|p: &FieldSpec| p.name) {
-                    out.push((format!("{}.{part}", spec.name), vec![spec.name, part]));
+                for part in parts.iter() {
+                    let part: &FieldSpec = part;
+                    out.push((
+                        format!("{}.{}", spec.name, part.name),
+                        vec![spec.name, part.name],
+                        part.ty == FieldType::Time,
+                    ));
                 }
             }
-            _ => out.push((spec.name.to_string(), vec![spec.name])),
+            _ => out.push((
+                spec.name.to_string(),
+                vec![spec.name],
+                spec.ty == FieldType::Time,
+            )),
         }
     }
     out
@@ -104,7 +138,7 @@ pub fn csv(kind: Kind, records: &[ExportRecord], contacts: bool) -> String {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    head.extend(cols.iter().map(|(name, _)| name.clone()));
+    head.extend(cols.iter().map(|(name, _, _)| name.clone()));
     if with_contacts {
         head.extend(CONTACT_COLUMNS.iter().map(|c| format!("contact.{c}")));
     }
@@ -116,12 +150,16 @@ pub fn csv(kind: Kind, records: &[ExportRecord], contacts: bool) -> String {
             r.id.clone(),
             r.header.area.clone(),
             r.header.created_by_user.clone(),
-            r.header.created_at.to_string(),
+            iso_time(r.header.created_at),
             r.review_state.clone(),
             clock_flag(r.clock.as_ref()),
         ];
-        for (name, path) in &cols {
-            row.push(cell_of(&r.fields, path, name.ends_with("_count")));
+        for (name, path, time) in &cols {
+            let cell = cell_of(&r.fields, path, name.ends_with("_count"));
+            row.push(match (*time, cell.parse::<i64>()) {
+                (true, Ok(ms)) => iso_time(ms),
+                _ => cell,
+            });
         }
         if with_contacts {
             for c in CONTACT_COLUMNS {
@@ -168,7 +206,8 @@ pub fn geojson(records: &[ExportRecord]) -> serde_json::Value {
                     "area": r.header.area,
                     "officer": r.fields["officer"],
                     "beat": r.fields["beat"],
-                    "at": o["at"],
+                    "at": iso_value(&o["at"]),
+                    "at_ms": o["at"],
                     "text": o["text"],
                     "tags": o["tags"],
                     "accuracy_m": o["gps"]["accuracy_m"],
@@ -311,6 +350,13 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
         assert_eq!(median(vec![]), None);
+    }
+
+    #[test]
+    fn times_are_iso_8601_with_their_offset() {
+        assert_eq!(iso_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_time(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(iso_value(&serde_json::json!(null)), serde_json::json!(null));
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //!   [`SyncHub::serve_socket`]. Without a valid token it answers 401 before
 //!   any upgrade.
 //! - `POST /v1/enroll` (`login.rs`) and `/v1/admin/users` (`admin_api.rs`).
+//! - `/review` and `/review/api/` (`review.rs`); `GET /` and
+//!   `/favicon.ico` redirect there. HEAD is answered on the desk's pages
+//!   and assets (and those redirects) as GET is, without the body.
 //!
 //! One task per TCP connection. A bad handshake or stray plain-HTTP request
 //! ends only its own connection. Connections are bounded three ways
@@ -430,6 +433,11 @@ where
 
     fn call(&self, mut request: hyper::Request<B>) -> Self::Future {
         request.extensions_mut().insert(self.slot.clone());
+        // HEAD on the desk's pages is answered as GET; hyper, which noted
+        // the request's method, sends the headers and leaves the body out.
+        if request.method() == warp::http::Method::HEAD && answers_head(request.uri().path()) {
+            *request.method_mut() = warp::http::Method::GET;
+        }
         if request.headers().contains_key(warp::http::header::UPGRADE) {
             self.activity.upgrading.store(true, Ordering::SeqCst);
         }
@@ -442,6 +450,14 @@ where
         self.activity.first_request.notify_one();
         self.inner.call(request)
     }
+}
+
+/// The paths where HEAD is answered as GET would be: the review desk's
+/// page and assets, and the redirects to it. Not its API, whose GETs do
+/// work a HEAD has no use for, nor the sync endpoint.
+fn answers_head(path: &str) -> bool {
+    matches!(path, "/" | "/favicon.ico" | "/review" | "/review/")
+        || (path.starts_with("/review/") && !path.starts_with("/review/api/"))
 }
 
 /// Open connections per client address, sync sessions not included.
@@ -527,9 +543,11 @@ fn routes(
     let enroll = crate::login::enroll_route(&state, gate.clone());
     let admin = crate::admin_api::routes(&state);
     let rotate = rotate_route(&state);
-    let review = crate::review::routes(&state, state.review_sessions.clone(), gate)
-        .or(crate::review::page())
-        .unify();
+    let redirects = crate::review::redirects();
+    let review =
+        crate::review::routes(&state, state.review_sessions.clone(), gate, stop_rx.clone())
+            .or(crate::review::page())
+            .unify();
     let auth_state = state.clone();
     let sync = warp::path!("v1" / "sync")
         .and(warp::get())
@@ -555,6 +573,7 @@ fn routes(
         .or(enroll)
         .or(rotate)
         .or(review)
+        .or(redirects)
         .or(admin)
         .recover(recover)
 }
@@ -616,17 +635,21 @@ fn records_routes(
             },
         );
     let hub = state.hub.clone();
+    let devices = state.devices.clone();
     let one = warp::path!("v1" / "records" / String)
         .and(warp::get())
         .and(auth)
         .and_then(move |id: String, caller: Caller| {
             let hub = hub.clone();
+            let devices = devices.clone();
             async move {
                 let Ok(doc) = id.parse::<baraza_protocol::DocId>() else {
                     return Ok::<_, Rejection>(text_reply(StatusCode::NOT_FOUND, "no such record"));
                 };
                 tracing::debug!(device = %caller.device.id, record = %doc, "read record");
-                let view = tokio::task::spawn_blocking(move || hub.record_view(&caller, doc)).await;
+                let view =
+                    tokio::task::spawn_blocking(move || hub.record_view(&caller, doc, &devices))
+                        .await;
                 Ok(match view {
                     Ok(Ok(Some(view))) => {
                         warp::reply::with_status(warp::reply::json(&view), StatusCode::OK)
@@ -852,6 +875,27 @@ mod tests {
         assert_eq!(bearer_token(&headers("Bearer ")), None);
         assert_eq!(bearer_token(&headers("Bearer")), None);
         assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn head_is_answered_on_the_desks_pages_but_not_its_api() {
+        for path in [
+            "/",
+            "/favicon.ico",
+            "/review",
+            "/review/app.js",
+            "/review/i18n/sw.json",
+        ] {
+            assert!(answers_head(path), "{path}");
+        }
+        for path in [
+            "/review/api/records",
+            "/v1/sync",
+            "/v1/records",
+            "/reviewer",
+        ] {
+            assert!(!answers_head(path), "{path}");
+        }
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub mod integrity;
 pub mod login;
 pub mod peer;
 pub mod review;
+pub mod review_events;
 pub mod store;
 pub mod sync;
 pub mod tls;

@@ -13,13 +13,20 @@
 //! - `POST logout`.
 //! - `GET records?kind=&area=&state=&from=&to=&q=&limit=`: from the index
 //!   (`from`/`to` are creation times in ms; `q` is free text, matched in
-//!   the records the index already narrowed down).
+//!   the records the index already narrowed down). Each row: `id`, `kind`,
+//!   `area`, `state`, `created_at`, `created_by`, `title`, `submitted_at`,
+//!   `conflicts`, `comments`, `clock`; no document is loaded.
+//! - `GET events`: server-sent events, each admitted write to a record the
+//!   supervisor may read as its list row (`crate::review_events`).
 //! - `GET records/{id}`: fields, conflicts, history (each change's claimed
-//!   time beside when the server first stored it), review comments, and
+//!   time beside when the server first stored it; conflicting values and
+//!   history entries name their `device` and `device_name`), review comments, and
 //!   `clock`, set when claimed times were implausibly far ahead of the
 //!   server's clock on arrival (`[records] clock_ahead_max_ms`); list rows
 //!   carry `clock` too.
 //! - `POST records/{id}/decision` `{decision: approved|returned, comment}`.
+//!   Approving while a conflict stands is refused with 409 and the rule
+//!   `unresolved_conflict`; other refusals by rule are 403 with theirs.
 //! - `POST records/{id}/resolve` `{path, value}`: sets a conflicted field
 //!   to one of its values or a new one (`place`, `action_items.1.status`).
 //!
@@ -70,6 +77,8 @@ struct Session {
 #[derive(Clone)]
 pub struct Sessions {
     tree: sled::Tree,
+    /// Bumped when a session ends, so open event streams check theirs.
+    ended: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Sessions {
@@ -77,6 +86,7 @@ impl Sessions {
     pub fn open(db: &sled::Db) -> sled::Result<Sessions> {
         Ok(Sessions {
             tree: db.open_tree("review_sessions")?,
+            ended: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -109,6 +119,7 @@ impl Sessions {
 
     fn end(&self, id: &str) -> sled::Result<()> {
         self.tree.remove(Sha256::digest(id.as_bytes()).as_slice())?;
+        self.ended.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
 }
@@ -116,6 +127,7 @@ impl Sessions {
 struct Desk {
     hub: Arc<SyncHub>,
     users: UserRegistry,
+    devices: crate::devices::DeviceRegistry,
     sessions: Sessions,
     gate: Arc<LoginGate>,
 }
@@ -159,11 +171,10 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 /// desk itself, with an id derived from the user, so the desk's changes
 /// carry actor ids of their own.
 fn desk_caller(principal: Principal) -> Caller {
-    let digest = Sha256::digest(format!("baraza review desk:{}", principal.user).as_bytes());
     Caller {
         device: DeviceIdentity {
-            id: hex::encode(&digest[..16]),
-            name: "review desk".into(),
+            id: crate::sync::desk_device_id(&principal.user),
+            name: crate::sync::DESK_DEVICE_NAME.into(),
             user: Some(principal.user.clone()),
             retiring: false,
             scope: None,
@@ -179,9 +190,22 @@ impl Desk {
     fn caller(&self, headers: &HeaderMap, changing: bool) -> Result<(Caller, String), Refused> {
         let unauthorized = || Refused(StatusCode::UNAUTHORIZED, "sign in first".into());
         let id = session_cookie(headers).ok_or_else(unauthorized)?;
+        let csrf = changing.then(|| {
+            headers
+                .get("x-csrf-token")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+        });
+        Ok((self.session_caller(&id, csrf)?, id))
+    }
+
+    /// The supervisor of the session `id`, checked as [`Desk::caller`]
+    /// says; with `csrf`, the token a state-changing request sent.
+    fn session_caller(&self, id: &str, csrf: Option<&str>) -> Result<Caller, Refused> {
+        let unauthorized = || Refused(StatusCode::UNAUTHORIZED, "sign in first".into());
         let session = self
             .sessions
-            .find(&id, unix_now())
+            .find(id, unix_now())
             .map_err(|_| {
                 Refused(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -189,11 +213,7 @@ impl Desk {
                 )
             })?
             .ok_or_else(unauthorized)?;
-        if changing {
-            let sent = headers
-                .get("x-csrf-token")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
+        if let Some(sent) = csrf {
             if sent.is_empty() || sent != session.csrf {
                 return Err(Refused(
                     StatusCode::FORBIDDEN,
@@ -217,7 +237,7 @@ impl Desk {
             role: user.role,
             areas: user.areas,
         };
-        Ok((desk_caller(principal), id))
+        Ok(desk_caller(principal))
     }
 
     /// The signed-in supervisor and the listing filters of a read
@@ -306,16 +326,36 @@ pub fn page(
     index.or(js).unify().or(css).unify().map(hardened)
 }
 
-/// The routes under `/review/api/`, logins behind the server's one `gate`.
+/// `GET /` and `GET /favicon.ico`: to the desk, the one page this server
+/// has for people, and to its icon.
+pub fn redirects(
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static
+{
+    let see = |to: &'static str| {
+        warp::redirect::see_other(warp::http::Uri::from_static(to)).into_response()
+    };
+    let root = warp::path::end()
+        .and(warp::get())
+        .map(move || see("/review"));
+    let favicon = warp::path!("favicon.ico")
+        .and(warp::get())
+        .map(move || see("/review/favicon.svg"));
+    root.or(favicon).unify().map(hardened)
+}
+
+/// The routes under `/review/api/`, logins behind the server's one `gate`;
+/// event streams end when `stop` turns true (shutdown).
 pub fn routes(
     state: &AppState,
     sessions: Sessions,
     gate: Arc<LoginGate>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static
 {
     let desk = Arc::new(Desk {
         hub: state.hub.clone(),
         users: state.users.clone(),
+        devices: state.devices.clone(),
         sessions,
         gate,
     });
@@ -422,6 +462,11 @@ pub fn routes(
                 Ok::<_, Rejection>(decide(desk, headers, id, body).await)
             },
         );
+    let events = warp::path!("review" / "api" / "events")
+        .and(warp::get())
+        .and(with_desk.clone())
+        .and(warp::header::headers_cloned())
+        .map(move |desk: Arc<Desk>, headers: HeaderMap| events(desk, &headers, stop.clone()));
     let resolve = warp::path!("review" / "api" / "records" / String / "resolve")
         .and(warp::post())
         .and(with_desk)
@@ -451,7 +496,38 @@ pub fn routes(
         .unify()
         .or(indicators)
         .unify()
+        .or(events)
+        .unify()
         .map(hardened)
+}
+
+/// `GET events`: the live stream (see [`crate::review_events`]).
+fn events(
+    desk: Arc<Desk>,
+    headers: &HeaderMap,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> warp::reply::Response {
+    let (caller, id) = match desk.caller(headers, false) {
+        Ok(found) => found,
+        Err(refused) => return refused.reply(),
+    };
+    let checker = desk.clone();
+    let check: crate::review_events::SessionCheck = Arc::new(move || {
+        checker
+            .session_caller(&id, None)
+            .ok()
+            .map(|caller| caller.principal)
+    });
+    let source = crate::review_events::EventSource {
+        hub: desk.hub.clone(),
+        check,
+        sessions_ended: desk.sessions.ended.subscribe(),
+        stop,
+        buffered_max: crate::review_events::EVENTS_BUFFERED_MAX,
+        entries_per_wake_max: crate::review_events::ENTRIES_PER_WAKE_MAX,
+    };
+    let stream = crate::review_events::start(source, caller.principal);
+    warp::sse::reply(stream).into_response()
 }
 
 /// `GET indicators?area=&from=&to=`: the report figures over every record
@@ -634,20 +710,10 @@ async fn list(
     };
     let hub = desk.hub.clone();
     let rows = tokio::task::spawn_blocking(move || {
-        // Each row says whether its claimed times were implausible: one
-        // lookup in a small tree, no document loaded.
         selection
             .rows(&hub, &caller.principal)?
             .into_iter()
-            .map(|row| {
-                let clock = match row.id.parse::<DocId>() {
-                    Ok(id) => hub.clock_skew(id)?,
-                    Err(_) => None,
-                };
-                let mut value = serde_json::json!(row);
-                value["clock"] = serde_json::json!(clock);
-                Ok(value)
-            })
+            .map(|row| row_json(&hub, row))
             .collect::<Result<Vec<_>, crate::docs::DocsError>>()
     })
     .await;
@@ -655,6 +721,22 @@ async fn list(
         Ok(Ok(rows)) => ok(serde_json::json!({ "records": rows })),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "record index unavailable"),
     }
+}
+
+/// A list row as the desk reads it, in the list and in the event stream:
+/// the index's fields and whether its claimed times were implausible (one
+/// lookup in a small tree, no document loaded). Blocking.
+pub(crate) fn row_json(
+    hub: &SyncHub,
+    row: crate::store::RecordRow,
+) -> Result<serde_json::Value, crate::docs::DocsError> {
+    let clock = match row.id.parse::<DocId>() {
+        Ok(id) => hub.clock_skew(id)?,
+        Err(_) => None,
+    };
+    let mut value = serde_json::json!(row);
+    value["clock"] = serde_json::json!(clock);
+    Ok(value)
 }
 
 /// Most records one export holds.
@@ -763,7 +845,8 @@ async fn show(desk: Arc<Desk>, headers: HeaderMap, id: String) -> warp::reply::R
         return error(StatusCode::NOT_FOUND, "no such record");
     };
     let hub = desk.hub.clone();
-    match tokio::task::spawn_blocking(move || hub.record_view(&caller, doc)).await {
+    let devices = desk.devices.clone();
+    match tokio::task::spawn_blocking(move || hub.record_view(&caller, doc, &devices)).await {
         Ok(Ok(Some(view))) => ok(view),
         Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "no such record"),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "record store unavailable"),
@@ -776,7 +859,12 @@ fn desk_error(err: DeskError) -> warp::reply::Response {
         DeskError::Edit(message) => error(StatusCode::BAD_REQUEST, message),
         DeskError::Refused { rule, message } => warp::reply::with_status(
             warp::reply::json(&serde_json::json!({ "error": message, "rule": rule })),
-            StatusCode::FORBIDDEN,
+            // Not a matter of who asks: the record must change first.
+            if rule == Some(baraza_records::access::rules::UNRESOLVED_CONFLICT) {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::FORBIDDEN
+            },
         )
         .into_response(),
         DeskError::Docs(err) => {

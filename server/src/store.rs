@@ -19,6 +19,11 @@
 //!   that change (ms, its own clock), beside the time the change claims.
 //! - `record_clock`: doc → the record's claimed times found implausible
 //!   ([`ClockSkew`]), for the review desk and exports.
+//! - `record_index` (kind | area | state | created_at | doc),
+//!   `record_index_by_doc`, `record_access` (kind, area, creator) and
+//!   `record_summary` (title, submitted time, conflicts, comment count,
+//!   JSON): what listings and read checks need, written with each
+//!   admitted write, so neither loads a document.
 //! - `meta`: the store id and the clean-shutdown marker.
 //!
 //! Durability: [`Store::commit`] writes a whole batch in one sled
@@ -187,6 +192,44 @@ pub struct IndexEntry {
     /// The user who created it: besides role and area, what decides who
     /// may read it. Kept beside the index (`record_access`), not in its key.
     pub created_by: String,
+    /// What the desk's queue shows of it, kept beside the index too
+    /// (`record_summary`).
+    #[serde(flatten)]
+    pub summary: RecordSummary,
+}
+
+/// What a list row shows of a record beyond its index key, so the queue
+/// tells records apart without loading any: computed from the record as
+/// each admitted write leaves it, stored in `record_summary` in the same
+/// transaction. Records last written before it was kept list with the
+/// defaults (null, false, 0) until the server fills theirs in, once, in
+/// the background after it starts (`SyncHub::fill_summaries`), or their
+/// next write does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordSummary {
+    /// A title (`baraza_records::title`); never contact details.
+    pub title: Option<String>,
+    /// When its review state last became `submitted`: the claimed time of
+    /// that change, ms. A write that does not set it keeps the one stored.
+    pub submitted_at: Option<i64>,
+    /// True while any field holds conflicting values.
+    pub conflicts: bool,
+    /// How many review comments it has.
+    pub comments: u32,
+}
+
+impl RecordSummary {
+    fn decode(v: &[u8]) -> Result<RecordSummary, StoreError> {
+        serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+            tree: "record_summary",
+            reason: e.to_string(),
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        // A struct of plain values always serialises.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
 }
 
 /// What read checks need of a record, without loading it.
@@ -284,6 +327,7 @@ fn parse_index_key(k: &[u8]) -> Option<RecordRow> {
             state,
             created_at,
             created_by: String::new(),
+            summary: RecordSummary::default(),
         },
     })
 }
@@ -372,6 +416,17 @@ pub trait Store: Send + Sync + 'static {
     fn received(&self, doc: DocId) -> Result<Vec<(Head, i64)>, StoreError>;
     /// A record's claimed times found implausible on arrival, if any.
     fn clock_skew(&self, doc: DocId) -> Result<Option<ClockSkew>, StoreError>;
+    /// One record's listing row, from the index (no document loaded);
+    /// None if it is not indexed (unknown, erased, or stored before the
+    /// index existed).
+    fn record_row(&self, doc: DocId) -> Result<Option<RecordRow>, StoreError>;
+    /// Up to `limit` indexed records after `after` (by id) that have no
+    /// list row summary yet (last written before summaries were kept),
+    /// in id order.
+    fn unsummarised(&self, after: Option<DocId>, limit: usize) -> Result<Vec<DocId>, StoreError>;
+    /// Stores a record's summary unless one is there already (a write
+    /// since has its own, newer one); true if stored.
+    fn fill_summary(&self, doc: DocId, summary: &RecordSummary) -> Result<bool, StoreError>;
 }
 
 /// The sled implementation.
@@ -388,6 +443,7 @@ pub struct SledStore {
     quarantine: sled::Tree,
     received: sled::Tree,
     clock: sled::Tree,
+    summary: sled::Tree,
     meta: sled::Tree,
     id: StoreId,
     /// Whether the last stop before this open was clean.
@@ -438,6 +494,7 @@ impl SledStore {
             index_by_doc: db.open_tree("record_index_by_doc")?,
             received: db.open_tree("change_received")?,
             clock: db.open_tree("record_clock")?,
+            summary: db.open_tree("record_summary")?,
             feed,
             meta,
             db,
@@ -651,9 +708,22 @@ impl Store for SledStore {
             &self.erased,
             &self.received,
             &self.clock,
+            &self.summary,
         )
             .transaction(
-                |(chunks, metas, feed, log, index, by_doc, access, erased, received, clock)| {
+                |(
+                    chunks,
+                    metas,
+                    feed,
+                    log,
+                    index,
+                    by_doc,
+                    access,
+                    erased,
+                    received,
+                    clock,
+                    summaries,
+                )| {
                     for ((w, &seq), (doomed, doomed_logs, doomed_receipts)) in
                         writes.iter().zip(&seqs).zip(&doomed)
                     {
@@ -669,6 +739,7 @@ impl Store for SledStore {
                                 received.remove(k)?;
                             }
                             clock.remove(&key[..])?;
+                            summaries.remove(&key[..])?;
                             metas.remove(&key[..])?;
                             if let Some(old) = by_doc.remove(&key[..])? {
                                 index.remove(old)?;
@@ -735,6 +806,17 @@ impl Store for SledStore {
                                 created_by: entry.created_by.clone(),
                             };
                             access.insert(&key[..], who.encode())?;
+                            // Commits are in order per record, so the time
+                            // an earlier write noted is there to keep.
+                            let mut summary = entry.summary.clone();
+                            if summary.submitted_at.is_none() {
+                                if let Some(old) = summaries.get(&key[..])? {
+                                    summary.submitted_at = RecordSummary::decode(&old)
+                                        .map_err(ConflictableTransactionError::Abort)?
+                                        .submitted_at;
+                                }
+                            }
+                            summaries.insert(&key[..], summary.encode())?;
                         }
                     }
                     Ok(())
@@ -840,11 +922,15 @@ impl Store for SledStore {
                 && filter.since.is_none_or(|t| e.created_at >= t);
             if keep {
                 let mut row = row;
-                if let Some(v) = self.access.get(&key[key.len() - 16..])? {
+                let doc = &key[key.len() - 16..];
+                if let Some(v) = self.access.get(doc)? {
                     row.entry.created_by = RecordAccess::decode(&v)?.created_by;
                 }
                 if !visible(&row) {
                     continue;
+                }
+                if let Some(v) = self.summary.get(doc)? {
+                    row.entry.summary = RecordSummary::decode(&v)?;
                 }
                 out.push(row);
                 if out.len() >= limit {
@@ -955,6 +1041,57 @@ impl Store for SledStore {
             Some(v) => Ok(Some(ClockSkew::decode(&v)?)),
             None => Ok(None),
         }
+    }
+
+    fn unsummarised(&self, after: Option<DocId>, limit: usize) -> Result<Vec<DocId>, StoreError> {
+        let keys = match after {
+            Some(doc) => self
+                .index_by_doc
+                .range((
+                    std::ops::Bound::Excluded(doc.as_bytes().to_vec()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .keys(),
+            None => self.index_by_doc.iter().keys(),
+        };
+        let mut out = Vec::new();
+        for key in keys {
+            let key = key?;
+            if !self.summary.contains_key(&key)? {
+                out.push(doc_from(&key, "record_index_by_doc")?);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn fill_summary(&self, doc: DocId, summary: &RecordSummary) -> Result<bool, StoreError> {
+        let stored = self.summary.compare_and_swap(
+            doc.as_bytes(),
+            None as Option<&[u8]>,
+            Some(summary.encode()),
+        )?;
+        Ok(stored.is_ok())
+    }
+
+    fn record_row(&self, doc: DocId) -> Result<Option<RecordRow>, StoreError> {
+        let key = doc.as_bytes();
+        let Some(index_key) = self.index_by_doc.get(key)? else {
+            return Ok(None);
+        };
+        let mut row = parse_index_key(&index_key).ok_or_else(|| StoreError::Corrupt {
+            tree: "record_index_by_doc",
+            reason: "unparsable index key".into(),
+        })?;
+        if let Some(v) = self.access.get(key)? {
+            row.entry.created_by = RecordAccess::decode(&v)?.created_by;
+        }
+        if let Some(v) = self.summary.get(key)? {
+            row.entry.summary = RecordSummary::decode(&v)?;
+        }
+        Ok(Some(row))
     }
 }
 
@@ -1074,6 +1211,63 @@ mod tests {
         let s = reopen(dir.path(), [3; 16]);
         assert_eq!(s.store_id(), StoreId::from_bytes([3; 16]));
         assert_eq!(s.latest_seq().unwrap(), 0);
+    }
+
+    #[test]
+    fn list_rows_keep_their_submitted_time_and_old_rows_list_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_path(dir.path(), [1; 16]).unwrap();
+        let a = DocId::from_bytes([1; 16]);
+        let entry = |state: &str, submitted_at| IndexEntry {
+            kind: "meeting".into(),
+            area: "kibera".into(),
+            state: state.into(),
+            created_at: 5,
+            created_by: "lia".into(),
+            summary: RecordSummary {
+                title: Some("Water point".into()),
+                submitted_at,
+                conflicts: state == "submitted",
+                comments: 0,
+            },
+        };
+        let w = |h: u8, index| DocWrite {
+            doc: a,
+            chunk: vec![h],
+            heads: vec![head(h)],
+            compacted: None,
+            index: Some(index),
+            erase: false,
+            receipt: None,
+        };
+        store
+            .commit(&[w(1, entry("submitted", Some(7_000)))])
+            .unwrap();
+        // A later write (the state moved on) keeps when it was submitted.
+        store.commit(&[w(2, entry("approved", None))]).unwrap();
+        let row = store.record_row(a).unwrap().unwrap();
+        assert_eq!(row.entry.state, "approved");
+        assert_eq!(row.entry.created_by, "lia");
+        assert_eq!(row.entry.summary.submitted_at, Some(7_000));
+        assert!(!row.entry.summary.conflicts);
+        let all = |s: &SledStore| {
+            s.list_records(&RecordFilter::default(), &|_| true, 10)
+                .unwrap()
+        };
+        assert_eq!(all(&store), vec![row.clone()]);
+
+        // A data dir from before summaries: the row lists with defaults,
+        // is found unsummarised, and a fill stands only where none is.
+        store.summary.remove(a.as_bytes()).unwrap();
+        let listed = all(&store);
+        assert_eq!(listed[0].entry.summary, RecordSummary::default());
+        assert_eq!(listed[0].entry.state, "approved");
+        assert_eq!(store.unsummarised(None, 10).unwrap(), vec![a]);
+        assert!(store.unsummarised(Some(a), 10).unwrap().is_empty());
+        assert!(store.fill_summary(a, &row.entry.summary).unwrap());
+        assert!(!store.fill_summary(a, &RecordSummary::default()).unwrap());
+        assert_eq!(all(&store), vec![row]);
+        assert!(store.unsummarised(None, 10).unwrap().is_empty());
     }
 
     #[test]

@@ -74,6 +74,11 @@ pub struct SyncHub {
     /// Damaged records being rebuilt from devices' copies, by the sync
     /// protocol from an empty document.
     repairs: std::sync::Mutex<std::collections::HashMap<DocId, automerge::Automerge>>,
+    /// Set at shutdown: the background filling of list row summaries
+    /// stops, and `flush` waits (on `filling`) for the record in hand.
+    closing: std::sync::atomic::AtomicBool,
+    /// Held while a summary is filled in.
+    filling: std::sync::Mutex<()>,
 }
 
 /// What a device's changes are applied to (see [`SyncHub::target`]).
@@ -211,6 +216,19 @@ pub struct DeviceIdentity {
     pub scope: Option<String>,
 }
 
+/// What the review desk's changes name as their device.
+pub const DESK_DEVICE_NAME: &str = "review desk";
+
+/// The device id (hex) the review desk authors a supervisor's changes
+/// under: derived from the user, so every server node agrees on it and a
+/// record's history can tell the desk's changes from a tablet's. Device
+/// ids in the registry are random, so none can be mistaken for one.
+pub fn desk_device_id(user: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("baraza review desk:{user}").as_bytes());
+    hex::encode(&digest[..DeviceId::LEN])
+}
+
 type Completion = Pin<Box<dyn Future<Output = Done> + Send>>;
 
 /// Heads as the audit log and device records keep them: hex.
@@ -341,7 +359,81 @@ impl SyncHub {
             work_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
             ),
+            closing: std::sync::atomic::AtomicBool::new(false),
+            filling: std::sync::Mutex::new(()),
         }))
+    }
+
+    /// Starts filling in, on a thread of its own, the list row summaries
+    /// of records last written before the server kept them (see
+    /// `fill_summaries`). The serving server calls it once; tools that
+    /// open the store for one command do not.
+    pub fn start_filling_summaries(self: &Arc<Self>) -> std::io::Result<()> {
+        // In the background: it loads records, and starting must not
+        // cost time in proportion to the records held.
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("baraza-summaries".into())
+            .spawn(move || SyncHub::fill_summaries(weak))?;
+        Ok(())
+    }
+
+    /// Fills in, once, the list row summaries of records last written
+    /// before the server kept them (a data dir from an older version):
+    /// each such record is loaded and its summary computed as an admitted
+    /// write computes it, then stored unless a write got there first.
+    /// Stops at shutdown; a record that does not load is left to list
+    /// with the defaults.
+    fn fill_summaries(hub: std::sync::Weak<SyncHub>) {
+        const BATCH: usize = 64;
+        let mut after = None;
+        let mut filled = 0usize;
+        loop {
+            let Some(hub) = hub.upgrade() else { return };
+            let batch = match hub.docs.store().unsummarised(after, BATCH) {
+                Ok(batch) => batch,
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not look for records without a list row summary");
+                    return;
+                }
+            };
+            if batch.is_empty() {
+                break;
+            }
+            for id in batch {
+                after = Some(id);
+                let _filling = hub.filling.lock().unwrap_or_else(|p| p.into_inner());
+                if hub.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let stored = hub.summary_of(id).and_then(|summary| match summary {
+                    Some(summary) => Ok(hub.docs.store().fill_summary(id, &summary)?),
+                    None => Ok(false),
+                });
+                match stored {
+                    Ok(true) => filled += 1,
+                    Ok(false) => {}
+                    Err(err) => {
+                        tracing::warn!(record = %id, error = %err, "could not fill in a record's list row summary")
+                    }
+                }
+            }
+        }
+        if filled > 0 {
+            tracing::info!(
+                records = filled,
+                "list row summaries filled in for records stored before they were kept"
+            );
+        }
+    }
+
+    /// A record's list row summary as it stands now.
+    fn summary_of(&self, id: DocId) -> Result<Option<crate::store::RecordSummary>, DocsError> {
+        let handle = self.docs.handle(id)?;
+        let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Header::read(&live.doc)
+            .ok()
+            .map(|header| index_entry(header, &live.doc).summary))
     }
 
     /// Turns the write-rule inspection off (true) or on. Only for
@@ -396,6 +488,34 @@ impl SyncHub {
             })
         };
         Ok(self.docs.store().list_records(filter, &visible, limit)?)
+    }
+
+    /// One record's listing row if `who` may read it, by the rule
+    /// [`SyncHub::list_records`] applies (no document is loaded).
+    pub fn record_row(&self, who: &Principal, id: DocId) -> Result<Option<RecordRow>, DocsError> {
+        Ok(self.docs.store().record_row(id)?.filter(|row| {
+            Kind::parse(&row.entry.kind).is_some_and(|kind| {
+                who.may_read_parts(kind, &row.entry.area, &row.entry.created_by)
+            })
+        }))
+    }
+
+    /// Watches the feed position up to which writes are durable: what
+    /// wakes live sync sessions, and the review desk's event streams.
+    pub fn durable(&self) -> watch::Receiver<Seq> {
+        self.docs.durable()
+    }
+
+    /// The records written at feed positions `after < seq <= upto`, at
+    /// most `limit` entries, oldest first (a record written twice is
+    /// there twice).
+    pub fn written_after(
+        &self,
+        after: Seq,
+        upto: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, DocId)>, DocsError> {
+        Ok(self.docs.store().entries_after(after, upto, limit)?)
     }
 
     /// One record as an export holds it, if `who` may read it; with
@@ -521,10 +641,17 @@ impl SyncHub {
     /// fields). None if there is no such record, and likewise if `caller`
     /// may not read it: the two must look the same. Every read is audited,
     /// refused ones too.
+    ///
+    /// Each conflicting value and history entry names its `device` (the
+    /// first 16 bytes of its actor id, hex) and `device_name`: the
+    /// registry's name, looked up as the sync protocol's device names are
+    /// ([`DeviceRegistry::names`](crate::devices::DeviceRegistry::names)),
+    /// or [`DESK_DEVICE_NAME`] for changes made at the review desk.
     pub fn record_view(
         &self,
         caller: &Caller,
         id: DocId,
+        devices: &crate::devices::DeviceRegistry,
     ) -> Result<Option<serde_json::Value>, DocsError> {
         let exists = self.docs.store().doc_seq(id)?.is_some();
         if !exists || !self.readable(&caller.principal, id)? {
@@ -567,7 +694,15 @@ impl SyncHub {
         let ahead_max = self.clock_check().ahead_max_ms;
         // Each change's claimed time (seconds, the tablet's clock) beside
         // when the server first stored it (ms, its own clock).
-        let history: Vec<serde_json::Value> = baraza_records::history(doc)
+        let entries = baraza_records::history(doc);
+        let conflicts = baraza_records::conflicts(doc);
+        let actors = entries.iter().map(|e| e.actor.as_str()).chain(
+            conflicts
+                .iter()
+                .flat_map(|c| c.values.iter().map(|v| v.actor.as_str())),
+        );
+        let namer = DeviceNamer::new(actors, devices);
+        let history: Vec<serde_json::Value> = entries
             .into_iter()
             .map(|entry| {
                 let at = received.get(&entry.hash).copied();
@@ -577,6 +712,19 @@ impl SyncHub {
                 let mut value = serde_json::json!(entry);
                 value["received_at_ms"] = serde_json::json!(at);
                 value["clock_implausible"] = serde_json::json!(implausible);
+                namer.stamp(&mut value, &entry.actor, entry.user.as_deref());
+                value
+            })
+            .collect();
+        let conflicts: Vec<serde_json::Value> = conflicts
+            .into_iter()
+            .map(|conflict| {
+                let mut value = serde_json::json!(conflict);
+                if let Some(values) = value["values"].as_array_mut() {
+                    for (shown, v) in values.iter_mut().zip(&conflict.values) {
+                        namer.stamp(shown, &v.actor, v.user.as_deref());
+                    }
+                }
                 value
             })
             .collect();
@@ -586,7 +734,7 @@ impl SyncHub {
             "review_state": baraza_records::review_state(doc),
             "review_comments": baraza_records::review_comments(doc),
             "fields": to_json(doc, &automerge::ROOT),
-            "conflicts": baraza_records::conflicts(doc),
+            "conflicts": conflicts,
             "history": history,
             "clock": store.clock_skew(id)?,
         })))
@@ -652,7 +800,7 @@ impl SyncHub {
                     self.docs.restore(id, &mut live, &before);
                     return Err(DeskError::Refused {
                         rule: refused.rule,
-                        message: refused.message,
+                        message: refused.reason.unwrap_or(refused.message),
                     });
                 }
             };
@@ -796,6 +944,11 @@ impl SyncHub {
     /// Commits what is queued, flushes, and marks the store cleanly closed.
     /// Called once at graceful shutdown.
     pub fn flush(&self) -> anyhow::Result<()> {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Waits for a summary being filled in: nothing is written after
+        // the store is marked closed.
+        drop(self.filling.lock().unwrap_or_else(|p| p.into_inner()));
         self.docs.shutdown()?;
         Ok(())
     }
@@ -1267,13 +1420,9 @@ impl SyncHub {
                 return self.refuse_quarantined(session, id);
             }
         };
-        let index = Header::read(&rebuilt).ok().map(|h| IndexEntry {
-            kind: h.kind.name().to_string(),
-            area: h.area.clone(),
-            state: baraza_records::review_state(&rebuilt),
-            created_at: h.created_at,
-            created_by: h.created_by_user.clone(),
-        });
+        let index = Header::read(&rebuilt)
+            .ok()
+            .map(|h| index_entry(h, &rebuilt));
         let write = crate::store::DocWrite {
             doc: id,
             chunk: Vec::new(),
@@ -1559,6 +1708,78 @@ impl SyncHub {
     }
 }
 
+#[cfg(test)]
+impl SyncHub {
+    /// Stores whole records as one commit, as if a device had pushed
+    /// them (no rules): for tests of what reads the store and the feed.
+    pub(crate) async fn store_all_for_test(&self, records: &[(DocId, automerge::Automerge)]) {
+        let mut waits = Vec::new();
+        for (id, doc) in records {
+            let entry = index_entry(Header::read(doc).unwrap(), doc);
+            let handle = self.docs.handle(*id).unwrap();
+            let mut live = handle.lock().unwrap();
+            let before = live.doc.get_heads();
+            live.doc = doc.clone();
+            let chunk = docsync::encode_changes(&doc.get_changes(&before));
+            let write = Docs::write_for(*id, &mut live, chunk, Some(entry), None).unwrap();
+            waits.push(self.docs.submit(write));
+        }
+        for wait in waits {
+            wait.await.unwrap().unwrap();
+        }
+    }
+
+    /// [`SyncHub::store_all_for_test`] of one record.
+    pub(crate) async fn store_for_test(&self, id: DocId, doc: &automerge::Automerge) {
+        self.store_all_for_test(&[(id, doc.clone())]).await
+    }
+}
+
+/// Names the devices behind actor ids, for the record view: one registry
+/// lookup for every device a record's changes come from.
+struct DeviceNamer {
+    names: std::collections::HashMap<DeviceId, String>,
+}
+
+impl DeviceNamer {
+    fn new<'a>(
+        actors: impl Iterator<Item = &'a str>,
+        devices: &crate::devices::DeviceRegistry,
+    ) -> DeviceNamer {
+        let ids: std::collections::BTreeSet<DeviceId> =
+            actors.filter_map(device_of_actor).collect();
+        let ids: Vec<DeviceId> = ids.into_iter().collect();
+        // A registry that cannot be read costs the desk names, not the
+        // record: it shows device ids instead.
+        let names = devices.names(&ids).unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "could not look up device names");
+            Vec::new()
+        });
+        DeviceNamer {
+            names: names.into_iter().map(|n| (n.device, n.name)).collect(),
+        }
+    }
+
+    /// Adds `device` and `device_name` to `value`, the JSON of something
+    /// authored under `actor` naming `user`.
+    fn stamp(&self, value: &mut serde_json::Value, actor: &str, user: Option<&str>) {
+        let device = device_of_actor(actor);
+        let name = device.and_then(|d| {
+            self.names.get(&d).cloned().or_else(|| {
+                user.filter(|u| desk_device_id(u) == d.to_hex())
+                    .map(|_| DESK_DEVICE_NAME.to_string())
+            })
+        });
+        value["device"] = serde_json::json!(device.map(|d| d.to_hex()));
+        value["device_name"] = serde_json::json!(name);
+    }
+}
+
+/// The device an actor id (hex) belongs to: its first 16 bytes.
+fn device_of_actor(actor: &str) -> Option<DeviceId> {
+    DeviceId::of_actor(&hex::decode(actor).ok()?)
+}
+
 /// A document's current values as JSON (the value shown where fields
 /// conflict; `conflicts` lists the others).
 fn to_json(doc: &automerge::Automerge, obj: &automerge::ObjId) -> serde_json::Value {
@@ -1655,7 +1876,10 @@ impl ClockCheck {
 struct Refused {
     code: ErrorCode,
     rule: Option<&'static str>,
+    /// For the device: the record and why.
     message: String,
+    /// A rule's own reason, without the record (the desk names it already).
+    reason: Option<String>,
 }
 
 /// Decides whether changes a device just added to a record may stay: every
@@ -1682,6 +1906,7 @@ fn admit(
             return Err(Refused {
                 code: ErrorCode::Forbidden,
                 rule: Some(baraza_records::access::rules::DEVICE_ACTOR),
+                reason: None,
                 message: format!(
                     "record {id}: change {} is authored under actor {}, which is not one of this device's; \
                      a device may only author changes under its own actor ids",
@@ -1695,6 +1920,7 @@ fn admit(
         code: ErrorCode::InvalidRecord,
         rule: None,
         message: format!("record {id}: {e}"),
+        reason: None,
     };
     let header = baraza_records::validate(doc).map_err(|e| invalid(e.to_string()))?;
     if header.id != id.to_string() {
@@ -1727,6 +1953,7 @@ fn admit(
         },
         rule: None,
         message: format!("record {id}: {e}"),
+        reason: None,
     })?;
     let summary = match rules {
         Some(who) => who
@@ -1735,21 +1962,30 @@ fn admit(
                 code: ErrorCode::Forbidden,
                 rule: Some(r.rule),
                 message: format!("record {id}: {}", r.reason),
+                reason: Some(r.reason),
             })?,
         None => WriteSummary::default(),
     };
     let receipt = clock.receipt(&changes, is_new.then_some(header.created_at));
-    Ok((
-        IndexEntry {
-            kind: header.kind.name().to_string(),
-            area: header.area,
-            state: baraza_records::review_state(doc),
-            created_at: header.created_at,
-            created_by: header.created_by_user,
+    Ok((index_entry(header, doc), summary, receipt))
+}
+
+/// Where a record sits in the listing index, and what its list row shows,
+/// as `doc` (the record after an admitted write) has it.
+fn index_entry(header: Header, doc: &automerge::Automerge) -> IndexEntry {
+    IndexEntry {
+        kind: header.kind.name().to_string(),
+        state: baraza_records::review_state(doc),
+        created_at: header.created_at,
+        summary: crate::store::RecordSummary {
+            title: baraza_records::title(doc, header.kind),
+            submitted_at: baraza_records::submitted_at(doc),
+            conflicts: !baraza_records::conflicts(doc).is_empty(),
+            comments: u32::try_from(baraza_records::review_comments(doc).len()).unwrap_or(u32::MAX),
         },
-        summary,
-        receipt,
-    ))
+        area: header.area,
+        created_by: header.created_by_user,
+    }
 }
 
 /// The store seen as one user's [`Feed`]: records they may not read are

@@ -23,6 +23,7 @@
 //!
 //! Every wait is bounded, and all traffic stays on 127.0.0.1.
 
+pub mod sse;
 pub mod webdriver;
 
 use std::collections::BTreeMap;
