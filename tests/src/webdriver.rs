@@ -352,6 +352,20 @@ impl Browser {
         )
     }
 
+    /// Runs `source` in every page this browser opens from now on, before
+    /// the page's own scripts (Chromium's DevTools command through
+    /// chromedriver): a test stands in for a browser API with it.
+    pub fn on_new_document(&self, source: &str) {
+        self.command(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({
+                "cmd": "Page.addScriptToEvaluateOnNewDocument",
+                "params": { "source": source },
+            })),
+        );
+    }
+
     /// Forgets every cookie of the current site (a session ended
     /// elsewhere, as far as the page can tell).
     pub fn delete_cookies(&self) {
