@@ -627,7 +627,7 @@ async fn keyboard_only_at_a_phone_size_with_confirm_and_undo() {
     let world = ReviewWorld::open().await;
     let (server, officer, liaison) = (&world.server, &world.officer, &world.liaison);
     let mut ids = Vec::new();
-    for beat in ["K1", "K2", "K3"] {
+    for beat in ["K1", "K2", "K3", "K4"] {
         let id = officer
             .create_record("patrol_note", "kibera", vec![kv("beat", beat)])
             .unwrap();
@@ -642,8 +642,10 @@ async fn keyboard_only_at_a_phone_size_with_confirm_and_undo() {
     let beats: Vec<(String, String)> = ids
         .iter()
         .cloned()
-        .zip(["K1", "K2", "K3"].map(String::from))
+        .zip(["K1", "K2", "K3", "K4"].map(String::from))
         .collect();
+    let (signed_out, mut signed_out_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (checked, checked_rx) = std::sync::mpsc::channel::<()>();
     let page = tokio::task::spawn_blocking(move || {
         let b = Browser::start();
         b.set_window_size(800, 1280);
@@ -656,8 +658,8 @@ async fn keyboard_only_at_a_phone_size_with_confirm_and_undo() {
         b.press(&KEY_TAB.to_string());
         b.press(HARNESS_PASSWORD);
         b.press(&KEY_ENTER.to_string());
-        b.wait_until("four submitted records", || {
-            (b.all("#queue li").len() == 4).then_some(())
+        b.wait_until("five submitted records", || {
+            (b.all("#queue li").len() == 5).then_some(())
         });
         assert_views(&b, "signing in", false, true, false);
         // One column: the queue above the record.
@@ -714,7 +716,7 @@ async fn keyboard_only_at_a_phone_size_with_confirm_and_undo() {
             b.press(&KEY_ENTER.to_string());
             wait_open(&b, beat);
         };
-        let (k1, k2, k3) = (&beats[0], &beats[1], &beats[2]);
+        let (k1, k2, k3, k4) = (&beats[0], &beats[1], &beats[2], &beats[3]);
 
         // `a` asks; Escape cancels.
         open(&k1.0, &k1.1);
@@ -804,6 +806,7 @@ async fn keyboard_only_at_a_phone_size_with_confirm_and_undo() {
         open(&k1.0, &k1.1);
         b.script(
             "const real = window.fetch;
+             window.realFetch = real;
              window.fetch = (url, options) => String(url).endsWith('/decision')
                ? Promise.resolve(new Response(JSON.stringify({
                    error: 'resolve the conflicts first: place', rule: 'unresolved_conflict' }),
@@ -821,7 +824,44 @@ async fn keyboard_only_at_a_phone_size_with_confirm_and_undo() {
         });
         assert!(refused.contains("resolve the conflicts first"), "{refused}");
         assert_eq!(state_shown(&b).as_deref(), Some("submitted"));
+        b.script("window.fetch = window.realFetch;");
+
+        // Signing out inside the undo window sends the decision first:
+        // it was confirmed.
+        open(&k4.0, &k4.1);
+        b.press("a");
+        b.wait_until("the confirmation", || {
+            b.is_displayed("#confirm").then_some(())
+        });
+        b.press(&KEY_ENTER.to_string());
+        b.wait_until("the undo window", || {
+            b.is_displayed("#pending").then_some(())
+        });
+        b.click(&b.wait_for("#signout"));
+        b.wait_until("the sign-in form", || {
+            b.is_displayed("#signin").then_some(())
+        });
+        assert!(!b.is_displayed("#pending"));
+        assert_views(&b, "signing out", true, false, false);
+        // The browser stays until the server has the decision.
+        let _ = signed_out.send(());
+        let _ = checked_rx.recv_timeout(Duration::from_secs(30));
     });
+    // The decision sent on sign-out, awaited (bounded) while the page
+    // that sent it is still open.
+    let signed = tokio::time::timeout(Duration::from_secs(240), signed_out_rx.recv())
+        .await
+        .ok()
+        .flatten();
+    if signed.is_some() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while witness.record(&ids[3]).await["review_state"] != "approved"
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let _ = checked.send(());
     if let Err(panic) = page.await {
         std::panic::resume_unwind(panic.into_panic());
     }
@@ -831,6 +871,7 @@ async fn keyboard_only_at_a_phone_size_with_confirm_and_undo() {
     assert_eq!(returned["review_state"], "returned");
     assert_eq!(returned["review_comments"][0]["text"], "fix the beat name");
     assert_eq!(returned["review_comments"][0]["by"], SUPERVISOR);
+    assert_eq!(witness.record(&ids[3]).await["review_state"], "approved");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -793,6 +793,35 @@ function undo() {
   else $("queue-status").textContent = t("pending.undone");
 }
 
+// A confirmed decision leaves its undo window early when the page is left
+// or signed out of: the supervisor meant it.
+function takePending() {
+  const p = desk.pending;
+  if (!p) return null;
+  clearTimeout(p.timer);
+  clearInterval(p.tick);
+  desk.pending = null;
+  renderPending();
+  return p;
+}
+
+function postDecision(p, csrf, keepalive) {
+  const body = { decision: p.decision };
+  if (p.comment) body.comment = p.comment;
+  return fetch("/review/api/records/" + encodeURIComponent(p.id) + "/decision", {
+    method: "POST",
+    headers: { "Accept": "application/json", "Content-Type": "application/json", "X-CSRF-Token": csrf },
+    credentials: "same-origin",
+    keepalive,
+    body: JSON.stringify(body),
+  });
+}
+
+window.addEventListener("pagehide", () => {
+  const waiting = takePending();
+  if (waiting) postDecision(waiting, desk.csrf, true).catch(() => {});
+});
+
 async function sendPending() {
   const p = desk.pending;
   if (!p) return;
@@ -960,10 +989,13 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("report-toggle").addEventListener("click", () => showView(desk.view === "report" ? "queue" : "report", true));
   $("signout").addEventListener("click", async () => {
     const csrf = desk.csrf;
-    // The page forgets the session first; the server is told after.
+    const waiting = takePending();
+    // The page forgets the session first; the server is told after: a
+    // decision confirmed and still in its undo window goes first.
     signedOut();
     $("user").value = "";
     try {
+      if (waiting) await postDecision(waiting, csrf, false);
       await fetch("/review/api/logout", {
         method: "POST",
         headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
