@@ -134,9 +134,10 @@ fn active_id(b: &Browser) -> String {
         .to_string()
 }
 
-/// A meeting with everything a meeting holds, and a patrol note with
-/// observations at GPS points; both submitted by the officer.
-fn full_records(officer: &Tablet) -> (String, String) {
+/// A meeting with everything a meeting holds, a patrol note with
+/// observations at GPS points and a feedback with a follow-up; all
+/// submitted by the officer.
+fn full_records(officer: &Tablet) -> (String, String, String) {
     let meeting = officer
         .create_record(
             "meeting",
@@ -233,7 +234,34 @@ fn full_records(officer: &Tablet) -> (String, String) {
         .set_gps(&patrol, 0, "-1.3133", "36.7876", 8)
         .unwrap();
     officer.submit(&patrol).unwrap();
-    (meeting, patrol)
+
+    let feedback = officer
+        .create_record(
+            "feedback",
+            "kibera",
+            kvs(&[
+                ("channel", "in_person"),
+                ("category", "complaint"),
+                ("about", "Noise from the bar"),
+                ("anonymous", "false"),
+                ("status", "received"),
+            ]),
+        )
+        .unwrap();
+    officer
+        .splice(
+            &feedback,
+            "description",
+            0,
+            0,
+            "Music until 3 am\nevery Friday.",
+        )
+        .unwrap();
+    officer
+        .follow_up(&feedback, "acknowledged", "Called the owner")
+        .unwrap();
+    officer.submit(&feedback).unwrap();
+    (meeting, patrol, feedback)
 }
 
 /// Words of the records that must never be in the page once signed out.
@@ -246,6 +274,8 @@ const RECORD_TEXT: &[&str] = &[
     "Queues at the kiosk",
     "floodlight",
     "Broken street light",
+    "Noise from the bar",
+    "Called the owner",
     "36.7876",
     "lia.achieng",
     "cpl.otieno",
@@ -287,17 +317,17 @@ fn assert_nothing_of_records(b: &Browser, after: &str) {
 async fn the_desk_shows_what_it_should_and_nothing_else() {
     let world = ReviewWorld::open().await;
     let (server, officer, liaison) = (&world.server, &world.officer, &world.liaison);
-    let (full, patrol) = full_records(officer);
+    let (full, patrol, feedback) = full_records(officer);
     liaison.sync().await;
     officer.sync().await;
     let witness = Witness::open(server).await;
     let rows = witness.rows().await;
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows.len(), 4, "{rows:?}");
     let conflicted = witness.record(&world.meeting).await;
 
     let url = server.url();
     let conflicted_id = world.meeting.clone();
-    let (full_id, patrol_id) = (full.clone(), patrol.clone());
+    let (full_id, patrol_id, feedback_id) = (full.clone(), patrol.clone(), feedback.clone());
     let page = tokio::task::spawn_blocking(move || {
         let b = Browser::start();
         b.set_window_size(1280, 900);
@@ -314,8 +344,8 @@ async fn the_desk_shows_what_it_should_and_nothing_else() {
 
         // Signed in: the queue.
         sign_in(&b, &url, "/review");
-        b.wait_until("the three submitted records", || {
-            (b.all("#queue li").len() == 3).then_some(())
+        b.wait_until("the four submitted records", || {
+            (b.all("#queue li").len() == 4).then_some(())
         });
         assert_views(&b, "signing in", false, true, false);
         assert!(b.is_displayed("#queue-pane") && b.is_displayed("#record"));
@@ -330,10 +360,10 @@ async fn the_desk_shows_what_it_should_and_nothing_else() {
             let css = format!("#queue li[data-id=\"{id}\"]");
             // The kind line is drawn in capitals.
             let text = b.text(&b.wait_for(&css)).to_lowercase();
-            let kind = if row["kind"] == "meeting" {
-                "meeting"
-            } else {
-                "patrol note"
+            let kind = match row["kind"].as_str().unwrap() {
+                "meeting" => "meeting",
+                "patrol_note" => "patrol note",
+                _ => "feedback",
             };
             assert!(text.contains(kind), "{kind} not in {text}");
             for key in ["area", "created_by"] {
@@ -497,6 +527,41 @@ async fn the_desk_shows_what_it_should_and_nothing_else() {
             .text_of("#fields tr[data-field=\"officer\"]")
             .unwrap_or_default();
         assert!(officer_row.contains("Officer") && officer_row.contains("cpl.otieno"));
+
+        // The feedback: enums by their labels, the follow-ups as a table.
+        b.click(&b.wait_for(&format!("#queue li[data-id=\"{feedback_id}\"]")));
+        wait_open(&b, "Noise from the bar");
+        let fields = b.text(&b.wait_for("#fields"));
+        for shown in [
+            "Channel In person",
+            "Category Complaint",
+            "About Noise from the bar",
+            "Anonymous No",
+            "Status Acknowledged",
+            "Follow-ups",
+        ] {
+            assert!(fields.contains(shown), "{shown} not in {fields}");
+        }
+        assert_eq!(
+            b.text_of("#fields tr[data-field=\"description\"] td")
+                .as_deref(),
+            Some("Music until 3 am\nevery Friday.")
+        );
+        let follow_ups = "#fields [data-field=\"follow_ups\"] table";
+        b.scroll_to(follow_ups);
+        assert!(b.is_displayed(follow_ups));
+        let table = b.text(&b.wait_for(follow_ups));
+        for cell in [
+            "When",
+            "By",
+            "Status",
+            "Note",
+            "Acknowledged",
+            "Called the owner",
+            "cpl.otieno",
+        ] {
+            assert!(table.contains(cell), "{cell} not in {table}");
+        }
 
         // The conflicted meeting: approval blocked, and said why.
         b.click(&b.wait_for(&format!("#queue li[data-id=\"{conflicted_id}\"]")));
@@ -720,6 +785,7 @@ async fn keyboard_only_at_a_phone_size_with_confirm_and_undo() {
 
         // `a` asks; Escape cancels.
         open(&k1.0, &k1.1);
+        save_screenshot(&b, "review-record-800x1280.png");
         b.press("a");
         b.wait_until("the confirmation", || {
             b.is_displayed("#confirm").then_some(())
