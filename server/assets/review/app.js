@@ -454,9 +454,20 @@ function queueItem(row, i) {
   return item;
 }
 
+// Marks for measuring (the benchmark reads them through WebDriver):
+// `baraza:row-shown:{id}` when a row first joins the open queue and
+// `baraza:record-render` for each time a record is drawn.
+function mark(name, start) {
+  try {
+    if (start === undefined) performance.mark(name);
+    else performance.measure(name, { start });
+  } catch (_) { /* no User Timing here */ }
+}
+
 function renderQueue() {
   const list = $("queue");
   const hadFocus = list.contains(document.activeElement);
+  if (!desk.first) for (const row of desk.rows) if (!desk.seen.has(row.id)) mark("baraza:row-shown:" + row.id);
   list.replaceChildren(...desk.rows.map(queueItem));
   for (const row of desk.rows) desk.seen.add(row.id);
   desk.first = false;
@@ -659,6 +670,7 @@ function restoreFocus(kept) {
 }
 
 function renderRecord(data) {
+  const started = performance.now();
   const view = $("record");
   const sameRecord = desk.current && desk.current.id === data.id && view.querySelector("[data-keep]");
   const kept = sameRecord ? keptInputs() : {};
@@ -694,6 +706,7 @@ function renderRecord(data) {
     el("h3", { text: t("record.history") }), historyView(data)];
   view.replaceChildren(...parts.filter((p) => p));
   restoreFocus(kept);
+  mark("baraza:record-render", started);
 }
 
 async function openRecord(id, quiet) {
