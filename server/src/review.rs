@@ -274,6 +274,10 @@ const CATALOGUES: [(&str, &str); 5] = [
     ("ar", include_str!("../assets/review/i18n/ar.json")),
 ];
 
+#[cfg(test)]
+#[path = "review_page_tests.rs"]
+mod page_tests;
+
 /// No inline script or style, nothing from elsewhere, no framing.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
@@ -339,10 +343,6 @@ pub fn page(
         .unify()
         .map(hardened)
 }
-
-#[cfg(test)]
-#[path = "review_page_tests.rs"]
-mod page_tests;
 
 /// The routes under `/review/api/`, logins behind the server's one `gate`.
 pub fn routes(
