@@ -282,6 +282,8 @@ function clearDesk() {
   clearTimeout(desk.liveTimer);
   clearTimeout(desk.typingTimer);
   desk.poll = desk.liveTimer = desk.typingTimer = null;
+  desk.liveRecord = false;
+  desk.who = null;
   if (desk.events) desk.events.close();
   desk.events = null;
   if (desk.pending) {
@@ -384,11 +386,17 @@ function startLive() {
   });
 }
 
+// Events coalesce: the first schedules one refresh a moment later and
+// those arriving meanwhile join it, so a burst costs one reload and the
+// first of them is not held back by the rest. `row` null: anything may
+// have changed (the stream is back after an outage).
 function liveChange(row) {
   const id = row && typeof row.id === "string" ? row.id : null;
-  desk.liveRecord = desk.liveRecord || (id && desk.current && desk.current.id === id);
-  clearTimeout(desk.liveTimer);
+  const current = desk.current && desk.current.id;
+  desk.liveRecord = desk.liveRecord || (row === null ? Boolean(current) : Boolean(id && id === current));
+  if (desk.liveTimer) return;
   desk.liveTimer = setTimeout(() => {
+    desk.liveTimer = null;
     const reopen = desk.liveRecord && desk.current;
     desk.liveRecord = false;
     loadQueue();
@@ -413,7 +421,10 @@ function rowTime(row) {
 
 async function loadQueue() {
   if (!desk.signedIn) return;
+  // Replies may come back out of order: only the latest asked is drawn.
+  const asked = (desk.queueAsked = (desk.queueAsked || 0) + 1);
   const { status, data } = await api("GET", "records?" + query());
+  if (asked !== desk.queueAsked) return;
   if (status !== 200 || !data || !Array.isArray(data.records)) {
     $("queue-status").textContent = t("queue.error", { status });
     return;
