@@ -445,7 +445,9 @@ function clockFlag(clock) {
   });
 }
 
-function queueItem(row, i) {
+// A row's element is kept from one refresh to the next (only its content
+// is redrawn), so a live update never pulls a row from under a click.
+function queueItem(row, i, existing) {
   const fresh = !desk.first && !desk.seen.has(row.id);
   const title = typeof row.title === "string" && row.title.trim() ? row.title : kindLabel(row.kind);
   const time = typeof row.submitted_at === "number"
@@ -456,12 +458,19 @@ function queueItem(row, i) {
     typeof row.comments === "number" ? el("span", { class: "comment-count", text: t("queue.comments", { n: row.comments }) }) : null,
     fresh ? el("span", { class: "new", text: t("queue.new") }) : null,
     clockFlag(row.clock));
-  const item = el("li", { role: "option", tabindex: "-1", "data-id": row.id, "aria-selected": String(i === desk.selected) },
+  let item = existing;
+  if (!item) {
+    item = el("li", { role: "option", tabindex: "-1", "data-id": row.id });
+    item.addEventListener("click", () => select(desk.rows.findIndex((r) => r.id === row.id), true));
+  }
+  item.setAttribute("aria-selected", String(i === desk.selected));
+  const content = [
     el("div", { class: "title" }, el("bdi", { text: title })),
     el("div", { class: "kind" }, kindLabel(row.kind) + " \u00b7 ", el("bdi", { text: row.area }), " \u00b7 " + enumLabel(row.state)),
     el("p", { class: "meta" }, tn("queue.by", { user: row.created_by || "" }), " \u00b7 ", time),
-    marks.childElementCount ? marks : null);
-  item.addEventListener("click", () => select(i, true));
+  ];
+  if (marks.childElementCount) content.push(marks);
+  item.replaceChildren(...content);
   return item;
 }
 
@@ -479,7 +488,13 @@ function renderQueue() {
   const list = $("queue");
   const hadFocus = list.contains(document.activeElement);
   if (!desk.first) for (const row of desk.rows) if (!desk.seen.has(row.id)) mark("baraza:row-shown:" + row.id);
-  list.replaceChildren(...desk.rows.map(queueItem));
+  const old = new Map([...list.children].map((li) => [li.dataset.id, li]));
+  const items = desk.rows.map((row, i) => queueItem(row, i, old.get(row.id)));
+  const keep = new Set(items);
+  for (const li of [...list.children]) if (!keep.has(li)) li.remove();
+  items.forEach((item, i) => {
+    if (list.children[i] !== item) list.insertBefore(item, list.children[i] || null);
+  });
   for (const row of desk.rows) desk.seen.add(row.id);
   desk.first = false;
   if (hadFocus && desk.selected >= 0) list.children[desk.selected].focus();
