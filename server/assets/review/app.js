@@ -296,6 +296,7 @@ function clearDesk() {
   desk.rows = [];
   desk.selected = -1;
   desk.current = null;
+  desk.currentSeen = null;
   desk.report = null;
   desk.seen = new Set();
   desk.first = true;
@@ -742,6 +743,11 @@ async function openRecord(id, quiet) {
       if (!quiet) $("record").replaceChildren(el("p", { class: "error", text: t("record.error", { status }) }));
       return;
     }
+    // A refresh that finds the record as drawn leaves the page alone
+    // (nothing moves under the supervisor's pointer).
+    const seen = JSON.stringify(data);
+    if (quiet && seen === desk.currentSeen) return;
+    desk.currentSeen = seen;
     renderRecord(data);
   }
 }
