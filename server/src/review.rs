@@ -282,6 +282,21 @@ struct ResolveRequest {
 const INDEX_HTML: &str = include_str!("../assets/review/index.html");
 const APP_JS: &str = include_str!("../assets/review/app.js");
 const APP_CSS: &str = include_str!("../assets/review/app.css");
+const FAVICON_SVG: &str = include_str!("../assets/review/favicon.svg");
+/// The page's interface strings, one flat `{"key": "text"}` catalogue per
+/// language (a translator edits these, not the code); English first, the
+/// fallback for a key another lacks (a test keeps them complete).
+const CATALOGUES: [(&str, &str); 5] = [
+    ("en", include_str!("../assets/review/i18n/en.json")),
+    ("fr", include_str!("../assets/review/i18n/fr.json")),
+    ("sw", include_str!("../assets/review/i18n/sw.json")),
+    ("pt", include_str!("../assets/review/i18n/pt.json")),
+    ("ar", include_str!("../assets/review/i18n/ar.json")),
+];
+
+#[cfg(test)]
+#[path = "review_page_tests.rs"]
+mod page_tests;
 
 /// No inline script or style, nothing from elsewhere, no framing.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
@@ -323,7 +338,30 @@ pub fn page(
     let css = warp::path!("review" / "app.css")
         .and(warp::get())
         .map(|| asset(APP_CSS, "text/css; charset=utf-8"));
-    index.or(js).unify().or(css).unify().map(hardened)
+    let favicon = warp::path!("review" / "favicon.svg")
+        .and(warp::get())
+        .map(|| asset(FAVICON_SVG, "image/svg+xml"));
+    let i18n = warp::path!("review" / "i18n" / String)
+        .and(warp::get())
+        .map(|file: String| {
+            let found = file
+                .strip_suffix(".json")
+                .and_then(|lang| CATALOGUES.iter().find(|(l, _)| *l == lang));
+            match found {
+                Some((_, body)) => asset(body, "application/json; charset=utf-8"),
+                None => error(StatusCode::NOT_FOUND, "no such language"),
+            }
+        });
+    index
+        .or(js)
+        .unify()
+        .or(css)
+        .unify()
+        .or(favicon)
+        .unify()
+        .or(i18n)
+        .unify()
+        .map(hardened)
 }
 
 /// `GET /` and `GET /favicon.ico`: to the desk, the one page this server

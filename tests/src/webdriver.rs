@@ -26,6 +26,45 @@ pub struct Browser {
     session: String,
 }
 
+/// The Enter key, for [`Browser::press`].
+pub const KEY_ENTER: char = '\u{E007}';
+/// The Escape key, for [`Browser::press`].
+pub const KEY_ESCAPE: char = '\u{E00C}';
+/// The Tab key, for [`Browser::press`].
+pub const KEY_TAB: char = '\u{E004}';
+
+/// How an element is drawn: its box (CSS pixels, from the viewport's
+/// top left) and its computed style.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendered {
+    /// Left edge.
+    pub x: f64,
+    /// Top edge.
+    pub y: f64,
+    /// Width.
+    pub width: f64,
+    /// Height.
+    pub height: f64,
+    /// Computed `display`.
+    pub display: String,
+    /// Computed `visibility`.
+    pub visibility: String,
+    /// `checkVisibility()`: neither it nor an ancestor is `display: none`,
+    /// `visibility: hidden` or fully transparent.
+    pub shown: bool,
+}
+
+impl Rendered {
+    /// Drawn with a box of some size (wherever it is).
+    pub fn is_drawn(&self) -> bool {
+        self.shown
+            && self.display != "none"
+            && self.visibility == "visible"
+            && self.width > 0.0
+            && self.height > 0.0
+    }
+}
+
 /// An element on the page.
 #[derive(Clone, Debug)]
 pub struct Element(String);
@@ -35,6 +74,16 @@ impl Browser {
     /// The server's development certificate is self-signed for tests, so
     /// the browser is told to accept it; TLS itself is tested elsewhere.
     pub fn start() -> Browser {
+        Browser::launch(None)
+    }
+
+    /// [`start`](Self::start) with the browser's preferred languages set
+    /// (`navigator.languages`, `Accept-Language`), e.g. `"fr-FR,fr"`.
+    pub fn start_with_languages(languages: &str) -> Browser {
+        Browser::launch(Some(languages))
+    }
+
+    fn launch(languages: Option<&str>) -> Browser {
         for tool in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 std::path::Path::new(tool).exists(),
@@ -67,6 +116,22 @@ impl Browser {
             assert!(Instant::now() < deadline, "chromedriver did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
+        let mut args = vec![
+            "--headless".to_string(),
+            "--no-sandbox".to_string(),
+            "--disable-gpu".to_string(),
+            "--disable-background-networking".to_string(),
+            "--disable-dev-shm-usage".to_string(),
+            "--window-size=1280,900".to_string(),
+        ];
+        let mut options = json!({ "binary": CHROMIUM });
+        if let Some(languages) = languages {
+            let first = languages.split(',').next().unwrap_or(languages);
+            args.push(format!("--lang={first}"));
+            args.push(format!("--accept-lang={languages}"));
+            options["prefs"] = json!({ "intl.accept_languages": languages });
+        }
+        options["args"] = json!(args);
         let created = browser
             .call(
                 "POST",
@@ -75,14 +140,7 @@ impl Browser {
                     "capabilities": { "alwaysMatch": {
                         "browserName": "chrome",
                         "acceptInsecureCerts": true,
-                        "goog:chromeOptions": {
-                            "binary": CHROMIUM,
-                            "args": [
-                                "--headless", "--no-sandbox", "--disable-gpu",
-                                "--disable-background-networking",
-                                "--disable-dev-shm-usage", "--window-size=1280,900",
-                            ],
-                        },
+                        "goog:chromeOptions": options,
                     }},
                 })),
             )
@@ -283,6 +341,143 @@ impl Browser {
             "/execute/async",
             Some(json!({ "script": script, "args": args })),
         )
+    }
+
+    /// Runs a script with arguments (`arguments[0]`, ...) and returns its value.
+    pub fn script_with(&self, script: &str, args: Value) -> Value {
+        self.command(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": args })),
+        )
+    }
+
+    /// Runs `source` in every page this browser opens from now on, before
+    /// the page's own scripts (Chromium's DevTools command through
+    /// chromedriver): a test stands in for a browser API with it.
+    pub fn on_new_document(&self, source: &str) {
+        self.command(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({
+                "cmd": "Page.addScriptToEvaluateOnNewDocument",
+                "params": { "source": source },
+            })),
+        );
+    }
+
+    /// Forgets every cookie of the current site (a session ended
+    /// elsewhere, as far as the page can tell).
+    pub fn delete_cookies(&self) {
+        self.command("DELETE", "/cookie", None);
+    }
+
+    /// The page's current markup, as the browser holds it.
+    pub fn source(&self) -> String {
+        self.command("GET", "/source", None)
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Resizes the window (the viewport follows in headless Chromium).
+    pub fn set_window_size(&self, width: u32, height: u32) {
+        self.command(
+            "POST",
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        );
+    }
+
+    /// The viewport's inner size in CSS pixels.
+    pub fn viewport(&self) -> (f64, f64) {
+        let v = self.script("return [window.innerWidth, window.innerHeight];");
+        (
+            v[0].as_f64().unwrap_or_default(),
+            v[1].as_f64().unwrap_or_default(),
+        )
+    }
+
+    /// How the first element matching `css` is drawn now, if there is one:
+    /// its box and computed style.
+    pub fn rendered(&self, css: &str) -> Option<Rendered> {
+        let v = self.script_with(
+            "const e = document.querySelector(arguments[0]);
+             if (!e) return null;
+             const r = e.getBoundingClientRect();
+             const s = getComputedStyle(e);
+             const shown = typeof e.checkVisibility === 'function'
+               ? e.checkVisibility({ checkOpacity: true, checkVisibilityCSS: true })
+               : e.getClientRects().length > 0;
+             return { x: r.left, y: r.top, width: r.width, height: r.height,
+                      display: s.display, visibility: s.visibility, opacity: s.opacity,
+                      shown };",
+            json!([css]),
+        );
+        if v.is_null() {
+            return None;
+        }
+        let number = |k: &str| v[k].as_f64().unwrap_or_default();
+        Some(Rendered {
+            x: number("x"),
+            y: number("y"),
+            width: number("width"),
+            height: number("height"),
+            display: v["display"].as_str().unwrap_or_default().to_string(),
+            visibility: v["visibility"].as_str().unwrap_or_default().to_string(),
+            shown: v["shown"] == true,
+        })
+    }
+
+    /// Whether the first element matching `css` is really drawn: it has a
+    /// box of some size, its computed style (and its ancestors') lets it
+    /// show, and some of it is inside the viewport.
+    pub fn is_displayed(&self, css: &str) -> bool {
+        let (width, height) = self.viewport();
+        self.rendered(css).is_some_and(|r| {
+            r.is_drawn()
+                && r.x < width
+                && r.y < height
+                && r.x + r.width > 0.0
+                && r.y + r.height > 0.0
+        })
+    }
+
+    /// Scrolls the first element matching `css` into view (as a person
+    /// scrolling down to it would), if there is one.
+    pub fn scroll_to(&self, css: &str) {
+        self.script_with(
+            "const e = document.querySelector(arguments[0]); if (e) e.scrollIntoView({ block: 'nearest' });",
+            json!([css]),
+        );
+    }
+
+    /// An attribute of the first element matching `css`, if both exist.
+    pub fn attribute(&self, css: &str, name: &str) -> Option<String> {
+        self.script_with(
+            "const e = document.querySelector(arguments[0]); return e ? e.getAttribute(arguments[1]) : null;",
+            json!([css, name]),
+        )
+        .as_str()
+        .map(str::to_string)
+    }
+
+    /// Presses keys one after another, as a person at the keyboard would,
+    /// into whatever has focus. Use [`KEY_ENTER`] and friends for the
+    /// special keys.
+    pub fn press(&self, keys: &str) {
+        let mut actions = Vec::new();
+        for key in keys.chars() {
+            actions.push(json!({ "type": "keyDown", "value": key.to_string() }));
+            actions.push(json!({ "type": "keyUp", "value": key.to_string() }));
+        }
+        self.command(
+            "POST",
+            "/actions",
+            Some(json!({ "actions": [
+                { "type": "key", "id": "keyboard", "actions": actions },
+            ]})),
+        );
     }
 
     /// A PNG of the viewport.

@@ -225,8 +225,9 @@ async fn a_tablet_twenty_years_ahead_is_merged_and_flagged_on_the_desk_and_in_ex
 
     // The desk's page shows the flag (the browser test sees it rendered).
     let script = desk.get("/review/app.js").await;
+    let strings = desk.get("/review/i18n/en.json").await;
     assert!(
-        script.contains("clock ahead: "),
+        strings.contains("clock ahead: ") && script.contains("clock.flag"),
         "the page has no flag text"
     );
     assert!(

@@ -1,8 +1,9 @@
 //! The review desk in a real browser (Debian's headless Chromium through
 //! chromedriver) against a real server: a supervisor signs in, opens a
 //! submitted record with a conflict, resolves it, returns it with a
-//! comment, approves another; after each step the test checks what the
-//! page shows and what the server stored. A record full of markup and
+//! comment, approves another (each decision confirmed, then sent after
+//! its undo window); after each step the test checks what the page shows
+//! and what the server stored. A record full of markup and
 //! script renders as inert text. The record view is saved as a screenshot.
 
 use baraza_tests::webdriver::Browser;
@@ -114,11 +115,20 @@ async fn a_supervisor_works_the_queue_in_a_browser() {
             .then_some(())
         });
 
-        // Return it with a comment.
+        // Return it with a comment: the page asks first, then waits a
+        // few seconds (with Undo) before it sends the decision.
         b.type_into(&b.wait_for("#return-comment"), "add the attendee count");
         b.click(&b.wait_for("#return"));
+        b.wait_until("the confirmation asked", || {
+            b.is_displayed("#confirm").then_some(())
+        });
+        b.click(&b.wait_for("#confirm-ok"));
+        b.wait_until("the undo window", || {
+            b.is_displayed("#pending").then_some(())
+        });
         b.wait_until("the record shown as returned", || {
-            (b.text_of("#review-state").as_deref() == Some("returned")).then_some(())
+            (b.attribute("#review-state", "data-state").as_deref() == Some("returned"))
+                .then_some(())
         });
         let comments = b.text(&b.wait_for("#comments"));
         assert!(
@@ -134,8 +144,13 @@ async fn a_supervisor_works_the_queue_in_a_browser() {
                 .map(|_| ())
         });
         b.click(&b.wait_for("#approve"));
+        b.wait_until("the confirmation asked", || {
+            b.is_displayed("#confirm").then_some(())
+        });
+        b.click(&b.wait_for("#confirm-ok"));
         b.wait_until("the patrol note shown as approved", || {
-            (b.text_of("#review-state").as_deref() == Some("approved")).then_some(())
+            (b.attribute("#review-state", "data-state").as_deref() == Some("approved"))
+                .then_some(())
         });
 
         // The report for command: meetings by area and month, and the
