@@ -25,6 +25,8 @@ const USER: &str = "review.bench";
 const AREAS: usize = 10;
 const SEED_DEVICES: usize = 8;
 const HISTORY: usize = 500;
+/// Attendees of the record the page is timed on.
+const ATTENDEES: usize = 200;
 const RUNS: usize = 20;
 
 fn push_frame(id: DocId, doc: &Automerge) -> anyhow::Result<Vec<u8>> {
@@ -94,6 +96,15 @@ impl Bench {
                     ops::review(&mut doc, "submitted", None, at(i))?;
                 }
                 if i == 0 {
+                    for n in 0..ATTENDEES {
+                        let attendee = [
+                            ("name", FieldValue::Str(format!("Attendee {n}"))),
+                            ("role", FieldValue::Str("resident".into())),
+                            ("gender", FieldValue::Str(["f", "m"][n % 2].into())),
+                            ("age_band", FieldValue::Str("25-34".into())),
+                        ];
+                        ops::append(&mut doc, "attendees", &attendee, at(n))?;
+                    }
                     for n in 0..HISTORY {
                         let place = FieldValue::Str(format!("Hall {n}"));
                         ops::set(&mut doc, "place", place, at(n))?;
@@ -191,7 +202,7 @@ impl Bench {
              {l1000_p50:.1} ms p50 / {l1000_p99:.1} ms p99; a record with {entries} history \
              entries opened (fields, conflicts, history) in {open_p50:.1} ms p50 / \
              {open_p99:.1} ms p99 ({RUNS} requests each, a new TLS connection each); \
-             the page shows it (request, building the view, layout) in {page_p50:.1} ms p50 / \
+             with {ATTENDEES} attendees, the page shows it (request, building the view, layout) in {page_p50:.1} ms p50 / \
              {page_p99:.1} ms p99 in headless Chromium"
         );
         Ok(Outcome {
@@ -204,6 +215,7 @@ impl Bench {
                 "list_rows": matching,
                 "list_rows_ms": { "p50": round3(l1000_p50), "p99": round3(l1000_p99) },
                 "history_entries": entries,
+                "attendees": ATTENDEES,
                 "open_record_ms": { "p50": round3(open_p50), "p99": round3(open_p99) },
                 "page_show_record_ms": page.map(|_| json!({ "p50": round3(page_p50), "p99": round3(page_p99) })),
             }),
