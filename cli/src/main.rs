@@ -1,4 +1,7 @@
 //! `baraza`: a scriptable command-line tablet over the client SDK.
+//!
+//! A crate of its own (`baraza-cli`) so the SDK an app embeds pulls in no
+//! clap, terminal or passphrase code; it uses only the SDK's public API.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
