@@ -723,7 +723,7 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                             .trim()
                             .parse()
                             .with_context(|| format!("accuracy {acc:?} is not whole metres"))?;
-                        Client::check_gps(lat, lon, acc)?;
+                        baraza_client::BaseClient::check_gps(lat, lon, acc)?;
                         Some((lat.trim(), lon.trim(), acc))
                     }
                     None => None,
