@@ -1,8 +1,12 @@
 //! Connecting to the server: TLS (rustls, trusting the configured CA file
 //! or the system's webpki roots are not bundled: a CA file is required for
-//! now) and the WebSocket upgrade with the device's bearer token.
+//! now), the WebSocket upgrade with the device's bearer token
+//! (tokio-tungstenite), and the small HTTPS calls (hyper's HTTP/1.1
+//! client). Every connect and exchange has a timeout and every reply a
+//! size bound, so a server that stalls or floods cannot hang the tablet.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -14,6 +18,14 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::error::ClientError;
+
+/// TCP and TLS together must be up within this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTPS exchange or the WebSocket upgrade must finish within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest HTTPS reply read (enrolment and rotation replies are a few
+/// hundred bytes); a larger one fails instead of filling memory.
+pub const REPLY_BYTES_MAX: usize = 64 * 1024;
 
 /// An open sync connection.
 pub type SyncSocket = WebSocketStream<TlsStream<TcpStream>>;
@@ -121,16 +133,7 @@ pub async fn connect(
         reason,
     };
     let config = tls_config(endpoint.ca_file.as_deref())?;
-    let name = ServerName::try_from(target.host.clone())
-        .map_err(|e| ClientError::BadUrl(endpoint.url.clone(), e.to_string()))?;
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| connect_err(e.to_string()))?;
-    let _ = tcp.set_nodelay(true);
-    let tls = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| connect_err(format!("TLS: {e}")))?;
+    let tls = tls_to(&endpoint.url, &target, config).await?;
     let mut request = target
         .ws_url
         .as_str()
@@ -143,7 +146,11 @@ pub async fn connect(
     let mut ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     ws_config.max_message_size = Some(frame_bytes_max.saturating_mul(4));
     ws_config.max_frame_size = Some(frame_bytes_max.saturating_mul(4));
-    match tokio_tungstenite::client_async_with_config(request, tls, Some(ws_config)).await {
+    let upgrade = tokio_tungstenite::client_async_with_config(request, tls, Some(ws_config));
+    let upgraded = tokio::time::timeout(REQUEST_TIMEOUT, upgrade)
+        .await
+        .map_err(|_| connect_err(format!("no WebSocket upgrade within {REQUEST_TIMEOUT:?}")))?;
+    match upgraded {
         Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let body = resp
@@ -161,8 +168,39 @@ pub async fn connect(
     }
 }
 
-/// A small HTTPS POST of a JSON body (enrolment), answered with the
-/// status and body. The server closes after the reply.
+/// Opens TCP then TLS to `target`, both within [`CONNECT_TIMEOUT`]: an
+/// unreachable server (a tablet on a captive portal, a dropped packet)
+/// fails the call instead of hanging it.
+async fn tls_to(
+    url: &str,
+    target: &Target,
+    config: rustls::ClientConfig,
+) -> Result<TlsStream<TcpStream>, ClientError> {
+    let connect_err = |reason: String| ClientError::Connect {
+        url: url.to_string(),
+        reason,
+    };
+    let name = ServerName::try_from(target.host.clone())
+        .map_err(|e| ClientError::BadUrl(url.to_string(), e.to_string()))?;
+    let open = async {
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| connect_err(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| connect_err(format!("TLS: {e}")))
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, open)
+        .await
+        .map_err(|_| connect_err(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+}
+
+/// A small HTTPS POST of a JSON body (enrolment, token rotation), answered
+/// with the status and body, through hyper's HTTP/1.1 client. The reply is
+/// bounded twice: at most [`REPLY_BYTES_MAX`] bytes, within
+/// [`REQUEST_TIMEOUT`].
 pub async fn post_json(
     url: &str,
     ca_file: &std::path::Path,
@@ -170,64 +208,55 @@ pub async fn post_json(
     body: &str,
     bearer: Option<&str>,
 ) -> Result<(u16, String), ClientError> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use http_body_util::{BodyExt, Full, Limited};
+    use hyper::body::Bytes;
+    use hyper::header;
+
     let target = parse(url)?;
     let connect_err = |reason: String| ClientError::Connect {
         url: url.to_string(),
         reason,
     };
     let config = tls_config(Some(ca_file))?;
-    let name = ServerName::try_from(target.host.clone())
-        .map_err(|e| ClientError::BadUrl(url.to_string(), e.to_string()))?;
-    let tcp = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| connect_err(e.to_string()))?;
-    let mut tls = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| connect_err(format!("TLS: {e}")))?;
-    let auth = bearer
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        target.host,
-        body.len()
-    );
-    tls.write_all(request.as_bytes())
-        .await
-        .map_err(|e| connect_err(e.to_string()))?;
-    let mut raw = Vec::new();
-    // A TLS close without close_notify still ends a Connection: close reply.
-    let _ = tls.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| connect_err("no HTTP answer".into()))?;
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = rest;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-                break;
-            };
-            if n == 0 || tail.len() < n {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            rest = tail[n..].trim_start_matches("\r\n");
+    let tls = tls_to(url, &target, config).await?;
+    let mut request = hyper::Request::post(path)
+        .header(header::HOST, target.host.as_str())
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONNECTION, "close");
+    if let Some(token) = bearer {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .map_err(|e| connect_err(format!("request: {e}")))?;
+    let exchange = async {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+        // The connection future does the socket's reading and writing; it
+        // ends when the server closes after its reply (Connection: close).
+        let driver = tokio::spawn(connection);
+        let reply = async {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            let status = response.status().as_u16();
+            let bytes = Limited::new(response.into_body(), REPLY_BYTES_MAX)
+                .collect()
+                .await
+                .map_err(|e| connect_err(format!("reply: {e}")))?
+                .to_bytes();
+            Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
         }
-        out
-    } else {
-        rest.to_string()
+        .await;
+        driver.abort();
+        reply
     };
-    Ok((status, body))
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| connect_err(format!("no reply within {REQUEST_TIMEOUT:?}")))?
 }
 
 #[cfg(test)]
@@ -244,5 +273,90 @@ mod tests {
         let t = parse("https://station.example").unwrap();
         assert_eq!(t.port, 443);
         assert!(parse("http://127.0.0.1:8443").is_err());
+    }
+
+    /// A CA file trusting a certificate for 127.0.0.1, and an acceptor
+    /// serving that certificate.
+    fn test_tls(dir: &std::path::Path) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use rustls::pki_types::PrivateKeyDer;
+
+        let mut ca_params = CertificateParams::default();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            )
+            .unwrap();
+        (ca_file, tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+
+    #[tokio::test]
+    async fn an_https_reply_over_the_bound_fails_instead_of_filling_memory() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_file, acceptor) = test_tls(dir.path());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = tls.read(&mut request).await;
+            let len = REPLY_BYTES_MAX + 1;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{}",
+                "x".repeat(len)
+            );
+            let _ = tls.write_all(reply.as_bytes()).await;
+            let _ = tls.shutdown().await;
+        });
+        let url = format!("https://127.0.0.1:{port}");
+        let err = post_json(&url, &ca_file, "/v1/enroll", "{}", None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Connect { reason, .. } if reason.starts_with("reply")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_https_reply_within_the_bound_is_read_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_file, acceptor) = test_tls(dir.path());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = tls.read(&mut request).await;
+            // Chunked, as hyper's server sends a streamed body.
+            let reply = "HTTP/1.1 409 Conflict\r\nTransfer-Encoding: chunked\r\n\r\n\
+                         5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+            let _ = tls.write_all(reply.as_bytes()).await;
+            let _ = tls.shutdown().await;
+        });
+        let url = format!("https://127.0.0.1:{port}");
+        let reply = post_json(&url, &ca_file, "/v1/token", "{}", Some("bz_t"))
+            .await
+            .unwrap();
+        assert_eq!(reply, (409, "hello world".to_string()));
     }
 }
