@@ -23,7 +23,7 @@ use baraza_protocol::{
     codec, docsync, to_heads, DocId, Head, Hello, Limits, Message, Push, Seq, StoreId, Welcome,
     PROTOCOL_VERSION,
 };
-use baraza_records::{ops, Header, Kind};
+use baraza_records::{ops, FieldValue, Header, Kind};
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -263,6 +263,25 @@ fn stamp(now_ms: i64) -> ops::Stamp<'static> {
     }
 }
 
+/// Sets a scalar field from its text as `Client::set` does: typed by the
+/// record's schema (the SDK's own helper is not public; the schema and the
+/// edit are `baraza-records`', which refuses a field the kind lacks).
+fn set_text(
+    doc: &mut Automerge,
+    field: &str,
+    value: &str,
+    at: ops::Stamp<'_>,
+) -> anyhow::Result<()> {
+    let kind = Header::read(doc)?.kind;
+    let spec = kind
+        .field(field)
+        .with_context(|| format!("a {} has no field {field:?}", kind.name()))?;
+    let typed = FieldValue::parse(spec.ty, value)
+        .map_err(|reason| anyhow::anyhow!("field {field}: {reason}"))?;
+    ops::set(doc, field, typed, at)?;
+    Ok(())
+}
+
 impl LightRecord {
     /// A new record made as the SDK's `Client::create` makes it: a meeting
     /// record's header (created by `device_id`) and skeleton in one change,
@@ -287,7 +306,7 @@ impl LightRecord {
         doc.set_actor(actor.clone());
         ops::create(&mut doc, &header, stamp(now))?;
         for (k, v) in fields {
-            baraza_client::record::set(&mut doc, k, v, stamp(now))?;
+            set_text(&mut doc, k, v, stamp(now))?;
         }
         Ok(LightRecord {
             id,
@@ -298,8 +317,7 @@ impl LightRecord {
 
     /// Sets a field in one change, as the SDK's `Client::set` does.
     pub fn set(&mut self, field: &str, value: &str) -> anyhow::Result<()> {
-        baraza_client::record::set(&mut self.doc, field, value, stamp(now_ms()))?;
-        Ok(())
+        set_text(&mut self.doc, field, value, stamp(now_ms()))
     }
 
     /// The encoded `Push` of this record's changes since its acknowledged

@@ -1,4 +1,6 @@
 //! The SDK's error type: one enum, with messages a person can act on.
+//! Shared by both layers (so an app matches one type), which is why it
+//! names network failures the base layer never returns.
 
 /// Anything an SDK call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +59,7 @@ pub enum ClientError {
     /// The device was retired or reported lost: its store is wiped. The
     /// report says what was wiped and what the server never received.
     #[error("this device was {} and its store wiped: {} records, {} never acknowledged by the server", .0.reason, .0.records.len(), .0.unacknowledged.len())]
-    Wiped(crate::sync::WipeReport),
+    Wiped(crate::base::WipeReport),
     /// The sync session failed.
     #[error("sync failed: {0}")]
     Sync(String),

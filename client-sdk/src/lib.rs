@@ -7,8 +7,23 @@
 //! [`baraza_protocol::ClientDriver`] over a TLS WebSocket; progress reaches
 //! the app through a [`SyncListener`].
 //!
+//! Two layers, as modules of this crate:
+//! - **base** ([`BaseClient`]): the sealed store, records, local edits and
+//!   reads, `status`, and the state the sync driver keeps (acknowledged
+//!   heads, unacknowledged records, refusals, the feed cursor). It does not
+//!   know the network: no URL, TLS, socket or server reply reaches it.
+//! - **net** ([`Client`]): the base plus a server: `configure`, `enroll`,
+//!   `sync_once`, `start_background`, the transport, token rotation and
+//!   the wipe the server orders. It does not know how records are stored,
+//!   sealed or typed; it drives the base through the crate-private store.
+//!
+//! A `Client` dereferences to its `BaseClient`, so an app holds one object.
+//! The store, seal, sync and transport internals are not public.
+//!
 //! Not here: the wire format and the reconciliation rules (in
-//! `baraza-protocol`), and anything the server decides.
+//! `baraza-protocol`), the record schemas (`baraza-records`), anything the
+//! server decides, and a terminal (the `baraza` CLI is the `baraza-cli`
+//! crate).
 //!
 //! Typical flow: `Client::open(dir, key)` (the 32-byte key from the
 //! platform keystore; the store is sealed with it on disk) →
@@ -20,17 +35,13 @@
 //! The public API is kept small and FFI-friendly (strings, integers, plain
 //! structs, one callback trait) for the UniFFI bindings to come.
 
-pub mod client;
-pub mod error;
-pub mod record;
-pub mod seal;
-pub mod store;
-pub mod sync;
-pub mod transport;
+mod base;
+mod error;
+mod net;
 
-pub use client::{BackgroundSync, Client, Enrolment, RefusedRecord, Status};
+pub use base::{
+    BaseClient, Content, Field, Record, RefusedRecord, Rejection, Status, Summary, WipeReport,
+    DEFAULT_OPEN_DEADLINE, KEY_LEN, STORE_OPEN_THREAD,
+};
 pub use error::ClientError;
-pub use record::{Content, Field, Record, Summary};
-pub use seal::KEY_LEN;
-pub use store::{Rejection, DEFAULT_OPEN_DEADLINE, STORE_OPEN_THREAD};
-pub use sync::{NoListener, SyncEvent, SyncListener, SyncReport, WipeReport};
+pub use net::{BackgroundSync, Client, Enrolment, NoListener, SyncEvent, SyncListener, SyncReport};

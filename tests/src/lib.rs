@@ -718,7 +718,7 @@ pub fn write_offline_ca(path: &Path) {
     std::fs::write(path, OFFLINE_CA).expect("write the CA file");
 }
 
-const OFFLINE_CA: &str = include_str!("../../client-sdk/tests/fixtures/ca.pem");
+const OFFLINE_CA: &str = include_str!("../../cli/tests/fixtures/ca.pem");
 
 /// A TLS client trusting only the CA in `ca` (the server's development CA).
 pub fn tls_connector(ca: &Path) -> tokio_rustls::TlsConnector {

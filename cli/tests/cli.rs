@@ -2,6 +2,9 @@
 //! shown and listed with no server, and survive the process ending. Its
 //! store is sealed under a key from a key file or a passphrase.
 
+// The damaged stores are written through the SDK; the SDK's own tests
+// (client-sdk/tests/damaged_store.rs) use the same ones, so one copy.
+#[path = "../../client-sdk/tests/damage/mod.rs"]
 mod damage;
 
 use std::io::Write;

@@ -1,4 +1,7 @@
 //! `baraza`: a scriptable command-line tablet over the client SDK.
+//!
+//! A crate of its own (`baraza-cli`) so the SDK an app embeds pulls in no
+//! clap, terminal or passphrase code; it uses only the SDK's public API.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -720,7 +723,7 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                             .trim()
                             .parse()
                             .with_context(|| format!("accuracy {acc:?} is not whole metres"))?;
-                        Client::check_gps(lat, lon, acc)?;
+                        baraza_client::BaseClient::check_gps(lat, lon, acc)?;
                         Some((lat.trim(), lon.trim(), acc))
                     }
                     None => None,

@@ -8,7 +8,7 @@
 //! store id, cursor, last sync). A local edit is flushed before the call
 //! that made it returns: the tablet forgets nothing it was told to record.
 //!
-//! Every value is sealed ([`crate::seal`]) under the key the app supplies,
+//! Every value is sealed ([`super::seal`]) under the key the app supplies,
 //! bound to its tree and sled key; keys (record ids, setting names) stay in
 //! the clear so lookups and scans work unchanged. The one plaintext value is
 //! the format marker in `meta`: the format version and a sealed constant,
@@ -35,8 +35,8 @@ use std::time::Duration;
 use automerge::{Automerge, ChangeHash};
 use baraza_protocol::{DeviceName, DocId, ErrorCode, Head, Replica, Seq, StoreId};
 
+use super::seal::Sealer;
 use crate::error::ClientError;
-use crate::seal::Sealer;
 
 mod open_guard;
 pub use open_guard::THREAD_NAME as STORE_OPEN_THREAD;
@@ -175,7 +175,9 @@ pub const DEFAULT_OPEN_DEADLINE: Duration = Duration::from_secs(20);
 impl LocalStore {
     /// Opens or creates the store in `dir`, sealed under `key` (32 bytes),
     /// giving up after [`DEFAULT_OPEN_DEADLINE`]; see
-    /// [`open_within`](Self::open_within).
+    /// [`open_within`](Self::open_within). Only this module's tests open a
+    /// store directly; the SDK opens through `BaseClient::open_within`.
+    #[cfg(test)]
     pub fn open(dir: &Path, key: &[u8]) -> Result<LocalStore, ClientError> {
         Self::open_within(dir, key, DEFAULT_OPEN_DEADLINE)
     }

@@ -1,6 +1,7 @@
-//! Driving a sync over the network: one connection runs a
-//! [`ClientDriver`] against the [`LocalStore`]; the background loop
-//! reconnects with exponential backoff and jitter.
+//! Driving a sync over the network: one connection runs the protocol's
+//! sans-IO [`ClientDriver`] against the base layer's [`LocalStore`] (its
+//! `Replica`), moving the driver's frames over the WebSocket; the
+//! background loop reconnects with exponential backoff and jitter.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +12,9 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use super::transport::{self, Endpoint};
+use crate::base::{wipe, LocalStore, WipeReport};
 use crate::error::ClientError;
-use crate::store::LocalStore;
-use crate::transport::{self, Endpoint};
 
 /// What a sync did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -28,37 +29,6 @@ pub struct SyncReport {
     pub refused: u64,
     /// Records still waiting for the server's acknowledgement.
     pub unacknowledged: u64,
-}
-
-/// What a wipe removed, for the app to show and report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct WipeReport {
-    /// `retired` (handed back: everything the server lacked was uploaded
-    /// first) or `revoked` (lost or stolen: nothing more was uploaded).
-    pub reason: String,
-    /// Every record id that was on the device.
-    pub records: Vec<String>,
-    /// Of those, the ones with changes the server never acknowledged:
-    /// after a retirement, only records the server refused.
-    pub unacknowledged: Vec<String>,
-}
-
-/// Wipes the store and says what went. The app should also delete the
-/// store's key from the platform keystore.
-pub(crate) fn wipe(store: &LocalStore, reason: &str) -> Result<WipeReport, ClientError> {
-    let (records, unacknowledged) = store.wipe()?;
-    let report = WipeReport {
-        reason: reason.to_string(),
-        records: records.iter().map(|id| id.to_string()).collect(),
-        unacknowledged: unacknowledged.iter().map(|id| id.to_string()).collect(),
-    };
-    tracing::warn!(
-        reason,
-        records = report.records.len(),
-        unacknowledged = report.unacknowledged.len(),
-        "local store wiped"
-    );
-    Ok(report)
 }
 
 /// Progress and outcome of syncing, for a UI.

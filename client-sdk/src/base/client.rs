@@ -1,24 +1,23 @@
-//! The SDK's front door: [`Client`]. Small on purpose: strings, numbers,
-//! plain structs and one listener trait, so UniFFI can carry it to Kotlin
-//! and Swift unchanged.
+//! The base layer's front door: [`BaseClient`], a tablet's records on the
+//! device. Opening the sealed store, every edit and read, `status` and the
+//! wipe work with no network at all; the networked [`Client`](crate::Client)
+//! is this plus a server to sync with.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use automerge::{ActorId, Automerge};
-use baraza_protocol::{DocId, Limits};
+use baraza_protocol::DocId;
 use serde::Serialize;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 use baraza_records::ops::Stamp;
 use baraza_records::{ops, FieldValue, Header, Kind};
 
+use super::record::{self, Record, Summary};
+use super::store::{LocalStore, Rejection, DEFAULT_OPEN_DEADLINE};
 use crate::error::ClientError;
-use crate::record::{self, Record, Summary};
-use crate::store::{LocalStore, Rejection};
-use crate::sync::{self, Mode, SyncListener, SyncReport};
-use crate::transport::Endpoint;
 
 /// What `status` shows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -47,50 +46,45 @@ pub struct RefusedRecord {
     pub rejection: Rejection,
 }
 
-/// What enrolment gave this tablet.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Enrolment {
-    /// The device's own token (kept in the store, never shown again).
-    #[serde(skip_serializing)]
-    pub token: String,
-    /// The device id.
-    pub device_id: String,
-    /// The user.
-    pub user: String,
-    /// Their role.
-    pub role: String,
-    /// Their areas.
-    pub areas: Vec<String>,
-    /// When the token expires (unix seconds); the SDK rotates it at half
-    /// its life, whenever it syncs.
-    #[serde(default)]
-    pub expires_at: Option<u64>,
-    /// True when the store's own device was enrolled again (its changes
-    /// not yet synced stay deliverable), false for a new device.
-    #[serde(default)]
-    pub reenrolled: bool,
+/// What a wipe removed, for the app to show and report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WipeReport {
+    /// `retired` (handed back: everything the server lacked was uploaded
+    /// first) or `revoked` (lost or stolen: nothing more was uploaded).
+    pub reason: String,
+    /// Every record id that was on the device.
+    pub records: Vec<String>,
+    /// Of those, the ones with changes the server never acknowledged:
+    /// after a retirement, only records the server refused.
+    pub unacknowledged: Vec<String>,
 }
 
-/// A background sync in progress; dropping it does not stop it, `stop` does.
-pub struct BackgroundSync {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+/// Wipes the store and says what went. The app should also delete the
+/// store's key from the platform keystore. Only the server decides that a
+/// device is wiped; the sync layer calls this when it says so.
+pub(crate) fn wipe(store: &LocalStore, reason: &str) -> Result<WipeReport, ClientError> {
+    let (records, unacknowledged) = store.wipe()?;
+    let report = WipeReport {
+        reason: reason.to_string(),
+        records: records.iter().map(|id| id.to_string()).collect(),
+        unacknowledged: unacknowledged.iter().map(|id| id.to_string()).collect(),
+    };
+    tracing::warn!(
+        reason,
+        records = report.records.len(),
+        unacknowledged = report.unacknowledged.len(),
+        "local store wiped"
+    );
+    Ok(report)
 }
 
-impl BackgroundSync {
-    /// Stops syncing and waits for the connection to close.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
-}
-
-/// A tablet's records and its link to the server.
+/// A tablet's records on the device, with no network: the base the
+/// networked [`Client`](crate::Client) is built on.
 #[derive(Clone)]
-pub struct Client {
-    store: LocalStore,
-    local_edits: Arc<Notify>,
-    limits: Limits,
+pub struct BaseClient {
+    pub(crate) store: LocalStore,
+    /// Woken by every local edit, so a sync in progress sends it.
+    pub(crate) local_edits: Arc<Notify>,
 }
 
 fn parse_id(id: &str) -> Result<DocId, ClientError> {
@@ -104,7 +98,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-impl Client {
+impl BaseClient {
     /// Opens (or creates) the device's store in `data_dir`. Every record,
     /// setting and sync state is sealed on disk under `key`: 32 bytes the
     /// app keeps in the platform keystore (Android Keystore, iOS Keychain),
@@ -116,8 +110,8 @@ impl Client {
     /// mistaken for a wrong key), and so is one that has not opened after
     /// [`DEFAULT_OPEN_DEADLINE`](crate::DEFAULT_OPEN_DEADLINE); see
     /// [`open_within`](Self::open_within).
-    pub fn open(data_dir: &Path, key: &[u8]) -> Result<Client, ClientError> {
-        Self::open_within(data_dir, key, crate::store::DEFAULT_OPEN_DEADLINE)
+    pub fn open(data_dir: &Path, key: &[u8]) -> Result<BaseClient, ClientError> {
+        Self::open_within(data_dir, key, DEFAULT_OPEN_DEADLINE)
     }
 
     /// [`open`](Self::open), giving up after `deadline` instead of the
@@ -131,148 +125,22 @@ impl Client {
         data_dir: &Path,
         key: &[u8],
         deadline: Duration,
-    ) -> Result<Client, ClientError> {
-        if key.len() != crate::seal::KEY_LEN {
+    ) -> Result<BaseClient, ClientError> {
+        if key.len() != super::seal::KEY_LEN {
             return Err(ClientError::KeyLength(key.len()));
         }
         std::fs::create_dir_all(data_dir).map_err(|e| ClientError::Store(sled::Error::Io(e)))?;
         let store = LocalStore::open_within(data_dir, key, deadline)?;
-        Ok(Client {
+        Ok(BaseClient {
             store,
             local_edits: Arc::new(Notify::new()),
-            limits: Limits::DEFAULT,
         })
-    }
-
-    /// Sets the server, the CA file to trust and the device token. The
-    /// token names the device; this install then authors its changes under
-    /// an actor id that starts with the device id, which is what the server
-    /// accepts from this device. `area` and `user` are what new records are
-    /// filed under until enrolment (issue 4) provides them.
-    pub fn configure(
-        &self,
-        server: &str,
-        ca_file: Option<&Path>,
-        token: &str,
-    ) -> Result<(), ClientError> {
-        crate::transport::check_endpoint(server, ca_file)?;
-        self.store.set_setting("server", server)?;
-        if let Some(ca) = ca_file {
-            let abs = std::fs::canonicalize(ca).map_err(|e| {
-                ClientError::Tls(format!("cannot read CA file {}: {e}", ca.display()))
-            })?;
-            self.store.set_setting("ca_file", &abs.to_string_lossy())?;
-        }
-        self.store.set_setting("token", token)?;
-        // A token set by hand has no known lifetime; enrolment notes it.
-        self.store.set_setting("token_issued_at", "")?;
-        self.store.set_setting("token_expires_at", "")?;
-        if let Some(device) = device_id_of(token) {
-            let actor = self.store.setting("actor")?.unwrap_or_default();
-            if self.store.setting("device_id")?.as_deref() != Some(device.as_str())
-                || !actor.starts_with(&device)
-            {
-                // A few random bytes after the device id keep two installs
-                // with the same token from reusing each other's sequence numbers.
-                let suffix: [u8; 8] = rand::random();
-                let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-                self.store.set_setting("actor", &format!("{device}{hex}"))?;
-                self.store.set_setting("device_id", &device)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Enrols this tablet: the user logs in once (online) and the server
-    /// issues the device its own token, tied to the user; the tablet then
-    /// files new records under the user and their first area. The password
-    /// is not kept.
-    ///
-    /// A store that already belongs to a device (one whose token expired,
-    /// say) asks for that same device again, so the changes it holds keep
-    /// their author and stay deliverable. The server refuses that for a
-    /// revoked or retired device, or one another user enrolled
-    /// ([`ClientError::EnrolRefused`]), and the store is left unchanged.
-    pub async fn enroll(
-        &self,
-        server: &str,
-        ca_file: &Path,
-        user: &str,
-        password: &str,
-        device_name: &str,
-    ) -> Result<Enrolment, ClientError> {
-        let mut body = serde_json::json!({
-            "user": user,
-            "password": password,
-            "device_name": device_name,
-        });
-        if let Some(device) = self.store.setting("device_id")? {
-            body["device_id"] = serde_json::Value::String(device);
-        }
-        let (status, reply) =
-            crate::transport::post_json(server, ca_file, "/v1/enroll", &body.to_string(), None)
-                .await?;
-        if status == 401 {
-            return Err(ClientError::Unauthorized(reply.trim().to_string()));
-        }
-        if status == 403 || status == 409 {
-            #[derive(serde::Deserialize)]
-            struct Refusal {
-                error: String,
-                rule: String,
-            }
-            if let Ok(refusal) = serde_json::from_str::<Refusal>(&reply) {
-                return Err(ClientError::EnrolRefused {
-                    rule: refusal.rule,
-                    message: refusal.error,
-                });
-            }
-        }
-        if status != 200 {
-            return Err(ClientError::Connect {
-                url: server.to_string(),
-                reason: format!("HTTP {status}: {}", reply.trim()),
-            });
-        }
-        let enrolment: Enrolment =
-            serde_json::from_str(&reply).map_err(|e| ClientError::Connect {
-                url: server.to_string(),
-                reason: format!("unreadable enrolment reply: {e}"),
-            })?;
-        self.configure(server, Some(ca_file), &enrolment.token)?;
-        if let Some(expires) = enrolment.expires_at {
-            crate::sync::note_token_life(&self.store, sync::now_secs(), expires)?;
-        }
-        let area = enrolment
-            .areas
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "unassigned".into());
-        self.set_identity(&enrolment.user, &area)?;
-        Ok(enrolment)
     }
 
     /// Sets who and where new records are filed under.
     pub fn set_identity(&self, user: &str, area: &str) -> Result<(), ClientError> {
         self.store.set_setting("user", user)?;
         self.store.set_setting("area", area)
-    }
-
-    fn endpoint(&self) -> Result<Endpoint, ClientError> {
-        let url = self
-            .store
-            .setting("server")?
-            .ok_or(ClientError::NotConfigured)?;
-        let token = self
-            .store
-            .setting("token")?
-            .ok_or(ClientError::NotConfigured)?;
-        let ca_file = self.store.setting("ca_file")?.map(PathBuf::from);
-        Ok(Endpoint {
-            url,
-            ca_file,
-            token,
-        })
     }
 
     fn actor(&self) -> Result<ActorId, ClientError> {
@@ -480,43 +348,6 @@ impl Client {
             cursor,
             server: self.store.setting("server")?,
         })
-    }
-
-    /// Syncs once: returns when everything local is acknowledged and
-    /// everything remote received, or with the reason it could not.
-    pub async fn sync_once(&self, listener: &dyn SyncListener) -> Result<SyncReport, ClientError> {
-        let endpoint = self.endpoint()?;
-        let (_tx, mut stop) = watch::channel(false);
-        listener.on_event(sync::SyncEvent::Connecting { attempt: 1 });
-        sync::run_connection(
-            &self.store,
-            &endpoint,
-            &self.limits,
-            Mode::Once,
-            &self.local_edits,
-            &mut stop,
-            listener,
-        )
-        .await
-    }
-
-    /// Starts syncing in the background (live changes, reconnect with
-    /// backoff) on the current tokio runtime.
-    pub fn start_background(
-        &self,
-        listener: Arc<dyn SyncListener>,
-    ) -> Result<BackgroundSync, ClientError> {
-        let endpoint = self.endpoint()?;
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(sync::run_background(
-            self.store.clone(),
-            endpoint,
-            self.limits.clone(),
-            self.local_edits.clone(),
-            stop_rx,
-            listener,
-        ));
-        Ok(BackgroundSync { stop, task })
     }
 
     fn kind_of(&self, id: DocId) -> Result<Kind, ClientError> {
@@ -747,14 +578,6 @@ fn gps_values(lat: &str, lon: &str, accuracy_m: i64) -> [(&'static str, FieldVal
         ("lon", FieldValue::Str(lon.trim().into())),
         ("accuracy_m", FieldValue::Int(accuracy_m)),
     ]
-}
-
-/// The device id a token carries (`bz_<device id>_<secret>`), if any.
-fn device_id_of(token: &str) -> Option<String> {
-    let rest = token.strip_prefix("bz_")?;
-    let (id, secret) = rest.split_once('_')?;
-    (id.len() == 32 && !secret.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| id.to_ascii_lowercase())
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {

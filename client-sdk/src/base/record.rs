@@ -69,7 +69,7 @@ pub struct Record {
     pub unacknowledged: bool,
     /// Set when the server refused this record's changes: they stay here,
     /// marked, until the user edits again or a supervisor sorts it out.
-    pub rejected: Option<crate::store::Rejection>,
+    pub rejected: Option<super::store::Rejection>,
     /// `draft`, `submitted`, `approved` or `returned`.
     pub review_state: String,
     /// What reviewers wrote with their decisions ("add the attendee count").
