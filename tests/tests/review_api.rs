@@ -6,7 +6,8 @@
 //! officer and a supervisor of another area get.
 
 use baraza_tests::{
-    https_request_with, HttpReply, ReviewWorld, ServerProcess, Tablet, HARNESS_PASSWORD,
+    https_request_with, DeskSession, HttpReply, ReviewWorld, ServerProcess, Tablet,
+    HARNESS_PASSWORD,
 };
 use serde_json::json;
 
@@ -14,11 +15,14 @@ fn kv(k: &str, v: &str) -> (String, String) {
     (k.to_string(), v.to_string())
 }
 
-/// A signed-in browser: its session cookie and CSRF token.
-struct Desk<'a> {
-    server: &'a ServerProcess,
-    cookie: String,
-    csrf: String,
+/// A supervisor's desk session whose cookie carries the flags a browser
+/// must be told.
+async fn open<'a>(server: &'a ServerProcess, user: &str) -> DeskSession<'a> {
+    let desk = DeskSession::open(server, user).await;
+    for flag in ["HttpOnly", "Secure", "SameSite=Strict"] {
+        assert!(desk.set_cookie.contains(flag), "{}", desk.set_cookie);
+    }
+    desk
 }
 
 async fn login(server: &ServerProcess, user: &str, password: &str) -> HttpReply {
@@ -32,50 +36,16 @@ async fn login(server: &ServerProcess, user: &str, password: &str) -> HttpReply 
     .await
 }
 
-impl<'a> Desk<'a> {
-    async fn open(server: &'a ServerProcess, user: &str) -> Desk<'a> {
-        let reply = login(server, user, HARNESS_PASSWORD).await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        let set_cookie = reply
-            .header("set-cookie")
-            .expect("a session cookie")
-            .to_string();
-        for flag in ["HttpOnly", "Secure", "SameSite=Strict"] {
-            assert!(set_cookie.contains(flag), "{set_cookie}");
-        }
-        let cookie = set_cookie.split(';').next().unwrap().to_string();
-        let csrf = reply.json()["csrf"].as_str().unwrap().to_string();
-        Desk {
-            server,
-            cookie,
-            csrf,
-        }
-    }
-
-    async fn get(&self, path: &str) -> HttpReply {
-        https_request_with(self.server, "GET", path, &[("Cookie", &self.cookie)], None).await
-    }
-
-    async fn post(&self, path: &str, body: serde_json::Value) -> HttpReply {
-        let headers = [
-            ("Cookie", self.cookie.as_str()),
-            ("X-CSRF-Token", self.csrf.as_str()),
-        ];
-        https_request_with(self.server, "POST", path, &headers, Some(&body)).await
-    }
-
-    async fn listed(&self, query: &str) -> Vec<String> {
-        let reply = self.get(&format!("/review/api/records{query}")).await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        let mut ids: Vec<String> = reply.json()["records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["id"].as_str().unwrap().to_string())
-            .collect();
-        ids.sort();
-        ids
-    }
+/// The ids listed for `query`, sorted.
+async fn listed(desk: &DeskSession<'_>, query: &str) -> Vec<String> {
+    let mut ids: Vec<String> = desk
+        .rows(query)
+        .await
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +81,7 @@ async fn a_supervisor_reviews_resolves_returns_and_approves_through_the_api() {
         (wrong.status, &wrong.body)
     );
     assert!(officer_login.header("set-cookie").is_none());
-    let desk = Desk::open(server, "sgt.wanjiru").await;
+    let desk = open(server, "sgt.wanjiru").await;
     assert_eq!(
         https_request_with(server, "GET", "/review/api/records", &[], None)
             .await
@@ -123,13 +93,13 @@ async fn a_supervisor_reviews_resolves_returns_and_approves_through_the_api() {
     // Listing and filters.
     let mut submitted = vec![meeting.clone(), patrol.clone()];
     submitted.sort();
-    assert_eq!(desk.listed("?state=submitted").await, submitted);
-    assert_eq!(desk.listed("?kind=meeting").await, vec![meeting.clone()]);
-    assert_eq!(desk.listed("?state=draft").await, vec![draft.clone()]);
-    assert_eq!(desk.listed("?q=LIGHTING").await, vec![meeting.clone()]);
-    assert!(desk.listed("?area=westlands").await.is_empty());
-    assert!(desk.listed("?from=99999999999999").await.is_empty());
-    assert_eq!(desk.listed("?to=0").await, Vec::<String>::new());
+    assert_eq!(listed(&desk, "?state=submitted").await, submitted);
+    assert_eq!(listed(&desk, "?kind=meeting").await, vec![meeting.clone()]);
+    assert_eq!(listed(&desk, "?state=draft").await, vec![draft.clone()]);
+    assert_eq!(listed(&desk, "?q=LIGHTING").await, vec![meeting.clone()]);
+    assert!(listed(&desk, "?area=westlands").await.is_empty());
+    assert!(listed(&desk, "?from=99999999999999").await.is_empty());
+    assert_eq!(listed(&desk, "?to=0").await, Vec::<String>::new());
 
     // The record with its conflict, each value with its author.
     let view = desk
@@ -198,8 +168,11 @@ async fn a_supervisor_reviews_resolves_returns_and_approves_through_the_api() {
         )
         .await;
     assert_eq!(approved.status, 200, "{}", approved.body);
-    assert_eq!(desk.listed("?state=returned").await, vec![meeting.clone()]);
-    assert_eq!(desk.listed("?state=approved").await, vec![patrol.clone()]);
+    assert_eq!(
+        listed(&desk, "?state=returned").await,
+        vec![meeting.clone()]
+    );
+    assert_eq!(listed(&desk, "?state=approved").await, vec![patrol.clone()]);
     let figures = desk.get("/review/api/indicators").await.json();
     assert_eq!(figures["decided"], 2, "{figures}");
     assert_eq!(figures["returned_at_least_once"], 1);
@@ -224,8 +197,8 @@ async fn a_supervisor_reviews_resolves_returns_and_approves_through_the_api() {
     );
 
     // A supervisor of another area sees none of it and decides nothing.
-    let away = Desk::open(server, "sgt.kamau").await;
-    assert!(away.listed("").await.is_empty());
+    let away = open(server, "sgt.kamau").await;
+    assert!(listed(&away, "").await.is_empty());
     assert_eq!(
         away.get(&format!("/review/api/records/{meeting}"))
             .await
@@ -351,7 +324,7 @@ async fn exports_parse_hold_the_right_rows_and_leave_contacts_out_unless_asked()
         .unwrap();
     assert_eq!(officer.sync().await.refused, 0);
 
-    let desk = Desk::open(&server, "sgt.wanjiru").await;
+    let desk = open(&server, "sgt.wanjiru").await;
 
     let reply = desk.get("/review/api/export.csv?kind=meeting").await;
     assert_eq!(reply.status, 200, "{}", reply.body);

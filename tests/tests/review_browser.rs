@@ -7,50 +7,11 @@
 //! script renders as inert text. The record view is saved as a screenshot.
 
 use baraza_tests::webdriver::Browser;
-use baraza_tests::{https_request_with, ReviewWorld, ServerProcess, HARNESS_PASSWORD};
+use baraza_tests::{DeskSession, ReviewWorld, HARNESS_PASSWORD};
 use serde_json::json;
 
 fn kv(k: &str, v: &str) -> (String, String) {
     (k.to_string(), v.to_string())
-}
-
-/// What the server holds of a record, read through the review API as a
-/// second, independent supervisor session.
-struct Witness<'a> {
-    server: &'a ServerProcess,
-    cookie: String,
-}
-
-impl<'a> Witness<'a> {
-    async fn open(server: &'a ServerProcess) -> Witness<'a> {
-        let reply = https_request_with(
-            server,
-            "POST",
-            "/review/api/login",
-            &[],
-            Some(&json!({ "user": "sgt.wanjiru", "password": HARNESS_PASSWORD })),
-        )
-        .await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        let cookie = reply.header("set-cookie").unwrap();
-        Witness {
-            server,
-            cookie: cookie.split(';').next().unwrap().to_string(),
-        }
-    }
-
-    async fn record(&self, id: &str) -> serde_json::Value {
-        let reply = https_request_with(
-            self.server,
-            "GET",
-            &format!("/review/api/records/{id}"),
-            &[("Cookie", &self.cookie)],
-            None,
-        )
-        .await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        reply.json()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +30,7 @@ async fn a_supervisor_works_the_queue_in_a_browser() {
     officer.submit(&probe).unwrap();
     liaison.sync().await;
     officer.sync().await;
-    let witness = Witness::open(server).await;
+    let witness = DeskSession::open(server, "sgt.wanjiru").await;
 
     // The browser is driven from a blocking thread: WebDriver calls wait.
     let url = server.url();

@@ -11,9 +11,7 @@
 use std::time::{Duration, Instant};
 
 use baraza_tests::sse::{EventStream, Sse};
-use baraza_tests::{
-    https_request_with, HttpReply, ReviewWorld, ServerProcess, Tablet, HARNESS_PASSWORD,
-};
+use baraza_tests::{https_request_with, DeskSession, ReviewWorld, ServerProcess, Tablet};
 use serde_json::json;
 
 fn kv(k: &str, v: &str) -> (String, String) {
@@ -27,67 +25,13 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// A signed-in browser: its session cookie and CSRF token.
-struct Desk<'a> {
-    server: &'a ServerProcess,
-    cookie: String,
-    csrf: String,
-}
-
-impl<'a> Desk<'a> {
-    async fn open(server: &'a ServerProcess, user: &str) -> Desk<'a> {
-        let reply = https_request_with(
-            server,
-            "POST",
-            "/review/api/login",
-            &[],
-            Some(&json!({ "user": user, "password": HARNESS_PASSWORD })),
-        )
-        .await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        let cookie = reply
-            .header("set-cookie")
-            .and_then(|c| c.split(';').next())
-            .expect("a session cookie")
-            .to_string();
-        let csrf = reply.json()["csrf"].as_str().unwrap().to_string();
-        Desk {
-            server,
-            cookie,
-            csrf,
-        }
-    }
-
-    async fn get(&self, path: &str) -> HttpReply {
-        https_request_with(self.server, "GET", path, &[("Cookie", &self.cookie)], None).await
-    }
-
-    async fn post(&self, path: &str, body: serde_json::Value) -> HttpReply {
-        let headers = [
-            ("Cookie", self.cookie.as_str()),
-            ("X-CSRF-Token", self.csrf.as_str()),
-        ];
-        https_request_with(self.server, "POST", path, &headers, Some(&body)).await
-    }
-
-    /// The list row of `id` (which must be listed).
-    async fn row(&self, id: &str) -> serde_json::Value {
-        let reply = self.get("/review/api/records").await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        reply.json()["records"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["id"] == id)
-            .cloned()
-            .unwrap_or_else(|| panic!("{id} is not listed: {}", reply.body))
-    }
-
-    async fn view(&self, id: &str) -> serde_json::Value {
-        let reply = self.get(&format!("/review/api/records/{id}")).await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        reply.json()
-    }
+/// The list row of `id` (which must be listed).
+async fn listed_row(desk: &DeskSession<'_>, id: &str) -> serde_json::Value {
+    let rows = desk.rows("").await;
+    rows.iter()
+        .find(|r| r["id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("{id} is not listed: {rows:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,11 +62,11 @@ async fn the_queue_tells_records_apart_conflicts_name_devices_and_approval_waits
         .unwrap();
     assert_eq!(liaison.sync().await.refused, 0);
     assert_eq!(officer.sync().await.refused, 0);
-    let desk = Desk::open(server, "sgt.wanjiru").await;
+    let desk = DeskSession::open(server, "sgt.wanjiru").await;
 
     // The queue: titles by kind, the submitted time, the conflict marker,
     // the comment count; old keys still there.
-    let row = desk.row(&meeting).await;
+    let row = listed_row(&desk, &meeting).await;
     assert_eq!(row["title"], "Street lighting baraza", "{row}");
     assert_eq!(row["conflicts"], true, "{row}");
     assert_eq!(row["comments"], 0, "{row}");
@@ -142,23 +86,23 @@ async fn the_queue_tells_records_apart_conflicts_name_devices_and_approval_waits
     ] {
         assert!(row.get(key).is_some(), "{key} missing from {row}");
     }
-    let row = desk.row(&patrol).await;
+    let row = listed_row(&desk, &patrol).await;
     assert_eq!(
         (&row["title"], &row["conflicts"]),
         (&json!("B4"), &json!(false))
     );
     assert!(row["submitted_at"].is_i64(), "{row}");
-    let row = desk.row(&feedback).await;
+    let row = listed_row(&desk, &feedback).await;
     assert_eq!(row["title"], "Noise at night");
     assert!(row["submitted_at"].is_null(), "a draft: {row}");
     // Contact details never make a title.
-    let row = desk.row(&contact).await;
+    let row = listed_row(&desk, &contact).await;
     assert!(row["title"].is_null(), "{row}");
     let listing = desk.get("/review/api/records").await.body;
     assert!(!listing.contains("722 000 111"), "{listing}");
 
     // Each conflicting value names its device, and so does the history.
-    let view = desk.view(&meeting).await;
+    let view = desk.record(&meeting).await;
     let conflict = &view["conflicts"][0];
     assert_eq!(conflict["path"], "place", "{view}");
     let mut named: Vec<(String, String)> = conflict["values"]
@@ -206,7 +150,7 @@ async fn the_queue_tells_records_apart_conflicts_name_devices_and_approval_waits
         error.starts_with("resolve the conflicts first") && error.contains("place"),
         "{error}"
     );
-    let view = desk.view(&meeting).await;
+    let view = desk.record(&meeting).await;
     assert_eq!(view["review_state"], "submitted");
     assert_eq!(view["history"].as_array().unwrap().len(), history.len());
     assert!(!server
@@ -232,7 +176,7 @@ async fn the_queue_tells_records_apart_conflicts_name_devices_and_approval_waits
         Some("unresolved_conflict"),
         "{refusal:?}"
     );
-    assert_eq!(desk.view(&meeting).await["review_state"], "submitted");
+    assert_eq!(desk.record(&meeting).await["review_state"], "submitted");
 
     // Resolved, it is approved; the desk's changes are the review desk's.
     let resolved = desk
@@ -242,7 +186,7 @@ async fn the_queue_tells_records_apart_conflicts_name_devices_and_approval_waits
         )
         .await;
     assert_eq!(resolved.status, 200, "{}", resolved.body);
-    assert_eq!(desk.row(&meeting).await["conflicts"], false);
+    assert_eq!(listed_row(&desk, &meeting).await["conflicts"], false);
     let approved = desk
         .post(
             &path,
@@ -250,14 +194,14 @@ async fn the_queue_tells_records_apart_conflicts_name_devices_and_approval_waits
         )
         .await;
     assert_eq!(approved.status, 200, "{}", approved.body);
-    let row = desk.row(&meeting).await;
+    let row = listed_row(&desk, &meeting).await;
     assert_eq!(row["state"], "approved", "{row}");
     assert_eq!(row["comments"], 1, "{row}");
     assert_eq!(
         row["submitted_at"], submitted_at,
         "the submission stays on record"
     );
-    let view = desk.view(&meeting).await;
+    let view = desk.record(&meeting).await;
     let last = view["history"].as_array().unwrap().last().cloned().unwrap();
     assert_eq!(last["device_name"], "review desk", "{last}");
     assert_eq!(last["user"], "sgt.wanjiru");
@@ -297,7 +241,7 @@ async fn a_supervisors_stream_brings_their_areas_records_and_nothing_else() {
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     assert!(stream.is_none());
 
-    let desk = Desk::open(&server, "sgt.wanjiru").await;
+    let desk = DeskSession::open(&server, "sgt.wanjiru").await;
     let (head, stream) = EventStream::open(&server, Some(&desk.cookie)).await;
     let mut stream = stream.unwrap_or_else(|| panic!("no stream: {head}"));
     assert!(
@@ -339,7 +283,7 @@ async fn a_supervisors_stream_brings_their_areas_records_and_nothing_else() {
     assert!(row.get("clock").is_some(), "{row}");
 
     // The same row the list shows.
-    let listed = desk.row(&shown).await;
+    let listed = listed_row(&desk, &shown).await;
     assert_eq!(listed, row);
 
     // A change to it comes as its row again.
@@ -443,8 +387,10 @@ async fn the_root_and_favicon_redirect_head_answers_and_exports_write_iso_times(
         .set_gps(&patrol, 0, "-1.3133", "36.7869", 12)
         .unwrap();
     assert_eq!(officer.sync().await.refused, 0);
-    let desk = Desk::open(&server, "sgt.wanjiru").await;
-    let created_ms = desk.row(&meeting).await["created_at"].as_i64().unwrap();
+    let desk = DeskSession::open(&server, "sgt.wanjiru").await;
+    let created_ms = listed_row(&desk, &meeting).await["created_at"]
+        .as_i64()
+        .unwrap();
     let csv = desk.get("/review/api/export.csv?kind=meeting").await.body;
     let lines: Vec<&str> = csv.lines().collect();
     let head: Vec<&str> = lines[0].split(',').collect();
@@ -510,14 +456,14 @@ async fn records_stored_before_list_summaries_list_at_once_and_get_theirs_after_
         db.flush().unwrap();
     }
     server.restart();
-    let desk = Desk::open(&server, "sgt.wanjiru").await;
+    let desk = DeskSession::open(&server, "sgt.wanjiru").await;
     // It lists (with the defaults, or already filled in), and is filled
     // in soon after the start without a write.
-    let row = desk.row(&patrol).await;
+    let row = listed_row(&desk, &patrol).await;
     assert_eq!(row["state"], "submitted", "{row}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let row = desk.row(&patrol).await;
+        let row = listed_row(&desk, &patrol).await;
         if row["title"] == "B9" {
             assert!(row["submitted_at"].is_i64(), "{row}");
             assert_eq!(row["conflicts"], false);

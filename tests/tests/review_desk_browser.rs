@@ -10,8 +10,10 @@
 use std::time::{Duration, Instant};
 
 use baraza_tests::webdriver::{Browser, KEY_ENTER, KEY_ESCAPE, KEY_TAB};
-use baraza_tests::{https_request_with, ReviewWorld, ServerProcess, Tablet, HARNESS_PASSWORD};
-use serde_json::{json, Value};
+use baraza_tests::{
+    https_request_with, DeskSession, ReviewWorld, ServerProcess, Tablet, HARNESS_PASSWORD,
+};
+use serde_json::json;
 
 fn kv(k: &str, v: &str) -> (String, String) {
     (k.to_string(), v.to_string())
@@ -22,50 +24,6 @@ fn kvs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 const SUPERVISOR: &str = "sgt.wanjiru";
-
-/// What the server holds, read through the review API as a second,
-/// independent supervisor session.
-struct Witness<'a> {
-    server: &'a ServerProcess,
-    cookie: String,
-}
-
-impl<'a> Witness<'a> {
-    async fn open(server: &'a ServerProcess) -> Witness<'a> {
-        let reply = https_request_with(
-            server,
-            "POST",
-            "/review/api/login",
-            &[],
-            Some(&json!({ "user": SUPERVISOR, "password": HARNESS_PASSWORD })),
-        )
-        .await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        let cookie = reply.header("set-cookie").unwrap();
-        Witness {
-            server,
-            cookie: cookie.split(';').next().unwrap().to_string(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let reply =
-            https_request_with(self.server, "GET", path, &[("Cookie", &self.cookie)], None).await;
-        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
-        reply.json()
-    }
-
-    async fn record(&self, id: &str) -> Value {
-        self.get(&format!("/review/api/records/{id}")).await
-    }
-
-    async fn rows(&self) -> Vec<Value> {
-        self.get("/review/api/records?state=submitted").await["records"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-}
 
 /// Where screenshots go: `tmp/` in the target directory (Cargo's
 /// `CARGO_TARGET_TMPDIR`), for a person to look at.
@@ -320,8 +278,8 @@ async fn the_desk_shows_what_it_should_and_nothing_else() {
     let (full, patrol, feedback) = full_records(officer);
     liaison.sync().await;
     officer.sync().await;
-    let witness = Witness::open(server).await;
-    let rows = witness.rows().await;
+    let witness = DeskSession::open(server, SUPERVISOR).await;
+    let rows = witness.rows("?state=submitted").await;
     assert_eq!(rows.len(), 4, "{rows:?}");
     let conflicted = witness.record(&world.meeting).await;
 
@@ -701,7 +659,7 @@ async fn keyboard_only_at_a_phone_size_with_confirm_and_undo() {
     }
     liaison.sync().await;
     officer.sync().await;
-    let witness = Witness::open(server).await;
+    let witness = DeskSession::open(server, SUPERVISOR).await;
 
     let url = server.url();
     let beats: Vec<(String, String)> = ids

@@ -11,8 +11,8 @@ use automerge::{ActorId, Automerge, ObjId, ObjType, ReadDoc, ROOT};
 use baraza_protocol::{to_heads, DocId, ErrorCode, Head, Message};
 use baraza_records::ops;
 use baraza_tests::{
-    actor_for, device_of, https_get, https_request_with, push_since, HttpReply, RawConnection,
-    ServerProcess, Tablet, HARNESS_PASSWORD,
+    actor_for, device_of, https_get, push_since, DeskSession, HttpReply, RawConnection,
+    ServerProcess, Tablet,
 };
 use serde_json::json;
 
@@ -91,46 +91,10 @@ async fn refused(
     assert!(error.message.contains("review"), "{error:?}");
 }
 
-/// The review desk, signed in as the supervisor.
-struct Desk<'a> {
-    server: &'a ServerProcess,
-    cookie: String,
-    csrf: String,
-}
-
-impl<'a> Desk<'a> {
-    async fn open(server: &'a ServerProcess, user: &str) -> Desk<'a> {
-        let reply = https_request_with(
-            server,
-            "POST",
-            "/review/api/login",
-            &[],
-            Some(&json!({ "user": user, "password": HARNESS_PASSWORD })),
-        )
-        .await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        let cookie = reply
-            .header("set-cookie")
-            .and_then(|c| c.split(';').next())
-            .expect("a session cookie")
-            .to_string();
-        let csrf = reply.json()["csrf"].as_str().unwrap().to_string();
-        Desk {
-            server,
-            cookie,
-            csrf,
-        }
-    }
-
-    async fn decide(&self, id: &str, decision: &str, comment: &str) -> HttpReply {
-        let headers = [
-            ("Cookie", self.cookie.as_str()),
-            ("X-CSRF-Token", self.csrf.as_str()),
-        ];
-        let body = json!({ "decision": decision, "comment": comment });
-        let path = format!("/review/api/records/{id}/decision");
-        https_request_with(self.server, "POST", &path, &headers, Some(&body)).await
-    }
+async fn decide(desk: &DeskSession<'_>, id: &str, decision: &str, comment: &str) -> HttpReply {
+    let body = json!({ "decision": decision, "comment": comment });
+    desk.post(&format!("/review/api/records/{id}/decision"), body)
+        .await
 }
 
 /// The record through `GET /v1/records/{id}`.
@@ -198,8 +162,8 @@ async fn an_officers_device_cannot_forge_rewrite_or_undo_a_supervisors_review() 
         (0, 0),
         "{report:?}"
     );
-    let desk = Desk::open(&server, SUPERVISOR).await;
-    let returned = desk.decide(&id_text, "returned", RETURN_COMMENT).await;
+    let desk = DeskSession::open(&server, SUPERVISOR).await;
+    let returned = decide(&desk, &id_text, "returned", RETURN_COMMENT).await;
     assert_eq!(returned.status, 200, "{}", returned.body);
     let id: DocId = id_text.parse().unwrap();
 
@@ -305,7 +269,7 @@ async fn an_officers_device_cannot_forge_rewrite_or_undo_a_supervisors_review() 
         view(&server, sergeant.token(), &id_text).await["review_state"],
         "submitted"
     );
-    let approved = desk.decide(&id_text, "approved", "complete now").await;
+    let approved = decide(&desk, &id_text, "approved", "complete now").await;
     assert_eq!(approved.status, 200, "{}", approved.body);
 
     // Undoing the approval: outright, or by a resubmission made on the
