@@ -3,6 +3,7 @@
 //! when (history).
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 use automerge::{
     ActorId, Automerge, ChangeHash, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, ROOT,
@@ -83,11 +84,19 @@ fn who(doc: &Automerge, id: &ObjId) -> (String, i64, Option<String>) {
     (actor, time, user)
 }
 
-fn collect(doc: &Automerge, obj: &ObjId, prefix: &str, out: &mut Vec<Conflict>) {
+/// Walks every field of `obj` (nested ones included) that holds more than
+/// one value, giving `found` its dotted path and values, until `found`
+/// breaks.
+fn each_conflict(
+    doc: &Automerge,
+    obj: &ObjId,
+    prefix: &str,
+    found: &mut impl FnMut(String, &[(Value<'_>, ObjId)]) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     let props: Vec<Prop> = match doc.object_type(obj) {
         Ok(ObjType::Map) | Ok(ObjType::Table) => doc.keys(obj).map(Prop::Map).collect(),
         Ok(ObjType::List) => (0..doc.length(obj)).map(Prop::Seq).collect(),
-        _ => return,
+        _ => return ControlFlow::Continue(()),
     };
     for prop in props {
         let name = match &prop {
@@ -101,30 +110,14 @@ fn collect(doc: &Automerge, obj: &ObjId, prefix: &str, out: &mut Vec<Conflict>) 
         };
         let values = doc.get_all(obj, prop).unwrap_or_default();
         if values.len() > 1 {
-            let n = values.len();
-            out.push(Conflict {
-                path: path.clone(),
-                values: values
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (v, id))| {
-                        let (actor, time, user) = who(doc, id);
-                        ConflictValue {
-                            value: show(doc, v, id),
-                            actor,
-                            time,
-                            user,
-                            winner: i + 1 == n,
-                        }
-                    })
-                    .collect(),
-            });
+            found(path.clone(), &values)?;
         }
         // Recurse into the value shown, where edits keep happening.
         if let Some((Value::Object(ObjType::Map | ObjType::List), child)) = values.last().cloned() {
-            collect(doc, &child, &path, out);
+            each_conflict(doc, &child, &path, found)?;
         }
     }
+    ControlFlow::Continue(())
 }
 
 /// The record's review state (`draft` if it has none).
@@ -231,8 +224,35 @@ pub fn submitted_at(doc: &Automerge) -> Option<i64> {
 /// Every conflicted field of a record, nested ones included.
 pub fn conflicts(doc: &Automerge) -> Vec<Conflict> {
     let mut out = Vec::new();
-    collect(doc, &ROOT, "", &mut out);
+    let _ = each_conflict(doc, &ROOT, "", &mut |path, values| {
+        let n = values.len();
+        out.push(Conflict {
+            path,
+            values: values
+                .iter()
+                .enumerate()
+                .map(|(i, (v, id))| {
+                    let (actor, time, user) = who(doc, id);
+                    ConflictValue {
+                        value: show(doc, v, id),
+                        actor,
+                        time,
+                        user,
+                        winner: i + 1 == n,
+                    }
+                })
+                .collect(),
+        });
+        ControlFlow::Continue(())
+    });
     out
+}
+
+/// Whether any field of a record holds conflicting values: the walk of
+/// [`conflicts`], stopping at the first, without reading who set what
+/// (every admitted write asks, for the list row).
+pub fn has_conflict(doc: &Automerge) -> bool {
+    each_conflict(doc, &ROOT, "", &mut |_, _| ControlFlow::Break(())).is_break()
 }
 
 /// What one change did, as the server's write rules need it.

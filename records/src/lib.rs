@@ -21,9 +21,9 @@ pub mod validate;
 pub use access::{Principal, Refusal, Role};
 pub use header::Header;
 pub use inspect::{
-    conflicts, effects, history, review_comments, review_edits, review_state, submitted_at, title,
-    ChangeEffects, CommentFieldEdit, Conflict, ConflictValue, HistoryEntry, ReviewComment,
-    ReviewEdit,
+    conflicts, effects, has_conflict, history, review_comments, review_edits, review_state,
+    submitted_at, title, ChangeEffects, CommentFieldEdit, Conflict, ConflictValue, HistoryEntry,
+    ReviewComment, ReviewEdit,
 };
 pub use ops::{EditError, FieldValue};
 pub use schema::{Bounds, FieldSpec, FieldType, Kind, SCHEMA_VERSION};

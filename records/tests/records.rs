@@ -120,6 +120,7 @@ fn a_liaison_and_an_officer_edit_one_meeting_offline() {
     let conflicts = conflicts(&liaison);
     assert_eq!(conflicts.len(), 1, "{conflicts:?}");
     assert_eq!(conflicts[0].path, "place");
+    assert!(baraza_records::has_conflict(&liaison));
     let mut who: Vec<(String, String, i64)> = conflicts[0]
         .values
         .iter()
@@ -137,6 +138,7 @@ fn a_liaison_and_an_officer_edit_one_meeting_offline() {
     // Setting the field again resolves the conflict.
     ops::set(&mut liaison, "place", s("Chief's camp"), 8_000).unwrap();
     assert!(baraza_records::conflicts(&liaison).is_empty());
+    assert!(!baraza_records::has_conflict(&liaison));
 
     let history = history(&liaison);
     let authors: std::collections::BTreeSet<String> =

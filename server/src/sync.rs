@@ -1980,7 +1980,7 @@ fn index_entry(header: Header, doc: &automerge::Automerge) -> IndexEntry {
         summary: crate::store::RecordSummary {
             title: baraza_records::title(doc, header.kind),
             submitted_at: baraza_records::submitted_at(doc),
-            conflicts: !baraza_records::conflicts(doc).is_empty(),
+            conflicts: baraza_records::has_conflict(doc),
             comments: u32::try_from(baraza_records::review_comments(doc).len()).unwrap_or(u32::MAX),
         },
         area: header.area,
