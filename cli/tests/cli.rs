@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Runs `baraza --data DATA ARGS` with `stdin` as its input and no
-/// `BARAZA_*` settings leaking in.
-fn run(data: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+/// The `baraza` binary with no `BARAZA_*` settings leaking in from the
+/// environment the tests run in.
+fn baraza_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_baraza"));
     for var in [
         "BARAZA_TABLET_DATA",
@@ -25,6 +25,13 @@ fn run(data: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
     ] {
         command.env_remove(var);
     }
+    command
+}
+
+/// Runs `baraza --data DATA ARGS` with `stdin` as its input and no
+/// `BARAZA_*` settings leaking in.
+fn run(data: &Path, args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut command = baraza_command();
     let mut child = command
         .arg("--data")
         .arg(data)
@@ -369,16 +376,7 @@ fn a_key_file_kept_inside_the_data_dir_is_warned_about() {
 /// ended after `limit`: a hang fails the test instead of stalling it.
 /// Returns success, stderr and how long it ran.
 fn run_within(data: &Path, key: &Path, args: &[&str], limit: Duration) -> (bool, String, Duration) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_baraza"));
-    for var in [
-        "BARAZA_TABLET_DATA",
-        "BARAZA_TOKEN",
-        "BARAZA_LOG",
-        "BARAZA_KEY_FILE",
-        "BARAZA_OPEN_TIMEOUT",
-    ] {
-        command.env_remove(var);
-    }
+    let mut command = baraza_command();
     let started = Instant::now();
     let mut child = command
         .arg("--data")

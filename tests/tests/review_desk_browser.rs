@@ -271,6 +271,13 @@ fn assert_nothing_of_records(b: &Browser, after: &str) {
     assert_eq!(filters, json!(["", "", "", ""]), "after {after}");
 }
 
+/// Every one of `cells` is in `text` (a table's visible text).
+fn assert_shows(text: &str, cells: &[&str]) {
+    for cell in cells {
+        assert!(text.contains(cell), "{cell} not in {text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_desk_shows_what_it_should_and_nothing_else() {
     let world = ReviewWorld::open().await;
@@ -379,54 +386,58 @@ async fn the_desk_shows_what_it_should_and_nothing_else() {
             "the attendees table is not drawn"
         );
         let table = b.text(&b.wait_for(attendees));
-        for cell in [
-            "Name",
-            "Role",
-            "Gender",
-            "Age band",
-            "Mama Njeri",
-            "chair, women's group",
-            "female",
-            "40-59",
-            "Baraka Otieno",
-            "youth leader",
-            "18-25",
-        ] {
-            assert!(table.contains(cell), "{cell} not in {table}");
-        }
+        assert_shows(
+            &table,
+            &[
+                "Name",
+                "Role",
+                "Gender",
+                "Age band",
+                "Mama Njeri",
+                "chair, women's group",
+                "female",
+                "40-59",
+                "Baraka Otieno",
+                "youth leader",
+                "18-25",
+            ],
+        );
         let headcount = b.text(&b.wait_for("#fields [data-field=\"headcount\"] table"));
-        for cell in [
-            "Women 23",
-            "Men 17",
-            "Youth 9",
-            "Total 49",
-            "Elders not recorded",
-        ] {
-            assert!(headcount.contains(cell), "{cell} not in {headcount}");
-        }
+        assert_shows(
+            &headcount,
+            &[
+                "Women 23",
+                "Men 17",
+                "Youth 9",
+                "Total 49",
+                "Elders not recorded",
+            ],
+        );
         let concerns = b.text(&b.wait_for("#fields [data-field=\"concerns\"] table"));
-        for cell in [
-            "Topic",
-            "Raised by",
-            "water",
-            "Queues at the kiosk after dark",
-        ] {
-            assert!(concerns.contains(cell), "{cell} not in {concerns}");
-        }
+        assert_shows(
+            &concerns,
+            &[
+                "Topic",
+                "Raised by",
+                "water",
+                "Queues at the kiosk after dark",
+            ],
+        );
         let actions = "#fields [data-field=\"action_items\"] table";
         b.scroll_to(actions);
         assert!(b.is_displayed(actions));
         let action_text = b.text(&b.wait_for(actions));
-        for cell in [
-            "Owner",
-            "Due",
-            "Status",
-            "Chief Ouma",
-            "Ask the county for a floodlight",
-            "In progress",
-        ] {
-            assert!(action_text.contains(cell), "{cell} not in {action_text}");
-        }
+        assert_shows(
+            &action_text,
+            &[
+                "Owner",
+                "Due",
+                "Status",
+                "Chief Ouma",
+                "Ask the county for a floodlight",
+                "In progress",
+            ],
+        );
         // Times in the browser's zone, the zone named; never epoch ms.
         assert_eq!(
             b.attribute(&format!("{actions} td[data-part=due] time"), "datetime")
@@ -462,18 +473,19 @@ async fn the_desk_shows_what_it_should_and_nothing_else() {
         b.scroll_to(observations);
         assert!(b.is_displayed(observations));
         let seen = b.text(&b.wait_for(observations));
-        for cell in [
-            "Time",
-            "Observation",
-            "GPS point",
-            "Tags",
-            "Broken street light by the market",
-            "lighting, market",
-            "-1.3133, 36.7876",
-            "±8 m",
-        ] {
-            assert!(seen.contains(cell), "{cell} not in {seen}");
-        }
+        assert_shows(
+            &seen,
+            &[
+                "Time",
+                "Observation",
+                "GPS point",
+                "Tags",
+                "Broken street light by the market",
+                "lighting, market",
+                "-1.3133, 36.7876",
+                "±8 m",
+            ],
+        );
         let link = b
             .attribute(&format!("{observations} td[data-part=gps] a"), "href")
             .expect("a map link");
@@ -509,17 +521,18 @@ async fn the_desk_shows_what_it_should_and_nothing_else() {
         b.scroll_to(follow_ups);
         assert!(b.is_displayed(follow_ups));
         let table = b.text(&b.wait_for(follow_ups));
-        for cell in [
-            "When",
-            "By",
-            "Status",
-            "Note",
-            "Acknowledged",
-            "Called the owner",
-            "cpl.otieno",
-        ] {
-            assert!(table.contains(cell), "{cell} not in {table}");
-        }
+        assert_shows(
+            &table,
+            &[
+                "When",
+                "By",
+                "Status",
+                "Note",
+                "Acknowledged",
+                "Called the owner",
+                "cpl.otieno",
+            ],
+        );
 
         // The conflicted meeting: approval blocked, and said why.
         b.click(&b.wait_for(&format!("#queue li[data-id=\"{conflicted_id}\"]")));
