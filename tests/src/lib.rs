@@ -1111,6 +1111,23 @@ impl RawConnection {
         }
     }
 
+    /// Waits on the catch-up stream for record `id` and returns it as the
+    /// server holds it.
+    pub async fn record_from_feed(&mut self, id: baraza_protocol::DocId) -> automerge::Automerge {
+        loop {
+            match self.next_message().await {
+                Some(Message::Changes(c)) if c.doc == id => {
+                    let mut doc = automerge::Automerge::new();
+                    doc.load_incremental(&c.data)
+                        .expect("the server's changes load");
+                    return doc;
+                }
+                Some(_) => {}
+                None => panic!("the server closed before sending the record"),
+            }
+        }
+    }
+
     /// The server's next protocol message, or None once it has closed the
     /// connection. Fails the test if nothing arrives within
     /// [`FRAME_TIMEOUT`] or a frame does not decode.

@@ -18,21 +18,6 @@ use baraza_tests::{
     Tablet,
 };
 
-/// Waits on the raw connection's catch-up stream for the record.
-async fn fetch(raw: &mut RawConnection, id: DocId) -> Automerge {
-    loop {
-        match raw.next_message().await {
-            Some(Message::Changes(c)) if c.doc == id => {
-                let mut doc = Automerge::new();
-                doc.load_incremental(&c.data).unwrap();
-                return doc;
-            }
-            Some(_) => {}
-            None => panic!("the server closed before sending the record"),
-        }
-    }
-}
-
 /// One change on a copy of `base`, by `actor`.
 fn edit(
     base: &Automerge,
@@ -133,7 +118,7 @@ async fn the_server_refuses_unknown_fields_anywhere_in_a_current_record() {
     let mine = actor_for(&device_of(&token), 1);
     let mut raw = RawConnection::open(&server, &token).await;
     raw.hello().await;
-    let stored = fetch(&mut raw, id).await;
+    let stored = raw.record_from_feed(id).await;
     let base = to_heads(&stored.get_heads());
     let obj = |key: &str| stored.get(ROOT, key).unwrap().unwrap().1;
     let (header, review, attendees) = (obj("header"), obj("review"), obj("attendees"));

@@ -12,22 +12,6 @@ use baraza_tests::{
     actor_for, device_of, push_since, user_for, RawConnection, ServerProcess, Tablet,
 };
 
-/// Waits on the raw connection's catch-up stream for the record, and
-/// returns it as the server holds it.
-async fn fetch(raw: &mut RawConnection, id: DocId) -> Automerge {
-    loop {
-        match raw.next_message().await {
-            Some(Message::Changes(c)) if c.doc == id => {
-                let mut doc = Automerge::new();
-                doc.load_incremental(&c.data).unwrap();
-                return doc;
-            }
-            Some(_) => {}
-            None => panic!("the server closed before sending the record"),
-        }
-    }
-}
-
 /// A change made on a copy of the record, by `actor`.
 fn edit(
     base: &Automerge,
@@ -69,7 +53,7 @@ async fn changes_that_break_the_rules_are_refused_and_change_nothing() {
     let mine = actor_for(&rogue_device, 1);
     let mut rogue = RawConnection::open(&server, &token).await;
     rogue.hello().await;
-    let stored = fetch(&mut rogue, id).await;
+    let stored = rogue.record_from_feed(id).await;
     let base = to_heads(&stored.get_heads());
     let (_, header) = stored.get(ROOT, "header").unwrap().unwrap();
 
