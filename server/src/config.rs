@@ -412,7 +412,7 @@ impl RecordsConfig {
     /// `clock_ahead_max_ms`, or the default.
     pub fn clock_ahead_max_ms_or_default(&self) -> u64 {
         self.clock_ahead_max_ms
-            .unwrap_or(crate::sync::CLOCK_AHEAD_MAX_MS_DEFAULT as u64)
+            .unwrap_or(crate::engine::hub::CLOCK_AHEAD_MAX_MS_DEFAULT as u64)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

@@ -12,14 +12,14 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 use baraza_server::admin::{self, AdminReply, AdminRequest, AdminServer};
+use baraza_server::api::{self, AppState};
 use baraza_server::config::{
     self, AuditCommand, Cli, Command, DeviceCommand, ServeConfig, UserCommand,
 };
-use baraza_server::data_dir::DataDir;
-use baraza_server::devices::DeviceRegistry;
-use baraza_server::http::{self, AppState};
-use baraza_server::sync::SyncHub;
-use baraza_server::tls;
+use baraza_server::engine::hub::SyncHub;
+use baraza_server::identity::devices::DeviceRegistry;
+use baraza_server::net::tls;
+use baraza_server::storage::data_dir::DataDir;
 
 /// Errors are printed with their causes on one line (`{:#}`), not as
 /// anyhow's `Debug` form: that adds a backtrace whenever `RUST_BACKTRACE`
@@ -141,11 +141,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// `baraza-server check`: the full offline scan, and the repair if asked.
 fn check(root: &std::path::Path, repair: bool) -> anyhow::Result<()> {
-    use baraza_server::integrity::{full_check, Anchor, AnchorState};
-    use baraza_server::store::{SledStore, Store};
+    use baraza_server::storage::integrity::{full_check, Anchor, AnchorState};
+    use baraza_server::storage::store::{SledStore, Store};
     let data = DataDir::create(root)?;
     let db = data.open_db()?;
-    let audit = baraza_server::audit::AuditLog::open(&db)?;
+    let audit = baraza_server::storage::audit::AuditLog::open(&db)?;
     let store = SledStore::open(db.clone(), rand::random())?;
     let anchor_path = Anchor::path_in(root);
     let vouched = match Anchor::read(&anchor_path) {
@@ -232,7 +232,7 @@ fn init_tracing() {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    baraza_server::sync::report_contained_panics();
+    baraza_server::engine::hub::report_contained_panics();
     let data = DataDir::create(&config.data)?;
     let db = data.open_db()?;
     let mut devices = DeviceRegistry::open_sled(&db)?;
@@ -242,7 +242,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let hub = open_hub(
         &db,
         &config,
-        &baraza_server::integrity::Anchor::path_in(data.root()),
+        &baraza_server::storage::integrity::Anchor::path_in(data.root()),
     )?;
     if config.access.skip_write_rules_for_benchmarks {
         hub.set_skip_write_rules(true);
@@ -271,7 +271,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     // Without the admin socket the server still syncs; only `device`
     // commands are unavailable while it runs, so this is not fatal.
-    let users = baraza_server::users::UserRegistry::open(&db)?;
+    let users = baraza_server::identity::users::UserRegistry::open(&db)?;
     let registries = admin::Registries {
         devices: devices.clone(),
         users: users.clone(),
@@ -301,15 +301,26 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     writeln!(stdout, "listening on {addr}")?;
     stdout.flush()?;
 
-    let review_sessions = baraza_server::review::Sessions::open(&db)?;
+    let review_sessions = baraza_server::api::review::Sessions::open(&db)?;
     let state = AppState {
         review_sessions,
-        hub,
+        hub: hub.clone(),
         devices: devices.clone(),
         limits: config.limits,
         users,
     };
-    let served = http::serve(listener, tls, state, config.connections, shutdown).await;
+    baraza_server::net::serve(
+        listener,
+        tls,
+        move |slots, stop_rx| api::service(state, slots, stop_rx),
+        config.connections,
+        shutdown,
+    )
+    .await;
+    let served = tokio::task::spawn_blocking(move || hub.flush()).await;
+    if let Ok(Ok(())) = served {
+        tracing::info!("sync hub flushed");
+    }
 
     let _ = stop_admin.send(true);
     if let Some(task) = admin_task {
@@ -321,7 +332,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     db.flush_async()
         .await
         .context("cannot flush the database")?;
-    served?;
+    served??;
     tracing::info!("stopped");
     Ok(())
 }
@@ -336,7 +347,7 @@ fn open_hub(
     SyncHub::open_checked(
         db.clone(),
         config.limits.protocol_limits(),
-        baraza_server::sync::CACHE_DOCS_DEFAULT,
+        baraza_server::engine::hub::CACHE_DOCS_DEFAULT,
         Some(anchor),
     )
 }
@@ -437,7 +448,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
 /// truncated or rolled-back database): the anchor beside it names the last
 /// entry written, which must still be there, unchanged.
 fn audit_reaches_anchor(root: &std::path::Path) -> anyhow::Result<()> {
-    use baraza_server::integrity::Anchor;
+    use baraza_server::storage::integrity::Anchor;
     let Some(anchor) = Anchor::read(&Anchor::path_in(root))? else {
         return Ok(());
     };

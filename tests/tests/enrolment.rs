@@ -16,7 +16,7 @@ use baraza_tests::{https_request, new_key, run_server_command, HttpReply, Server
 const REFUSED: &str = "wrong user name or password";
 use serde_json::json;
 
-/// `baraza_server::users::ATTEMPTS_PER_ADDRESS_MAX`: failed logins one
+/// `baraza_server::identity::users::ATTEMPTS_PER_ADDRESS_MAX`: failed logins one
 /// address may make per minute.
 const ATTEMPTS_PER_ADDRESS_MAX: usize = 20;
 

@@ -18,9 +18,9 @@ use baraza_tests::{
 };
 use serde_json::json;
 
-/// `baraza_server::users::ATTEMPTS_PER_ADDRESS_MAX`.
+/// `baraza_server::identity::users::ATTEMPTS_PER_ADDRESS_MAX`.
 const ATTEMPTS_PER_ADDRESS_MAX: usize = 20;
-/// `baraza_server::login::REFUSED`.
+/// `baraza_server::api::login::REFUSED`.
 const REFUSED: &str = "wrong user name or password";
 
 fn addr(b: u8, c: u8) -> IpAddr {

@@ -4,32 +4,13 @@
 //! read and access-checked; the review API decides what goes in and audits
 //! it.
 
-use baraza_records::{FieldSpec, FieldType, Header, Kind};
+use baraza_records::{FieldSpec, FieldType, Kind};
 
-/// A record as an export reads it.
-#[derive(Debug, Clone)]
-pub struct ExportRecord {
-    /// Record id.
-    pub id: String,
-    /// Its header.
-    pub header: Header,
-    /// Review state.
-    pub review_state: String,
-    /// Field values as JSON (the header left out).
-    pub fields: serde_json::Value,
-    /// A feedback record's contact details, only when asked for.
-    pub contact: Option<serde_json::Value>,
-    /// Review decisions ever made on it, oldest first (`approved`,
-    /// `returned`), from its change history.
-    pub decisions: Vec<String>,
-    /// Claimed times that were implausibly far ahead of the server's clock
-    /// when they arrived, if any.
-    pub clock: Option<crate::store::ClockSkew>,
-}
+pub use crate::engine::view::ExportRecord;
 
 /// The clock flag as an export cell says it: empty for a record whose
 /// claimed times were plausible.
-pub fn clock_flag(clock: Option<&crate::store::ClockSkew>) -> String {
+pub fn clock_flag(clock: Option<&crate::storage::store::ClockSkew>) -> String {
     match clock {
         None => String::new(),
         Some(c) => format!(

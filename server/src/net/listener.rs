@@ -1,15 +1,6 @@
-//! The HTTPS listener: TLS, HTTP/1.1 via hyper, routes via warp.
-//!
-//! Routes:
-//! - `GET /healthz` answers `ok`.
-//! - `GET /v1/sync` upgrades to a WebSocket for a device presenting
-//!   `Authorization: Bearer <token>`, and hands the socket to
-//!   [`SyncHub::serve_socket`]. Without a valid token it answers 401 before
-//!   any upgrade.
-//! - `POST /v1/enroll` (`login.rs`) and `/v1/admin/users` (`admin_api.rs`).
-//! - `/review` and `/review/api/` (`review.rs`); `GET /` and
-//!   `/favicon.ico` redirect there. HEAD is answered on the desk's pages
-//!   and assets (and those redirects) as GET is, without the body.
+//! The HTTPS listener: TLS, HTTP/1.1 via hyper, and the connection limits;
+//! the routes it serves are built by `api` and handed in, so the listener
+//! knows nothing of what they do.
 //!
 //! One task per TCP connection. A bad handshake or stray plain-HTTP request
 //! ends only its own connection. Connections are bounded three ways
@@ -19,7 +10,7 @@
 //!   (`handshake_timeout`), then to the complete headers of the first
 //!   request and from each response to the next request's headers
 //!   (`idle_timeout`, hyper's header read timeout);
-//! - per client address ([`crate::peer::client_key`]): at most
+//! - per client address ([`super::peer::client_key`]): at most
 //!   `connections_per_address_max` connections that are not sync sessions;
 //!   one over that is closed as soon as it is accepted;
 //! - in all: `connections_max` slots. A slot is taken before accepting and
@@ -44,17 +35,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_rustls::TlsAcceptor;
-use warp::http::{HeaderMap, StatusCode};
-use warp::{Filter, Rejection, Reply};
 
-use crate::config::{ConnectionLimits, LimitsConfig};
-use crate::devices::Auth;
-use crate::devices::DeviceRegistry;
-use crate::sync::{Caller, SyncHub};
+use crate::config::ConnectionLimits;
 
 /// How long shutdown waits for connections and sessions to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -62,68 +47,58 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// a flood does not flood the log too.
 const FULL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
-/// What the request handlers share.
-#[derive(Clone)]
-pub struct AppState {
-    /// The sync engine; sockets are handed to it after authentication.
-    pub hub: Arc<SyncHub>,
-    /// Token → device lookups.
-    pub devices: DeviceRegistry,
-    /// Limits from the config file; sizes the WebSocket codec.
-    pub limits: LimitsConfig,
-    /// Users, for enrolment.
-    pub users: crate::users::UserRegistry,
-    /// Review desk sessions.
-    pub review_sessions: crate::review::Sessions,
+/// What each connection serves: the routes `api` builds, as a hyper
+/// service. Given the connection slot and the stop signal, which sync
+/// upgrades take over and watch.
+pub trait Routes:
+    hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = warp::reply::Response,
+        Future: Send + 'static,
+        Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
 }
 
-/// Why a request was refused. Turned into a plain-text response by
-/// [`recover`]; the messages never include the token.
-#[derive(Debug)]
-enum Refusal {
-    /// 401: no `Authorization: Bearer` header.
-    MissingToken,
-    /// 401: the token matches no device.
-    UnknownToken,
-    /// 401: the device was reported lost or stolen; the body starts with
-    /// `revoked` so the tablet knows to wipe.
-    Revoked,
-    /// 401: the device was retired and wiped.
-    Retired,
-    /// 401: the token's lifetime passed without a rotation.
-    Expired,
-    /// 401: the device's user is unknown or disabled, or it has none.
-    NoUser(&'static str),
-    /// 503: the device store failed, or the server is at capacity or
-    /// shutting down.
-    Unavailable(&'static str),
+impl<T> Routes for T where
+    T: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = warp::reply::Response,
+            Future: Send + 'static,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
 }
-
-impl warp::reject::Reject for Refusal {}
 
 /// Serves HTTPS on `listener` until `shutdown` completes, then stops
-/// accepting, signals sync sessions to end, waits up to five seconds for
-/// connections and sessions, and flushes the hub.
-///
-/// Errors only if flushing fails: failures of single connections are logged
-/// and do not stop the server.
-pub async fn serve(
+/// accepting, signals sync sessions to end and waits up to five seconds for
+/// connections and sessions. Failures of single connections are logged and
+/// do not stop the server; the caller flushes what the sessions wrote.
+pub async fn serve<R, S>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    state: AppState,
+    routes: R,
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) where
+    R: FnOnce(Arc<Semaphore>, watch::Receiver<bool>) -> S,
+    S: Routes,
+{
     let (stop_tx, stop_rx) = watch::channel(false);
     // The semaphore cannot hold more; no real server gets near it.
     let connections_max = limits.connections_max.clamp(1, Semaphore::MAX_PERMITS);
     let slots = Arc::new(Semaphore::new(connections_max));
-    let hub = state.hub.clone();
 
     accept_loop(
         listener,
         TlsAcceptor::from(tls),
-        state,
+        routes,
         limits,
         slots.clone(),
         stop_rx,
@@ -134,16 +109,14 @@ pub async fn serve(
     // Whatever happens below, new work is refused from here on.
     let _ = stop_tx.send(true);
     let everything = u32::try_from(connections_max).unwrap_or(u32::MAX);
-    match tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(everything)).await {
+    let closed = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(everything)).await;
+    match closed {
         Ok(_) => tracing::info!("all connections closed"),
         Err(_) => tracing::warn!(
             still_open = connections_max.saturating_sub(slots.available_permits()),
             "connections still open after {SHUTDOWN_GRACE:?}; flushing anyway"
         ),
     }
-    tokio::task::spawn_blocking(move || hub.flush()).await??;
-    tracing::info!("sync hub flushed");
-    Ok(())
 }
 
 /// What every connection task needs from the accept loop.
@@ -218,17 +191,16 @@ struct Activity {
 
 /// Accepts until `shutdown`. Owns the routes so that, once it returns, only
 /// connection and session tasks still hold connection slots.
-async fn accept_loop(
+async fn accept_loop<S: Routes>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    state: AppState,
+    routes: impl FnOnce(Arc<Semaphore>, watch::Receiver<bool>) -> S,
     limits: ConnectionLimits,
     slots: Arc<Semaphore>,
     stop_rx: watch::Receiver<bool>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let service =
-        TowerToHyperService::new(warp::service(routes(state, slots.clone(), stop_rx.clone())));
+    let service = routes(slots.clone(), stop_rx.clone());
     // HTTP/1.1 only: ALPN offers nothing else and WebSocket needs HTTP/1.1
     // upgrades. hyper's own HTTP/1 connection (not hyper-util's `auto`,
     // which first waits, with no deadline, for bytes telling HTTP/1 from
@@ -322,14 +294,7 @@ async fn serve_connection<S>(
     slot: OwnedSemaphorePermit,
     _from_address: AddressSlot,
 ) where
-    S: hyper::service::Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = warp::reply::Response,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Routes,
 {
     let mut stop_rx = shared.stop_rx.clone();
     // Past this, a connection still without a request gives way to a
@@ -357,7 +322,7 @@ async fn serve_connection<S>(
 
     let activity = Arc::new(Activity::default());
     let service = PerConnection {
-        inner: crate::peer::WithPeer::new(shared.service.clone(), peer),
+        inner: super::peer::WithPeer::new(shared.service.clone(), peer),
         slot: ConnectionSlot(Arc::new(Mutex::new(Some(slot)))),
         activity: activity.clone(),
         pressure: shared.pressure.clone(),
@@ -404,10 +369,10 @@ async fn serve_connection<S>(
 /// extension, so that a sync upgrade can take it over: the socket stays
 /// one slot when it turns into a session, and the session keeps it.
 #[derive(Clone)]
-struct ConnectionSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+pub struct ConnectionSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
 
 impl ConnectionSlot {
-    fn take(&self) -> Option<OwnedSemaphorePermit> {
+    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
         // A poisoned lock still holds a valid Option.
         self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
@@ -485,7 +450,7 @@ impl AddressCounts {
     /// (IPv4, or IPv6 /64) has `max` open already. Only addresses with open
     /// connections are remembered, so the map is bounded by the slots.
     fn admit(&self, addr: IpAddr) -> Option<AddressSlot> {
-        let key = crate::peer::client_key(addr);
+        let key = super::peer::client_key(addr);
         let mut counts = lock_counts(&self.counts);
         let count = counts.entry(key).or_insert(0);
         if *count >= self.max {
@@ -525,357 +490,9 @@ async fn stopped(stop_rx: &mut watch::Receiver<bool>) {
     let _ = stop_rx.wait_for(|stop| *stop).await;
 }
 
-/// The warp routes, with refusals turned into responses.
-fn routes(
-    state: AppState,
-    slots: Arc<Semaphore>,
-    stop_rx: watch::Receiver<bool>,
-) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone + Send + Sync + 'static {
-    let healthz = warp::path!("healthz").and(warp::get()).map(|| "ok");
-
-    let records = records_routes(&state);
-    // One gate for both login doors, so that their failures count against
-    // one throttle per address.
-    let gate = Arc::new(crate::login::LoginGate::new(
-        state.users.clone(),
-        state.hub.audit().clone(),
-    ));
-    let enroll = crate::login::enroll_route(&state, gate.clone());
-    let admin = crate::admin_api::routes(&state);
-    let rotate = rotate_route(&state);
-    let redirects = crate::review::redirects();
-    let review =
-        crate::review::routes(&state, state.review_sessions.clone(), gate, stop_rx.clone())
-            .or(crate::review::page())
-            .unify();
-    let auth_state = state.clone();
-    let sync = warp::path!("v1" / "sync")
-        .and(warp::get())
-        .and(warp::header::headers_cloned())
-        .and_then(move |headers: HeaderMap| {
-            let state = auth_state.clone();
-            async move { authenticate(&headers, &state).await }
-        })
-        .and(warp::ws())
-        .and(warp::ext::optional::<ConnectionSlot>())
-        .and_then(
-            move |device: Caller, ws: warp::ws::Ws, slot: Option<ConnectionSlot>| {
-                let state = state.clone();
-                let slots = slots.clone();
-                let stop_rx = stop_rx.clone();
-                async move { upgrade(device, ws, state, slot, slots, stop_rx) }
-            },
-        );
-
-    healthz
-        .or(sync)
-        .or(records)
-        .or(enroll)
-        .or(rotate)
-        .or(review)
-        .or(redirects)
-        .or(admin)
-        .recover(recover)
-}
-
-/// Most rows one listing returns.
-const LIST_ROWS_MAX: usize = 1000;
-
-/// `GET /v1/records?kind=&area=&state=&since=` (from the index) and
-/// `GET /v1/records/{id}` (fields, conflicts, history), behind a device
-/// token. Reads run off the async workers: they touch disk.
-fn records_routes(
-    state: &AppState,
-) -> impl Filter<Extract = (impl Reply,), Error = Rejection> + Clone + Send + Sync + 'static {
-    let auth_state = state.clone();
-    let auth = warp::header::headers_cloned().and_then(move |headers: HeaderMap| {
-        let state = auth_state.clone();
-        async move { authenticate(&headers, &state).await }
-    });
-    let hub = state.hub.clone();
-    let list = warp::path!("v1" / "records")
-        .and(warp::get())
-        .and(auth.clone())
-        .and(warp::query::<std::collections::HashMap<String, String>>())
-        .and_then(
-            move |caller: Caller, query: std::collections::HashMap<String, String>| {
-                let hub = hub.clone();
-                async move {
-                    let since = match query.get("since").map(|s| s.parse::<i64>()) {
-                        Some(Ok(t)) => Some(t),
-                        Some(Err(_)) => {
-                            return Ok::<_, Rejection>(text_reply(
-                                StatusCode::BAD_REQUEST,
-                                "since must be milliseconds since 1970",
-                            ))
-                        }
-                        None => None,
-                    };
-                    let filter = crate::store::RecordFilter {
-                        kind: query.get("kind").cloned(),
-                        area: query.get("area").cloned(),
-                        state: query.get("state").cloned(),
-                        since,
-                    };
-                    tracing::debug!(device = %caller.device.id, ?filter, "list records");
-                    let rows = tokio::task::spawn_blocking(move || {
-                        hub.list_records(&caller.principal, &filter, LIST_ROWS_MAX)
-                    })
-                    .await;
-                    Ok(match rows {
-                        Ok(Ok(rows)) => {
-                            warp::reply::with_status(warp::reply::json(&rows), StatusCode::OK)
-                                .into_response()
-                        }
-                        _ => {
-                            text_reply(StatusCode::SERVICE_UNAVAILABLE, "record index unavailable")
-                        }
-                    })
-                }
-            },
-        );
-    let hub = state.hub.clone();
-    let devices = state.devices.clone();
-    let one = warp::path!("v1" / "records" / String)
-        .and(warp::get())
-        .and(auth)
-        .and_then(move |id: String, caller: Caller| {
-            let hub = hub.clone();
-            let devices = devices.clone();
-            async move {
-                let Ok(doc) = id.parse::<baraza_protocol::DocId>() else {
-                    return Ok::<_, Rejection>(text_reply(StatusCode::NOT_FOUND, "no such record"));
-                };
-                tracing::debug!(device = %caller.device.id, record = %doc, "read record");
-                let view =
-                    tokio::task::spawn_blocking(move || hub.record_view(&caller, doc, &devices))
-                        .await;
-                Ok(match view {
-                    Ok(Ok(Some(view))) => {
-                        warp::reply::with_status(warp::reply::json(&view), StatusCode::OK)
-                            .into_response()
-                    }
-                    Ok(Ok(None)) => text_reply(StatusCode::NOT_FOUND, "no such record"),
-                    _ => text_reply(StatusCode::SERVICE_UNAVAILABLE, "record store unavailable"),
-                })
-            }
-        });
-    list.or(one)
-}
-
-fn text_reply(status: StatusCode, body: &'static str) -> warp::reply::Response {
-    warp::reply::with_status(body, status).into_response()
-}
-
-/// `POST /v1/token`: a device trades its token for a new one with a full
-/// lifetime. The old token keeps working until the new one is first used.
-fn rotate_route(
-    state: &AppState,
-) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone + Send + Sync + 'static
-{
-    let devices = state.devices.clone();
-    let hub = state.hub.clone();
-    warp::path!("v1" / "token")
-        .and(warp::post())
-        .and(warp::header::headers_cloned())
-        .and_then(move |headers: HeaderMap| {
-            let devices = devices.clone();
-            let hub = hub.clone();
-            async move {
-                let Some(token) = bearer_token(&headers).map(str::to_string) else {
-                    return Ok::<_, Rejection>(unauthorized("missing bearer token"));
-                };
-                let now = crate::clock::unix_now();
-                let rotated =
-                    tokio::task::spawn_blocking(move || devices.rotate_at(&token, now)).await;
-                Ok(match rotated {
-                    Ok(Ok(Some(r))) => {
-                        let id = r
-                            .token
-                            .strip_prefix(crate::devices::TOKEN_PREFIX)
-                            .and_then(|rest| rest.split('_').next())
-                            .unwrap_or_default()
-                            .to_string();
-                        tracing::info!(device = %id, "device token rotated");
-                        hub.audit()
-                            .record("token_rotated", serde_json::json!({ "device": id }));
-                        warp::reply::json(&serde_json::json!({
-                            "token": r.token,
-                            "expires_at": r.expires_at,
-                        }))
-                        .into_response()
-                    }
-                    Ok(Ok(None)) => unauthorized(
-                        "cannot rotate: the token is unknown, revoked, retired or expired",
-                    ),
-                    _ => text_reply(StatusCode::SERVICE_UNAVAILABLE, "device store unavailable"),
-                })
-            }
-        })
-}
-
-/// Checks the bearer token and resolves the user the device acts for.
-/// Runs before the WebSocket filter, so a client without a valid token
-/// gets a 401, never an upgrade.
-async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, Rejection> {
-    let token = bearer_token(headers).ok_or_else(|| warp::reject::custom(Refusal::MissingToken))?;
-    let token = token.to_string();
-    let devices = state.devices.clone();
-    let users = state.users.clone();
-    // The lookups may touch disk; keep them off the async workers.
-    let found = tokio::task::spawn_blocking(move || {
-        let device = match devices.authenticate(&token)? {
-            Auth::Device(d) => d,
-            Auth::Unknown => return Ok(Err(Refusal::UnknownToken)),
-            Auth::Revoked => return Ok(Err(Refusal::Revoked)),
-            Auth::Retired => return Ok(Err(Refusal::Retired)),
-            Auth::Expired => return Ok(Err(Refusal::Expired)),
-        };
-        let Some(name) = device.user.clone() else {
-            return Ok(Err(Refusal::NoUser(
-                "this device is tied to no user; enroll it or add it with --user",
-            )));
-        };
-        let user = users
-            .get(&name)
-            .map_err(|e| crate::devices::DeviceError::Storage(Box::new(e)))?;
-        Ok::<_, crate::devices::DeviceError>(match user {
-            Some(u) if !u.disabled => Ok(Caller {
-                device,
-                principal: baraza_records::Principal {
-                    user: u.name,
-                    role: u.role,
-                    areas: u.areas,
-                },
-            }),
-            _ => Err(Refusal::NoUser("this device's user is disabled or unknown")),
-        })
-    })
-    .await;
-    match found {
-        Ok(Ok(Ok(caller))) => Ok(caller),
-        Ok(Ok(Err(refusal))) => Err(warp::reject::custom(refusal)),
-        Ok(Err(error)) => {
-            tracing::error!(
-                error = &error as &dyn std::error::Error,
-                "device lookup failed"
-            );
-            Err(warp::reject::custom(Refusal::Unavailable(
-                "device store unavailable",
-            )))
-        }
-        Err(error) => {
-            tracing::error!(%error, "device lookup task failed");
-            Err(warp::reject::custom(Refusal::Unavailable(
-                "device store unavailable",
-            )))
-        }
-    }
-}
-
-/// The token of an `Authorization: Bearer <token>` header. The scheme is
-/// case-insensitive (RFC 9110 §11.1).
-pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers
-        .get(warp::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
-fn upgrade(
-    caller: Caller,
-    ws: warp::ws::Ws,
-    state: AppState,
-    connection_slot: Option<ConnectionSlot>,
-    slots: Arc<Semaphore>,
-    stop_rx: watch::Receiver<bool>,
-) -> Result<warp::reply::Response, Rejection> {
-    if *stop_rx.borrow() {
-        return Err(warp::reject::custom(Refusal::Unavailable(
-            "server is shutting down",
-        )));
-    }
-    // The session outlives the HTTP connection task (hyper hands the socket
-    // over on upgrade, and the task ends), so it takes over the socket's
-    // slot. If the client goes away before the upgrade, the slot is dropped
-    // with the callback below; the connection task ends then too.
-    let slot = match connection_slot.and_then(|s| s.take()) {
-        Some(slot) => slot,
-        // Only a request that did not come through `serve_connection` (or a
-        // second upgrade on one connection, which hyper does not allow) has
-        // no slot to hand over.
-        None => slots
-            .try_acquire_owned()
-            .map_err(|_| warp::reject::custom(Refusal::Unavailable("too many connections")))?,
-    };
-    tracing::info!(device_id = %caller.device.id, device_name = %caller.device.name, "sync session starting");
-    let bytes_max = state.limits.ws_message_bytes_max();
-    let hub = state.hub;
-    let devices = state.devices;
-    let reply = ws
-        .max_message_size(bytes_max)
-        .max_frame_size(bytes_max)
-        .on_upgrade(move |socket| async move {
-            let _slot = slot;
-            let device_id = caller.device.id.clone();
-            hub.serve_socket(socket, caller, devices, stop_rx).await;
-            tracing::info!(%device_id, "sync session ended");
-        });
-    Ok(reply.into_response())
-}
-
-async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Rejection> {
-    let Some(refusal) = rejection.find::<Refusal>() else {
-        return Err(rejection);
-    };
-    let response = match refusal {
-        Refusal::MissingToken => unauthorized("missing bearer token"),
-        Refusal::UnknownToken => unauthorized("unknown device token"),
-        Refusal::Revoked => unauthorized("revoked: this device was reported lost or stolen"),
-        Refusal::Retired => unauthorized("retired: this device was retired; enroll it again"),
-        Refusal::Expired => unauthorized("expired: this device's token expired; enroll it again"),
-        Refusal::NoUser(why) => unauthorized(why),
-        Refusal::Unavailable(why) => {
-            warp::reply::with_status(*why, StatusCode::SERVICE_UNAVAILABLE).into_response()
-        }
-    };
-    Ok(response)
-}
-
-fn unauthorized(why: &'static str) -> warp::reply::Response {
-    warp::reply::with_status(
-        warp::reply::with_header(why, "www-authenticate", "Bearer"),
-        StatusCode::UNAUTHORIZED,
-    )
-    .into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use warp::http::HeaderValue;
-
-    fn headers(authorization: &str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            warp::http::header::AUTHORIZATION,
-            HeaderValue::from_str(authorization).unwrap(),
-        );
-        headers
-    }
-
-    #[test]
-    fn bearer_tokens_are_read_from_the_authorization_header() {
-        assert_eq!(bearer_token(&headers("Bearer bz_abc")), Some("bz_abc"));
-        assert_eq!(bearer_token(&headers("bearer  bz_abc ")), Some("bz_abc"));
-        assert_eq!(bearer_token(&headers("Basic dXNlcjpwdw==")), None);
-        assert_eq!(bearer_token(&headers("Bearer ")), None);
-        assert_eq!(bearer_token(&headers("Bearer")), None);
-        assert_eq!(bearer_token(&HeaderMap::new()), None);
-    }
 
     #[test]
     fn head_is_answered_on_the_desks_pages_but_not_its_api() {

@@ -67,7 +67,7 @@ pub struct AuditLog {
     /// Serialises appends so the chain has one order.
     lock: Arc<Mutex<()>>,
     /// Told of every entry once it is durable (see `integrity`).
-    anchor: Option<Arc<crate::integrity::Anchor>>,
+    anchor: Option<Arc<crate::storage::integrity::Anchor>>,
 }
 
 /// What `verify` found.
@@ -100,7 +100,7 @@ impl AuditLog {
     }
 
     /// Notes every entry in `anchor` once it is durable.
-    pub fn with_anchor(mut self, anchor: Arc<crate::integrity::Anchor>) -> AuditLog {
+    pub fn with_anchor(mut self, anchor: Arc<crate::storage::integrity::Anchor>) -> AuditLog {
         self.anchor = Some(anchor);
         self
     }

@@ -33,7 +33,7 @@ pub const AREA_CHARS_MAX: usize = 128;
 /// Addresses the throttle remembers before it prunes quiet ones.
 const THROTTLE_ADDRESSES_PRUNE: usize = 10_000;
 
-const COMMON_PASSWORDS: &str = include_str!("../assets/common-passwords.txt");
+const COMMON_PASSWORDS: &str = include_str!("../../assets/common-passwords.txt");
 
 pub use baraza_records::access::Role;
 
@@ -86,7 +86,7 @@ pub enum UserError {
 
 /// Why a login was refused: the real reason, for the audit log and the
 /// server's own log. Callers are never told which it was:
-/// [`crate::login::LoginGate`] answers every refusal alike, so a login form
+/// [`crate::api::login::LoginGate`] answers every refusal alike, so a login form
 /// reveals neither which names exist nor the state of an account (its
 /// holder hears of a lock or a disabling from an administrator).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]

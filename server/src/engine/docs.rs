@@ -16,7 +16,7 @@ use baraza_protocol::docsync::{self, ApplyError};
 use baraza_protocol::{to_heads, DocDelta, DocId, Seq};
 use tokio::sync::{oneshot, watch};
 
-use crate::store::{DocWrite, IndexEntry, Receipt, Store, StoreError};
+use crate::storage::store::{DocWrite, IndexEntry, Receipt, Store, StoreError};
 
 /// Chunks a document may accumulate before its next write compacts them.
 const CHUNKS_BEFORE_COMPACTION: u32 = 64;
@@ -123,7 +123,7 @@ impl Docs {
     pub fn start_anchored(
         store: Arc<dyn Store>,
         cache_docs: usize,
-        anchor: Option<Arc<crate::integrity::Anchor>>,
+        anchor: Option<Arc<crate::storage::integrity::Anchor>>,
     ) -> Result<Arc<Docs>, DocsError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (durable_tx, durable) = watch::channel(store.latest_seq()?);
@@ -419,7 +419,7 @@ fn commit_loop(
     rx: mpsc::Receiver<Job>,
     durable: watch::Sender<Seq>,
     queued: Arc<Mutex<Queued>>,
-    anchor: Option<Arc<crate::integrity::Anchor>>,
+    anchor: Option<Arc<crate::storage::integrity::Anchor>>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -469,7 +469,7 @@ fn commit_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SledStore;
+    use crate::storage::store::SledStore;
 
     #[test]
     fn the_cache_stays_bounded_but_never_drops_a_document_in_use() {

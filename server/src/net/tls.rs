@@ -106,7 +106,7 @@ pub fn ensure_dev_cert(tls_dir: &Path) -> Result<(DevCertPaths, DevCertOrigin), 
     if paths.cert.is_file() && paths.key.is_file() {
         return Ok((paths, DevCertOrigin::Reused));
     }
-    crate::data_dir::create_private_dir(tls_dir).map_err(|source| TlsError::Write {
+    crate::storage::data_dir::create_private_dir(tls_dir).map_err(|source| TlsError::Write {
         path: tls_dir.to_path_buf(),
         source,
     })?;

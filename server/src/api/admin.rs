@@ -32,8 +32,8 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
 use crate::admin::{self, AdminError, AdminReply, AdminRequest, Registries, Requester};
-use crate::http::AppState;
-use crate::users::{Role, UserError};
+use crate::api::AppState;
+use crate::identity::users::{Role, UserError};
 
 /// Largest request body; a user with many areas is a few kilobytes.
 const BODY_BYTES_MAX: u64 = 64 * 1024;
@@ -274,7 +274,7 @@ async fn serve(
 
 /// The administrator behind a request's bearer token, or the refusal.
 async fn authorize(api: &Arc<Registries>, headers: &HeaderMap) -> Result<Requester, ApiError> {
-    let token = crate::http::bearer_token(headers)
+    let token = super::bearer_token(headers)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token"))?
         .to_string();
     let api = api.clone();

@@ -20,8 +20,11 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{oneshot, watch};
 use warp::ws::{Message as WsMessage, WebSocket};
 
-use crate::docs::{Docs, DocsError, LiveDoc};
-use crate::store::{ClockSkew, IndexEntry, Receipt, RecordFilter, RecordRow, SledStore, Store};
+use crate::engine::docs::{Docs, DocsError, LiveDoc};
+use crate::identity::caller::{desk_device_id, Caller, DeviceIdentity, DESK_DEVICE_NAME};
+use crate::storage::store::{
+    ClockSkew, IndexEntry, Receipt, RecordFilter, RecordRow, SledStore, Store,
+};
 use baraza_protocol::docsync::ApplyError;
 use baraza_records::access::WriteSummary;
 use baraza_records::{Header, Kind, Principal};
@@ -57,7 +60,7 @@ const CATCH_UP_BATCH: usize = 256;
 pub struct SyncHub {
     docs: Arc<Docs>,
     limits: Limits,
-    audit: crate::audit::AuditLog,
+    audit: crate::storage::audit::AuditLog,
     /// Off only to measure what the write-rule inspection costs; the
     /// server warns loudly when started that way.
     write_rules: std::sync::atomic::AtomicBool,
@@ -104,7 +107,7 @@ enum Working<'a> {
 }
 
 impl<'a> Working<'a> {
-    fn of(handle: Option<&'a crate::docs::DocHandle>) -> Working<'a> {
+    fn of(handle: Option<&'a crate::engine::docs::DocHandle>) -> Working<'a> {
         match handle {
             Some(h) => Working::Held(h.lock().unwrap_or_else(|p| p.into_inner())),
             None => Working::Scratch(Box::new(LiveDoc::empty())),
@@ -174,59 +177,10 @@ pub enum EraseError {
     Docs(#[from] DocsError),
 }
 
-impl From<crate::store::StoreError> for EraseError {
-    fn from(e: crate::store::StoreError) -> Self {
+impl From<crate::storage::store::StoreError> for EraseError {
+    fn from(e: crate::storage::store::StoreError) -> Self {
         EraseError::Docs(DocsError::Store(e))
     }
-}
-
-/// Who is on the other end of a connection or request: the device and the
-/// user it acts for, resolved when it authenticated.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    /// The device.
-    pub device: DeviceIdentity,
-    /// The user, role and areas.
-    pub principal: Principal,
-}
-
-impl Caller {
-    /// A fingerprint of what the user may read: role and areas.
-    pub fn scope(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let mut areas = self.principal.areas.clone();
-        areas.sort();
-        let text = format!("{}|{}", self.principal.role.name(), areas.join("|"));
-        hex::encode(&Sha256::digest(text.as_bytes())[..12])
-    }
-}
-
-/// The device a connection authenticated as.
-#[derive(Clone, Debug)]
-pub struct DeviceIdentity {
-    /// Stable device id (hex).
-    pub id: String,
-    /// Human-readable name given at `device add`.
-    pub name: String,
-    /// The user who enrolled the device, if a user did.
-    pub user: Option<String>,
-    /// Set to retire: upload, then wipe.
-    pub retiring: bool,
-    /// The read scope it last caught up under (see `DeviceRecord::scope`).
-    pub scope: Option<String>,
-}
-
-/// What the review desk's changes name as their device.
-pub const DESK_DEVICE_NAME: &str = "review desk";
-
-/// The device id (hex) the review desk authors a supervisor's changes
-/// under: derived from the user, so every server node agrees on it and a
-/// record's history can tell the desk's changes from a tablet's. Device
-/// ids in the registry are random, so none can be mistaken for one.
-pub fn desk_device_id(user: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("baraza review desk:{user}").as_bytes());
-    hex::encode(&digest[..DeviceId::LEN])
 }
 
 type Completion = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -315,11 +269,11 @@ impl SyncHub {
         cache_docs: usize,
         anchor: Option<&std::path::Path>,
     ) -> anyhow::Result<Arc<SyncHub>> {
-        let mut audit = crate::audit::AuditLog::open(&db)?;
+        let mut audit = crate::storage::audit::AuditLog::open(&db)?;
         let store = SledStore::open(db, rand::random())?;
         let mut anchored = None;
         if let Some(path) = anchor {
-            use crate::integrity::{quick_check, Anchor, AnchorState};
+            use crate::storage::integrity::{quick_check, Anchor, AnchorState};
             let vouched = Anchor::read(path)?;
             let problems = quick_check(&store, &audit, vouched.as_ref());
             if !problems.is_empty() {
@@ -428,7 +382,10 @@ impl SyncHub {
     }
 
     /// A record's list row summary as it stands now.
-    fn summary_of(&self, id: DocId) -> Result<Option<crate::store::RecordSummary>, DocsError> {
+    fn summary_of(
+        &self,
+        id: DocId,
+    ) -> Result<Option<crate::storage::store::RecordSummary>, DocsError> {
         let handle = self.docs.handle(id)?;
         let live = handle.lock().unwrap_or_else(|p| p.into_inner());
         Ok(Header::read(&live.doc)
@@ -526,7 +483,7 @@ impl SyncHub {
         who: &Principal,
         id: DocId,
         contacts: bool,
-    ) -> Result<Option<crate::export::ExportRecord>, DocsError> {
+    ) -> Result<Option<crate::engine::view::ExportRecord>, DocsError> {
         if !self.readable(who, id)? {
             return Ok(None);
         }
@@ -568,7 +525,7 @@ impl SyncHub {
                 }
             }
         }
-        Ok(Some(crate::export::ExportRecord {
+        Ok(Some(crate::engine::view::ExportRecord {
             id: id.to_string(),
             header,
             review_state,
@@ -645,13 +602,13 @@ impl SyncHub {
     /// Each conflicting value and history entry names its `device` (the
     /// first 16 bytes of its actor id, hex) and `device_name`: the
     /// registry's name, looked up as the sync protocol's device names are
-    /// ([`DeviceRegistry::names`](crate::devices::DeviceRegistry::names)),
+    /// ([`DeviceRegistry::names`](crate::identity::devices::DeviceRegistry::names)),
     /// or [`DESK_DEVICE_NAME`] for changes made at the review desk.
     pub fn record_view(
         &self,
         caller: &Caller,
         id: DocId,
-        devices: &crate::devices::DeviceRegistry,
+        devices: &crate::identity::devices::DeviceRegistry,
     ) -> Result<Option<serde_json::Value>, DocsError> {
         let exists = self.docs.store().doc_seq(id)?.is_some();
         if !exists || !self.readable(&caller.principal, id)? {
@@ -932,7 +889,7 @@ impl SyncHub {
     }
 
     /// The audit log.
-    pub fn audit(&self) -> &crate::audit::AuditLog {
+    pub fn audit(&self) -> &crate::storage::audit::AuditLog {
         &self.audit
     }
 
@@ -958,7 +915,7 @@ impl SyncHub {
         self: Arc<Self>,
         ws: WebSocket,
         caller: Caller,
-        devices: crate::devices::DeviceRegistry,
+        devices: crate::identity::devices::DeviceRegistry,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let device = &caller.device;
@@ -1049,13 +1006,13 @@ impl SyncHub {
                         continue;
                     }
                     match devices.standing(&device.id) {
-                        Ok(crate::devices::Auth::Device(now)) => {
+                        Ok(crate::identity::devices::Auth::Device(now)) => {
                             if now.retiring && !retire_asked && session.is_established() {
                                 session.request_retirement();
                                 retire_asked = true;
                             }
                         }
-                        Ok(crate::devices::Auth::Revoked) => {
+                        Ok(crate::identity::devices::Auth::Revoked) => {
                             tracing::info!(device = %device.id, "device revoked during its session");
                             session.close_with(
                                 ErrorCode::Revoked,
@@ -1423,7 +1380,7 @@ impl SyncHub {
         let index = Header::read(&rebuilt)
             .ok()
             .map(|h| index_entry(h, &rebuilt));
-        let write = crate::store::DocWrite {
+        let write = crate::storage::store::DocWrite {
             doc: id,
             chunk: Vec::new(),
             heads: baraza_protocol::to_heads(&rebuilt.get_heads()),
@@ -1477,7 +1434,7 @@ impl SyncHub {
         session: &mut ServerSession,
         caller: &Caller,
         id: DocId,
-        live: &mut crate::docs::LiveDoc,
+        live: &mut crate::engine::docs::LiveDoc,
         before: &[automerge::ChangeHash],
         before_header: Option<Header>,
     ) -> Option<Admitted> {
@@ -1595,7 +1552,12 @@ impl SyncHub {
     }
 
     /// A retiring device reported its store wiped: its token ends here.
-    fn retired(&self, devices: &crate::devices::DeviceRegistry, caller: &Caller, report: &str) {
+    fn retired(
+        &self,
+        devices: &crate::identity::devices::DeviceRegistry,
+        caller: &Caller,
+        report: &str,
+    ) {
         let now = crate::clock::unix_now();
         if let Err(err) = devices.mark_retired(&caller.device.id, now) {
             tracing::error!(device = %caller.device.id, error = %err, "could not mark the device retired");
@@ -1616,7 +1578,7 @@ impl SyncHub {
         session: &mut ServerSession,
         done: Done,
         caller: &Caller,
-        devices: &crate::devices::DeviceRegistry,
+        devices: &crate::identity::devices::DeviceRegistry,
         received: &mut Vec<Received>,
     ) {
         let mut audit_write = |doc: DocId, heads: &[Head], wrote: Option<WriteSummary>| {
@@ -1744,7 +1706,7 @@ struct DeviceNamer {
 impl DeviceNamer {
     fn new<'a>(
         actors: impl Iterator<Item = &'a str>,
-        devices: &crate::devices::DeviceRegistry,
+        devices: &crate::identity::devices::DeviceRegistry,
     ) -> DeviceNamer {
         let ids: std::collections::BTreeSet<DeviceId> =
             actors.filter_map(device_of_actor).collect();
@@ -1977,7 +1939,7 @@ fn index_entry(header: Header, doc: &automerge::Automerge) -> IndexEntry {
         kind: header.kind.name().to_string(),
         state: baraza_records::review_state(doc),
         created_at: header.created_at,
-        summary: crate::store::RecordSummary {
+        summary: crate::storage::store::RecordSummary {
             title: baraza_records::title(doc, header.kind),
             submitted_at: baraza_records::submitted_at(doc),
             conflicts: baraza_records::has_conflict(doc),
@@ -1993,7 +1955,7 @@ fn index_entry(header: Header, doc: &automerge::Automerge) -> IndexEntry {
 struct HubFeed<'a> {
     hub: &'a SyncHub,
     who: &'a Principal,
-    devices: &'a crate::devices::DeviceRegistry,
+    devices: &'a crate::identity::devices::DeviceRegistry,
 }
 
 impl Feed for HubFeed<'_> {

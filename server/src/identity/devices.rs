@@ -14,7 +14,7 @@ use rand::TryRngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::sync::DeviceIdentity;
+use crate::identity::caller::DeviceIdentity;
 
 /// Every token starts with this, so a leaked token is recognisable in logs,
 /// pastes and secret scanners.

@@ -5,7 +5,7 @@
 //! - `POST login` `{user, password}`: supervisors only. Sets the session
 //!   cookie (HttpOnly, Secure, SameSite=Strict, Path=/review) and answers
 //!   `{user, areas, csrf}`. It goes through the server's one
-//!   [`LoginGate`](crate::login::LoginGate), as enrolment does: failures
+//!   [`LoginGate`](crate::api::login::LoginGate), as enrolment does: failures
 //!   count towards the account's lockout and the one per-address throttle
 //!   both doors share, and every refusal answers alike (401
 //!   `{"error": "wrong user name or password"}`), a non-supervisor's right
@@ -17,7 +17,7 @@
 //!   `area`, `state`, `created_at`, `created_by`, `title`, `submitted_at`,
 //!   `conflicts`, `comments`, `clock`; no document is loaded.
 //! - `GET events`: server-sent events, each admitted write to a record the
-//!   supervisor may read as its list row (`crate::review_events`).
+//!   supervisor may read as its list row (`crate::api::review_events`).
 //! - `GET records/{id}`: fields, conflicts, history (each change's claimed
 //!   time beside when the server first stored it; conflicting values and
 //!   history entries name their `device` and `device_name`), review comments, and
@@ -50,11 +50,12 @@ use sha2::{Digest, Sha256};
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Rejection, Reply};
 
-use crate::http::AppState;
-use crate::login::{Door, GateError, LoginGate};
-use crate::store::RecordFilter;
-use crate::sync::{Caller, DeskError, DeviceIdentity, SyncHub};
-use crate::users::{LoginError, UserRegistry};
+use crate::api::login::{Door, GateError, LoginGate};
+use crate::api::AppState;
+use crate::engine::hub::{DeskError, SyncHub};
+use crate::identity::caller::{Caller, DeviceIdentity};
+use crate::identity::users::{LoginError, UserRegistry};
+use crate::storage::store::RecordFilter;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "baraza_review";
@@ -127,7 +128,7 @@ impl Sessions {
 struct Desk {
     hub: Arc<SyncHub>,
     users: UserRegistry,
-    devices: crate::devices::DeviceRegistry,
+    devices: crate::identity::devices::DeviceRegistry,
     sessions: Sessions,
     gate: Arc<LoginGate>,
 }
@@ -173,8 +174,8 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 fn desk_caller(principal: Principal) -> Caller {
     Caller {
         device: DeviceIdentity {
-            id: crate::sync::desk_device_id(&principal.user),
-            name: crate::sync::DESK_DEVICE_NAME.into(),
+            id: crate::identity::caller::desk_device_id(&principal.user),
+            name: crate::identity::caller::DESK_DEVICE_NAME.into(),
             user: Some(principal.user.clone()),
             retiring: false,
             scope: None,
@@ -279,19 +280,19 @@ struct ResolveRequest {
 
 /// The page's assets, embedded: the desk works on a station LAN with no
 /// internet, and nothing is fetched from elsewhere.
-const INDEX_HTML: &str = include_str!("../assets/review/index.html");
-const APP_JS: &str = include_str!("../assets/review/app.js");
-const APP_CSS: &str = include_str!("../assets/review/app.css");
-const FAVICON_SVG: &str = include_str!("../assets/review/favicon.svg");
+const INDEX_HTML: &str = include_str!("../../assets/review/index.html");
+const APP_JS: &str = include_str!("../../assets/review/app.js");
+const APP_CSS: &str = include_str!("../../assets/review/app.css");
+const FAVICON_SVG: &str = include_str!("../../assets/review/favicon.svg");
 /// The page's interface strings, one flat `{"key": "text"}` catalogue per
 /// language (a translator edits these, not the code); English first, the
 /// fallback for a key another lacks (a test keeps them complete).
 const CATALOGUES: [(&str, &str); 5] = [
-    ("en", include_str!("../assets/review/i18n/en.json")),
-    ("fr", include_str!("../assets/review/i18n/fr.json")),
-    ("sw", include_str!("../assets/review/i18n/sw.json")),
-    ("pt", include_str!("../assets/review/i18n/pt.json")),
-    ("ar", include_str!("../assets/review/i18n/ar.json")),
+    ("en", include_str!("../../assets/review/i18n/en.json")),
+    ("fr", include_str!("../../assets/review/i18n/fr.json")),
+    ("sw", include_str!("../../assets/review/i18n/sw.json")),
+    ("pt", include_str!("../../assets/review/i18n/pt.json")),
+    ("ar", include_str!("../../assets/review/i18n/ar.json")),
 ];
 
 #[cfg(test)]
@@ -403,7 +404,7 @@ pub fn routes(
     let login = warp::path!("review" / "api" / "login")
         .and(warp::post())
         .and(with_desk.clone())
-        .and(crate::peer::remote())
+        .and(crate::net::peer::remote())
         .and(body)
         .and_then(
             |desk, peer, body| async move { Ok::<_, Rejection>(login(desk, peer, body).await) },
@@ -539,7 +540,7 @@ pub fn routes(
         .map(hardened)
 }
 
-/// `GET events`: the live stream (see [`crate::review_events`]).
+/// `GET events`: the live stream (see [`crate::api::review_events`]).
 fn events(
     desk: Arc<Desk>,
     headers: &HeaderMap,
@@ -550,21 +551,21 @@ fn events(
         Err(refused) => return refused.reply(),
     };
     let checker = desk.clone();
-    let check: crate::review_events::SessionCheck = Arc::new(move || {
+    let check: crate::api::review_events::SessionCheck = Arc::new(move || {
         checker
             .session_caller(&id, None)
             .ok()
             .map(|caller| caller.principal)
     });
-    let source = crate::review_events::EventSource {
+    let source = crate::api::review_events::EventSource {
         hub: desk.hub.clone(),
         check,
         sessions_ended: desk.sessions.ended.subscribe(),
         stop,
-        buffered_max: crate::review_events::EVENTS_BUFFERED_MAX,
-        entries_per_wake_max: crate::review_events::ENTRIES_PER_WAKE_MAX,
+        buffered_max: crate::api::review_events::EVENTS_BUFFERED_MAX,
+        entries_per_wake_max: crate::api::review_events::ENTRIES_PER_WAKE_MAX,
     };
-    let stream = crate::review_events::start(source, caller.principal);
+    let stream = crate::api::review_events::start(source, caller.principal);
     warp::sse::reply(stream).into_response()
 }
 
@@ -596,7 +597,7 @@ async fn indicators(
             }
             records.extend(hub.export_record(&caller.principal, id, false)?);
         }
-        Ok::<_, crate::docs::DocsError>(crate::export::indicators(&records))
+        Ok::<_, crate::engine::docs::DocsError>(crate::api::export::indicators(&records))
     })
     .await;
     match built {
@@ -617,7 +618,9 @@ async fn login(desk: Arc<Desk>, peer: Option<SocketAddr>, body: Bytes) -> warp::
         .await
     {
         Ok(user) => user,
-        Err(GateError::Refused) => return error(StatusCode::UNAUTHORIZED, crate::login::REFUSED),
+        Err(GateError::Refused) => {
+            return error(StatusCode::UNAUTHORIZED, crate::api::login::REFUSED)
+        }
         Err(GateError::Throttled(wait)) => {
             return warp::reply::with_header(
                 error(
@@ -707,7 +710,7 @@ impl Selection {
         &self,
         hub: &SyncHub,
         who: &Principal,
-    ) -> Result<Vec<crate::store::RecordRow>, crate::docs::DocsError> {
+    ) -> Result<Vec<crate::storage::store::RecordRow>, crate::engine::docs::DocsError> {
         // Without filters beyond the index's, the index stops at the limit.
         let index_limit = if self.to.is_none() && self.text.is_none() {
             self.limit
@@ -752,7 +755,7 @@ async fn list(
             .rows(&hub, &caller.principal)?
             .into_iter()
             .map(|row| row_json(&hub, row))
-            .collect::<Result<Vec<_>, crate::docs::DocsError>>()
+            .collect::<Result<Vec<_>, crate::engine::docs::DocsError>>()
     })
     .await;
     match rows {
@@ -766,8 +769,8 @@ async fn list(
 /// lookup in a small tree, no document loaded). Blocking.
 pub(crate) fn row_json(
     hub: &SyncHub,
-    row: crate::store::RecordRow,
-) -> Result<serde_json::Value, crate::docs::DocsError> {
+    row: crate::storage::store::RecordRow,
+) -> Result<serde_json::Value, crate::engine::docs::DocsError> {
     let clock = match row.id.parse::<DocId>() {
         Ok(id) => hub.clock_skew(id)?,
         Err(_) => None,
@@ -824,7 +827,7 @@ async fn export(
             .into_iter()
             .flatten()
             .collect::<Vec<_>>();
-        Ok::<_, crate::docs::DocsError>(records)
+        Ok::<_, crate::engine::docs::DocsError>(records)
     })
     .await;
     let records = match built {
@@ -852,12 +855,12 @@ async fn export(
     .await;
     let (body, content_type, extension) = match format {
         "geojson" => (
-            crate::export::geojson(&records).to_string(),
+            crate::api::export::geojson(&records).to_string(),
             "application/geo+json",
             "geojson",
         ),
         _ => (
-            crate::export::csv(kind, &records, contacts),
+            crate::api::export::csv(kind, &records, contacts),
             "text/csv; charset=utf-8",
             "csv",
         ),

@@ -16,9 +16,9 @@
 //!   `review_login_refused` for a non-supervisor), which callers never see.
 //! - one per-address throttle ([`LoginThrottle`]) counts the failures of
 //!   both doors: after
-//!   [`ATTEMPTS_PER_ADDRESS_MAX`](crate::users::ATTEMPTS_PER_ADDRESS_MAX)
+//!   [`ATTEMPTS_PER_ADDRESS_MAX`](crate::identity::users::ATTEMPTS_PER_ADDRESS_MAX)
 //!   failed logins within
-//!   [`ADDRESS_WINDOW_SECS`](crate::users::ADDRESS_WINDOW_SECS) seconds,
+//!   [`ADDRESS_WINDOW_SECS`](crate::identity::users::ADDRESS_WINDOW_SECS) seconds,
 //!   through either door, the address gets 429 with `Retry-After`, and the
 //!   password is not even checked. This is what stops one client from
 //!   guessing many names without locking any one of them. Refusals are
@@ -50,10 +50,12 @@ use hyper::body::Bytes;
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use crate::audit::AuditLog;
-use crate::devices::{DeviceError, DeviceRegistry, NewDevice, ReenrolRefusal, Reenrolment};
-use crate::http::AppState;
-use crate::users::{LoginError, LoginThrottle, Role, User, UserRegistry};
+use crate::api::AppState;
+use crate::identity::devices::{
+    DeviceError, DeviceRegistry, NewDevice, ReenrolRefusal, Reenrolment,
+};
+use crate::identity::users::{LoginError, LoginThrottle, Role, User, UserRegistry};
+use crate::storage::audit::AuditLog;
 
 /// The one answer to every refused login, whatever the reason.
 pub const REFUSED: &str = "wrong user name or password";
@@ -139,7 +141,7 @@ impl LoginGate {
                 IpAddr::V4(Ipv4Addr::UNSPECIFIED)
             }
         };
-        let key = crate::peer::client_key(address);
+        let key = crate::net::peer::client_key(address);
         let now = unix_now();
 
         let admitted = self.throttle().attempt(key, now);
@@ -259,7 +261,7 @@ pub fn enroll_route(
     });
     warp::path!("v1" / "enroll")
         .and(warp::post())
-        .and(crate::peer::remote())
+        .and(crate::net::peer::remote())
         .and(warp::body::content_length_limit(BODY_BYTES_MAX))
         .and(warp::body::bytes())
         .and_then(move |peer: Option<SocketAddr>, body: Bytes| {

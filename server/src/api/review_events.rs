@@ -23,8 +23,8 @@ use baraza_records::Principal;
 use tokio::sync::{mpsc, watch};
 use warp::sse::Event;
 
-use crate::docs::DocsError;
-use crate::sync::SyncHub;
+use crate::engine::docs::DocsError;
+use crate::engine::hub::SyncHub;
 
 /// How often a comment goes out on an idle stream (and the session is
 /// checked again): well inside the idle timeouts of proxies and browsers.
@@ -233,7 +233,7 @@ fn rows_between(
     let mut rows = Vec::with_capacity(docs.len());
     for doc in docs {
         if let Some(row) = hub.record_row(who, doc)? {
-            rows.push(crate::review::row_json(hub, row)?);
+            rows.push(crate::api::review::row_json(hub, row)?);
         }
     }
     Ok(Some(rows))

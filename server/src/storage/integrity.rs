@@ -21,8 +21,8 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
-use crate::audit::{AuditLog, Verdict};
-use crate::store::{SledStore, Store};
+use crate::storage::audit::{AuditLog, Verdict};
+use crate::storage::store::{SledStore, Store};
 
 /// Bytes of one anchor slot; the file holds two, written in turn, so a
 /// write torn by a power cut leaves the other intact.

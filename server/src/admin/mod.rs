@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
-use crate::audit::{AuditLog, Verdict};
-use crate::data_dir::{DataDir, DataDirError};
-use crate::devices::{DeviceError, DeviceRecord, DeviceRegistry};
-use crate::users::{Role, User, UserError, UserRegistry};
+use crate::identity::devices::{DeviceError, DeviceRecord, DeviceRegistry};
+use crate::identity::users::{Role, User, UserError, UserRegistry};
+use crate::storage::audit::{AuditLog, Verdict};
+use crate::storage::data_dir::{DataDir, DataDirError};
 
 /// Longest request or reply line. A reply listing thousands of devices fits
 /// comfortably; a request is a few dozen bytes.
@@ -74,7 +74,7 @@ pub enum AdminError {
     BadReply(#[source] serde_json::Error),
     /// The audit log failed.
     #[error(transparent)]
-    Audit(#[from] crate::audit::AuditError),
+    Audit(#[from] crate::storage::audit::AuditError),
     /// `user add` named a role that does not exist.
     #[error("unknown role {0:?}: officer, liaison, supervisor or admin")]
     UnknownRole(String),
@@ -222,7 +222,7 @@ pub struct Registries {
 #[derive(Clone)]
 pub enum Records {
     /// Through the running server's hub.
-    Live(std::sync::Arc<crate::sync::SyncHub>),
+    Live(std::sync::Arc<crate::engine::hub::SyncHub>),
     /// No server runs: open the store for the one command, then close it
     /// cleanly (so tablets are not told to re-offer everything).
     Offline(sled::Db),
@@ -232,31 +232,35 @@ impl Records {
     /// Runs `f` on the live hub, or on one opened for it and closed cleanly.
     fn with_hub<T>(
         &self,
-        f: impl FnOnce(&crate::sync::SyncHub) -> Result<T, crate::docs::DocsError>,
-    ) -> Result<T, crate::docs::DocsError> {
+        f: impl FnOnce(&crate::engine::hub::SyncHub) -> Result<T, crate::engine::docs::DocsError>,
+    ) -> Result<T, crate::engine::docs::DocsError> {
         match self {
             Records::Live(hub) => f(hub),
             Records::Offline(db) => {
-                let hub = crate::sync::SyncHub::open(db.clone())
-                    .map_err(|e| crate::docs::DocsError::Commit(e.to_string()))?;
+                let hub = crate::engine::hub::SyncHub::open(db.clone())
+                    .map_err(|e| crate::engine::docs::DocsError::Commit(e.to_string()))?;
                 let out = f(&hub);
                 hub.flush()
-                    .map_err(|e| crate::docs::DocsError::Commit(e.to_string()))?;
+                    .map_err(|e| crate::engine::docs::DocsError::Commit(e.to_string()))?;
                 out
             }
         }
     }
 
-    fn erase(&self, id: baraza_protocol::DocId) -> Result<(), crate::sync::EraseError> {
+    fn erase(&self, id: baraza_protocol::DocId) -> Result<(), crate::engine::hub::EraseError> {
         match self {
             Records::Live(hub) => hub.erase_record(id, "admin"),
             Records::Offline(db) => {
-                let hub = crate::sync::SyncHub::open(db.clone()).map_err(|e| {
-                    crate::sync::EraseError::Docs(crate::docs::DocsError::Commit(e.to_string()))
+                let hub = crate::engine::hub::SyncHub::open(db.clone()).map_err(|e| {
+                    crate::engine::hub::EraseError::Docs(crate::engine::docs::DocsError::Commit(
+                        e.to_string(),
+                    ))
                 })?;
                 let erased = hub.erase_record(id, "admin");
                 hub.flush().map_err(|e| {
-                    crate::sync::EraseError::Docs(crate::docs::DocsError::Commit(e.to_string()))
+                    crate::engine::hub::EraseError::Docs(crate::engine::docs::DocsError::Commit(
+                        e.to_string(),
+                    ))
                 })?;
                 erased
             }
@@ -338,7 +342,7 @@ pub enum AdminReply {
     /// The audit log.
     AuditEntries {
         /// Every entry, in order.
-        entries: Vec<crate::audit::Entry>,
+        entries: Vec<crate::storage::audit::Entry>,
     },
     /// The request failed.
     Error {
