@@ -176,6 +176,15 @@ struct Response {
     body: String,
 }
 
+/// The `baraza-refusal` header's code, if the response has one.
+fn refusal_code(response: &Response) -> Option<&str> {
+    response.head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case(baraza_protocol::REFUSAL_HEADER)
+            .then(|| value.trim())
+    })
+}
+
 /// Sends `request` over TLS, trusting only `ca`, and reads one response.
 fn https(addr: SocketAddr, ca: &Path, request: &str) -> Response {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -302,10 +311,12 @@ fn a_running_server_serves_health_registers_devices_and_refuses_bad_tokens() {
     let missing = sync_upgrade(server.addr, &ca, None);
     assert_eq!(missing.status, 401, "{missing:?}");
     assert_eq!(missing.body, "missing bearer token");
+    assert_eq!(refusal_code(&missing), Some("missing_token"), "{missing:?}");
 
     let wrong = sync_upgrade(server.addr, &ca, Some("Bearer bz_not_a_real_token"));
     assert_eq!(wrong.status, 401, "{wrong:?}");
     assert_eq!(wrong.body, "unknown device token");
+    assert_eq!(refusal_code(&wrong), Some("unknown_token"), "{wrong:?}");
 
     let good = sync_upgrade(server.addr, &ca, Some(&format!("Bearer {token}")));
     assert_eq!(good.status, 101, "{good:?}");
@@ -327,6 +338,8 @@ fn a_running_server_serves_health_registers_devices_and_refuses_bad_tokens() {
         after.body,
         "revoked: this device was reported lost or stolen"
     );
+    // A tablet knows to wipe from the code, not from the words.
+    assert_eq!(refusal_code(&after), Some("revoked"), "{after:?}");
 
     // Plain HTTP on the TLS port, and a client that hangs up mid-handshake,
     // end only their own connections.

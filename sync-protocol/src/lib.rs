@@ -22,10 +22,12 @@ pub mod codec;
 pub mod docsync;
 pub mod limits;
 pub mod message;
+pub mod refusal;
 pub mod replica;
 pub mod session;
 
 pub use limits::Limits;
 pub use message::*;
+pub use refusal::{Refusal, REFUSAL_HEADER};
 pub use replica::{ClientDriver, DriveError, Replica};
 pub use session::*;

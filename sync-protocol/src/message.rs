@@ -394,6 +394,13 @@ impl DeviceId {
     }
 }
 
+/// Lowercase hex, as logs, audit entries and the registry spell it.
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
 impl fmt::Debug for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DeviceId({})", self.to_hex())

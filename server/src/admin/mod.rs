@@ -453,10 +453,10 @@ pub fn execute_for(
             let new = devices.add_for_user(&name, Some(&user))?;
             audit(
                 "device_added",
-                serde_json::json!({ "name": new.identity.name, "device": new.identity.id, "user": user }),
+                serde_json::json!({ "name": new.identity.name, "device": new.identity.id.to_hex(), "user": user }),
             );
             AdminReply::DeviceAdded {
-                id: new.identity.id,
+                id: new.identity.id.to_hex(),
                 name: new.identity.name,
                 token: new.token,
             }

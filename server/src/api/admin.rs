@@ -311,7 +311,7 @@ async fn authorize(api: &Arc<Registries>, headers: &HeaderMap) -> Result<Request
             Some(user) if user.role == Role::Admin && !user.disabled => {
                 return Ok(Requester {
                     user: user.name.clone(),
-                    device: device.id,
+                    device: device.id.to_hex(),
                 })
             }
             Some(user) if user.role == Role::Admin => "the administrator's account is disabled",
@@ -321,7 +321,7 @@ async fn authorize(api: &Arc<Registries>, headers: &HeaderMap) -> Result<Request
         tracing::warn!(device = %device.id, user = ?device.user, why, "admin API refused");
         api.audit.record(
             "admin_forbidden",
-            serde_json::json!({ "device": device.id, "user": device.user, "reason": why }),
+            serde_json::json!({ "device": device.id.to_hex(), "user": device.user, "reason": why }),
         );
         Err(ApiError::new(StatusCode::FORBIDDEN, why))
     })
@@ -506,7 +506,7 @@ mod tests {
 
         let who = authorize(&api, &bearer(&admin.token)).await.unwrap();
         assert_eq!(who.user, "amina");
-        assert_eq!(who.device, admin.identity.id);
+        assert_eq!(who.device, admin.identity.id.to_hex());
         let status = |r: Result<Requester, ApiError>| r.err().map(|e| e.status);
         assert_eq!(
             status(authorize(&api, &HeaderMap::new()).await),

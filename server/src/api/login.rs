@@ -320,7 +320,7 @@ async fn enroll(
                 Reenrolment::Reissued(device) => {
                     worker.audit.record(
                         "device_reenrolled",
-                        serde_json::json!({ "user": user.name, "device": device.identity.id }),
+                        serde_json::json!({ "user": user.name, "device": device.identity.id.to_hex() }),
                     );
                     Enrolled::Again(device)
                 }
@@ -338,7 +338,7 @@ async fn enroll(
                     .add_for_user(&device_name, Some(&user.name))?;
                 worker.audit.record(
                     "device_enrolled",
-                    serde_json::json!({ "user": user.name, "device": device.identity.id }),
+                    serde_json::json!({ "user": user.name, "device": device.identity.id.to_hex() }),
                 );
                 Enrolled::New(device)
             }
@@ -405,7 +405,7 @@ fn enrolled_reply(
         .flatten();
     warp::reply::json(&serde_json::json!({
         "token": device.token,
-        "device_id": device.identity.id,
+        "device_id": device.identity.id.to_hex(),
         "device_name": device.identity.name,
         "reenrolled": again,
         "user": user.name,

@@ -30,6 +30,7 @@ use crate::identity::caller::Caller;
 use crate::identity::devices::Auth;
 use crate::identity::devices::DeviceRegistry;
 use crate::net::ConnectionSlot;
+use baraza_protocol::{Refusal, REFUSAL_HEADER};
 
 /// What the request handlers share.
 #[derive(Clone)]
@@ -49,7 +50,7 @@ pub struct AppState {
 /// Why a request was refused. Turned into a plain-text response by
 /// [`recover`]; the messages never include the token.
 #[derive(Debug)]
-enum Refusal {
+enum Rejected {
     /// 401: no `Authorization: Bearer` header.
     MissingToken,
     /// 401: the token matches no device.
@@ -68,7 +69,22 @@ enum Refusal {
     Unavailable(&'static str),
 }
 
-impl warp::reject::Reject for Refusal {}
+impl warp::reject::Reject for Rejected {}
+
+impl Rejected {
+    /// The code a client switches on, sent beside the message.
+    fn code(&self) -> Refusal {
+        match self {
+            Rejected::MissingToken => Refusal::MissingToken,
+            Rejected::UnknownToken => Refusal::UnknownToken,
+            Rejected::Revoked => Refusal::Revoked,
+            Rejected::Retired => Refusal::Retired,
+            Rejected::Expired => Refusal::Expired,
+            Rejected::NoUser(_) => Refusal::NoUser,
+            Rejected::Unavailable(_) => Refusal::Unavailable,
+        }
+    }
+}
 
 /// The routes as the hyper service the listener runs on each connection.
 pub fn service(
@@ -237,7 +253,10 @@ fn rotate_route(
             let hub = hub.clone();
             async move {
                 let Some(token) = bearer_token(&headers).map(str::to_string) else {
-                    return Ok::<_, Rejection>(unauthorized("missing bearer token"));
+                    return Ok::<_, Rejection>(unauthorized(
+                        Refusal::MissingToken,
+                        "missing bearer token",
+                    ));
                 };
                 let now = crate::clock::unix_now();
                 let rotated =
@@ -260,6 +279,7 @@ fn rotate_route(
                         .into_response()
                     }
                     Ok(Ok(None)) => unauthorized(
+                        Refusal::UnknownToken,
                         "cannot rotate: the token is unknown, revoked, retired or expired",
                     ),
                     _ => text_reply(StatusCode::SERVICE_UNAVAILABLE, "device store unavailable"),
@@ -272,7 +292,8 @@ fn rotate_route(
 /// Runs before the WebSocket filter, so a client without a valid token
 /// gets a 401, never an upgrade.
 async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, Rejection> {
-    let token = bearer_token(headers).ok_or_else(|| warp::reject::custom(Refusal::MissingToken))?;
+    let token =
+        bearer_token(headers).ok_or_else(|| warp::reject::custom(Rejected::MissingToken))?;
     let token = token.to_string();
     let devices = state.devices.clone();
     let users = state.users.clone();
@@ -280,13 +301,13 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, R
     let found = tokio::task::spawn_blocking(move || {
         let device = match devices.authenticate(&token)? {
             Auth::Device(d) => d,
-            Auth::Unknown => return Ok(Err(Refusal::UnknownToken)),
-            Auth::Revoked => return Ok(Err(Refusal::Revoked)),
-            Auth::Retired => return Ok(Err(Refusal::Retired)),
-            Auth::Expired => return Ok(Err(Refusal::Expired)),
+            Auth::Unknown => return Ok(Err(Rejected::UnknownToken)),
+            Auth::Revoked => return Ok(Err(Rejected::Revoked)),
+            Auth::Retired => return Ok(Err(Rejected::Retired)),
+            Auth::Expired => return Ok(Err(Rejected::Expired)),
         };
         let Some(name) = device.user.clone() else {
-            return Ok(Err(Refusal::NoUser(
+            return Ok(Err(Rejected::NoUser(
                 "this device is tied to no user; enroll it or add it with --user",
             )));
         };
@@ -302,7 +323,9 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, R
                     areas: u.areas,
                 },
             }),
-            _ => Err(Refusal::NoUser("this device's user is disabled or unknown")),
+            _ => Err(Rejected::NoUser(
+                "this device's user is disabled or unknown",
+            )),
         })
     })
     .await;
@@ -314,13 +337,13 @@ async fn authenticate(headers: &HeaderMap, state: &AppState) -> Result<Caller, R
                 error = &error as &dyn std::error::Error,
                 "device lookup failed"
             );
-            Err(warp::reject::custom(Refusal::Unavailable(
+            Err(warp::reject::custom(Rejected::Unavailable(
                 "device store unavailable",
             )))
         }
         Err(error) => {
             tracing::error!(%error, "device lookup task failed");
-            Err(warp::reject::custom(Refusal::Unavailable(
+            Err(warp::reject::custom(Rejected::Unavailable(
                 "device store unavailable",
             )))
         }
@@ -348,7 +371,7 @@ fn upgrade(
     stop_rx: watch::Receiver<bool>,
 ) -> Result<warp::reply::Response, Rejection> {
     if *stop_rx.borrow() {
-        return Err(warp::reject::custom(Refusal::Unavailable(
+        return Err(warp::reject::custom(Rejected::Unavailable(
             "server is shutting down",
         )));
     }
@@ -363,7 +386,7 @@ fn upgrade(
         // no slot to hand over.
         None => slots
             .try_acquire_owned()
-            .map_err(|_| warp::reject::custom(Refusal::Unavailable("too many connections")))?,
+            .map_err(|_| warp::reject::custom(Rejected::Unavailable("too many connections")))?,
     };
     tracing::info!(device_id = %caller.device.id, device_name = %caller.device.name, "sync session starting");
     let bytes_max = state.limits.ws_message_bytes_max();
@@ -374,7 +397,7 @@ fn upgrade(
         .max_frame_size(bytes_max)
         .on_upgrade(move |socket| async move {
             let _slot = slot;
-            let device_id = caller.device.id.clone();
+            let device_id = caller.device.id;
             hub.serve_socket(socket, caller, devices, stop_rx).await;
             tracing::info!(%device_id, "sync session ended");
         });
@@ -382,26 +405,39 @@ fn upgrade(
 }
 
 async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Rejection> {
-    let Some(refusal) = rejection.find::<Refusal>() else {
+    let Some(refusal) = rejection.find::<Rejected>() else {
         return Err(rejection);
     };
+    let code = refusal.code();
     let response = match refusal {
-        Refusal::MissingToken => unauthorized("missing bearer token"),
-        Refusal::UnknownToken => unauthorized("unknown device token"),
-        Refusal::Revoked => unauthorized("revoked: this device was reported lost or stolen"),
-        Refusal::Retired => unauthorized("retired: this device was retired; enroll it again"),
-        Refusal::Expired => unauthorized("expired: this device's token expired; enroll it again"),
-        Refusal::NoUser(why) => unauthorized(why),
-        Refusal::Unavailable(why) => {
-            warp::reply::with_status(*why, StatusCode::SERVICE_UNAVAILABLE).into_response()
+        Rejected::MissingToken => unauthorized(code, "missing bearer token"),
+        Rejected::UnknownToken => unauthorized(code, "unknown device token"),
+        Rejected::Revoked => unauthorized(code, "revoked: this device was reported lost or stolen"),
+        Rejected::Retired => {
+            unauthorized(code, "retired: this device was retired; enroll it again")
         }
+        Rejected::Expired => unauthorized(
+            code,
+            "expired: this device's token expired; enroll it again",
+        ),
+        Rejected::NoUser(why) => unauthorized(code, why),
+        Rejected::Unavailable(why) => warp::reply::with_status(
+            warp::reply::with_header(*why, REFUSAL_HEADER, code.code()),
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .into_response(),
     };
     Ok(response)
 }
 
-fn unauthorized(why: &'static str) -> warp::reply::Response {
+/// A 401 with its message for people and its code for programs.
+fn unauthorized(code: Refusal, why: &'static str) -> warp::reply::Response {
     warp::reply::with_status(
-        warp::reply::with_header(why, "www-authenticate", "Bearer"),
+        warp::reply::with_header(
+            warp::reply::with_header(why, "www-authenticate", "Bearer"),
+            REFUSAL_HEADER,
+            code.code(),
+        ),
         StatusCode::UNAUTHORIZED,
     )
     .into_response()

@@ -617,7 +617,7 @@ impl SyncHub {
                 serde_json::json!({
                     "record": id.to_string(),
                     "user": caller.principal.user,
-                    "device": caller.device.id,
+                    "device": caller.device.id.to_hex(),
                     "exists": exists,
                 }),
             );
@@ -639,7 +639,7 @@ impl SyncHub {
             serde_json::json!({
                 "record": id.to_string(),
                 "user": caller.principal.user,
-                "device": caller.device.id,
+                "device": caller.device.id.to_hex(),
             }),
         );
         let store = self.docs.store();
@@ -718,7 +718,7 @@ impl SyncHub {
             let mut live = handle.lock().unwrap_or_else(|p| p.into_inner());
             let before = live.doc.get_heads();
             let before_header = Header::read(&live.doc).ok();
-            let mut actor = hex::decode(&caller.device.id).unwrap_or_default();
+            let mut actor = caller.device.id.as_bytes().to_vec();
             actor.extend_from_slice(&self.desk_actor_suffix);
             live.doc.set_actor(automerge::ActorId::from(actor));
             let now_ms = crate::clock::unix_now_ms() as i64;
@@ -783,7 +783,7 @@ impl SyncHub {
                     "record": id.to_string(),
                     "decision": decision,
                     "user": caller.principal.user,
-                    "device": caller.device.id,
+                    "device": caller.device.id.to_hex(),
                 }),
             );
         }
@@ -794,7 +794,7 @@ impl SyncHub {
         self.audit.record(
             "change_refused",
             serde_json::json!({
-                "device": caller.device.id,
+                "device": caller.device.id.to_hex(),
                 "user": caller.principal.user,
                 "record": id.to_string(),
                 "rule": rule,
@@ -1053,7 +1053,7 @@ impl SyncHub {
             })
             .collect();
         let details = serde_json::json!({
-            "device": device.id,
+            "device": device.id.to_hex(),
             "user": caller.principal.user,
             "frames_received": frames,
             "received": received,
@@ -1085,12 +1085,10 @@ impl SyncHub {
                     session.accept_with(&hello, self.docs.store().store_id(), seq, refeed);
                     // Its own name first: a tablet enrolled by token alone
                     // learns what the registry calls it.
-                    if let Some(own) = DeviceId::from_hex(&device.id) {
-                        session.send_device_names(vec![DeviceName {
-                            device: own,
-                            name: device.name.clone(),
-                        }]);
-                    }
+                    session.send_device_names(vec![DeviceName {
+                        device: device.id,
+                        name: device.name.clone(),
+                    }]);
                     self.ask_for_repairs(session, caller);
                     tracing::debug!(device = %device.id, cursor = hello.cursor, feed = seq, "hello");
                 }
@@ -1398,7 +1396,7 @@ impl SyncHub {
         let audit = self.audit.clone();
         let by = serde_json::json!({
             "record": id.to_string(),
-            "device": caller.device.id,
+            "device": caller.device.id.to_hex(),
             "user": caller.principal.user,
         });
         tokio::spawn(async move {
@@ -1490,7 +1488,7 @@ impl SyncHub {
                 serde_json::json!({
                     "record": id.to_string(),
                     "user": caller.principal.user,
-                    "device": caller.device.id,
+                    "device": caller.device.id.to_hex(),
                 }),
             );
             Some(Target::Hidden)
@@ -1566,7 +1564,7 @@ impl SyncHub {
         self.audit.record(
             "device_retired",
             serde_json::json!({
-                "device": caller.device.id,
+                "device": caller.device.id.to_hex(),
                 "user": caller.principal.user,
                 "report": report,
             }),
@@ -1728,7 +1726,7 @@ impl DeviceNamer {
         let device = device_of_actor(actor);
         let name = device.and_then(|d| {
             self.names.get(&d).cloned().or_else(|| {
-                user.filter(|u| desk_device_id(u) == d.to_hex())
+                user.filter(|u| desk_device_id(u) == d)
                     .map(|_| DESK_DEVICE_NAME.to_string())
             })
         });
@@ -1861,10 +1859,10 @@ fn admit(
     before_header: Option<Header>,
     clock: ClockCheck,
 ) -> Result<Admitted, Refused> {
-    let prefix = hex::decode(&device.id).unwrap_or_default();
+    let prefix = device.id.as_bytes();
     let changes = doc.get_changes(before);
     for change in &changes {
-        if !change.actor_id().to_bytes().starts_with(&prefix) {
+        if !change.actor_id().to_bytes().starts_with(prefix) {
             return Err(Refused {
                 code: ErrorCode::Forbidden,
                 rule: Some(baraza_records::access::rules::DEVICE_ACTOR),
@@ -1900,7 +1898,7 @@ fn admit(
                 ));
             }
         }
-        None if header.created_by_device != device.id => {
+        None if header.created_by_device != device.id.to_hex() => {
             return Err(invalid(format!(
                 "header field created_by_device: names {:?}, but the record was pushed by device {}",
                 header.created_by_device, device.id

@@ -28,8 +28,10 @@ impl Caller {
 /// The device a connection authenticated as.
 #[derive(Clone, Debug)]
 pub struct DeviceIdentity {
-    /// Stable device id (hex).
-    pub id: String,
+    /// Stable device id. Bytes, not text: a device whose stored id does not
+    /// parse never gets an identity, so nothing can check an actor against
+    /// an id that means nothing.
+    pub id: DeviceId,
     /// Human-readable name given at `device add`.
     pub name: String,
     /// The user who enrolled the device, if a user did.
@@ -43,12 +45,14 @@ pub struct DeviceIdentity {
 /// What the review desk's changes name as their device.
 pub const DESK_DEVICE_NAME: &str = "review desk";
 
-/// The device id (hex) the review desk authors a supervisor's changes
+/// The device id the review desk authors a supervisor's changes
 /// under: derived from the user, so every server node agrees on it and a
 /// record's history can tell the desk's changes from a tablet's. Device
 /// ids in the registry are random, so none can be mistaken for one.
-pub fn desk_device_id(user: &str) -> String {
+pub fn desk_device_id(user: &str) -> DeviceId {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(format!("baraza review desk:{user}").as_bytes());
-    hex::encode(&digest[..DeviceId::LEN])
+    let mut id = [0u8; DeviceId::LEN];
+    id.copy_from_slice(&digest[..DeviceId::LEN]);
+    DeviceId::from_bytes(id)
 }

@@ -47,6 +47,13 @@ pub enum DeviceError {
     /// No device has this id.
     #[error("no device with id {0}")]
     NotFound(String),
+    /// A stored record's id is not 32 hex digits: the record is refused
+    /// rather than given an identity whose actor check could not hold.
+    #[error("device record {key} has an id that is not 32 hex digits")]
+    BadId {
+        /// The stored id, printable.
+        key: String,
+    },
     /// The operating system's random number generator failed.
     #[error("cannot read random bytes from the operating system")]
     Random(#[source] rand::rand_core::OsError),
@@ -115,15 +122,20 @@ pub struct DeviceRecord {
 }
 
 impl DeviceRecord {
-    /// The identity handed to the sync layer.
-    pub fn identity(&self) -> DeviceIdentity {
-        DeviceIdentity {
-            id: self.id.clone(),
+    /// The identity handed to the sync layer; refused for a record whose id
+    /// does not parse (fails closed).
+    pub fn identity(&self) -> Result<DeviceIdentity, DeviceError> {
+        let id =
+            baraza_protocol::DeviceId::from_hex(&self.id).ok_or_else(|| DeviceError::BadId {
+                key: self.id.escape_debug().to_string(),
+            })?;
+        Ok(DeviceIdentity {
+            id,
             name: self.name.clone(),
             user: self.user.clone(),
             retiring: self.retiring,
             scope: self.scope.clone(),
-        }
+        })
     }
 
     /// The device's state as `device list` shows it.
@@ -475,8 +487,8 @@ impl DeviceRegistry {
     }
 
     /// When the token of the device `id` expires.
-    pub fn expires_at(&self, id: &str) -> Result<Option<u64>, DeviceError> {
-        Ok(self.store.get(id)?.map(|r| self.expiry(&r)))
+    pub fn expires_at(&self, id: &baraza_protocol::DeviceId) -> Result<Option<u64>, DeviceError> {
+        Ok(self.store.get(&id.to_hex())?.map(|r| self.expiry(&r)))
     }
 
     /// Fires when some device's standing changed.
@@ -520,7 +532,7 @@ impl DeviceRegistry {
         self.store.insert(&record, &hash)?;
         self.store.flush()?;
         Ok(NewDevice {
-            identity: record.identity(),
+            identity: record.identity()?,
             token,
         })
     }
@@ -565,7 +577,7 @@ impl DeviceRegistry {
         // Live sessions on an old token re-check their standing.
         self.changed.send_modify(|n| *n += 1);
         Ok(Reenrolment::Reissued(NewDevice {
-            identity: record.identity(),
+            identity: record.identity()?,
             token,
         }))
     }
@@ -600,22 +612,27 @@ impl DeviceRegistry {
                 self.store.flush()?;
             }
         }
-        Ok(Auth::Device(record.identity()))
+        Ok(Auth::Device(record.identity()?))
     }
 
     /// The standing of a device by id, for sessions re-checking it.
-    pub fn standing(&self, id: &str) -> Result<Auth, DeviceError> {
-        Ok(match self.store.get(id)? {
+    pub fn standing(&self, id: &baraza_protocol::DeviceId) -> Result<Auth, DeviceError> {
+        Ok(match self.store.get(&id.to_hex())? {
             None => Auth::Unknown,
             Some(r) if r.revoked => Auth::Revoked,
             Some(r) if r.retired_at.is_some() => Auth::Retired,
-            Some(r) => Auth::Device(r.identity()),
+            Some(r) => Auth::Device(r.identity()?),
         })
     }
 
     /// Notes the heads of a record last acknowledged to a device.
-    pub fn note_ack(&self, id: &str, record: &str, heads: &[String]) -> Result<(), DeviceError> {
-        self.store.note_ack(id, record, heads)
+    pub fn note_ack(
+        &self,
+        id: &baraza_protocol::DeviceId,
+        record: &str,
+        heads: &[String],
+    ) -> Result<(), DeviceError> {
+        self.store.note_ack(&id.to_hex(), record, heads)
     }
 
     /// What the server last acknowledged to a device, per record: on a
@@ -661,17 +678,28 @@ impl DeviceRegistry {
     }
 
     /// Notes what the device's user could read when it caught up.
-    pub fn set_scope(&self, id: &str, scope: &str) -> Result<(), DeviceError> {
+    pub fn set_scope(
+        &self,
+        id: &baraza_protocol::DeviceId,
+        scope: &str,
+    ) -> Result<(), DeviceError> {
         let scope = scope.to_string();
-        if !self.store.update(id, &|r| r.scope = Some(scope.clone()))? {
+        if !self
+            .store
+            .update(&id.to_hex(), &|r| r.scope = Some(scope.clone()))?
+        {
             return Err(DeviceError::NotFound(id.to_string()));
         }
         Ok(())
     }
 
     /// A retiring device reported its store wiped; its token ends here.
-    pub fn mark_retired(&self, id: &str, now: u64) -> Result<(), DeviceError> {
-        self.change(id, &|r| r.retired_at = Some(now))
+    pub fn mark_retired(
+        &self,
+        id: &baraza_protocol::DeviceId,
+        now: u64,
+    ) -> Result<(), DeviceError> {
+        self.change(&id.to_hex(), &|r| r.retired_at = Some(now))
     }
 
     fn change(&self, id: &str, change: &dyn Fn(&mut DeviceRecord)) -> Result<(), DeviceError> {
@@ -779,7 +807,7 @@ mod tests {
         let tablet = registry.add("  Kibera station tablet 3 ").unwrap();
         assert!(tablet.token.starts_with(TOKEN_PREFIX));
         assert_eq!(tablet.token.len(), TOKEN_PREFIX.len() + 32 + 1 + 64);
-        assert!(tablet.token[TOKEN_PREFIX.len()..].starts_with(&tablet.identity.id));
+        assert!(tablet.token[TOKEN_PREFIX.len()..].starts_with(&tablet.identity.id.to_hex()));
         assert_eq!(tablet.identity.name, "Kibera station tablet 3");
 
         let who = registry
@@ -829,7 +857,7 @@ mod tests {
         let (_tmp, _db, registry) = registry();
         let lost = registry.add("lost tablet").unwrap();
         let kept = registry.add("kept tablet").unwrap();
-        registry.revoke(&lost.identity.id).unwrap();
+        registry.revoke(&lost.identity.id.to_hex()).unwrap();
         assert!(matches!(
             registry.authenticate(&lost.token).unwrap(),
             Auth::Revoked
@@ -864,15 +892,45 @@ mod tests {
     }
 
     #[test]
+    fn a_device_record_whose_id_does_not_parse_gets_no_identity() {
+        // Such an id once gave an empty actor prefix, which every actor
+        // matches: a record with it must authenticate as nothing at all.
+        let tmp = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(tmp.path()).open().unwrap();
+        let store = Arc::new(SledDeviceStore::open(&db).unwrap());
+        let registry = DeviceRegistry::new(store.clone());
+        let token = format!("{TOKEN_PREFIX}zz_secret");
+        let hash = TokenHash::of(&token);
+        let record = DeviceRecord {
+            id: "zz-not-hex".into(),
+            name: "odd".into(),
+            token_hash: hex::encode(hash.0),
+            created_at: unix_now(),
+            revoked: false,
+            retiring: false,
+            retired_at: None,
+            expires_at: None,
+            previous_token_hash: None,
+            scope: None,
+            user: Some("ofc".into()),
+        };
+        store.insert(&record, &hash).unwrap();
+        match registry.authenticate(&token) {
+            Err(DeviceError::BadId { key }) => assert_eq!(key, "zz-not-hex"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn enrolling_again_keeps_the_device_for_its_own_user_only() {
         let (_tmp, _db, registry) = registry();
         let first = registry.add_for_user("tablet", Some("ofc")).unwrap();
-        let id = first.identity.id.clone();
+        let id = first.identity.id.to_hex();
         let now = unix_now();
         let Reenrolment::Reissued(again) = registry.reenroll(&id, "ofc", now).unwrap() else {
             panic!("the owner re-enrols their device");
         };
-        assert_eq!(again.identity.id, id);
+        assert_eq!(again.identity.id.to_hex(), id);
         assert!(matches!(
             registry.authenticate(&first.token).unwrap(),
             Auth::Unknown
@@ -882,7 +940,7 @@ mod tests {
                 .authenticate(&again.token)
                 .unwrap()
                 .device()
-                .map(|d| d.id),
+                .map(|d| d.id.to_hex()),
             Some(id.clone())
         );
         let refused = |who: &str| match registry.reenroll(&id, who, now).unwrap() {
