@@ -24,8 +24,10 @@ pub mod limits;
 pub mod message;
 pub mod replica;
 pub mod session;
+pub mod tally;
 
 pub use limits::Limits;
 pub use message::*;
 pub use replica::{ClientDriver, DriveError, Replica};
 pub use session::*;
+pub use tally::RecordTally;
