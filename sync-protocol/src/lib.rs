@@ -23,11 +23,16 @@ pub mod docsync;
 pub mod limits;
 pub mod message;
 pub mod replica;
+pub mod server_driver;
 pub mod session;
 pub mod tally;
 
 pub use limits::Limits;
 pub use message::*;
 pub use replica::{ClientDriver, DriveError, Replica};
+pub use server_driver::{
+    AuditEvent, CloseReason, Commit, DriverConfig, FeedRead, Opening, PushWrite, Refusal,
+    ServerDriver, Standing, SyncSummary, Task, WriteId,
+};
 pub use session::*;
 pub use tally::RecordTally;

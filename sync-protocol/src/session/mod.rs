@@ -12,7 +12,7 @@
 //! methods as the driver's work completes; drain `poll_transmit` }.
 //! Stop when `is_closed` says so.
 //!
-//! Layout: [`client`] is the tablet's end, [`server`] the server's, [`feed`]
+//! Layout: `client` is the tablet's end, `server` the server's, `feed`
 //! what catch-up reads; `wire` (framing, errors, decode) and `fallback`
 //! (the automerge sync protocol per document) are shared by both; `frames`
 //! cuts what the server sends to the frame limit.
