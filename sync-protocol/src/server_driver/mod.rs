@@ -23,6 +23,11 @@
 //!   is answered, so the device reconnects under its new scope.
 //! - **Idle timeout**: a session that heard no frame and no ping from its
 //!   device for [`DriverConfig::idle`], and owes it no answer, is closed.
+//!   Halfway there the driver asks for a transport ping
+//!   ([`poll_keepalive`](ServerDriver::poll_keepalive)): a tablet that only
+//!   listens (a live session on a busy feed sends nothing, and the SDK
+//!   pings only after 30 s without a frame) answers it with a pong, which
+//!   keeps it open; a vanished one does not, and is closed.
 //!
 //! The crate knows no clock: `now` is a [`Duration`] since any fixed
 //! point the caller picks (the server: a `tokio::time::Instant` taken when
@@ -56,6 +61,7 @@
 //! - [`poll_audit`](ServerDriver::poll_audit): audit entries ([`AuditEvent`]);
 //!   exactly one [`AuditEvent::SessionEnded`] per session.
 //! - [`poll_timeout`](ServerDriver::poll_timeout): the next deadline, if any.
+//! - [`poll_keepalive`](ServerDriver::poll_keepalive): send a WebSocket ping now.
 //! - [`is_closed`](ServerDriver::is_closed) / [`close_reason`](ServerDriver::close_reason):
 //!   once closed, send what is queued, then close the socket.
 //!
@@ -65,8 +71,13 @@
 //! upgrade and `now()` is `start.elapsed()`.
 //!
 //! ```text
-//! let mut driver = ServerDriver::new(config, Opening { durable: *durable_rx.borrow(),
-//!     refeed: device.scope != caller.scope, standing, own_name }, now());
+//! let config = DriverConfig { idle: from [sync] config, ..DriverConfig::new(limits, store_id) };
+//! let mut driver = ServerDriver::new(config, Opening {
+//!     durable: *durable_rx.borrow(),          // the committer's durable watermark
+//!     refeed: device.scope.is_some_and(|s| s != caller.scope()),
+//!     standing: Retiring if device.retiring else Active,
+//!     own_name: DeviceId::from_hex(&device.id) with device.name,
+//! }, now());
 //! loop {
 //!     // 1. carry out every task, in order, before anything else is fed:
 //!     while let Some(task) = driver.poll_task() { match task {
@@ -85,7 +96,7 @@
 //!         Task::MarkRetired { .. } -> devices.mark_retired(device, clock);
 //!     }}
 //!     // 2. write the audit entries (AuditEvent::SessionEnded is the `sync` entry),
-//!     // 3. send every frame from poll_transmit, flush once,
+//!     // 3. send every frame from poll_transmit (and a ping if poll_keepalive), flush once,
 //!     // 4. if driver.is_closed(): WebSocket close (1001 on shutdown, 1000 otherwise); break.
 //!     let deadline = driver.poll_timeout().map(|d| start + d);
 //!     tokio::select! {
@@ -100,7 +111,14 @@
 //!             note the ack (devices.note_ack) and audit the write's decisions when Stored;
 //!             driver.handle_commit(now(), write, commit)
 //!         }
-//!         _ = standing_rx.changed() => driver.handle_standing(now(), devices.standing(..) as Standing),
+//!         _ = standing_rx.changed() => match devices.standing(device) {
+//!             Ok(Auth::Device(d)) if d.retiring => driver.handle_standing(now(), Standing::Retiring),
+//!             Ok(Auth::Device(_)) => if the user's role or areas, read again, differ from
+//!                 caller.scope(): driver.handle_standing(now(), Standing::ScopeChanged),
+//!             Ok(Auth::Revoked) => driver.handle_standing(now(), Standing::Revoked),
+//!             Ok(_) => driver.handle_standing(now(), Standing::TokenInvalid),
+//!             Err(_) => log; the session goes on,
+//!         },
 //!         _ = durable_rx.changed() => driver.handle_durable(now(), *durable_rx.borrow()),
 //!         _ = sleep_until(deadline), if deadline.is_some() => driver.handle_timeout(now()),
 //!     }
@@ -155,6 +173,17 @@ struct Streaming {
     retire_asked: bool,
 }
 
+/// The keepalive ping, within one idle period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Keepalive {
+    /// Less than half the idle time passed since the device was heard.
+    NotDue,
+    /// Half passed: the caller is to send a ping.
+    Due,
+    /// The caller took the ping; the pong, or the idle close, follows.
+    Sent,
+}
+
 /// A write handed to storage and not yet answered to the device.
 #[derive(Debug)]
 struct Pending {
@@ -193,6 +222,7 @@ pub struct ServerDriver {
     audits: VecDeque<AuditEvent>,
     /// When the device was last heard from, or last answered.
     last_heard: Duration,
+    keepalive: Keepalive,
     frames_received: u64,
     /// The records this connection stored for the device, bounded.
     received: RecordTally,
@@ -218,6 +248,7 @@ impl ServerDriver {
             tasks: VecDeque::new(),
             audits: VecDeque::new(),
             last_heard: now,
+            keepalive: Keepalive::NotDue,
             frames_received: 0,
             received,
         };
@@ -243,13 +274,28 @@ impl ServerDriver {
     }
 
     /// When [`ServerDriver::handle_timeout`] is next due, on the scale of
-    /// `now`. None when closed, or while a write is pending: the device
-    /// is then waiting on the server, not idle.
+    /// `now`: halfway through the idle time (for a keepalive), then at its
+    /// end. None when closed, or while a write is pending: the device is
+    /// then waiting on the server, not idle.
     pub fn poll_timeout(&self) -> Option<Duration> {
         if matches!(self.phase, Phase::Closed { .. }) || !self.writes.is_empty() {
             return None;
         }
-        Some(self.last_heard.saturating_add(self.config.idle))
+        Some(match self.keepalive {
+            Keepalive::NotDue => self.last_heard.saturating_add(self.config.idle / 2),
+            Keepalive::Due | Keepalive::Sent => self.last_heard.saturating_add(self.config.idle),
+        })
+    }
+
+    /// True once when the caller should send the device a transport ping
+    /// (WebSocket ping): half the idle time passed without a word from it.
+    /// Its pong comes back through [`ServerDriver::handle_ping`].
+    pub fn poll_keepalive(&mut self) -> bool {
+        if self.keepalive == Keepalive::Due && !self.is_closed() {
+            self.keepalive = Keepalive::Sent;
+            return true;
+        }
+        false
     }
 
     /// True while the caller should read frames: open, and fewer writes
@@ -302,7 +348,7 @@ impl ServerDriver {
         if !matches!(self.phase, Phase::WaitingForHello | Phase::Streaming(_)) {
             return Ok(());
         }
-        self.last_heard = now;
+        self.heard(now);
         self.frames_received = self.frames_received.saturating_add(1);
         let events = match self.session.handle_frame(frame) {
             Ok(events) => events,
@@ -334,7 +380,7 @@ impl ServerDriver {
     /// The transport saw a ping or pong: the device is there.
     pub fn handle_ping(&mut self, now: Duration) {
         if !self.is_closed() {
-            self.last_heard = now;
+            self.heard(now);
         }
     }
 
@@ -362,7 +408,7 @@ impl ServerDriver {
             };
             self.answer(doc, kind, result);
             // An answer is activity: the device waited on us, not idled.
-            self.last_heard = self.last_heard.max(now);
+            self.heard(now);
         }
         self.advance();
     }
@@ -430,15 +476,19 @@ impl ServerDriver {
         Ok(())
     }
 
-    /// The deadline from [`ServerDriver::poll_timeout`] passed: a device
-    /// heard from not once in the idle time is closed. Early calls do
-    /// nothing.
+    /// The deadline from [`ServerDriver::poll_timeout`] passed: halfway
+    /// through the idle time a keepalive falls due; a device heard from
+    /// not once in the whole idle time is closed. Early calls do nothing.
     pub fn handle_timeout(&mut self, now: Duration) {
         if matches!(self.phase, Phase::Closed { .. }) || !self.writes.is_empty() {
             return;
         }
         if now >= self.last_heard.saturating_add(self.config.idle) {
             self.finish(CloseReason::Idle);
+        } else if self.keepalive == Keepalive::NotDue
+            && now >= self.last_heard.saturating_add(self.config.idle / 2)
+        {
+            self.keepalive = Keepalive::Due;
         }
     }
 
@@ -481,6 +531,11 @@ impl ServerDriver {
     }
 
     // ------------------------------------------------------------ internals
+
+    fn heard(&mut self, now: Duration) {
+        self.last_heard = self.last_heard.max(now);
+        self.keepalive = Keepalive::NotDue;
+    }
 
     fn on_event(&mut self, event: ServerEvent) {
         match event {

@@ -313,7 +313,7 @@ fn the_feed_is_never_read_past_the_durable_watermark() {
 fn a_quiet_tablet_is_closed_after_the_idle_time_while_a_pinging_one_stays() {
     let mut quiet = welcomed(0);
     let mut pinging = welcomed(0);
-    assert_eq!(quiet.poll_timeout(), Some(secs(60)));
+    assert_eq!(quiet.poll_timeout(), Some(secs(30)));
     // Ten minutes pass, the timer fired whenever due.
     for t in (0..=600).step_by(10) {
         let now = secs(t);
@@ -338,8 +338,34 @@ fn a_quiet_tablet_is_closed_after_the_idle_time_while_a_pinging_one_stays() {
         [AuditEvent::SessionEnded(s)] if s.reason == Some(CloseReason::Idle)
     ));
     assert!(!pinging.is_closed());
-    assert_eq!(pinging.poll_timeout(), Some(secs(600 + 60)));
+    assert_eq!(pinging.poll_timeout(), Some(secs(600 + 30)));
     assert!(audits(&mut pinging).is_empty());
+}
+
+#[test]
+fn a_listening_tablet_that_answers_the_servers_keepalive_stays_and_a_vanished_one_goes() {
+    let mut answers = welcomed(0);
+    let mut vanished = welcomed(0);
+    assert_eq!(answers.poll_timeout(), Some(secs(30)));
+    let mut pings = 0;
+    for t in (0..=600).step_by(5) {
+        let now = secs(t);
+        for driver in [&mut answers, &mut vanished] {
+            if driver.poll_timeout().is_some_and(|d| d <= now) {
+                driver.handle_timeout(now);
+            }
+        }
+        // The tablet's WebSocket answers a ping with a pong.
+        if answers.poll_keepalive() {
+            pings += 1;
+            answers.handle_ping(now);
+        }
+        let _ = vanished.poll_keepalive();
+    }
+    assert!(!answers.is_closed());
+    assert_eq!(pings, 20, "one ping per half idle time");
+    assert_eq!(vanished.close_reason(), Some(&CloseReason::Idle));
+    assert!(!vanished.poll_keepalive());
 }
 
 #[test]
@@ -352,7 +378,7 @@ fn a_tablet_waiting_on_the_servers_storage_is_not_idle() {
     driver.handle_timeout(secs(600));
     assert!(!driver.is_closed());
     driver.handle_commit(secs(600), write, stored(&doc_a, 1));
-    assert_eq!(driver.poll_timeout(), Some(secs(660)));
+    assert_eq!(driver.poll_timeout(), Some(secs(630)));
 }
 
 #[test]

@@ -83,6 +83,7 @@ struct Injected {
     duplicates: usize,
     restarts: usize,
     idle_closes: usize,
+    pongs: usize,
     refusals: usize,
 }
 
@@ -399,6 +400,11 @@ impl World {
                 self.conns[i].server.handle_timeout(now);
                 self.serve(i);
             }
+            // A keepalive ping; some tablets' pongs come back in time.
+            if self.conns[i].server.poll_keepalive() && self.rng.random_bool(0.5) {
+                self.injected.pongs += 1;
+                self.conns[i].server.handle_ping(now);
+            }
         }
     }
 
@@ -541,6 +547,7 @@ fn tablets_converge_despite_drops_duplicates_reordering_and_restarts() {
         total.duplicates += world.injected.duplicates;
         total.restarts += world.injected.restarts;
         total.idle_closes += world.injected.idle_closes;
+        total.pongs += world.injected.pongs;
         total.refusals += world.injected.refusals;
         world.settle();
         world.check();
@@ -554,7 +561,8 @@ fn tablets_converge_despite_drops_duplicates_reordering_and_restarts() {
                 && total.duplicates > 0
                 && total.restarts > 0
                 && total.refusals > 0
-                && total.idle_closes > 0,
+                && total.idle_closes > 0
+                && total.pongs > 0,
             "the runs injected too few faults to mean anything: {total:?}"
         );
     }
