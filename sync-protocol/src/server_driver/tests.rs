@@ -11,6 +11,7 @@ use serde_bytes::ByteBuf;
 
 use super::*;
 use crate::codec;
+use crate::limits::Limits;
 use crate::session::DocDelta;
 
 fn secs(n: u64) -> Duration {

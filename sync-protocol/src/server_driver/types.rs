@@ -226,3 +226,21 @@ pub enum CloseReason {
     /// The server is shutting down (WebSocket close 1001).
     Shutdown,
 }
+
+impl DriverConfig {
+    /// A quiet session is closed after this long (pings keep it open).
+    pub const IDLE_DEFAULT: Duration = Duration::from_secs(5 * 60);
+    /// Feed entries per read, so a long catch-up does not hold the store.
+    pub const FEED_BATCH_DEFAULT: usize = 256;
+
+    /// Defaults for a store.
+    pub fn new(limits: Limits, store: StoreId) -> Self {
+        DriverConfig {
+            limits,
+            store,
+            idle: Self::IDLE_DEFAULT,
+            feed_batch: Self::FEED_BATCH_DEFAULT,
+            records_listed_max: RecordTally::CAP_DEFAULT,
+        }
+    }
+}
