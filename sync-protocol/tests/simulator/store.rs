@@ -14,24 +14,37 @@ use baraza_protocol::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-/// The simulator's write rule, seeded: records of one area may not be
+/// The simulator's write rules. Seeded: records of one area may not be
 /// written by anyone (as a tablet outside that area would be refused).
-pub struct AreaRule {
+/// And a status is never negative (random edits never make one; a test
+/// does, to race a refused change against a valid one).
+pub struct Rules {
     pub forbidden_area: i64,
 }
 
-impl AreaRule {
+fn int(doc: &Automerge, field: &str) -> Option<i64> {
+    match doc.get(ROOT, field) {
+        Ok(Some((automerge::Value::Scalar(s), _))) => s.as_i64(),
+        _ => None,
+    }
+}
+
+impl Rules {
     /// Judges a document as the changes leave it (on the fork).
     fn judge(&self, id: DocId, doc: &Automerge) -> Result<(), Refusal> {
-        let area = match doc.get(ROOT, "area") {
-            Ok(Some((automerge::Value::Scalar(s), _))) => s.as_i64(),
-            _ => None,
-        };
+        let area = int(doc, "area");
         if area == Some(self.forbidden_area) {
             return Err(Refusal {
                 code: ErrorCode::Forbidden,
                 rule: Some("own_areas".into()),
                 message: format!("record {id} is in area {area:?}, which you may not write"),
+            });
+        }
+        if int(doc, "status").is_some_and(|s| s < 0) {
+            return Err(Refusal {
+                code: ErrorCode::Forbidden,
+                rule: Some("status_range".into()),
+                message: format!("record {id}: status must not be negative"),
             });
         }
         Ok(())
@@ -66,7 +79,7 @@ pub struct SimStore {
     /// Answers to writes, released at the next durability step.
     held: Vec<Held>,
     undo: Vec<Undo>,
-    pub rule: AreaRule,
+    pub rule: Rules,
     /// Writes refused by the rule, so a test can show it refused some.
     pub refusals: usize,
 }
@@ -83,7 +96,7 @@ impl SimStore {
             store,
             held: Vec::new(),
             undo: Vec::new(),
-            rule: AreaRule { forbidden_area },
+            rule: Rules { forbidden_area },
             refusals: 0,
         }
     }
