@@ -36,7 +36,9 @@ impl ServerDriver {
                 bytes,
                 ops,
             } => {
-                let write = self.pend(doc, WriteKind::Push);
+                let Some(write) = self.pend(doc, WriteKind::Push) else {
+                    return;
+                };
                 self.tasks.push_back(Task::Admit(PushWrite {
                     write,
                     doc,
@@ -48,13 +50,26 @@ impl ServerDriver {
                 }));
             }
             ServerEvent::Sync(msg) => {
-                let write = self.pend(msg.doc, WriteKind::Sync);
+                let Some(write) = self.pend(msg.doc, WriteKind::Sync) else {
+                    return;
+                };
                 self.tasks.push_back(Task::Sync { write, msg });
             }
         }
     }
 
-    pub(super) fn pend(&mut self, doc: DocId, kind: WriteKind) -> WriteId {
+    /// Queues a write for storage, or refuses it when twice as many as a
+    /// device may pipeline already wait: a caller that kept reading past
+    /// [`ServerDriver::wants_frames`] must not grow the queue without end.
+    pub(super) fn pend(&mut self, doc: DocId, kind: WriteKind) -> Option<WriteId> {
+        if self.writes.len() >= self.config.limits.pushes_in_flight_max.saturating_mul(2) {
+            self.session.refuse(
+                doc,
+                ErrorCode::StorageFailure,
+                format!("document {doc} was not stored: too many writes wait; retry later"),
+            );
+            return None;
+        }
         self.next_write += 1;
         let write = WriteId(self.next_write);
         self.writes.push_back(Pending {
@@ -63,7 +78,7 @@ impl ServerDriver {
             kind,
             result: None,
         });
-        write
+        Some(write)
     }
 
     /// Tells the device how one write ended.

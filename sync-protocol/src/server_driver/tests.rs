@@ -516,3 +516,31 @@ fn the_sessions_bookkeeping_lists_a_bounded_number_of_records_and_counts_them_al
     assert_eq!(summary.sent.count(), 10);
     assert_eq!(summary.reason, Some(CloseReason::Disconnected));
 }
+
+#[test]
+fn a_caller_reading_past_the_pipeline_limit_gets_refusals_not_an_endless_queue() {
+    let limits = Limits {
+        pushes_in_flight_max: 2,
+        ..Limits::DEFAULT
+    };
+    let mut config = config();
+    config.limits = limits;
+    let mut driver = ServerDriver::new(config, opening(0, Standing::Active), secs(0));
+    driver.handle_frame(secs(0), &hello()).unwrap();
+    sent(&mut driver);
+    tasks(&mut driver);
+    let mut refused = 0;
+    for n in 1..=6u8 {
+        let (id, doc) = record(n);
+        if n == 3 {
+            assert!(!driver.wants_frames());
+        }
+        driver.handle_frame(secs(1), &push(id, &doc)).unwrap();
+        refused += sent(&mut driver)
+            .iter()
+            .filter(|m| matches!(m, Message::Error(e) if e.code == ErrorCode::StorageFailure))
+            .count();
+    }
+    assert_eq!(driver.pending_writes(), 4);
+    assert_eq!(refused, 2);
+}
