@@ -81,7 +81,8 @@
 //! loop {
 //!     // 1. carry out every task, in order, before anything else is fed:
 //!     while let Some(task) = driver.poll_task() { match task {
-//!         Task::Admit(w) => on a fork: target, limits, apply, rules (block_in_place);
+//!         Task::Admit(w) => on a fork: target, limits, apply, rules (device bytes:
+//!             block_in_place under a work slot, as frames are handled today);
 //!             refused -> driver.handle_commit(now(), w.write, Commit::Refused(..));
 //!             admitted -> if base_missing { driver.start_sync(w.doc, &fork) },
 //!                 submit to the committer, push its wait onto `pending`
@@ -108,7 +109,8 @@
 //!             close, error or end -> driver.handle_closed(now(), CloseReason::Disconnected),
 //!         },
 //!         Some((write, commit)) = pending.next() => {
-//!             note the ack (devices.note_ack) and audit the write's decisions when Stored;
+//!             Stored: note the ack (devices.note_ack), audit the write's decisions;
+//!             Failed: forget the cached copy (docs.forget);
 //!             driver.handle_commit(now(), write, commit)
 //!         }
 //!         _ = standing_rx.changed() => match devices.standing(device) {

@@ -152,6 +152,8 @@ pub enum Commit {
     /// Not admitted: nothing was stored, the live document is unchanged.
     Refused(Refusal),
     /// Admitted but not stored (the storage failed): nothing acknowledged.
+    /// The caller drops its cached copy of the document, which may hold
+    /// the write the store does not.
     Failed {
         /// What failed, for the device.
         message: String,
