@@ -35,6 +35,7 @@ fn tablets_converge_despite_drops_duplicates_reordering_and_restarts() {
         total.swaps += world.injected.swaps;
         total.duplicates += world.injected.duplicates;
         total.restarts += world.injected.restarts;
+        total.new_store_ids += world.injected.new_store_ids;
         total.idle_closes += world.injected.idle_closes;
         total.pongs += world.injected.pongs;
         total.refusals += world.injected.refusals;
@@ -49,6 +50,7 @@ fn tablets_converge_despite_drops_duplicates_reordering_and_restarts() {
                 && total.swaps > 0
                 && total.duplicates > 0
                 && total.restarts > 0
+                && total.new_store_ids > 0
                 && total.refusals > 0
                 && total.idle_closes > 0
                 && total.pongs > 0,

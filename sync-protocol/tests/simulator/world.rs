@@ -51,6 +51,8 @@ pub struct World {
     pub conns: Vec<Conn>,
     pub next_conn: u64,
     pub next_doc: u8,
+    /// The last byte of the last store id taken after a crash.
+    pub next_store: u8,
     pub faults: bool,
     /// While set, no durability step is taken: writes are admitted (or
     /// refused) and wait for their acknowledgement.
@@ -70,6 +72,7 @@ pub struct Injected {
     pub swaps: usize,
     pub duplicates: usize,
     pub restarts: usize,
+    pub new_store_ids: usize,
     pub idle_closes: usize,
     pub pongs: usize,
     pub refusals: usize,
@@ -95,6 +98,7 @@ impl World {
             conns: Vec::new(),
             next_conn: 0,
             next_doc: 0,
+            next_store: 9,
             faults: true,
             hold_flush: false,
             injected: Injected::default(),
@@ -283,6 +287,14 @@ impl World {
         self.injected.restarts += 1;
         self.disconnect_all();
         self.server.crash();
+        // Half the time the store notices the unclean stop and takes a new
+        // id (as sled's does), so tablets reset and re-offer everything;
+        // otherwise it trusts what was durable (as a database would).
+        if self.rng.random_bool(0.5) {
+            self.injected.new_store_ids += 1;
+            self.next_store = self.next_store.wrapping_add(1);
+            self.server.store = StoreId::from_bytes([self.next_store; 16]);
+        }
         self.check_acked();
     }
 
