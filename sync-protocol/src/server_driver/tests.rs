@@ -544,3 +544,33 @@ fn a_caller_reading_past_the_pipeline_limit_gets_refusals_not_an_endless_queue()
     assert_eq!(driver.pending_writes(), 4);
     assert_eq!(refused, 2);
 }
+
+#[test]
+fn a_tablet_whose_scope_changed_is_named_and_refed_from_the_start() {
+    let own = DeviceName {
+        device: DeviceId::from_bytes([7; 16]),
+        name: "Kibera tablet 3".into(),
+    };
+    let opening = Opening {
+        durable: 3,
+        refeed: true,
+        standing: Standing::Active,
+        own_name: Some(own.clone()),
+    };
+    let mut driver = ServerDriver::new(config(), opening, secs(0));
+    let hello = frame(Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        store: Some(StoreId::from_bytes([2; 16])),
+        cursor: 2,
+        names: true,
+    }));
+    driver.handle_frame(secs(0), &hello).unwrap();
+    let out = sent(&mut driver);
+    let [Message::Welcome(w), Message::Devices(d)] = out.as_slice() else {
+        panic!("{out:?}");
+    };
+    assert!(w.refeed && !w.reset);
+    assert_eq!(d.names, [own]);
+    let reads = feed_reads(&tasks(&mut driver));
+    assert_eq!(reads[0].after, 0, "the feed goes out again from the start");
+}
