@@ -36,7 +36,7 @@ pub mod tally;
 
 pub use limits::Limits;
 pub use message::*;
-pub use refusal::{Refusal, REFUSAL_HEADER};
+pub use refusal::{AuthRefusal, REFUSAL_HEADER};
 pub use replica::{ClientDriver, DriveError, Replica};
 pub use server_driver::{
     AuditEvent, CloseReason, Commit, DriverConfig, FeedRead, Opening, PushWrite, Refusal,

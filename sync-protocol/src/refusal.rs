@@ -5,12 +5,12 @@
 
 use std::fmt;
 
-/// The response header that carries a [`Refusal`]'s code.
+/// The response header that carries a [`AuthRefusal`]'s code.
 pub const REFUSAL_HEADER: &str = "baraza-refusal";
 
 /// Why a request with a device token was turned away.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Refusal {
+pub enum AuthRefusal {
     /// No `Authorization: Bearer` header.
     MissingToken,
     /// The token matches no device.
@@ -28,39 +28,41 @@ pub enum Refusal {
     Unavailable,
 }
 
-impl Refusal {
+impl AuthRefusal {
     /// Every code, for tests and documentation.
-    pub const ALL: [Refusal; 7] = [
-        Refusal::MissingToken,
-        Refusal::UnknownToken,
-        Refusal::Revoked,
-        Refusal::Retired,
-        Refusal::Expired,
-        Refusal::NoUser,
-        Refusal::Unavailable,
+    pub const ALL: [AuthRefusal; 7] = [
+        AuthRefusal::MissingToken,
+        AuthRefusal::UnknownToken,
+        AuthRefusal::Revoked,
+        AuthRefusal::Retired,
+        AuthRefusal::Expired,
+        AuthRefusal::NoUser,
+        AuthRefusal::Unavailable,
     ];
 
     /// The code as the header spells it.
     pub fn code(self) -> &'static str {
         match self {
-            Refusal::MissingToken => "missing_token",
-            Refusal::UnknownToken => "unknown_token",
-            Refusal::Revoked => "revoked",
-            Refusal::Retired => "retired",
-            Refusal::Expired => "expired",
-            Refusal::NoUser => "no_user",
-            Refusal::Unavailable => "unavailable",
+            AuthRefusal::MissingToken => "missing_token",
+            AuthRefusal::UnknownToken => "unknown_token",
+            AuthRefusal::Revoked => "revoked",
+            AuthRefusal::Retired => "retired",
+            AuthRefusal::Expired => "expired",
+            AuthRefusal::NoUser => "no_user",
+            AuthRefusal::Unavailable => "unavailable",
         }
     }
 
     /// The refusal a header value names; None for a code this build does
     /// not know (a newer server), which a client treats as a plain refusal.
-    pub fn from_code(code: &str) -> Option<Refusal> {
-        Refusal::ALL.into_iter().find(|r| r.code() == code.trim())
+    pub fn from_code(code: &str) -> Option<AuthRefusal> {
+        AuthRefusal::ALL
+            .into_iter()
+            .find(|r| r.code() == code.trim())
     }
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for AuthRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
     }
@@ -72,11 +74,14 @@ mod tests {
 
     #[test]
     fn every_code_reads_back_as_itself_and_unknown_codes_as_nothing() {
-        for refusal in Refusal::ALL {
-            assert_eq!(Refusal::from_code(refusal.code()), Some(refusal));
+        for refusal in AuthRefusal::ALL {
+            assert_eq!(AuthRefusal::from_code(refusal.code()), Some(refusal));
         }
-        assert_eq!(Refusal::from_code(" revoked "), Some(Refusal::Revoked));
-        assert_eq!(Refusal::from_code("Revoked"), None);
-        assert_eq!(Refusal::from_code("quarantined"), None);
+        assert_eq!(
+            AuthRefusal::from_code(" revoked "),
+            Some(AuthRefusal::Revoked)
+        );
+        assert_eq!(AuthRefusal::from_code("Revoked"), None);
+        assert_eq!(AuthRefusal::from_code("quarantined"), None);
     }
 }

@@ -30,7 +30,7 @@ use crate::identity::caller::Caller;
 use crate::identity::devices::Auth;
 use crate::identity::devices::DeviceRegistry;
 use crate::net::ConnectionSlot;
-use baraza_protocol::{Refusal, REFUSAL_HEADER};
+use baraza_protocol::{AuthRefusal, REFUSAL_HEADER};
 
 /// What the request handlers share.
 #[derive(Clone)]
@@ -73,15 +73,15 @@ impl warp::reject::Reject for Rejected {}
 
 impl Rejected {
     /// The code a client switches on, sent beside the message.
-    fn code(&self) -> Refusal {
+    fn code(&self) -> AuthRefusal {
         match self {
-            Rejected::MissingToken => Refusal::MissingToken,
-            Rejected::UnknownToken => Refusal::UnknownToken,
-            Rejected::Revoked => Refusal::Revoked,
-            Rejected::Retired => Refusal::Retired,
-            Rejected::Expired => Refusal::Expired,
-            Rejected::NoUser(_) => Refusal::NoUser,
-            Rejected::Unavailable(_) => Refusal::Unavailable,
+            Rejected::MissingToken => AuthRefusal::MissingToken,
+            Rejected::UnknownToken => AuthRefusal::UnknownToken,
+            Rejected::Revoked => AuthRefusal::Revoked,
+            Rejected::Retired => AuthRefusal::Retired,
+            Rejected::Expired => AuthRefusal::Expired,
+            Rejected::NoUser(_) => AuthRefusal::NoUser,
+            Rejected::Unavailable(_) => AuthRefusal::Unavailable,
         }
     }
 }
@@ -254,7 +254,7 @@ fn rotate_route(
             async move {
                 let Some(token) = bearer_token(&headers).map(str::to_string) else {
                     return Ok::<_, Rejection>(unauthorized(
-                        Refusal::MissingToken,
+                        AuthRefusal::MissingToken,
                         "missing bearer token",
                     ));
                 };
@@ -279,7 +279,7 @@ fn rotate_route(
                         .into_response()
                     }
                     Ok(Ok(None)) => unauthorized(
-                        Refusal::UnknownToken,
+                        AuthRefusal::UnknownToken,
                         "cannot rotate: the token is unknown, revoked, retired or expired",
                     ),
                     _ => text_reply(StatusCode::SERVICE_UNAVAILABLE, "device store unavailable"),
@@ -431,7 +431,7 @@ async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Rejectio
 }
 
 /// A 401 with its message for people and its code for programs.
-fn unauthorized(code: Refusal, why: &'static str) -> warp::reply::Response {
+fn unauthorized(code: AuthRefusal, why: &'static str) -> warp::reply::Response {
     warp::reply::with_status(
         warp::reply::with_header(
             warp::reply::with_header(why, "www-authenticate", "Bearer"),
