@@ -42,6 +42,14 @@ pub fn report_contained_panics() {
 /// in ms) flag a record when `[records] clock_ahead_max_ms` is not set.
 pub const CLOCK_AHEAD_MAX_MS_DEFAULT: i64 = 86_400_000;
 
+/// Records whose access facts (kind, area, creator) are kept in memory:
+/// about 100 bytes each, so a few megabytes however many records the
+/// server holds.
+const ACCESS_CACHE_MAX: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(65_536) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
 /// Documents kept in memory by default.
 pub const CACHE_DOCS_DEFAULT: usize = 4096;
 /// Feed entries read per catch-up step, bounding what one step holds.
@@ -61,8 +69,10 @@ pub struct SyncHub {
     /// Ends the actor ids of changes made at the review desk, so two
     /// server processes never author under the same actor.
     desk_actor_suffix: [u8; 8],
-    /// What read checks need of each record seen so far.
-    access_cache: std::sync::RwLock<std::collections::HashMap<DocId, Arc<Access>>>,
+    /// What read checks need of the records seen most recently, at most
+    /// [`ACCESS_CACHE_MAX`]: a server holding more records reads the rest
+    /// from the store's access rows again.
+    access_cache: std::sync::RwLock<lru::LruCache<DocId, Arc<Access>>>,
     /// Frames from devices being decoded and applied at once, at most.
     work_slots: tokio::sync::Semaphore,
     /// A sync session silent this long is closed (`session_idle_ms`).
@@ -261,7 +271,7 @@ impl SyncHub {
             audit,
             write_rules: std::sync::atomic::AtomicBool::new(true),
             clock_ahead_max_ms: std::sync::atomic::AtomicI64::new(CLOCK_AHEAD_MAX_MS_DEFAULT),
-            access_cache: Default::default(),
+            access_cache: std::sync::RwLock::new(lru::LruCache::new(ACCESS_CACHE_MAX)),
             desk_actor_suffix: rand::random(),
             repairs: Default::default(),
             work_slots: tokio::sync::Semaphore::new(
@@ -525,7 +535,9 @@ impl SyncHub {
     /// what was read once is kept: catch-up asks for every feed entry of
     /// every connection.
     fn access(&self, id: DocId) -> Result<Option<Arc<Access>>, DocsError> {
-        if let Some(a) = self.read_cache().get(&id) {
+        // Peeked under the read lock so catch-ups do not queue on one
+        // another; entries age in the order they were stored.
+        if let Some(a) = self.read_cache().peek(&id) {
             return Ok(Some(a.clone()));
         }
         let found = match self.docs.store().access_of(id)? {
@@ -554,13 +566,13 @@ impl SyncHub {
         self.access_cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, found.clone());
+            .put(id, found.clone());
         Ok(Some(found))
     }
 
     fn read_cache(
         &self,
-    ) -> std::sync::RwLockReadGuard<'_, std::collections::HashMap<DocId, Arc<Access>>> {
+    ) -> std::sync::RwLockReadGuard<'_, lru::LruCache<DocId, Arc<Access>>> {
         self.access_cache.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -792,7 +804,7 @@ impl SyncHub {
         self.access_cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+            .pop(&id);
         tracing::info!(record = %id, "record erased");
         self.audit.record(
             "record_erased",
