@@ -157,7 +157,7 @@ pub enum DeskError {
     #[error("{message}")]
     Refused {
         /// The rule, if a rule refused it.
-        rule: Option<&'static str>,
+        rule: Option<baraza_records::access::Rule>,
         /// Why.
         message: String,
     },
@@ -570,9 +570,7 @@ impl SyncHub {
         Ok(Some(found))
     }
 
-    fn read_cache(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, lru::LruCache<DocId, Arc<Access>>> {
+    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, lru::LruCache<DocId, Arc<Access>>> {
         self.access_cache.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -1055,7 +1053,7 @@ impl ClockCheck {
 /// Why [`admit`] refused a write.
 struct Refused {
     code: ErrorCode,
-    rule: Option<&'static str>,
+    rule: Option<baraza_records::access::Rule>,
     /// For the device: the record and why.
     message: String,
     /// A rule's own reason, without the record (the desk names it already).

@@ -571,10 +571,10 @@ impl SyncHub {
         .map_err(|err| self.refuse_applied(caller, id, &err))?;
         checked.map_err(|refused| {
             tracing::info!(doc = %id, device = %caller.device.id, rule = ?refused.rule, message = %refused.message, "change refused");
-            self.audit_refusal(caller, id, refused.rule, &refused.message);
+            self.audit_refusal(caller, id, refused.rule.map(|r| r.name()), &refused.message);
             Refusal {
                 code: refused.code,
-                rule: refused.rule.map(str::to_string),
+                rule: refused.rule.map(|r| r.name().to_string()),
                 message: refused.message,
             }
         })
