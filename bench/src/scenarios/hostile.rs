@@ -33,9 +33,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use super::{kib_json, mib, open_client, Bench, Outcome, EDIT_FIELD};
 use crate::light::{self, Connector, LightRecord};
 use crate::records::{self, Gen};
-use crate::scenarios::{kib_json, mib, open_client, Bench, Outcome, EDIT_FIELD};
 use crate::server::{proc_status_kib, Server};
 use crate::stats::{ms, round3, summary};
 

@@ -9,9 +9,9 @@ use std::time::Instant;
 use anyhow::ensure;
 use serde_json::json;
 
+use super::{open_client, Bench, Outcome};
 use crate::proxy::CountingProxy;
 use crate::records::Gen;
-use crate::scenarios::{open_client, Bench, Outcome};
 use crate::server::Server;
 use crate::stats::ms;
 

@@ -13,9 +13,9 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
+use super::{field_value, kib_json, mib, open_client, Bench, Outcome, EDIT_FIELD};
 use crate::light::{self, Connector, LightRecord, Plan, SessionLog};
 use crate::records::{self, Gen};
-use crate::scenarios::{field_value, kib_json, mib, open_client, Bench, Outcome, EDIT_FIELD};
 use crate::server::{proc_cpu_time, Server};
 use crate::stats::{ms, round3, summary};
 
