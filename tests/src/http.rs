@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap};
@@ -254,19 +254,28 @@ pub async fn open(
     limit: Duration,
 ) -> anyhow::Result<Response> {
     let request = request.build(endpoint.host())?;
+    let too_slow = || anyhow::anyhow!("no connection within {CONNECT_TIMEOUT:?}");
     let exchange = async {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tcp_from(endpoint.addr, endpoint.from))
-            .await
-            .map_err(|_| anyhow::anyhow!("no connection within {CONNECT_TIMEOUT:?}"))??;
+        let tcp = tcp_from(endpoint.addr, endpoint.from);
         match &endpoint.tls {
             Some((tls, name)) => {
-                let tls = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name.clone(), tcp))
+                let handshake = async {
+                    let tcp = tcp.await?;
+                    tls.connect(name.clone(), tcp)
+                        .await
+                        .context("TLS handshake")
+                };
+                let tls = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
                     .await
-                    .map_err(|_| anyhow::anyhow!("no TLS handshake within {CONNECT_TIMEOUT:?}"))?
-                    .context("TLS handshake")?;
+                    .map_err(|_| too_slow())??;
                 exchange_on(tls, request).await
             }
-            None => exchange_on(tcp, request).await,
+            None => {
+                let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tcp)
+                    .await
+                    .map_err(|_| too_slow())??;
+                exchange_on(tcp, request).await
+            }
         }
     };
     tokio::time::timeout(limit, exchange)
@@ -293,9 +302,6 @@ where
         .context("no HTTP answer")?;
     let (parts, body) = response.into_parts();
     let head = render_head(parts.version, parts.status, &parts.headers);
-    if parts.status.is_informational() {
-        bail!("an informational answer where a final one belongs: {head}");
-    }
     Ok(Response {
         status: parts.status.as_u16(),
         head,
