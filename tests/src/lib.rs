@@ -16,7 +16,7 @@
 //! - [`tablet`]: [`Tablet`], a `Client` in its own directory with its own
 //!   device token and its own random store key ([`new_key`]);
 //!   [`recorder`]: [`Recorder`], a listener that keeps sync events.
-//! - [`cli`]: the `baraza` command-line tablet, with a key file beside its
+//! - [`cli`](mod@cli): the `baraza` command-line tablet, with a key file beside its
 //!   data dir.
 //! - [`net`]: TLS trusting the dev CA, TCP from a chosen loopback address.
 //! - [`raw_connection`]: [`RawConnection`], a sync WebSocket that sends

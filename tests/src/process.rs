@@ -1,8 +1,7 @@
 //! Child processes and waits, every one bounded: where the workspace's
 //! binaries are, running a command to completion within a limit, and
-//! polling a condition with a deadline. The server, CLI and browser
-//! modules start their processes through these so that no test can hang
-//! on a child.
+//! polling a condition with a deadline. The server and CLI modules run
+//! their processes through these so that no test can hang on a child.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
