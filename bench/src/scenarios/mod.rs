@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
 use crate::proxy::{CountingProxy, Traffic};
+use crate::server::Server;
 use crate::stats::{ms, round3};
 
 /// How long to wait for the proxy to see a finished sync's connection close.
@@ -125,6 +126,18 @@ pub(crate) fn open_client(dir: &Path, url: &str, ca: &Path, token: &str) -> anyh
     client.configure(url, Some(ca), token)?;
     client.set_identity(crate::server::BENCH_USER, crate::server::BENCH_AREA)?;
     Ok(client)
+}
+
+/// A benchmark tablet registered on `server` as a new device named
+/// `device`, its store in `dir`, syncing through `url` (the server's, or a
+/// counting proxy's in front of it).
+pub(crate) fn device_client(
+    server: &Server,
+    url: &str,
+    dir: &Path,
+    device: &str,
+) -> anyhow::Result<Client> {
+    open_client(dir, url, &server.ca(), &server.add_device(device)?)
 }
 
 pub(crate) fn field_value(

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::ensure;
 use serde_json::json;
 
-use super::{field_value, open_client, report_json, s2_cold_start, Bench, Outcome, EDIT_FIELD};
+use super::{device_client, field_value, report_json, s2_cold_start, Bench, Outcome, EDIT_FIELD};
 use crate::proxy::CountingProxy;
 use crate::records::{self, Gen};
 use crate::server::Server;
@@ -42,18 +42,8 @@ impl Bench {
             server.addr(),
             proxy.addr()
         ));
-        let a = open_client(
-            &dir.join("client-a"),
-            &url,
-            &server.ca(),
-            &server.add_device("bench-a")?,
-        )?;
-        let b = open_client(
-            &dir.join("client-b"),
-            &url,
-            &server.ca(),
-            &server.add_device("bench-b")?,
-        )?;
+        let a = device_client(&server, &url, &dir.join("client-a"), "bench-a")?;
+        let b = device_client(&server, &url, &dir.join("client-b"), "bench-b")?;
 
         // A creates its records, one flushed create at a time.
         let mut gen = Gen::new(1);
@@ -148,12 +138,7 @@ impl Bench {
         // A second cold start, now that some records were edited after
         // they were created: their feed entries have moved past records
         // created later, which a long catch-up must still deliver whole.
-        let c = open_client(
-            &dir.join("client-c"),
-            &url,
-            &server.ca(),
-            &server.add_device("bench-c")?,
-        )?;
+        let c = device_client(&server, &url, &dir.join("client-c"), "bench-c")?;
         let (cold2, cold2_wall, cold2_traffic) = self.try_sync(&c, Some(&proxy));
         let c_records = c.list()?.len();
         let c_status = c.status()?;

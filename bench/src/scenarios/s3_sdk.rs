@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::{kib_json, mib, open_client, Bench, Outcome, EDIT_FIELD};
+use super::{device_client, kib_json, mib, open_client, Bench, Outcome, EDIT_FIELD};
 use crate::records::{self, Gen};
 use crate::server::{proc_cpu_time, Server};
 use crate::stats::{ms, round3, summary};
@@ -193,12 +193,7 @@ impl Bench {
         ));
 
         // The shared records, from a seeding device.
-        let seeder = open_client(
-            &dir.join("seeder"),
-            &url,
-            &ca,
-            &server.add_device("bench-seeder")?,
-        )?;
+        let seeder = device_client(&server, &url, &dir.join("seeder"), "bench-seeder")?;
         let mut gen = Gen::new(3);
         for n in 0..o.pool {
             seeder.create(records::fields(&mut gen, n))?;
@@ -351,12 +346,7 @@ impl Bench {
         ));
 
         // Does the server hold everything? A fresh device pulls it all.
-        let checker = open_client(
-            &dir.join("checker"),
-            &url,
-            &ca,
-            &server.add_device("bench-checker")?,
-        )?;
+        let checker = device_client(&server, &url, &dir.join("checker"), "bench-checker")?;
         let (check, check_wall, _) = self.try_sync(&checker, None);
         let records_on_server = checker.list()?.len();
         if let Err(e) = &check {
