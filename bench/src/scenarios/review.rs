@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use automerge::Automerge;
-use baraza_protocol::{codec, to_heads, DocId, Message, Push};
+use baraza_protocol::{codec, DocId};
 use baraza_records::ops::{self, FieldValue, Stamp};
 use baraza_records::{Header, Kind};
-use serde_bytes::ByteBuf;
 use serde_json::json;
 
 use super::s3_ingest::run_batched;
@@ -29,17 +28,9 @@ const HISTORY: usize = 500;
 const ATTENDEES: usize = 200;
 const RUNS: usize = 20;
 
+/// A push of all of `doc`, as a new record's first push.
 fn push_frame(id: DocId, doc: &Automerge) -> anyhow::Result<Vec<u8>> {
-    Ok(codec::encode(&Message::Push(Push {
-        doc: id,
-        base: Vec::new(),
-        heads: to_heads(&doc.get_heads()),
-        changes: doc
-            .get_changes(&[])
-            .iter()
-            .map(|c| ByteBuf::from(c.raw_bytes().to_vec()))
-            .collect(),
-    }))?)
+    Ok(codec::encode(&baraza_tests::push_since(id, &[], doc))?)
 }
 
 impl Bench {
