@@ -6,12 +6,11 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use baraza_tests::api::endpoint_at;
+use baraza_tests::http::{HttpReply, Request};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -168,108 +167,44 @@ fn wait_exit(child: &mut Child) -> Option<ExitStatus> {
     None
 }
 
-/// An HTTP/1.1 response head and (Content-Length) body.
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-/// The `baraza-refusal` header's code, if the response has one.
-fn refusal_code(response: &Response) -> Option<&str> {
-    response.head.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case(baraza_protocol::REFUSAL_HEADER)
-            .then(|| value.trim())
-    })
-}
-
-/// Sends `request` over TLS, trusting only `ca`, and reads one response.
-fn https(addr: SocketAddr, ca: &Path, request: &str) -> Response {
+/// One HTTPS exchange, through the harness's HTTP client (hyper), trusting
+/// only `ca`, within [`IO_TIMEOUT`].
+fn https(addr: SocketAddr, ca: &Path, path: &str, headers: &[(&str, &str)]) -> HttpReply {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_file(ca).unwrap())
-        .unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let request = request.to_string();
-    runtime.block_on(async move {
-        tokio::time::timeout(IO_TIMEOUT, async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let name = ServerName::try_from("localhost").unwrap();
-            let mut tls = connector.connect(name, tcp).await.unwrap();
-            tls.write_all(request.as_bytes()).await.unwrap();
-            tls.flush().await.unwrap();
-            let mut bytes = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let head_end = loop {
-                if let Some(end) = find(&bytes, b"\r\n\r\n") {
-                    break end + 4;
-                }
-                let n = tls.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "connection closed before the response head");
-                bytes.extend_from_slice(&chunk[..n]);
-            };
-            let head = String::from_utf8(bytes[..head_end].to_vec()).unwrap();
-            let length = head
-                .lines()
-                .find_map(|line| {
-                    let (name, value) = line.split_once(':')?;
-                    name.eq_ignore_ascii_case("content-length")
-                        .then(|| value.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            while bytes.len() < head_end + length {
-                let n = tls.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "connection closed before the body");
-                bytes.extend_from_slice(&chunk[..n]);
-            }
-            let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-            let body = String::from_utf8(bytes[head_end..head_end + length].to_vec()).unwrap();
-            Response { status, head, body }
-        })
-        .await
-        .expect("HTTPS exchange timed out")
+    runtime.block_on(async {
+        let request = Request {
+            headers,
+            ..Request::new("GET", path)
+        };
+        baraza_tests::http::send(&endpoint_at(addr, ca), request, IO_TIMEOUT)
+            .await
+            .expect("an HTTPS answer")
     })
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// The `baraza-refusal` header's code, if the response has one.
+fn refusal_code(response: &HttpReply) -> Option<&str> {
+    response.header(baraza_protocol::REFUSAL_HEADER)
 }
 
-fn healthz(addr: SocketAddr, ca: &Path) -> Response {
-    https(
-        addr,
-        ca,
-        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    )
+fn healthz(addr: SocketAddr, ca: &Path) -> HttpReply {
+    https(addr, ca, "/healthz", &[])
 }
 
-fn sync_upgrade(addr: SocketAddr, ca: &Path, authorization: Option<&str>) -> Response {
-    let auth = authorization
-        .map(|value| format!("Authorization: {value}\r\n"))
-        .unwrap_or_default();
-    https(
-        addr,
-        ca,
-        &format!(
-            "GET /v1/sync HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\n\
-             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{auth}\r\n"
-        ),
-    )
+fn sync_upgrade(addr: SocketAddr, ca: &Path, authorization: Option<&str>) -> HttpReply {
+    let mut headers = vec![
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    if let Some(value) = authorization {
+        headers.push(("authorization", value));
+    }
+    https(addr, ca, "/v1/sync", &headers)
 }
 
 #[test]
