@@ -128,8 +128,13 @@ impl SyncHub {
             {
                 break;
             }
-            while let Some(event) = driver.poll_audit() {
-                self.audit_session_event(&caller, event);
+            if let Some(first) = driver.poll_audit() {
+                tokio::task::block_in_place(|| {
+                    self.audit_session_event(&caller, first);
+                    while let Some(event) = driver.poll_audit() {
+                        self.audit_session_event(&caller, event);
+                    }
+                });
             }
             let keepalive = driver.poll_keepalive();
             if send_all(&mut driver, keepalive, &mut sink).await.is_err() {
@@ -167,7 +172,11 @@ impl SyncHub {
                     None => driver.handle_closed(now(), CloseReason::Disconnected),
                 },
                 Some(done) = pending.next() => {
-                    let (write, commit) = self.on_stored(&mut driver, &caller, &devices, done);
+                    // Notes the ack and audits the decisions: storage
+                    // writes, kept off the async workers.
+                    let (write, commit) = tokio::task::block_in_place(|| {
+                        self.on_stored(&mut driver, &caller, &devices, done)
+                    });
                     driver.handle_commit(now(), write, commit);
                 }
                 changed = standing.changed(), if standing_open => {
@@ -175,7 +184,7 @@ impl SyncHub {
                         standing_open = false;
                         continue;
                     }
-                    match devices.standing(&device.id) {
+                    match tokio::task::block_in_place(|| devices.standing(&device.id)) {
                         Ok(Auth::Device(d)) if d.retiring => {
                             driver.handle_standing(now(), Standing::Retiring)
                         }
@@ -771,9 +780,6 @@ impl SyncHub {
                     "sent_count": summary.sent.count(),
                     "feed_position": summary.feed_position,
                 });
-                // Written on this task: handing it to the blocking pool
-                // measured slower under S3 (many sessions ending at once
-                // then flush in parallel with the committer).
                 self.audit.record("sync", details);
             }
             AuditEvent::DeviceRetired { report } => self.audit.record(
