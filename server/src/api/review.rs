@@ -888,7 +888,7 @@ async fn show(desk: Arc<Desk>, headers: HeaderMap, id: String) -> warp::reply::R
     let hub = desk.hub.clone();
     let devices = desk.devices.clone();
     match tokio::task::spawn_blocking(move || hub.record_view(&caller, doc, &devices)).await {
-        Ok(Ok(Some(view))) => ok(view),
+        Ok(Ok(Some(view))) => warp::reply::json(&view).into_response(),
         Ok(Ok(None)) => error(StatusCode::NOT_FOUND, "no such record"),
         _ => error(StatusCode::SERVICE_UNAVAILABLE, "record store unavailable"),
     }

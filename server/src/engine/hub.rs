@@ -13,6 +13,9 @@ use baraza_protocol::{DeviceId, DeviceName, DocId, ErrorCode, Feed, Head, Limits
 use tokio::sync::{oneshot, watch};
 
 use crate::engine::docs::{Docs, DocsError, LiveDoc};
+use crate::engine::view::{
+    ConflictValueView, ConflictView, DeviceLabel, FieldValue, HistoryView, RecordView,
+};
 use crate::identity::caller::{desk_device_id, Caller, DeviceIdentity, DESK_DEVICE_NAME};
 use crate::storage::store::{
     ClockSkew, IndexEntry, Receipt, RecordFilter, RecordRow, SledStore, Store,
@@ -590,7 +593,7 @@ impl SyncHub {
         caller: &Caller,
         id: DocId,
         devices: &crate::identity::devices::DeviceRegistry,
-    ) -> Result<Option<serde_json::Value>, DocsError> {
+    ) -> Result<Option<RecordView>, DocsError> {
         let exists = self.docs.store().doc_seq(id)?.is_some();
         if !exists || !self.readable(&caller.principal, id)? {
             self.audit.record(
@@ -640,42 +643,46 @@ impl SyncHub {
                 .flat_map(|c| c.values.iter().map(|v| v.actor.as_str())),
         );
         let namer = DeviceNamer::new(actors, devices);
-        let history: Vec<serde_json::Value> = entries
+        let history = entries
             .into_iter()
             .map(|entry| {
                 let at = received.get(&entry.hash).copied();
                 let implausible = at.is_some_and(|at| {
                     entry.time.saturating_mul(1000).saturating_sub(at) > ahead_max
                 });
-                let mut value = serde_json::json!(entry);
-                value["received_at_ms"] = serde_json::json!(at);
-                value["clock_implausible"] = serde_json::json!(implausible);
-                namer.stamp(&mut value, &entry.actor, entry.user.as_deref());
-                value
-            })
-            .collect();
-        let conflicts: Vec<serde_json::Value> = conflicts
-            .into_iter()
-            .map(|conflict| {
-                let mut value = serde_json::json!(conflict);
-                if let Some(values) = value["values"].as_array_mut() {
-                    for (shown, v) in values.iter_mut().zip(&conflict.values) {
-                        namer.stamp(shown, &v.actor, v.user.as_deref());
-                    }
+                let by = namer.label(&entry.actor, entry.user.as_deref());
+                HistoryView {
+                    entry,
+                    received_at_ms: at,
+                    clock_implausible: implausible,
+                    by,
                 }
-                value
             })
             .collect();
-        Ok(Some(serde_json::json!({
-            "id": id.to_string(),
-            "header": header,
-            "review_state": baraza_records::review_state(doc),
-            "review_comments": baraza_records::review_comments(doc),
-            "fields": to_json(doc, &automerge::ROOT),
-            "conflicts": conflicts,
-            "history": history,
-            "clock": store.clock_skew(id)?,
-        })))
+        let conflicts = conflicts
+            .into_iter()
+            .map(|conflict| ConflictView {
+                path: conflict.path,
+                values: conflict
+                    .values
+                    .into_iter()
+                    .map(|value| {
+                        let by = namer.label(&value.actor, value.user.as_deref());
+                        ConflictValueView { value, by }
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Some(RecordView {
+            id: id.to_string(),
+            header,
+            review_state: baraza_records::review_state(doc),
+            review_comments: baraza_records::review_comments(doc),
+            fields: field_tree(doc, &automerge::ROOT),
+            conflicts,
+            history,
+            clock: store.clock_skew(id)?,
+        }))
     }
 
     /// Makes a change on behalf of a supervisor at the review desk (a
@@ -940,7 +947,7 @@ impl DeviceNamer {
 
     /// Adds `device` and `device_name` to `value`, the JSON of something
     /// authored under `actor` naming `user`.
-    fn stamp(&self, value: &mut serde_json::Value, actor: &str, user: Option<&str>) {
+    fn label(&self, actor: &str, user: Option<&str>) -> DeviceLabel {
         let device = device_of_actor(actor);
         let name = device.and_then(|d| {
             self.names.get(&d).cloned().or_else(|| {
@@ -948,8 +955,10 @@ impl DeviceNamer {
                     .map(|_| DESK_DEVICE_NAME.to_string())
             })
         });
-        value["device"] = serde_json::json!(device.map(|d| d.to_hex()));
-        value["device_name"] = serde_json::json!(name);
+        DeviceLabel {
+            device: device.map(|d| d.to_hex()),
+            device_name: name,
+        }
     }
 }
 
@@ -960,31 +969,30 @@ fn device_of_actor(actor: &str) -> Option<DeviceId> {
 
 /// A document's current values as JSON (the value shown where fields
 /// conflict; `conflicts` lists the others).
-fn to_json(doc: &automerge::Automerge, obj: &automerge::ObjId) -> serde_json::Value {
+/// A record's content (the header left out at the root) as a typed tree.
+fn field_tree(doc: &automerge::Automerge, obj: &automerge::ObjId) -> FieldValue {
     use automerge::{ObjType, ReadDoc, ScalarValue, Value};
     let value = |v: Value<'_>, id: automerge::ObjId| match v {
-        Value::Object(ObjType::Map | ObjType::Table | ObjType::List) => to_json(doc, &id),
-        Value::Object(ObjType::Text) => {
-            serde_json::Value::String(doc.text(&id).unwrap_or_default())
-        }
+        Value::Object(ObjType::Map | ObjType::Table | ObjType::List) => field_tree(doc, &id),
+        Value::Object(ObjType::Text) => FieldValue::Text(doc.text(&id).unwrap_or_default()),
         Value::Scalar(s) => match s.as_ref() {
-            ScalarValue::Str(s) => serde_json::Value::String(s.to_string()),
-            ScalarValue::Int(i) | ScalarValue::Timestamp(i) => serde_json::json!(i),
-            ScalarValue::Uint(u) => serde_json::json!(u),
-            ScalarValue::F64(f) => serde_json::json!(f),
-            ScalarValue::Boolean(b) => serde_json::json!(b),
-            ScalarValue::Null => serde_json::Value::Null,
-            other => serde_json::Value::String(other.to_string()),
+            ScalarValue::Str(s) => FieldValue::Text(s.to_string()),
+            ScalarValue::Int(i) | ScalarValue::Timestamp(i) => FieldValue::Int(*i),
+            ScalarValue::Uint(u) => FieldValue::Uint(*u),
+            ScalarValue::F64(f) => FieldValue::Float(*f),
+            ScalarValue::Boolean(b) => FieldValue::Bool(*b),
+            ScalarValue::Null => FieldValue::Null,
+            other => FieldValue::Text(other.to_string()),
         },
     };
     match doc.object_type(obj) {
-        Ok(ObjType::List) => serde_json::Value::Array(
+        Ok(ObjType::List) => FieldValue::List(
             (0..doc.length(obj))
                 .filter_map(|i| doc.get(obj, i).ok().flatten())
                 .map(|(v, id)| value(v, id))
                 .collect(),
         ),
-        _ => serde_json::Value::Object(
+        _ => FieldValue::Map(
             doc.keys(obj)
                 .filter(|k| !(obj == &automerge::ROOT && k == "header"))
                 .filter_map(|k| {
@@ -994,6 +1002,12 @@ fn to_json(doc: &automerge::Automerge, obj: &automerge::ObjId) -> serde_json::Va
                 .collect(),
         ),
     }
+}
+
+/// [`field_tree`] as JSON, for the export rows and `record show`, which
+/// read fields by name.
+fn to_json(doc: &automerge::Automerge, obj: &automerge::ObjId) -> serde_json::Value {
+    serde_json::to_value(field_tree(doc, obj)).unwrap_or(serde_json::Value::Null)
 }
 
 /// What [`admit`] lets through: where the record sits in the index, what
