@@ -437,12 +437,8 @@ impl SyncHub {
         filter: &RecordFilter,
         limit: usize,
     ) -> Result<Vec<RecordRow>, DocsError> {
-        let visible = |row: &RecordRow| {
-            Kind::parse(&row.entry.kind).is_some_and(|kind| {
-                who.may_read_parts(kind, &row.entry.area, &row.entry.created_by)
-            })
-        };
-        Ok(self.docs.store().list_records(filter, &visible, limit)?)
+        let scope = crate::storage::store::ReadScope::of(who);
+        Ok(self.docs.store().list_records(filter, &scope, limit)?)
     }
 
     /// One record's listing row if `who` may read it, by the rule

@@ -20,6 +20,7 @@
 //! - the store id and whether the last stop was clean.
 
 use baraza_protocol::{DocId, Head, Seq, StoreId};
+use baraza_records::{Kind, Principal, Role};
 
 /// A storage failure. The caller acknowledges nothing that hit one.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +183,57 @@ pub struct RecordFilter {
     pub since: Option<i64>,
 }
 
+/// Whose records a listing may return, as data a backend can turn into a
+/// query (a closure could not be): those `own` names as creator, whatever
+/// their kind and area, and those of `kinds` in `areas`. Built from the
+/// caller by [`ReadScope::of`], so it says what
+/// [`Principal::may_read_parts`] says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadScope {
+    /// The user whose own records are readable; None for nobody's.
+    pub own: Option<String>,
+    /// Kinds readable in `areas`.
+    pub kinds: Vec<Kind>,
+    /// Areas in which `kinds` are readable.
+    pub areas: Vec<String>,
+}
+
+impl ReadScope {
+    /// What `who` may read.
+    pub fn of(who: &Principal) -> ReadScope {
+        // An admin reads no records, not even ones they created.
+        if who.role == Role::Admin {
+            return ReadScope::default();
+        }
+        // The kinds the role reads in its areas, asked of the one rule; the
+        // creator is a name no user has (names hold no NUL), so their own
+        // records do not count here.
+        let stranger = format!("{}\0", who.user);
+        let kinds = match who.areas.first() {
+            Some(area) => Kind::ALL
+                .into_iter()
+                .filter(|kind| who.may_read_parts(*kind, area, &stranger))
+                .collect(),
+            None => Vec::new(),
+        };
+        ReadScope {
+            own: Some(who.user.clone()),
+            kinds,
+            areas: who.areas.clone(),
+        }
+    }
+
+    /// Whether a record of kind `kind` in `area`, created by `created_by`,
+    /// is in scope. A kind this server does not know is in nobody's.
+    pub fn admits(&self, kind: &str, area: &str, created_by: &str) -> bool {
+        let Some(kind) = Kind::parse(kind) else {
+            return false;
+        };
+        self.own.as_deref() == Some(created_by)
+            || (self.kinds.contains(&kind) && self.areas.iter().any(|a| a == area))
+    }
+}
+
 /// One row of a listing.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct RecordRow {
@@ -241,13 +293,12 @@ pub trait Store: Send + Sync + 'static {
     /// the position of the latest; None if the document is unknown or was
     /// compacted past `after` (then only the whole document will do).
     fn chunks_after(&self, doc: DocId, after: Seq) -> Result<Option<DocChunks>, StoreError>;
-    /// Records matching a filter, from the index, at most `limit`.
-    /// Up to `limit` records matching `filter` that `visible` lets through
-    /// (the caller's read rule, applied before the limit counts).
+    /// Up to `limit` records from the index matching `filter` and within
+    /// `scope` (the caller's read rule, applied before the limit counts).
     fn list_records(
         &self,
         filter: &RecordFilter,
-        visible: &dyn Fn(&RecordRow) -> bool,
+        scope: &ReadScope,
         limit: usize,
     ) -> Result<Vec<RecordRow>, StoreError>;
     /// A document's heads as of feed position `seq`.
@@ -296,4 +347,41 @@ pub trait Store: Send + Sync + 'static {
     /// every record written since the index existed has both, pointing at
     /// each other.
     fn index_rows_agree(&self, doc: DocId) -> Result<Option<String>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_scope_admits_exactly_what_the_read_rule_lets_through() {
+        let areas = ["kibera", "mathare", ""];
+        let users = ["lia", "ofc", ""];
+        for role in [Role::Officer, Role::Liaison, Role::Supervisor, Role::Admin] {
+            for own_areas in [
+                vec![],
+                vec!["kibera".to_string()],
+                vec!["kibera".into(), "mathare".into()],
+            ] {
+                let who = Principal {
+                    user: "lia".into(),
+                    role,
+                    areas: own_areas,
+                };
+                let scope = ReadScope::of(&who);
+                for kind in Kind::ALL {
+                    for area in areas {
+                        for creator in users {
+                            assert_eq!(
+                                scope.admits(kind.name(), area, creator),
+                                who.may_read_parts(kind, area, creator),
+                                "{who:?} reading a {kind:?} in {area:?} by {creator:?}"
+                            );
+                        }
+                    }
+                }
+                assert!(!scope.admits("unknown_kind", "kibera", "lia"));
+            }
+        }
+    }
 }

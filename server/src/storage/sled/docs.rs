@@ -40,7 +40,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use crate::storage::store::{
-    ClockSkew, DocChunks, DocWrite, IndexEntry, RecordAccess, RecordFilter, RecordRow,
+    ClockSkew, DocChunks, DocWrite, IndexEntry, ReadScope, RecordAccess, RecordFilter, RecordRow,
     RecordSummary, Store, StoreError, StoredDoc,
 };
 
@@ -604,7 +604,7 @@ impl Store for SledStore {
     fn list_records(
         &self,
         filter: &RecordFilter,
-        visible: &dyn Fn(&RecordRow) -> bool,
+        scope: &ReadScope,
         limit: usize,
     ) -> Result<Vec<RecordRow>, StoreError> {
         // The longest leading run of given fields is a prefix; the rest
@@ -654,7 +654,8 @@ impl Store for SledStore {
                 if let Some(v) = self.access.get(doc)? {
                     row.entry.created_by = decode_access(&v)?.created_by;
                 }
-                if !visible(&row) {
+                let e = &row.entry;
+                if !scope.admits(&e.kind, &e.area, &e.created_by) {
                     continue;
                 }
                 if let Some(v) = self.summary.get(doc)? {
@@ -980,8 +981,11 @@ mod tests {
         assert_eq!(row.entry.summary.submitted_at, Some(7_000));
         assert!(!row.entry.summary.conflicts);
         let all = |s: &SledStore| {
-            s.list_records(&RecordFilter::default(), &|_| true, 10)
-                .unwrap()
+            let lia = ReadScope {
+                own: Some("lia".into()),
+                ..ReadScope::default()
+            };
+            s.list_records(&RecordFilter::default(), &lia, 10).unwrap()
         };
         assert_eq!(all(&store), vec![row.clone()]);
 

@@ -60,3 +60,32 @@ impl UserStore for SledUserStore {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::identity::users::{Role, UserRegistry};
+    use crate::storage::sled::SledThrottles;
+
+    #[test]
+    fn passwords_are_stored_hashed() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let store = Arc::new(SledUserStore::open(&db).unwrap());
+        let users = UserRegistry::new(store.clone(), Arc::new(SledThrottles::open(&db).unwrap()));
+        users
+            .add("njeri", Role::Officer, &[], "radio check 1900")
+            .unwrap();
+        let stored = store.tree.get("njeri").unwrap().unwrap();
+        let text = String::from_utf8_lossy(&stored);
+        assert!(!text.contains("radio check 1900"));
+        assert!(text.contains("$argon2id$"));
+        assert_eq!(users.list().unwrap().len(), 1);
+        store.tree.insert("garbled", &b"{"[..]).unwrap();
+        assert!(matches!(
+            store.get("garbled"),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}
