@@ -11,7 +11,7 @@
 //!   after S1's edits (records whose latest write moved past others').
 //! - S3 fan-in (server ingest): many devices push their offline work at
 //!   once over real TLS WebSockets, speaking the wire protocol directly
-//!   ([`light`]): each change's acknowledgement is timed exactly, and the
+//!   ([`light`], [`scenarios::s3_ingest`]): each change's acknowledgement is timed exactly, and the
 //!   clients decode but never apply what they download, so the server,
 //!   not the simulated tablets, gets the machine.
 //! - S3-sdk: the same fan-in with full SDK clients, each applying
@@ -19,10 +19,10 @@
 //!   inferred by a listener (the SDK does not report acks one by one).
 //!
 //! - desk live: from a tablet's acknowledged submit to the record's
-//!   event on an open review desk's stream ([`desk_live`]).
+//!   event on an open review desk's stream ([`scenarios::desk_live`]).
 //! - hostile: the server's peak memory under inputs built against its
 //!   limits, and S1 while thousands of idle connections and repeated
-//!   deflate bombs are held against it ([`hostile`]).
+//!   deflate bombs are held against it ([`scenarios::hostile`]).
 //!
 //! Bytes are counted at the TCP level (TLS records included) by a small
 //! forwarding proxy ([`proxy::CountingProxy`]) placed between client and
@@ -32,15 +32,9 @@
 // The S3 result is one large `json!` literal.
 #![recursion_limit = "256"]
 
-pub mod desk_live;
-pub mod hostile;
-pub mod ingest;
 pub mod light;
-pub mod login;
-pub mod meeting;
 pub mod proxy;
 pub mod records;
-pub mod review;
 pub mod scenarios;
 pub mod server;
 pub mod stats;

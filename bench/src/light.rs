@@ -24,11 +24,12 @@ use baraza_protocol::{
     PROTOCOL_VERSION,
 };
 use baraza_records::{ops, FieldValue, Header, Kind};
+use baraza_tests::http::{self, Endpoint, HttpReply, Request};
+use baraza_tests::net::tcp_from;
 use futures_util::{SinkExt, StreamExt};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_bytes::ByteBuf;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -42,6 +43,8 @@ use crate::records::Gen;
 /// An open sync connection.
 pub type Socket = WebSocketStream<TlsStream<TcpStream>>;
 
+/// How long one HTTPS exchange (connect included) may take.
+const HTTPS_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long closing a finished connection may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Refusal messages kept per session.
@@ -59,21 +62,7 @@ impl Connector {
     /// TLS session resumption is off: every device does a full handshake,
     /// as separate tablets would.
     pub fn new(addr: SocketAddr, ca: &Path) -> anyhow::Result<Connector> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(ca)
-            .with_context(|| format!("cannot read {}", ca.display()))?
-        {
-            let cert = cert.with_context(|| format!("bad PEM in {}", ca.display()))?;
-            roots
-                .add(cert)
-                .with_context(|| format!("bad certificate in {}", ca.display()))?;
-        }
-        ensure!(!roots.is_empty(), "no certificate in {}", ca.display());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut config = baraza_tests::net::client_config(ca)?;
         config.resumption = rustls::client::Resumption::disabled();
         let frame_bytes_max = Limits::DEFAULT.frame_bytes_max;
         let mut ws_config = WebSocketConfig::default();
@@ -88,10 +77,7 @@ impl Connector {
 
     /// TCP connect, TLS handshake and WebSocket upgrade with `token`.
     pub async fn connect(&self, token: &str) -> anyhow::Result<Socket> {
-        let tcp = TcpStream::connect(self.addr)
-            .await
-            .with_context(|| format!("cannot connect to {}", self.addr))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = tcp_from(self.addr, None).await?;
         let tls = self
             .tls
             .connect(ServerName::from(self.addr.ip()), tcp)
@@ -116,36 +102,22 @@ impl Connector {
     /// when None) and a TLS handshake, nothing more: a connection that then
     /// says nothing, for the hostile scenario.
     pub async fn tls_from(&self, local: Option<IpAddr>) -> anyhow::Result<TlsStream<TcpStream>> {
-        let socket = if self.addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        if let Some(ip) = local {
-            socket
-                .bind(SocketAddr::new(ip, 0))
-                .with_context(|| format!("cannot bind to {ip}"))?;
-        }
-        let tcp = socket
-            .connect(self.addr)
-            .await
-            .with_context(|| format!("cannot connect to {}", self.addr))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = tcp_from(self.addr, local).await?;
         self.tls
             .connect(ServerName::from(self.addr.ip()), tcp)
             .await
             .context("TLS handshake")
     }
 
-    /// One HTTPS request (HTTP/1.1, `Connection: close`): status, head and
-    /// body. For the review desk's API.
+    /// One HTTPS request on a connection of its own (`Connection:
+    /// close`), through the harness's HTTP client. For the review desk's API.
     pub async fn https(
         &self,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
         body: Option<&str>,
-    ) -> anyhow::Result<(u16, String, String)> {
+    ) -> anyhow::Result<HttpReply> {
         self.https_from(None, method, path, headers, body).await
     }
 
@@ -158,51 +130,40 @@ impl Connector {
         path: &str,
         headers: &[(&str, &str)],
         body: Option<&str>,
-    ) -> anyhow::Result<(u16, String, String)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tls = self.tls_from(local).await?;
-        let extra: String = headers
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}\r\n"))
-            .collect();
-        let body = body.unwrap_or("");
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{extra}Content-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    ) -> anyhow::Result<HttpReply> {
+        let endpoint = Endpoint::tls(
             self.addr,
-            body.len()
-        );
-        tls.write_all(request.as_bytes()).await?;
-        let mut raw = Vec::new();
-        let _ = tls.read_to_end(&mut raw).await;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, rest) = text.split_once("\r\n\r\n").context("no HTTP reply")?;
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("no HTTP status")?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            let mut out = String::new();
-            let mut rest = rest;
-            while let Some((size, tail)) = rest.split_once("\r\n") {
-                let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-                    break;
-                };
-                if n == 0 || tail.len() < n {
-                    break;
-                }
-                out.push_str(&tail[..n]);
-                rest = tail[n..].trim_start_matches("\r\n");
-            }
-            out
-        } else {
-            rest.to_string()
+            self.tls.clone(),
+            ServerName::from(self.addr.ip()),
+        )
+        .from(local);
+        let request = Request {
+            method,
+            path,
+            headers,
+            body,
         };
-        Ok((status, head.to_string(), body))
+        http::send(&endpoint, request, HTTPS_TIMEOUT).await
+    }
+
+    /// Signs `user` in at the review desk and returns the session cookie
+    /// (`name=value`), as a browser would keep it.
+    pub async fn sign_in(&self, user: &str, password: &str) -> anyhow::Result<String> {
+        let body = serde_json::json!({ "user": user, "password": password }).to_string();
+        let reply = self
+            .https("POST", "/review/api/login", &[], Some(&body))
+            .await?;
+        ensure!(
+            reply.status == 200,
+            "sign-in: {} {}",
+            reply.status,
+            reply.body
+        );
+        let cookie = reply
+            .header("set-cookie")
+            .and_then(|c| c.split(';').next())
+            .context("no session cookie")?;
+        Ok(cookie.to_string())
     }
 }
 

@@ -87,50 +87,157 @@ pub struct Principal {
 /// Review states only a supervisor of the record's area may set.
 pub const DECISIONS: &[&str] = &["approved", "returned"];
 
-/// The names of the write rules, as refusals report them.
-pub mod rules {
+/// A write rule, as refusals name it (on the wire and in the audit log
+/// by [`Rule::name`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rule {
     /// Admins manage accounts and read or change no records.
-    pub const ADMIN_NO_RECORDS: &str = "admin_no_records";
+    AdminNoRecords,
     /// Nobody edits records outside their areas.
-    pub const OWN_AREAS: &str = "own_areas";
+    OwnAreas,
     /// A new record names its creator, who must be the pushing user.
-    pub const CREATOR: &str = "creator_is_user";
+    Creator,
     /// Which kinds each role may create.
-    pub const KIND_FOR_ROLE: &str = "kind_for_role";
+    KindForRole,
     /// Editing a record needs the right to read it.
-    pub const READ_TO_EDIT: &str = "read_to_edit";
+    ReadToEdit,
     /// Only the author and the area's supervisors edit contact details.
-    pub const CONTACT: &str = "contact_author_or_supervisor";
+    Contact,
     /// A device authors changes only under its own actor ids (its device
     /// id and some install bytes): automerge does not authenticate actors,
     /// so the server must.
-    pub const DEVICE_ACTOR: &str = "device_actor";
+    DeviceActor,
     /// Every change names the user who made it, truthfully.
-    pub const ATTRIBUTION: &str = "attribution";
+    Attribution,
     /// Only supervisors of the area approve or return a record.
-    pub const REVIEW: &str = "review_by_area_supervisor";
+    Review,
     /// Review comments are only ever added: nobody deletes or overwrites a
     /// comment, the comments list or the review block, or puts a value
     /// beside them, and a new comment goes after the earlier ones.
-    pub const REVIEW_COMMENTS_APPEND_ONLY: &str = "review_comments_append_only";
+    ReviewCommentsAppendOnly,
     /// A comment carries its real author: a new one's `by` is the pushing
     /// user, set in the change that adds it; only its author changes its
     /// other fields later, and nobody changes its `by`.
-    pub const REVIEW_COMMENT_AUTHOR: &str = "review_comment_author";
+    ReviewCommentAuthor,
     /// Only a supervisor of the area changes the review state (and so moves
     /// a record out of `approved` or `returned`); anyone else may only
     /// submit a draft or returned record they created, and never set a
     /// state beside a supervisor's decision.
-    pub const REVIEW_STATE: &str = "review_state_by_supervisor";
+    ReviewState,
     /// The review block holds its state and comments, nothing else.
-    pub const REVIEW_FIELDS: &str = "review_known_fields";
+    ReviewFields,
     /// A record is approved only once no field holds values set
     /// differently on different devices: approving it would vouch for a
     /// value nobody chose. Judged on the record with the approving change
     /// applied, so a change that resolves the conflicts and approves in
     /// one push passes; the desk and a supervisor's tablet meet the same
     /// rule.
-    pub const UNRESOLVED_CONFLICT: &str = "unresolved_conflict";
+    UnresolvedConflict,
+}
+
+impl Rule {
+    /// Every rule.
+    pub const ALL: [Rule; 14] = [
+        Rule::AdminNoRecords,
+        Rule::OwnAreas,
+        Rule::Creator,
+        Rule::KindForRole,
+        Rule::ReadToEdit,
+        Rule::Contact,
+        Rule::DeviceActor,
+        Rule::Attribution,
+        Rule::Review,
+        Rule::ReviewCommentsAppendOnly,
+        Rule::ReviewCommentAuthor,
+        Rule::ReviewState,
+        Rule::ReviewFields,
+        Rule::UnresolvedConflict,
+    ];
+
+    /// The rule's name, as refusals carry it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::AdminNoRecords => "admin_no_records",
+            Rule::OwnAreas => "own_areas",
+            Rule::Creator => "creator_is_user",
+            Rule::KindForRole => "kind_for_role",
+            Rule::ReadToEdit => "read_to_edit",
+            Rule::Contact => "contact_author_or_supervisor",
+            Rule::DeviceActor => "device_actor",
+            Rule::Attribution => "attribution",
+            Rule::Review => "review_by_area_supervisor",
+            Rule::ReviewCommentsAppendOnly => "review_comments_append_only",
+            Rule::ReviewCommentAuthor => "review_comment_author",
+            Rule::ReviewState => "review_state_by_supervisor",
+            Rule::ReviewFields => "review_known_fields",
+            Rule::UnresolvedConflict => "unresolved_conflict",
+        }
+    }
+
+    /// The rule a name stands for; None for one this build does not know.
+    pub fn parse(name: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// A rule travels as its name, in JSON as on the wire.
+impl serde::Serialize for Rule {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The rules by their old constant names.
+pub mod rules {
+    use super::Rule;
+
+    /// [`Rule::AdminNoRecords`].
+    pub const ADMIN_NO_RECORDS: Rule = Rule::AdminNoRecords;
+
+    /// [`Rule::OwnAreas`].
+    pub const OWN_AREAS: Rule = Rule::OwnAreas;
+
+    /// [`Rule::Creator`].
+    pub const CREATOR: Rule = Rule::Creator;
+
+    /// [`Rule::KindForRole`].
+    pub const KIND_FOR_ROLE: Rule = Rule::KindForRole;
+
+    /// [`Rule::ReadToEdit`].
+    pub const READ_TO_EDIT: Rule = Rule::ReadToEdit;
+
+    /// [`Rule::Contact`].
+    pub const CONTACT: Rule = Rule::Contact;
+
+    /// [`Rule::DeviceActor`].
+    pub const DEVICE_ACTOR: Rule = Rule::DeviceActor;
+
+    /// [`Rule::Attribution`].
+    pub const ATTRIBUTION: Rule = Rule::Attribution;
+
+    /// [`Rule::Review`].
+    pub const REVIEW: Rule = Rule::Review;
+
+    /// [`Rule::ReviewCommentsAppendOnly`].
+    pub const REVIEW_COMMENTS_APPEND_ONLY: Rule = Rule::ReviewCommentsAppendOnly;
+
+    /// [`Rule::ReviewCommentAuthor`].
+    pub const REVIEW_COMMENT_AUTHOR: Rule = Rule::ReviewCommentAuthor;
+
+    /// [`Rule::ReviewState`].
+    pub const REVIEW_STATE: Rule = Rule::ReviewState;
+
+    /// [`Rule::ReviewFields`].
+    pub const REVIEW_FIELDS: Rule = Rule::ReviewFields;
+
+    /// [`Rule::UnresolvedConflict`].
+    pub const UNRESOLVED_CONFLICT: Rule = Rule::UnresolvedConflict;
 }
 
 /// A write refused by a rule.
@@ -138,7 +245,7 @@ pub mod rules {
 #[error("{reason} (rule {rule})")]
 pub struct Refusal {
     /// The rule's name (see [`rules`]).
-    pub rule: &'static str,
+    pub rule: Rule,
     /// What broke it, for people.
     pub reason: String,
 }
@@ -182,7 +289,7 @@ impl Principal {
         doc: &Automerge,
         changes: &[Change],
     ) -> Result<WriteSummary, Refusal> {
-        let refuse = |rule: &'static str, reason: String| Err(Refusal { rule, reason });
+        let refuse = |rule: Rule, reason: String| Err(Refusal { rule, reason });
         if self.role == Role::Admin {
             return refuse(
                 rules::ADMIN_NO_RECORDS,
@@ -291,7 +398,7 @@ impl Principal {
         edit: ReviewEdit,
     ) -> Result<(), Refusal> {
         let hash = change.hash();
-        let refuse = |rule: &'static str, reason: String| Err(Refusal { rule, reason });
+        let refuse = |rule: Rule, reason: String| Err(Refusal { rule, reason });
         let supervisor = self.role == Role::Supervisor;
         match edit {
             ReviewEdit::BlockMade | ReviewEdit::CommentsMade => Ok(()),

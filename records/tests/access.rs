@@ -281,7 +281,7 @@ fn refused_by(
     p: &Principal,
     h: &Header,
     (doc, changes): &(Automerge, Vec<Change>),
-) -> &'static str {
+) -> baraza_records::access::Rule {
     match p.check_write(h, false, doc, changes) {
         Ok(_) => panic!("{} may not push this change, but it was accepted", p.user),
         Err(refusal) => {
@@ -740,4 +740,19 @@ fn a_list_row_names_the_record_but_never_a_contact() {
     assert_eq!(submitted_at(&doc), Some(7_000));
     ops::review(&mut doc, "approved", None, at("sup")).unwrap();
     assert_eq!(submitted_at(&doc), None, "only while it stands");
+}
+
+#[test]
+fn every_rule_has_one_name_that_reads_back_as_itself() {
+    use baraza_records::access::Rule;
+    let mut names = std::collections::BTreeSet::new();
+    for rule in Rule::ALL {
+        assert!(names.insert(rule.name()), "{} named twice", rule.name());
+        assert_eq!(Rule::parse(rule.name()), Some(rule));
+        assert_eq!(
+            serde_json::to_value(rule).unwrap(),
+            serde_json::json!(rule.name())
+        );
+    }
+    assert_eq!(Rule::parse("no_such_rule"), None);
 }

@@ -41,6 +41,11 @@ pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// and its first request; a connection silent for longer is more likely a
 /// flood than a tablet, and gives way to clients waiting for a slot.
 pub const FIRST_REQUEST_GRACE_MS_DEFAULT: u64 = 5_000;
+/// Time a sync session may go without a frame or a ping from its device
+/// before the server closes it, in milliseconds, when `session_idle_ms` is
+/// not set. Halfway through, the server pings, and a tablet that is there
+/// answers; the SDK itself pings after 30 s of silence.
+pub const SESSION_IDLE_MS_DEFAULT: u64 = 300_000;
 /// Largest config file we read; a config file is a few hundred bytes, so
 /// anything bigger is a mistake (a database or a device file passed by error).
 const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
@@ -368,6 +373,9 @@ pub struct ConnectionsArgs {
     /// Milliseconds after accepting during which a connection that has sent no request keeps its slot when every slot is wanted; older silent ones are closed for waiting clients [default: 5000]
     #[arg(long, env = "BARAZA_FIRST_REQUEST_GRACE_MS", value_name = "MS")]
     pub first_request_grace_ms: Option<u64>,
+    /// Milliseconds a sync session may go without a frame or a ping from its device before it is closed [default: 300000]
+    #[arg(long, env = "BARAZA_SESSION_IDLE_MS", value_name = "MS")]
+    pub session_idle_ms: Option<u64>,
 }
 
 /// The config file as written. Unknown keys are errors: a misspelt limit
@@ -444,6 +452,8 @@ pub struct ConnectionsFileConfig {
     /// Accept to the time a silent connection gives way when every slot is
     /// wanted, in milliseconds.
     pub first_request_grace_ms: Option<u64>,
+    /// A sync session's silence before it is closed, in milliseconds.
+    pub session_idle_ms: Option<u64>,
 }
 
 /// How many connections the listener keeps open and how long an idle one
@@ -468,6 +478,9 @@ pub struct ConnectionLimits {
     /// complete request yet and every slot is wanted, it is closed for a
     /// waiting client (before that it is held to its deadlines only).
     pub first_request_grace: std::time::Duration,
+    /// A sync session with no frame and no ping from its device for this
+    /// long is closed.
+    pub session_idle: std::time::Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -478,6 +491,7 @@ impl Default for ConnectionLimits {
             handshake_timeout: std::time::Duration::from_millis(HANDSHAKE_TIMEOUT_MS_DEFAULT),
             idle_timeout: std::time::Duration::from_millis(IDLE_TIMEOUT_MS_DEFAULT),
             first_request_grace: std::time::Duration::from_millis(FIRST_REQUEST_GRACE_MS_DEFAULT),
+            session_idle: std::time::Duration::from_millis(SESSION_IDLE_MS_DEFAULT),
         }
     }
 }
@@ -531,6 +545,12 @@ impl ConnectionLimits {
                 args.first_request_grace_ms,
                 file.first_request_grace_ms,
                 FIRST_REQUEST_GRACE_MS_DEFAULT,
+            )?),
+            session_idle: std::time::Duration::from_millis(pick(
+                "session_idle_ms",
+                args.session_idle_ms,
+                file.session_idle_ms,
+                SESSION_IDLE_MS_DEFAULT,
             )?),
         })
     }
@@ -809,6 +829,7 @@ mod tests {
                 handshake_timeout_ms = 1500
                 idle_timeout_ms = 2500
                 first_request_grace_ms = 700
+                session_idle_ms = 9000
                 "#,
             ),
         )
@@ -821,6 +842,7 @@ mod tests {
                 handshake_timeout: Duration::from_millis(1500),
                 idle_timeout: Duration::from_millis(2500),
                 first_request_grace: Duration::from_millis(700),
+                session_idle: Duration::from_millis(9000),
             }
         );
         for key in [
@@ -829,6 +851,7 @@ mod tests {
             "handshake_timeout_ms",
             "idle_timeout_ms",
             "first_request_grace_ms",
+            "session_idle_ms",
         ] {
             let text = format!("[connections]\n{key} = 0");
             assert!(
@@ -932,6 +955,7 @@ mod tests {
                 handshake_timeout: Duration::from_millis(HANDSHAKE_TIMEOUT_MS_DEFAULT),
                 idle_timeout: Duration::from_millis(250),
                 first_request_grace: Duration::from_millis(FIRST_REQUEST_GRACE_MS_DEFAULT),
+                session_idle: Duration::from_millis(SESSION_IDLE_MS_DEFAULT),
             }
         );
         assert_eq!(config.data, PathBuf::from("flag-data"));

@@ -247,6 +247,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         hub.set_skip_write_rules(true);
     }
     hub.set_clock_ahead_max_ms(config.records.clock_ahead_max_ms_or_default());
+    hub.set_session_idle(config.connections.session_idle);
     hub.start_filling_summaries()?;
     let tls = tls::server_config(config.tls.as_ref(), &data.tls_dir())?;
     if config.tls.is_none() && !config.listen.ip().is_loopback() {

@@ -1,13 +1,20 @@
 //! A reader of the review desk's event stream (`GET /review/api/events`),
-//! as a browser's `EventSource` reads it: over one TLS connection, the
-//! chunked body parsed into events and comments as they arrive. Every
-//! read is bounded by the caller's limit.
+//! as a browser's `EventSource` reads it: over one TLS connection through
+//! the harness's HTTP client ([`crate::http`]), the body split into events
+//! and comments as it arrives. Every read is bounded by the caller's
+//! limit, and so is an event's size.
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::api::endpoint_at;
+use crate::http::{self, Read, Request, Response};
+use crate::server_process::ServerProcess;
 
-use crate::{tls_connector, ServerProcess};
+/// How long the stream's response head may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest event (or run of bytes without a blank line) read; the
+/// desk's events are one record row each, far smaller.
+const EVENT_BYTES_MAX: usize = 1024 * 1024;
 
 /// One server-sent event, or a comment line.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,11 +32,9 @@ pub enum Sse {
 
 /// An open `GET /review/api/events` stream, read as it comes.
 pub struct EventStream {
-    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-    /// Bytes after the response head, still chunk-encoded.
-    raw: Vec<u8>,
-    /// De-chunked text not yet split into events.
-    text: String,
+    response: Response,
+    /// Body bytes not yet split into events.
+    pending: Vec<u8>,
     /// True once the server ended the body or closed the connection.
     pub ended: bool,
 }
@@ -50,78 +55,41 @@ impl EventStream {
         ca: &std::path::Path,
         cookie: Option<&str>,
     ) -> (String, Option<EventStream>) {
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("TCP connect");
-        let _ = tcp.set_nodelay(true);
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("a server name");
-        let mut tls = tls_connector(ca)
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake");
-        let cookie = cookie
-            .map(|c| format!("Cookie: {c}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "GET /review/api/events HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n{cookie}\r\n"
-        );
-        tls.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let head_end = loop {
-            if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at;
-            }
-            let mut buf = [0u8; 4096];
-            let left = deadline.saturating_duration_since(Instant::now());
-            let n = tokio::time::timeout(left, tls.read(&mut buf))
-                .await
-                .expect("the response head in time")
-                .unwrap();
-            assert!(n > 0, "closed before the head: {raw:?}");
-            raw.extend_from_slice(&buf[..n]);
+        let endpoint = endpoint_at(addr, ca);
+        let mut headers = vec![("Accept", "text/event-stream")];
+        if let Some(cookie) = cookie {
+            headers.push(("Cookie", cookie));
+        }
+        let request = Request {
+            headers: &headers,
+            ..Request::new("GET", "/review/api/events")
         };
-        let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-        let rest = raw[head_end + 4..].to_vec();
-        if !head.starts_with("HTTP/1.1 200") {
+        let response = http::open(&endpoint, request, OPEN_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("the event stream's head in time: {e:#}"));
+        let head = response.head.clone();
+        if response.status != 200 {
             return (head, None);
         }
+        // A stream is sent chunked: a length would mean a body that ends.
         assert!(
             head.to_ascii_lowercase()
                 .contains("transfer-encoding: chunked"),
             "{head}"
         );
         let stream = EventStream {
-            tls,
-            raw: rest,
-            text: String::new(),
+            response,
+            pending: Vec::new(),
             ended: false,
         };
         (head, Some(stream))
     }
 
-    /// Moves complete chunks from `raw` to `text`; notes the last chunk.
-    fn dechunk(&mut self) {
-        loop {
-            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
-                return;
-            };
-            let size = std::str::from_utf8(&self.raw[..line_end])
-                .ok()
-                .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
-                .expect("a chunk size");
-            if size == 0 {
-                self.ended = true;
-                return;
-            }
-            let start = line_end + 2;
-            if self.raw.len() < start + size + 2 {
-                return;
-            }
-            self.text
-                .push_str(&String::from_utf8_lossy(&self.raw[start..start + size]));
-            self.raw.drain(..start + size + 2);
-        }
+    /// The first complete event block (up to a blank line) in `pending`.
+    fn take_block(&mut self) -> Option<String> {
+        let at = self.pending.windows(2).position(|w| w == b"\n\n")?;
+        let block: Vec<u8> = self.pending.drain(..at + 2).collect();
+        Some(String::from_utf8_lossy(&block).into_owned())
     }
 
     /// The next event or comment within `limit`; None if the stream ended
@@ -129,9 +97,7 @@ impl EventStream {
     pub async fn next(&mut self, limit: Duration) -> Option<Sse> {
         let deadline = Instant::now() + limit;
         loop {
-            self.dechunk();
-            if let Some(at) = self.text.find("\n\n") {
-                let block: String = self.text.drain(..at + 2).collect();
+            if let Some(block) = self.take_block() {
                 let mut event = String::from("message");
                 let mut data = Vec::new();
                 let mut comment = None;
@@ -155,6 +121,10 @@ impl EventStream {
                     data: data.join("\n"),
                 });
             }
+            assert!(
+                self.pending.len() <= EVENT_BYTES_MAX,
+                "an event longer than {EVENT_BYTES_MAX} bytes"
+            );
             if self.ended {
                 return None;
             }
@@ -162,13 +132,10 @@ impl EventStream {
             if left.is_zero() {
                 return None;
             }
-            let mut buf = [0u8; 8192];
-            match tokio::time::timeout(left, self.tls.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    self.ended = true;
-                }
-                Ok(Ok(n)) => self.raw.extend_from_slice(&buf[..n]),
-                Err(_) => return None,
+            match self.response.read(left).await {
+                Read::Data(bytes) => self.pending.extend_from_slice(&bytes),
+                Read::End => self.ended = true,
+                Read::Quiet => return None,
             }
         }
     }

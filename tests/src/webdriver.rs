@@ -1,13 +1,15 @@
 //! A small W3C WebDriver client for driving Debian's headless Chromium
 //! through `chromedriver`, for the review desk's browser tests. Plain HTTP
-//! to chromedriver on loopback; every wait is bounded.
+//! to chromedriver on loopback through the harness's client
+//! ([`crate::http`]); every wait is bounded.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use crate::http::{self, Endpoint, Request};
 
 /// Where Debian's packages put them (`chromium`, `chromium-driver`).
 pub const CHROMIUM: &str = "/usr/bin/chromium";
@@ -17,6 +19,9 @@ pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// Longest wait for the page to reach a state.
 pub const WAIT: Duration = Duration::from_secs(20);
+/// Longest one WebDriver command may take (a navigation waits for the
+/// page to load).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A running chromedriver with one headless Chromium session. Both end
 /// when this is dropped.
@@ -24,6 +29,10 @@ pub struct Browser {
     driver: Child,
     addr: SocketAddr,
     session: String,
+    /// Runs the HTTP client for the synchronous WebDriver calls: browser
+    /// tests drive the page from a blocking thread, where a runtime of its
+    /// own may block.
+    runtime: tokio::runtime::Runtime,
 }
 
 /// The Enter key, for [`Browser::press`].
@@ -101,10 +110,15 @@ impl Browser {
             .spawn()
             .expect("start chromedriver");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the WebDriver client");
         let mut browser = Browser {
             driver,
             addr,
             session: String::new(),
+            runtime,
         };
         let deadline = Instant::now() + WAIT;
         loop {
@@ -154,64 +168,21 @@ impl Browser {
 
     /// One WebDriver command. Errors are WebDriver's own replies.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
-        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .map_err(|e| e.to_string())?;
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream
-            .write_all(request.as_bytes())
-            .map_err(|e| e.to_string())?;
-        // chromedriver may keep the connection open whatever we ask, so
-        // read by Content-Length (or to the last chunk), not to the end.
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
-        let complete = |raw: &[u8]| -> bool {
-            let text = String::from_utf8_lossy(raw);
-            let Some((head, rest)) = text.split_once("\r\n\r\n") else {
-                return false;
-            };
-            let head = head.to_ascii_lowercase();
-            if head.contains("transfer-encoding: chunked") {
-                return rest.contains("\r\n0\r\n\r\n") || rest.starts_with("0\r\n\r\n");
-            }
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            rest.len() >= length
-        };
-        while !complete(&raw) {
-            let n = stream.read(&mut buf).map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            raw.extend_from_slice(&buf[..n]);
-        }
-        let text = String::from_utf8_lossy(&raw);
-        let (head, rest) = text.split_once("\r\n\r\n").ok_or("no HTTP reply")?;
-        let status: u16 = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or("no status")?;
-        let payload = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            crate::dechunk(rest)
-        } else {
-            rest.to_string()
-        };
-        let value: Value = serde_json::from_str(&payload).map_err(|e| format!("{e}: {payload}"))?;
-        if status >= 400 {
+        let body = body.map(|b| b.to_string());
+        let reply = self
+            .runtime
+            .block_on(http::send(
+                &Endpoint::plain(self.addr),
+                Request {
+                    body: body.as_deref(),
+                    ..Request::new(method, path)
+                },
+                COMMAND_TIMEOUT,
+            ))
+            .map_err(|e| format!("{e:#}"))?;
+        let value: Value =
+            serde_json::from_str(&reply.body).map_err(|e| format!("{e}: {}", reply.body))?;
+        if reply.status >= 400 {
             return Err(value["value"].to_string());
         }
         Ok(value)

@@ -11,7 +11,7 @@
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use automerge::{Automerge, ChangeHash};
+use automerge::Automerge;
 use baraza_protocol::docsync::{self, ApplyError};
 use baraza_protocol::{to_heads, DocDelta, DocId, Seq};
 use tokio::sync::{oneshot, watch};
@@ -242,44 +242,8 @@ impl Docs {
         Ok(live)
     }
 
-    /// Replaces a live copy that automerge panicked on (possibly half
-    /// changed) with one rebuilt from the store and the queued writes. If
-    /// that fails too the copy is emptied and dropped from the cache, so
-    /// nothing of it is served or compacted.
-    pub fn rebuild(&self, id: DocId, live: &mut LiveDoc) {
-        match self.load_live(id) {
-            Ok(fresh) => *live = fresh,
-            Err(err) => {
-                tracing::error!(doc = %id, error = %err, "could not rebuild a document after a panic");
-                *live = LiveDoc::empty();
-                self.forget(id);
-            }
-        }
-    }
-
     fn queued_lock(&self) -> std::sync::MutexGuard<'_, Queued> {
         self.queued.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Puts a live document back, in place, to its state at `before` (its
-    /// heads when the refused change arrived): everyone holding the handle
-    /// then sees that state, and nothing of the refused change is served.
-    ///
-    /// Not reloaded from the store: the live copy may hold other devices'
-    /// changes that are queued for the committer but not yet stored, and
-    /// dropping them from it would let the next compaction save the
-    /// document without them.
-    pub fn restore(&self, id: DocId, live: &mut LiveDoc, before: &[ChangeHash]) {
-        match live.doc.fork_at(before) {
-            Ok(doc) => live.doc = doc,
-            Err(err) => {
-                // Cannot happen for heads taken from this document; if it
-                // did, the copy must not be served. Writes queued for it
-                // still commit; the next use reloads what is stored.
-                tracing::error!(doc = %id, error = %err, "could not restore a refused document");
-                self.forget(id);
-            }
-        }
     }
 
     /// Drops a document from the cache so the next use reloads what is
@@ -490,34 +454,6 @@ mod tests {
             docs.handle(id(b)).unwrap();
         }
         assert_eq!(docs.cached(), 2);
-        docs.shutdown().unwrap();
-    }
-
-    #[test]
-    fn a_refused_change_is_undone_without_losing_writes_still_queued() {
-        use automerge::transaction::Transactable;
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open_path(dir.path(), [1; 16]).unwrap();
-        let docs = Docs::start(Arc::new(store), 8).unwrap();
-        let id = DocId::from_bytes([7; 16]);
-        let handle = docs.handle(id).unwrap();
-        let mut live = handle.lock().unwrap();
-        // Another device's change, applied and on its way to the committer
-        // (not yet stored).
-        let mut tx = live.doc.transaction();
-        tx.put(automerge::ROOT, "queued", "kept").unwrap();
-        tx.commit();
-        let before = live.doc.get_heads();
-        // This device's change, then refused.
-        let mut tx = live.doc.transaction();
-        tx.put(automerge::ROOT, "refused", "gone").unwrap();
-        tx.commit();
-        docs.restore(id, &mut live, &before);
-        use automerge::ReadDoc;
-        assert!(live.doc.get(automerge::ROOT, "queued").unwrap().is_some());
-        assert!(live.doc.get(automerge::ROOT, "refused").unwrap().is_none());
-        assert_eq!(live.doc.get_heads(), before);
-        drop(live);
         docs.shutdown().unwrap();
     }
 }

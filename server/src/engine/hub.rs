@@ -6,24 +6,15 @@
 //! and on shutdown. Pushes are pipelined: the task keeps reading while
 //! earlier pushes wait for their group commit.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use baraza_protocol::docsync;
-use baraza_protocol::{
-    DeviceId, DeviceName, DocId, ErrorCode, Feed, Head, Limits, PushOutcome, Seq, ServerEvent,
-    ServerSession,
-};
-use futures_util::stream::FuturesOrdered;
-use futures_util::{SinkExt, StreamExt};
+use baraza_protocol::{DeviceId, DeviceName, DocId, ErrorCode, Feed, Head, Limits, Seq};
 use tokio::sync::{oneshot, watch};
-use warp::ws::{Message as WsMessage, WebSocket};
 
 use crate::engine::docs::{Docs, DocsError, LiveDoc};
 use crate::identity::caller::{desk_device_id, Caller, DeviceIdentity, DESK_DEVICE_NAME};
 use crate::storage::store::{ClockSkew, IndexEntry, Receipt, RecordFilter, RecordRow};
-use baraza_protocol::docsync::ApplyError;
 use baraza_records::access::WriteSummary;
 use baraza_records::{Header, Kind, Principal};
 
@@ -49,6 +40,14 @@ pub fn report_contained_panics() {
 /// in ms) flag a record when `[records] clock_ahead_max_ms` is not set.
 pub const CLOCK_AHEAD_MAX_MS_DEFAULT: i64 = 86_400_000;
 
+/// Records whose access facts (kind, area, creator) are kept in memory:
+/// about 100 bytes each, so a few megabytes however many records the
+/// server holds.
+const ACCESS_CACHE_MAX: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(65_536) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
 /// Documents kept in memory by default.
 pub const CACHE_DOCS_DEFAULT: usize = 4096;
 /// Feed entries read per catch-up step, bounding what one step holds.
@@ -68,10 +67,14 @@ pub struct SyncHub {
     /// Ends the actor ids of changes made at the review desk, so two
     /// server processes never author under the same actor.
     desk_actor_suffix: [u8; 8],
-    /// What read checks need of each record seen so far.
-    access_cache: std::sync::RwLock<std::collections::HashMap<DocId, Arc<Access>>>,
+    /// What read checks need of the records seen most recently, at most
+    /// [`ACCESS_CACHE_MAX`]: a server holding more records reads the rest
+    /// from the store's access rows again.
+    access_cache: std::sync::RwLock<lru::LruCache<DocId, Arc<Access>>>,
     /// Frames from devices being decoded and applied at once, at most.
     work_slots: tokio::sync::Semaphore,
+    /// A sync session silent this long is closed (`session_idle_ms`).
+    session_idle_ms: std::sync::atomic::AtomicU64,
     /// Damaged records being rebuilt from devices' copies, by the sync
     /// protocol from an empty document.
     repairs: std::sync::Mutex<std::collections::HashMap<DocId, automerge::Automerge>>,
@@ -152,7 +155,7 @@ pub enum DeskError {
     #[error("{message}")]
     Refused {
         /// The rule, if a rule refused it.
-        rule: Option<&'static str>,
+        rule: Option<baraza_records::access::Rule>,
         /// Why.
         message: String,
     },
@@ -181,38 +184,11 @@ impl From<crate::storage::store::StoreError> for EraseError {
     }
 }
 
-type Completion = Pin<Box<dyn Future<Output = Done> + Send>>;
+#[path = "session.rs"]
+mod session;
 
-/// Heads as the audit log and device records keep them: hex.
-fn hex_heads(heads: &[Head]) -> Vec<String> {
-    heads.iter().map(|h| format!("{h:?}")).collect()
-}
-
-/// A write this connection made, for the audit entry of the sync.
-#[derive(serde::Serialize)]
-struct Received {
-    record: String,
-    heads: Vec<String>,
-}
-
-/// A write this connection waits on, in the order it must answer them.
-enum Done {
-    Push {
-        doc: DocId,
-        heads: Vec<Head>,
-        reply: Vec<u8>,
-        base_missing: bool,
-        wrote: Option<WriteSummary>,
-        stored: Result<Seq, String>,
-    },
-    Sync {
-        doc: DocId,
-        heads: Vec<Head>,
-        wrote: Option<WriteSummary>,
-        stored: Result<Seq, String>,
-    },
-}
-
+/// Waits for a write handed to the committer; one with nothing to store
+/// is done at once, at the feed position `now`.
 async fn wait_stored(
     rx: Option<oneshot::Receiver<Result<Seq, String>>>,
     now: Seq,
@@ -225,21 +201,9 @@ async fn wait_stored(
     }
 }
 
-/// Writes every queued frame, flushing once at the end rather than per
-/// frame: a catch-up batch is hundreds of small frames.
-async fn send_all(
-    session: &mut ServerSession,
-    sink: &mut futures_util::stream::SplitSink<WebSocket, WsMessage>,
-) -> Result<(), warp::Error> {
-    let mut any = false;
-    while let Some(frame) = session.poll_transmit() {
-        sink.feed(WsMessage::binary(frame)).await?;
-        any = true;
-    }
-    if any {
-        sink.flush().await?;
-    }
-    Ok(())
+/// Heads as the audit log and device records keep them: hex.
+fn hex_heads(heads: &[Head]) -> Vec<String> {
+    heads.iter().map(|h| format!("{h:?}")).collect()
 }
 
 impl SyncHub {
@@ -305,11 +269,14 @@ impl SyncHub {
             audit,
             write_rules: std::sync::atomic::AtomicBool::new(true),
             clock_ahead_max_ms: std::sync::atomic::AtomicI64::new(CLOCK_AHEAD_MAX_MS_DEFAULT),
-            access_cache: Default::default(),
+            access_cache: std::sync::RwLock::new(lru::LruCache::new(ACCESS_CACHE_MAX)),
             desk_actor_suffix: rand::random(),
             repairs: Default::default(),
             work_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
+            ),
+            session_idle_ms: std::sync::atomic::AtomicU64::new(
+                crate::config::SESSION_IDLE_MS_DEFAULT,
             ),
             closing: std::sync::atomic::AtomicBool::new(false),
             filling: std::sync::Mutex::new(()),
@@ -411,6 +378,20 @@ impl SyncHub {
             i64::try_from(ms).unwrap_or(i64::MAX),
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// Closes sync sessions that hear nothing from their device for `idle`.
+    pub fn set_session_idle(&self, idle: std::time::Duration) {
+        let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.session_idle_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn session_idle(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.session_idle_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// What the clock check of changes arriving now compares against.
@@ -548,7 +529,9 @@ impl SyncHub {
     /// what was read once is kept: catch-up asks for every feed entry of
     /// every connection.
     fn access(&self, id: DocId) -> Result<Option<Arc<Access>>, DocsError> {
-        if let Some(a) = self.read_cache().get(&id) {
+        // Peeked under the read lock so catch-ups do not queue on one
+        // another; entries age in the order they were stored.
+        if let Some(a) = self.read_cache().peek(&id) {
             return Ok(Some(a.clone()));
         }
         let found = match self.docs.store().access_of(id)? {
@@ -577,13 +560,11 @@ impl SyncHub {
         self.access_cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, found.clone());
+            .put(id, found.clone());
         Ok(Some(found))
     }
 
-    fn read_cache(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, std::collections::HashMap<DocId, Arc<Access>>> {
+    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, lru::LruCache<DocId, Arc<Access>>> {
         self.access_cache.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -712,24 +693,22 @@ impl SyncHub {
             let mut live = handle.lock().unwrap_or_else(|p| p.into_inner());
             let before = live.doc.get_heads();
             let before_header = Header::read(&live.doc).ok();
+            // Edited and judged on a fork: the cached copy changes only
+            // once the edit is admitted.
+            let mut fork = live.doc.clone();
             let mut actor = caller.device.id.as_bytes().to_vec();
             actor.extend_from_slice(&self.desk_actor_suffix);
-            live.doc.set_actor(automerge::ActorId::from(actor));
+            fork.set_actor(automerge::ActorId::from(actor));
             let now_ms = crate::clock::unix_now_ms() as i64;
             let stamp = baraza_records::ops::Stamp {
                 now_ms,
                 by: &caller.principal.user,
             };
-            let edited = docsync::contained(|| Ok(edit(&mut live.doc, stamp)));
-            match edited {
+            match docsync::contained(|| Ok(edit(&mut fork, stamp))) {
                 Ok(Ok(())) => {}
-                Ok(Err(err)) => {
-                    self.docs.restore(id, &mut live, &before);
-                    return Err(DeskError::Edit(err.to_string()));
-                }
+                Ok(Err(err)) => return Err(DeskError::Edit(err.to_string())),
                 Err(_) => {
-                    tracing::error!(doc = %id, "automerge failed an internal check on a desk edit; rebuilding the document");
-                    self.docs.rebuild(id, &mut live);
+                    tracing::error!(doc = %id, "automerge failed an internal check on a desk edit; refused");
                     return Err(DeskError::Edit(
                         "the record could not be edited; try again".into(),
                     ));
@@ -737,25 +716,21 @@ impl SyncHub {
             }
             let rules = Some(&caller.principal);
             let clock = self.clock_check();
-            let (index, summary, receipt) = match admit(
+            let (index, summary, receipt) = admit(
                 id,
                 &caller.device,
                 rules,
-                &live.doc,
+                &fork,
                 &before,
                 before_header,
                 clock,
-            ) {
-                Ok(admitted) => admitted,
-                Err(refused) => {
-                    self.docs.restore(id, &mut live, &before);
-                    return Err(DeskError::Refused {
-                        rule: refused.rule,
-                        message: refused.reason.unwrap_or(refused.message),
-                    });
-                }
-            };
-            let chunk = docsync::encode_changes(&live.doc.get_changes(&before));
+            )
+            .map_err(|refused| DeskError::Refused {
+                rule: refused.rule,
+                message: refused.reason.unwrap_or(refused.message),
+            })?;
+            let chunk = docsync::encode_changes(&fork.get_changes(&before));
+            live.doc = fork;
             let rx = Docs::write_for(id, &mut live, chunk, Some(index), Some(receipt))
                 .map(|w| self.docs.submit(w));
             (rx, summary)
@@ -821,7 +796,7 @@ impl SyncHub {
         self.access_cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+            .pop(&id);
         tracing::info!(record = %id, "record erased");
         self.audit.record(
             "record_erased",
@@ -902,763 +877,6 @@ impl SyncHub {
         drop(self.filling.lock().unwrap_or_else(|p| p.into_inner()));
         self.docs.shutdown()?;
         Ok(())
-    }
-
-    /// Serves one upgraded WebSocket until it closes or `shutdown` fires.
-    pub async fn serve_socket(
-        self: Arc<Self>,
-        ws: WebSocket,
-        caller: Caller,
-        devices: crate::identity::devices::DeviceRegistry,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        let device = &caller.device;
-        let mut standing = devices.changes();
-        let mut standing_open = true;
-        let mut retire_asked = false;
-        let mut scope_noted = false;
-        let mut received: Vec<Received> = Vec::new();
-        let (mut sink, mut stream) = ws.split();
-        let mut session = ServerSession::new(self.limits.clone());
-        let mut durable = self.docs.durable();
-        let mut durable_open = true;
-        let mut pending: FuturesOrdered<Completion> = FuturesOrdered::new();
-        let mut frames = 0usize;
-        tracing::info!(device = %device.id, name = %device.name, "device connected");
-        loop {
-            if send_all(&mut session, &mut sink).await.is_err() {
-                break;
-            }
-            if session.is_closed() {
-                let _ = sink.close().await;
-                break;
-            }
-            // Caught up under the user's current scope: note it, so a
-            // later change of role or areas sends the feed again.
-            if !scope_noted
-                && session.is_established()
-                && session.sent_seq() >= session.welcome_seq()
-            {
-                scope_noted = true;
-                let scope = caller.scope();
-                if device.scope.as_deref() != Some(scope.as_str()) {
-                    if let Err(err) = devices.set_scope(&device.id, &scope) {
-                        tracing::warn!(device = %device.id, error = %err, "could not note the device's scope");
-                    }
-                }
-            }
-            let reading = pending.len() < self.limits.pushes_in_flight_max;
-            let feed_due = session.is_established()
-                && pending.is_empty()
-                && session.sent_seq() < *durable.borrow();
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => {
-                    let _ = sink.send(WsMessage::close_with(1001u16, "server shutting down")).await;
-                    break;
-                }
-                frame = stream.next(), if reading => match frame {
-                    Some(Ok(msg)) if msg.is_binary() || msg.is_text() => {
-                        // Decoding and applying a device's bytes is CPU
-                        // work on untrusted input: it runs off the async
-                        // workers (block_in_place), one frame at a time per
-                        // connection, and a bounded number at once, so
-                        // heavy pushes cannot stall other devices' connects.
-                        let Ok(_slot) = self.work_slots.acquire().await else { break };
-                        let handled = tokio::task::block_in_place(|| {
-                            self.on_frame(&mut session, msg.as_bytes(), &mut pending, &caller)
-                        });
-                        match handled {
-                            Err(baraza_protocol::SessionError::Peer { code: ErrorCode::Retired, message })
-                                if device.retiring || retire_asked =>
-                            {
-                                self.retired(&devices, &caller, &message);
-                            }
-                            Err(err) => {
-                                tracing::debug!(device = %device.id, error = %err, "closing session");
-                            }
-                            Ok(()) => {}
-                        }
-                        if device.retiring && !retire_asked && session.is_established() {
-                            session.request_retirement();
-                            retire_asked = true;
-                        }
-                        frames += 1;
-                    }
-                    Some(Ok(msg)) if msg.is_close() => break,
-                    Some(Ok(_)) => {}
-                    Some(Err(err)) => {
-                        tracing::debug!(device = %device.id, error = %err, "websocket error");
-                        break;
-                    }
-                    None => break,
-                },
-                Some(done) = pending.next() => self.on_done(&mut session, done, &caller, &devices, &mut received),
-                changed = standing.changed(), if standing_open => {
-                    if changed.is_err() {
-                        standing_open = false;
-                        continue;
-                    }
-                    match devices.standing(&device.id) {
-                        Ok(crate::identity::devices::Auth::Device(now)) => {
-                            if now.retiring && !retire_asked && session.is_established() {
-                                session.request_retirement();
-                                retire_asked = true;
-                            }
-                        }
-                        Ok(crate::identity::devices::Auth::Revoked) => {
-                            tracing::info!(device = %device.id, "device revoked during its session");
-                            session.close_with(
-                                ErrorCode::Revoked,
-                                "this device was reported lost or stolen: wipe it without uploading".into(),
-                            );
-                        }
-                        Ok(_) => session.close_with(ErrorCode::Forbidden, "this device's token is no longer valid".into()),
-                        Err(err) => tracing::warn!(device = %device.id, error = %err, "device lookup failed"),
-                    }
-                }
-                changed = durable.changed(), if durable_open => {
-                    if changed.is_err() {
-                        durable_open = false;
-                    }
-                }
-                // The feed goes out only when nothing above is ready: a
-                // device's own pushes and their acks come first, one batch
-                // per pass. Never while pushes wait for their commit: the
-                // feed may already show their writes, and only the push
-                // replies (which mark those documents as carried) keep a
-                // device from being sent its own changes back.
-                _ = std::future::ready(()), if feed_due => {
-                    let mut feed = HubFeed { hub: &self, who: &caller.principal, devices: &devices };
-                    if let Err(err) = session.catch_up(&mut feed, *durable.borrow(), CATCH_UP_BATCH) {
-                        tracing::warn!(device = %device.id, error = %err, "catch-up failed");
-                        break;
-                    }
-                }
-            }
-        }
-        tracing::info!(device = %device.id, frames, "device disconnected");
-        let sent: Vec<Received> = session
-            .sent_records()
-            .iter()
-            .map(|(doc, heads)| Received {
-                record: doc.to_string(),
-                heads: hex_heads(heads),
-            })
-            .collect();
-        let details = serde_json::json!({
-            "device": device.id.to_hex(),
-            "user": caller.principal.user,
-            "frames_received": frames,
-            "received": received,
-            "sent": sent,
-            "feed_position": session.sent_seq(),
-        });
-        // Written on this task: handing it to the blocking pool measured
-        // slower under S3 (many sessions ending at once then flush in
-        // parallel with the committer). Batching audit appends is the fix.
-        self.audit.record("sync", details);
-    }
-
-    fn on_frame(
-        &self,
-        session: &mut ServerSession,
-        frame: &[u8],
-        pending: &mut FuturesOrdered<Completion>,
-        caller: &Caller,
-    ) -> Result<(), baraza_protocol::SessionError> {
-        let device = &caller.device;
-        for event in session.handle_frame(frame)? {
-            match event {
-                ServerEvent::Hello(hello) => {
-                    let seq = *self.docs.durable().borrow();
-                    // The user's scope changed since this device last
-                    // caught up: records now readable may lie behind its
-                    // cursor, so the feed goes out again.
-                    let refeed = device.scope.as_ref().is_some_and(|s| *s != caller.scope());
-                    session.accept_with(&hello, self.docs.store().store_id(), seq, refeed);
-                    // Its own name first: a tablet enrolled by token alone
-                    // learns what the registry calls it.
-                    session.send_device_names(vec![DeviceName {
-                        device: device.id,
-                        name: device.name.clone(),
-                    }]);
-                    self.ask_for_repairs(session, caller);
-                    tracing::debug!(device = %device.id, cursor = hello.cursor, feed = seq, "hello");
-                }
-                ServerEvent::Push {
-                    doc,
-                    heads,
-                    changes,
-                    bytes,
-                    ops,
-                    ..
-                } => self.on_push(session, pending, caller, doc, heads, changes, bytes, ops),
-                ServerEvent::Sync(msg) => {
-                    self.on_sync(session, pending, caller, msg.doc, &msg.data)
-                }
-            }
-        }
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn on_push(
-        &self,
-        session: &mut ServerSession,
-        pending: &mut FuturesOrdered<Completion>,
-        caller: &Caller,
-        id: DocId,
-        client_heads: Vec<Head>,
-        changes: Vec<automerge::Change>,
-        bytes: usize,
-        ops: usize,
-    ) {
-        let Some(target) = self.target(session, caller, id) else {
-            return;
-        };
-        let handle = match &target {
-            Target::Stored => match self.docs.handle(id) {
-                Ok(h) => Some(h),
-                Err(err) => return self.storage_refusal(session, id, &err),
-            },
-            Target::Hidden => None,
-            Target::Repair => return self.refuse_quarantined(session, id),
-        };
-        let mut working = Working::of(handle.as_ref());
-        let live: &mut LiveDoc = &mut working;
-        if let Err((code, message)) = self.within_limits(id, live, bytes, ops) {
-            return session.refuse(id, code, message);
-        }
-        let before = live.doc.get_heads();
-        let before_header = Header::read(&live.doc).ok();
-        let applied = match docsync::apply_push(&mut live.doc, changes, &client_heads) {
-            Ok(a) => a,
-            Err(err) => return self.refuse_applied(session, caller, id, live, &before, &err),
-        };
-        let mut admitted = None;
-        if !applied.new_chunk.is_empty() {
-            admitted = match self.admit_or_refuse(session, caller, id, live, &before, before_header)
-            {
-                Some(entry) => Some(entry),
-                None => return,
-            };
-            // Judged like any new record, refused only if it passed.
-            if handle.is_none() {
-                return self.refuse_hidden_creation(session, id);
-            }
-            live.ops += ops;
-        }
-        let (index, wrote, receipt) = split_admitted(admitted);
-        if applied.base_missing {
-            session.start_sync(id, &live.doc);
-        }
-        // Submitted under the document's lock, so writes to one document
-        // reach the committer in the order they were applied.
-        let rx = Docs::write_for(id, live, applied.new_chunk, index, receipt)
-            .map(|w| self.docs.submit(w));
-        drop(working);
-        let now = *self.docs.durable().borrow();
-        let heads = applied.heads;
-        let reply = applied.reply;
-        let base_missing = applied.base_missing;
-        pending.push_back(Box::pin(async move {
-            Done::Push {
-                doc: id,
-                heads,
-                reply,
-                base_missing,
-                wrote,
-                stored: wait_stored(rx, now).await,
-            }
-        }));
-    }
-
-    fn on_sync(
-        &self,
-        session: &mut ServerSession,
-        pending: &mut FuturesOrdered<Completion>,
-        caller: &Caller,
-        id: DocId,
-        data: &[u8],
-    ) {
-        let Some(target) = self.target(session, caller, id) else {
-            return;
-        };
-        let handle = match &target {
-            Target::Stored => match self.docs.handle(id) {
-                Ok(h) => Some(h),
-                Err(err) => return self.storage_refusal(session, id, &err),
-            },
-            Target::Hidden => None,
-            Target::Repair => return self.on_repair_sync(session, caller, id, data),
-        };
-        let mut working = Working::of(handle.as_ref());
-        let live: &mut LiveDoc = &mut working;
-        let before = live.doc.get_heads();
-        let before_header = Header::read(&live.doc).ok();
-        if let Err(err) = session.receive_sync(id, &mut live.doc, data) {
-            return self.refuse_applied(session, caller, id, live, &before, &err);
-        }
-        let new_changes = match docsync::contained(|| Ok(live.doc.get_changes(&before))) {
-            Ok(c) => c,
-            Err(err) => return self.refuse_applied(session, caller, id, live, &before, &err),
-        };
-        let chunk = docsync::encode_changes(&new_changes);
-        let ops: usize = new_changes.iter().map(docsync::ops_in).sum();
-        let mut admitted = None;
-        if !chunk.is_empty() {
-            // Checked once applied: what a sync message holds is only
-            // known then (the message itself was held to the per-message
-            // operation limit before it was applied).
-            if let Err((code, message)) = self.within_limits(id, live, chunk.len(), ops) {
-                self.docs.restore(id, live, &before);
-                return session.refuse(id, code, message);
-            }
-            admitted = match self.admit_or_refuse(session, caller, id, live, &before, before_header)
-            {
-                Some(entry) => Some(entry),
-                None => return,
-            };
-            // Judged like any new record, refused only if it passed.
-            if handle.is_none() {
-                return self.refuse_hidden_creation(session, id);
-            }
-            live.ops += ops;
-        }
-        let (index, wrote, receipt) = split_admitted(admitted);
-        let rx = Docs::write_for(id, live, chunk, index, receipt).map(|w| self.docs.submit(w));
-        let heads = baraza_protocol::to_heads(&live.doc.get_heads());
-        drop(working);
-        let now = *self.docs.durable().borrow();
-        pending.push_back(Box::pin(async move {
-            Done::Sync {
-                doc: id,
-                heads,
-                wrote,
-                stored: wait_stored(rx, now).await,
-            }
-        }));
-    }
-
-    /// Refuses what grows a document past its byte or operation limit,
-    /// counted on what the changes decode to.
-    fn within_limits(
-        &self,
-        id: DocId,
-        live: &LiveDoc,
-        bytes: usize,
-        ops: usize,
-    ) -> Result<(), (ErrorCode, String)> {
-        if live.bytes + bytes > self.limits.doc_bytes_max {
-            return Err((
-                ErrorCode::DocTooLarge,
-                format!(
-                    "document {id} would grow to {} bytes, over the limit of {} bytes",
-                    live.bytes + bytes,
-                    self.limits.doc_bytes_max
-                ),
-            ));
-        }
-        if live.ops + ops > self.limits.doc_ops_max {
-            return Err((
-                ErrorCode::DocTooLarge,
-                format!(
-                    "document {id} would hold {} operations, over the limit of {}",
-                    live.ops + ops,
-                    self.limits.doc_ops_max
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Answers bytes that could not be applied. If automerge panicked on
-    /// them the copy may be half-changed: it is rebuilt from the store, so
-    /// the next push to the record, anyone's, finds it whole.
-    fn refuse_applied(
-        &self,
-        session: &mut ServerSession,
-        caller: &Caller,
-        id: DocId,
-        live: &mut LiveDoc,
-        before: &[automerge::ChangeHash],
-        err: &ApplyError,
-    ) {
-        if let ApplyError::Panicked(why) = err {
-            tracing::error!(doc = %id, device = %caller.device.id, panic = %why, "automerge failed an internal check on a device's changes; rebuilding the document");
-            self.docs.rebuild(id, live);
-            self.audit_refusal(caller, id, None, &err.to_string());
-        } else {
-            self.docs.restore(id, live, before);
-        }
-        session.refuse(
-            id,
-            baraza_protocol::apply_error_code(err),
-            format!("document {id}: {err}"),
-        );
-    }
-
-    fn refuse_quarantined(&self, session: &mut ServerSession, id: DocId) {
-        session.refuse(
-            id,
-            ErrorCode::Quarantined,
-            format!("record {id} is held back by the server for now; keep your copy and sync again later"),
-        );
-    }
-
-    /// Asks this device, by the sync protocol from an empty document, for
-    /// every damaged record it may read: a device that holds one answers
-    /// with its changes, which rebuild it (see `on_repair_sync`).
-    fn ask_for_repairs(&self, session: &mut ServerSession, caller: &Caller) {
-        let damaged = match self.docs.store().quarantines() {
-            Ok(q) => q,
-            Err(err) => {
-                tracing::error!(error = %err, "could not list quarantined records");
-                return;
-            }
-        };
-        for (id, why) in damaged {
-            if why.starts_with(DAMAGED) && self.readable(&caller.principal, id).unwrap_or(false) {
-                session.start_sync(id, &automerge::Automerge::new());
-            }
-        }
-    }
-
-    /// A device's copy of a damaged record, arriving by the sync protocol.
-    /// Once the rebuilt copy holds every head the store recorded, it is
-    /// stored at exactly those heads as one compacted save (replacing the
-    /// damaged chunks), and the quarantine is lifted when that is durable.
-    /// Only what the server had acknowledged goes in: the changes were
-    /// admitted when first stored, and their hashes prove them the same;
-    /// anything newer the device holds it pushes afterwards, admitted as
-    /// usual.
-    fn on_repair_sync(&self, session: &mut ServerSession, caller: &Caller, id: DocId, data: &[u8]) {
-        let store = self.docs.store();
-        let recorded = match store.heads_at(id, Seq::MAX) {
-            Ok(Some(h)) => baraza_protocol::to_hashes(&h),
-            Ok(None) => return self.refuse_quarantined(session, id),
-            Err(err) => return self.storage_refusal(session, id, &DocsError::Store(err)),
-        };
-        let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
-        let doc = repairs.entry(id).or_default();
-        if let Err(err) = session.receive_sync(id, doc, data) {
-            repairs.remove(&id);
-            return session.refuse(
-                id,
-                baraza_protocol::apply_error_code(&err),
-                format!("document {id}: {err}"),
-            );
-        }
-        let complete = recorded
-            .iter()
-            .all(|h| doc.get_change_meta_by_hash(h).is_some());
-        if !complete {
-            return;
-        }
-        let rebuilt = docsync::contained(|| {
-            doc.fork_at(&recorded)
-                .map_err(|e| ApplyError::Corrupt(e.to_string()))
-        });
-        repairs.remove(&id);
-        drop(repairs);
-        let rebuilt = match rebuilt {
-            Ok(d) => d,
-            Err(err) => {
-                tracing::error!(record = %id, error = %err, "a device's copy did not rebuild a damaged record");
-                return self.refuse_quarantined(session, id);
-            }
-        };
-        let index = Header::read(&rebuilt)
-            .ok()
-            .map(|h| index_entry(h, &rebuilt));
-        let write = crate::storage::store::DocWrite {
-            doc: id,
-            chunk: Vec::new(),
-            heads: baraza_protocol::to_heads(&rebuilt.get_heads()),
-            compacted: Some(rebuilt.save()),
-            index,
-            erase: false,
-            receipt: None,
-        };
-        self.docs.forget(id);
-        let rx = self.docs.submit(write);
-        tracing::info!(record = %id, device = %caller.device.id, "damaged record rebuilt from a device's copy");
-        // Lifted once durable, on a task of its own: the device may hang up
-        // before then, and the repair must not depend on it staying.
-        let store = self.docs.store().clone();
-        let audit = self.audit.clone();
-        let by = serde_json::json!({
-            "record": id.to_string(),
-            "device": caller.device.id.to_hex(),
-            "user": caller.principal.user,
-        });
-        tokio::spawn(async move {
-            match rx.await {
-                Ok(Ok(_)) => match store.release_quarantine(id) {
-                    Ok(_) => audit.record("record_repaired", by),
-                    Err(err) => {
-                        tracing::error!(record = %id, error = %err, "could not lift a repaired record's quarantine")
-                    }
-                },
-                _ => {
-                    tracing::error!(record = %id, "the rebuilt record was not stored; it stays quarantined")
-                }
-            }
-        });
-    }
-
-    /// A whole new record pushed under the id of one the caller may not
-    /// read: it cannot be stored, and saying why would confirm the id.
-    fn refuse_hidden_creation(&self, session: &mut ServerSession, id: DocId) {
-        session.refuse(
-            id,
-            ErrorCode::InvalidRecord,
-            format!("record {id}: this record id cannot be used; create records with fresh ids"),
-        );
-    }
-
-    /// Runs [`admit`] on changes just applied to `live`. On refusal the
-    /// live copy is restored, the refusal audited and sent, and None
-    /// returned: the caller stops there.
-    fn admit_or_refuse(
-        &self,
-        session: &mut ServerSession,
-        caller: &Caller,
-        id: DocId,
-        live: &mut crate::engine::docs::LiveDoc,
-        before: &[automerge::ChangeHash],
-        before_header: Option<Header>,
-    ) -> Option<Admitted> {
-        let clock = self.clock_check();
-        let rules = self
-            .write_rules
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .then_some(&caller.principal);
-        // The schema and rule checks read what the changes built; a panic
-        // there is contained like one while applying them.
-        let checked = docsync::contained(|| {
-            Ok(admit(
-                id,
-                &caller.device,
-                rules,
-                &live.doc,
-                before,
-                before_header,
-                clock,
-            ))
-        });
-        let checked = match checked {
-            Ok(checked) => checked,
-            Err(err) => {
-                self.refuse_applied(session, caller, id, live, before, &err);
-                return None;
-            }
-        };
-        match checked {
-            Ok(admitted) => Some(admitted),
-            Err(refused) => {
-                self.docs.restore(id, live, before);
-                let device = &caller.device;
-                tracing::info!(doc = %id, device = %device.id, rule = ?refused.rule, message = %refused.message, "change refused");
-                self.audit_refusal(caller, id, refused.rule, &refused.message);
-                match refused.rule {
-                    Some(rule) => session.refuse_by_rule(id, rule, refused.message),
-                    None => session.refuse(id, refused.code, refused.message),
-                }
-                None
-            }
-        }
-    }
-
-    /// What a device's changes to `id` are applied to. A record the caller
-    /// may not read (or an erased one it could not read) is `Hidden`: it is
-    /// answered as one that does not exist, from an empty copy, and the
-    /// attempt is audited. None if the changes were refused here.
-    fn target(&self, session: &mut ServerSession, caller: &Caller, id: DocId) -> Option<Target> {
-        let hidden = |hub: &Self| {
-            hub.audit.record(
-                "record_write_refused",
-                serde_json::json!({
-                    "record": id.to_string(),
-                    "user": caller.principal.user,
-                    "device": caller.device.id.to_hex(),
-                }),
-            );
-            Some(Target::Hidden)
-        };
-        let store = self.docs.store();
-        match store.erased(id) {
-            Ok(None) => {}
-            Ok(Some(a)) => {
-                let could_read = Kind::parse(&a.kind).is_some_and(|kind| {
-                    caller
-                        .principal
-                        .may_read_parts(kind, &a.area, &a.created_by)
-                });
-                if !could_read {
-                    return hidden(self);
-                }
-                session.refuse(
-                    id,
-                    ErrorCode::Erased,
-                    format!("record {id} was erased by an administrator; delete it"),
-                );
-                return None;
-            }
-            Err(err) => {
-                self.storage_refusal(session, id, &DocsError::Store(err));
-                return None;
-            }
-        }
-        match self.access(id) {
-            Ok(Some(a))
-                if !caller
-                    .principal
-                    .may_read_parts(a.kind, &a.area, &a.created_by) =>
-            {
-                return hidden(self)
-            }
-            Ok(_) => {}
-            Err(err) => {
-                self.storage_refusal(session, id, &err);
-                return None;
-            }
-        }
-        match store.quarantined(id) {
-            Ok(None) => Some(Target::Stored),
-            Ok(Some(why)) if why.starts_with(DAMAGED) => Some(Target::Repair),
-            Ok(Some(_)) => {
-                session.refuse(
-                    id,
-                    ErrorCode::Quarantined,
-                    format!("record {id} is held back by the server for now; keep your copy and sync again later"),
-                );
-                None
-            }
-            Err(err) => {
-                self.storage_refusal(session, id, &DocsError::Store(err));
-                None
-            }
-        }
-    }
-
-    /// A retiring device reported its store wiped: its token ends here.
-    fn retired(
-        &self,
-        devices: &crate::identity::devices::DeviceRegistry,
-        caller: &Caller,
-        report: &str,
-    ) {
-        let now = crate::clock::unix_now();
-        if let Err(err) = devices.mark_retired(&caller.device.id, now) {
-            tracing::error!(device = %caller.device.id, error = %err, "could not mark the device retired");
-        }
-        tracing::info!(device = %caller.device.id, "device retired and wiped");
-        self.audit.record(
-            "device_retired",
-            serde_json::json!({
-                "device": caller.device.id.to_hex(),
-                "user": caller.principal.user,
-                "report": report,
-            }),
-        );
-    }
-
-    fn on_done(
-        &self,
-        session: &mut ServerSession,
-        done: Done,
-        caller: &Caller,
-        devices: &crate::identity::devices::DeviceRegistry,
-        received: &mut Vec<Received>,
-    ) {
-        let mut audit_write = |doc: DocId, heads: &[Head], wrote: Option<WriteSummary>| {
-            let record = doc.to_string();
-            let heads = hex_heads(heads);
-            if let Err(err) = devices.note_ack(&caller.device.id, &record, &heads) {
-                tracing::warn!(device = %caller.device.id, error = %err, "could not note an acknowledgement");
-            }
-            let Some(wrote) = wrote else { return };
-            self.audit_decisions(caller, doc, &wrote.decisions);
-            received.push(Received { record, heads });
-        };
-        match done {
-            Done::Push {
-                doc,
-                heads,
-                reply,
-                base_missing,
-                wrote,
-                stored: Ok(seq),
-            } => {
-                audit_write(doc, &heads, wrote);
-                // Named before the reply that carries their changes.
-                let unnamed = session.unnamed_devices(&reply);
-                if !unnamed.is_empty() {
-                    match devices.names(&unnamed) {
-                        Ok(names) => session.send_device_names(names),
-                        Err(err) => {
-                            tracing::warn!(device = %caller.device.id, error = %err, "could not look up device names")
-                        }
-                    }
-                }
-                session.push_applied(
-                    doc,
-                    PushOutcome {
-                        heads,
-                        reply,
-                        seq,
-                        base_missing,
-                    },
-                )
-            }
-            Done::Sync {
-                doc,
-                heads,
-                wrote,
-                stored: Ok(seq),
-            } => {
-                audit_write(doc, &heads, wrote);
-                session.acknowledge(doc, heads, seq)
-            }
-            Done::Push {
-                doc,
-                stored: Err(err),
-                ..
-            }
-            | Done::Sync {
-                doc,
-                stored: Err(err),
-                ..
-            } => {
-                self.docs.forget(doc);
-                session.refuse(
-                    doc,
-                    ErrorCode::StorageFailure,
-                    format!("document {doc} was not stored: {err}; retry later"),
-                );
-            }
-        }
-    }
-
-    fn storage_refusal(&self, session: &mut ServerSession, id: DocId, err: &DocsError) {
-        if let DocsError::Load(_, why) = err {
-            if let Err(err) = self.quarantine_damaged(id, why) {
-                tracing::error!(record = %id, error = %err, "could not quarantine a damaged record");
-            }
-            return session.refuse(
-                id,
-                ErrorCode::Quarantined,
-                format!("record {id} is held back by the server for now; keep your copy and sync again later"),
-            );
-        }
-        tracing::error!(doc = %id, error = %err, "could not load document");
-        session.refuse(
-            id,
-            ErrorCode::StorageFailure,
-            format!("document {id} could not be loaded: {err}"),
-        );
     }
 }
 
@@ -1829,7 +1047,7 @@ impl ClockCheck {
 /// Why [`admit`] refused a write.
 struct Refused {
     code: ErrorCode,
-    rule: Option<&'static str>,
+    rule: Option<baraza_records::access::Rule>,
     /// For the device: the record and why.
     message: String,
     /// A rule's own reason, without the record (the desk names it already).

@@ -33,9 +33,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use super::{device_client, kib_json, mib, Bench, Outcome, EDIT_FIELD};
 use crate::light::{self, Connector, LightRecord};
 use crate::records::{self, Gen};
-use crate::scenarios::{kib_json, mib, open_client, Bench, Outcome, EDIT_FIELD};
 use crate::server::{proc_status_kib, Server};
 use crate::stats::{ms, round3, summary};
 
@@ -656,18 +656,8 @@ impl Bench {
     fn s1_setup(&self, server: &Server, dir: &std::path::Path) -> anyhow::Result<S1Setup> {
         let o = &self.opts;
         let url = server.url();
-        let a = open_client(
-            &dir.join("client-a"),
-            &url,
-            &server.ca(),
-            &server.add_device("bench-a")?,
-        )?;
-        let b = open_client(
-            &dir.join("client-b"),
-            &url,
-            &server.ca(),
-            &server.add_device("bench-b")?,
-        )?;
+        let a = device_client(server, &url, &dir.join("client-a"), "bench-a")?;
+        let b = device_client(server, &url, &dir.join("client-b"), "bench-b")?;
         let mut gen = Gen::new(1);
         let start = Instant::now();
         for n in 0..o.hostile_docs {

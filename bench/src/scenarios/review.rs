@@ -8,16 +8,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use automerge::Automerge;
-use baraza_protocol::{codec, to_heads, DocId, Message, Push};
+use baraza_protocol::{codec, DocId};
 use baraza_records::ops::{self, FieldValue, Stamp};
 use baraza_records::{Header, Kind};
-use serde_bytes::ByteBuf;
 use serde_json::json;
 
-use crate::ingest::run_batched;
+use super::s3_ingest::run_batched;
+use super::{Bench, Outcome};
 use crate::light::{self, Connector, Plan};
 use crate::records::Gen;
-use crate::scenarios::{Bench, Outcome};
 use crate::server::{Server, BENCH_PASSWORD};
 use crate::stats::{ms, round3, summary};
 
@@ -29,17 +28,9 @@ const HISTORY: usize = 500;
 const ATTENDEES: usize = 200;
 const RUNS: usize = 20;
 
+/// A push of all of `doc`, as a new record's first push.
 fn push_frame(id: DocId, doc: &Automerge) -> anyhow::Result<Vec<u8>> {
-    Ok(codec::encode(&Message::Push(Push {
-        doc: id,
-        base: Vec::new(),
-        heads: to_heads(&doc.get_heads()),
-        changes: doc
-            .get_changes(&[])
-            .iter()
-            .map(|c| ByteBuf::from(c.raw_bytes().to_vec()))
-            .collect(),
-    }))?)
+    Ok(codec::encode(&baraza_tests::push_since(id, &[], doc))?)
 }
 
 impl Bench {
@@ -145,32 +136,22 @@ impl Bench {
 
         // The desk signs in once; each request is a fresh TLS connection,
         // as a browser's would be after a pause.
-        let (status, head, body) = rt.block_on(connector.https(
-            "POST",
-            "/review/api/login",
-            &[],
-            Some(&json!({ "user": USER, "password": BENCH_PASSWORD }).to_string()),
-        ))?;
-        ensure!(status == 200, "sign-in: {status} {body}");
-        let cookie = head
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("set-cookie: ")
-                    .or_else(|| l.strip_prefix("Set-Cookie: "))
-            })
-            .and_then(|c| c.split(';').next())
-            .context("no session cookie")?
-            .to_string();
+        let cookie = rt.block_on(connector.sign_in(USER, BENCH_PASSWORD))?;
         let timed = |path: &str| -> anyhow::Result<(Vec<f64>, serde_json::Value)> {
             let mut times = Vec::new();
             let mut last = serde_json::Value::Null;
             for _ in 0..RUNS {
                 let start = Instant::now();
-                let (status, _, body) =
+                let reply =
                     rt.block_on(connector.https("GET", path, &[("Cookie", &cookie)], None))?;
                 times.push(ms(start.elapsed()));
-                ensure!(status == 200, "{path}: {status} {body}");
-                last = serde_json::from_str(&body)?;
+                ensure!(
+                    reply.status == 200,
+                    "{path}: {} {}",
+                    reply.status,
+                    reply.body
+                );
+                last = serde_json::from_str(&reply.body)?;
             }
             Ok((times, last))
         };

@@ -13,9 +13,9 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
+use super::{device_client, field_value, kib_json, mib, Bench, Outcome, EDIT_FIELD};
 use crate::light::{self, Connector, LightRecord, Plan, SessionLog};
 use crate::records::{self, Gen};
-use crate::scenarios::{field_value, kib_json, mib, open_client, Bench, Outcome, EDIT_FIELD};
 use crate::server::{proc_cpu_time, Server};
 use crate::stats::{ms, round3, summary};
 
@@ -431,11 +431,11 @@ impl Bench {
 
         // Does the server hold everything, edits included? A fresh SDK
         // device pulls it all.
-        let checker = open_client(
-            &dir.join("checker"),
+        let checker = device_client(
+            &server,
             &server.url(),
-            &server.ca(),
-            &server.add_device("bench-checker")?,
+            &dir.join("checker"),
+            "bench-checker",
         )?;
         let (check, check_wall, _) = self.try_sync(&checker, None);
         let records_on_server = checker.list()?.len();

@@ -15,9 +15,9 @@ use baraza_records::ops::{self, Stamp};
 use baraza_tests::sse::{EventStream, Sse};
 use serde_json::json;
 
+use super::{Bench, Outcome};
 use crate::light::{self, Connector, LightRecord, Plan};
 use crate::records::Gen;
-use crate::scenarios::{Bench, Outcome};
 use crate::server::{Server, BENCH_AREA, BENCH_PASSWORD, BENCH_USER};
 use crate::stats::{ms, round3, summary};
 
@@ -45,24 +45,9 @@ impl Bench {
         server.add_user(BENCH_USER, "supervisor", &[BENCH_AREA.to_string()])?;
         let token = server.add_device_for("desk-live tablet", BENCH_USER)?;
         let connector = Connector::new(server.addr(), &server.ca())?;
-        let (status, head, body) = self.rt.block_on(connector.https(
-            "POST",
-            "/review/api/login",
-            &[],
-            Some(&json!({ "user": BENCH_USER, "password": BENCH_PASSWORD }).to_string()),
-        ))?;
-        ensure!(status == 200, "sign-in: {status} {body}");
-        let cookie = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.trim()
-                    .eq_ignore_ascii_case("set-cookie")
-                    .then(|| value.trim())
-            })
-            .and_then(|c| c.split(';').next())
-            .context("no session cookie")?
-            .to_string();
+        let cookie = self
+            .rt
+            .block_on(connector.sign_in(BENCH_USER, BENCH_PASSWORD))?;
 
         let (after_ack, after_push) = self.rt.block_on(async {
             let (head, stream) =

@@ -9,9 +9,9 @@ use std::time::Instant;
 use anyhow::ensure;
 use serde_json::json;
 
+use super::{device_client, Bench, Outcome};
 use crate::proxy::CountingProxy;
 use crate::records::Gen;
-use crate::scenarios::{open_client, Bench, Outcome};
 use crate::server::Server;
 use crate::stats::ms;
 
@@ -37,11 +37,11 @@ impl Bench {
         let url = format!("https://{}", proxy.addr());
         let mut devices = Vec::with_capacity(DEVICES);
         for i in 0..DEVICES {
-            devices.push(open_client(
-                &dir.join(format!("device-{i}")),
+            devices.push(device_client(
+                &server,
                 &url,
-                &server.ca(),
-                &server.add_device(&format!("meeting-device-{i}"))?,
+                &dir.join(format!("device-{i}")),
+                &format!("meeting-device-{i}"),
             )?);
         }
         let id = devices[0].create_record(

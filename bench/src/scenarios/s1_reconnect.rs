@@ -1,0 +1,220 @@
+//! S1, reconnect: a tablet holding many synced records reconnects after
+//! editing some offline while another device edited others; the time and
+//! the bytes of that one `sync_once`. Its run also measures S2 and S2b
+//! (cold starts, [`super::s2_cold_start`]): they share its server and the
+//! records it builds, so one run yields all three.
+
+use std::time::Instant;
+
+use anyhow::ensure;
+use serde_json::json;
+
+use super::{device_client, field_value, report_json, s2_cold_start, Bench, Outcome, EDIT_FIELD};
+use crate::proxy::CountingProxy;
+use crate::records::{self, Gen};
+use crate::server::Server;
+use crate::stats::{ms, round3};
+
+impl Bench {
+    /// S2 (cold start) and S1 (reconnect), which share their setup: client
+    /// A creates and uploads `docs` records; client B starts empty and
+    /// pulls them (S2); B edits `edits` records and syncs; A edits `edits`
+    /// others offline and reconnects (S1). Every sync goes through the
+    /// counting proxy. Finally client C cold-starts after the edits (S2b).
+    /// Returns S1, S2 and S2b.
+    pub fn reconnect_and_cold_start(&self) -> anyhow::Result<Vec<Outcome>> {
+        let o = &self.opts;
+        ensure!(
+            o.docs >= 2 * o.edits && o.docs > 0,
+            "--docs must be at least twice --edits"
+        );
+        let dir = self.scenario_dir("s1-s2")?;
+        let server = Server::start(
+            &o.server_bin,
+            &dir.join("server-data"),
+            &dir.join("server.log"),
+        )?;
+        let proxy = CountingProxy::start(server.addr())?;
+        let url = format!("https://{}", proxy.addr());
+        self.log(&format!(
+            "S1/S2: server pid {} on {}, proxy on {}",
+            server.pid(),
+            server.addr(),
+            proxy.addr()
+        ));
+        let a = device_client(&server, &url, &dir.join("client-a"), "bench-a")?;
+        let b = device_client(&server, &url, &dir.join("client-b"), "bench-b")?;
+
+        // A creates its records, one flushed create at a time.
+        let mut gen = Gen::new(1);
+        let mut record_bytes = 0usize;
+        let start = Instant::now();
+        let step = (o.docs / 10).max(1);
+        for n in 0..o.docs {
+            let fields = records::fields(&mut gen, n);
+            record_bytes += records::size(&fields);
+            a.create(fields)?;
+            if (n + 1) % step == 0 {
+                self.log(&format!("S1/S2 setup: created {}/{}", n + 1, o.docs));
+            }
+        }
+        let create_wall = start.elapsed();
+        let create_ms_each = ms(create_wall) / o.docs as f64;
+        self.log(&format!(
+            "S1/S2 setup: {} creates took {:.1} s ({:.3} ms per create)",
+            o.docs,
+            create_wall.as_secs_f64(),
+            create_ms_each
+        ));
+
+        let upload = self.sync(&a, Some(&proxy))?;
+        ensure!(
+            upload.report.docs_sent == o.docs as u64 && upload.report.unacknowledged == 0,
+            "A's first sync did not push every record: {:?}",
+            upload.report
+        );
+        self.log(&format!(
+            "S1/S2 setup: A uploaded {} records in {:.2} s ({} B up, {} B down)",
+            o.docs,
+            upload.wall.as_secs_f64(),
+            upload.traffic.up,
+            upload.traffic.down
+        ));
+        // A second sync, as a tablet's next one would be: collects whatever
+        // the feed still had for A after its upload settled.
+        let settle = self.sync(&a, Some(&proxy))?;
+        self.log(&format!(
+            "S1/S2 setup: A's next sync took {:.2} s, received {} records ({} B down)",
+            settle.wall.as_secs_f64(),
+            settle.report.docs_received,
+            settle.traffic.down
+        ));
+
+        // S2: B pulls everything.
+        let cold = self.sync(&b, Some(&proxy))?;
+        let b_records = b.list()?.len();
+        self.log(&format!(
+            "S2 cold start: {} records in {:.2} s, {} B down, {} B up",
+            b_records,
+            cold.wall.as_secs_f64(),
+            cold.traffic.down,
+            cold.traffic.up
+        ));
+
+        // B edits some records and syncs; A edits others offline.
+        let ids = a.list()?;
+        ensure!(ids.len() == o.docs, "A holds {} records", ids.len());
+        let b_ids: Vec<&String> = ids.iter().step_by(2).take(o.edits).collect();
+        let a_ids: Vec<&String> = ids.iter().skip(1).step_by(2).take(o.edits).collect();
+        for (k, id) in b_ids.iter().enumerate() {
+            b.set(id, EDIT_FIELD, &format!("reviewed by B #{k}"))?;
+        }
+        let b_push = self.sync(&b, Some(&proxy))?;
+        let start = Instant::now();
+        for (k, id) in a_ids.iter().enumerate() {
+            a.set(id, EDIT_FIELD, &format!("closed by A #{k}"))?;
+        }
+        let set_ms_each = ms(start.elapsed()) / o.edits.max(1) as f64;
+
+        // S1: A reconnects.
+        let reconnect = self.sync(&a, Some(&proxy))?;
+        self.log(&format!(
+            "S1 reconnect: {:.1} ms, {} B up, {} B down",
+            ms(reconnect.wall),
+            reconnect.traffic.up,
+            reconnect.traffic.down
+        ));
+
+        // Both sides see both sets of edits?
+        let b_pull = self.sync(&b, Some(&proxy))?;
+        let mut converged = true;
+        for (k, id) in b_ids.iter().enumerate() {
+            converged &= field_value(&a, id, EDIT_FIELD)? == Some(format!("reviewed by B #{k}"));
+        }
+        for (k, id) in a_ids.iter().enumerate() {
+            converged &= field_value(&b, id, EDIT_FIELD)? == Some(format!("closed by A #{k}"));
+        }
+
+        // A second cold start, now that some records were edited after
+        // they were created: their feed entries have moved past records
+        // created later, which a long catch-up must still deliver whole.
+        let c = device_client(&server, &url, &dir.join("client-c"), "bench-c")?;
+        let (cold2, cold2_wall, cold2_traffic) = self.try_sync(&c, Some(&proxy));
+        let c_records = c.list()?.len();
+        let c_status = c.status()?;
+        match &cold2 {
+            Ok(_) => self.log(&format!(
+                "S2b cold start after edits: {c_records} records in {:.2} s",
+                cold2_wall.as_secs_f64()
+            )),
+            Err(e) => self.log(&format!(
+                "S2b cold start after edits FAILED after {:.1} s with {c_records} records: {e}",
+                cold2_wall.as_secs_f64()
+            )),
+        }
+        drop(proxy);
+        let status = server.stop()?;
+        if !status.success() {
+            self.log(&format!("warning: the S1/S2 server exited with {status}"));
+        }
+        let s2b = s2_cold_start::cold_start_after_edits(
+            o,
+            &cold2,
+            cold2_wall,
+            &cold2_traffic,
+            c_records,
+            c_status.cursor,
+        );
+        let s2 = s2_cold_start::cold_start(o, &cold, b_records);
+        let s1 = Outcome {
+            name: "s1_reconnect",
+            json: json!({
+                "scenario": "s1_reconnect",
+                "docs": o.docs,
+                "local_edits": o.edits,
+                "remote_edits": o.edits,
+                "wall_ms": round3(ms(reconnect.wall)),
+                "bytes_up": reconnect.traffic.up,
+                "bytes_down": reconnect.traffic.down,
+                "connections": reconnect.traffic.connections,
+                "report": report_json(&reconnect.report),
+                "converged": converged,
+                "via_proxy": true,
+                "setup": {
+                    "record_bytes_avg": round3(record_bytes as f64 / o.docs as f64),
+                    "create_ms_total": round3(ms(create_wall)),
+                    "create_ms_each": round3(create_ms_each),
+                    "set_ms_each": round3(set_ms_each),
+                    "upload": upload.json(),
+                    "next_sync": settle.json(),
+                    "remote_edit_sync": b_push.json(),
+                    "remote_pull_after": b_pull.json(),
+                },
+            }),
+            summary: format!(
+                "S1 reconnect: client with {} records, {} local + {} remote edits: sync_once {:.1} ms; \
+                 {} B up, {} B down over {} connection(s); report {:?}; converged: {converged}\n  \
+                 setup: {:.3} ms per create ({} creates in {:.1} s), {:.3} ms per set; \
+                 initial upload {:.2} s ({} B up, {} B down); next sync received {} records ({} B down)",
+                o.docs,
+                o.edits,
+                o.edits,
+                ms(reconnect.wall),
+                reconnect.traffic.up,
+                reconnect.traffic.down,
+                reconnect.traffic.connections,
+                reconnect.report,
+                create_ms_each,
+                o.docs,
+                create_wall.as_secs_f64(),
+                set_ms_each,
+                upload.wall.as_secs_f64(),
+                upload.traffic.up,
+                upload.traffic.down,
+                settle.report.docs_received,
+                settle.traffic.down,
+            ),
+        };
+        Ok(vec![s1, s2, s2b])
+    }
+}

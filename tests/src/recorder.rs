@@ -1,0 +1,36 @@
+//! A [`SyncListener`] that keeps every event, for tests that watch a
+//! background sync rather than a single `sync_once`.
+
+use std::sync::Mutex;
+
+use baraza_client::{SyncEvent, SyncListener};
+
+/// A listener that keeps every event, for tests that watch a background sync.
+#[derive(Default)]
+pub struct Recorder {
+    events: Mutex<Vec<SyncEvent>>,
+}
+
+impl Recorder {
+    /// A copy of the events so far.
+    pub fn events(&self) -> Vec<SyncEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// How many events so far match `pred`.
+    pub fn count(&self, pred: impl Fn(&SyncEvent) -> bool) -> usize {
+        self.events().iter().filter(|e| pred(e)).count()
+    }
+}
+
+impl SyncListener for Recorder {
+    fn on_event(&self, event: SyncEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
+    }
+}
