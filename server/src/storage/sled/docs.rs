@@ -246,12 +246,20 @@ impl SledStore {
     }
 }
 
-fn seq_from(bytes: &[u8], tree: &'static str) -> Result<Seq, StoreError> {
-    let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+/// A stored value of a fixed width, or what is wrong with it.
+fn fixed<const N: usize>(
+    bytes: &[u8],
+    tree: &'static str,
+    what: &str,
+) -> Result<[u8; N], StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt {
         tree,
-        reason: format!("sequence of {} bytes", bytes.len()),
-    })?;
-    Ok(u64::from_be_bytes(arr))
+        reason: format!("{what} of {} bytes", bytes.len()),
+    })
+}
+
+fn seq_from(bytes: &[u8], tree: &'static str) -> Result<Seq, StoreError> {
+    Ok(u64::from_be_bytes(fixed(bytes, tree, "sequence")?))
 }
 
 fn log_key(doc: DocId, seq: Seq) -> [u8; 24] {
@@ -322,11 +330,7 @@ fn decode_heads(v: &[u8]) -> Result<Vec<Head>, StoreError> {
 }
 
 fn doc_from(bytes: &[u8], tree: &'static str) -> Result<DocId, StoreError> {
-    let arr: [u8; 16] = bytes.try_into().map_err(|_| StoreError::Corrupt {
-        tree,
-        reason: format!("document id of {} bytes", bytes.len()),
-    })?;
-    Ok(DocId::from_bytes(arr))
+    Ok(DocId::from_bytes(fixed(bytes, tree, "document id")?))
 }
 
 impl Store for SledStore {

@@ -120,6 +120,49 @@ fn is_lock_error(error: &sled::Error) -> bool {
 mod tests {
     use super::*;
 
+    /// Opens a database just dropped: sled releases its file lock from a
+    /// background thread, so a reopen at once can find it still held.
+    fn reopen(path: &Path) -> Storage {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match open_path(path) {
+                Ok(s) => return s,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                Err(e) => panic!("cannot reopen the database: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_use_that_wrote_no_documents_leaves_a_clean_store_clean() {
+        let tmp = tempfile::tempdir().unwrap();
+        let served = {
+            let s = reopen(tmp.path());
+            s.docs.close_cleanly().unwrap();
+            s.docs.store_id()
+        };
+        // An admin command: opens everything, changes a user, closes.
+        let s = reopen(tmp.path());
+        assert!(s.docs.opened_clean());
+        s.close_unchanged().unwrap();
+        drop(s);
+        let s = reopen(tmp.path());
+        assert_eq!(s.docs.store_id(), served);
+        // A store found unclean stays so: tablets must re-offer.
+        drop(s);
+        let s = reopen(tmp.path());
+        assert!(!s.docs.opened_clean());
+        assert_ne!(s.docs.store_id(), served);
+        s.close_unchanged().unwrap();
+        let unclean_id = s.docs.store_id();
+        drop(s);
+        let s = reopen(tmp.path());
+        assert!(!s.docs.opened_clean());
+        assert_ne!(s.docs.store_id(), unclean_id);
+    }
+
     #[test]
     fn a_second_open_of_the_same_directory_reports_busy() {
         let tmp = tempfile::tempdir().unwrap();
