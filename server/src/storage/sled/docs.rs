@@ -912,21 +912,8 @@ mod tests {
         assert_eq!(store.clock_skew(a).unwrap(), None);
     }
 
-    /// Opens a store just dropped: sled releases its file lock from a
-    /// background thread, so a reopen at once can find it still held.
     fn reopen(path: &Path, fresh_id: [u8; 16]) -> SledStore {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            match SledStore::open_path(path, fresh_id) {
-                Ok(s) => return s,
-                Err(e)
-                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(50))
-                }
-                Err(e) => panic!("cannot reopen the store: {e}"),
-            }
-        }
+        super::super::reopened(|| SledStore::open_path(path, fresh_id))
     }
 
     #[test]

@@ -116,23 +116,29 @@ fn is_lock_error(error: &sled::Error) -> bool {
     }
 }
 
+/// What `open` opens, once sled lets go of a database just dropped: it
+/// releases the file lock from a background thread, so a reopen at once
+/// can find it still held (tests).
+#[cfg(test)]
+fn reopened<T>(open: impl Fn() -> Result<T, StoreError>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match open() {
+            Ok(opened) => return opened,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(e) => panic!("cannot reopen the database: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Opens a database just dropped: sled releases its file lock from a
-    /// background thread, so a reopen at once can find it still held.
     fn reopen(path: &Path) -> Storage {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            match open_path(path) {
-                Ok(s) => return s,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(50))
-                }
-                Err(e) => panic!("cannot reopen the database: {e}"),
-            }
-        }
+        reopened(|| open_path(path))
     }
 
     #[test]

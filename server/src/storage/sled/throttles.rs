@@ -137,16 +137,7 @@ mod tests {
             assert_eq!(t.login_failed("amina", 150, 60).unwrap(), 1);
             db.flush().unwrap();
         }
-        // sled releases its file lock from a background thread.
-        let mut reopened = sled::open(dir.path());
-        for _ in 0..400 {
-            if reopened.is_ok() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            reopened = sled::open(dir.path());
-        }
-        let db = reopened.unwrap();
+        let db = super::super::reopened(|| Ok(sled::open(dir.path())?));
         let t = SledThrottles::open(&db).unwrap();
         // The one at 100 is out of the window by 170.
         assert_eq!(t.login_failed("otieno", 170, 60).unwrap(), 2);
