@@ -142,11 +142,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// `baraza-server check`: the full offline scan, and the repair if asked.
 fn check(root: &std::path::Path, repair: bool) -> anyhow::Result<()> {
     use baraza_server::storage::integrity::{full_check, Anchor, AnchorState};
-    use baraza_server::storage::store::{SledStore, Store};
     let data = DataDir::create(root)?;
-    let db = data.open_db()?;
-    let audit = baraza_server::storage::audit::AuditLog::open(&db)?;
-    let store = SledStore::open(db.clone(), rand::random())?;
+    let storage = baraza_server::storage::sled::open(&data)?;
+    let audit = baraza_server::storage::audit::AuditLog::new(storage.audit.clone());
+    let store = &*storage.docs;
     let anchor_path = Anchor::path_in(root);
     let vouched = match Anchor::read(&anchor_path) {
         Ok(v) => v,
@@ -155,7 +154,7 @@ fn check(root: &std::path::Path, repair: bool) -> anyhow::Result<()> {
             None
         }
     };
-    let problems = full_check(&store, &audit, vouched.as_ref());
+    let problems = full_check(store, &audit, vouched.as_ref());
     // A reader that goes away (`check | head`) must not stop a repair half
     // done nor turn a damaged verdict into success: its lines are dropped.
     let mut stdout = Unread(std::io::stdout());
@@ -207,10 +206,10 @@ fn check(root: &std::path::Path, repair: bool) -> anyhow::Result<()> {
     }
     // A check that found the store cleanly stopped leaves it so; a repair
     // does not, so tablets re-offer what they hold and heal what was lost.
-    if store.was_clean() && (!repair || problems.is_empty()) {
+    if store.opened_clean() && (!repair || problems.is_empty()) {
         store.close_cleanly()?;
     }
-    db.flush()?;
+    storage.flush()?;
     if problems.is_empty() || repair {
         Ok(())
     } else {
@@ -234,13 +233,13 @@ fn init_tracing() {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     baraza_server::engine::hub::report_contained_panics();
     let data = DataDir::create(&config.data)?;
-    let db = data.open_db()?;
-    let mut devices = DeviceRegistry::open_sled(&db)?;
+    let storage = baraza_server::storage::sled::open(&data)?;
+    let mut devices = DeviceRegistry::new(storage.devices.clone());
     if let Some(secs) = config.access.token_lifetime_secs {
         devices = devices.with_token_lifetime(secs);
     }
     let hub = open_hub(
-        &db,
+        &storage,
         &config,
         &baraza_server::storage::integrity::Anchor::path_in(data.root()),
     )?;
@@ -272,7 +271,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
     // Without the admin socket the server still syncs; only `device`
     // commands are unavailable while it runs, so this is not fatal.
-    let users = baraza_server::identity::users::UserRegistry::open(&db)?;
+    let users = baraza_server::identity::users::UserRegistry::new(
+        storage.users.clone(),
+        storage.throttles.clone(),
+    );
     let registries = admin::Registries {
         devices: devices.clone(),
         users: users.clone(),
@@ -302,7 +304,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     writeln!(stdout, "listening on {addr}")?;
     stdout.flush()?;
 
-    let review_sessions = baraza_server::api::review::Sessions::open(&db)?;
+    let review_sessions = baraza_server::api::review::Sessions::new(storage.sessions.clone());
     let state = AppState {
         review_sessions,
         hub: hub.clone(),
@@ -330,8 +332,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     }
     devices.flush()?;
-    db.flush_async()
-        .await
+    tokio::task::spawn_blocking(move || storage.flush())
+        .await?
         .context("cannot flush the database")?;
     served??;
     tracing::info!("stopped");
@@ -341,12 +343,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 /// The one place the sync hub is opened, so that passing it more settings
 /// (such as `config.limits`) is a one-line change.
 fn open_hub(
-    db: &sled::Db,
+    storage: &baraza_server::storage::Storage,
     config: &ServeConfig,
     anchor: &std::path::Path,
 ) -> anyhow::Result<std::sync::Arc<SyncHub>> {
     SyncHub::open_checked(
-        db.clone(),
+        storage,
         config.limits.protocol_limits(),
         baraza_server::engine::hub::CACHE_DOCS_DEFAULT,
         Some(anchor),

@@ -1,8 +1,8 @@
 //! Administration commands (`device add|list|revoke`) and the admin socket
 //! that lets them reach a running server.
 //!
-//! sled lets one process open a data directory, so while a server runs the
-//! commands cannot open the database themselves. The server therefore
+//! The embedded database lets one process open a data directory, so while
+//! a server runs the commands cannot open it themselves. The server therefore
 //! listens on `DATA/admin.sock` (mode 0600, inside a 0700 data directory:
 //! filesystem permissions are the authentication) for one-line JSON
 //! requests such as `{"cmd":"device_add","name":"tablet 3"}`, each answered
@@ -223,9 +223,10 @@ pub struct Registries {
 pub enum Records {
     /// Through the running server's hub.
     Live(std::sync::Arc<crate::engine::hub::SyncHub>),
-    /// No server runs: open the store for the one command, then close it
-    /// cleanly (so tablets are not told to re-offer everything).
-    Offline(sled::Db),
+    /// No server runs: a hub is opened over the storage for the one
+    /// command, then closed cleanly (so tablets are not told to re-offer
+    /// everything).
+    Offline(crate::storage::Storage),
 }
 
 impl Records {
@@ -236,8 +237,8 @@ impl Records {
     ) -> Result<T, crate::engine::docs::DocsError> {
         match self {
             Records::Live(hub) => f(hub),
-            Records::Offline(db) => {
-                let hub = crate::engine::hub::SyncHub::open(db.clone())
+            Records::Offline(storage) => {
+                let hub = crate::engine::hub::SyncHub::open(storage)
                     .map_err(|e| crate::engine::docs::DocsError::Commit(e.to_string()))?;
                 let out = f(&hub);
                 hub.flush()
@@ -250,8 +251,8 @@ impl Records {
     fn erase(&self, id: baraza_protocol::DocId) -> Result<(), crate::engine::hub::EraseError> {
         match self {
             Records::Live(hub) => hub.erase_record(id, "admin"),
-            Records::Offline(db) => {
-                let hub = crate::engine::hub::SyncHub::open(db.clone()).map_err(|e| {
+            Records::Offline(storage) => {
+                let hub = crate::engine::hub::SyncHub::open(storage).map_err(|e| {
                     crate::engine::hub::EraseError::Docs(crate::engine::docs::DocsError::Commit(
                         e.to_string(),
                     ))
@@ -269,14 +270,14 @@ impl Records {
 }
 
 impl Registries {
-    /// Opens both over `db`.
-    pub fn open(db: &sled::Db) -> Result<Registries, AdminError> {
-        Ok(Registries {
-            devices: DeviceRegistry::open_sled(db)?,
-            users: UserRegistry::open(db)?,
-            audit: AuditLog::open(db)?,
-            records: Records::Offline(db.clone()),
-        })
+    /// The registries over `storage`, with no server running.
+    pub fn open(storage: &crate::storage::Storage) -> Registries {
+        Registries {
+            devices: DeviceRegistry::new(storage.devices.clone()),
+            users: UserRegistry::new(storage.users.clone(), storage.throttles.clone()),
+            audit: AuditLog::new(storage.audit.clone()),
+            records: Records::Offline(storage.clone()),
+        }
     }
 }
 
@@ -531,11 +532,10 @@ pub fn run_command(root: &Path, request: AdminRequest) -> Result<AdminReply, Adm
         if let Some(reply) = send_to_server(&data.admin_socket(), &request)? {
             return Ok(reply);
         }
-        match data.open_db() {
-            Ok(db) => {
-                let registries = Registries::open(&db)?;
-                let reply = execute(&registries, request);
-                db.flush().map_err(DeviceError::from)?;
+        match crate::storage::sled::open(&data) {
+            Ok(storage) => {
+                let reply = execute(&Registries::open(&storage), request);
+                storage.close_unchanged().map_err(DataDirError::from)?;
                 return Ok(reply);
             }
             // Locked but no socket yet: a server is starting. Give it a
@@ -757,8 +757,8 @@ mod tests {
     #[test]
     fn changes_are_audited_once_made_with_who_asked() {
         let tmp = tempfile::tempdir().unwrap();
-        let db = sled::open(tmp.path()).unwrap();
-        let registries = Registries::open(&db).unwrap();
+        let storage = crate::storage::sled::open_path(tmp.path()).unwrap();
+        let registries = Registries::open(&storage);
         let add = |password: &str| AdminRequest::UserAdd {
             name: "njeri".into(),
             role: "officer".into(),
@@ -846,8 +846,8 @@ mod tests {
     async fn with_a_server_commands_go_through_its_socket() {
         let tmp = tempfile::tempdir().unwrap();
         let data = DataDir::create(&tmp.path().join("data")).unwrap();
-        let db = data.open_db().unwrap();
-        let registries = Registries::open(&db).unwrap();
+        let storage = crate::storage::sled::open(&data).unwrap();
+        let registries = Registries::open(&storage);
         let devices = registries.devices.clone();
         // A stale socket file from a crashed run must not stop the bind.
         std::fs::write(data.admin_socket(), b"").unwrap();

@@ -470,8 +470,8 @@ mod tests {
 
     fn registries() -> (tempfile::TempDir, Arc<Registries>) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        (dir, Arc::new(Registries::open(&db).unwrap()))
+        let storage = crate::storage::sled::open_path(dir.path()).unwrap();
+        (dir, Arc::new(Registries::open(&storage)))
     }
 
     fn bearer(token: &str) -> HeaderMap {

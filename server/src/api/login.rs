@@ -116,9 +116,9 @@ impl LoginGate {
     /// both doors: two gates would mean two throttles.
     pub fn new(users: UserRegistry, audit: AuditLog) -> LoginGate {
         LoginGate {
+            throttle: Mutex::new(LoginThrottle::new(users.throttles())),
             users,
             audit,
-            throttle: Mutex::new(LoginThrottle::default()),
         }
     }
 

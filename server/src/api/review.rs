@@ -45,7 +45,7 @@ use baraza_protocol::DocId;
 use baraza_records::ops::{self, FieldValue};
 use baraza_records::{FieldType, Header, Kind, Principal, Role};
 use hyper::body::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use warp::http::{HeaderMap, StatusCode};
 use warp::{Filter, Rejection, Reply};
@@ -55,7 +55,8 @@ use crate::api::AppState;
 use crate::engine::hub::{DeskError, SyncHub};
 use crate::identity::caller::{Caller, DeviceIdentity};
 use crate::identity::users::{LoginError, UserRegistry};
-use crate::storage::store::RecordFilter;
+use crate::storage::sessions::{ReviewSession as Session, SessionStore};
+use crate::storage::store::{RecordFilter, StoreError};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "baraza_review";
@@ -66,63 +67,60 @@ const BODY_BYTES_MAX: u64 = 64 * 1024;
 /// Most rows one listing returns.
 const ROWS_MAX: usize = 1000;
 
-/// A signed-in supervisor, as stored (under the hash of the cookie).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Session {
-    user: String,
-    csrf: String,
-    expires_at: u64,
-}
-
-/// Review sessions in the database.
+/// Review sessions, kept in a [`SessionStore`] under the hash of their
+/// cookie. Cheap to clone.
 #[derive(Clone)]
 pub struct Sessions {
-    tree: sled::Tree,
+    store: Arc<dyn SessionStore>,
     /// Bumped when a session ends, so open event streams check theirs.
     ended: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Sessions {
-    /// Opens the sessions tree in `db`.
-    pub fn open(db: &sled::Db) -> sled::Result<Sessions> {
-        Ok(Sessions {
-            tree: db.open_tree("review_sessions")?,
+    /// The sessions kept in `store`.
+    pub fn new(store: Arc<dyn SessionStore>) -> Sessions {
+        Sessions {
+            store,
             ended: Arc::new(tokio::sync::watch::Sender::new(0)),
-        })
+        }
     }
 
-    fn create(&self, user: &str, now: u64) -> sled::Result<(String, Session)> {
+    fn create(&self, user: &str, now: u64) -> Result<(String, Session), StoreError> {
         let id = hex::encode(rand::random::<[u8; 32]>());
         let session = Session {
             user: user.to_string(),
             csrf: hex::encode(rand::random::<[u8; 32]>()),
             expires_at: now + SESSION_SECS,
         };
-        let json = serde_json::to_vec(&session).unwrap_or_default();
-        self.tree
-            .insert(Sha256::digest(id.as_bytes()).as_slice(), json)?;
+        self.store.put(&key_of(&id), &session)?;
         Ok((id, session))
     }
 
-    fn find(&self, id: &str, now: u64) -> sled::Result<Option<Session>> {
-        let key = Sha256::digest(id.as_bytes());
-        let Some(v) = self.tree.get(key.as_slice())? else {
-            return Ok(None);
-        };
-        match serde_json::from_slice::<Session>(&v) {
-            Ok(s) if s.expires_at > now => Ok(Some(s)),
-            _ => {
-                self.tree.remove(key.as_slice())?;
+    fn find(&self, id: &str, now: u64) -> Result<Option<Session>, StoreError> {
+        let key = key_of(id);
+        match self.store.get(&key) {
+            Ok(Some(s)) if s.expires_at > now => Ok(Some(s)),
+            Ok(None) => Ok(None),
+            // Expired, or garbled: either way it ends here.
+            Ok(Some(_)) | Err(StoreError::Corrupt { .. }) => {
+                self.store.remove(&key)?;
                 Ok(None)
             }
+            Err(e) => Err(e),
         }
     }
 
-    fn end(&self, id: &str) -> sled::Result<()> {
-        self.tree.remove(Sha256::digest(id.as_bytes()).as_slice())?;
+    fn end(&self, id: &str) -> Result<(), StoreError> {
+        self.store.remove(&key_of(id))?;
         self.ended.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
     }
+}
+
+/// What a session is kept under: the SHA-256 of its cookie, so the store
+/// holds no cookie a copy of it could sign in with.
+fn key_of(id: &str) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
 }
 
 struct Desk {
@@ -644,7 +642,7 @@ async fn login(desk: Arc<Desk>, peer: Option<SocketAddr>, body: Bytes) -> warp::
             "review_login",
             serde_json::json!({ "user": user.name, "address": address }),
         );
-        Ok::<_, sled::Error>((user, created))
+        Ok::<_, StoreError>((user, created))
     })
     .await;
     match created {

@@ -307,7 +307,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_desk_that_does_not_read_gets_a_resync_not_a_growing_queue() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = SyncHub::open(sled::open(dir.path()).unwrap()).unwrap();
+        let hub = SyncHub::open(&crate::storage::sled::open_path(dir.path()).unwrap()).unwrap();
         let mut slow = desk(&hub, 2, ENTRIES_PER_WAKE_MAX);
         let mut fine = desk(&hub, EVENTS_BUFFERED_MAX, ENTRIES_PER_WAKE_MAX);
         // Written one at a time, while no desk reads.
@@ -353,7 +353,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn more_writes_than_a_wake_reads_are_a_resync_and_repeats_come_once() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = SyncHub::open(sled::open(dir.path()).unwrap()).unwrap();
+        let hub = SyncHub::open(&crate::storage::sled::open_path(dir.path()).unwrap()).unwrap();
         let who = Principal {
             user: "sgt".into(),
             role: Role::Supervisor,

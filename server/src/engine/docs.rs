@@ -133,7 +133,7 @@ impl Docs {
         let handle = std::thread::Builder::new()
             .name("baraza-committer".into())
             .spawn(move || commit_loop(committer_store, rx, durable_tx, committer_queued, anchor))
-            .map_err(|e| DocsError::Store(StoreError::Db(sled::Error::Io(e))))?;
+            .map_err(|e| DocsError::Store(StoreError::Db(Box::new(e))))?;
         Ok(Arc::new(Docs {
             store,
             capacity: cache_docs.max(1),
@@ -433,7 +433,7 @@ fn commit_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::store::SledStore;
+    use crate::storage::sled::SledStore;
 
     #[test]
     fn the_cache_stays_bounded_but_never_drops_a_document_in_use() {

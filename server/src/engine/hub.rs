@@ -17,9 +17,7 @@ use crate::engine::view::{
     ConflictValueView, ConflictView, DeviceLabel, FieldValue, HistoryView, RecordView,
 };
 use crate::identity::caller::{desk_device_id, Caller, DeviceIdentity, DESK_DEVICE_NAME};
-use crate::storage::store::{
-    ClockSkew, IndexEntry, Receipt, RecordFilter, RecordRow, SledStore, Store,
-};
+use crate::storage::store::{ClockSkew, IndexEntry, Receipt, RecordFilter, RecordRow};
 use baraza_records::access::WriteSummary;
 use baraza_records::{Header, Kind, Principal};
 
@@ -212,37 +210,37 @@ fn hex_heads(heads: &[Head]) -> Vec<String> {
 }
 
 impl SyncHub {
-    /// Opens the document store inside `db` with default limits.
-    pub fn open(db: sled::Db) -> anyhow::Result<Arc<SyncHub>> {
-        SyncHub::open_with(db, Limits::DEFAULT, CACHE_DOCS_DEFAULT)
+    /// Opens the hub over `storage` with default limits.
+    pub fn open(storage: &crate::storage::Storage) -> anyhow::Result<Arc<SyncHub>> {
+        SyncHub::open_with(storage, Limits::DEFAULT, CACHE_DOCS_DEFAULT)
     }
 
-    /// Opens the document store inside `db`.
+    /// Opens the hub over `storage`.
     pub fn open_with(
-        db: sled::Db,
+        storage: &crate::storage::Storage,
         limits: Limits,
         cache_docs: usize,
     ) -> anyhow::Result<Arc<SyncHub>> {
-        SyncHub::open_checked(db, limits, cache_docs, None)
+        SyncHub::open_checked(storage, limits, cache_docs, None)
     }
 
-    /// Opens the document store inside `db`, and with `anchor` (the
-    /// anchor file's path) first checks the database against it and the
-    /// ends of its feed and audit chain, refusing to open damaged data;
-    /// then keeps the anchor up to date.
+    /// Opens the hub over `storage`, and with `anchor` (the anchor file's
+    /// path) first checks the stores against it and the ends of the feed
+    /// and audit chain, refusing to open damaged data; then keeps the
+    /// anchor up to date.
     pub fn open_checked(
-        db: sled::Db,
+        storage: &crate::storage::Storage,
         limits: Limits,
         cache_docs: usize,
         anchor: Option<&std::path::Path>,
     ) -> anyhow::Result<Arc<SyncHub>> {
-        let mut audit = crate::storage::audit::AuditLog::open(&db)?;
-        let store = SledStore::open(db, rand::random())?;
+        let mut audit = crate::storage::audit::AuditLog::new(storage.audit.clone());
+        let store = storage.docs.clone();
         let mut anchored = None;
         if let Some(path) = anchor {
             use crate::storage::integrity::{quick_check, Anchor, AnchorState};
             let vouched = Anchor::read(path)?;
-            let problems = quick_check(&store, &audit, vouched.as_ref());
+            let problems = quick_check(&*store, &audit, vouched.as_ref());
             if !problems.is_empty() {
                 let list: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
                 anyhow::bail!(
@@ -267,7 +265,7 @@ impl SyncHub {
             feed = store.latest_seq()?,
             "document store open"
         );
-        let docs = Docs::start_anchored(Arc::new(store), cache_docs, anchored)?;
+        let docs = Docs::start_anchored(store, cache_docs, anchored)?;
         Ok(Arc::new(SyncHub {
             docs,
             limits,
@@ -423,12 +421,8 @@ impl SyncHub {
         filter: &RecordFilter,
         limit: usize,
     ) -> Result<Vec<RecordRow>, DocsError> {
-        let visible = |row: &RecordRow| {
-            Kind::parse(&row.entry.kind).is_some_and(|kind| {
-                who.may_read_parts(kind, &row.entry.area, &row.entry.created_by)
-            })
-        };
-        Ok(self.docs.store().list_records(filter, &visible, limit)?)
+        let scope = crate::storage::store::ReadScope::of(who);
+        Ok(self.docs.store().list_records(filter, &scope, limit)?)
     }
 
     /// One record's listing row if `who` may read it, by the rule

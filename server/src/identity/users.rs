@@ -3,15 +3,16 @@
 //!
 //! The registry and the login rules live here; `POST /v1/enroll`
 //! (`login.rs`), the admin commands (`admin.rs`) and the admin HTTP API
-//! (`admin_api.rs`) call into it.
+//! (`admin_api.rs`) call into it. Users are kept in a
+//! [`UserStore`], failed logins and per-address attempts counted in a
+//! [`ThrottleStore`] (both in `storage`).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use serde::{Deserialize, Serialize};
 
 /// Failed logins within [`LOCKOUT_WINDOW_SECS`] that lock an account.
 pub const LOCKOUT_FAILURES: usize = 5;
@@ -30,37 +31,21 @@ pub const NAME_CHARS_MAX: usize = 64;
 pub const AREAS_MAX: usize = 64;
 /// Longest area name accepted, in characters.
 pub const AREA_CHARS_MAX: usize = 128;
-/// Addresses the throttle remembers before it prunes quiet ones.
-const THROTTLE_ADDRESSES_PRUNE: usize = 10_000;
 
 const COMMON_PASSWORDS: &str = include_str!("../../assets/common-passwords.txt");
 
+pub use crate::storage::users::{User, UserStore};
 pub use baraza_records::access::Role;
 
-/// A user as stored. The password hash is in PHC string form.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct User {
-    /// Login name.
-    pub name: String,
-    /// Role.
-    pub role: Role,
-    /// Areas (beats, wards, districts) the user works in.
-    pub areas: Vec<String>,
-    /// Disabled users cannot log in.
-    pub disabled: bool,
-    /// Locked after repeated failures, until an admin releases the account.
-    pub locked: bool,
-    /// Times (unix seconds) of recent failed logins.
-    failures: Vec<u64>,
-    password_hash: String,
-}
+use crate::storage::store::StoreError;
+use crate::storage::throttles::ThrottleStore;
 
 /// Why a user operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
-    /// The database failed.
+    /// The store failed.
     #[error("user store: {0}")]
-    Store(#[from] sled::Error),
+    Store(StoreError),
     /// A stored user does not decode.
     #[error("stored user {0} is corrupt")]
     Corrupt(String),
@@ -82,6 +67,15 @@ pub enum UserError {
     /// Hashing failed.
     #[error("password hashing failed: {0}")]
     Hash(String),
+}
+
+impl From<StoreError> for UserError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt { reason, .. } => UserError::Corrupt(reason),
+            e => UserError::Store(e),
+        }
+    }
 }
 
 /// Why a login was refused: the real reason, for the audit log and the
@@ -202,47 +196,31 @@ fn verify(password: &str, phc: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The users, in a sled tree (a PostgreSQL table later; every call can fail).
+/// The users and the rules for them. Cheap to clone.
 #[derive(Clone)]
 pub struct UserRegistry {
-    db: sled::Db,
-    tree: sled::Tree,
+    users: Arc<dyn UserStore>,
+    throttles: Arc<dyn ThrottleStore>,
 }
 
 impl UserRegistry {
-    /// Opens the `users` tree of `db`.
-    pub fn open(db: &sled::Db) -> Result<UserRegistry, UserError> {
-        Ok(UserRegistry {
-            tree: db.open_tree("users")?,
-            db: db.clone(),
-        })
+    /// The registry over `users`, counting failed logins in `throttles`.
+    pub fn new(users: Arc<dyn UserStore>, throttles: Arc<dyn ThrottleStore>) -> UserRegistry {
+        UserRegistry { users, throttles }
+    }
+
+    /// Where login attempts are counted, for the per-address throttle.
+    pub fn throttles(&self) -> Arc<dyn ThrottleStore> {
+        self.throttles.clone()
     }
 
     fn put(&self, user: &User) -> Result<(), UserError> {
-        self.put_unflushed(user)?;
-        self.db.flush()?;
-        Ok(())
-    }
-
-    /// Writes without waiting for the disk. For the failure bookkeeping of
-    /// [`login`](Self::login): a flush there would make a wrong password
-    /// for a real name measurably slower than an unknown name. The write
-    /// still reaches the disk with the audit entry every login failure
-    /// makes (the same database, flushed), or sled's own periodic flush.
-    fn put_unflushed(&self, user: &User) -> Result<(), UserError> {
-        let bytes = serde_json::to_vec(user).map_err(|_| UserError::Corrupt(user.name.clone()))?;
-        self.tree.insert(user.name.as_bytes(), bytes)?;
-        Ok(())
+        Ok(self.users.put(user, true)?)
     }
 
     /// A user by name.
     pub fn get(&self, name: &str) -> Result<Option<User>, UserError> {
-        match self.tree.get(name.as_bytes())? {
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|_| UserError::Corrupt(name.to_string())),
-            None => Ok(None),
-        }
+        Ok(self.users.get(name)?)
     }
 
     /// Adds a user.
@@ -265,7 +243,6 @@ impl UserRegistry {
             areas: areas.to_vec(),
             disabled: false,
             locked: false,
-            failures: Vec::new(),
             password_hash: hash(password)?,
         };
         self.put(&user)?;
@@ -283,14 +260,7 @@ impl UserRegistry {
 
     /// Every user, by name.
     pub fn list(&self) -> Result<Vec<User>, UserError> {
-        self.tree
-            .iter()
-            .map(|item| {
-                let (k, v) = item?;
-                serde_json::from_slice(&v)
-                    .map_err(|_| UserError::Corrupt(String::from_utf8_lossy(&k).into_owned()))
-            })
-            .collect()
+        Ok(self.users.list()?)
     }
 
     /// Disables or enables a user.
@@ -306,10 +276,11 @@ impl UserRegistry {
 
     /// Releases a locked account.
     pub fn release(&self, name: &str) -> Result<User, UserError> {
-        self.update(name, |u| {
-            u.locked = false;
-            u.failures.clear();
-        })
+        if self.get(name)?.is_none() {
+            return Err(UserError::NotFound(name.to_string()));
+        }
+        self.throttles.clear_failures(name)?;
+        self.update(name, |u| u.locked = false)
     }
 
     /// Checks a login at time `now` (unix seconds). A locked or disabled
@@ -332,19 +303,23 @@ impl UserRegistry {
             }
         };
         if verify(password, &user.password_hash) {
-            if !user.failures.is_empty() {
-                user.failures.clear();
-                self.put_unflushed(&user)
-                    .map_err(|_| LoginError::Unavailable)?;
-            }
+            self.throttles
+                .clear_failures(name)
+                .map_err(|_| LoginError::Unavailable)?;
             return Ok(user);
         }
-        user.failures
-            .retain(|t| now.saturating_sub(*t) < LOCKOUT_WINDOW_SECS);
-        user.failures.push(now);
-        user.locked = user.failures.len() >= LOCKOUT_FAILURES;
-        self.put_unflushed(&user)
+        let failures = self
+            .throttles
+            .login_failed(name, now, LOCKOUT_WINDOW_SECS)
             .map_err(|_| LoginError::Unavailable)?;
+        user.locked = failures >= LOCKOUT_FAILURES;
+        if user.locked {
+            // Not flushed, as the failure count is not: a flush would make
+            // the locking guess measurably slower than the others.
+            self.users
+                .put(&user, false)
+                .map_err(|_| LoginError::Unavailable)?;
+        }
         Err(if user.locked {
             LoginError::WrongPasswordNowLocked
         } else {
@@ -357,70 +332,56 @@ impl UserRegistry {
 const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$4dq2oNtMqjtR3bgXjBxzNn6LrOjcXbUrmTnvYgDLkmI";
 
-/// Per-address throttling of login attempts, in memory (attempts are cheap
-/// to count and need not survive a restart).
+/// Per-address throttling of login attempts, counted in a
+/// [`ThrottleStore`].
 ///
 /// Every attempt counts from the moment it is made, so many concurrent
 /// guesses cannot all slip in before the first is refused; a login that
 /// then succeeds is [`forgive`](Self::forgive)n, so only failures add up.
-#[derive(Default)]
+/// A store that fails lets attempts through (and says so in the log):
+/// the password check and the lockout still stand.
 pub struct LoginThrottle {
-    attempts: HashMap<IpAddr, Vec<u64>>,
-    /// When each address's throttling was last reported, so a flood of
-    /// refused attempts makes one audit entry per window, not one each.
-    reported: HashMap<IpAddr, u64>,
+    store: Arc<dyn ThrottleStore>,
 }
 
 impl LoginThrottle {
+    /// A throttle counting in `store`.
+    pub fn new(store: Arc<dyn ThrottleStore>) -> LoginThrottle {
+        LoginThrottle { store }
+    }
+
     /// Records an attempt from `addr` at `now`; refuses with the seconds to
     /// wait if the address made too many recently.
-    pub fn attempt(&mut self, addr: IpAddr, now: u64) -> Result<(), LoginError> {
-        let recent = self.attempts.entry(addr).or_default();
-        recent.retain(|t| now.saturating_sub(*t) < ADDRESS_WINDOW_SECS);
-        if recent.len() >= ATTEMPTS_PER_ADDRESS_MAX {
-            let oldest = recent.first().copied().unwrap_or(now);
-            return Err(LoginError::Throttled(
+    pub fn attempt(&self, addr: IpAddr, now: u64) -> Result<(), LoginError> {
+        match self
+            .store
+            .attempt(addr, now, ADDRESS_WINDOW_SECS, ATTEMPTS_PER_ADDRESS_MAX)
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(oldest)) => Err(LoginError::Throttled(
                 ADDRESS_WINDOW_SECS.saturating_sub(now.saturating_sub(oldest)),
-            ));
+            )),
+            Err(error) => {
+                tracing::error!(%error, "cannot count a login attempt");
+                Ok(())
+            }
         }
-        recent.push(now);
-        // Bound the maps: forget addresses with nothing recent.
-        if self.attempts.len() > THROTTLE_ADDRESSES_PRUNE {
-            self.attempts.retain(|_, v| {
-                v.iter()
-                    .any(|t| now.saturating_sub(*t) < ADDRESS_WINDOW_SECS)
-            });
-        }
-        Ok(())
     }
 
     /// Takes back the attempt `addr` made at `at`: the login succeeded, or
     /// the server rather than the password failed.
-    pub fn forgive(&mut self, addr: IpAddr, at: u64) {
-        if let Some(recent) = self.attempts.get_mut(&addr) {
-            if let Some(i) = recent.iter().rposition(|t| *t == at) {
-                recent.remove(i);
-            }
-            if recent.is_empty() {
-                self.attempts.remove(&addr);
-            }
+    pub fn forgive(&self, addr: IpAddr, at: u64) {
+        if let Err(error) = self.store.forgive(addr, at) {
+            tracing::error!(%error, "cannot take back a login attempt");
         }
     }
 
     /// Whether a refusal of `addr` at `now` should be reported (audited):
     /// true for the first refusal in each window.
-    pub fn report_refusal(&mut self, addr: IpAddr, now: u64) -> bool {
-        if self.reported.len() > THROTTLE_ADDRESSES_PRUNE {
-            self.reported
-                .retain(|_, t| now.saturating_sub(*t) < ADDRESS_WINDOW_SECS);
-        }
-        match self.reported.get(&addr) {
-            Some(t) if now.saturating_sub(*t) < ADDRESS_WINDOW_SECS => false,
-            _ => {
-                self.reported.insert(addr, now);
-                true
-            }
-        }
+    pub fn report_refusal(&self, addr: IpAddr, now: u64) -> bool {
+        self.store
+            .first_refusal(addr, now, ADDRESS_WINDOW_SECS)
+            .unwrap_or(true)
     }
 }
 
@@ -428,10 +389,13 @@ impl LoginThrottle {
 mod tests {
     use super::*;
 
-    fn registry() -> (tempfile::TempDir, UserRegistry) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        (dir, UserRegistry::open(&db).unwrap())
+    fn registry() -> UserRegistry {
+        let storage = crate::storage::sled::temporary().unwrap();
+        UserRegistry::new(storage.users, storage.throttles)
+    }
+
+    fn throttle() -> LoginThrottle {
+        LoginThrottle::new(crate::storage::sled::temporary().unwrap().throttles)
     }
 
     #[test]
@@ -449,7 +413,7 @@ mod tests {
 
     #[test]
     fn passwords_are_stored_hashed() {
-        let (_dir, users) = registry();
+        let users = registry();
         users
             .add(
                 "achieng",
@@ -458,8 +422,8 @@ mod tests {
                 "lamps on Olympic road",
             )
             .unwrap();
-        let stored = users.tree.get("achieng").unwrap().unwrap();
-        let text = String::from_utf8_lossy(&stored);
+        let stored = users.get("achieng").unwrap().unwrap();
+        let text = serde_json::to_string(&stored).unwrap();
         assert!(!text.contains("lamps on Olympic road"));
         assert!(text.contains("$argon2id$"));
         let user = users
@@ -471,7 +435,7 @@ mod tests {
 
     #[test]
     fn five_failures_lock_the_account_until_an_admin_releases_it() {
-        let (_dir, users) = registry();
+        let users = registry();
         users
             .add(
                 "otieno",
@@ -501,7 +465,7 @@ mod tests {
 
     #[test]
     fn failures_spread_over_more_than_the_window_do_not_lock() {
-        let (_dir, users) = registry();
+        let users = registry();
         users
             .add(
                 "wanjiru",
@@ -528,7 +492,7 @@ mod tests {
 
     #[test]
     fn unknown_users_and_disabled_accounts() {
-        let (_dir, users) = registry();
+        let users = registry();
         assert_eq!(
             users.login("ghost", "whatever1", 0).err(),
             Some(LoginError::UnknownUser)
@@ -555,7 +519,7 @@ mod tests {
 
     #[test]
     fn one_address_is_throttled_then_let_through_again() {
-        let mut throttle = LoginThrottle::default();
+        let throttle = throttle();
         let addr: IpAddr = "127.0.0.1".parse().unwrap();
         for i in 0..ATTEMPTS_PER_ADDRESS_MAX as u64 {
             throttle.attempt(addr, 100 + i / 10).unwrap();
@@ -573,7 +537,7 @@ mod tests {
 
     #[test]
     fn forgiven_attempts_do_not_count() {
-        let mut throttle = LoginThrottle::default();
+        let throttle = throttle();
         let addr: IpAddr = "192.0.2.7".parse().unwrap();
         // Many officers behind one station router log in successfully.
         for _ in 0..ATTEMPTS_PER_ADDRESS_MAX * 3 {
@@ -592,7 +556,7 @@ mod tests {
 
     #[test]
     fn a_throttled_address_is_reported_once_per_window() {
-        let mut throttle = LoginThrottle::default();
+        let throttle = throttle();
         let addr: IpAddr = "192.0.2.8".parse().unwrap();
         assert!(throttle.report_refusal(addr, 1_000));
         assert!(!throttle.report_refusal(addr, 1_001));
@@ -634,7 +598,7 @@ mod tests {
         ] {
             assert!(matches!(check_areas(&bad), Err(UserError::InvalidAreas(_))));
         }
-        let (_dir, users) = registry();
+        let users = registry();
         assert!(matches!(
             users.add("two words", Role::Officer, &[], "radio check 1900"),
             Err(UserError::InvalidName(_))

@@ -2,8 +2,14 @@
 //! hash of the one before it, so editing or removing any entry breaks the
 //! chain, and `baraza-server audit verify` finds where. Entries hold who,
 //! what and when; never passwords, tokens or contact details.
+//!
+//! [`AuditLog`] is the chain: it numbers and hashes entries and verifies
+//! them. [`AuditStore`] is where entries are kept (the sled one is
+//! [`crate::storage::sled::SledAuditStore`]); it knows nothing of hashes,
+//! and serialises appends, so that one chain has one order whichever
+//! process or node appends.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -11,9 +17,9 @@ use sha2::{Digest, Sha256};
 /// Why the log could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    /// The database failed.
+    /// The store failed.
     #[error("audit store: {0}")]
-    Store(#[from] sled::Error),
+    Store(#[from] crate::storage::store::StoreError),
     /// An entry does not decode.
     #[error("audit entry {0} does not decode")]
     Corrupt(u64),
@@ -55,17 +61,55 @@ fn entry_hash(
     hex::encode(h.finalize())
 }
 
-const HEAD_KEY: &[u8] = b"head";
 const ZERO: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// The log over sled trees `audit` (seq → entry) and `audit_head`.
+/// An entry as kept: its position, and the entry if it decodes (one that
+/// does not is reported by position, not skipped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    /// The position it is kept under.
+    pub seq: u64,
+    /// The entry, if its stored form decodes.
+    pub entry: Option<Entry>,
+}
+
+impl Kept {
+    /// The entry, or [`AuditError::Corrupt`] naming its position.
+    fn decoded(self) -> Result<Entry, AuditError> {
+        self.entry.ok_or(AuditError::Corrupt(self.seq))
+    }
+}
+
+/// Where the audit log's entries are kept, in order, with a head naming
+/// the last one (position and hash), written with it.
+pub trait AuditStore: Send + Sync {
+    /// Appends the entry `next` makes of the last one kept (None for an
+    /// empty log) and moves the head to it, durably. Appends are
+    /// serialised: `next` sees the entry that really is the last.
+    fn append(
+        &self,
+        next: &mut dyn FnMut(Option<Kept>) -> Result<Entry, AuditError>,
+    ) -> Result<Entry, AuditError>;
+    /// The last entry kept.
+    fn last(&self) -> Result<Option<Kept>, AuditError>;
+    /// The entry kept at `seq`.
+    fn get(&self, seq: u64) -> Result<Option<Kept>, AuditError>;
+    /// Up to `limit` entries kept after position `after`, in order.
+    fn after(&self, after: u64, limit: usize) -> Result<Vec<Kept>, AuditError>;
+    /// The last `n` entries kept, in order.
+    fn tail(&self, n: usize) -> Result<Vec<Kept>, AuditError>;
+    /// The head: the position and hash it names (position 0 if its stored
+    /// form is unreadable); None if there is none.
+    fn head(&self) -> Result<Option<(u64, String)>, AuditError>;
+}
+
+/// Entries read at a time when walking the whole log.
+const PAGE: usize = 1024;
+
+/// The hash-chained log over any [`AuditStore`]. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    db: sled::Db,
-    entries: sled::Tree,
-    head: sled::Tree,
-    /// Serialises appends so the chain has one order.
-    lock: Arc<Mutex<()>>,
+    store: Arc<dyn AuditStore>,
     /// Told of every entry once it is durable (see `integrity`).
     anchor: Option<Arc<crate::storage::integrity::Anchor>>,
 }
@@ -88,15 +132,12 @@ pub enum Verdict {
 }
 
 impl AuditLog {
-    /// Opens the log in `db`.
-    pub fn open(db: &sled::Db) -> Result<AuditLog, AuditError> {
-        Ok(AuditLog {
-            entries: db.open_tree("audit")?,
-            head: db.open_tree("audit_head")?,
-            db: db.clone(),
-            lock: Arc::new(Mutex::new(())),
+    /// The log kept in `store`.
+    pub fn new(store: Arc<dyn AuditStore>) -> AuditLog {
+        AuditLog {
+            store,
             anchor: None,
-        })
+        }
     }
 
     /// Notes every entry in `anchor` once it is durable.
@@ -107,9 +148,9 @@ impl AuditLog {
 
     /// The last entry's number and hash (0 and "" for an empty log).
     pub fn last(&self) -> Result<(u64, String), AuditError> {
-        match self.entries.last()? {
-            Some((_, v)) => {
-                let e: Entry = serde_json::from_slice(&v).map_err(|_| AuditError::Corrupt(0))?;
+        match self.store.last()? {
+            Some(kept) => {
+                let e = kept.entry.ok_or(AuditError::Corrupt(0))?;
                 Ok((e.seq, e.hash))
             }
             None => Ok((0, String::new())),
@@ -118,30 +159,23 @@ impl AuditLog {
 
     /// Entry number `seq`, if there is one.
     pub fn entry(&self, seq: u64) -> Result<Option<Entry>, AuditError> {
-        match self.entries.get(seq.to_be_bytes())? {
-            Some(v) => Ok(Some(
-                serde_json::from_slice(&v).map_err(|_| AuditError::Corrupt(seq))?,
-            )),
-            None => Ok(None),
-        }
+        self.store.get(seq)?.map(Kept::decoded).transpose()
     }
 
     /// Checks the last `n` entries as [`AuditLog::verify`] checks all of
     /// them, and that the head names the last. Returns the last entry's
     /// number and what is broken, if anything.
     pub fn verify_tail(&self, n: usize) -> Result<(u64, Option<String>), AuditError> {
-        let mut tail: Vec<(u64, Vec<u8>)> = Vec::with_capacity(n.min(4096));
-        for item in self.entries.iter().rev().take(n) {
-            let (k, v) = item?;
-            let seq = k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
-            tail.push((seq, v.to_vec()));
-        }
-        tail.reverse();
+        let tail = self.store.tail(n)?;
         let mut prev: Option<String> = None;
         let mut expected: Option<u64> = None;
         let mut last = 0;
-        for (key_seq, v) in tail {
-            let Ok(entry) = serde_json::from_slice::<Entry>(&v) else {
+        for Kept {
+            seq: key_seq,
+            entry,
+        } in tail
+        {
+            let Some(entry) = entry else {
                 return Ok((key_seq, Some(format!("entry {key_seq} does not decode"))));
             };
             if entry.seq != key_seq || expected.is_some_and(|e| e != key_seq) {
@@ -158,14 +192,7 @@ impl AuditLog {
                     Some(format!("entry {key_seq} does not follow the one before it")),
                 ));
             }
-            let hash = entry_hash(
-                entry.seq,
-                entry.at_ms,
-                &entry.event,
-                &entry.details,
-                &entry.prev,
-            );
-            if hash != entry.hash {
+            if hash_of(&entry) != entry.hash {
                 return Ok((
                     key_seq,
                     Some(format!("entry {key_seq}'s contents were changed")),
@@ -175,13 +202,7 @@ impl AuditLog {
             last = key_seq;
             prev = Some(entry.hash);
         }
-        let head = self.head.get(HEAD_KEY)?;
-        let head_seq = head
-            .as_ref()
-            .and_then(|h| h.get(..8))
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
+        let head_seq = self.store.head()?.map_or(0, |(seq, _)| seq);
         if head_seq != last {
             return Ok((
                 last,
@@ -195,30 +216,27 @@ impl AuditLog {
 
     /// Appends an entry, durably.
     pub fn append(&self, event: &str, details: serde_json::Value) -> Result<Entry, AuditError> {
-        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (seq, prev) = match self.entries.last()? {
-            Some((_, v)) => {
-                let last: Entry = serde_json::from_slice(&v).map_err(|_| AuditError::Corrupt(0))?;
-                (last.seq + 1, last.hash)
-            }
-            None => (1, ZERO.to_string()),
-        };
-        let at_ms = crate::clock::unix_now_ms();
-        let hash = entry_hash(seq, at_ms, event, &details, &prev);
-        let entry = Entry {
-            seq,
-            at_ms,
-            event: event.to_string(),
-            details,
-            prev,
-            hash,
-        };
-        let bytes = serde_json::to_vec(&entry).map_err(|_| AuditError::Corrupt(seq))?;
-        self.entries.insert(seq.to_be_bytes(), bytes)?;
-        let mut head = seq.to_be_bytes().to_vec();
-        head.extend_from_slice(entry.hash.as_bytes());
-        self.head.insert(HEAD_KEY, head)?;
-        self.db.flush()?;
+        let mut details = Some(details);
+        let entry = self.store.append(&mut |last| {
+            let (seq, prev) = match last {
+                Some(kept) => {
+                    let last = kept.entry.ok_or(AuditError::Corrupt(0))?;
+                    (last.seq + 1, last.hash)
+                }
+                None => (1, ZERO.to_string()),
+            };
+            let at_ms = crate::clock::unix_now_ms();
+            let details = details.take().unwrap_or_default();
+            let hash = entry_hash(seq, at_ms, event, &details, &prev);
+            Ok(Entry {
+                seq,
+                at_ms,
+                event: event.to_string(),
+                details,
+                prev,
+                hash,
+            })
+        })?;
         if let Some(anchor) = &self.anchor {
             anchor.note_audit(entry.seq, &entry.hash);
         }
@@ -233,12 +251,32 @@ impl AuditLog {
         }
     }
 
-    /// Every entry, in order.
+    /// Every entry, in order, read a page at a time.
     pub fn entries(&self) -> impl Iterator<Item = Result<Entry, AuditError>> + '_ {
-        self.entries.iter().map(|item| {
-            let (k, v) = item?;
-            let seq = k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
-            serde_json::from_slice(&v).map_err(|_| AuditError::Corrupt(seq))
+        self.kept().map(|kept| kept.and_then(Kept::decoded))
+    }
+
+    /// Every entry as kept, in order, read a page at a time.
+    fn kept(&self) -> impl Iterator<Item = Result<Kept, AuditError>> + '_ {
+        let mut after = 0;
+        let mut page = std::collections::VecDeque::new();
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if page.is_empty() && !done {
+                match self.store.after(after, PAGE) {
+                    Ok(next) => {
+                        done = next.len() < PAGE;
+                        page.extend(next);
+                    }
+                    Err(e) => {
+                        done = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            let kept = page.pop_front()?;
+            after = kept.seq;
+            Some(Ok(kept))
         })
     }
 
@@ -247,10 +285,12 @@ impl AuditLog {
     pub fn verify(&self) -> Result<Verdict, AuditError> {
         let mut prev = ZERO.to_string();
         let mut expected = 1u64;
-        for item in self.entries.iter() {
-            let (k, v) = item?;
-            let key_seq = k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
-            let Ok(entry) = serde_json::from_slice::<Entry>(&v) else {
+        for kept in self.kept() {
+            let Kept {
+                seq: key_seq,
+                entry,
+            } = kept?;
+            let Some(entry) = entry else {
                 return Ok(Verdict::Broken {
                     at: key_seq,
                     reason: "the entry does not decode".into(),
@@ -268,14 +308,7 @@ impl AuditLog {
                     reason: "it does not follow the entry before it".into(),
                 });
             }
-            let hash = entry_hash(
-                entry.seq,
-                entry.at_ms,
-                &entry.event,
-                &entry.details,
-                &entry.prev,
-            );
-            if hash != entry.hash {
+            if hash_of(&entry) != entry.hash {
                 return Ok(Verdict::Broken {
                     at: entry.seq,
                     reason: "its contents were changed".into(),
@@ -285,13 +318,8 @@ impl AuditLog {
             expected += 1;
         }
         let last = expected - 1;
-        if let Some(head) = self.head.get(HEAD_KEY)? {
-            let head_seq = head
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            if head_seq != last || head.get(8..) != Some(prev.as_bytes()) {
+        if let Some((head_seq, head_hash)) = self.store.head()? {
+            if head_seq != last || head_hash != prev {
                 return Ok(Verdict::Broken {
                     at: head_seq,
                     reason: format!(
@@ -309,54 +337,13 @@ impl AuditLog {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn log() -> (tempfile::TempDir, AuditLog) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        (dir, AuditLog::open(&db).unwrap())
-    }
-
-    #[test]
-    fn an_intact_log_verifies() {
-        let (_d, log) = log();
-        for i in 0..5 {
-            log.append("sync", serde_json::json!({ "n": i })).unwrap();
-        }
-        assert_eq!(log.verify().unwrap(), Verdict::Intact { entries: 5 });
-    }
-
-    #[test]
-    fn one_changed_byte_is_found() {
-        let (_d, log) = log();
-        for i in 0..5 {
-            log.append("sync", serde_json::json!({ "n": i })).unwrap();
-        }
-        let key = 3u64.to_be_bytes();
-        let mut bytes = log.entries.get(key).unwrap().unwrap().to_vec();
-        let pos = bytes.windows(5).position(|w| w == b"\"n\":2").unwrap() + 4;
-        bytes[pos] = b'7';
-        log.entries.insert(key, bytes).unwrap();
-        assert!(matches!(
-            log.verify().unwrap(),
-            Verdict::Broken { at: 3, .. }
-        ));
-    }
-
-    #[test]
-    fn a_removed_entry_is_found_in_the_middle_or_at_the_end() {
-        let (_d, log) = log();
-        for i in 0..5 {
-            log.append("sync", serde_json::json!({ "n": i })).unwrap();
-        }
-        log.entries.remove(5u64.to_be_bytes()).unwrap();
-        assert!(matches!(log.verify().unwrap(), Verdict::Broken { .. }));
-        log.entries.remove(2u64.to_be_bytes()).unwrap();
-        assert!(matches!(
-            log.verify().unwrap(),
-            Verdict::Broken { at: 2, .. }
-        ));
-    }
+/// The hash an entry's other fields give.
+fn hash_of(entry: &Entry) -> String {
+    entry_hash(
+        entry.seq,
+        entry.at_ms,
+        &entry.event,
+        &entry.details,
+        &entry.prev,
+    )
 }

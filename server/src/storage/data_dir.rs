@@ -1,9 +1,10 @@
-//! The server's data directory: where the database, the development TLS
-//! files and the admin socket live, and the one place that opens the
-//! database so the layout stays in a single file.
+//! The server's data directory: where the embedded database, the
+//! development TLS files and the admin socket live, so the layout stays in
+//! a single file (the embedded backend, `storage::sled`, opens the
+//! database in it).
 //!
 //! Layout:
-//! - `DIR/db/`        the sled database (documents and devices)
+//! - `DIR/db/`        the embedded database (everything the server keeps)
 //! - `DIR/tls/`       generated development CA and certificate, if used
 //! - `DIR/admin.sock` the running server's admin socket
 
@@ -27,9 +28,9 @@ pub enum DataDirError {
     Busy {
         /// The data directory.
         path: PathBuf,
-        /// The lock failure as sled reported it.
+        /// The lock failure as the backend reported it.
         #[source]
-        source: sled::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The database library panicked while opening it: its files are
     /// damaged in a way it does not report as an error.
@@ -45,10 +46,13 @@ pub enum DataDirError {
     Open {
         /// The data directory.
         path: PathBuf,
-        /// What sled reported.
+        /// What the backend reported.
         #[source]
-        source: sled::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The database opened, but its stores could not be.
+    #[error("cannot open the stores in the database")]
+    Store(#[from] crate::storage::store::StoreError),
 }
 
 /// A data directory that exists on disk.
@@ -87,35 +91,6 @@ impl DataDir {
     pub fn admin_socket(&self) -> PathBuf {
         self.root.join("admin.sock")
     }
-
-    /// Opens the database, taking sled's exclusive lock on it.
-    pub fn open_db(&self) -> Result<sled::Db, DataDirError> {
-        let path = self.root.join("db");
-        // sled asserts on some damage instead of returning an error.
-        let opened = std::panic::catch_unwind(|| sled::Config::new().path(&path).open()).map_err(
-            |payload| DataDirError::Damaged {
-                path: self.root.clone(),
-                message: payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_default(),
-            },
-        )?;
-        opened.map_err(|source| {
-            if is_lock_error(&source) {
-                DataDirError::Busy {
-                    path: self.root.clone(),
-                    source,
-                }
-            } else {
-                DataDirError::Open {
-                    path: self.root.clone(),
-                    source,
-                }
-            }
-        })
-    }
 }
 
 /// Creates a directory tree whose newly made directories are private.
@@ -128,30 +103,4 @@ pub(crate) fn create_private_dir(path: &Path) -> io::Result<()> {
         builder.mode(0o700);
     }
     builder.create(path)
-}
-
-/// sled 0.34 reports a held lock only as an `io::ErrorKind::Other` with this
-/// message (see its `Config::try_lock`), so the text is all there is to match.
-fn is_lock_error(error: &sled::Error) -> bool {
-    match error {
-        sled::Error::Io(io) => io.to_string().contains("could not acquire lock"),
-        _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_second_open_of_the_same_directory_reports_busy() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = DataDir::create(&tmp.path().join("data")).unwrap();
-        let _db = dir.open_db().unwrap();
-        let second = dir.open_db();
-        assert!(
-            matches!(second, Err(DataDirError::Busy { .. })),
-            "{second:?}"
-        );
-    }
 }

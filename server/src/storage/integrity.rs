@@ -1,9 +1,9 @@
 //! What the server checks of its own data, so that damage is found and
 //! refused rather than served short.
 //!
-//! sled recovers from a damaged or truncated log by dropping its tail in
-//! silence, so nothing inside the database can vouch for how far it
-//! reached. The [`Anchor`] is a small file beside it (`DATA/anchor`),
+//! The embedded database recovers from a damaged or truncated log by
+//! dropping its tail in silence, so nothing inside the database can vouch
+//! for how far it reached. The [`Anchor`] is a small file beside it (`DATA/anchor`),
 //! written with `fsync` after every commit of the feed and every audit
 //! entry: the feed position and the last audit entry's hash. At start,
 //! [`quick_check`] compares the database against it and checks the feed
@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::storage::audit::{AuditLog, Verdict};
-use crate::storage::store::{SledStore, Store};
+use crate::storage::store::Store;
 
 /// Bytes of one anchor slot; the file holds two, written in turn, so a
 /// write torn by a power cut leaves the other intact.
@@ -245,7 +245,7 @@ fn problem(what: impl Into<String>, how: impl Into<String>) -> Problem {
 /// are contiguous and name stored (or erased) records, and the audit
 /// chain's last entries link up to its head.
 pub fn quick_check(
-    store: &SledStore,
+    store: &dyn Store,
     audit: &AuditLog,
     anchor: Option<&AnchorState>,
 ) -> Vec<Problem> {
@@ -308,7 +308,7 @@ fn audit_against_anchor(audit: &AuditLog, last: u64, a: &AnchorState) -> Vec<Pro
 
 /// The last `n` feed entries up to `latest`: no position missing, each
 /// naming a record the store holds or erased.
-fn feed_tail(store: &SledStore, latest: u64, n: usize) -> Vec<Problem> {
+fn feed_tail(store: &dyn Store, latest: u64, n: usize) -> Vec<Problem> {
     let after = latest.saturating_sub(n as u64);
     let entries = match store.entries_after(after, latest, n) {
         Ok(e) => e,
@@ -347,7 +347,7 @@ fn feed_tail(store: &SledStore, latest: u64, n: usize) -> Vec<Problem> {
 /// the whole audit chain verifies, and the anchor agrees. For `baraza-
 /// server check`; reads the whole database.
 pub fn full_check(
-    store: &SledStore,
+    store: &dyn Store,
     audit: &AuditLog,
     anchor: Option<&AnchorState>,
 ) -> Vec<Problem> {
@@ -383,7 +383,7 @@ pub fn full_check(
     found
 }
 
-fn check_record(store: &SledStore, doc: baraza_protocol::DocId) -> Option<Problem> {
+fn check_record(store: &dyn Store, doc: baraza_protocol::DocId) -> Option<Problem> {
     let damaged = |how: String| {
         Some(Problem {
             what: format!("record {doc}"),

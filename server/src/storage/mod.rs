@@ -1,8 +1,72 @@
-//! What the server keeps on disk: the data directory, the document and feed
-//! store, the audit log, and the checks that refuse a damaged database.
-//! The only part of the server that knows sled.
+//! What the server keeps: one trait per concern, the [`Storage`] bundle
+//! of them that the engine and the registries are handed, the data
+//! directory, and the checks that refuse damaged data.
+//!
+//! The rule: every storage trait lives here, in the file of its concern,
+//! beside the types it keeps ([`store::Store`]: documents and the feed;
+//! [`users::UserStore`]; [`devices::DeviceStore`]; [`audit::AuditStore`]:
+//! where the audit log's entries are kept, while [`audit::AuditLog`] is
+//! the hash chain over it; [`sessions::SessionStore`]: review desk
+//! sessions; [`throttles::ThrottleStore`]: login attempt counts). Every
+//! call can fail with a [`store::StoreError`], which carries the backend's
+//! own error without naming its type. The rules over them (`identity`,
+//! `engine`, `api`) know only the traits.
+//!
+//! Only [`sled`] knows sled: it implements every trait and opens the
+//! bundle from a data directory ([`sled::open`]). A PostgreSQL backend is
+//! a sibling of it. Storage depends on nothing above it.
+
+use std::sync::Arc;
 
 pub mod audit;
 pub mod data_dir;
+pub mod devices;
 pub mod integrity;
+pub mod sessions;
+pub mod sled;
 pub mod store;
+pub mod throttles;
+pub mod users;
+
+/// What a backend does for all its stores at once.
+pub trait Backend: Send + Sync {
+    /// Makes every earlier write of every store durable.
+    fn flush(&self) -> Result<(), store::StoreError>;
+}
+
+/// Every store of one backend, opened together. Cheap to clone; clones
+/// share the stores.
+#[derive(Clone)]
+pub struct Storage {
+    /// Documents, the feed and the record index.
+    pub docs: Arc<dyn store::Store>,
+    /// Users.
+    pub users: Arc<dyn users::UserStore>,
+    /// Devices and their token hashes.
+    pub devices: Arc<dyn devices::DeviceStore>,
+    /// The audit log's entries.
+    pub audit: Arc<dyn audit::AuditStore>,
+    /// Review desk sessions.
+    pub sessions: Arc<dyn sessions::SessionStore>,
+    /// Login attempt counts.
+    pub throttles: Arc<dyn throttles::ThrottleStore>,
+    /// The backend as a whole.
+    pub backend: Arc<dyn Backend>,
+}
+
+impl Storage {
+    /// Makes every earlier write of every store durable.
+    pub fn flush(&self) -> Result<(), store::StoreError> {
+        self.backend.flush()
+    }
+
+    /// Ends a use of the stores that wrote no documents (an admin command):
+    /// flushes, and if the store was stopped cleanly before it was opened,
+    /// marks it so again, so tablets are not made to re-offer everything.
+    pub fn close_unchanged(&self) -> Result<(), store::StoreError> {
+        if self.docs.opened_clean() {
+            self.docs.close_cleanly()?;
+        }
+        self.flush()
+    }
+}
