@@ -13,8 +13,10 @@
 //! - [`engine`]: the sync hub, admission, the document cache, the feed
 //!   view, the desk's author, erasure.
 //! - [`identity`]: users, devices and tokens, login throttles, the caller.
-//! - [`storage`]: the data directory, documents and feed, the audit log,
-//!   integrity checks; the only part that knows sled.
+//! - [`storage`]: one trait per concern (documents and feed, users,
+//!   devices, audit, review sessions, login throttles), the bundle of
+//!   them, the data directory, integrity checks; only `storage::sled`
+//!   knows sled.
 //! - [`config`] and [`clock`]: settings, and the wall clock read in one
 //!   place.
 //!
