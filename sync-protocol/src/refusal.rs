@@ -23,6 +23,9 @@ pub enum AuthRefusal {
     Expired,
     /// The device's user is unknown or disabled, or it has none.
     NoUser,
+    /// A user's name and password were refused at enrolment (which of
+    /// them, or whether the account is locked, is not said).
+    LoginRefused,
     /// The server cannot answer now (storage, capacity, shutting down):
     /// try again later.
     Unavailable,
@@ -30,13 +33,14 @@ pub enum AuthRefusal {
 
 impl AuthRefusal {
     /// Every code, for tests and documentation.
-    pub const ALL: [AuthRefusal; 7] = [
+    pub const ALL: [AuthRefusal; 8] = [
         AuthRefusal::MissingToken,
         AuthRefusal::UnknownToken,
         AuthRefusal::Revoked,
         AuthRefusal::Retired,
         AuthRefusal::Expired,
         AuthRefusal::NoUser,
+        AuthRefusal::LoginRefused,
         AuthRefusal::Unavailable,
     ];
 
@@ -49,6 +53,7 @@ impl AuthRefusal {
             AuthRefusal::Retired => "retired",
             AuthRefusal::Expired => "expired",
             AuthRefusal::NoUser => "no_user",
+            AuthRefusal::LoginRefused => "login_refused",
             AuthRefusal::Unavailable => "unavailable",
         }
     }

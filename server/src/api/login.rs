@@ -299,7 +299,17 @@ async fn enroll(
         .await
     {
         Ok(user) => user,
-        Err(GateError::Refused) => return text(StatusCode::UNAUTHORIZED, REFUSED.into()),
+        Err(GateError::Refused) => {
+            return warp::reply::with_status(
+                warp::reply::with_header(
+                    REFUSED,
+                    baraza_protocol::REFUSAL_HEADER,
+                    baraza_protocol::AuthRefusal::LoginRefused.code(),
+                ),
+                StatusCode::UNAUTHORIZED,
+            )
+            .into_response()
+        }
         Err(GateError::Throttled(wait)) => return throttled(wait),
         Err(GateError::Unavailable) => {
             return text(
