@@ -7,26 +7,27 @@ use baraza_client::{AuthRefusal, ClientError};
 use crate::types::WipeReport;
 
 /// Anything a [`Tablet`](crate::Tablet) call can fail with. Each variant
-/// carries a message for a person; the other fields are for code.
+/// carries a `detail` for a person (not `message`, which Kotlin
+/// exceptions already have); the other fields are for code.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 pub enum TabletError {
     /// The server could not be reached (no network, wrong address, the
     /// server down, a timeout connecting). Try again later; nothing is lost.
-    #[error("offline: {message}")]
+    #[error("offline: {detail}")]
     Offline {
         /// What failed.
-        message: String,
+        detail: String,
     },
     /// The server refused the device's token or the user's login.
     /// `reason_code`: `login` (wrong user name or password, or a locked
     /// or disabled account: the server does not say which),
     /// `unknown_token`, `retired`, `other`.
-    #[error("unauthorised ({reason_code}): {message}")]
+    #[error("unauthorised ({reason_code}): {detail}")]
     Unauthorised {
         /// A stable code to switch on.
         reason_code: String,
         /// What the server said.
-        message: String,
+        detail: String,
     },
     /// The device was reported lost or stolen: its store was wiped, and
     /// the report says what went (delete the key from the keystore too).
@@ -44,10 +45,10 @@ pub enum TabletError {
     },
     /// The device's token expired: enrol again on the same store (the
     /// server gives the same device a new token; nothing is lost).
-    #[error("expired: {message}")]
+    #[error("expired: {detail}")]
     Expired {
         /// What the server said.
-        message: String,
+        detail: String,
     },
     /// The store was sealed with another key; nothing was read or changed.
     #[error("wrong key for this tablet's store (nothing was changed)")]
@@ -55,38 +56,38 @@ pub enum TabletError {
     /// The store is damaged (or did not open in time); it was left as it
     /// is. Keep a copy and open an empty data dir: what the server
     /// acknowledged comes back at the next sync.
-    #[error("damaged store at {path}: {message}")]
+    #[error("damaged store at {path}: {detail}")]
     DamagedStore {
         /// The store's directory.
         path: String,
         /// What failed.
-        message: String,
+        detail: String,
     },
     /// The server refused by a rule: an enrolment of this store's device
     /// (`device_revoked`, `device_retired`, `device_of_another_user`,
     /// `unknown_device`).
-    #[error("refused by rule {rule}: {message}")]
+    #[error("refused by rule {rule}: {detail}")]
     Refused {
         /// The rule's name.
         rule: String,
         /// What the server said.
-        message: String,
+        detail: String,
     },
     /// The local store failed (disk full, permissions, a corrupt value).
-    #[error("storage: {message}")]
+    #[error("storage: {detail}")]
     Storage {
         /// What failed.
-        message: String,
+        detail: String,
     },
     /// An argument does not fit: `field` names it (`key`, `id`,
     /// `server_url`, `ca_pem`, `kind`, a record field such as `place` or
     /// `attendees.name`).
-    #[error("invalid {field}: {message}")]
+    #[error("invalid {field}: {detail}")]
     InvalidInput {
         /// The argument or record field at fault.
         field: String,
         /// Why.
-        message: String,
+        detail: String,
     },
     /// No record with this id on this tablet.
     #[error("no record {id} on this tablet")]
@@ -98,10 +99,10 @@ pub enum TabletError {
     #[error("this tablet is not enrolled yet")]
     NotEnrolled,
     /// The TLS connection to the server could not be set up or verified.
-    #[error("TLS: {message}")]
+    #[error("TLS: {detail}")]
     Tls {
         /// What failed.
-        message: String,
+        detail: String,
     },
     /// The sync stopped making progress for too long.
     #[error("sync timed out after {seconds} s without progress")]
@@ -111,10 +112,10 @@ pub enum TabletError {
     },
     /// The sync session failed (the connection dropped, the server closed
     /// it or sent something it should not). Try again; nothing is lost.
-    #[error("sync failed: {message}")]
+    #[error("sync failed: {detail}")]
     Sync {
         /// What failed.
-        message: String,
+        detail: String,
     },
     /// A background sync is already running for this tablet.
     #[error("a background sync is already running")]
@@ -129,40 +130,46 @@ impl From<ClientError> for TabletError {
         let message = err.to_string();
         match err {
             ClientError::Store(_) | ClientError::Corrupt { .. } | ClientError::Automerge(_) => {
-                TabletError::Storage { message }
+                TabletError::Storage { detail: message }
             }
             ClientError::UnsealedStore | ClientError::StoreFormat(_) => {
-                TabletError::Storage { message }
+                TabletError::Storage { detail: message }
             }
             ClientError::NotFound(id) => TabletError::NotFound { id },
             ClientError::BadId(_) => TabletError::InvalidInput {
                 field: "id".into(),
-                message,
+                detail: message,
             },
-            ClientError::BadEdit { field, message } => TabletError::InvalidInput { field, message },
+            ClientError::BadEdit { field, message } => TabletError::InvalidInput {
+                field,
+                detail: message,
+            },
             ClientError::Edit(edit) => edit_error(edit),
             ClientError::NotConfigured => TabletError::NotEnrolled,
             ClientError::BadUrl(..) => TabletError::InvalidInput {
                 field: "server_url".into(),
-                message,
+                detail: message,
             },
-            ClientError::Tls(message) => TabletError::Tls { message },
-            ClientError::Connect { .. } => TabletError::Offline { message },
+            ClientError::Tls(message) => TabletError::Tls { detail: message },
+            ClientError::Connect { .. } => TabletError::Offline { detail: message },
             ClientError::Unauthorized(ref body) => {
                 let body = body.clone();
                 match err.auth_refusal() {
-                    Some(AuthRefusal::Expired) => TabletError::Expired { message: body },
+                    Some(AuthRefusal::Expired) => TabletError::Expired { detail: body },
                     Some(reason) => TabletError::Unauthorised {
                         reason_code: reason.code().into(),
-                        message: body,
+                        detail: body,
                     },
                     None => TabletError::Unauthorised {
                         reason_code: AuthRefusal::Other.code().into(),
-                        message: body,
+                        detail: body,
                     },
                 }
             }
-            ClientError::EnrolRefused { rule, message } => TabletError::Refused { rule, message },
+            ClientError::EnrolRefused { rule, message } => TabletError::Refused {
+                rule,
+                detail: message,
+            },
             ClientError::Wiped(report) => {
                 let revoked = report.reason == "revoked";
                 let report = WipeReport::from(report);
@@ -172,16 +179,16 @@ impl From<ClientError> for TabletError {
                     TabletError::Retired { report }
                 }
             }
-            ClientError::Sync(message) => TabletError::Sync { message },
+            ClientError::Sync(message) => TabletError::Sync { detail: message },
             ClientError::Timeout(seconds) => TabletError::Timeout { seconds },
             ClientError::KeyLength(_) => TabletError::InvalidInput {
                 field: "key".into(),
-                message,
+                detail: message,
             },
             ClientError::WrongKey => TabletError::WrongKey,
             ClientError::DamagedStore { path, reason } => TabletError::DamagedStore {
                 path: path.display().to_string(),
-                message: reason,
+                detail: reason,
             },
         }
     }
@@ -195,9 +202,12 @@ fn edit_error(edit: baraza_records::EditError) -> TabletError {
         EditError::UnknownField { field, .. } | EditError::BadValue { field, .. } => field.clone(),
         EditError::NoItem { field, .. } => field.clone(),
         EditError::Schema(_) => "record".into(),
-        EditError::Automerge(_) => return TabletError::Storage { message },
+        EditError::Automerge(_) => return TabletError::Storage { detail: message },
     };
-    TabletError::InvalidInput { field, message }
+    TabletError::InvalidInput {
+        field,
+        detail: message,
+    }
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ impl Drop for AbortOnDrop {
 fn invalid(field: &str, message: impl Into<String>) -> TabletError {
     TabletError::InvalidInput {
         field: field.into(),
-        message: message.into(),
+        detail: message.into(),
     }
 }
 
@@ -88,7 +88,7 @@ impl Tablet {
             Ok(result) => result.map_err(TabletError::from),
             Err(e) if e.is_cancelled() => Err(TabletError::Cancelled),
             Err(e) => Err(TabletError::Sync {
-                message: format!("the sync task failed: {e}"),
+                detail: format!("the sync task failed: {e}"),
             }),
         }
     }
@@ -106,7 +106,7 @@ impl Tablet {
             .enable_all()
             .build()
             .map_err(|e| TabletError::Storage {
-                message: format!("cannot start the tablet's threads: {e}"),
+                detail: format!("cannot start the tablet's threads: {e}"),
             })?;
         Ok(Arc::new(Tablet {
             client,
@@ -161,7 +161,7 @@ impl Tablet {
         }
         let ca_file = self.data_dir.join(CA_FILE);
         std::fs::write(&ca_file, ca_pem.as_bytes()).map_err(|e| TabletError::Storage {
-            message: format!("cannot write {}: {e}", ca_file.display()),
+            detail: format!("cannot write {}: {e}", ca_file.display()),
         })?;
         let client = self.client.clone();
         let enrolment = self

@@ -121,13 +121,13 @@ pub enum FieldValue {
         /// Milliseconds since the Unix epoch.
         value_ms: i64,
     },
-    /// A list, in order.
-    List {
+    /// A list, in order. (Not `List`: Kotlin's own `List` would clash.)
+    ListValue {
         /// Its items.
         items: Vec<FieldValue>,
     },
     /// A map, by key.
-    Map {
+    MapValue {
         /// Its entries, in key order.
         entries: Vec<MapEntry>,
     },
@@ -138,7 +138,7 @@ pub enum FieldValue {
     },
 }
 
-/// One entry of a [`FieldValue::Map`].
+/// One entry of a [`FieldValue::MapValue`].
 #[derive(Clone, Debug, PartialEq, uniffi::Record)]
 pub struct MapEntry {
     /// The key.
@@ -155,10 +155,10 @@ impl From<sdk::Content> for FieldValue {
             sdk::Content::Int(value) => FieldValue::Int { value },
             sdk::Content::Bool(value) => FieldValue::Bool { value },
             sdk::Content::Time(value_ms) => FieldValue::Time { value_ms },
-            sdk::Content::List(items) => FieldValue::List {
+            sdk::Content::List(items) => FieldValue::ListValue {
                 items: items.into_iter().map(FieldValue::from).collect(),
             },
-            sdk::Content::Map(entries) => FieldValue::Map {
+            sdk::Content::Map(entries) => FieldValue::MapValue {
                 entries: entries
                     .into_iter()
                     .map(|(key, value)| MapEntry {
