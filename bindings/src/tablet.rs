@@ -497,7 +497,7 @@ impl Tablet {
                         device_id: device_of(&v.actor),
                         value: v.value,
                         user: v.user,
-                        time_ms: v.time,
+                        time_ms: v.time.saturating_mul(1000),
                         winner: v.winner,
                     })
                     .collect(),
@@ -512,7 +512,7 @@ impl Tablet {
                 device_id: device_of(&h.actor),
                 hash: h.hash,
                 user: h.user,
-                time_ms: h.time,
+                time_ms: h.time.saturating_mul(1000),
                 message: h.message,
                 fields: h.fields,
             })

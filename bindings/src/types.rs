@@ -200,7 +200,8 @@ pub struct ConflictValue {
     /// The name the device was registered under, when the server told
     /// this tablet (or it is this tablet).
     pub device_name: Option<String>,
-    /// When it was set, by that device's clock.
+    /// When it was set, by that device's clock (a change keeps its time
+    /// to the second, so this is a whole number of seconds in ms).
     pub time_ms: i64,
     /// True for the value shown as the field's value.
     pub winner: bool,
@@ -227,7 +228,7 @@ pub struct HistoryEntry {
     pub device_id: String,
     /// The device's registered name, when known.
     pub device_name: Option<String>,
-    /// When, by that device's clock.
+    /// When, by that device's clock (to the second, in ms).
     pub time_ms: i64,
     /// What it did (`set place by liaison.achieng`).
     pub message: Option<String>,
