@@ -299,7 +299,7 @@ fun main() {
         expect(summary.unacknowledged == summary.refused) { "tablet 1 after a cancellation: $summary" }
     }
 
-    case("an unreachable server is Offline, and the edit waits for the next sync") {
+    case("an unreachable server is Offline") {
         val tablet = Tablet.open(File(work, "offline").path, newKey(6))
         val port = ServerSocket(0).use { it.localPort }
         try {
