@@ -8,7 +8,8 @@ use std::time::Instant;
 use baraza_client::{Client, NoListener};
 
 fn env(name: &str) -> anyhow::Result<String> {
-    std::env::var(name).map_err(|_| anyhow::anyhow!("{name} is not set (run bindings/kotlin/bench)"))
+    std::env::var(name)
+        .map_err(|_| anyhow::anyhow!("{name} is not set (run bindings/kotlin/bench)"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,19 +30,21 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(b.enroll(&url, &ca, &env("BENCH_USER_B")?, &password, "rust bench B"))?;
     let area = a.area()?;
     let start = Instant::now();
-    let ids = (0..records)
-        .map(|n| {
-            a.create_record(
-                "meeting",
-                &area,
-                vec![
-                    ("title".into(), format!("Rust bench meeting {n}")),
-                    ("place".into(), format!("Hall {n}")),
-                ],
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    eprintln!("rust: {records} creates in {} ms", start.elapsed().as_millis());
+    let mut ids = Vec::with_capacity(records);
+    for n in 0..records {
+        ids.push(a.create_record(
+            "meeting",
+            &area,
+            vec![
+                ("title".into(), format!("Rust bench meeting {n}")),
+                ("place".into(), format!("Hall {n}")),
+            ],
+        )?);
+    }
+    eprintln!(
+        "rust: {records} creates in {} ms",
+        start.elapsed().as_millis()
+    );
     let start = Instant::now();
     runtime.block_on(a.sync_once(&NoListener))?;
     runtime.block_on(b.sync_once(&NoListener))?;

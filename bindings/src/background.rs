@@ -16,12 +16,16 @@ pub trait SyncListener: Send + Sync {
     fn on_event(&self, event: SyncProgress);
 }
 
+/// One side's counts: records to go, records done, bytes.
+type Side = (u64, u64, u64);
+
 /// Turns the SDK's events into [`SyncProgress`], sending `ToSend` and
 /// `ToReceive` only when their side moved, so a progress bar is not
 /// called for nothing.
 pub(crate) struct Relay {
     listener: Arc<dyn SyncListener>,
-    last: Mutex<(Option<(u64, u64, u64)>, Option<(u64, u64, u64)>)>,
+    /// The last counts sent, sending side then receiving side.
+    last: Mutex<(Option<Side>, Option<Side>)>,
 }
 
 impl Relay {

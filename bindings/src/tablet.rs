@@ -206,10 +206,8 @@ impl Tablet {
         &self,
         listener: Arc<dyn SyncListener>,
     ) -> Result<Arc<BackgroundSync>, TabletError> {
-        let mut running = self
-            .background
-            .lock()
-            .map_err(|_| TabletError::AlreadyRunning)?;
+        // A poisoned lock holds a valid Weak all the same.
+        let mut running = self.background.lock().unwrap_or_else(|p| p.into_inner());
         if running.upgrade().is_some_and(|b| b.is_running()) {
             return Err(TabletError::AlreadyRunning);
         }
