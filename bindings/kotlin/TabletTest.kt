@@ -224,6 +224,22 @@ fun main() {
         expect(b.record(meeting).conflicts.none { it.path == "place" }) { "conflict still standing on tablet 2" }
     }
 
+    case("a citizen's feedback gets a follow-up and goes for review") {
+        val tablet = t1 ?: throw Failure("no tablet 1")
+        val feedback = tablet.createFeedback("in_person", "complaint", "Noise from the bar at night")
+        tablet.followUp(feedback, "acknowledged", "Spoke to the owner")
+        tablet.submit(feedback)
+        val summary = tablet.sync(null)
+        expect(summary.unacknowledged == 0uL && summary.refused == 0uL) { "summary $summary" }
+        val view = tablet.record(feedback)
+        expect(view.kind == RecordKind.FEEDBACK && view.reviewState == ReviewState.SUBMITTED) { "state ${view.reviewState}" }
+        expect(field(view, "status").value == FieldValue.Str("acknowledged")) { "status ${field(view, "status").value}" }
+        val followUp = items(field(view, "follow_ups").value).single()
+        expect(entry(followUp, "note") == FieldValue.Str("Spoke to the owner")) { "follow-up $followUp" }
+        val listed = tablet.list(RecordFilter(reviewState = ReviewState.SUBMITTED))
+        expect(listed.map { it.id } == listOf(feedback)) { "submitted records $listed" }
+    }
+
     case("a change the server's rules refuse stays on the tablet, marked with the rule") {
         val tablet = t1 ?: throw Failure("no tablet 1")
         // Liaisons may not create patrol notes (records/src/access.rs).
