@@ -156,17 +156,20 @@ impl Moved {
     fn received(&mut self, frame: &[u8], limits: &Limits) {
         self.bytes_received += frame.len() as u64;
         if self.welcome_seq.is_none() {
-            if let Ok(baraza_protocol::Message::Welcome(welcome)) =
-                baraza_protocol::codec::decode(frame, limits)
-            {
-                // A reset or refeed starts the feed again from the start.
-                let from = if welcome.reset || welcome.refeed {
-                    0
-                } else {
-                    self.cursor_at_start
-                };
-                self.welcome_seq = Some(welcome.seq.saturating_sub(from));
-            }
+            // Only the first frame is decoded here (the driver decodes
+            // every frame anyway); anything but a Welcome counts as none.
+            self.welcome_seq = Some(match baraza_protocol::codec::decode(frame, limits) {
+                Ok(baraza_protocol::Message::Welcome(welcome)) => {
+                    // A reset or refeed starts the feed again from the start.
+                    let from = if welcome.reset || welcome.refeed {
+                        0
+                    } else {
+                        self.cursor_at_start
+                    };
+                    welcome.seq.saturating_sub(from)
+                }
+                _ => 0,
+            });
         }
     }
 }
