@@ -23,8 +23,14 @@ pub enum ClientError {
     #[error("{0:?} is not a record id")]
     BadId(String),
     /// An edit that does not fit the record (e.g. splicing a non-text field).
-    #[error("{0}")]
-    BadEdit(String),
+    #[error("{message}")]
+    BadEdit {
+        /// The field (or list, or record kind) the edit was about, for an
+        /// app to point at: `place`, `attendees.name`, `kind`.
+        field: String,
+        /// What is wrong with it, for a person to read.
+        message: String,
+    },
     /// The device has not been set up with `init` yet.
     #[error("this device is not set up: run `baraza init --server URL --ca FILE --token TOKEN`")]
     NotConfigured,
@@ -42,7 +48,8 @@ pub enum ClientError {
         /// Why it failed.
         reason: String,
     },
-    /// The server refused the device's token.
+    /// The server refused the device's token, or a user's login at
+    /// enrolment. [`ClientError::auth_refusal`] says why, as a type.
     #[error("the server refused this device: {0}")]
     Unauthorized(String),
     /// The server would not enrol this tablet's own device again (it was
@@ -105,4 +112,98 @@ pub enum ClientError {
     /// A local automerge operation failed.
     #[error("document: {0}")]
     Automerge(#[from] automerge::AutomergeError),
+}
+
+/// Why the server refused a device or a login (a 401), for an app to
+/// switch on. The server's 401 answers are plain text whose first word,
+/// before a colon, names the reason (`revoked: this device was reported
+/// lost or stolen`); that word is the protocol, read here once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthRefusal {
+    /// The device was reported lost or stolen (its store is wiped).
+    Revoked,
+    /// The device was handed back and retired.
+    Retired,
+    /// The device's token outlived its lifetime: enrol again.
+    Expired,
+    /// The token matches no device, or none was sent.
+    UnknownToken,
+    /// A user's name and password were refused at enrolment (the server
+    /// does not say whether the name, the password or the account was
+    /// wrong).
+    Login,
+    /// The device's user is unknown or disabled, or something else.
+    Other,
+}
+
+impl AuthRefusal {
+    /// The reason a 401 answer's body gives.
+    pub(crate) fn of(body: &str) -> AuthRefusal {
+        let word = body.split(':').next().unwrap_or_default().trim();
+        match word {
+            "revoked" => AuthRefusal::Revoked,
+            "retired" => AuthRefusal::Retired,
+            "expired" => AuthRefusal::Expired,
+            "unknown device token" | "missing bearer token" => AuthRefusal::UnknownToken,
+            "wrong user name or password" => AuthRefusal::Login,
+            _ => AuthRefusal::Other,
+        }
+    }
+
+    /// A short stable code (`revoked`, `retired`, `expired`,
+    /// `unknown_token`, `login`, `other`).
+    pub fn code(self) -> &'static str {
+        match self {
+            AuthRefusal::Revoked => "revoked",
+            AuthRefusal::Retired => "retired",
+            AuthRefusal::Expired => "expired",
+            AuthRefusal::UnknownToken => "unknown_token",
+            AuthRefusal::Login => "login",
+            AuthRefusal::Other => "other",
+        }
+    }
+}
+
+impl ClientError {
+    /// For [`ClientError::Unauthorized`], why the server refused.
+    pub fn auth_refusal(&self) -> Option<AuthRefusal> {
+        match self {
+            ClientError::Unauthorized(body) => Some(AuthRefusal::of(body)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_401_answers_are_told_apart_by_their_reason_word() {
+        let cases = [
+            (
+                "revoked: this device was reported lost or stolen",
+                AuthRefusal::Revoked,
+            ),
+            (
+                "retired: this device was retired; enroll it again",
+                AuthRefusal::Retired,
+            ),
+            (
+                "expired: this device's token expired; enroll it again",
+                AuthRefusal::Expired,
+            ),
+            ("unknown device token", AuthRefusal::UnknownToken),
+            ("wrong user name or password", AuthRefusal::Login),
+            ("the device's user is disabled", AuthRefusal::Other),
+        ];
+        for (body, want) in cases {
+            assert_eq!(
+                ClientError::Unauthorized(body.into()).auth_refusal(),
+                Some(want),
+                "{body}"
+            );
+        }
+        assert_eq!(ClientError::WrongKey.auth_refusal(), None);
+    }
 }

@@ -43,5 +43,5 @@ pub use base::{
     BaseClient, Content, Field, Record, RefusedRecord, Rejection, Status, Summary, WipeReport,
     DEFAULT_OPEN_DEADLINE, KEY_LEN, STORE_OPEN_THREAD,
 };
-pub use error::ClientError;
+pub use error::{AuthRefusal, ClientError};
 pub use net::{BackgroundSync, Client, Enrolment, NoListener, SyncEvent, SyncListener, SyncReport};

@@ -179,6 +179,16 @@ impl BaseClient {
         Ok(())
     }
 
+    /// The device this store belongs to (hex), once enrolled or configured.
+    pub fn device_id(&self) -> Result<Option<String>, ClientError> {
+        self.store.setting("device_id")
+    }
+
+    /// The user new records are filed under, once enrolled.
+    pub fn user(&self) -> Result<Option<String>, ClientError> {
+        self.store.setting("user")
+    }
+
     /// The area new records are filed under unless told otherwise.
     pub fn area(&self) -> Result<String, ClientError> {
         Ok(self
@@ -202,11 +212,12 @@ impl BaseClient {
         area: &str,
         fields: Vec<(String, String)>,
     ) -> Result<String, ClientError> {
-        let kind = Kind::parse(kind).ok_or_else(|| {
-            ClientError::BadEdit(format!(
+        let kind = Kind::parse(kind).ok_or_else(|| ClientError::BadEdit {
+            field: "kind".into(),
+            message: format!(
                 "unknown record kind {kind:?}; kinds: {}",
                 Kind::ALL.map(|k| k.name()).join(", ")
-            ))
+            ),
         })?;
         let device = self
             .store
@@ -380,11 +391,14 @@ impl BaseClient {
                 })
                 .map(|f| f.name)
                 .collect();
-            ClientError::BadEdit(format!(
-                "a {} record has no list or map {list:?}; its lists and maps are {}",
-                kind.name(),
-                lists.join(", ")
-            ))
+            ClientError::BadEdit {
+                field: list.to_string(),
+                message: format!(
+                    "a {} record has no list or map {list:?}; its lists and maps are {}",
+                    kind.name(),
+                    lists.join(", ")
+                ),
+            }
         })?;
         values
             .iter()
@@ -393,14 +407,18 @@ impl BaseClient {
                     .parts()
                     .iter()
                     .find(|p| p.name == name)
-                    .ok_or_else(|| {
-                        ClientError::BadEdit(format!(
+                    .ok_or_else(|| ClientError::BadEdit {
+                        field: format!("{list}.{name}"),
+                        message: format!(
                             "items of {list} have no field {name:?}; their fields are {}",
                             baraza_records::schema::names(spec.parts()).join(", ")
-                        ))
+                        ),
                     })?;
-                let value = FieldValue::parse(part.ty, text)
-                    .map_err(|reason| ClientError::BadEdit(format!("{list}.{name}: {reason}")))?;
+                let value =
+                    FieldValue::parse(part.ty, text).map_err(|reason| ClientError::BadEdit {
+                        field: format!("{list}.{name}"),
+                        message: format!("{list}.{name}: {reason}"),
+                    })?;
                 Ok((name.clone(), value))
             })
             .collect()

@@ -210,13 +210,18 @@ pub fn set(
     at: Stamp<'_>,
 ) -> Result<(), ClientError> {
     if matches!(field, "header" | "review") {
-        return Err(ClientError::BadEdit(format!(
-            "{field} is not set by hand (the header is fixed at creation; review with submit)"
-        )));
+        return Err(ClientError::BadEdit {
+            field: field.to_string(),
+            message: format!(
+                "{field} is not set by hand (the header is fixed at creation; review with submit)"
+            ),
+        });
     }
     let spec = known_field(doc, field)?;
-    let typed = FieldValue::parse(spec.ty, value)
-        .map_err(|reason| ClientError::BadEdit(format!("field {field}: {reason}")))?;
+    let typed = FieldValue::parse(spec.ty, value).map_err(|reason| ClientError::BadEdit {
+        field: field.to_string(),
+        message: format!("field {field}: {reason}"),
+    })?;
     Ok(baraza_records::ops::set(doc, field, typed, at)?)
 }
 
@@ -245,29 +250,31 @@ pub fn splice(
     at: Stamp<'_>,
 ) -> Result<(), ClientError> {
     if known_field(doc, field)?.ty != FieldType::Text {
-        return Err(ClientError::BadEdit(format!(
-            "field {field:?} is not a text field; use set"
-        )));
+        return Err(not_text(field));
     }
     let mut tx = doc.transaction();
     let obj = match tx.get(ROOT, field)? {
         Some((Value::Object(ObjType::Text), obj)) => obj,
-        Some(_) => {
-            return Err(ClientError::BadEdit(format!(
-                "field {field:?} is not a text field; use set"
-            )))
-        }
+        Some(_) => return Err(not_text(field)),
         None => tx.put_object(ROOT, field, ObjType::Text)?,
     };
     let len = tx.length(&obj);
     if pos > len {
-        return Err(ClientError::BadEdit(format!(
-            "position {pos} is past the end of {field:?} ({len} characters)"
-        )));
+        return Err(ClientError::BadEdit {
+            field: field.to_string(),
+            message: format!("position {pos} is past the end of {field:?} ({len} characters)"),
+        });
     }
     tx.splice_text(&obj, pos, delete, text)?;
     tx.commit_with(commit_options(&format!("type in {field}"), at));
     Ok(())
+}
+
+fn not_text(field: &str) -> ClientError {
+    ClientError::BadEdit {
+        field: field.to_string(),
+        message: format!("field {field:?} is not a text field; use set"),
+    }
 }
 
 #[cfg(test)]
@@ -351,7 +358,7 @@ mod tests {
         set(&mut a, "place", "market", 0.into()).unwrap();
         assert!(matches!(
             splice(&mut a, "place", 0, 0, "x", 0.into()),
-            Err(ClientError::BadEdit(_))
+            Err(ClientError::BadEdit { .. })
         ));
     }
 

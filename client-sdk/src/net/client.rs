@@ -47,6 +47,12 @@ pub struct BackgroundSync {
 }
 
 impl BackgroundSync {
+    /// True once the loop has ended on its own (the server refused or
+    /// wiped the device) or was stopped.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Stops syncing and waits for the connection to close.
     pub async fn stop(self) {
         let _ = self.stop.send(true);

@@ -3,6 +3,7 @@
 //! `Replica`), moving the driver's frames over the WebSocket; the
 //! background loop reconnects with exponential backoff and jitter.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,14 +42,24 @@ pub enum SyncEvent {
     },
     /// Connected and handshaking.
     Connected,
-    /// Work done so far in this connection.
+    /// Work done so far in this connection, for a progress bar.
     Progress {
-        /// Records waiting to be pushed or acknowledged.
+        /// Records waiting to be pushed (not yet on the wire).
         to_send: u64,
         /// Records pushed.
         sent: u64,
+        /// Records changed on the server since this tablet's cursor, as
+        /// feed positions (the server's `Welcome` position minus the
+        /// cursor the tablet connected with): an upper bound on the records
+        /// to receive, since the feed keeps one entry per record at its
+        /// latest write. 0 until the server has answered.
+        to_receive: u64,
         /// Records received.
         received: u64,
+        /// Bytes of frames sent on this connection.
+        bytes_sent: u64,
+        /// Bytes of frames received on this connection.
+        bytes_received: u64,
     },
     /// Everything local acknowledged, everything remote received.
     Settled(SyncReport),
@@ -119,14 +130,47 @@ fn drive_failed(store: &LocalStore, e: DriveError<ClientError>) -> ClientError {
 
 /// A connection refused because the device was reported lost or stolen.
 fn revoked_at_connect(store: &LocalStore, err: ClientError) -> ClientError {
-    match &err {
-        ClientError::Unauthorized(why) if why.starts_with("revoked") => {
-            match wipe(store, "revoked") {
-                Ok(report) => ClientError::Wiped(report),
-                Err(e) => e,
-            }
+    if err.auth_refusal() == Some(crate::AuthRefusal::Revoked) {
+        return match wipe(store, "revoked") {
+            Ok(report) => ClientError::Wiped(report),
+            Err(e) => e,
+        };
+    }
+    err
+}
+
+/// What one connection has moved so far, for [`SyncEvent::Progress`].
+#[derive(Default)]
+struct Moved {
+    /// The cursor the tablet connected with.
+    cursor_at_start: u64,
+    /// The server's feed position in its `Welcome`, once it arrived.
+    welcome_seq: Option<u64>,
+    bytes_sent: u64,
+    bytes_received: u64,
+}
+
+impl Moved {
+    /// Notes a received frame; the first is the server's `Welcome`, read
+    /// (once) for the feed position it announces.
+    fn received(&mut self, frame: &[u8], limits: &Limits) {
+        self.bytes_received += frame.len() as u64;
+        if self.welcome_seq.is_none() {
+            // Only the first frame is decoded here (the driver decodes
+            // every frame anyway); anything but a Welcome counts as none.
+            self.welcome_seq = Some(match baraza_protocol::codec::decode(frame, limits) {
+                Ok(baraza_protocol::Message::Welcome(welcome)) => {
+                    // A reset or refeed starts the feed again from the start.
+                    let from = if welcome.reset || welcome.refeed {
+                        0
+                    } else {
+                        self.cursor_at_start
+                    };
+                    welcome.seq.saturating_sub(from)
+                }
+                _ => 0,
+            });
         }
-        _ => err,
     }
 }
 
@@ -214,6 +258,10 @@ pub(crate) async fn run_connection(
     listener.on_event(SyncEvent::Connected);
     let mut replica = store.clone();
     let mut driver = ClientDriver::new(limits.clone(), &mut replica).map_err(drive_err)?;
+    let mut moved = Moved {
+        cursor_at_start: store.cursor_state()?.1,
+        ..Moved::default()
+    };
     let mut settled_reported = false;
     loop {
         {
@@ -222,6 +270,7 @@ pub(crate) async fn run_connection(
         }
         let mut queued = false;
         while let Some(frame) = driver.poll_transmit() {
+            moved.bytes_sent += frame.len() as u64;
             ws.feed(WsMessage::binary(frame))
                 .await
                 .map_err(|e| ClientError::Sync(format!("send: {e}")))?;
@@ -275,7 +324,10 @@ pub(crate) async fn run_connection(
             listener.on_event(SyncEvent::Progress {
                 to_send: driver.queued() as u64,
                 sent: counts.docs_sent as u64,
+                to_receive: moved.welcome_seq.unwrap_or(0),
                 received: counts.docs_received as u64,
+                bytes_sent: moved.bytes_sent,
+                bytes_received: moved.bytes_received,
             });
         }
         tokio::select! {
@@ -287,6 +339,7 @@ pub(crate) async fn run_connection(
                         .map_err(|e| ClientError::Sync(format!("send: {e}")))?;
                 }
                 Ok(Some(Ok(WsMessage::Binary(bytes)))) => {
+                    moved.received(&bytes, limits);
                     let handled = {
                         let _guard = store.write_lock();
                         driver.handle_frame(&bytes, &mut replica)
@@ -347,6 +400,22 @@ pub fn backoff(attempt: u32, jitter: f64) -> Duration {
     Duration::from_millis((capped * (0.5 + 0.5 * jitter)) as u64)
 }
 
+/// Passes events on, noting whether the connection got as far as the
+/// server (so the background loop knows the backoff may start again).
+struct Watched<'a> {
+    inner: &'a dyn SyncListener,
+    connected: AtomicBool,
+}
+
+impl SyncListener for Watched<'_> {
+    fn on_event(&self, event: SyncEvent) {
+        if event == SyncEvent::Connected {
+            self.connected.store(true, Ordering::Relaxed);
+        }
+        self.inner.on_event(event);
+    }
+}
+
 /// The background loop: connect, stay live, reconnect on failure.
 pub(crate) async fn run_background(
     store: LocalStore,
@@ -363,6 +432,10 @@ pub(crate) async fn run_background(
         }
         attempt += 1;
         listener.on_event(SyncEvent::Connecting { attempt });
+        let watched = Watched {
+            inner: listener.as_ref(),
+            connected: AtomicBool::new(false),
+        };
         let result = run_connection(
             &store,
             &endpoint,
@@ -370,11 +443,20 @@ pub(crate) async fn run_background(
             Mode::Live,
             &local_edits,
             &mut stop,
-            listener.as_ref(),
+            &watched,
         )
         .await;
+        let connected = watched.connected.load(Ordering::Relaxed);
         if *stop.borrow() {
             return;
+        }
+        if connected {
+            // A live connection that ends (the server restarts, the
+            // network drops after hours) starts the backoff again from its
+            // shortest delay: the attempts before it succeeded say nothing
+            // about this failure, and a tablet must not wait a minute to
+            // send what was written while it was connected.
+            attempt = 1;
         }
         match result {
             Err(ClientError::Unauthorized(message)) => {

@@ -1,0 +1,545 @@
+//! The records and enums that cross the boundary, converted from the
+//! SDK's reading types. Times are `*_ms` (milliseconds since the Unix
+//! epoch) everywhere.
+
+use baraza_client as sdk;
+
+/// The kinds of record (`records/src/schema.rs` lists their fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum RecordKind {
+    /// A community meeting (baraza): attendees, concerns, action items.
+    Meeting,
+    /// An officer's patrol: observations, some with GPS.
+    PatrolNote,
+    /// A citizen's feedback, with follow-ups.
+    Feedback,
+    /// A complainant's contact details (author and supervisors only).
+    FeedbackContact,
+}
+
+impl RecordKind {
+    /// The kind's name in the schema (`patrol_note`).
+    pub(crate) fn name(self) -> &'static str {
+        self.schema().name()
+    }
+
+    fn schema(self) -> baraza_records::Kind {
+        match self {
+            RecordKind::Meeting => baraza_records::Kind::Meeting,
+            RecordKind::PatrolNote => baraza_records::Kind::PatrolNote,
+            RecordKind::Feedback => baraza_records::Kind::Feedback,
+            RecordKind::FeedbackContact => baraza_records::Kind::FeedbackContact,
+        }
+    }
+
+    pub(crate) fn from_schema(kind: baraza_records::Kind) -> RecordKind {
+        match kind {
+            baraza_records::Kind::Meeting => RecordKind::Meeting,
+            baraza_records::Kind::PatrolNote => RecordKind::PatrolNote,
+            baraza_records::Kind::Feedback => RecordKind::Feedback,
+            baraza_records::Kind::FeedbackContact => RecordKind::FeedbackContact,
+        }
+    }
+
+    pub(crate) fn parse(name: &str) -> Option<RecordKind> {
+        baraza_records::Kind::parse(name).map(RecordKind::from_schema)
+    }
+}
+
+/// Where a record stands in review.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum ReviewState {
+    /// Not submitted yet.
+    Draft,
+    /// Waiting for a supervisor.
+    Submitted,
+    /// Approved by a supervisor of the area.
+    Approved,
+    /// Returned for changes (see the comments).
+    Returned,
+    /// A state this version does not know (a newer schema's).
+    Unknown,
+}
+
+impl ReviewState {
+    pub(crate) fn parse(state: &str) -> ReviewState {
+        match state {
+            "draft" => ReviewState::Draft,
+            "submitted" => ReviewState::Submitted,
+            "approved" => ReviewState::Approved,
+            "returned" => ReviewState::Returned,
+            _ => ReviewState::Unknown,
+        }
+    }
+}
+
+/// A supervisor's decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum ReviewDecision {
+    /// Approve (refused while a conflict stands).
+    Approved,
+    /// Return for changes.
+    Returned,
+}
+
+/// A field given by name with its value as text, typed by the record's
+/// schema on the way in (a time is milliseconds since the epoch as text,
+/// a flag `true`/`false`).
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct FieldEntry {
+    /// The field's name (`place`).
+    pub name: String,
+    /// Its value as text (`Chief's camp`).
+    pub value: String,
+}
+
+/// A field's value in full, nested lists and maps included.
+#[derive(Clone, Debug, PartialEq, uniffi::Enum)]
+pub enum FieldValue {
+    /// A string set whole (enums too).
+    Str {
+        /// The string.
+        value: String,
+    },
+    /// Collaborative text (edited with `splice`).
+    Text {
+        /// The text.
+        value: String,
+    },
+    /// A whole number.
+    Int {
+        /// The number.
+        value: i64,
+    },
+    /// A flag.
+    Bool {
+        /// The flag.
+        value: bool,
+    },
+    /// A time the schema declares.
+    Time {
+        /// Milliseconds since the Unix epoch.
+        value_ms: i64,
+    },
+    /// A list, in order. (Not `List`: Kotlin's own `List` would clash.)
+    ListValue {
+        /// Its items.
+        items: Vec<FieldValue>,
+    },
+    /// A map, by key.
+    MapValue {
+        /// Its entries, in key order.
+        entries: Vec<MapEntry>,
+    },
+    /// Anything else a document can hold (counters, bytes), as text.
+    Other {
+        /// The value shown as text.
+        value: String,
+    },
+}
+
+/// One entry of a [`FieldValue::MapValue`].
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct MapEntry {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: FieldValue,
+}
+
+impl From<sdk::Content> for FieldValue {
+    fn from(content: sdk::Content) -> FieldValue {
+        match content {
+            sdk::Content::Str(value) => FieldValue::Str { value },
+            sdk::Content::Text(value) => FieldValue::Text { value },
+            sdk::Content::Int(value) => FieldValue::Int { value },
+            sdk::Content::Bool(value) => FieldValue::Bool { value },
+            sdk::Content::Time(value_ms) => FieldValue::Time { value_ms },
+            sdk::Content::List(items) => FieldValue::ListValue {
+                items: items.into_iter().map(FieldValue::from).collect(),
+            },
+            sdk::Content::Map(entries) => FieldValue::MapValue {
+                entries: entries
+                    .into_iter()
+                    .map(|(key, value)| MapEntry {
+                        key,
+                        value: value.into(),
+                    })
+                    .collect(),
+            },
+            sdk::Content::Other(value) => FieldValue::Other { value },
+        }
+    }
+}
+
+/// One field of a record.
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct FieldView {
+    /// Its name.
+    pub name: String,
+    /// The value in full (the winning one where devices disagree).
+    pub value: FieldValue,
+    /// The value in one line (`[2 items]` for a list).
+    pub shown: String,
+    /// True for a text field (edited with `splice`).
+    pub is_text: bool,
+    /// True when devices set it concurrently to different values: see
+    /// [`RecordView::conflicts`] for each value, who set it and when.
+    pub in_conflict: bool,
+}
+
+/// One of the values of a conflicting field.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct ConflictValue {
+    /// The value, shown as text.
+    pub value: String,
+    /// The user who set it, when the change names one.
+    pub user: Option<String>,
+    /// The device that set it (hex).
+    pub device_id: String,
+    /// The name the device was registered under, when the server told
+    /// this tablet (or it is this tablet).
+    pub device_name: Option<String>,
+    /// When it was set, by that device's clock (a change keeps its time
+    /// to the second, so this is a whole number of seconds in ms).
+    pub time_ms: i64,
+    /// True for the value shown as the field's value.
+    pub winner: bool,
+}
+
+/// A field whose value devices set differently while offline. Setting
+/// the field again resolves it.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct Conflict {
+    /// The field (`place`, or `attendees[0].name` within a list).
+    pub path: String,
+    /// Every value, the winner among them.
+    pub values: Vec<ConflictValue>,
+}
+
+/// One change to a record.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct HistoryEntry {
+    /// The change's hash (hex).
+    pub hash: String,
+    /// The user it names.
+    pub user: Option<String>,
+    /// The device that made it (hex).
+    pub device_id: String,
+    /// The device's registered name, when known.
+    pub device_name: Option<String>,
+    /// When, by that device's clock (to the second, in ms).
+    pub time_ms: i64,
+    /// What it did (`set place by liaison.achieng`).
+    pub message: Option<String>,
+    /// The fields it touched.
+    pub fields: Vec<String>,
+}
+
+/// A comment left with a review decision.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct ReviewComment {
+    /// Who wrote it.
+    pub by: String,
+    /// When.
+    pub at_ms: i64,
+    /// What it says.
+    pub text: String,
+}
+
+/// Why the server refused a record's changes (they stay on the tablet).
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct Rejection {
+    /// The server's code (`Forbidden`, `InvalidRecord`, ...).
+    pub code: String,
+    /// The rule broken, when a rule refused it (`own_areas`).
+    pub rule: Option<String>,
+    /// The server's explanation.
+    pub message: String,
+}
+
+impl From<sdk::Rejection> for Rejection {
+    fn from(r: sdk::Rejection) -> Rejection {
+        Rejection {
+            code: r.code,
+            rule: r.rule,
+            message: r.message,
+        }
+    }
+}
+
+/// A record read whole.
+#[derive(Clone, Debug, PartialEq, uniffi::Record)]
+pub struct RecordView {
+    /// The record id.
+    pub id: String,
+    /// Its kind; None for a document without a readable header.
+    pub kind: Option<RecordKind>,
+    /// The area it is filed under.
+    pub area: String,
+    /// Who created it.
+    pub created_by_user: String,
+    /// The device it was created on (hex).
+    pub created_by_device: String,
+    /// When it was created, by the creating device's clock.
+    pub created_at_ms: i64,
+    /// Every field, by name.
+    pub fields: Vec<FieldView>,
+    /// Fields devices set differently, each value with who and when.
+    pub conflicts: Vec<Conflict>,
+    /// Every change, oldest first.
+    pub history: Vec<HistoryEntry>,
+    /// Where it stands in review.
+    pub review_state: ReviewState,
+    /// Reviewers' comments, oldest first.
+    pub review_comments: Vec<ReviewComment>,
+    /// True while the server has not acknowledged every change.
+    pub unacknowledged: bool,
+    /// Set when the server refused its changes.
+    pub rejection: Option<Rejection>,
+}
+
+/// A record in a listing.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct RecordSummary {
+    /// The record id.
+    pub id: String,
+    /// Its kind; None for a document without a readable header.
+    pub kind: Option<RecordKind>,
+    /// The area.
+    pub area: String,
+    /// What names it (a meeting's title, a patrol note's beat, ...).
+    pub title: String,
+    /// Where it stands in review.
+    pub review_state: ReviewState,
+    /// True when the server acknowledged every change.
+    pub synced: bool,
+    /// True when the server refused its changes.
+    pub refused: bool,
+    /// When it was created, 0 if unknown.
+    pub created_at_ms: i64,
+}
+
+impl From<sdk::Summary> for RecordSummary {
+    fn from(s: sdk::Summary) -> RecordSummary {
+        RecordSummary {
+            id: s.id,
+            kind: RecordKind::parse(&s.kind),
+            area: s.area,
+            title: s.title,
+            review_state: ReviewState::parse(&s.review_state),
+            synced: s.synced,
+            refused: s.refused,
+            created_at_ms: s.created_at_ms,
+        }
+    }
+}
+
+/// Which local records to list; every condition given must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, uniffi::Record)]
+pub struct RecordFilter {
+    /// Only this kind.
+    #[uniffi(default = None)]
+    pub kind: Option<RecordKind>,
+    /// Only this area.
+    #[uniffi(default = None)]
+    pub area: Option<String>,
+    /// Only this review state.
+    #[uniffi(default = None)]
+    pub review_state: Option<ReviewState>,
+    /// Only records with changes the server has not acknowledged.
+    #[uniffi(default = false)]
+    pub unsynced_only: bool,
+    /// Only records whose title contains this (ignoring case).
+    #[uniffi(default = None)]
+    pub title_contains: Option<String>,
+}
+
+impl RecordFilter {
+    pub(crate) fn accepts(&self, s: &RecordSummary) -> bool {
+        self.kind.is_none_or(|k| s.kind == Some(k))
+            && self.area.as_ref().is_none_or(|a| &s.area == a)
+            && self.review_state.is_none_or(|r| s.review_state == r)
+            && (!self.unsynced_only || !s.synced)
+            && self
+                .title_contains
+                .as_ref()
+                .is_none_or(|t| s.title.to_lowercase().contains(&t.to_lowercase()))
+    }
+}
+
+/// A GPS point: decimal degrees and whole metres.
+#[derive(Clone, Copy, Debug, PartialEq, uniffi::Record)]
+pub struct GpsPoint {
+    /// Latitude, -90..=90.
+    pub lat: f64,
+    /// Longitude, -180..=180.
+    pub lon: f64,
+    /// Accuracy in metres, at least 1.
+    pub accuracy_m: i64,
+}
+
+/// A record the server refused, as `status` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct RefusedRecord {
+    /// The record id.
+    pub id: String,
+    /// Why.
+    pub rejection: Rejection,
+}
+
+/// The tablet's local state of sync.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct TabletStatus {
+    /// Records held.
+    pub records: u64,
+    /// Records with changes the server has not acknowledged.
+    pub unacknowledged: u64,
+    /// Records the server refused, with why.
+    pub refused: Vec<RefusedRecord>,
+    /// When the last sync settled.
+    pub last_sync_ms: Option<u64>,
+    /// The feed position received up to.
+    pub cursor: u64,
+    /// The server enrolled with.
+    pub server: Option<String>,
+    /// This tablet's device id (hex), once enrolled.
+    pub device_id: Option<String>,
+    /// The user new records are filed under.
+    pub user: Option<String>,
+    /// The area new records are filed under.
+    pub area: String,
+}
+
+/// What a wipe removed.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct WipeReport {
+    /// `retired` or `revoked`.
+    pub reason: String,
+    /// Every record id that was on the tablet.
+    pub records: Vec<String>,
+    /// Of those, the ones the server never acknowledged.
+    pub unacknowledged: Vec<String>,
+}
+
+impl From<sdk::WipeReport> for WipeReport {
+    fn from(r: sdk::WipeReport) -> WipeReport {
+        WipeReport {
+            reason: r.reason,
+            records: r.records,
+            unacknowledged: r.unacknowledged,
+        }
+    }
+}
+
+/// What enrolment gave this tablet.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct Enrolment {
+    /// The device id (hex).
+    pub device_id: String,
+    /// The user.
+    pub user: String,
+    /// Their role (`officer`, `liaison`, `supervisor`, `admin`).
+    pub role: String,
+    /// Their areas; new records go to the first.
+    pub areas: Vec<String>,
+    /// When the token expires (the SDK rotates it at half its life).
+    pub expires_at_ms: Option<u64>,
+    /// True when this store's own device was enrolled again.
+    pub reenrolled: bool,
+}
+
+impl From<sdk::Enrolment> for Enrolment {
+    fn from(e: sdk::Enrolment) -> Enrolment {
+        Enrolment {
+            device_id: e.device_id,
+            user: e.user,
+            role: e.role,
+            areas: e.areas,
+            expires_at_ms: e.expires_at.map(|s| s.saturating_mul(1000)),
+            reenrolled: e.reenrolled,
+        }
+    }
+}
+
+/// What one sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, uniffi::Record)]
+pub struct SyncSummary {
+    /// Records pushed to the server.
+    pub records_sent: u64,
+    /// Records the server sent changes for.
+    pub records_received: u64,
+    /// Records the server refused (their changes stay on the tablet).
+    pub refused: u64,
+    /// Records still waiting for the server's acknowledgement.
+    pub unacknowledged: u64,
+}
+
+impl From<sdk::SyncReport> for SyncSummary {
+    fn from(r: sdk::SyncReport) -> SyncSummary {
+        SyncSummary {
+            records_sent: r.docs_sent,
+            records_received: r.docs_received,
+            refused: r.refused,
+            unacknowledged: r.unacknowledged,
+        }
+    }
+}
+
+/// A progress event of a sync, for a progress bar and a status line.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncProgress {
+    /// Connecting (attempt number, from 1).
+    Connecting {
+        /// Attempt number.
+        attempt: u32,
+    },
+    /// Connected; the server is answering.
+    Connected,
+    /// Uploading: records still to push, records pushed, bytes sent.
+    ToSend {
+        /// Records not yet pushed.
+        records_to_send: u64,
+        /// Records pushed so far.
+        records_sent: u64,
+        /// Bytes sent so far on this connection.
+        bytes_sent: u64,
+    },
+    /// Downloading: records changed on the server since the last sync
+    /// (an upper bound: feed positions), records received, bytes.
+    ToReceive {
+        /// Records to receive, at most.
+        records_to_receive: u64,
+        /// Records received so far.
+        records_received: u64,
+        /// Bytes received so far on this connection.
+        bytes_received: u64,
+    },
+    /// Everything local acknowledged, everything remote received.
+    Done {
+        /// What the sync did.
+        summary: SyncSummary,
+    },
+    /// The connection failed; the background sync retries after the
+    /// delay (with backoff and jitter), without waiting for an edit.
+    Error {
+        /// What failed.
+        message: String,
+        /// Delay before the next attempt.
+        retry_in_ms: u64,
+    },
+    /// The server refused the device: background sync stopped.
+    /// `reason_code` as in [`TabletError::Unauthorised`](crate::TabletError).
+    Stopped {
+        /// A stable code (`expired`, `unknown_token`, ...).
+        reason_code: String,
+        /// What the server said.
+        message: String,
+    },
+    /// The device was retired or revoked and its store wiped: background
+    /// sync stopped.
+    Wiped {
+        /// What was wiped.
+        report: WipeReport,
+    },
+}
