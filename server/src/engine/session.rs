@@ -409,17 +409,8 @@ impl SyncHub {
         if applied.base_missing {
             driver.start_sync(id, &fork);
         }
-        live.doc = fork;
-        if admitted.is_some() {
-            live.ops += push.ops;
-        }
-        let (index, wrote, receipt) = split_admitted(admitted);
-        // Submitted under the document's lock, so writes to one document
-        // reach the committer in the order they were applied.
-        let rx = Docs::write_for(id, live, applied.new_chunk, index, receipt)
-            .map(|w| self.docs.submit(w));
+        let (wrote, stored) = self.keep_fork(id, live, fork, applied.new_chunk, push.ops, admitted);
         drop(working);
-        let at = *self.docs.durable().borrow();
         let write = push.write;
         let (heads, reply, base_missing) = (applied.heads, applied.reply, applied.base_missing);
         Ok(Box::pin(async move {
@@ -430,7 +421,7 @@ impl SyncHub {
                 reply,
                 base_missing,
                 wrote,
-                stored: wait_stored(rx, at).await,
+                stored: stored.await,
             }
         }))
     }
@@ -482,15 +473,9 @@ impl SyncHub {
                 return Err(hidden_creation(id));
             }
         }
-        live.doc = fork;
-        if admitted.is_some() {
-            live.ops += ops;
-        }
-        let (index, wrote, receipt) = split_admitted(admitted);
-        let rx = Docs::write_for(id, live, chunk, index, receipt).map(|w| self.docs.submit(w));
+        let (wrote, stored) = self.keep_fork(id, live, fork, chunk, ops, admitted);
         let heads = baraza_protocol::to_heads(&live.doc.get_heads());
         drop(working);
-        let at = *self.docs.durable().borrow();
         Ok(Some(Box::pin(async move {
             Stored {
                 write,
@@ -499,9 +484,35 @@ impl SyncHub {
                 reply: Vec::new(),
                 base_missing: false,
                 wrote,
-                stored: wait_stored(rx, at).await,
+                stored: stored.await,
             }
         })))
+    }
+
+    /// Makes a judged fork the cached copy and hands its new chunk (if
+    /// any) to the committer. Called under the document's lock, so writes
+    /// to one document reach the committer in the order they were applied.
+    /// Returns what the write did and the wait for it to be durable.
+    fn keep_fork(
+        &self,
+        id: DocId,
+        live: &mut LiveDoc,
+        fork: automerge::Automerge,
+        chunk: Vec<u8>,
+        ops: usize,
+        admitted: Option<super::Admitted>,
+    ) -> (
+        Option<WriteSummary>,
+        impl Future<Output = Result<Seq, String>> + Send + 'static,
+    ) {
+        live.doc = fork;
+        if admitted.is_some() {
+            live.ops += ops;
+        }
+        let (index, wrote, receipt) = split_admitted(admitted);
+        let rx = Docs::write_for(id, live, chunk, index, receipt).map(|w| self.docs.submit(w));
+        let at = *self.docs.durable().borrow();
+        (wrote, wait_stored(rx, at))
     }
 
     /// Refuses what grows a document past its byte or operation limit,
