@@ -169,7 +169,7 @@ fn check(root: &std::path::Path, repair: bool) -> anyhow::Result<()> {
             stdout,
             "intact: {} records, feed at {}, audit log at entry {}",
             store.doc_count()?,
-            store.latest_seq()?,
+            store.feed_watermark()?,
             audit.last()?.0
         )?;
     } else if repair {
@@ -186,7 +186,7 @@ fn check(root: &std::path::Path, repair: bool) -> anyhow::Result<()> {
         Anchor::open(
             &anchor_path,
             AnchorState {
-                feed: store.latest_seq()?,
+                feed: store.feed_watermark()?,
                 audit_seq,
                 audit_hash,
             },

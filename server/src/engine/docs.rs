@@ -7,6 +7,13 @@
 //! transaction with one flush (group commit: many connections share the
 //! cost of a flush), and only then answers each writer. Nobody is told a
 //! change is stored before that answer.
+//!
+//! Compaction is the store's, not the cache's: once a document has gathered
+//! enough chunks, the compactor thread loads it from the store, checks it,
+//! saves it whole and asks the store to [`Store::fold`] exactly the chunks
+//! it read into that save. The cached copy never stands in for what is
+//! stored, so a chunk written meanwhile (by this node or, with a shared
+//! database, another) is kept.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -18,7 +25,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::storage::store::{DocWrite, IndexEntry, Receipt, Store, StoreError};
 
-/// Chunks a document may accumulate before its next write compacts them.
+/// Chunks a document may accumulate before it is folded into one save.
 const CHUNKS_BEFORE_COMPACTION: u32 = 64;
 /// Most writes committed in one transaction.
 const WRITES_PER_COMMIT_MAX: usize = 1024;
@@ -29,7 +36,7 @@ pub struct LiveDoc {
     pub doc: Automerge,
     /// Chunks stored so far.
     pub chunks: u32,
-    /// Bytes stored so far (approximate after compaction).
+    /// Bytes stored so far (approximate: a fold does not tell the cache).
     pub bytes: usize,
     /// Operations the document holds (counted at load, then added to): the
     /// limit that run-length-encoded changes cannot slip past.
@@ -53,6 +60,20 @@ fn damage(id: DocId, e: StoreError) -> DocsError {
     match e {
         StoreError::Corrupt { .. } => DocsError::Load(id, e.to_string()),
         other => DocsError::Store(other),
+    }
+}
+
+/// Whether `doc` is at exactly the heads a commit recorded; if not, what
+/// it holds instead.
+fn loads_to(doc: &Automerge, recorded: &[baraza_protocol::Head]) -> Result<(), String> {
+    let mut have = to_heads(&doc.get_heads());
+    let mut want = recorded.to_vec();
+    have.sort();
+    want.sort();
+    if have == want {
+        Ok(())
+    } else {
+        Err(format!("heads {have:?}, not the heads {want:?}"))
     }
 }
 
@@ -87,8 +108,23 @@ pub enum DocsError {
 
 struct Job {
     write: DocWrite,
+    /// Fold the document once this write is committed.
+    fold: bool,
     reply: oneshot::Sender<Result<Seq, String>>,
     ticket: u64,
+}
+
+/// A write ready for [`Docs::submit`], and whether the document is due to
+/// be folded after it.
+pub struct Pending {
+    write: DocWrite,
+    fold: bool,
+}
+
+impl From<DocWrite> for Pending {
+    fn from(write: DocWrite) -> Pending {
+        Pending { write, fold: false }
+    }
 }
 
 /// Chunks handed to the committer and not yet committed, per document. A
@@ -110,6 +146,7 @@ pub struct Docs {
     queued: Arc<Mutex<Queued>>,
     durable: watch::Receiver<Seq>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Docs {
@@ -126,14 +163,26 @@ impl Docs {
         anchor: Option<Arc<crate::storage::integrity::Anchor>>,
     ) -> Result<Arc<Docs>, DocsError> {
         let (tx, rx) = mpsc::channel::<Job>();
-        let (durable_tx, durable) = watch::channel(store.latest_seq()?);
-        let committer_store = store.clone();
+        let (fold_tx, fold_rx) = mpsc::channel::<DocId>();
+        let (durable_tx, durable) = watch::channel(store.feed_watermark()?);
         let queued: Arc<Mutex<Queued>> = Arc::default();
-        let committer_queued = queued.clone();
+        let committer = Committer {
+            store: store.clone(),
+            durable: durable_tx,
+            queued: queued.clone(),
+            anchor,
+            folds: fold_tx,
+        };
+        let spawn_failed = |e| DocsError::Store(StoreError::Db(Box::new(e)));
+        let compactor_store = store.clone();
+        let compactor = std::thread::Builder::new()
+            .name("baraza-compactor".into())
+            .spawn(move || fold_loop(compactor_store.as_ref(), fold_rx))
+            .map_err(spawn_failed)?;
         let handle = std::thread::Builder::new()
             .name("baraza-committer".into())
-            .spawn(move || commit_loop(committer_store, rx, durable_tx, committer_queued, anchor))
-            .map_err(|e| DocsError::Store(StoreError::Db(Box::new(e))))?;
+            .spawn(move || committer.run(rx))
+            .map_err(spawn_failed)?;
         Ok(Arc::new(Docs {
             store,
             capacity: cache_docs.max(1),
@@ -145,6 +194,7 @@ impl Docs {
             queued,
             durable,
             committer: Mutex::new(Some(handle)),
+            compactor: Mutex::new(Some(compactor)),
         }))
     }
 
@@ -212,22 +262,19 @@ impl Docs {
                     Automerge::load(&stored.bytes).map_err(|e| ApplyError::Corrupt(e.to_string()))
                 })
                 .map_err(|e| DocsError::Load(id, e.to_string()))?;
-                let mut have = to_heads(&doc.get_heads());
-                let mut want = stored.heads.clone();
-                have.sort();
-                want.sort();
-                if have != want {
+                if let Err(wrong) = loads_to(&doc, &stored.heads) {
                     return Err(DocsError::Load(
                         id,
                         format!(
-                            "its {} stored chunks load to heads {have:?}, not the heads {want:?} recorded at feed position {}",
-                            stored.chunks, stored.seq
+                            "its {} stored chunks load to {wrong}, recorded at feed position {}",
+                            stored.positions.len(),
+                            stored.seq
                         ),
                     ));
                 }
                 LiveDoc {
                     doc,
-                    chunks: stored.chunks,
+                    chunks: stored.positions.len() as u32,
                     bytes: stored.bytes.len(),
                     ops: 0,
                 }
@@ -265,37 +312,29 @@ impl Docs {
         chunk: Vec<u8>,
         index: Option<IndexEntry>,
         receipt: Option<Receipt>,
-    ) -> Option<DocWrite> {
+    ) -> Option<Pending> {
         if chunk.is_empty() {
             return None;
         }
-        let heads = to_heads(&live.doc.get_heads());
-        // A save that panics is skipped: the chunk is stored as it is and
-        // compaction waits for a later write.
-        let save = (live.chunks + 1 >= CHUNKS_BEFORE_COMPACTION)
-            .then(|| docsync::contained(|| Ok(live.doc.save())).ok())
-            .flatten();
-        let compacted = if let Some(save) = save {
+        live.chunks += 1;
+        live.bytes += chunk.len();
+        // Counted here rather than asked of the store on every write; if
+        // the fold finds the chunks moved on, the next count asks again.
+        let fold = live.chunks >= CHUNKS_BEFORE_COMPACTION;
+        if fold {
             live.chunks = 1;
-            live.bytes = save.len();
-            Some(save)
-        } else {
-            live.chunks += 1;
-            live.bytes += chunk.len();
-            None
-        };
-        Some(DocWrite {
-            doc: id,
-            chunk: if compacted.is_some() {
-                Vec::new()
-            } else {
-                chunk
+        }
+        Some(Pending {
+            write: DocWrite {
+                doc: id,
+                chunk,
+                heads: to_heads(&live.doc.get_heads()),
+                rebuild: false,
+                index,
+                erase: false,
+                receipt,
             },
-            heads,
-            compacted,
-            index,
-            erase: false,
-            receipt,
+            fold,
         })
     }
 
@@ -316,19 +355,19 @@ impl Docs {
     }
 
     /// Queues a write; the receiver answers with its feed position once durable.
-    pub fn submit(&self, write: DocWrite) -> oneshot::Receiver<Result<Seq, String>> {
+    pub fn submit(&self, pending: impl Into<Pending>) -> oneshot::Receiver<Result<Seq, String>> {
+        let Pending { write, fold } = pending.into();
         let (reply, rx) = oneshot::channel();
         let ticket = {
             let mut queued = self.queued_lock();
             queued.next += 1;
             let ticket = queued.next;
-            let bytes = write.compacted.as_ref().unwrap_or(&write.chunk);
-            if !bytes.is_empty() {
+            if !write.chunk.is_empty() {
                 queued
                     .chunks
                     .entry(write.doc)
                     .or_default()
-                    .push((ticket, bytes.clone()));
+                    .push((ticket, write.chunk.clone()));
             }
             ticket
         };
@@ -338,6 +377,7 @@ impl Docs {
             // sees the channel closed: it acknowledges nothing.
             let _ = tx.send(Job {
                 write,
+                fold,
                 reply,
                 ticket,
             });
@@ -345,17 +385,16 @@ impl Docs {
         rx
     }
 
-    /// Stops the committer after it has committed everything queued, then
-    /// marks the store cleanly closed.
+    /// Stops the committer after it has committed everything queued (and
+    /// the compactor after the folds asked of it), then marks the store
+    /// cleanly closed.
     pub fn shutdown(&self) -> Result<(), DocsError> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(h) = self
-            .committer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = h.join();
+        // The committer first: it holds the compactor's queue.
+        for thread in [&self.committer, &self.compactor] {
+            if let Some(h) = thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = h.join();
+            }
         }
         self.store.close_cleanly()?;
         Ok(())
@@ -378,27 +417,40 @@ impl Docs {
     }
 }
 
-fn commit_loop(
+/// The committer thread's state.
+struct Committer {
     store: Arc<dyn Store>,
-    rx: mpsc::Receiver<Job>,
+    /// Set to the store's feed watermark after each commit: what feed
+    /// readers may read up to (not the positions this node was handed, which
+    /// a backend with other writers may put above it).
     durable: watch::Sender<Seq>,
     queued: Arc<Mutex<Queued>>,
     anchor: Option<Arc<crate::storage::integrity::Anchor>>,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < WRITES_PER_COMMIT_MAX {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
+    /// Documents due a fold, for the compactor.
+    folds: mpsc::Sender<DocId>,
+}
+
+impl Committer {
+    fn run(self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < WRITES_PER_COMMIT_MAX {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
             }
+            self.commit(jobs);
         }
+    }
+
+    fn commit(&self, jobs: Vec<Job>) {
         let writes: Vec<DocWrite> = jobs.iter().map(|j| j.write.clone()).collect();
-        let result = store.commit(&writes);
+        let result = self.store.commit(&writes);
         // Committed or failed, these are no longer waiting: a failed write's
         // document is forgotten by its writer, so no copy replays it.
         {
-            let mut q = queued.lock().unwrap_or_else(|p| p.into_inner());
+            let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
             for job in &jobs {
                 if let Some(list) = q.chunks.get_mut(&job.write.doc) {
                     list.retain(|(t, _)| *t != job.ticket);
@@ -408,32 +460,84 @@ fn commit_loop(
                 }
             }
         }
-        match result {
-            Ok(seqs) => {
-                if let Some(&last) = seqs.last() {
-                    if let Some(anchor) = &anchor {
-                        anchor.note_feed(last);
-                    }
-                    durable.send_replace(last);
-                }
-                for (job, seq) in jobs.into_iter().zip(seqs) {
-                    let _ = job.reply.send(Ok(seq));
-                }
-            }
+        let seqs = match result {
+            Ok(seqs) => seqs,
             Err(err) => {
                 tracing::error!(error = %err, writes = writes.len(), "commit failed; nothing acknowledged");
                 for job in jobs {
                     let _ = job.reply.send(Err(err.to_string()));
                 }
+                return;
+            }
+        };
+        if let Some(&last) = seqs.last() {
+            if let Some(anchor) = &self.anchor {
+                anchor.note_feed(last);
+            }
+        }
+        match self.store.feed_watermark() {
+            Ok(mark) => {
+                self.durable.send_if_modified(|at| {
+                    let moved = mark > *at;
+                    *at = (*at).max(mark);
+                    moved
+                });
+            }
+            // The writes are stored; readers catch up at the next commit.
+            Err(err) => tracing::error!(error = %err, "could not read the feed watermark"),
+        }
+        for (job, seq) in jobs.into_iter().zip(seqs) {
+            if job.fold {
+                let _ = self.folds.send(job.write.doc);
+            }
+            let _ = job.reply.send(Ok(seq));
+        }
+    }
+}
+
+/// The compactor thread: folds each document it is given, those asked for
+/// while it worked taken together so a busy document is folded once.
+fn fold_loop(store: &dyn Store, rx: mpsc::Receiver<DocId>) {
+    while let Ok(first) = rx.recv() {
+        let mut due = std::collections::BTreeSet::from([first]);
+        while let Ok(more) = rx.try_recv() {
+            due.insert(more);
+        }
+        for id in due {
+            match fold(store, id) {
+                Ok(true) => tracing::debug!(record = %id, "folded"),
+                Ok(false) => tracing::debug!(record = %id, "not folded: it moved on meanwhile"),
+                Err(err) => tracing::warn!(record = %id, error = %err, "could not fold a record"),
             }
         }
     }
+}
+
+/// Folds what the store holds of `id` into one save, checked first: bytes
+/// that do not load to the heads the store recorded are left as they are
+/// (a read reports them as damage).
+pub fn fold(store: &dyn Store, id: DocId) -> Result<bool, DocsError> {
+    let Some(stored) = store.load(id)? else {
+        return Ok(false);
+    };
+    if stored.positions.len() < 2 {
+        return Ok(false);
+    }
+    let saved = docsync::contained(|| {
+        let doc =
+            Automerge::load(&stored.bytes).map_err(|e| ApplyError::Corrupt(e.to_string()))?;
+        loads_to(&doc, &stored.heads).map_err(|wrong| ApplyError::Corrupt(format!("loads to {wrong}")))?;
+        Ok(doc.save())
+    })
+    .map_err(|e| DocsError::Load(id, e.to_string()))?;
+    Ok(store.fold(id, &stored.positions, &saved)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::storage::sled::SledStore;
+    use automerge::ReadDoc;
 
     #[test]
     fn the_cache_stays_bounded_but_never_drops_a_document_in_use() {
@@ -454,6 +558,80 @@ mod tests {
             docs.handle(id(b)).unwrap();
         }
         assert_eq!(docs.cached(), 2);
+        docs.shutdown().unwrap();
+    }
+
+    /// One more change to the cached copy of `id`, written through the
+    /// committer; returns its feed position once durable.
+    fn edit(docs: &Docs, id: DocId, n: u32) -> Seq {
+        use automerge::transaction::Transactable;
+        let handle = docs.handle(id).unwrap();
+        let mut live = handle.lock().unwrap();
+        let before = live.doc.get_heads();
+        let mut tx = live.doc.transaction();
+        tx.put(automerge::ROOT, format!("k{n}"), i64::from(n)).unwrap();
+        tx.commit();
+        let chunk = docsync::encode_changes(&live.doc.get_changes(&before));
+        let pending = Docs::write_for(id, &mut live, chunk, None, None).unwrap();
+        drop(live);
+        docs.submit(pending).blocking_recv().unwrap().unwrap()
+    }
+
+    #[test]
+    fn the_compactor_folds_a_busy_record_from_the_store_and_loses_no_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open_path(dir.path(), [1; 16]).unwrap());
+        let docs = Docs::start(store.clone(), 8).unwrap();
+        let id = DocId::from_bytes([7; 16]);
+        let writes = CHUNKS_BEFORE_COMPACTION + 5;
+        for n in 0..writes {
+            edit(&docs, id, n);
+        }
+        // Folded in the background, once the 64th write was durable.
+        let mut folded = false;
+        for _ in 0..200 {
+            let stored = store.load(id).unwrap().unwrap();
+            if stored.positions.len() < CHUNKS_BEFORE_COMPACTION as usize {
+                folded = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        assert!(folded, "the record was never folded");
+        docs.shutdown().unwrap();
+        drop(docs);
+        // What the store holds loads to every change, from the store alone.
+        let stored = store.load(id).unwrap().unwrap();
+        let doc = Automerge::load(&stored.bytes).unwrap();
+        assert_eq!(doc.get_changes(&[]).len(), writes as usize);
+        assert_eq!(loads_to(&doc, &stored.heads), Ok(()));
+        for n in 0..writes {
+            assert!(doc.get(automerge::ROOT, format!("k{n}")).unwrap().is_some());
+        }
+    }
+
+    #[test]
+    fn a_fold_keeps_a_chunk_written_after_it_read_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open_path(dir.path(), [1; 16]).unwrap());
+        let docs = Docs::start(store.clone(), 8).unwrap();
+        let id = DocId::from_bytes([8; 16]);
+        for n in 0..3 {
+            edit(&docs, id, n);
+        }
+        // The compactor's read, then a write it never saw, then its fold.
+        let read = store.load(id).unwrap().unwrap();
+        let saved = Automerge::load(&read.bytes).unwrap().save();
+        let late = edit(&docs, id, 3);
+        assert!(store.fold(id, &read.positions, &saved).unwrap());
+        let stored = store.load(id).unwrap().unwrap();
+        assert_eq!(stored.positions, vec![read.seq, late]);
+        let doc = Automerge::load(&stored.bytes).unwrap();
+        assert!(doc.get(automerge::ROOT, "k3").unwrap().is_some());
+        assert_eq!(loads_to(&doc, &stored.heads), Ok(()));
+        // Folding it again (the compactor's own call) reads it afresh.
+        assert!(fold(store.as_ref(), id).unwrap());
+        assert_eq!(store.load(id).unwrap().unwrap().positions, vec![late]);
         docs.shutdown().unwrap();
     }
 }

@@ -251,7 +251,7 @@ impl SyncHub {
             }
             let (audit_seq, audit_hash) = audit.last()?;
             let now = AnchorState {
-                feed: store.latest_seq()?,
+                feed: store.feed_watermark()?,
                 audit_seq,
                 audit_hash,
             };
@@ -262,7 +262,7 @@ impl SyncHub {
         tracing::info!(
             store = ?store.store_id(),
             documents = store.doc_count()?,
-            feed = store.latest_seq()?,
+            feed = store.feed_watermark()?,
             "document store open"
         );
         let docs = Docs::start_anchored(store, cache_docs, anchored)?;

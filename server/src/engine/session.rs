@@ -672,9 +672,9 @@ impl SyncHub {
             .map(|h| index_entry(h, &rebuilt));
         let write = crate::storage::store::DocWrite {
             doc: id,
-            chunk: Vec::new(),
+            chunk: rebuilt.save(),
             heads: baraza_protocol::to_heads(&rebuilt.get_heads()),
-            compacted: Some(rebuilt.save()),
+            rebuild: true,
             index,
             erase: false,
             receipt: None,

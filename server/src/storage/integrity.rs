@@ -250,7 +250,7 @@ pub fn quick_check(
     anchor: Option<&AnchorState>,
 ) -> Vec<Problem> {
     let mut found = Vec::new();
-    let latest = match store.latest_seq() {
+    let latest = match store.feed_watermark() {
         Ok(s) => s,
         Err(e) => return vec![problem("feed", e.to_string())],
     };
@@ -352,7 +352,7 @@ pub fn full_check(
     anchor: Option<&AnchorState>,
 ) -> Vec<Problem> {
     let mut found = Vec::new();
-    let latest = store.latest_seq().unwrap_or(0);
+    let latest = store.feed_watermark().unwrap_or(0);
     found.extend(feed_against_anchor(latest, anchor));
     found.extend(feed_tail(
         store,

@@ -47,8 +47,11 @@ pub struct DocWrite {
     pub chunk: Vec<u8>,
     /// The document's heads after them.
     pub heads: Vec<Head>,
-    /// A full save replacing all chunks (compaction), if due.
-    pub compacted: Option<Vec<u8>>,
+    /// `chunk` is the whole document, rebuilt from a device's copy of a
+    /// damaged record: every chunk stored before goes. Only a quarantined
+    /// record is rebuilt (nobody else writes it meanwhile); compaction is
+    /// [`Store::fold`], which keeps what it did not read.
+    pub rebuild: bool,
     /// Where the record now sits in the listing index.
     pub index: Option<IndexEntry>,
     /// Erase the record instead: every chunk, head and index entry goes,
@@ -106,7 +109,7 @@ impl DocWrite {
             doc,
             chunk: Vec::new(),
             heads: Vec::new(),
-            compacted: None,
+            rebuild: false,
             index: None,
             erase: true,
             receipt: None,
@@ -260,8 +263,9 @@ pub struct DocChunks {
 pub struct StoredDoc {
     /// All chunks, concatenated: loads with `Automerge::load`.
     pub bytes: Vec<u8>,
-    /// How many chunks there are.
-    pub chunks: u32,
+    /// Where each chunk sits, oldest first: what [`Store::fold`] is told
+    /// it folded.
+    pub positions: Vec<Seq>,
     /// Feed position of the latest write.
     pub seq: Seq,
     /// The document's heads after that write, as recorded at commit: what
@@ -270,17 +274,41 @@ pub struct StoredDoc {
 }
 
 /// Document storage. Implementations must make `commit` atomic and durable
-/// before returning, and assign feed positions in commit order.
+/// before returning, give each write a feed position no other write has,
+/// and keep [`Store::feed_watermark`] honest.
+///
+/// Positions need not become visible in order: with several writers (server
+/// nodes on one database) a write may take position 7, and commit after
+/// another writer's 8 is read. What a reader must never do is pass 7
+/// before it commits or is abandoned, or a device's cursor would move past
+/// a write it never received. So readers of the feed (devices' catch-up and
+/// live push, the desk's event stream) read only up to the watermark, and
+/// the watermark is the backend's promise: no write at or below it is
+/// still to appear.
 pub trait Store: Send + Sync + 'static {
     /// This store's identity (changes after an unclean stop).
     fn store_id(&self) -> StoreId;
-    /// The feed position of the last committed write.
-    fn latest_seq(&self) -> Result<Seq, StoreError>;
+    /// The feed watermark: the highest position at or below which every
+    /// write that will ever be there is committed and readable. Never goes
+    /// back. A backend whose positions are assigned under one lock in
+    /// commit order (sled) answers its last committed position; one with
+    /// concurrent writers answers below the oldest position still in
+    /// flight.
+    fn feed_watermark(&self) -> Result<Seq, StoreError>;
     /// Loads a document.
     fn load(&self, doc: DocId) -> Result<Option<StoredDoc>, StoreError>;
     /// Commits writes atomically and durably; returns their feed positions.
     fn commit(&self, writes: &[DocWrite]) -> Result<Vec<Seq>, StoreError>;
-    /// Feed entries with `after < seq <= upto`, oldest first, one per write.
+    /// Compaction: replaces the chunks at `chunks` (positions a caller read
+    /// with [`Store::load`]) with `saved`, the document they load to saved
+    /// whole, kept at the highest of those positions. Chunks after it stay.
+    /// If the document's chunks at or below that position are no longer
+    /// exactly `chunks` (a write landed there that the caller did not read,
+    /// another fold ran, the record was erased), nothing changes and the
+    /// answer is false: a fold never deletes a chunk it did not fold in.
+    fn fold(&self, doc: DocId, chunks: &[Seq], saved: &[u8]) -> Result<bool, StoreError>;
+    /// Feed entries with `after < seq <= upto`, oldest first, one per write;
+    /// `upto` is at most the watermark.
     fn entries_after(
         &self,
         after: Seq,

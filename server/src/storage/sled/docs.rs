@@ -1,7 +1,8 @@
 //! [`Store`] over sled: the documents, the changes feed and the record
 //! index. [`SledStore`] keeps:
 //! - `doc_chunks`: (doc, seq) → the chunk of changes written at that feed
-//!   position; (doc, 0) → a compacted save. A document is the
+//!   position, or the save that folded every chunk up to it in
+//!   ([`Store::fold`]; saves folded before that sit at 0). A document is the
 //!   concatenation of its chunks, and what a client holding the document
 //!   as of position `s` lacks is the chunks after `s`: catch-up and live
 //!   push read bytes, they load no document.
@@ -184,11 +185,15 @@ pub struct SledStore {
     id: StoreId,
     /// Whether the last stop before this open was clean.
     clean_at_open: bool,
-    /// Serialises commits so feed positions follow commit order.
+    /// Serialises commits so feed positions follow commit order: the
+    /// watermark is then simply the last committed position.
     commit_lock: std::sync::Mutex<Seq>,
 }
 
 const CLEAN_KEY: &[u8] = b"clean_shutdown";
+/// Reads of a document taken again when a write to it lands meanwhile;
+/// past this many the read fails as busy rather than spin.
+const LOAD_ATTEMPTS: u32 = 8;
 const ID_KEY: &[u8] = b"store_id";
 
 impl SledStore {
@@ -260,6 +265,18 @@ fn fixed<const N: usize>(
 
 fn seq_from(bytes: &[u8], tree: &'static str) -> Result<Seq, StoreError> {
     Ok(u64::from_be_bytes(fixed(bytes, tree, "sequence")?))
+}
+
+/// The feed position in a `doc_chunks` key (0 for a save compacted before
+/// saves were kept at the position they fold up to).
+fn chunk_position(key: &[u8]) -> Result<Seq, StoreError> {
+    match key.get(16..) {
+        Some(seq) => seq_from(seq, "doc_chunks"),
+        None => Err(StoreError::Corrupt {
+            tree: "doc_chunks",
+            reason: format!("key of {} bytes", key.len()),
+        }),
+    }
 }
 
 fn log_key(doc: DocId, seq: Seq) -> [u8; 24] {
@@ -363,7 +380,7 @@ impl Store for SledStore {
         self.id
     }
 
-    fn latest_seq(&self) -> Result<Seq, StoreError> {
+    fn feed_watermark(&self) -> Result<Seq, StoreError> {
         Ok(self
             .commit_lock
             .lock()
@@ -372,33 +389,109 @@ impl Store for SledStore {
     }
 
     fn load(&self, doc: DocId) -> Result<Option<StoredDoc>, StoreError> {
-        let Some(meta) = self.meta_docs.get(doc.as_bytes())? else {
-            return Ok(None);
+        // The scan is not one transaction with the meta it is checked
+        // against: a commit or a fold landing during it changes the meta,
+        // and then the read is simply taken again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let Some(raw) = self.meta_docs.get(doc.as_bytes())? else {
+                return Ok(None);
+            };
+            let meta = decode_meta(&raw)?;
+            let mut bytes = Vec::new();
+            let mut positions = Vec::new();
+            for item in self.chunks.scan_prefix(doc.as_bytes()) {
+                let (k, v) = item?;
+                bytes.extend_from_slice(&v);
+                positions.push(chunk_position(&k)?);
+            }
+            if positions.len() == meta.chunks as usize {
+                return Ok(Some(StoredDoc {
+                    bytes,
+                    positions,
+                    seq: meta.seq,
+                    heads: meta.heads,
+                }));
+            }
+            let moved = self.meta_docs.get(doc.as_bytes())?.as_ref() != Some(&raw);
+            if moved && attempts >= LOAD_ATTEMPTS {
+                // Not damage: the caller refuses for now and is asked again.
+                return Err(StoreError::Db(Box::new(std::io::Error::other(format!(
+                    "record {doc} changed under {attempts} reads in a row"
+                )))));
+            }
+            if !moved {
+                // A chunk lost (or left over) says the database lost writes.
+                return Err(StoreError::Corrupt {
+                    tree: "doc_chunks",
+                    reason: format!(
+                        "record {doc} has {} stored chunks but {} were committed",
+                        positions.len(),
+                        meta.chunks
+                    ),
+                });
+            }
+        }
+    }
+
+    fn fold(&self, doc: DocId, chunks: &[Seq], saved: &[u8]) -> Result<bool, StoreError> {
+        let Some(&upto) = chunks.iter().max() else {
+            return Ok(false);
         };
-        let meta = decode_meta(&meta)?;
-        let mut bytes = Vec::new();
-        let mut found = 0u32;
-        for item in self.chunks.scan_prefix(doc.as_bytes()) {
-            let (_, v) = item?;
-            bytes.extend_from_slice(&v);
-            found += 1;
+        // Held so no commit (an erasure above all) lands between the scan
+        // and the transaction; the transaction still re-checks what it
+        // removes, so a scan gone stale changes nothing.
+        let _commits = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut present = Vec::new();
+        for key in self
+            .chunks
+            .range(log_key(doc, 0)..=log_key(doc, upto))
+            .keys()
+        {
+            present.push(chunk_position(&key?)?);
         }
-        if found != meta.chunks {
-            // A chunk lost (or left over) says the database lost writes.
-            return Err(StoreError::Corrupt {
-                tree: "doc_chunks",
-                reason: format!(
-                    "record {doc} has {found} stored chunks but {} were committed",
-                    meta.chunks
-                ),
-            });
+        let mut wanted = chunks.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if present != wanted {
+            return Ok(false);
         }
-        Ok(Some(StoredDoc {
-            bytes,
-            chunks: meta.chunks,
-            seq: meta.seq,
-            heads: meta.heads,
-        }))
+        let folded = (&self.chunks, &self.meta_docs).transaction(|(chunks_tx, metas)| {
+            let Some(v) = metas.get(doc.as_bytes())? else {
+                return Ok(false);
+            };
+            let mut meta = decode_meta(&v).map_err(ConflictableTransactionError::Abort)?;
+            // Every check before the first change: returning Ok commits
+            // whatever was changed before it.
+            for &at in &present {
+                if chunks_tx.get(&log_key(doc, at)[..])?.is_none() {
+                    return Ok(false);
+                }
+            }
+            for &at in &present {
+                chunks_tx.remove(&log_key(doc, at)[..])?;
+            }
+            chunks_tx.insert(&log_key(doc, upto)[..], saved)?;
+            let Some(kept) = meta.chunks.checked_sub(present.len() as u32) else {
+                return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
+                    tree: "doc_meta",
+                    reason: format!(
+                        "record {doc} counts {} chunks but {} are stored at or below {upto}",
+                        meta.chunks,
+                        present.len()
+                    ),
+                }));
+            };
+            meta.chunks = kept + 1;
+            meta.compacted = meta.compacted.max(upto);
+            metas.insert(doc.as_bytes(), encode_meta(&meta))?;
+            Ok(true)
+        })?;
+        // Not flushed here: a fold lost in a crash leaves the chunks it
+        // would have replaced, which load to the same document, and sled
+        // recovers a prefix of its log, so the next commit's flush carries it.
+        Ok(folded)
     }
 
     fn commit(&self, writes: &[DocWrite]) -> Result<Vec<Seq>, StoreError> {
@@ -414,7 +507,7 @@ impl Store for SledStore {
             let mut keys = Vec::new();
             let mut logs = Vec::new();
             let mut receipts = Vec::new();
-            if w.compacted.is_some() || w.erase {
+            if w.rebuild || w.erase {
                 for item in self.chunks.scan_prefix(w.doc.as_bytes()).keys() {
                     keys.push(item?);
                 }
@@ -487,12 +580,11 @@ impl Store for SledStore {
                             }
                             None => DocMeta::default(),
                         };
-                        if let Some(save) = &w.compacted {
+                        if w.rebuild {
                             for k in doomed {
                                 chunks.remove(k)?;
                             }
-                            chunks.insert(&log_key(w.doc, 0)[..], save.as_slice())?;
-                            meta.chunks = 1;
+                            meta.chunks = 0;
                             meta.compacted = seq;
                         }
                         if !w.chunk.is_empty() {
@@ -849,7 +941,7 @@ mod tests {
             doc,
             chunk: vec![h],
             heads: vec![head(h)],
-            compacted: None,
+            rebuild: false,
             index: None,
         };
         assert_eq!(store.commit(&[w(a, 1), w(b, 2)]).unwrap(), vec![1, 2]);
@@ -865,7 +957,7 @@ mod tests {
         assert_eq!(store.heads_at(b, 1).unwrap(), None);
         let loaded = store.load(a).unwrap().unwrap();
         assert_eq!(loaded.bytes, vec![1, 3]);
-        assert_eq!(loaded.chunks, 2);
+        assert_eq!(loaded.positions, vec![1, 3]);
     }
 
     #[test]
@@ -882,7 +974,7 @@ mod tests {
             doc: a,
             chunk: vec![h],
             heads: vec![head(h)],
-            compacted: None,
+            rebuild: false,
             index: None,
             erase: false,
             receipt: Some(Receipt {
@@ -931,7 +1023,7 @@ mod tests {
         assert_eq!(id1, id2);
         let s = reopen(dir.path(), [3; 16]);
         assert_eq!(s.store_id(), StoreId::from_bytes([3; 16]));
-        assert_eq!(s.latest_seq().unwrap(), 0);
+        assert_eq!(s.feed_watermark().unwrap(), 0);
     }
 
     #[test]
@@ -956,7 +1048,7 @@ mod tests {
             doc: a,
             chunk: vec![h],
             heads: vec![head(h)],
-            compacted: None,
+            rebuild: false,
             index: Some(index),
             erase: false,
             receipt: None,
@@ -995,7 +1087,7 @@ mod tests {
     }
 
     #[test]
-    fn compaction_replaces_chunks_with_one_save() {
+    fn a_fold_replaces_the_chunks_it_read_and_keeps_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open_path(dir.path(), [1; 16]).unwrap();
         let a = DocId::from_bytes([1; 16]);
@@ -1007,7 +1099,7 @@ mod tests {
                     doc: a,
                     chunk: vec![i],
                     heads: vec![head(i)],
-                    compacted: None,
+                    rebuild: false,
                     index: None,
                 }])
                 .unwrap();
@@ -1026,6 +1118,10 @@ mod tests {
             store.chunks_after(a, 3).unwrap(),
             Some(chunks(vec![], 3, 2))
         );
+        let read = store.load(a).unwrap().unwrap();
+        assert_eq!(read.positions, vec![1, 2, 3]);
+        // A write lands after the compactor read the document: the fold
+        // replaces what it read and keeps the newer chunk.
         store
             .commit(&[DocWrite {
                 erase: false,
@@ -1033,18 +1129,33 @@ mod tests {
                 doc: a,
                 chunk: vec![9],
                 heads: vec![head(9)],
-                compacted: Some(vec![7, 7]),
+                rebuild: false,
                 index: None,
             }])
             .unwrap();
+        assert!(store.fold(a, &read.positions, &[7, 7]).unwrap());
         let loaded = store.load(a).unwrap().unwrap();
         assert_eq!(loaded.bytes, vec![7, 7, 9]);
-        assert_eq!(loaded.chunks, 2);
-        // Compacted past position 3: only the whole document will do.
-        assert_eq!(store.chunks_after(a, 3).unwrap(), None);
+        assert_eq!(loaded.positions, vec![3, 4]);
+        assert_eq!(loaded.heads, vec![head(9)]);
+        // Folded up to position 3: a client there lacks only the new chunk,
+        // one behind it needs the whole document.
+        assert_eq!(store.chunks_after(a, 2).unwrap(), None);
         assert_eq!(
-            store.chunks_after(a, 4).unwrap(),
-            Some(chunks(vec![], 4, 9))
+            store.chunks_after(a, 3).unwrap(),
+            Some(chunks(vec![9], 4, 9))
         );
+        // A fold from a stale read (the chunks it names are gone, or one
+        // it did not read is there) changes nothing.
+        assert!(!store.fold(a, &read.positions, &[6]).unwrap());
+        assert!(!store.fold(a, &[4], &[6]).unwrap());
+        assert!(!store.fold(a, &[], &[6]).unwrap());
+        assert_eq!(store.load(a).unwrap().unwrap().bytes, vec![7, 7, 9]);
+        // Its own read folds again; an erased record does not.
+        assert!(store.fold(a, &loaded.positions, &[8]).unwrap());
+        assert_eq!(store.load(a).unwrap().unwrap().positions, vec![4]);
+        store.commit(&[DocWrite::erasure(a)]).unwrap();
+        assert!(!store.fold(a, &[4], &[5]).unwrap());
+        assert_eq!(store.load(a).unwrap(), None);
     }
 }
