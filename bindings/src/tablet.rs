@@ -469,8 +469,8 @@ impl Tablet {
         comment: Option<String>,
     ) -> Result<(), TabletError> {
         let decision = match decision {
-            ReviewDecision::Approved => "approved",
-            ReviewDecision::Returned => "returned",
+            ReviewDecision::Approved => baraza_records::ReviewState::Approved,
+            ReviewDecision::Returned => baraza_records::ReviewState::Returned,
         };
         Ok(self.client.review(&id, decision, comment)?)
     }
@@ -542,7 +542,7 @@ impl Tablet {
                 .collect(),
             conflicts,
             history,
-            review_state: ReviewState::parse(&record.review_state),
+            review_state: record.review_state.into(),
             review_comments: record
                 .review_comments
                 .into_iter()

@@ -57,18 +57,15 @@ pub enum ReviewState {
     Approved,
     /// Returned for changes (see the comments).
     Returned,
-    /// A state this version does not know (a newer schema's).
-    Unknown,
 }
 
-impl ReviewState {
-    pub(crate) fn parse(state: &str) -> ReviewState {
+impl From<baraza_records::ReviewState> for ReviewState {
+    fn from(state: baraza_records::ReviewState) -> ReviewState {
         match state {
-            "draft" => ReviewState::Draft,
-            "submitted" => ReviewState::Submitted,
-            "approved" => ReviewState::Approved,
-            "returned" => ReviewState::Returned,
-            _ => ReviewState::Unknown,
+            baraza_records::ReviewState::Draft => ReviewState::Draft,
+            baraza_records::ReviewState::Submitted => ReviewState::Submitted,
+            baraza_records::ReviewState::Approved => ReviewState::Approved,
+            baraza_records::ReviewState::Returned => ReviewState::Returned,
         }
     }
 }
@@ -327,7 +324,7 @@ impl From<sdk::Summary> for RecordSummary {
             kind: RecordKind::parse(&s.kind),
             area: s.area,
             title: s.title,
-            review_state: ReviewState::parse(&s.review_state),
+            review_state: s.review_state.into(),
             synced: s.synced,
             refused: s.refused,
             created_at_ms: s.created_at_ms,

@@ -199,8 +199,8 @@ enum Command {
         /// Record id.
         id: String,
         /// approved or returned.
-        #[arg(value_parser = ["approved", "returned"])]
-        decision: String,
+        #[arg(value_enum)]
+        decision: Decision,
         /// What the author should do (for a return).
         #[arg(long)]
         comment: Option<String>,
@@ -782,7 +782,8 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ""
             };
-            client.review(&id, &decision, comment)?;
+            let decision = decision.state();
+            client.review(&id, decision, comment)?;
             done(&format!("marked record {id} {decision}{commented}"));
         }
         Command::Conflicts { id } => {
@@ -853,5 +854,21 @@ fn describe_refusal(r: &baraza_client::RefusedRecord) -> String {
             "refused {} ({}): {}",
             r.id, r.rejection.code, r.rejection.message
         ),
+    }
+}
+
+/// A supervisor's decision, as `review` takes it.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Decision {
+    Approved,
+    Returned,
+}
+
+impl Decision {
+    fn state(self) -> baraza_records::ReviewState {
+        match self {
+            Decision::Approved => baraza_records::ReviewState::Approved,
+            Decision::Returned => baraza_records::ReviewState::Returned,
+        }
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::header::Header;
 use crate::inspect::{conflicts, effects, review_edits, user_of, CommentFieldEdit, ReviewEdit};
-use crate::schema::Kind;
+use crate::schema::{Kind, ReviewState};
 
 /// What a user does, which decides what they may read and change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -84,8 +84,11 @@ pub struct Principal {
     pub areas: Vec<String>,
 }
 
-/// Review states only a supervisor of the record's area may set.
-pub const DECISIONS: &[&str] = &["approved", "returned"];
+/// Whether a state a change sets (any string a device sent) is a decision,
+/// which only a supervisor of the record's area may make.
+fn is_decision(state: &str) -> bool {
+    ReviewState::parse(state).is_some_and(ReviewState::is_decision)
+}
 
 /// A write rule, as refusals name it (on the wire and in the audit log
 /// by [`Rule::name`]).
@@ -253,8 +256,8 @@ pub struct Refusal {
 /// What an admitted write did that must be audited.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteSummary {
-    /// Review decisions (`approved`, `returned`) the write made.
-    pub decisions: Vec<String>,
+    /// Review decisions (approved, returned) the write made.
+    pub decisions: Vec<ReviewState>,
 }
 
 impl Principal {
@@ -355,7 +358,7 @@ impl Principal {
                 );
             }
             for state in effects(doc, change).review_states {
-                if DECISIONS.contains(&state.as_str()) {
+                if let Some(decision) = ReviewState::parse(&state).filter(|s| s.is_decision()) {
                     if self.role != Role::Supervisor {
                         return refuse(
                             rules::REVIEW,
@@ -366,14 +369,14 @@ impl Principal {
                             ),
                         );
                     }
-                    summary.decisions.push(state);
+                    summary.decisions.push(decision);
                 }
             }
             for edit in review_edits(doc, change) {
                 self.check_review_edit(header, change, edit)?;
             }
         }
-        if summary.decisions.iter().any(|d| d == "approved") {
+        if summary.decisions.contains(&ReviewState::Approved) {
             let standing = conflicts(doc);
             if !standing.is_empty() {
                 let paths: Vec<&str> = standing.iter().map(|c| c.path.as_str()).collect();
@@ -496,7 +499,7 @@ impl Principal {
             ),
             ReviewEdit::State { .. } if supervisor => Ok(()),
             ReviewEdit::State { from, to, beside } => {
-                if DECISIONS.contains(&to.as_str()) {
+                if is_decision(&to) {
                     return refuse(
                         rules::REVIEW,
                         format!(
@@ -506,11 +509,14 @@ impl Principal {
                     );
                 }
                 let unchanged = from.iter().all(|state| *state == to);
-                let submit = to == "submitted"
+                let submit = ReviewState::parse(&to) == Some(ReviewState::Submitted)
                     && header.created_by_user == self.user
-                    && from
-                        .iter()
-                        .all(|state| state == "draft" || state == "returned");
+                    && from.iter().all(|state| {
+                        matches!(
+                            ReviewState::parse(state),
+                            Some(ReviewState::Draft | ReviewState::Returned)
+                        )
+                    });
                 if !unchanged && !submit {
                     return refuse(
                         rules::REVIEW_STATE,
@@ -523,7 +529,7 @@ impl Principal {
                         ),
                     );
                 }
-                if let Some(decision) = beside.iter().find(|s| DECISIONS.contains(&s.as_str())) {
+                if let Some(decision) = beside.iter().find(|s| is_decision(s)) {
                     return refuse(
                         rules::REVIEW_STATE,
                         format!(

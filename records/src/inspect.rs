@@ -10,6 +10,8 @@ use automerge::{
 };
 use serde::Serialize;
 
+use crate::schema::ReviewState;
+
 /// One of the values a conflicted field holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ConflictValue {
@@ -120,18 +122,20 @@ fn each_conflict(
     ControlFlow::Continue(())
 }
 
-/// The record's review state (`draft` if it has none).
-pub fn review_state(doc: &Automerge) -> String {
-    match doc.get(ROOT, "review") {
+/// The record's review state: `draft` if it has none, or holds a value the
+/// schema never allowed (a record from before the schema checked it).
+pub fn review_state(doc: &Automerge) -> ReviewState {
+    let stored = match doc.get(ROOT, "review") {
         Ok(Some((Value::Object(ObjType::Map), review))) => match doc.get(&review, "state") {
             Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
-                ScalarValue::Str(v) => v.to_string(),
-                _ => "draft".into(),
+                ScalarValue::Str(v) => ReviewState::parse(v),
+                _ => None,
             },
-            _ => "draft".into(),
+            _ => None,
         },
-        _ => "draft".into(),
-    }
+        _ => None,
+    };
+    stored.unwrap_or(ReviewState::Draft)
 }
 
 /// A comment left with a review decision.

@@ -26,5 +26,5 @@ pub use inspect::{
     ReviewComment, ReviewEdit,
 };
 pub use ops::{EditError, FieldValue};
-pub use schema::{Bounds, FieldSpec, FieldType, Kind, SCHEMA_VERSION};
+pub use schema::{Bounds, FieldSpec, FieldType, Kind, ReviewState, SCHEMA_VERSION};
 pub use validate::{validate, validate_additions, validate_change, SchemaError};

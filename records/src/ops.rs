@@ -206,7 +206,7 @@ pub fn create<'a>(
     let mut tx = doc.transaction();
     header.write(&mut tx)?;
     let review = tx.put_object(ROOT, "review", ObjType::Map)?;
-    tx.put(&review, "state", "draft")?;
+    tx.put(&review, "state", crate::schema::ReviewState::Draft.name())?;
     tx.put_object(&review, "comments", ObjType::List)?;
     for f in header.kind.fields() {
         match f.ty {
@@ -498,22 +498,17 @@ pub fn follow_up<'a>(
 /// and, if given, adds a comment in the same change.
 pub fn review<'a>(
     doc: &mut Automerge,
-    state: &str,
+    state: crate::schema::ReviewState,
     comment: Option<(&str, &str)>,
     at: impl Into<Stamp<'a>>,
 ) -> Result<(), EditError> {
     let at: Stamp<'a> = at.into();
-    check_scalar(
-        "review.state",
-        FieldType::Enum(crate::schema::REVIEW_STATES),
-        &FieldValue::Str(state.into()),
-    )?;
     let mut tx = doc.transaction();
     let review = match tx.get(ROOT, "review")? {
         Some((Value::Object(ObjType::Map), obj)) => obj,
         _ => tx.put_object(ROOT, "review", ObjType::Map)?,
     };
-    tx.put(&review, "state", state)?;
+    tx.put(&review, "state", state.name())?;
     if let Some((by, text)) = comment {
         let comments = match tx.get(&review, "comments")? {
             Some((Value::Object(ObjType::List), obj)) => obj,

@@ -166,8 +166,60 @@ pub fn names(fields: &[FieldSpec]) -> Vec<&'static str> {
     fields.iter().map(|f| f.name).collect()
 }
 
-/// Review states.
+/// Review states, by name: the values `review.state` may hold (the schema's
+/// enum of [`ReviewState::name`]s).
 pub const REVIEW_STATES: &[&str] = &["draft", "submitted", "approved", "returned"];
+
+/// Where a record is in review.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewState {
+    /// Being written; the creator may submit it.
+    Draft,
+    /// Waiting for a supervisor.
+    Submitted,
+    /// A supervisor approved it.
+    Approved,
+    /// A supervisor sent it back with a comment; the creator may submit it
+    /// again.
+    Returned,
+}
+
+impl ReviewState {
+    /// Every state, in the order a record moves through them.
+    pub const ALL: [ReviewState; 4] = [
+        ReviewState::Draft,
+        ReviewState::Submitted,
+        ReviewState::Approved,
+        ReviewState::Returned,
+    ];
+
+    /// The name stored in records, indexes and the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReviewState::Draft => "draft",
+            ReviewState::Submitted => "submitted",
+            ReviewState::Approved => "approved",
+            ReviewState::Returned => "returned",
+        }
+    }
+
+    /// The state a name stands for; None for any other string.
+    pub fn parse(name: &str) -> Option<ReviewState> {
+        ReviewState::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// A decision: a state only a supervisor of the record's area may set.
+    pub fn is_decision(self) -> bool {
+        matches!(self, ReviewState::Approved | ReviewState::Returned)
+    }
+}
+
+impl std::fmt::Display for ReviewState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 /// Action item states.
 pub const ACTION_STATES: &[&str] = &["open", "in_progress", "done", "dropped"];
 /// Feedback categories.

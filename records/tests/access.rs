@@ -5,6 +5,7 @@ use automerge::transaction::{Transactable, Transaction};
 use automerge::{ActorId, Automerge, Change, ChangeHash, ObjId, ObjType, ReadDoc, ROOT};
 use baraza_records::access::{rules, Principal, Role};
 use baraza_records::ops::{self, FieldValue, Stamp};
+use baraza_records::ReviewState;
 use baraza_records::{review_comments, review_state, Header, Kind, SCHEMA_VERSION};
 
 fn header(kind: Kind, area: &str, by: &str) -> Header {
@@ -88,27 +89,27 @@ fn an_officer_may_not_approve_and_a_supervisor_of_the_area_may() {
     let h = header(Kind::PatrolNote, "east", "ofc");
     let officer = who("ofc", Role::Officer, &["east"]);
     let (doc, changes) = edited(&h, "ofc", |d, s| {
-        ops::review(d, "approved", None, s).unwrap()
+        ops::review(d, ReviewState::Approved, None, s).unwrap()
     });
     let refused = officer.check_write(&h, false, &doc, &changes).unwrap_err();
     assert_eq!(refused.rule, rules::REVIEW);
 
     // Submitting is the author's own step.
     let (doc, changes) = edited(&h, "ofc", |d, s| {
-        ops::review(d, "submitted", None, s).unwrap()
+        ops::review(d, ReviewState::Submitted, None, s).unwrap()
     });
     assert!(officer.check_write(&h, false, &doc, &changes).is_ok());
 
     let supervisor = who("sup", Role::Supervisor, &["east"]);
     let (doc, changes) = edited(&h, "sup", |d, s| {
-        ops::review(d, "returned", Some(("sup", "add the beat")), s).unwrap()
+        ops::review(d, ReviewState::Returned, Some(("sup", "add the beat")), s).unwrap()
     });
     let summary = supervisor.check_write(&h, false, &doc, &changes).unwrap();
-    assert_eq!(summary.decisions, vec!["returned".to_string()]);
+    assert_eq!(summary.decisions, vec![ReviewState::Returned]);
 
     let elsewhere = who("sup2", Role::Supervisor, &["west"]);
     let (doc, changes) = edited(&h, "sup2", |d, s| {
-        ops::review(d, "approved", None, s).unwrap()
+        ops::review(d, ReviewState::Approved, None, s).unwrap()
     });
     let refused = elsewhere
         .check_write(&h, false, &doc, &changes)
@@ -198,12 +199,12 @@ fn returned_note(h: &Header) -> Automerge {
     let mut doc = Automerge::new();
     doc.set_actor(officer_actor());
     ops::create(&mut doc, h, at("ofc")).unwrap();
-    ops::review(&mut doc, "submitted", None, at("ofc")).unwrap();
+    ops::review(&mut doc, ReviewState::Submitted, None, at("ofc")).unwrap();
     let mut desk = doc.fork();
     desk.set_actor(desk_actor());
     ops::review(
         &mut desk,
-        "returned",
+        ReviewState::Returned,
         Some(("sup", "add the beat")),
         at("sup"),
     )
@@ -216,10 +217,16 @@ fn returned_note(h: &Header) -> Automerge {
 fn approved_note(h: &Header) -> Automerge {
     let mut doc = returned_note(h);
     ops::set(&mut doc, "beat", FieldValue::Str("B4".into()), at("ofc")).unwrap();
-    ops::review(&mut doc, "submitted", None, at("ofc")).unwrap();
+    ops::review(&mut doc, ReviewState::Submitted, None, at("ofc")).unwrap();
     let mut desk = doc.fork();
     desk.set_actor(desk_actor());
-    ops::review(&mut desk, "approved", Some(("sup", "good")), at("sup")).unwrap();
+    ops::review(
+        &mut desk,
+        ReviewState::Approved,
+        Some(("sup", "good")),
+        at("sup"),
+    )
+    .unwrap();
     doc.merge(&mut desk).unwrap();
     doc
 }
@@ -441,14 +448,14 @@ fn the_review_block_is_never_deleted_or_replaced() {
     let doc = returned_note(&h);
     let deleted = forged(&doc, |tx| tx.delete(ROOT, "review").unwrap());
     // Unchecked, the returned record would be a draft with no comments.
-    assert_eq!(review_state(&deleted.0), "draft");
+    assert_eq!(review_state(&deleted.0), ReviewState::Draft);
     assert!(review_comments(&deleted.0).is_empty());
     let replaced = forged(&doc, |tx| {
         let review = tx.put_object(ROOT, "review", ObjType::Map).unwrap();
         tx.put(&review, "state", "submitted").unwrap();
         tx.put_object(&review, "comments", ObjType::List).unwrap();
     });
-    assert_eq!(review_state(&replaced.0), "submitted");
+    assert_eq!(review_state(&replaced.0), ReviewState::Submitted);
     let scalar = forged(&doc, |tx| tx.put(ROOT, "review", "none").unwrap());
     for forgery in [&deleted, &replaced, &scalar] {
         assert_eq!(
@@ -487,7 +494,7 @@ fn a_review_block_made_beside_the_real_one_is_refused() {
     desk.set_actor(desk_actor());
     ops::review(
         &mut desk,
-        "returned",
+        ReviewState::Returned,
         Some(("sup", "add the beat")),
         at("sup"),
     )
@@ -530,7 +537,7 @@ fn only_a_supervisor_moves_a_record_out_of_approved_or_returned() {
         (&returned, "draft"),
     ] {
         let forgery = put_state(doc, state);
-        assert_eq!(review_state(&forgery.0), state);
+        assert_eq!(review_state(&forgery.0).name(), state);
         assert_eq!(
             refused_by(&officer(), &h, &forgery),
             rules::REVIEW_STATE,
@@ -541,13 +548,13 @@ fn only_a_supervisor_moves_a_record_out_of_approved_or_returned() {
         let review = review_obj(tx);
         tx.delete(&review, "state").unwrap();
     });
-    assert_eq!(review_state(&unset.0), "draft");
+    assert_eq!(review_state(&unset.0), ReviewState::Draft);
     assert_eq!(refused_by(&officer(), &h, &unset), rules::REVIEW_STATE);
     // Withdrawing a submission is not the creator's either.
     let mut submitted = Automerge::new();
     submitted.set_actor(officer_actor());
     ops::create(&mut submitted, &h, at("ofc")).unwrap();
-    ops::review(&mut submitted, "submitted", None, at("ofc")).unwrap();
+    ops::review(&mut submitted, ReviewState::Submitted, None, at("ofc")).unwrap();
     assert_eq!(
         refused_by(&officer(), &h, &put_state(&submitted, "draft")),
         rules::REVIEW_STATE
@@ -598,7 +605,7 @@ fn a_state_set_beside_a_decision_it_did_not_see_is_refused() {
     merged.merge(&mut tablet).unwrap();
     let changes = merged.get_changes(&before);
     // Unchecked, the approval would be undone.
-    assert_eq!(review_state(&merged), "submitted");
+    assert_eq!(review_state(&merged), ReviewState::Submitted);
     assert_eq!(
         merged.get_all(review_obj(&merged), "state").unwrap().len(),
         2
@@ -630,21 +637,21 @@ fn the_normal_review_flow_passes() {
         ops::create(d, &h, s).unwrap()
     });
     step(&mut doc, &officer, false, &|d, s| {
-        ops::review(d, "submitted", Some(("ofc", "ready")), s).unwrap()
+        ops::review(d, ReviewState::Submitted, Some(("ofc", "ready")), s).unwrap()
     });
     let wrote = step(&mut doc, &supervisor, false, &|d, s| {
-        ops::review(d, "returned", Some(("sup", "add the beat")), s).unwrap()
+        ops::review(d, ReviewState::Returned, Some(("sup", "add the beat")), s).unwrap()
     });
-    assert_eq!(wrote.decisions, vec!["returned".to_string()]);
+    assert_eq!(wrote.decisions, vec![ReviewState::Returned]);
     step(&mut doc, &officer, false, &|d, s| {
         ops::set(d, "beat", FieldValue::Str("B4".into()), s).unwrap();
-        ops::review(d, "submitted", None, s).unwrap()
+        ops::review(d, ReviewState::Submitted, None, s).unwrap()
     });
     let wrote = step(&mut doc, &supervisor, false, &|d, s| {
-        ops::review(d, "approved", Some(("sup", "good")), s).unwrap()
+        ops::review(d, ReviewState::Approved, Some(("sup", "good")), s).unwrap()
     });
-    assert_eq!(wrote.decisions, vec!["approved".to_string()]);
-    assert_eq!(review_state(&doc), "approved");
+    assert_eq!(wrote.decisions, vec![ReviewState::Approved]);
+    assert_eq!(review_state(&doc), ReviewState::Approved);
     let by: Vec<String> = review_comments(&doc).into_iter().map(|c| c.by).collect();
     assert_eq!(by, ["ofc", "sup", "sup"]);
 }
@@ -669,7 +676,7 @@ fn a_record_with_a_conflict_is_approved_only_once_it_is_resolved() {
     let mut returned = doc.fork();
     ops::review(
         &mut returned,
-        "returned",
+        ReviewState::Returned,
         Some(("sup", "which beat?")),
         at("sup"),
     )
@@ -681,7 +688,7 @@ fn a_record_with_a_conflict_is_approved_only_once_it_is_resolved() {
 
     // Approving it is not, and the refusal names the field.
     let mut approved = doc.fork();
-    ops::review(&mut approved, "approved", None, at("sup")).unwrap();
+    ops::review(&mut approved, ReviewState::Approved, None, at("sup")).unwrap();
     let changes = approved.get_changes(&before);
     let refused = supervisor
         .check_write(&h, false, &approved, &changes)
@@ -691,10 +698,10 @@ fn a_record_with_a_conflict_is_approved_only_once_it_is_resolved() {
 
     // Resolved and approved in one go passes.
     ops::set(&mut doc, "beat", FieldValue::Str("B4".into()), at("sup")).unwrap();
-    ops::review(&mut doc, "approved", None, at("sup")).unwrap();
+    ops::review(&mut doc, ReviewState::Approved, None, at("sup")).unwrap();
     let changes = doc.get_changes(&before);
     let wrote = supervisor.check_write(&h, false, &doc, &changes).unwrap();
-    assert_eq!(wrote.decisions, vec!["approved".to_string()]);
+    assert_eq!(wrote.decisions, vec![ReviewState::Approved]);
 }
 
 #[test]
@@ -729,7 +736,7 @@ fn a_list_row_names_the_record_but_never_a_contact() {
     assert_eq!(submitted_at(&doc), None);
     ops::review(
         &mut doc,
-        "submitted",
+        ReviewState::Submitted,
         None,
         Stamp {
             now_ms: 7_000,
@@ -738,7 +745,7 @@ fn a_list_row_names_the_record_but_never_a_contact() {
     )
     .unwrap();
     assert_eq!(submitted_at(&doc), Some(7_000));
-    ops::review(&mut doc, "approved", None, at("sup")).unwrap();
+    ops::review(&mut doc, ReviewState::Approved, None, at("sup")).unwrap();
     assert_eq!(submitted_at(&doc), None, "only while it stands");
 }
 
@@ -755,4 +762,23 @@ fn every_rule_has_one_name_that_reads_back_as_itself() {
         );
     }
     assert_eq!(Rule::parse("no_such_rule"), None);
+}
+
+#[test]
+fn every_review_state_is_the_schema_s_value_of_its_name() {
+    use baraza_records::schema::REVIEW_STATES;
+    let names: Vec<&str> = ReviewState::ALL.iter().map(|s| s.name()).collect();
+    assert_eq!(names, REVIEW_STATES);
+    for state in ReviewState::ALL {
+        assert_eq!(ReviewState::parse(state.name()), Some(state));
+        assert_eq!(
+            serde_json::to_value(state).unwrap(),
+            serde_json::json!(state.name())
+        );
+        assert_eq!(
+            state.is_decision(),
+            matches!(state, ReviewState::Approved | ReviewState::Returned)
+        );
+    }
+    assert_eq!(ReviewState::parse("Approved"), None);
 }

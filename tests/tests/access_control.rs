@@ -244,7 +244,11 @@ async fn an_officer_cannot_approve_their_own_record_and_a_supervisor_can() {
     // The officer's app approves its own record.
     officer
         .tablet
-        .review(&id, "approved", Some("looks fine to me".into()))
+        .review(
+            &id,
+            baraza_records::ReviewState::Approved,
+            Some("looks fine to me".into()),
+        )
         .unwrap();
     let report = officer.tablet.sync().await;
     assert_eq!(report.refused, 1, "{report:?}");
@@ -282,7 +286,11 @@ async fn an_officer_cannot_approve_their_own_record_and_a_supervisor_can() {
     supervisor.tablet.sync().await;
     supervisor
         .tablet
-        .review(&id, "returned", Some("add the patrol's end time".into()))
+        .review(
+            &id,
+            baraza_records::ReviewState::Returned,
+            Some("add the patrol's end time".into()),
+        )
         .unwrap();
     assert_eq!(supervisor.tablet.sync().await.refused, 0);
     let (_, body) = https_get(

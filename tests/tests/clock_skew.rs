@@ -55,7 +55,13 @@ fn note_made_at(device: &str, at_ms: i64) -> (DocId, Automerge) {
     doc.set_actor(actor_for(device));
     ops::create(&mut doc, &header, stamp()).unwrap();
     ops::set(&mut doc, "beat", FieldValue::Str("B9".into()), stamp()).unwrap();
-    ops::review(&mut doc, "submitted", None, stamp()).unwrap();
+    ops::review(
+        &mut doc,
+        baraza_records::ReviewState::Submitted,
+        None,
+        stamp(),
+    )
+    .unwrap();
     (id, doc)
 }
 

@@ -165,5 +165,8 @@ async fn a_liaison_and_an_officer_record_one_meeting_offline() {
         "{report:?}"
     );
     officer.sync().await;
-    assert_eq!(officer.get(&id).unwrap().review_state, "submitted");
+    assert_eq!(
+        officer.get(&id).unwrap().review_state,
+        baraza_records::ReviewState::Submitted
+    );
 }

@@ -182,14 +182,17 @@ async fn a_supervisor_reviews_resolves_returns_and_approves_through_the_api() {
     // made it, at its next sync; the officer's shows the approval.
     liaison.sync().await;
     let record = liaison.get(&meeting).unwrap();
-    assert_eq!(record.review_state, "returned");
+    assert_eq!(record.review_state, baraza_records::ReviewState::Returned);
     assert_eq!(record.review_comments.len(), 1);
     assert_eq!(record.review_comments[0].by, "sgt.wanjiru");
     assert_eq!(record.review_comments[0].text, "add the attendee count");
     assert_eq!(liaison.field(&meeting, "place").value, "Social hall");
     assert!(liaison.field(&meeting, "place").conflicts.is_empty());
     officer.sync().await;
-    assert_eq!(officer.get(&patrol).unwrap().review_state, "approved");
+    assert_eq!(
+        officer.get(&patrol).unwrap().review_state,
+        baraza_records::ReviewState::Approved
+    );
     let history = liaison.history(&meeting).unwrap();
     assert_eq!(
         history.last().and_then(|h| h.message.clone()).as_deref(),

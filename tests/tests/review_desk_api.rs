@@ -162,7 +162,9 @@ async fn the_queue_tells_records_apart_conflicts_name_devices_and_approval_waits
     // refuses its push, and the tablet keeps its change marked.
     let sergeant = Tablet::for_user(server, "sergeant's tablet", "sgt.wanjiru", "kibera");
     sergeant.sync().await;
-    sergeant.review(&meeting, "approved", None).unwrap();
+    sergeant
+        .review(&meeting, baraza_records::ReviewState::Approved, None)
+        .unwrap();
     assert_eq!(sergeant.sync().await.refused, 1);
     let refusal = sergeant
         .status()

@@ -231,7 +231,7 @@ async fn an_officers_device_cannot_forge_rewrite_or_undo_a_supervisors_review() 
         // Each is a real change the rogue could make: it does what it says.
         assert!(
             baraza_records::review_comments(forged) != baraza_records::review_comments(&stored)
-                || baraza_records::review_state(forged) != "returned",
+                || baraza_records::review_state(forged) != baraza_records::ReviewState::Returned,
             "{what} changes nothing"
         );
         refused(&mut rogue, id, &base, forged, rule).await;
@@ -245,7 +245,7 @@ async fn an_officers_device_cannot_forge_rewrite_or_undo_a_supervisors_review() 
     let report = sergeant.sync().await;
     assert_eq!(report.refused, 0, "{report:?}");
     let held = sergeant.get(&id_text).unwrap();
-    assert_eq!(held.review_state, "returned");
+    assert_eq!(held.review_state, baraza_records::ReviewState::Returned);
     assert_eq!(held.review_comments.len(), 1);
     assert_eq!(held.review_comments[0].by, SUPERVISOR);
     assert_eq!(held.review_comments[0].text, RETURN_COMMENT);
@@ -255,7 +255,7 @@ async fn an_officers_device_cannot_forge_rewrite_or_undo_a_supervisors_review() 
     // supervisor approves with a comment.
     officer.sync().await;
     let record = officer.get(&id_text).unwrap();
-    assert_eq!(record.review_state, "returned");
+    assert_eq!(record.review_state, baraza_records::ReviewState::Returned);
     assert_eq!(record.review_comments[0].text, RETURN_COMMENT);
     officer.set(&id_text, "ended_at", "1700003600000").unwrap();
     officer.submit(&id_text).unwrap();
@@ -299,12 +299,12 @@ async fn an_officers_device_cannot_forge_rewrite_or_undo_a_supervisors_review() 
     for _ in 0..60 {
         ops::splice(&mut stale, "notes", 0, 0, ".", at).unwrap();
     }
-    ops::review(&mut stale, "submitted", None, at).unwrap();
+    ops::review(&mut stale, baraza_records::ReviewState::Submitted, None, at).unwrap();
     let mut merged = decided.fork();
     merged.merge(&mut stale.clone()).unwrap();
     assert_eq!(
         baraza_records::review_state(&merged),
-        "submitted",
+        baraza_records::ReviewState::Submitted,
         "unchecked, the stale resubmission would undo the approval"
     );
     refused(
@@ -331,7 +331,7 @@ async fn an_officers_device_cannot_forge_rewrite_or_undo_a_supervisors_review() 
     officer.sync().await;
     for tablet in [&sergeant, &officer] {
         let record = tablet.get(&id_text).unwrap();
-        assert_eq!(record.review_state, "approved");
+        assert_eq!(record.review_state, baraza_records::ReviewState::Approved);
         assert_eq!(record.review_comments.len(), 2);
         assert!(record.rejected.is_none());
     }

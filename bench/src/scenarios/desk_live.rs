@@ -90,7 +90,12 @@ impl Bench {
                         .unwrap_or(0),
                     by: BENCH_USER,
                 };
-                ops::review(&mut record.doc, "submitted", None, stamp)?;
+                ops::review(
+                    &mut record.doc,
+                    baraza_records::ReviewState::Submitted,
+                    None,
+                    stamp,
+                )?;
                 let plan = Plan {
                     hello: light::hello_frame(None, 0)?,
                     pushes: vec![(id, record.push_frame()?)],

@@ -84,7 +84,12 @@ impl Bench {
                 )?;
                 // Half of each area's records submitted.
                 if (i / AREAS).is_multiple_of(2) {
-                    ops::review(&mut doc, "submitted", None, at(i))?;
+                    ops::review(
+                        &mut doc,
+                        baraza_records::ReviewState::Submitted,
+                        None,
+                        at(i),
+                    )?;
                 }
                 if i == 0 {
                     for n in 0..ATTENDEES {

@@ -533,18 +533,23 @@ impl BaseClient {
     /// Submits a record for review.
     pub fn submit(&self, id: &str) -> Result<(), ClientError> {
         self.edit(parse_id(id)?, false, |doc, at| {
-            Ok(ops::review(doc, "submitted", None, at)?)
+            Ok(ops::review(
+                doc,
+                baraza_records::ReviewState::Submitted,
+                None,
+                at,
+            )?)
         })
     }
 
-    /// Records a review decision (`approved` or `returned`, with an
-    /// optional comment). Only a supervisor of the record's area may: the
+    /// Records a review decision (approved or returned, with an optional
+    /// comment; another state is refused as invalid input). Only a supervisor of the record's area may: the
     /// server rejects anyone else's decision, and this device then keeps it
     /// marked rejected.
     pub fn review(
         &self,
         id: &str,
-        decision: &str,
+        decision: baraza_records::ReviewState,
         comment: Option<String>,
     ) -> Result<(), ClientError> {
         let user = self.store.setting("user")?.unwrap_or_default();

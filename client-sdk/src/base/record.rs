@@ -70,8 +70,8 @@ pub struct Record {
     /// Set when the server refused this record's changes: they stay here,
     /// marked, until the user edits again or a supervisor sorts it out.
     pub rejected: Option<super::store::Rejection>,
-    /// `draft`, `submitted`, `approved` or `returned`.
-    pub review_state: String,
+    /// Where it is in review.
+    pub review_state: baraza_records::ReviewState,
     /// What reviewers wrote with their decisions ("add the attendee count").
     pub review_comments: Vec<baraza_records::ReviewComment>,
 }
@@ -88,8 +88,8 @@ pub struct Summary {
     /// What names it: a meeting's title, a patrol note's beat, what a
     /// feedback is about, a contact's name; empty if not set.
     pub title: String,
-    /// `draft`, `submitted`, `approved` or `returned`.
-    pub review_state: String,
+    /// Where it is in review.
+    pub review_state: baraza_records::ReviewState,
     /// True when the server has acknowledged every change to it.
     pub synced: bool,
     /// True when the server refused its changes (see `status`).

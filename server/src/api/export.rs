@@ -132,7 +132,7 @@ pub fn csv(kind: Kind, records: &[ExportRecord], contacts: bool) -> String {
             r.header.area.clone(),
             r.header.created_by_user.clone(),
             iso_time(r.header.created_at),
-            r.review_state.clone(),
+            r.review_state.name().to_string(),
             clock_flag(r.clock.as_ref()),
         ];
         for (name, path, time) in &cols {
@@ -248,7 +248,7 @@ pub fn indicators(records: &[ExportRecord]) -> serde_json::Value {
     for r in records {
         if !r.decisions.is_empty() {
             decided += 1;
-            if r.decisions.iter().any(|d| d == "returned") {
+            if r.decisions.contains(&baraza_records::ReviewState::Returned) {
                 returned += 1;
             }
         }

@@ -181,10 +181,16 @@ fn records_routes(
                         }
                         None => None,
                     };
+                    let state = match state_filter(&query) {
+                        Ok(state) => state,
+                        Err(why) => {
+                            return Ok(text_reply(StatusCode::BAD_REQUEST, why));
+                        }
+                    };
                     let filter = crate::storage::store::RecordFilter {
                         kind: query.get("kind").cloned(),
                         area: query.get("area").cloned(),
-                        state: query.get("state").cloned(),
+                        state,
                         since,
                     };
                     tracing::debug!(device = %caller.device.id, ?filter, "list records");
@@ -231,6 +237,19 @@ fn records_routes(
             }
         });
     list.or(one)
+}
+
+/// A listing's `state` parameter: a review state's name, or what the names
+/// are (an unknown one is a mistake worth saying, not an empty list).
+pub(crate) fn state_filter(
+    query: &std::collections::HashMap<String, String>,
+) -> Result<Option<baraza_records::ReviewState>, &'static str> {
+    match query.get("state") {
+        None => Ok(None),
+        Some(name) => baraza_records::ReviewState::parse(name)
+            .map(Some)
+            .ok_or("state must be draft, submitted, approved or returned"),
+    }
 }
 
 fn text_reply(status: StatusCode, body: &'static str) -> warp::reply::Response {

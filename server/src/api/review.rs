@@ -686,7 +686,7 @@ impl Selection {
             filter: RecordFilter {
                 kind: query.get("kind").cloned(),
                 area: query.get("area").cloned(),
-                state: query.get("state").cloned(),
+                state: super::state_filter(query).map_err(str::to_string)?,
                 since: from,
             },
             to,
@@ -935,14 +935,16 @@ async fn decide(
             "expected {\"decision\": \"approved\" or \"returned\", \"comment\"}",
         );
     };
-    if !baraza_records::access::DECISIONS.contains(&request.decision.as_str()) {
+    let Some(decision) =
+        baraza_records::ReviewState::parse(&request.decision).filter(|d| d.is_decision())
+    else {
         return error(
             StatusCode::BAD_REQUEST,
             "decision must be approved or returned",
         );
-    }
+    };
     let comment = request.comment.filter(|c| !c.trim().is_empty());
-    if request.decision == "returned" && comment.is_none() {
+    if decision == baraza_records::ReviewState::Returned && comment.is_none() {
         return error(
             StatusCode::BAD_REQUEST,
             "a return needs a comment saying what to fix",
@@ -954,14 +956,14 @@ async fn decide(
         .author(&caller, doc, |d, at| {
             ops::review(
                 d,
-                &request.decision,
+                decision,
                 comment.as_deref().map(|c| (user.as_str(), c)),
                 at,
             )
         })
         .await;
     match outcome {
-        Ok(_) => ok(serde_json::json!({ "record": id, "review_state": request.decision })),
+        Ok(_) => ok(serde_json::json!({ "record": id, "review_state": decision })),
         Err(err) => desk_error(err),
     }
 }

@@ -524,9 +524,9 @@ pub fn fold(store: &dyn Store, id: DocId) -> Result<bool, DocsError> {
         return Ok(false);
     }
     let saved = docsync::contained(|| {
-        let doc =
-            Automerge::load(&stored.bytes).map_err(|e| ApplyError::Corrupt(e.to_string()))?;
-        loads_to(&doc, &stored.heads).map_err(|wrong| ApplyError::Corrupt(format!("loads to {wrong}")))?;
+        let doc = Automerge::load(&stored.bytes).map_err(|e| ApplyError::Corrupt(e.to_string()))?;
+        loads_to(&doc, &stored.heads)
+            .map_err(|wrong| ApplyError::Corrupt(format!("loads to {wrong}")))?;
         Ok(doc.save())
     })
     .map_err(|e| DocsError::Load(id, e.to_string()))?;
@@ -569,7 +569,8 @@ mod tests {
         let mut live = handle.lock().unwrap();
         let before = live.doc.get_heads();
         let mut tx = live.doc.transaction();
-        tx.put(automerge::ROOT, format!("k{n}"), i64::from(n)).unwrap();
+        tx.put(automerge::ROOT, format!("k{n}"), i64::from(n))
+            .unwrap();
         tx.commit();
         let chunk = docsync::encode_changes(&live.doc.get_changes(&before));
         let pending = Docs::write_for(id, &mut live, chunk, None, None).unwrap();

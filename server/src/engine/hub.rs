@@ -480,8 +480,8 @@ impl SyncHub {
                 .filter_map(|c| c.message())
                 .filter_map(|m| m.strip_prefix("review "))
                 .filter_map(|m| m.split(' ').next())
-                .filter(|d| baraza_records::access::DECISIONS.contains(d))
-                .map(str::to_string)
+                .filter_map(baraza_records::ReviewState::parse)
+                .filter(|d| d.is_decision())
                 .collect();
             (
                 header,
@@ -751,7 +751,12 @@ impl SyncHub {
     }
 
     /// Audits review decisions a write made, once it is durable.
-    fn audit_decisions(&self, caller: &Caller, id: DocId, decisions: &[String]) {
+    fn audit_decisions(
+        &self,
+        caller: &Caller,
+        id: DocId,
+        decisions: &[baraza_records::ReviewState],
+    ) {
         for decision in decisions {
             self.audit.record(
                 "review_decision",

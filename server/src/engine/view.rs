@@ -11,14 +11,14 @@ pub struct ExportRecord {
     /// Its header.
     pub header: Header,
     /// Review state.
-    pub review_state: String,
+    pub review_state: baraza_records::ReviewState,
     /// Field values as JSON (the header left out).
     pub fields: serde_json::Value,
     /// A feedback record's contact details, only when asked for.
     pub contact: Option<serde_json::Value>,
-    /// Review decisions ever made on it, oldest first (`approved`,
-    /// `returned`), from its change history.
-    pub decisions: Vec<String>,
+    /// Review decisions ever made on it, oldest first, from its change
+    /// history.
+    pub decisions: Vec<baraza_records::ReviewState>,
     /// Claimed times that were implausibly far ahead of the server's clock
     /// when they arrived, if any.
     pub clock: Option<crate::storage::store::ClockSkew>,
@@ -104,7 +104,7 @@ pub struct RecordView {
     /// Its header, if it reads.
     pub header: Option<Header>,
     /// Review state.
-    pub review_state: String,
+    pub review_state: baraza_records::ReviewState,
     /// Review comments, oldest first.
     pub review_comments: Vec<baraza_records::ReviewComment>,
     /// Field values, the header left out.

@@ -126,7 +126,7 @@ pub struct IndexEntry {
     /// Area.
     pub area: String,
     /// Review state.
-    pub state: String,
+    pub state: baraza_records::ReviewState,
     /// Creation time, milliseconds since the epoch.
     pub created_at: i64,
     /// The user who created it: besides role and area, what decides who
@@ -181,7 +181,7 @@ pub struct RecordFilter {
     /// Area.
     pub area: Option<String>,
     /// Review state.
-    pub state: Option<String>,
+    pub state: Option<baraza_records::ReviewState>,
     /// Created at or after (milliseconds since the epoch).
     pub since: Option<i64>,
 }

@@ -37,6 +37,7 @@
 use std::path::Path;
 
 use baraza_protocol::{DocId, Head, Seq, StoreId};
+use baraza_records::ReviewState;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
@@ -132,8 +133,9 @@ fn decode_access(v: &[u8]) -> Result<RecordAccess, StoreError> {
 /// Kind, area and state are text without NUL, so a filter on a leading run
 /// of them is a prefix scan.
 fn index_key(doc: DocId, e: &IndexEntry) -> Vec<u8> {
-    let mut k = Vec::with_capacity(e.kind.len() + e.area.len() + e.state.len() + 27);
-    for part in [&e.kind, &e.area, &e.state] {
+    let state = e.state.name();
+    let mut k = Vec::with_capacity(e.kind.len() + e.area.len() + state.len() + 27);
+    for part in [e.kind.as_str(), e.area.as_str(), state] {
         k.extend(part.bytes().filter(|b| *b != 0));
         k.push(0);
     }
@@ -146,7 +148,7 @@ fn parse_index_key(k: &[u8]) -> Option<RecordRow> {
     let mut parts = k.splitn(4, |b| *b == 0);
     let kind = String::from_utf8(parts.next()?.to_vec()).ok()?;
     let area = String::from_utf8(parts.next()?.to_vec()).ok()?;
-    let state = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let state = ReviewState::parse(std::str::from_utf8(parts.next()?).ok()?)?;
     let rest = parts.next()?;
     if rest.len() != 24 {
         return None;
@@ -708,7 +710,8 @@ impl Store for SledStore {
         // four), so listing an area never scans other areas' records.
         let prefix_of = |kind: &str| {
             let mut prefix = Vec::new();
-            for part in [Some(kind), filter.area.as_deref(), filter.state.as_deref()] {
+            let state = filter.state.map(ReviewState::name);
+            for part in [Some(kind), filter.area.as_deref(), state] {
                 match part {
                     Some(p) => {
                         prefix.extend(p.bytes().filter(|b| *b != 0));
@@ -1031,16 +1034,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open_path(dir.path(), [1; 16]).unwrap();
         let a = DocId::from_bytes([1; 16]);
-        let entry = |state: &str, submitted_at| IndexEntry {
+        let entry = |state: ReviewState, submitted_at| IndexEntry {
             kind: "meeting".into(),
             area: "kibera".into(),
-            state: state.into(),
+            state,
             created_at: 5,
             created_by: "lia".into(),
             summary: RecordSummary {
                 title: Some("Water point".into()),
                 submitted_at,
-                conflicts: state == "submitted",
+                conflicts: state == ReviewState::Submitted,
                 comments: 0,
             },
         };
@@ -1054,12 +1057,14 @@ mod tests {
             receipt: None,
         };
         store
-            .commit(&[w(1, entry("submitted", Some(7_000)))])
+            .commit(&[w(1, entry(ReviewState::Submitted, Some(7_000)))])
             .unwrap();
         // A later write (the state moved on) keeps when it was submitted.
-        store.commit(&[w(2, entry("approved", None))]).unwrap();
+        store
+            .commit(&[w(2, entry(ReviewState::Approved, None))])
+            .unwrap();
         let row = store.record_row(a).unwrap().unwrap();
-        assert_eq!(row.entry.state, "approved");
+        assert_eq!(row.entry.state, ReviewState::Approved);
         assert_eq!(row.entry.created_by, "lia");
         assert_eq!(row.entry.summary.submitted_at, Some(7_000));
         assert!(!row.entry.summary.conflicts);
@@ -1077,7 +1082,7 @@ mod tests {
         store.summary.remove(a.as_bytes()).unwrap();
         let listed = all(&store);
         assert_eq!(listed[0].entry.summary, RecordSummary::default());
-        assert_eq!(listed[0].entry.state, "approved");
+        assert_eq!(listed[0].entry.state, ReviewState::Approved);
         assert_eq!(store.unsummarised(None, 10).unwrap(), vec![a]);
         assert!(store.unsummarised(Some(a), 10).unwrap().is_empty());
         assert!(store.fill_summary(a, &row.entry.summary).unwrap());
