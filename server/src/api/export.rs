@@ -104,6 +104,11 @@ fn escape(cell: &str) -> String {
     }
 }
 
+/// A record's fields as the JSON the columns' paths read.
+fn json(fields: &crate::engine::view::FieldValue) -> serde_json::Value {
+    serde_json::to_value(fields).unwrap_or(serde_json::Value::Null)
+}
+
 /// A CSV of records of one kind: a header row, then one row per record.
 pub fn csv(kind: Kind, records: &[ExportRecord], contacts: bool) -> String {
     let cols = columns(kind);
@@ -127,6 +132,7 @@ pub fn csv(kind: Kind, records: &[ExportRecord], contacts: bool) -> String {
     out.push_str(&head.iter().map(|h| escape(h)).collect::<Vec<_>>().join(","));
     out.push_str("\r\n");
     for r in records.iter().filter(|r| r.header.kind == kind) {
+        let fields = json(&r.fields);
         let mut row = vec![
             r.id.clone(),
             r.header.area.clone(),
@@ -136,7 +142,7 @@ pub fn csv(kind: Kind, records: &[ExportRecord], contacts: bool) -> String {
             clock_flag(r.clock.as_ref()),
         ];
         for (name, path, time) in &cols {
-            let cell = cell_of(&r.fields, path, name.ends_with("_count"));
+            let cell = cell_of(&fields, path, name.ends_with("_count"));
             row.push(match (*time, cell.parse::<i64>()) {
                 (true, Ok(ms)) => iso_time(ms),
                 _ => cell,
@@ -147,7 +153,7 @@ pub fn csv(kind: Kind, records: &[ExportRecord], contacts: bool) -> String {
                 row.push(
                     r.contact
                         .as_ref()
-                        .map(|v| cell_of(v, &[c], false))
+                        .map(|v| cell_of(&json(v), &[c], false))
                         .unwrap_or_default(),
                 );
             }
@@ -162,7 +168,8 @@ pub fn csv(kind: Kind, records: &[ExportRecord], contacts: bool) -> String {
 pub fn geojson(records: &[ExportRecord]) -> serde_json::Value {
     let mut features = Vec::new();
     for r in records.iter().filter(|r| r.header.kind == Kind::PatrolNote) {
-        let Some(observations) = r.fields["observations"].as_array() else {
+        let fields = json(&r.fields);
+        let Some(observations) = fields["observations"].as_array() else {
             continue;
         };
         for (i, o) in observations.iter().enumerate() {
@@ -185,8 +192,8 @@ pub fn geojson(records: &[ExportRecord]) -> serde_json::Value {
                     "record": r.id,
                     "observation": i,
                     "area": r.header.area,
-                    "officer": r.fields["officer"],
-                    "beat": r.fields["beat"],
+                    "officer": fields["officer"],
+                    "beat": fields["beat"],
                     "at": iso_value(&o["at"]),
                     "at_ms": o["at"],
                     "text": o["text"],
@@ -252,7 +259,7 @@ pub fn indicators(records: &[ExportRecord]) -> serde_json::Value {
                 returned += 1;
             }
         }
-        let f = &r.fields;
+        let f = &json(&r.fields);
         match r.header.kind {
             Kind::Meeting => {
                 let held = f["held_at"].as_i64().unwrap_or(r.header.created_at);

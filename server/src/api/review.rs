@@ -725,7 +725,8 @@ impl Selection {
                 let Ok(id) = row.id.parse::<DocId>() else {
                     continue;
                 };
-                if !hub.record_text(id)?.to_lowercase().contains(q) {
+                let text = serde_json::to_string(&hub.record_fields(id)?).unwrap_or_default();
+                if !text.to_lowercase().contains(q) {
                     continue;
                 }
             }

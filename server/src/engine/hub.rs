@@ -486,20 +486,21 @@ impl SyncHub {
             (
                 header,
                 baraza_records::review_state(&live.doc),
-                to_json(&live.doc, &automerge::ROOT),
+                field_tree(&live.doc, &automerge::ROOT),
                 decisions,
             )
         };
         let mut contact = None;
         if contacts && header.kind == Kind::Feedback {
-            if let Some(cid) = fields["contact"]
-                .as_str()
+            if let Some(cid) = fields
+                .get("contact")
+                .and_then(FieldValue::as_text)
                 .and_then(|c| c.parse::<DocId>().ok())
             {
                 if self.readable(who, cid)? {
                     let handle = self.docs.handle(cid)?;
                     let live = handle.lock().unwrap_or_else(|p| p.into_inner());
-                    contact = Some(to_json(&live.doc, &automerge::ROOT));
+                    contact = Some(field_tree(&live.doc, &automerge::ROOT));
                 }
             }
         }
@@ -514,11 +515,11 @@ impl SyncHub {
         }))
     }
 
-    /// A record's field values as one text, for free-text search.
-    pub fn record_text(&self, id: DocId) -> Result<String, DocsError> {
+    /// A record's field values, for free-text search.
+    pub fn record_fields(&self, id: DocId) -> Result<FieldValue, DocsError> {
         let handle = self.docs.handle(id)?;
         let live = handle.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(to_json(&live.doc, &automerge::ROOT).to_string())
+        Ok(field_tree(&live.doc, &automerge::ROOT))
     }
 
     /// True if `who` may read the record (false if there is none).
@@ -1001,12 +1002,6 @@ fn field_tree(doc: &automerge::Automerge, obj: &automerge::ObjId) -> FieldValue 
                 .collect(),
         ),
     }
-}
-
-/// [`field_tree`] as JSON, for the export rows and `record show`, which
-/// read fields by name.
-fn to_json(doc: &automerge::Automerge, obj: &automerge::ObjId) -> serde_json::Value {
-    serde_json::to_value(field_tree(doc, obj)).unwrap_or(serde_json::Value::Null)
 }
 
 /// What [`admit`] lets through: where the record sits in the index, what

@@ -1,5 +1,5 @@
 //! What the engine returns to `api` for it to render: typed views, never
-//! JSON text or HTTP.
+//! JSON or HTTP.
 
 use baraza_records::Header;
 
@@ -12,10 +12,10 @@ pub struct ExportRecord {
     pub header: Header,
     /// Review state.
     pub review_state: baraza_records::ReviewState,
-    /// Field values as JSON (the header left out).
-    pub fields: serde_json::Value,
+    /// Field values (the header left out).
+    pub fields: FieldValue,
     /// A feedback record's contact details, only when asked for.
-    pub contact: Option<serde_json::Value>,
+    pub contact: Option<FieldValue>,
     /// Review decisions ever made on it, oldest first, from its change
     /// history.
     pub decisions: Vec<baraza_records::ReviewState>,
@@ -48,6 +48,25 @@ pub enum FieldValue {
     List(Vec<FieldValue>),
     /// A map, by key.
     Map(std::collections::BTreeMap<String, FieldValue>),
+}
+
+impl FieldValue {
+    /// A map's value at `key`; None for a missing key or a value that is
+    /// not a map.
+    pub fn get(&self, key: &str) -> Option<&FieldValue> {
+        match self {
+            FieldValue::Map(m) => m.get(key),
+            _ => None,
+        }
+    }
+
+    /// The text, if it is text.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            FieldValue::Text(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 /// The device behind a change, for a person: its id (the actor id's first
