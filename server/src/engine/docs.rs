@@ -445,17 +445,24 @@ impl Committer {
     }
 
     fn commit(&self, jobs: Vec<Job>) {
-        let writes: Vec<DocWrite> = jobs.iter().map(|j| j.write.clone()).collect();
+        // The writes move into the batch (chunks are not copied); what
+        // answers each writer stays beside them.
+        let mut writes = Vec::with_capacity(jobs.len());
+        let mut answers = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            answers.push((job.write.doc, job.ticket, job.fold, job.reply));
+            writes.push(job.write);
+        }
         let result = self.store.commit(&writes);
         // Committed or failed, these are no longer waiting: a failed write's
         // document is forgotten by its writer, so no copy replays it.
         {
             let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-            for job in &jobs {
-                if let Some(list) = q.chunks.get_mut(&job.write.doc) {
-                    list.retain(|(t, _)| *t != job.ticket);
+            for (doc, ticket, _, _) in &answers {
+                if let Some(list) = q.chunks.get_mut(doc) {
+                    list.retain(|(t, _)| t != ticket);
                     if list.is_empty() {
-                        q.chunks.remove(&job.write.doc);
+                        q.chunks.remove(doc);
                     }
                 }
             }
@@ -464,8 +471,8 @@ impl Committer {
             Ok(seqs) => seqs,
             Err(err) => {
                 tracing::error!(error = %err, writes = writes.len(), "commit failed; nothing acknowledged");
-                for job in jobs {
-                    let _ = job.reply.send(Err(err.to_string()));
+                for (_, _, _, reply) in answers {
+                    let _ = reply.send(Err(err.to_string()));
                 }
                 return;
             }
@@ -486,11 +493,11 @@ impl Committer {
             // The writes are stored; readers catch up at the next commit.
             Err(err) => tracing::error!(error = %err, "could not read the feed watermark"),
         }
-        for (job, seq) in jobs.into_iter().zip(seqs) {
-            if job.fold {
-                let _ = self.folds.send(job.write.doc);
+        for ((doc, _, fold, reply), seq) in answers.into_iter().zip(seqs) {
+            if fold {
+                let _ = self.folds.send(doc);
             }
-            let _ = job.reply.send(Ok(seq));
+            let _ = reply.send(Ok(seq));
         }
     }
 }

@@ -75,6 +75,9 @@ struct Ctx<'a> {
     caller: &'a Caller,
     devices: &'a DeviceRegistry,
     pending: &'a mut FuturesOrdered<Waiting>,
+    /// The driver asked for a feed read, carried out once nothing else is
+    /// ready (see the loop).
+    feed_due: &'a mut bool,
 }
 
 impl SyncHub {
@@ -96,6 +99,7 @@ impl SyncHub {
         let mut durable = self.docs.durable();
         let mut durable_open = true;
         let mut pending: FuturesOrdered<Waiting> = FuturesOrdered::new();
+        let mut feed_due = false;
         let config = DriverConfig {
             idle: self.session_idle(),
             feed_batch: CATCH_UP_BATCH,
@@ -122,7 +126,14 @@ impl SyncHub {
         tracing::info!(device = %device.id, name = %device.name, "device connected");
         loop {
             if self
-                .carry_out(&mut driver, &caller, &devices, &mut pending, now)
+                .carry_out(
+                    &mut driver,
+                    &caller,
+                    &devices,
+                    &mut pending,
+                    &mut feed_due,
+                    now,
+                )
                 .await
                 .is_err()
             {
@@ -212,6 +223,25 @@ impl SyncHub {
                         tracing::info!(device = %device.id, "sync session idle; closed");
                     }
                 }
+                // Last, and only when nothing above is ready: a device's
+                // own frames and their acks come first. A device pushing
+                // a backlog is not sent the feed between its pushes (the
+                // driver drops a read a newer push overtook), so an
+                // ingest storm does not make every session re-read the
+                // feed after every commit.
+                _ = std::future::ready(()), if feed_due => {
+                    feed_due = false;
+                    tokio::task::block_in_place(|| {
+                        let mut feed = super::HubFeed {
+                            hub: &self,
+                            who: &caller.principal,
+                            devices: &devices,
+                        };
+                        if let Err(err) = driver.handle_feed(now(), &mut feed) {
+                            tracing::warn!(device = %device.id, error = %err, "catch-up failed");
+                        }
+                    });
+                }
             }
         }
         // The driver writes the session's audit entry once it closes; a
@@ -233,6 +263,7 @@ impl SyncHub {
         caller: &Caller,
         devices: &DeviceRegistry,
         pending: &mut FuturesOrdered<Waiting>,
+        feed_due: &mut bool,
         now: impl Fn() -> Duration,
     ) -> Result<(), ()> {
         // Tasks beget tasks (a refusal answered at once may let a feed read
@@ -260,6 +291,7 @@ impl SyncHub {
                     caller,
                     devices,
                     pending: &mut *pending,
+                    feed_due: &mut *feed_due,
                 };
                 for task in tasks {
                     self.carry_out_one(driver, &mut ctx, task, &now);
@@ -290,16 +322,7 @@ impl SyncHub {
                 Ok(None) => driver.handle_commit(now(), write, Commit::NoAck),
                 Err(refused) => driver.handle_commit(now(), write, Commit::Refused(refused)),
             },
-            Task::ReadFeed(_) => {
-                let mut feed = super::HubFeed {
-                    hub: self,
-                    who: &caller.principal,
-                    devices: ctx.devices,
-                };
-                if let Err(err) = driver.handle_feed(now(), &mut feed) {
-                    tracing::warn!(device = %device.id, error = %err, "catch-up failed");
-                }
-            }
+            Task::ReadFeed(_) => *ctx.feed_due = true,
             Task::OfferRepairs => self.offer_repairs(driver, caller),
             Task::NoteScope => {
                 // Caught up under the user's current scope: noted, so a
