@@ -90,8 +90,8 @@ pub struct SyncHub {
 
 /// What a device's changes are applied to (see [`SyncHub::target`]).
 enum Target {
-    /// The record as stored (or a new one).
-    Stored,
+    /// The record as stored (or a new one): its cached copy.
+    Stored(crate::engine::docs::DocHandle),
     /// A record the caller may not read: an empty copy, never stored.
     Hidden,
     /// A record found damaged, which this device's copy may repair.

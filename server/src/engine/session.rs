@@ -405,11 +405,7 @@ impl SyncHub {
     ) -> Result<Waiting, Refusal> {
         let id = push.doc;
         let handle = match self.target(caller, id)? {
-            Target::Stored => Some(
-                self.docs
-                    .handle(id)
-                    .map_err(|e| self.storage_refusal(id, &e))?,
-            ),
+            Target::Stored(handle) => Some(handle),
             Target::Hidden => None,
             Target::Repair => return Err(quarantined(id)),
         };
@@ -461,11 +457,7 @@ impl SyncHub {
     ) -> Result<Option<Waiting>, Refusal> {
         let id = msg.doc;
         let handle = match self.target(caller, id)? {
-            Target::Stored => Some(
-                self.docs
-                    .handle(id)
-                    .map_err(|e| self.storage_refusal(id, &e))?,
-            ),
+            Target::Stored(handle) => Some(handle),
             Target::Hidden => None,
             Target::Repair => {
                 return self
@@ -730,7 +722,8 @@ impl SyncHub {
         Ok(())
     }
 
-    /// What a device's changes to `id` are applied to. A record the caller
+    /// What a device's changes to `id` are applied to (a stored or new
+    /// record's cached copy, loaded here). A record the caller
     /// may not read (or an erased one it could not read) is `Hidden`: it is
     /// answered as one that does not exist, from an empty copy, and the
     /// attempt is audited.
@@ -777,7 +770,11 @@ impl SyncHub {
             Err(err) => return Err(self.storage_refusal(id, &err)),
         }
         match store.quarantined(id) {
-            Ok(None) => Ok(Target::Stored),
+            Ok(None) => self
+                .docs
+                .handle(id)
+                .map(Target::Stored)
+                .map_err(|e| self.storage_refusal(id, &e)),
             Ok(Some(why)) if why.starts_with(DAMAGED) => Ok(Target::Repair),
             Ok(Some(_)) => Err(quarantined(id)),
             Err(err) => Err(self.storage_refusal(id, &DocsError::Store(err))),
