@@ -140,7 +140,10 @@ pub async fn connect(
         .into_client_request()
         .map_err(|e| ClientError::BadUrl(endpoint.url.clone(), e.to_string()))?;
     let bearer = HeaderValue::from_str(&format!("Bearer {}", endpoint.token)).map_err(|_| {
-        ClientError::Unauthorized("the token has characters a header cannot carry".into())
+        ClientError::Unauthorized {
+            refusal: crate::AuthRefusal::UnknownToken,
+            message: "the token has characters a header cannot carry".into(),
+        }
     })?;
     request.headers_mut().insert("authorization", bearer);
     let mut ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
@@ -159,7 +162,10 @@ pub async fn connect(
                 .map(|b| String::from_utf8_lossy(b).trim().to_string())
                 .unwrap_or_default();
             if resp.status().as_u16() == 401 {
-                Err(ClientError::Unauthorized(body))
+                Err(ClientError::Unauthorized {
+                    refusal: refusal_of(resp.headers()),
+                    message: body,
+                })
             } else {
                 Err(connect_err(format!("HTTP {}: {body}", resp.status())))
             }
@@ -201,13 +207,33 @@ async fn tls_to(
 /// with the status and body, through hyper's HTTP/1.1 client. The reply is
 /// bounded twice: at most [`REPLY_BYTES_MAX`] bytes, within
 /// [`REQUEST_TIMEOUT`].
+/// The reason a refusal's `baraza-refusal` header names.
+fn refusal_of(headers: &hyper::HeaderMap) -> crate::AuthRefusal {
+    crate::AuthRefusal::from_code(
+        headers
+            .get(baraza_protocol::REFUSAL_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+/// What an HTTPS call answered.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// For a refusal, the reason its code names.
+    pub refusal: crate::AuthRefusal,
+    /// The body, as text.
+    pub body: String,
+}
+
 pub async fn post_json(
     url: &str,
     ca_file: &std::path::Path,
     path: &str,
     body: &str,
     bearer: Option<&str>,
-) -> Result<(u16, String), ClientError> {
+) -> Result<Reply, ClientError> {
     use http_body_util::{BodyExt, Full, Limited};
     use hyper::body::Bytes;
     use hyper::header;
@@ -243,12 +269,17 @@ pub async fn post_json(
                 .await
                 .map_err(|e| connect_err(e.to_string()))?;
             let status = response.status().as_u16();
+            let refusal = refusal_of(response.headers());
             let bytes = Limited::new(response.into_body(), REPLY_BYTES_MAX)
                 .collect()
                 .await
                 .map_err(|e| connect_err(format!("reply: {e}")))?
                 .to_bytes();
-            Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+            Ok(Reply {
+                status,
+                refusal,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            })
         }
         .await;
         driver.abort();
@@ -357,6 +388,6 @@ mod tests {
         let reply = post_json(&url, &ca_file, "/v1/token", "{}", Some("bz_t"))
             .await
             .unwrap();
-        assert_eq!(reply, (409, "hello world".to_string()));
+        assert_eq!((reply.status, reply.body.as_str()), (409, "hello world"));
     }
 }
