@@ -238,7 +238,9 @@ async fn rotate_if_due(store: &LocalStore, endpoint: &Endpoint) -> Endpoint {
             }
             Err(err) => tracing::warn!(error = %err, "unreadable token rotation reply"),
         },
-        Ok(transport::Reply { status, .. }) => tracing::warn!(status, "token rotation refused"),
+        Ok(transport::Reply {
+            status, refusal, ..
+        }) => tracing::warn!(status, refusal = refusal.code(), "token rotation refused"),
         Err(err) => tracing::warn!(error = %err, "token rotation failed"),
     }
     endpoint

@@ -203,10 +203,6 @@ async fn tls_to(
         .map_err(|_| connect_err(format!("no connection within {CONNECT_TIMEOUT:?}")))?
 }
 
-/// A small HTTPS POST of a JSON body (enrolment, token rotation), answered
-/// with the status and body, through hyper's HTTP/1.1 client. The reply is
-/// bounded twice: at most [`REPLY_BYTES_MAX`] bytes, within
-/// [`REQUEST_TIMEOUT`].
 /// The reason a refusal's `baraza-refusal` header names.
 fn refusal_of(headers: &hyper::HeaderMap) -> crate::AuthRefusal {
     crate::AuthRefusal::from_code(
@@ -221,12 +217,17 @@ fn refusal_of(headers: &hyper::HeaderMap) -> crate::AuthRefusal {
 pub struct Reply {
     /// The status code.
     pub status: u16,
-    /// For a refusal, the reason its code names.
+    /// The reason the `baraza-refusal` header names; `Other` when the
+    /// server sent none (as on any answer that is not a refusal).
     pub refusal: crate::AuthRefusal,
     /// The body, as text.
     pub body: String,
 }
 
+/// A small HTTPS POST of a JSON body (enrolment, token rotation), answered
+/// with the status, the refusal code and the body, through hyper's
+/// HTTP/1.1 client. The reply is bounded twice: at most
+/// [`REPLY_BYTES_MAX`] bytes, within [`REQUEST_TIMEOUT`].
 pub async fn post_json(
     url: &str,
     ca_file: &std::path::Path,
@@ -389,5 +390,103 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((reply.status, reply.body.as_str()), (409, "hello world"));
+    }
+
+    /// Serves `replies` in turn, one per connection, each after reading
+    /// the request; returns the URL to reach them.
+    async fn serve_replies(acceptor: tokio_rustls::TlsAcceptor, replies: Vec<String>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for reply in replies {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                let mut request = [0u8; 4096];
+                let _ = tls.read(&mut request).await;
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        format!("https://127.0.0.1:{port}")
+    }
+
+    /// A 401 with `body`, and the refusal header if `code` is given.
+    fn unauthorized(code: Option<&str>, body: &str) -> String {
+        let header = code
+            .map(|c| format!("{}: {c}\r\n", baraza_protocol::REFUSAL_HEADER))
+            .unwrap_or_default();
+        format!(
+            "HTTP/1.1 401 Unauthorized\r\n{header}Content-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn an_https_refusal_is_known_by_its_code_not_its_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_file, acceptor) = test_tls(dir.path());
+        let url = serve_replies(
+            acceptor,
+            vec![
+                unauthorized(Some("expired"), "wrong user name or password"),
+                unauthorized(None, "revoked: this device was reported lost"),
+            ],
+        )
+        .await;
+        let coded = post_json(&url, &ca_file, "/v1/token", "{}", Some("bz_t"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (coded.status, coded.refusal, coded.body.as_str()),
+            (
+                401,
+                crate::AuthRefusal::Expired,
+                "wrong user name or password"
+            )
+        );
+        let uncoded = post_json(&url, &ca_file, "/v1/token", "{}", Some("bz_t"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (uncoded.status, uncoded.refusal),
+            (401, crate::AuthRefusal::Other)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_websocket_upgrade_is_known_by_its_code_not_its_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_file, acceptor) = test_tls(dir.path());
+        let url = serve_replies(
+            acceptor,
+            vec![
+                unauthorized(Some("revoked"), "this device was reported lost"),
+                unauthorized(None, "revoked: this device was reported lost"),
+            ],
+        )
+        .await;
+        let endpoint = Endpoint {
+            url,
+            ca_file: Some(ca_file),
+            token: "bz_t".into(),
+        };
+        match connect(&endpoint, 1 << 20).await {
+            Err(ClientError::Unauthorized { refusal, message }) => {
+                assert_eq!(refusal, crate::AuthRefusal::Revoked, "{message}");
+                assert_eq!(message, "this device was reported lost");
+            }
+            other => panic!("expected a refusal, got {:?}", other.err()),
+        }
+        // Without the code, the same words are a refusal of no known kind:
+        // nothing is wiped on the strength of a message's wording.
+        match connect(&endpoint, 1 << 20).await {
+            Err(ClientError::Unauthorized { refusal, .. }) => {
+                assert_eq!(refusal, crate::AuthRefusal::Other);
+            }
+            other => panic!("expected a refusal, got {:?}", other.err()),
+        }
     }
 }
