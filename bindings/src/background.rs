@@ -94,12 +94,9 @@ impl sdk::SyncListener for Relay {
                 message,
                 retry_in_ms,
             }],
-            sdk::SyncEvent::Stopped { message } => {
-                let reason = sdk::ClientError::Unauthorized(message.clone())
-                    .auth_refusal()
-                    .unwrap_or(sdk::AuthRefusal::Other);
+            sdk::SyncEvent::Stopped { refusal, message } => {
                 vec![SyncProgress::Stopped {
-                    reason_code: reason.code().into(),
+                    reason_code: refusal.code().into(),
                     message,
                 }]
             }

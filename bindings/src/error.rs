@@ -152,20 +152,16 @@ impl From<ClientError> for TabletError {
             },
             ClientError::Tls(message) => TabletError::Tls { detail: message },
             ClientError::Connect { .. } => TabletError::Offline { detail: message },
-            ClientError::Unauthorized(ref body) => {
-                let body = body.clone();
-                match err.auth_refusal() {
-                    Some(AuthRefusal::Expired) => TabletError::Expired { detail: body },
-                    Some(reason) => TabletError::Unauthorised {
-                        reason_code: reason.code().into(),
-                        detail: body,
-                    },
-                    None => TabletError::Unauthorised {
-                        reason_code: AuthRefusal::Other.code().into(),
-                        detail: body,
-                    },
-                }
-            }
+            ClientError::Unauthorized {
+                refusal,
+                message: body,
+            } => match refusal {
+                AuthRefusal::Expired => TabletError::Expired { detail: body },
+                reason => TabletError::Unauthorised {
+                    reason_code: reason.code().into(),
+                    detail: body,
+                },
+            },
             ClientError::EnrolRefused { rule, message } => TabletError::Refused {
                 rule,
                 detail: message,
@@ -221,11 +217,17 @@ mod tests {
             (ClientError::KeyLength(16), "InvalidInput(key)"),
             (ClientError::NotConfigured, "NotEnrolled"),
             (
-                ClientError::Unauthorized("expired: this device's token expired".into()),
+                ClientError::Unauthorized {
+                    refusal: AuthRefusal::Expired,
+                    message: "this device's token expired".into(),
+                },
                 "Expired",
             ),
             (
-                ClientError::Unauthorized("wrong user name or password".into()),
+                ClientError::Unauthorized {
+                    refusal: AuthRefusal::Login,
+                    message: "wrong user name or password".into(),
+                },
                 "Unauthorised(login)",
             ),
             (

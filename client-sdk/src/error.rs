@@ -50,8 +50,13 @@ pub enum ClientError {
     },
     /// The server refused the device's token, or a user's login at
     /// enrolment. [`ClientError::auth_refusal`] says why, as a type.
-    #[error("the server refused this device: {0}")]
-    Unauthorized(String),
+    #[error("the server refused this device: {message}")]
+    Unauthorized {
+        /// Why, from the code the server sends beside its message.
+        refusal: AuthRefusal,
+        /// The server's message, for a person.
+        message: String,
+    },
     /// The server would not enrol this tablet's own device again (it was
     /// revoked or retired, or belongs to another user); nothing on the
     /// tablet was changed.
@@ -115,10 +120,13 @@ pub enum ClientError {
 }
 
 /// Why the server refused a device or a login (a 401), for an app to
-/// switch on. The server's 401 answers are plain text whose first word,
-/// before a colon, names the reason (`revoked: this device was reported
-/// lost or stolen`); that word is the protocol, read here once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// switch on. Read from the code in the server's `baraza-refusal` header
+/// ([`baraza_protocol::AuthRefusal`]), never from the words of its
+/// message.
+// Serialize because SyncEvent (which carries it) is; snake_case spells
+// each variant as code() does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AuthRefusal {
     /// The device was reported lost or stolen (its store is wiped).
     Revoked,
@@ -137,16 +145,17 @@ pub enum AuthRefusal {
 }
 
 impl AuthRefusal {
-    /// The reason a 401 answer's body gives.
-    pub(crate) fn of(body: &str) -> AuthRefusal {
-        let word = body.split(':').next().unwrap_or_default().trim();
-        match word {
-            "revoked" => AuthRefusal::Revoked,
-            "retired" => AuthRefusal::Retired,
-            "expired" => AuthRefusal::Expired,
-            "unknown device token" | "missing bearer token" => AuthRefusal::UnknownToken,
-            "wrong user name or password" => AuthRefusal::Login,
-            _ => AuthRefusal::Other,
+    /// The reason a refusal's `baraza-refusal` header value names; a
+    /// missing or unknown code (an older or newer server) is `Other`.
+    pub(crate) fn from_code(code: Option<&str>) -> AuthRefusal {
+        use baraza_protocol::AuthRefusal as Code;
+        match code.and_then(Code::from_code) {
+            Some(Code::Revoked) => AuthRefusal::Revoked,
+            Some(Code::Retired) => AuthRefusal::Retired,
+            Some(Code::Expired) => AuthRefusal::Expired,
+            Some(Code::UnknownToken | Code::MissingToken) => AuthRefusal::UnknownToken,
+            Some(Code::LoginRefused) => AuthRefusal::Login,
+            Some(Code::NoUser | Code::Unavailable) | None => AuthRefusal::Other,
         }
     }
 
@@ -168,7 +177,7 @@ impl ClientError {
     /// For [`ClientError::Unauthorized`], why the server refused.
     pub fn auth_refusal(&self) -> Option<AuthRefusal> {
         match self {
-            ClientError::Unauthorized(body) => Some(AuthRefusal::of(body)),
+            ClientError::Unauthorized { refusal, .. } => Some(*refusal),
             _ => None,
         }
     }
@@ -179,29 +188,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_servers_401_answers_are_told_apart_by_their_reason_word() {
+    fn every_code_the_server_sends_maps_to_a_reason_an_app_switches_on() {
         let cases = [
-            (
-                "revoked: this device was reported lost or stolen",
-                AuthRefusal::Revoked,
-            ),
-            (
-                "retired: this device was retired; enroll it again",
-                AuthRefusal::Retired,
-            ),
-            (
-                "expired: this device's token expired; enroll it again",
-                AuthRefusal::Expired,
-            ),
-            ("unknown device token", AuthRefusal::UnknownToken),
-            ("wrong user name or password", AuthRefusal::Login),
-            ("the device's user is disabled", AuthRefusal::Other),
+            (Some("revoked"), AuthRefusal::Revoked),
+            (Some("retired"), AuthRefusal::Retired),
+            (Some("expired"), AuthRefusal::Expired),
+            (Some("unknown_token"), AuthRefusal::UnknownToken),
+            (Some("missing_token"), AuthRefusal::UnknownToken),
+            (Some("login_refused"), AuthRefusal::Login),
+            (Some("no_user"), AuthRefusal::Other),
+            (Some("unavailable"), AuthRefusal::Other),
+            (Some("a_code_from_a_newer_server"), AuthRefusal::Other),
+            // The words of a message mean nothing without the code.
+            (None, AuthRefusal::Other),
         ];
-        for (body, want) in cases {
-            assert_eq!(
-                ClientError::Unauthorized(body.into()).auth_refusal(),
-                Some(want),
-                "{body}"
+        for (code, want) in cases {
+            let err = ClientError::Unauthorized {
+                refusal: AuthRefusal::from_code(code),
+                message: "revoked: words are not the code".into(),
+            };
+            assert_eq!(err.auth_refusal(), Some(want), "{code:?}");
+        }
+        // A code added to the protocol needs a case here, so that what an
+        // app sees for it is decided, not defaulted.
+        for code in baraza_protocol::AuthRefusal::ALL {
+            assert!(
+                cases.iter().any(|(c, _)| *c == Some(code.code())),
+                "no case for the protocol's code {code}"
             );
         }
         assert_eq!(ClientError::WrongKey.auth_refusal(), None);

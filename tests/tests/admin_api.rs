@@ -204,7 +204,7 @@ async fn an_administrator_manages_users_over_https() {
     // Refused with the answer any failed login gets: only administrators
     // learn that the account is disabled.
     assert!(
-        matches!(refused, Err(ClientError::Unauthorized(ref why)) if why == "wrong user name or password"),
+        matches!(refused, Err(ClientError::Unauthorized { ref message, .. }) if message == "wrong user name or password"),
         "{refused:?}"
     );
     let enabled = api("POST", "/v1/admin/users/otieno/enable".into(), None).await;

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use baraza_client::{Client, ClientError};
+use baraza_client::{AuthRefusal, Client, ClientError};
 use baraza_tests::{https_request, new_key, run_server_command, HttpReply, ServerProcess};
 
 /// What every refused login answers, whatever the reason.
@@ -88,7 +88,7 @@ async fn an_officer_enrols_a_tablet_and_a_guesser_locks_the_account() {
     // locked.
     let locked = enroll(&server, &tmp.path().join("officer-2"), "night patrol B4").await;
     assert!(
-        matches!(locked, Err(ClientError::Unauthorized(ref r)) if r == REFUSED),
+        matches!(locked, Err(ClientError::Unauthorized { ref message, refusal: AuthRefusal::Login }) if message == REFUSED),
         "{:?}",
         locked.as_ref().err()
     );
@@ -147,7 +147,7 @@ async fn an_officer_enrols_a_tablet_and_a_guesser_locks_the_account() {
     assert_eq!(listed_status(&data, "otieno"), "locked");
     assert!(matches!(
         enroll(&server, &tmp.path().join("officer-3b"), "night patrol B4").await,
-        Err(ClientError::Unauthorized(ref r)) if r == REFUSED
+        Err(ClientError::Unauthorized { ref message, refusal: AuthRefusal::Login }) if message == REFUSED
     ));
     user_cmd(&data, &["release", "--name", "otieno"], "");
     assert!(
@@ -182,10 +182,11 @@ async fn guess_until_locked(server: &ServerProcess, dir: &Path, round: &str) {
         .await
         .err()
         .expect("a wrong password is refused");
-        let ClientError::Unauthorized(reason) = refused else {
+        let ClientError::Unauthorized { message, refusal } = refused else {
             panic!("expected a refusal, got {refused:?}");
         };
-        assert_eq!(reason, REFUSED, "attempt {attempt}");
+        assert_eq!(message, REFUSED, "attempt {attempt}");
+        assert_eq!(refusal, AuthRefusal::Login, "attempt {attempt}");
     }
 }
 

@@ -84,7 +84,10 @@ async fn tokens_rotate_at_half_life_and_expire_after_a_whole_one() {
     )
     .await;
     match drawer.sync_once(&NoListener).await {
-        Err(ClientError::Unauthorized(why)) => assert!(why.starts_with("expired"), "{why}"),
+        Err(ClientError::Unauthorized { refusal, message }) => {
+            assert!(message.starts_with("expired"), "{message}");
+            assert_eq!(refusal, baraza_client::AuthRefusal::Expired, "{message}");
+        }
         other => panic!("expected an expired token, got {other:?}"),
     }
     tablet.sync_once(&NoListener).await.unwrap();

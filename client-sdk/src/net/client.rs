@@ -173,10 +173,16 @@ impl Client {
         if let Some(device) = self.base.store.setting("device_id")? {
             body["device_id"] = serde_json::Value::String(device);
         }
-        let (status, reply) =
-            transport::post_json(server, ca_file, "/v1/enroll", &body.to_string(), None).await?;
+        let transport::Reply {
+            status,
+            refusal,
+            body: reply,
+        } = transport::post_json(server, ca_file, "/v1/enroll", &body.to_string(), None).await?;
         if status == 401 {
-            return Err(ClientError::Unauthorized(reply.trim().to_string()));
+            return Err(ClientError::Unauthorized {
+                refusal,
+                message: reply.trim().to_string(),
+            });
         }
         if status == 403 || status == 409 {
             #[derive(serde::Deserialize)]

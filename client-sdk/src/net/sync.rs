@@ -72,7 +72,9 @@ pub enum SyncEvent {
     },
     /// The server refused the device; background sync stopped.
     Stopped {
-        /// Why.
+        /// Why, as a type.
+        refusal: crate::AuthRefusal,
+        /// Why, for a person.
         message: String,
     },
     /// The device was retired or revoked and wiped its store; background
@@ -219,7 +221,9 @@ async fn rotate_if_due(store: &LocalStore, endpoint: &Endpoint) -> Endpoint {
         expires_at: u64,
     }
     match reply {
-        Ok((200, body)) => match serde_json::from_str::<Rotated>(&body) {
+        Ok(transport::Reply {
+            status: 200, body, ..
+        }) => match serde_json::from_str::<Rotated>(&body) {
             Ok(r) => {
                 let stored = store
                     .set_setting("token", &r.token)
@@ -234,7 +238,9 @@ async fn rotate_if_due(store: &LocalStore, endpoint: &Endpoint) -> Endpoint {
             }
             Err(err) => tracing::warn!(error = %err, "unreadable token rotation reply"),
         },
-        Ok((status, _)) => tracing::warn!(status, "token rotation refused"),
+        Ok(transport::Reply {
+            status, refusal, ..
+        }) => tracing::warn!(status, refusal = refusal.code(), "token rotation refused"),
         Err(err) => tracing::warn!(error = %err, "token rotation failed"),
     }
     endpoint
@@ -459,8 +465,8 @@ pub(crate) async fn run_background(
             attempt = 1;
         }
         match result {
-            Err(ClientError::Unauthorized(message)) => {
-                listener.on_event(SyncEvent::Stopped { message });
+            Err(ClientError::Unauthorized { refusal, message }) => {
+                listener.on_event(SyncEvent::Stopped { refusal, message });
                 return;
             }
             Err(ClientError::Wiped(report)) => {

@@ -140,7 +140,10 @@ pub async fn connect(
         .into_client_request()
         .map_err(|e| ClientError::BadUrl(endpoint.url.clone(), e.to_string()))?;
     let bearer = HeaderValue::from_str(&format!("Bearer {}", endpoint.token)).map_err(|_| {
-        ClientError::Unauthorized("the token has characters a header cannot carry".into())
+        ClientError::Unauthorized {
+            refusal: crate::AuthRefusal::UnknownToken,
+            message: "the token has characters a header cannot carry".into(),
+        }
     })?;
     request.headers_mut().insert("authorization", bearer);
     let mut ws_config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
@@ -159,7 +162,10 @@ pub async fn connect(
                 .map(|b| String::from_utf8_lossy(b).trim().to_string())
                 .unwrap_or_default();
             if resp.status().as_u16() == 401 {
-                Err(ClientError::Unauthorized(body))
+                Err(ClientError::Unauthorized {
+                    refusal: refusal_of(resp.headers()),
+                    message: body,
+                })
             } else {
                 Err(connect_err(format!("HTTP {}: {body}", resp.status())))
             }
@@ -197,17 +203,38 @@ async fn tls_to(
         .map_err(|_| connect_err(format!("no connection within {CONNECT_TIMEOUT:?}")))?
 }
 
+/// The reason a refusal's `baraza-refusal` header names.
+fn refusal_of(headers: &hyper::HeaderMap) -> crate::AuthRefusal {
+    crate::AuthRefusal::from_code(
+        headers
+            .get(baraza_protocol::REFUSAL_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+/// What an HTTPS call answered.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The reason the `baraza-refusal` header names; `Other` when the
+    /// server sent none (as on any answer that is not a refusal).
+    pub refusal: crate::AuthRefusal,
+    /// The body, as text.
+    pub body: String,
+}
+
 /// A small HTTPS POST of a JSON body (enrolment, token rotation), answered
-/// with the status and body, through hyper's HTTP/1.1 client. The reply is
-/// bounded twice: at most [`REPLY_BYTES_MAX`] bytes, within
-/// [`REQUEST_TIMEOUT`].
+/// with the status, the refusal code and the body, through hyper's
+/// HTTP/1.1 client. The reply is bounded twice: at most
+/// [`REPLY_BYTES_MAX`] bytes, within [`REQUEST_TIMEOUT`].
 pub async fn post_json(
     url: &str,
     ca_file: &std::path::Path,
     path: &str,
     body: &str,
     bearer: Option<&str>,
-) -> Result<(u16, String), ClientError> {
+) -> Result<Reply, ClientError> {
     use http_body_util::{BodyExt, Full, Limited};
     use hyper::body::Bytes;
     use hyper::header;
@@ -243,12 +270,17 @@ pub async fn post_json(
                 .await
                 .map_err(|e| connect_err(e.to_string()))?;
             let status = response.status().as_u16();
+            let refusal = refusal_of(response.headers());
             let bytes = Limited::new(response.into_body(), REPLY_BYTES_MAX)
                 .collect()
                 .await
                 .map_err(|e| connect_err(format!("reply: {e}")))?
                 .to_bytes();
-            Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+            Ok(Reply {
+                status,
+                refusal,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            })
         }
         .await;
         driver.abort();
@@ -357,6 +389,104 @@ mod tests {
         let reply = post_json(&url, &ca_file, "/v1/token", "{}", Some("bz_t"))
             .await
             .unwrap();
-        assert_eq!(reply, (409, "hello world".to_string()));
+        assert_eq!((reply.status, reply.body.as_str()), (409, "hello world"));
+    }
+
+    /// Serves `replies` in turn, one per connection, each after reading
+    /// the request; returns the URL to reach them.
+    async fn serve_replies(acceptor: tokio_rustls::TlsAcceptor, replies: Vec<String>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for reply in replies {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut tls = acceptor.accept(tcp).await.unwrap();
+                let mut request = [0u8; 4096];
+                let _ = tls.read(&mut request).await;
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        format!("https://127.0.0.1:{port}")
+    }
+
+    /// A 401 with `body`, and the refusal header if `code` is given.
+    fn unauthorized(code: Option<&str>, body: &str) -> String {
+        let header = code
+            .map(|c| format!("{}: {c}\r\n", baraza_protocol::REFUSAL_HEADER))
+            .unwrap_or_default();
+        format!(
+            "HTTP/1.1 401 Unauthorized\r\n{header}Content-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn an_https_refusal_is_known_by_its_code_not_its_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_file, acceptor) = test_tls(dir.path());
+        let url = serve_replies(
+            acceptor,
+            vec![
+                unauthorized(Some("expired"), "wrong user name or password"),
+                unauthorized(None, "revoked: this device was reported lost"),
+            ],
+        )
+        .await;
+        let coded = post_json(&url, &ca_file, "/v1/token", "{}", Some("bz_t"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (coded.status, coded.refusal, coded.body.as_str()),
+            (
+                401,
+                crate::AuthRefusal::Expired,
+                "wrong user name or password"
+            )
+        );
+        let uncoded = post_json(&url, &ca_file, "/v1/token", "{}", Some("bz_t"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (uncoded.status, uncoded.refusal),
+            (401, crate::AuthRefusal::Other)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_websocket_upgrade_is_known_by_its_code_not_its_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_file, acceptor) = test_tls(dir.path());
+        let url = serve_replies(
+            acceptor,
+            vec![
+                unauthorized(Some("revoked"), "this device was reported lost"),
+                unauthorized(None, "revoked: this device was reported lost"),
+            ],
+        )
+        .await;
+        let endpoint = Endpoint {
+            url,
+            ca_file: Some(ca_file),
+            token: "bz_t".into(),
+        };
+        match connect(&endpoint, 1 << 20).await {
+            Err(ClientError::Unauthorized { refusal, message }) => {
+                assert_eq!(refusal, crate::AuthRefusal::Revoked, "{message}");
+                assert_eq!(message, "this device was reported lost");
+            }
+            other => panic!("expected a refusal, got {:?}", other.err()),
+        }
+        // Without the code, the same words are a refusal of no known kind:
+        // nothing is wiped on the strength of a message's wording.
+        match connect(&endpoint, 1 << 20).await {
+            Err(ClientError::Unauthorized { refusal, .. }) => {
+                assert_eq!(refusal, crate::AuthRefusal::Other);
+            }
+            other => panic!("expected a refusal, got {:?}", other.err()),
+        }
     }
 }
