@@ -38,7 +38,12 @@ fn cli_with_input(data: &Path, args: &[&str], stdin: &str) -> Output {
         .spawn()
         .expect("spawn baraza");
     if let Some(mut input) = child.stdin.take() {
-        input.write_all(stdin.as_bytes()).expect("write to baraza");
+        // A command that fails before it reads its input (a bad URL, a
+        // refusal) may exit first: its status and output say what happened.
+        match input.write_all(stdin.as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("write to baraza: {e}"),
+            _ => {}
+        }
     }
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
