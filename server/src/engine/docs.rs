@@ -23,7 +23,7 @@ use baraza_protocol::docsync::{self, ApplyError};
 use baraza_protocol::{to_heads, DocDelta, DocId, Seq};
 use tokio::sync::{oneshot, watch};
 
-use crate::storage::store::{DocWrite, IndexEntry, Receipt, Store, StoreError};
+use crate::storage::store::{DocWrite, IndexEntry, Receipt, Store, StoreError, StoredDoc};
 
 /// Chunks a document may accumulate before it is folded into one save.
 const CHUNKS_BEFORE_COMPACTION: u32 = 64;
@@ -61,6 +61,27 @@ fn damage(id: DocId, e: StoreError) -> DocsError {
         StoreError::Corrupt { .. } => DocsError::Load(id, e.to_string()),
         other => DocsError::Store(other),
     }
+}
+
+/// What the store holds of a record, loaded and checked: bytes that do not
+/// decode (or make automerge panic), or that load to other heads than the
+/// commit recorded, are damage.
+fn load_checked(id: DocId, stored: &StoredDoc) -> Result<Automerge, DocsError> {
+    let doc = docsync::contained(|| {
+        Automerge::load(&stored.bytes).map_err(|e| ApplyError::Corrupt(e.to_string()))
+    })
+    .map_err(|e| DocsError::Load(id, e.to_string()))?;
+    loads_to(&doc, &stored.heads).map_err(|wrong| {
+        DocsError::Load(
+            id,
+            format!(
+                "its {} stored chunks load to {wrong}, recorded at feed position {}",
+                stored.positions.len(),
+                stored.seq
+            ),
+        )
+    })?;
+    Ok(doc)
 }
 
 /// Whether `doc` is at exactly the heads a commit recorded; if not, what
@@ -258,20 +279,7 @@ impl Docs {
             .unwrap_or_default();
         let mut live = match self.store.load(id).map_err(|e| damage(id, e))? {
             Some(stored) => {
-                let doc = docsync::contained(|| {
-                    Automerge::load(&stored.bytes).map_err(|e| ApplyError::Corrupt(e.to_string()))
-                })
-                .map_err(|e| DocsError::Load(id, e.to_string()))?;
-                if let Err(wrong) = loads_to(&doc, &stored.heads) {
-                    return Err(DocsError::Load(
-                        id,
-                        format!(
-                            "its {} stored chunks load to {wrong}, recorded at feed position {}",
-                            stored.positions.len(),
-                            stored.seq
-                        ),
-                    ));
-                }
+                let doc = load_checked(id, &stored)?;
                 LiveDoc {
                     doc,
                     chunks: stored.positions.len() as u32,
@@ -530,13 +538,9 @@ pub fn fold(store: &dyn Store, id: DocId) -> Result<bool, DocsError> {
     if stored.positions.len() < 2 {
         return Ok(false);
     }
-    let saved = docsync::contained(|| {
-        let doc = Automerge::load(&stored.bytes).map_err(|e| ApplyError::Corrupt(e.to_string()))?;
-        loads_to(&doc, &stored.heads)
-            .map_err(|wrong| ApplyError::Corrupt(format!("loads to {wrong}")))?;
-        Ok(doc.save())
-    })
-    .map_err(|e| DocsError::Load(id, e.to_string()))?;
+    let doc = load_checked(id, &stored)?;
+    let saved =
+        docsync::contained(|| Ok(doc.save())).map_err(|e| DocsError::Load(id, e.to_string()))?;
     Ok(store.fold(id, &stored.positions, &saved)?)
 }
 
