@@ -12,11 +12,12 @@
 //! record. A refused write names its rule, so the tablet can show *why* a
 //! change was not accepted.
 
-use automerge::{Automerge, Change};
+use automerge::Change;
 use serde::{Deserialize, Serialize};
 
 use crate::header::Header;
-use crate::inspect::{conflicts, effects, review_edits, user_of, CommentFieldEdit, ReviewEdit};
+use crate::inspect::{conflicts, user_of, CommentFieldEdit, ReviewBlock, ReviewEdit};
+use crate::read::Reader;
 use crate::schema::{Kind, ReviewState};
 
 /// What a user does, which decides what they may read and change.
@@ -289,7 +290,7 @@ impl Principal {
         &self,
         header: &Header,
         is_new: bool,
-        doc: &Automerge,
+        doc: &(impl Reader + ?Sized),
         changes: &[Change],
     ) -> Result<WriteSummary, Refusal> {
         let refuse = |rule: Rule, reason: String| Err(Refusal { rule, reason });
@@ -344,6 +345,7 @@ impl Principal {
             );
         }
         let mut summary = WriteSummary::default();
+        let block = ReviewBlock::read(doc);
         for change in changes {
             let named = user_of(change.message());
             if named.as_deref() != Some(self.user.as_str()) {
@@ -357,8 +359,14 @@ impl Principal {
                     ),
                 );
             }
-            for state in effects(doc, change).review_states {
-                if let Some(decision) = ReviewState::parse(&state).filter(|s| s.is_decision()) {
+            // Every review state the change's operations set: a decision
+            // counts even where a concurrent value wins.
+            let edits = block.edits(doc.doc(), change);
+            for edit in &edits {
+                let ReviewEdit::State { to: state, .. } = edit else {
+                    continue;
+                };
+                if let Some(decision) = ReviewState::parse(state).filter(|s| s.is_decision()) {
                     if self.role != Role::Supervisor {
                         return refuse(
                             rules::REVIEW,
@@ -372,7 +380,7 @@ impl Principal {
                     summary.decisions.push(decision);
                 }
             }
-            for edit in review_edits(doc, change) {
+            for edit in edits {
                 self.check_review_edit(header, change, edit)?;
             }
         }

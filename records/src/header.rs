@@ -1,9 +1,10 @@
 //! The immutable header every record carries.
 
 use automerge::transaction::Transactable;
-use automerge::{Automerge, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{ObjType, ScalarValue, Value, ROOT};
 use serde::{Deserialize, Serialize};
 
+use crate::read::Reader;
 use crate::schema::Kind;
 use crate::validate::SchemaError;
 
@@ -29,11 +30,11 @@ pub struct Header {
 }
 
 fn read_str(
-    doc: &Automerge,
+    doc: &(impl Reader + ?Sized),
     obj: &automerge::ObjId,
     field: &'static str,
 ) -> Result<String, SchemaError> {
-    let values = doc.get_all(obj, field).unwrap_or_default();
+    let values = doc.all(obj, field.into());
     if values.len() > 1 {
         return Err(SchemaError::HeaderChanged(field));
     }
@@ -53,11 +54,11 @@ fn read_str(
 }
 
 fn read_int(
-    doc: &Automerge,
+    doc: &(impl Reader + ?Sized),
     obj: &automerge::ObjId,
     field: &'static str,
 ) -> Result<i64, SchemaError> {
-    let values = doc.get_all(obj, field).unwrap_or_default();
+    let values = doc.all(obj, field.into());
     if values.len() > 1 {
         return Err(SchemaError::HeaderChanged(field));
     }
@@ -82,12 +83,12 @@ fn read_int(
 
 impl Header {
     /// Reads the header of a record.
-    pub fn read(doc: &Automerge) -> Result<Header, SchemaError> {
-        let headers = doc.get_all(ROOT, "header").unwrap_or_default();
+    pub fn read(doc: &(impl Reader + ?Sized)) -> Result<Header, SchemaError> {
+        let headers = doc.all(&ROOT, "header".into());
         if headers.len() > 1 {
             return Err(SchemaError::HeaderChanged("header"));
         }
-        let Some((Value::Object(ObjType::Map), obj)) = headers.into_iter().next() else {
+        let Some((Value::Object(ObjType::Map), obj)) = headers.first().cloned() else {
             return Err(SchemaError::NoHeader);
         };
         let kind_name = read_str(doc, &obj, "kind")?;

@@ -10,6 +10,7 @@ use automerge::{
 };
 use serde::Serialize;
 
+use crate::read::Reader;
 use crate::schema::ReviewState;
 
 /// One of the values a conflicted field holds.
@@ -54,14 +55,14 @@ pub struct HistoryEntry {
 }
 
 /// Renders a value for people.
-pub fn show(doc: &Automerge, value: &Value<'_>, obj: &ObjId) -> String {
+pub fn show(doc: &(impl Reader + ?Sized), value: &Value<'_>, obj: &ObjId) -> String {
     match value {
         Value::Scalar(s) => match s.as_ref() {
             ScalarValue::Str(s) => s.to_string(),
             other => other.to_string(),
         },
-        Value::Object(ObjType::Text) => doc.text(obj).unwrap_or_default(),
-        Value::Object(ObjType::List) => format!("[{} items]", doc.length(obj)),
+        Value::Object(ObjType::Text) => doc.text_of(obj),
+        Value::Object(ObjType::List) => format!("[{} items]", doc.length_of(obj)),
         Value::Object(t) => format!("<{t:?}>").to_lowercase(),
     }
 }
@@ -90,14 +91,16 @@ fn who(doc: &Automerge, id: &ObjId) -> (String, i64, Option<String>) {
 /// one value, giving `found` its dotted path and values, until `found`
 /// breaks.
 fn each_conflict(
-    doc: &Automerge,
+    doc: &(impl Reader + ?Sized),
     obj: &ObjId,
     prefix: &str,
     found: &mut impl FnMut(String, &[(Value<'_>, ObjId)]) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
-    let props: Vec<Prop> = match doc.object_type(obj) {
-        Ok(ObjType::Map) | Ok(ObjType::Table) => doc.keys(obj).map(Prop::Map).collect(),
-        Ok(ObjType::List) => (0..doc.length(obj)).map(Prop::Seq).collect(),
+    let props: Vec<Prop> = match doc.type_of(obj) {
+        Some(ObjType::Map | ObjType::Table) => {
+            doc.keys_of(obj).into_iter().map(Prop::Map).collect()
+        }
+        Some(ObjType::List) => (0..doc.length_of(obj)).map(Prop::Seq).collect(),
         _ => return ControlFlow::Continue(()),
     };
     for prop in props {
@@ -110,13 +113,13 @@ fn each_conflict(
         } else {
             format!("{prefix}.{name}")
         };
-        let values = doc.get_all(obj, prop).unwrap_or_default();
+        let values = doc.all(obj, prop);
         if values.len() > 1 {
             found(path.clone(), &values)?;
         }
         // Recurse into the value shown, where edits keep happening.
-        if let Some((Value::Object(ObjType::Map | ObjType::List), child)) = values.last().cloned() {
-            each_conflict(doc, &child, &path, found)?;
+        if let Some((Value::Object(ObjType::Map | ObjType::List), child)) = values.last() {
+            each_conflict(doc, child, &path, found)?;
         }
     }
     ControlFlow::Continue(())
@@ -124,10 +127,10 @@ fn each_conflict(
 
 /// The record's review state: `draft` if it has none, or holds a value the
 /// schema never allowed (a record from before the schema checked it).
-pub fn review_state(doc: &Automerge) -> ReviewState {
-    let stored = match doc.get(ROOT, "review") {
-        Ok(Some((Value::Object(ObjType::Map), review))) => match doc.get(&review, "state") {
-            Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+pub fn review_state(doc: &(impl Reader + ?Sized)) -> ReviewState {
+    let stored = match doc.shown(&ROOT, "review".into()) {
+        Some((Value::Object(ObjType::Map), review)) => match doc.shown(&review, "state".into()) {
+            Some((Value::Scalar(s), _)) => match s.as_ref() {
                 ScalarValue::Str(v) => ReviewState::parse(v),
                 _ => None,
             },
@@ -150,26 +153,26 @@ pub struct ReviewComment {
 }
 
 /// The comments left with review decisions, oldest first.
-pub fn review_comments(doc: &Automerge) -> Vec<ReviewComment> {
-    let Ok(Some((Value::Object(ObjType::Map), review))) = doc.get(ROOT, "review") else {
+pub fn review_comments(doc: &(impl Reader + ?Sized)) -> Vec<ReviewComment> {
+    let Some((Value::Object(ObjType::Map), review)) = doc.shown(&ROOT, "review".into()) else {
         return Vec::new();
     };
-    let Ok(Some((Value::Object(ObjType::List), list))) = doc.get(&review, "comments") else {
+    let Some((Value::Object(ObjType::List), list)) = doc.shown(&review, "comments".into()) else {
         return Vec::new();
     };
-    let text = |obj: &ObjId, key: &str| match doc.get(obj, key) {
-        Ok(Some((Value::Scalar(s), _))) => match s.as_ref() {
+    let text = |obj: &ObjId, key: &str| match doc.shown(obj, key.into()) {
+        Some((Value::Scalar(s), _)) => match s.as_ref() {
             ScalarValue::Str(v) => v.to_string(),
             other => other.to_string(),
         },
         _ => String::new(),
     };
-    (0..doc.length(&list))
-        .filter_map(|i| match doc.get(&list, i) {
-            Ok(Some((Value::Object(ObjType::Map), item))) => Some(ReviewComment {
+    (0..doc.length_of(&list))
+        .filter_map(|i| match doc.shown(&list, i.into()) {
+            Some((Value::Object(ObjType::Map), item)) => Some(ReviewComment {
                 by: text(&item, "by"),
-                at: match doc.get(&item, "at") {
-                    Ok(Some((Value::Scalar(s), _))) => s.as_i64().unwrap_or(0),
+                at: match doc.shown(&item, "at".into()) {
+                    Some((Value::Scalar(s), _)) => s.as_i64().unwrap_or(0),
                     _ => 0,
                 },
                 text: text(&item, "text"),
@@ -186,7 +189,7 @@ pub const TITLE_CHARS_MAX: usize = 120;
 /// note's `beat`, a feedback's `about`, or else the first non-empty line of
 /// its `description` (or `notes`), cut to [`TITLE_CHARS_MAX`] characters.
 /// None for contact details: a list shows no one's name or phone number.
-pub fn title(doc: &Automerge, kind: crate::Kind) -> Option<String> {
+pub fn title(doc: &(impl Reader + ?Sized), kind: crate::Kind) -> Option<String> {
     use crate::Kind;
     let (first, fallback) = match kind {
         Kind::Meeting => ("title", "notes"),
@@ -195,7 +198,7 @@ pub fn title(doc: &Automerge, kind: crate::Kind) -> Option<String> {
         Kind::FeedbackContact => return None,
     };
     let line = |key: &str| {
-        let (value, obj) = doc.get(ROOT, key).ok().flatten()?;
+        let (value, obj) = doc.shown(&ROOT, key.into())?;
         if !matches!(value, Value::Object(ObjType::Text) | Value::Scalar(_)) {
             return None;
         }
@@ -210,23 +213,23 @@ pub fn title(doc: &Automerge, kind: crate::Kind) -> Option<String> {
 /// claimed time (ms) of the change that set it, the latest if concurrent
 /// changes each set it. None unless the state is `submitted` now. Reads
 /// the value's op ids, no diff: cheap enough for every admitted write.
-pub fn submitted_at(doc: &Automerge) -> Option<i64> {
-    let Ok(Some((Value::Object(ObjType::Map), review))) = doc.get(ROOT, "review") else {
+pub fn submitted_at(doc: &(impl Reader + ?Sized)) -> Option<i64> {
+    let Some((Value::Object(ObjType::Map), review)) = doc.shown(&ROOT, "review".into()) else {
         return None;
     };
-    doc.get_all(&review, "state")
-        .unwrap_or_default()
+    let am = doc.doc();
+    doc.all(&review, "state".into())
         .iter()
         .filter(|(v, _)| v.as_str() == Some("submitted"))
         .filter_map(|(_, id)| {
-            let meta = doc.get_change_meta_by_hash(&doc.hash_for_opid(id)?)?;
+            let meta = am.get_change_meta_by_hash(&am.hash_for_opid(id)?)?;
             Some(meta.timestamp.saturating_mul(1000))
         })
         .max()
 }
 
 /// Every conflicted field of a record, nested ones included.
-pub fn conflicts(doc: &Automerge) -> Vec<Conflict> {
+pub fn conflicts(doc: &(impl Reader + ?Sized)) -> Vec<Conflict> {
     let mut out = Vec::new();
     let _ = each_conflict(doc, &ROOT, "", &mut |path, values| {
         let n = values.len();
@@ -236,7 +239,7 @@ pub fn conflicts(doc: &Automerge) -> Vec<Conflict> {
                 .iter()
                 .enumerate()
                 .map(|(i, (v, id))| {
-                    let (actor, time, user) = who(doc, id);
+                    let (actor, time, user) = who(doc.doc(), id);
                     ConflictValue {
                         value: show(doc, v, id),
                         actor,
@@ -255,7 +258,7 @@ pub fn conflicts(doc: &Automerge) -> Vec<Conflict> {
 /// Whether any field of a record holds conflicting values: the walk of
 /// [`conflicts`], stopping at the first, without reading who set what
 /// (every admitted write asks, for the list row).
-pub fn has_conflict(doc: &Automerge) -> bool {
+pub fn has_conflict(doc: &(impl Reader + ?Sized)) -> bool {
     each_conflict(doc, &ROOT, "", &mut |_, _| ControlFlow::Break(())).is_break()
 }
 
@@ -456,21 +459,22 @@ struct ReviewNow {
 }
 
 impl ReviewNow {
-    fn read(doc: &Automerge) -> ReviewNow {
+    fn read(doc: &(impl Reader + ?Sized)) -> ReviewNow {
         let mut now = ReviewNow::default();
-        for (value, id) in values_at(doc, &ROOT, "review", None) {
-            let Some(key) = op_key(&id) else { continue };
+        for (value, id) in doc.all(&ROOT, "review".into()).iter() {
+            let Some(key) = op_key(id) else { continue };
             now.block.push(key.clone());
             if !matches!(value, Value::Object(ObjType::Map)) {
                 continue;
             }
-            let state = values_at(doc, &id, "state", None)
-                .into_iter()
-                .filter_map(|(v, vid)| op_key(&vid).map(|k| (k, text_of(&v))))
+            let state = doc
+                .all(id, "state".into())
+                .iter()
+                .filter_map(|(v, vid)| op_key(vid).map(|k| (k, text_of(v))))
                 .collect();
             let mut comments = Vec::new();
-            for (value, list) in values_at(doc, &id, "comments", None) {
-                let Some(list_key) = op_key(&list) else {
+            for (value, list) in doc.all(id, "comments".into()).iter() {
+                let Some(list_key) = op_key(list) else {
                     continue;
                 };
                 comments.push(list_key.clone());
@@ -478,23 +482,29 @@ impl ReviewNow {
                     continue;
                 }
                 let mut index = HashMap::new();
-                for i in 0..doc.length(&list) {
-                    for (value, item) in values_at(doc, &list, i, None) {
-                        let Some(item_key) = op_key(&item) else {
+                for i in 0..doc.length_of(list) {
+                    for (value, item) in doc.all(list, i.into()).iter() {
+                        let Some(item_key) = op_key(item) else {
                             continue;
                         };
                         index.insert(item_key.clone(), i);
                         if matches!(value, Value::Object(ObjType::Map)) {
-                            now.items.insert(item_key, item);
+                            now.items.insert(item_key, item.clone());
                         }
                     }
                 }
-                now.lists.insert(list_key, CommentsNow { id: list, index });
+                now.lists.insert(
+                    list_key,
+                    CommentsNow {
+                        id: list.clone(),
+                        index,
+                    },
+                );
             }
             now.maps.insert(
                 key,
                 ReviewMapNow {
-                    id,
+                    id: id.clone(),
                     state,
                     comments,
                 },
@@ -519,7 +529,27 @@ enum Place {
 /// operation on an object the review block no longer holds changes
 /// nothing and is left out.
 pub fn review_edits(doc: &Automerge, change: &automerge::Change) -> Vec<ReviewEdit> {
-    let now = ReviewNow::read(doc);
+    ReviewBlock::read(doc).edits(doc, change)
+}
+
+/// A record's review block as it stands, read once to judge each of
+/// several changes ([`ReviewBlock::edits`]).
+pub struct ReviewBlock(ReviewNow);
+
+impl ReviewBlock {
+    /// Reads the review block of the record `doc` holds.
+    pub fn read(doc: &(impl Reader + ?Sized)) -> ReviewBlock {
+        ReviewBlock(ReviewNow::read(doc))
+    }
+
+    /// What `change` (which must be in `doc`, the record this block was
+    /// read from) did to the review block: [`review_edits`].
+    pub fn edits(&self, doc: &Automerge, change: &automerge::Change) -> Vec<ReviewEdit> {
+        edits_against(&self.0, doc, change)
+    }
+}
+
+fn edits_against(now: &ReviewNow, doc: &Automerge, change: &automerge::Change) -> Vec<ReviewEdit> {
     let deps = change.deps();
     let expanded = change.decode();
     let actor = change.actor_id();

@@ -15,6 +15,7 @@ pub mod access;
 pub mod header;
 pub mod inspect;
 pub mod ops;
+pub mod read;
 pub mod schema;
 pub mod validate;
 
@@ -23,8 +24,9 @@ pub use header::Header;
 pub use inspect::{
     conflicts, effects, has_conflict, history, review_comments, review_edits, review_state,
     submitted_at, title, ChangeEffects, CommentFieldEdit, Conflict, ConflictValue, HistoryEntry,
-    ReviewComment, ReviewEdit,
+    ReviewBlock, ReviewComment, ReviewEdit,
 };
 pub use ops::{EditError, FieldValue};
+pub use read::{Reader, Snapshot};
 pub use schema::{Bounds, FieldSpec, FieldType, Kind, ReviewState, SCHEMA_VERSION};
 pub use validate::{validate, validate_additions, validate_change, SchemaError};

@@ -4,7 +4,9 @@
 //! held to more ([`validate_additions`]): no keys the schema lacks (in
 //! records of a schema version this one knows) and numbers in range.
 
-use automerge::{ActorId, Automerge, Change, ObjId, ObjType, ReadDoc, ScalarValue, Value, ROOT};
+use automerge::{ActorId, Automerge, Change, ObjId, ObjType, ScalarValue, Value, ROOT};
+
+use crate::read::Reader;
 
 use crate::header::Header;
 use crate::schema::{names, FieldSpec, FieldType, HEADER, REVIEW, SCHEMA_VERSION};
@@ -104,7 +106,7 @@ fn expected(ty: FieldType) -> String {
 }
 
 fn check_value(
-    doc: &Automerge,
+    doc: &(impl Reader + ?Sized),
     path: &str,
     ty: FieldType,
     value: &Value<'_>,
@@ -142,16 +144,16 @@ fn check_value(
         },
         (FieldType::Map(spec), Value::Object(ObjType::Map)) => check_map(doc, obj, spec, path),
         (FieldType::List(spec), Value::Object(ObjType::List)) => {
-            for i in 0..doc.length(obj) {
+            for i in 0..doc.length_of(obj) {
                 let item_path = format!("{path}.{i}");
-                for (value, id) in doc.get_all(obj, i).unwrap_or_default() {
+                for (value, id) in doc.all(obj, i.into()).iter() {
                     match value {
-                        Value::Object(ObjType::Map) => check_map(doc, &id, spec, &item_path)?,
+                        Value::Object(ObjType::Map) => check_map(doc, id, spec, &item_path)?,
                         other => {
                             return Err(SchemaError::WrongType {
                                 path: item_path,
                                 expected: "map".into(),
-                                found: describe(&other),
+                                found: describe(other),
                             })
                         }
                     }
@@ -168,7 +170,7 @@ fn check_value(
 /// keys were refused must still load ([`validate_additions`] judges new
 /// ones).
 fn check_map(
-    doc: &Automerge,
+    doc: &(impl Reader + ?Sized),
     obj: &ObjId,
     spec: &[FieldSpec],
     prefix: &str,
@@ -179,14 +181,7 @@ fn check_map(
         } else {
             format!("{prefix}.{}", field.name)
         };
-        let values = doc
-            .get_all(obj, field.name)
-            .map_err(|e| SchemaError::WrongType {
-                path: path.clone(),
-                expected: expected(field.ty),
-                found: e.to_string(),
-            })?;
-        for (value, id) in &values {
+        for (value, id) in doc.all(obj, field.name.into()).iter() {
             check_value(doc, &path, field.ty, value, id)?;
         }
     }
@@ -194,15 +189,14 @@ fn check_map(
 }
 
 /// Checks a whole record: its header, the review block and its kind's fields.
-pub fn validate(doc: &Automerge) -> Result<Header, SchemaError> {
+pub fn validate(doc: &(impl Reader + ?Sized)) -> Result<Header, SchemaError> {
     let header = Header::read(doc)?;
-    let Some((Value::Object(ObjType::Map), header_obj)) = doc.get(ROOT, "header").ok().flatten()
-    else {
+    let Some((Value::Object(ObjType::Map), header_obj)) = doc.shown(&ROOT, "header".into()) else {
         return Err(SchemaError::NoHeader);
     };
     check_map(doc, &header_obj, HEADER, "header")?;
     check_map(doc, &ROOT, header.kind.fields(), "")?;
-    match doc.get(ROOT, "review").ok().flatten() {
+    match doc.shown(&ROOT, "review".into()) {
         Some((Value::Object(ObjType::Map), review)) => check_map(doc, &review, REVIEW, "review")?,
         Some((other, _)) => {
             return Err(SchemaError::WrongType {
@@ -242,7 +236,10 @@ pub fn validate_change(
 /// every bounded number in range. Values already there before the changes
 /// are not judged: records stored before these rules still load and take
 /// edits, and only new writes are refused.
-pub fn validate_additions(doc: &Automerge, changes: &[Change]) -> Result<(), SchemaError> {
+pub fn validate_additions(
+    doc: &(impl Reader + ?Sized),
+    changes: &[Change],
+) -> Result<(), SchemaError> {
     let header = Header::read(doc)?;
     let walk = Additions {
         doc,
@@ -269,8 +266,8 @@ pub fn validate_additions(doc: &Automerge, changes: &[Change]) -> Result<(), Sch
 }
 
 /// The walk of [`validate_additions`].
-struct Additions<'a> {
-    doc: &'a Automerge,
+struct Additions<'a, R: Reader + ?Sized> {
+    doc: &'a R,
     /// Each change's actor and first and last operation counters: a value
     /// whose id falls in one was put by these changes.
     made: Vec<(ActorId, u64, u64)>,
@@ -278,7 +275,7 @@ struct Additions<'a> {
     kind: &'static str,
 }
 
-impl Additions<'_> {
+impl<R: Reader + ?Sized> Additions<'_, R> {
     fn is_new(&self, id: &ObjId) -> bool {
         match id {
             ObjId::Id(counter, actor, _) => self
@@ -290,13 +287,13 @@ impl Additions<'_> {
     }
 
     fn map(&self, obj: &ObjId, spec: &[FieldSpec], prefix: &str) -> Result<(), SchemaError> {
-        for key in self.doc.keys(obj) {
+        for key in self.doc.keys_of(obj) {
             let path = if prefix.is_empty() {
                 key.clone()
             } else {
                 format!("{prefix}.{key}")
             };
-            let values = self.doc.get_all(obj, key.as_str()).unwrap_or_default();
+            let values = self.doc.all(obj, key.as_str().into());
             let Some(field) = spec.iter().find(|f| f.name == key) else {
                 if self.unknown_refused && values.iter().any(|(_, id)| self.is_new(id)) {
                     return Err(SchemaError::UnknownField {
@@ -307,7 +304,7 @@ impl Additions<'_> {
                 }
                 continue;
             };
-            for (value, id) in &values {
+            for (value, id) in values.iter() {
                 self.value(field, &path, value, id)?;
             }
         }
@@ -324,10 +321,10 @@ impl Additions<'_> {
         match (field.ty, value) {
             (FieldType::Map(parts), Value::Object(ObjType::Map)) => self.map(id, parts, path),
             (FieldType::List(parts), Value::Object(ObjType::List)) => {
-                for i in 0..self.doc.length(id) {
-                    for (item, item_id) in self.doc.get_all(id, i).unwrap_or_default() {
+                for i in 0..self.doc.length_of(id) {
+                    for (item, item_id) in self.doc.all(id, i.into()).iter() {
                         if let Value::Object(ObjType::Map) = item {
-                            self.map(&item_id, parts, &format!("{path}.{i}"))?;
+                            self.map(item_id, parts, &format!("{path}.{i}"))?;
                         }
                     }
                 }

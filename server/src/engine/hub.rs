@@ -1108,7 +1108,10 @@ fn admit(
         message: format!("record {id}: {e}"),
         reason: None,
     };
-    let header = baraza_records::validate(doc).map_err(|e| invalid(e.to_string()))?;
+    // Every check below reads the record; reading it whole once is cheaper
+    // than each seeking its keys in the document.
+    let view = baraza_records::Snapshot::read(doc);
+    let header = baraza_records::validate(&view).map_err(|e| invalid(e.to_string()))?;
     if header.id != id.to_string() {
         return Err(invalid(format!(
             "header field id: {:?} is not this record's id",
@@ -1132,7 +1135,7 @@ fn admit(
         }
         None => {}
     }
-    baraza_records::validate_additions(doc, &changes).map_err(|e| Refused {
+    baraza_records::validate_additions(&view, &changes).map_err(|e| Refused {
         code: match e {
             baraza_records::SchemaError::UnknownField { .. } => ErrorCode::UnknownField,
             _ => ErrorCode::InvalidRecord,
@@ -1143,7 +1146,7 @@ fn admit(
     })?;
     let summary = match rules {
         Some(who) => who
-            .check_write(&header, is_new, doc, &changes)
+            .check_write(&header, is_new, &view, &changes)
             .map_err(|r| Refused {
                 code: ErrorCode::Forbidden,
                 rule: Some(r.rule),
@@ -1153,12 +1156,12 @@ fn admit(
         None => WriteSummary::default(),
     };
     let receipt = clock.receipt(&changes, is_new.then_some(header.created_at));
-    Ok((index_entry(header, doc), summary, receipt))
+    Ok((index_entry(header, &view), summary, receipt))
 }
 
 /// Where a record sits in the listing index, and what its list row shows,
 /// as `doc` (the record after an admitted write) has it.
-fn index_entry(header: Header, doc: &automerge::Automerge) -> IndexEntry {
+fn index_entry(header: Header, doc: &impl baraza_records::Reader) -> IndexEntry {
     IndexEntry {
         kind: header.kind.name().to_string(),
         state: baraza_records::review_state(doc),
