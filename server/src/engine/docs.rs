@@ -23,6 +23,7 @@ use baraza_protocol::docsync::{self, ApplyError};
 use baraza_protocol::{to_heads, DocDelta, DocId, Seq};
 use tokio::sync::{oneshot, watch};
 
+use crate::engine::recent::RecentLogs;
 use crate::storage::store::{DocWrite, IndexEntry, Receipt, Store, StoreError, StoredDoc};
 
 /// Chunks a document may accumulate before it is folded into one save.
@@ -168,6 +169,7 @@ pub struct Docs {
     durable: watch::Receiver<Seq>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
+    recent: Arc<RecentLogs>,
 }
 
 impl Docs {
@@ -187,7 +189,9 @@ impl Docs {
         let (fold_tx, fold_rx) = mpsc::channel::<DocId>();
         let (durable_tx, durable) = watch::channel(store.feed_watermark()?);
         let queued: Arc<Mutex<Queued>> = Arc::default();
+        let recent: Arc<RecentLogs> = Arc::default();
         let committer = Committer {
+            recent: recent.clone(),
             store: store.clone(),
             durable: durable_tx,
             queued: queued.clone(),
@@ -216,7 +220,20 @@ impl Docs {
             durable,
             committer: Mutex::new(Some(handle)),
             compactor: Mutex::new(Some(compactor)),
+            recent,
         }))
+    }
+
+    /// What a reader holding `id` as of feed position `base` lacks, for its
+    /// feed entry at `at`, from chunks shared by every reader; None if the
+    /// store holds no chunks after `base` (see [`RecentLogs::after`]).
+    pub fn recent_after(
+        &self,
+        id: DocId,
+        base: Seq,
+        at: Seq,
+    ) -> Result<Option<DocDelta>, DocsError> {
+        self.recent.after(self.store.as_ref(), id, base, at)
     }
 
     /// The store underneath.
@@ -436,6 +453,8 @@ struct Committer {
     anchor: Option<Arc<crate::storage::integrity::Anchor>>,
     /// Documents due a fold, for the compactor.
     folds: mpsc::Sender<DocId>,
+    /// Forgotten around every erasure and rebuild.
+    recent: Arc<RecentLogs>,
 }
 
 impl Committer {
@@ -461,7 +480,20 @@ impl Committer {
             answers.push((job.write.doc, job.ticket, job.fold, job.reply));
             writes.push(job.write);
         }
+        // An erasure or rebuild changes what the record's chunks say:
+        // nothing read before it is served after it.
+        let rewritten: Vec<DocId> = writes
+            .iter()
+            .filter(|w| w.erase || w.rebuild)
+            .map(|w| w.doc)
+            .collect();
+        for doc in &rewritten {
+            self.recent.forget(*doc);
+        }
         let result = self.store.commit(&writes);
+        for doc in &rewritten {
+            self.recent.forget(*doc);
+        }
         // Committed or failed, these are no longer waiting: a failed write's
         // document is forgotten by its writer, so no copy replays it.
         {
@@ -587,6 +619,39 @@ mod tests {
         let pending = Docs::write_for(id, &mut live, chunk, None, None).unwrap();
         drop(live);
         docs.submit(pending).blocking_recv().unwrap().unwrap()
+    }
+
+    /// Readers share what the store holds of a record: each is sent the
+    /// chunks after its own position, a newer write is read again, and
+    /// nothing read before an erasure is served after it.
+    #[test]
+    fn shared_chunks_follow_new_writes_and_are_forgotten_on_erasure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open_path(dir.path(), [1; 16]).unwrap());
+        let docs = Docs::start(store.clone(), 8).unwrap();
+        let id = DocId::from_bytes([5; 16]);
+        let first = edit(&docs, id, 1);
+        let second = edit(&docs, id, 2);
+        let from_start = docs.recent_after(id, first - 1, second).unwrap().unwrap();
+        let from_first = docs.recent_after(id, first, second).unwrap().unwrap();
+        let stored = store.chunks_after(id, first).unwrap().unwrap();
+        assert_eq!(from_first.data, stored.bytes);
+        assert_eq!(from_first.seq, second);
+        assert!(from_start.data.len() > from_first.data.len());
+        assert!(from_start.data.ends_with(&from_first.data));
+        // A write after the shared copy was read: its entry reads it.
+        let third = edit(&docs, id, 3);
+        let after = docs.recent_after(id, second, third).unwrap().unwrap();
+        assert_eq!(after.seq, third);
+        assert_eq!(
+            after.data,
+            store.chunks_after(id, second).unwrap().unwrap().bytes
+        );
+        assert!(!after.data.is_empty());
+        // Erased: an earlier entry read now finds nothing to send.
+        docs.erase(id).unwrap();
+        assert_eq!(docs.recent_after(id, first, second).unwrap(), None);
+        docs.shutdown().unwrap();
     }
 
     #[test]

@@ -1223,11 +1223,12 @@ impl Feed for HubFeed<'_> {
         &mut self,
         doc: DocId,
         base: Seq,
+        at: Seq,
     ) -> Result<Option<baraza_protocol::DocDelta>, DocsError> {
         if !self.hub.readable(self.who, doc)? || self.hub.docs.store().quarantined(doc)?.is_some() {
             return Ok(None);
         }
-        match self.delta(doc, base) {
+        match self.delta(doc, base, at) {
             // Damage found while reading: the record is held back and the
             // client told (see `quarantined`), never sent short, and the
             // rest of the feed goes on.
@@ -1245,6 +1246,7 @@ impl HubFeed<'_> {
         &mut self,
         doc: DocId,
         base: Seq,
+        at: Seq,
     ) -> Result<Option<baraza_protocol::DocDelta>, DocsError> {
         let docs = &self.hub.docs;
         let store = docs.store();
@@ -1253,13 +1255,10 @@ impl HubFeed<'_> {
             // they are: no document is loaded, so a cold start costs reads only.
             return docs.stored(doc);
         }
-        if let Some(c) = store.chunks_after(doc, base)? {
-            docsync::verify_chunks(&c.bytes).map_err(|e| DocsError::Load(doc, e.to_string()))?;
-            return Ok(Some(baraza_protocol::DocDelta {
-                heads: c.heads,
-                data: c.bytes,
-                seq: c.seq,
-            }));
+        // Every connection reads each new write: the chunks are read and
+        // checked once and shared.
+        if let Some(delta) = docs.recent_after(doc, base, at)? {
+            return Ok(Some(delta));
         }
         // Compacted past the client's position: compute the delta.
         let Some(base_heads) = store.heads_at(doc, base)? else {

@@ -4,4 +4,5 @@
 
 pub mod docs;
 pub mod hub;
+pub mod recent;
 pub mod view;

@@ -252,6 +252,9 @@ pub struct RecordRow {
 pub struct DocChunks {
     /// Concatenated chunks written after the client's position.
     pub bytes: Vec<u8>,
+    /// Each chunk's feed position and where it ends in `bytes`, oldest
+    /// first: what a reader further on lacks is a tail of `bytes`.
+    pub ends: Vec<(Seq, usize)>,
     /// The feed position of the document's latest write.
     pub seq: Seq,
     /// The document's heads after that write.

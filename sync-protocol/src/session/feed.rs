@@ -14,12 +14,19 @@ pub trait Feed {
         upto: Seq,
         limit: usize,
     ) -> Result<Vec<(Seq, DocId)>, Self::Error>;
-    /// The document as it is now, as the bytes a client lacks that holds it
-    /// as of feed position `base` (its last write at or before `base`; the
-    /// whole document when `base` is 0 or the document is newer); None if
-    /// the document is unknown. A store that keeps each write's chunk by
-    /// feed position answers with reads alone.
-    fn changes_since(&mut self, doc: DocId, base: Seq) -> Result<Option<DocDelta>, Self::Error>;
+    /// The document as the bytes a client lacks that holds it as of feed
+    /// position `base` (its last write at or before `base`; the whole
+    /// document when `base` is 0 or the document is newer), read for the
+    /// feed entry at `at`: the state answered includes every write of the
+    /// document up to `at` (it may include later ones). None if the
+    /// document is unknown. A store that keeps each write's chunk by feed
+    /// position answers with reads alone.
+    fn changes_since(
+        &mut self,
+        doc: DocId,
+        base: Seq,
+        at: Seq,
+    ) -> Result<Option<DocDelta>, Self::Error>;
     /// True if `doc`, which [`Feed::changes_since`] did not find, was
     /// erased and this client must be told to delete it.
     fn erased(&mut self, _doc: DocId) -> Result<bool, Self::Error> {

@@ -447,7 +447,7 @@ impl ServerSession {
             let Some(base_seq) = self.feed_base(doc, seq) else {
                 continue;
             };
-            if let Some(delta) = feed.changes_since(doc, base_seq)? {
+            if let Some(delta) = feed.changes_since(doc, base_seq, seq)? {
                 if !delta.data.is_empty() {
                     let unnamed = self.unnamed_devices(&delta.data);
                     if !unnamed.is_empty() {

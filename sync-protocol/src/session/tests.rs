@@ -79,7 +79,7 @@ impl Feed for OneDoc {
             .into_iter()
             .collect())
     }
-    fn changes_since(&mut self, _: DocId, _: Seq) -> Result<Option<DocDelta>, Self::Error> {
+    fn changes_since(&mut self, _: DocId, _: Seq, _: Seq) -> Result<Option<DocDelta>, Self::Error> {
         Ok(Some(DocDelta {
             heads: to_heads(&self.doc.get_heads()),
             data: self.doc.save(),

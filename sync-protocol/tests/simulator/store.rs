@@ -279,7 +279,12 @@ impl Feed for SimStore {
             .collect())
     }
 
-    fn changes_since(&mut self, doc: DocId, base: Seq) -> Result<Option<DocDelta>, Infallible> {
+    fn changes_since(
+        &mut self,
+        doc: DocId,
+        base: Seq,
+        _: Seq,
+    ) -> Result<Option<DocDelta>, Infallible> {
         let base = self
             .log
             .range((doc, 0)..=(doc, base))

@@ -687,13 +687,17 @@ impl Store for SledStore {
             return Ok(None);
         }
         let mut bytes = Vec::new();
+        let mut ends = Vec::new();
         let start = log_key(doc, after.saturating_add(1));
         let end = log_key(doc, Seq::MAX);
         for item in self.chunks.range(start..=end) {
-            bytes.extend_from_slice(&item?.1);
+            let (key, chunk) = item?;
+            bytes.extend_from_slice(&chunk);
+            ends.push((chunk_position(&key)?, bytes.len()));
         }
         Ok(Some(DocChunks {
             bytes,
+            ends,
             seq: meta.seq,
             heads: meta.heads,
         }))
@@ -1110,18 +1114,19 @@ mod tests {
                 .unwrap();
         }
         // What a client holding the document as of position 1 lacks.
-        let chunks = |bytes: Vec<u8>, seq: Seq, h: u8| DocChunks {
+        let chunks = |bytes: Vec<u8>, ends: Vec<(Seq, usize)>, seq: Seq, h: u8| DocChunks {
             bytes,
+            ends,
             seq,
             heads: vec![head(h)],
         };
         assert_eq!(
             store.chunks_after(a, 1).unwrap(),
-            Some(chunks(vec![1, 2], 3, 2))
+            Some(chunks(vec![1, 2], vec![(2, 1), (3, 2)], 3, 2))
         );
         assert_eq!(
             store.chunks_after(a, 3).unwrap(),
-            Some(chunks(vec![], 3, 2))
+            Some(chunks(vec![], vec![], 3, 2))
         );
         let read = store.load(a).unwrap().unwrap();
         assert_eq!(read.positions, vec![1, 2, 3]);
@@ -1148,7 +1153,7 @@ mod tests {
         assert_eq!(store.chunks_after(a, 2).unwrap(), None);
         assert_eq!(
             store.chunks_after(a, 3).unwrap(),
-            Some(chunks(vec![9], 4, 9))
+            Some(chunks(vec![9], vec![(4, 1)], 4, 9))
         );
         // A fold from a stale read (the chunks it names are gone, or one
         // it did not read is there) changes nothing.

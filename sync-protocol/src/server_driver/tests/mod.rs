@@ -153,7 +153,12 @@ impl Feed for Records {
             .map(|(s, (id, _))| (*s, *id))
             .collect())
     }
-    fn changes_since(&mut self, doc: DocId, _: Seq) -> Result<Option<DocDelta>, Infallible> {
+    fn changes_since(
+        &mut self,
+        doc: DocId,
+        _: Seq,
+        _: Seq,
+    ) -> Result<Option<DocDelta>, Infallible> {
         Ok(self
             .feed
             .iter()
