@@ -496,6 +496,8 @@ pub struct Applied {
     /// New changes, as chunk bytes to append to the stored log (empty if the
     /// push held nothing new).
     pub new_chunk: Vec<u8>,
+    /// The same changes, oldest first, for whoever judges them.
+    pub new_changes: Vec<Change>,
     /// The server's heads afterwards.
     pub heads: Vec<Head>,
     /// What the pushing client lacks, as chunk bytes.
@@ -596,11 +598,12 @@ fn apply_push_inner(
         .map_err(|e| ApplyError::Corrupt(e.to_string()))?;
     // Computed here, inside the containment: for some crafted changes
     // automerge reports success but panics when asked for them back.
-    let new_chunk = if doc.get_heads() == before {
+    let new_changes = if doc.get_heads() == before {
         Vec::new()
     } else {
-        encode_changes(&doc.get_changes(&before))
+        doc.get_changes(&before)
     };
+    let new_chunk = encode_changes(&new_changes);
     let base_missing = !missing(doc, client_heads).is_empty();
     let reply = if base_missing {
         Vec::new()
@@ -609,6 +612,7 @@ fn apply_push_inner(
     };
     Ok(Applied {
         new_chunk,
+        new_changes,
         heads: to_heads(&doc.get_heads()),
         reply,
         base_missing,

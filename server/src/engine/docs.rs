@@ -42,9 +42,20 @@ pub struct LiveDoc {
     /// Operations the document holds (counted at load, then added to): the
     /// limit that run-length-encoded changes cannot slip past.
     pub ops: usize,
+    /// The record's header once read: admission refuses any change to it,
+    /// so every push need not read it again.
+    header: Option<baraza_records::Header>,
 }
 
 impl LiveDoc {
+    /// The record's header (None while it has none, or it is malformed).
+    pub fn header(&mut self) -> Option<baraza_records::Header> {
+        if self.header.is_none() {
+            self.header = baraza_records::Header::read(&self.doc).ok();
+        }
+        self.header.clone()
+    }
+
     /// A document nobody has written yet.
     pub fn empty() -> LiveDoc {
         LiveDoc {
@@ -52,6 +63,7 @@ impl LiveDoc {
             chunks: 0,
             bytes: 0,
             ops: 0,
+            header: None,
         }
     }
 }
@@ -302,6 +314,7 @@ impl Docs {
                     chunks: stored.positions.len() as u32,
                     bytes: stored.bytes.len(),
                     ops: 0,
+                    header: None,
                 }
             }
             None => LiveDoc::empty(),

@@ -700,7 +700,7 @@ impl SyncHub {
             let handle = self.docs.handle(id)?;
             let mut live = handle.lock().unwrap_or_else(|p| p.into_inner());
             let before = live.doc.get_heads();
-            let before_header = Header::read(&live.doc).ok();
+            let before_header = live.header();
             // Edited and judged on a fork: the cached copy changes only
             // once the edit is admitted.
             let mut fork = live.doc.clone();
@@ -724,12 +724,13 @@ impl SyncHub {
             }
             let rules = Some(&caller.principal);
             let clock = self.clock_check();
+            let changes = fork.get_changes(&before);
             let (index, summary, receipt) = admit(
                 id,
                 &caller.device,
                 rules,
                 &fork,
-                &before,
+                &changes,
                 before_header,
                 clock,
             )
@@ -737,7 +738,7 @@ impl SyncHub {
                 rule: refused.rule,
                 message: refused.reason.unwrap_or(refused.message),
             })?;
-            let chunk = docsync::encode_changes(&fork.get_changes(&before));
+            let chunk = docsync::encode_changes(&changes);
             live.doc = fork;
             let rx = Docs::write_for(id, &mut live, chunk, Some(index), Some(receipt))
                 .map(|w| self.docs.submit(w));
@@ -1081,13 +1082,12 @@ fn admit(
     device: &DeviceIdentity,
     rules: Option<&Principal>,
     doc: &automerge::Automerge,
-    before: &[automerge::ChangeHash],
+    changes: &[automerge::Change],
     before_header: Option<Header>,
     clock: ClockCheck,
 ) -> Result<Admitted, Refused> {
     let prefix = device.id.as_bytes();
-    let changes = doc.get_changes(before);
-    for change in &changes {
+    for change in changes {
         if !change.actor_id().to_bytes().starts_with(prefix) {
             return Err(Refused {
                 code: ErrorCode::Forbidden,
@@ -1135,7 +1135,7 @@ fn admit(
         }
         None => {}
     }
-    baraza_records::validate_additions(&view, &changes).map_err(|e| Refused {
+    baraza_records::validate_additions(&view, changes).map_err(|e| Refused {
         code: match e {
             baraza_records::SchemaError::UnknownField { .. } => ErrorCode::UnknownField,
             _ => ErrorCode::InvalidRecord,
@@ -1146,7 +1146,7 @@ fn admit(
     })?;
     let summary = match rules {
         Some(who) => who
-            .check_write(&header, is_new, &view, &changes)
+            .check_write(&header, is_new, &view, changes)
             .map_err(|r| Refused {
                 code: ErrorCode::Forbidden,
                 rule: Some(r.rule),
@@ -1155,7 +1155,7 @@ fn admit(
             })?,
         None => WriteSummary::default(),
     };
-    let receipt = clock.receipt(&changes, is_new.then_some(header.created_at));
+    let receipt = clock.receipt(changes, is_new.then_some(header.created_at));
     Ok((index_entry(header, &view), summary, receipt))
 }
 

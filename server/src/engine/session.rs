@@ -412,14 +412,13 @@ impl SyncHub {
         let mut working = Working::of(handle.as_ref());
         let live: &mut LiveDoc = &mut working;
         self.within_limits(id, live, push.bytes, push.ops)?;
-        let before = live.doc.get_heads();
-        let before_header = Header::read(&live.doc).ok();
+        let before_header = live.header();
         let mut fork = live.doc.clone();
         let applied = docsync::apply_push(&mut fork, push.changes, &push.heads)
             .map_err(|err| self.refuse_applied(caller, id, &err))?;
         let mut admitted = None;
         if !applied.new_chunk.is_empty() {
-            admitted = Some(self.judge(caller, id, &fork, &before, before_header)?);
+            admitted = Some(self.judge(caller, id, &fork, &applied.new_changes, before_header)?);
             // Judged like any new record, refused only if it passed.
             if handle.is_none() {
                 return Err(hidden_creation(id));
@@ -468,7 +467,7 @@ impl SyncHub {
         let mut working = Working::of(handle.as_ref());
         let live: &mut LiveDoc = &mut working;
         let before = live.doc.get_heads();
-        let before_header = Header::read(&live.doc).ok();
+        let before_header = live.header();
         let mut fork = live.doc.clone();
         driver
             .apply_sync(id, &mut fork, &msg.data)
@@ -483,7 +482,8 @@ impl SyncHub {
             // known then (the message itself was held to the per-message
             // operation limit before it was applied).
             self.within_limits(id, live, chunk.len(), ops)?;
-            admitted = Some(self.judge(caller, id, &fork, &before, before_header)?);
+            let changes = fork.get_changes(&before);
+            admitted = Some(self.judge(caller, id, &fork, &changes, before_header)?);
             if handle.is_none() {
                 return Err(hidden_creation(id));
             }
@@ -582,7 +582,7 @@ impl SyncHub {
         caller: &Caller,
         id: DocId,
         fork: &automerge::Automerge,
-        before: &[automerge::ChangeHash],
+        changes: &[automerge::Change],
         before_header: Option<Header>,
     ) -> Result<super::Admitted, Refusal> {
         let clock = self.clock_check();
@@ -598,7 +598,7 @@ impl SyncHub {
                 &caller.device,
                 rules,
                 fork,
-                before,
+                changes,
                 before_header,
                 clock,
             ))

@@ -190,6 +190,18 @@ pub struct SledStore {
     /// Serialises commits so feed positions follow commit order: the
     /// watermark is then simply the last committed position.
     commit_lock: std::sync::Mutex<Seq>,
+    /// Every record in `erased` or `quarantine` (and perhaps a few no
+    /// longer there): sled lets one process open the database, so a record
+    /// not named here is in neither tree, and every push and every feed
+    /// read asks. Names are added before the tree is written and removed
+    /// after, so a name here is only ever a hint to read the tree.
+    flagged: std::sync::RwLock<Flagged>,
+}
+
+#[derive(Default)]
+struct Flagged {
+    erased: std::collections::HashSet<DocId>,
+    quarantined: std::collections::HashSet<DocId>,
 }
 
 const CLEAN_KEY: &[u8] = b"clean_shutdown";
@@ -226,14 +238,26 @@ impl SledStore {
             Some((k, _)) => seq_from(&k, "feed")?,
             None => 0,
         };
+        let erased = db.open_tree("erased")?;
+        let quarantine = db.open_tree("quarantine")?;
+        let mut flagged = Flagged::default();
+        for (tree, set, name) in [
+            (&erased, &mut flagged.erased, "erased"),
+            (&quarantine, &mut flagged.quarantined, "quarantine"),
+        ] {
+            for key in tree.iter().keys() {
+                set.insert(doc_from(&key?, name)?);
+            }
+        }
         Ok(SledStore {
             chunks: db.open_tree("doc_chunks")?,
             meta_docs: db.open_tree("doc_meta")?,
             log: db.open_tree("doc_log")?,
             index: db.open_tree("record_index")?,
             access: db.open_tree("record_access")?,
-            erased: db.open_tree("erased")?,
-            quarantine: db.open_tree("quarantine")?,
+            erased,
+            quarantine,
+            flagged: std::sync::RwLock::new(flagged),
             index_by_doc: db.open_tree("record_index_by_doc")?,
             received: db.open_tree("change_received")?,
             clock: db.open_tree("record_clock")?,
@@ -245,6 +269,14 @@ impl SledStore {
             clean_at_open: clean,
             commit_lock: std::sync::Mutex::new(latest),
         })
+    }
+
+    fn flags(&self) -> std::sync::RwLockReadGuard<'_, Flagged> {
+        self.flagged.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn flags_mut(&self) -> std::sync::RwLockWriteGuard<'_, Flagged> {
+        self.flagged.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Opens a standalone store in a directory (tests, tools).
@@ -505,6 +537,12 @@ impl Store for SledStore {
         // hold, so the list cannot go stale.
         type Doomed = (Vec<sled::IVec>, Vec<sled::IVec>, Vec<sled::IVec>);
         let mut doomed: Vec<Doomed> = Vec::with_capacity(writes.len());
+        {
+            let mut flags = self.flags_mut();
+            flags
+                .erased
+                .extend(writes.iter().filter(|w| w.erase).map(|w| w.doc));
+        }
         for w in writes {
             let mut keys = Vec::new();
             let mut logs = Vec::new();
@@ -790,6 +828,9 @@ impl Store for SledStore {
     }
 
     fn erased(&self, doc: DocId) -> Result<Option<RecordAccess>, StoreError> {
+        if !self.flags().erased.contains(&doc) {
+            return Ok(None);
+        }
         match self.erased.get(doc.as_bytes())? {
             Some(v) if v.is_empty() => Ok(Some(RecordAccess {
                 kind: String::new(),
@@ -802,6 +843,7 @@ impl Store for SledStore {
     }
 
     fn quarantine(&self, doc: DocId, reason: &str) -> Result<(), StoreError> {
+        self.flags_mut().quarantined.insert(doc);
         self.quarantine.insert(doc.as_bytes(), reason.as_bytes())?;
         self.db.flush()?;
         Ok(())
@@ -810,10 +852,14 @@ impl Store for SledStore {
     fn release_quarantine(&self, doc: DocId) -> Result<bool, StoreError> {
         let was = self.quarantine.remove(doc.as_bytes())?.is_some();
         self.db.flush()?;
+        self.flags_mut().quarantined.remove(&doc);
         Ok(was)
     }
 
     fn quarantined(&self, doc: DocId) -> Result<Option<String>, StoreError> {
+        if !self.flags().quarantined.contains(&doc) {
+            return Ok(None);
+        }
         Ok(self
             .quarantine
             .get(doc.as_bytes())?
@@ -1093,6 +1139,42 @@ mod tests {
         assert!(!store.fill_summary(a, &RecordSummary::default()).unwrap());
         assert_eq!(all(&store), vec![row]);
         assert!(store.unsummarised(None, 10).unwrap().is_empty());
+    }
+
+    /// Erased and quarantined records are known without reading their
+    /// trees for every other record, and still after a reopen.
+    #[test]
+    fn erasures_and_quarantines_are_found_again_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, c) = (
+            DocId::from_bytes([1; 16]),
+            DocId::from_bytes([2; 16]),
+            DocId::from_bytes([3; 16]),
+        );
+        {
+            let store = SledStore::open_path(dir.path(), [1; 16]).unwrap();
+            store.commit(&[DocWrite::erasure(a)]).unwrap();
+            store.quarantine(b, "damaged: test").unwrap();
+            store.quarantine(c, "held").unwrap();
+            assert!(store.release_quarantine(c).unwrap());
+            assert!(store.erased(a).unwrap().is_some());
+            assert_eq!(
+                store.quarantined(b).unwrap().as_deref(),
+                Some("damaged: test")
+            );
+            assert_eq!(store.quarantined(c).unwrap(), None);
+            assert_eq!(store.erased(b).unwrap(), None);
+            store.close_cleanly().unwrap();
+        }
+        let store = SledStore::open_path(dir.path(), [1; 16]).unwrap();
+        assert!(store.erased(a).unwrap().is_some());
+        assert_eq!(store.erased(b).unwrap(), None);
+        assert_eq!(
+            store.quarantined(b).unwrap().as_deref(),
+            Some("damaged: test")
+        );
+        assert_eq!(store.quarantined(a).unwrap(), None);
+        assert_eq!(store.quarantined(c).unwrap(), None);
     }
 
     #[test]
