@@ -262,13 +262,11 @@ pub fn has_conflict(doc: &(impl Reader + ?Sized)) -> bool {
     each_conflict(doc, &ROOT, "", &mut |_, _| ControlFlow::Break(())).is_break()
 }
 
-/// What one change did, as the server's write rules need it.
+/// What one change did, as its history entry shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChangeEffects {
     /// Top-level fields it touched, sorted.
     pub fields: Vec<String>,
-    /// Review states it set (`review.state`), in order.
-    pub review_states: Vec<String>,
 }
 
 /// What `change` (which must be in `doc`) did, seen against its own
@@ -293,20 +291,6 @@ pub fn effects(doc: &Automerge, change: &automerge::Change) -> ChangeEffects {
             ) => Some(key.clone()),
             (None, _) => None,
         };
-        let in_review = matches!(patch.path.as_slice(), [(_, Prop::Map(k))] if k == "review");
-        if let (true, automerge::PatchAction::PutMap { key, value, .. }) =
-            (in_review, &patch.action)
-        {
-            if key == "state" {
-                out.review_states.push(match &value.0 {
-                    Value::Scalar(s) => match s.as_ref() {
-                        ScalarValue::Str(v) => v.to_string(),
-                        other => other.to_string(),
-                    },
-                    Value::Object(t) => format!("{t:?}"),
-                });
-            }
-        }
         out.fields.extend(field);
     }
     out.fields.sort();
@@ -419,17 +403,14 @@ fn scalar_text(value: &ScalarValue) -> String {
     }
 }
 
+/// Every value of `prop` in `obj` as of `heads`.
 fn values_at(
     doc: &Automerge,
     obj: &ObjId,
     prop: impl Into<Prop>,
-    heads: Option<&[ChangeHash]>,
+    heads: &[ChangeHash],
 ) -> Vec<(Value<'static>, ObjId)> {
-    let found = match heads {
-        Some(heads) => doc.get_all_at(obj, prop, heads),
-        None => doc.get_all(obj, prop),
-    };
-    found
+    doc.get_all_at(obj, prop, heads)
         .unwrap_or_default()
         .into_iter()
         .map(|(v, id)| (v.into_owned(), id))
@@ -448,19 +429,21 @@ struct CommentsNow {
     index: HashMap<OpKey, usize>,
 }
 
-/// The review block as the document holds it now, every conflicting
-/// value included.
+/// A record's review block as the document holds it now, every
+/// conflicting value included: read once to judge each of several changes
+/// ([`ReviewBlock::edits`]).
 #[derive(Default)]
-struct ReviewNow {
+pub struct ReviewBlock {
     block: Vec<OpKey>,
     maps: HashMap<OpKey, ReviewMapNow>,
     lists: HashMap<OpKey, CommentsNow>,
     items: HashMap<OpKey, ObjId>,
 }
 
-impl ReviewNow {
-    fn read(doc: &(impl Reader + ?Sized)) -> ReviewNow {
-        let mut now = ReviewNow::default();
+impl ReviewBlock {
+    /// Reads the review block of the record `doc` holds.
+    pub fn read(doc: &(impl Reader + ?Sized)) -> ReviewBlock {
+        let mut now = ReviewBlock::default();
         for (value, id) in doc.all(&ROOT, "review".into()).iter() {
             let Some(key) = op_key(id) else { continue };
             now.block.push(key.clone());
@@ -532,188 +515,177 @@ pub fn review_edits(doc: &Automerge, change: &automerge::Change) -> Vec<ReviewEd
     ReviewBlock::read(doc).edits(doc, change)
 }
 
-/// A record's review block as it stands, read once to judge each of
-/// several changes ([`ReviewBlock::edits`]).
-pub struct ReviewBlock(ReviewNow);
-
 impl ReviewBlock {
-    /// Reads the review block of the record `doc` holds.
-    pub fn read(doc: &(impl Reader + ?Sized)) -> ReviewBlock {
-        ReviewBlock(ReviewNow::read(doc))
-    }
-
     /// What `change` (which must be in `doc`, the record this block was
     /// read from) did to the review block: [`review_edits`].
     pub fn edits(&self, doc: &Automerge, change: &automerge::Change) -> Vec<ReviewEdit> {
-        edits_against(&self.0, doc, change)
-    }
-}
-
-fn edits_against(now: &ReviewNow, doc: &Automerge, change: &automerge::Change) -> Vec<ReviewEdit> {
-    let deps = change.deps();
-    let expanded = change.decode();
-    let actor = change.actor_id();
-    let start = change.start_op().get();
-    let mut out = Vec::new();
-    // Review objects this change made (a review map, a comments list, a comment).
-    let mut made: HashMap<OpKey, Place> = HashMap::new();
-    // Comments this change added: their list and the `by`s given.
-    let mut added: Vec<(OpKey, OpKey, Vec<String>)> = Vec::new();
-    for (offset, op) in expanded.operations.iter().enumerate() {
-        let this: OpKey = (start + offset as u64, actor.clone());
-        let field = match &op.key {
-            automerge::legacy::Key::Map(k) => Some(k.to_string()),
-            automerge::legacy::Key::Seq(_) => None,
-        };
-        let obj = match &op.obj {
-            automerge::legacy::ObjectId::Root => {
-                if field.as_deref() != Some("review") {
-                    continue;
-                }
-                let alone = now.block == [this.clone()];
-                match op.action {
-                    automerge::legacy::OpType::Make(ObjType::Map) => {
-                        made.insert(this, Place::Map);
-                        out.push(if op.pred.is_empty() && alone {
-                            ReviewEdit::BlockMade
-                        } else {
-                            ReviewEdit::BlockReplaced
-                        });
+        let deps = change.deps();
+        let expanded = change.decode();
+        let actor = change.actor_id();
+        let start = change.start_op().get();
+        let mut out = Vec::new();
+        // Review objects this change made (a review map, a comments list, a comment).
+        let mut made: HashMap<OpKey, Place> = HashMap::new();
+        // Comments this change added: their list and the `by`s given.
+        let mut added: Vec<(OpKey, OpKey, Vec<String>)> = Vec::new();
+        for (offset, op) in expanded.operations.iter().enumerate() {
+            let this: OpKey = (start + offset as u64, actor.clone());
+            let field = match &op.key {
+                automerge::legacy::Key::Map(k) => Some(k.to_string()),
+                automerge::legacy::Key::Seq(_) => None,
+            };
+            let obj = match &op.obj {
+                automerge::legacy::ObjectId::Root => {
+                    if field.as_deref() != Some("review") {
+                        continue;
                     }
-                    _ => out.push(ReviewEdit::BlockReplaced),
-                }
-                continue;
-            }
-            automerge::legacy::ObjectId::Id(id) => legacy_key(id),
-        };
-        let new = made.get(&obj).copied();
-        let place = match new {
-            Some(place) => place,
-            None if now.maps.contains_key(&obj) => Place::Map,
-            None if now.lists.contains_key(&obj) => Place::List,
-            None if now.items.contains_key(&obj) => Place::Item,
-            None => continue,
-        };
-        let is_new = new.is_some();
-        match place {
-            Place::Map => {
-                let map = now.maps.get(&obj);
-                match field.as_deref() {
-                    Some("state") => {
-                        let to = match &op.action {
-                            automerge::legacy::OpType::Put(v) => scalar_text(v),
-                            automerge::legacy::OpType::Delete => "draft".to_string(),
-                            automerge::legacy::OpType::Make(t) => format!("<{t:?}>").to_lowercase(),
-                            other => format!("{other:?}"),
-                        };
-                        let mut from: Vec<String> = match (is_new, map) {
-                            (false, Some(map)) => values_at(doc, &map.id, "state", Some(deps))
-                                .iter()
-                                .map(|(v, _)| text_of(v))
-                                .collect(),
-                            _ => Vec::new(),
-                        };
-                        if from.is_empty() {
-                            from.push("draft".to_string());
-                        }
-                        let beside = match map {
-                            Some(map) if map.state.iter().any(|(k, _)| *k == this) => map
-                                .state
-                                .iter()
-                                .filter(|(k, _)| *k != this)
-                                .map(|(_, v)| v.clone())
-                                .collect(),
-                            _ => Vec::new(),
-                        };
-                        out.push(ReviewEdit::State { from, to, beside });
-                    }
-                    Some("comments") => {
-                        let alone = map.is_some_and(|m| m.comments == [this.clone()]);
-                        match op.action {
-                            automerge::legacy::OpType::Make(ObjType::List) => {
-                                made.insert(this, Place::List);
-                                out.push(if op.pred.is_empty() && alone {
-                                    ReviewEdit::CommentsMade
-                                } else {
-                                    ReviewEdit::CommentsReplaced
-                                });
-                            }
-                            _ => out.push(ReviewEdit::CommentsReplaced),
-                        }
-                    }
-                    other => out.push(ReviewEdit::OtherField(
-                        other.unwrap_or("(a list position)").to_string(),
-                    )),
-                }
-            }
-            Place::List => {
-                if op.insert && op.action == automerge::legacy::OpType::Make(ObjType::Map) {
-                    made.insert(this.clone(), Place::Item);
-                    added.push((this, obj, Vec::new()));
-                } else {
-                    out.push(ReviewEdit::CommentRemoved);
-                }
-            }
-            Place::Item => {
-                let name = field.unwrap_or_else(|| "(a list position)".to_string());
-                let edit = match &op.action {
-                    automerge::legacy::OpType::Delete => CommentFieldEdit::Delete,
-                    automerge::legacy::OpType::Make(_) => CommentFieldEdit::Object,
-                    _ => CommentFieldEdit::Put,
-                };
-                if is_new {
-                    if let Some((_, _, by)) = added.iter_mut().find(|(k, _, _)| *k == obj) {
-                        if name == "by" {
-                            by.push(match &op.action {
-                                automerge::legacy::OpType::Put(v) => scalar_text(v),
-                                _ => String::new(),
+                    let alone = self.block == [this.clone()];
+                    match op.action {
+                        automerge::legacy::OpType::Make(ObjType::Map) => {
+                            made.insert(this, Place::Map);
+                            out.push(if op.pred.is_empty() && alone {
+                                ReviewEdit::BlockMade
+                            } else {
+                                ReviewEdit::BlockReplaced
                             });
                         }
+                        _ => out.push(ReviewEdit::BlockReplaced),
                     }
-                    if edit != CommentFieldEdit::Put {
+                    continue;
+                }
+                automerge::legacy::ObjectId::Id(id) => legacy_key(id),
+            };
+            let new = made.get(&obj).copied();
+            let place = match new {
+                Some(place) => place,
+                None if self.maps.contains_key(&obj) => Place::Map,
+                None if self.lists.contains_key(&obj) => Place::List,
+                None if self.items.contains_key(&obj) => Place::Item,
+                None => continue,
+            };
+            let is_new = new.is_some();
+            match place {
+                Place::Map => {
+                    let map = self.maps.get(&obj);
+                    match field.as_deref() {
+                        Some("state") => {
+                            let to = match &op.action {
+                                automerge::legacy::OpType::Put(v) => scalar_text(v),
+                                automerge::legacy::OpType::Delete => "draft".to_string(),
+                                automerge::legacy::OpType::Make(t) => {
+                                    format!("<{t:?}>").to_lowercase()
+                                }
+                                other => format!("{other:?}"),
+                            };
+                            let mut from: Vec<String> = match (is_new, map) {
+                                (false, Some(map)) => values_at(doc, &map.id, "state", deps)
+                                    .iter()
+                                    .map(|(v, _)| text_of(v))
+                                    .collect(),
+                                _ => Vec::new(),
+                            };
+                            if from.is_empty() {
+                                from.push("draft".to_string());
+                            }
+                            let beside = match map {
+                                Some(map) if map.state.iter().any(|(k, _)| *k == this) => map
+                                    .state
+                                    .iter()
+                                    .filter(|(k, _)| *k != this)
+                                    .map(|(_, v)| v.clone())
+                                    .collect(),
+                                _ => Vec::new(),
+                            };
+                            out.push(ReviewEdit::State { from, to, beside });
+                        }
+                        Some("comments") => {
+                            let alone = map.is_some_and(|m| m.comments == [this.clone()]);
+                            match op.action {
+                                automerge::legacy::OpType::Make(ObjType::List) => {
+                                    made.insert(this, Place::List);
+                                    out.push(if op.pred.is_empty() && alone {
+                                        ReviewEdit::CommentsMade
+                                    } else {
+                                        ReviewEdit::CommentsReplaced
+                                    });
+                                }
+                                _ => out.push(ReviewEdit::CommentsReplaced),
+                            }
+                        }
+                        other => out.push(ReviewEdit::OtherField(
+                            other.unwrap_or("(a list position)").to_string(),
+                        )),
+                    }
+                }
+                Place::List => {
+                    if op.insert && op.action == automerge::legacy::OpType::Make(ObjType::Map) {
+                        made.insert(this.clone(), Place::Item);
+                        added.push((this, obj, Vec::new()));
+                    } else {
+                        out.push(ReviewEdit::CommentRemoved);
+                    }
+                }
+                Place::Item => {
+                    let name = field.unwrap_or_else(|| "(a list position)".to_string());
+                    let edit = match &op.action {
+                        automerge::legacy::OpType::Delete => CommentFieldEdit::Delete,
+                        automerge::legacy::OpType::Make(_) => CommentFieldEdit::Object,
+                        _ => CommentFieldEdit::Put,
+                    };
+                    if is_new {
+                        if let Some((_, _, by)) = added.iter_mut().find(|(k, _, _)| *k == obj) {
+                            if name == "by" {
+                                by.push(match &op.action {
+                                    automerge::legacy::OpType::Put(v) => scalar_text(v),
+                                    _ => String::new(),
+                                });
+                            }
+                        }
+                        if edit != CommentFieldEdit::Put {
+                            out.push(ReviewEdit::CommentField {
+                                author: None,
+                                field: name,
+                                edit,
+                            });
+                        }
+                    } else {
+                        let author = self
+                            .items
+                            .get(&obj)
+                            .map(|item| {
+                                values_at(doc, item, "by", deps)
+                                    .iter()
+                                    .map(|(v, _)| text_of(v))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
                         out.push(ReviewEdit::CommentField {
-                            author: None,
+                            author: Some(author),
                             field: name,
                             edit,
                         });
                     }
-                } else {
-                    let author = now
-                        .items
-                        .get(&obj)
-                        .map(|item| {
-                            values_at(doc, item, "by", Some(deps))
-                                .iter()
-                                .map(|(v, _)| text_of(v))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    out.push(ReviewEdit::CommentField {
-                        author: Some(author),
-                        field: name,
-                        edit,
-                    });
                 }
             }
         }
+        for (item, list, by) in added {
+            let appended = match self.lists.get(&list) {
+                Some(comments) if !made.contains_key(&list) => match comments.index.get(&item) {
+                    Some(&at) => {
+                        let len = doc.length_at(&comments.id, deps);
+                        (0..len).all(|i| {
+                            values_at(doc, &comments.id, i, deps)
+                                .iter()
+                                .filter_map(|(_, id)| op_key(id))
+                                .all(|earlier| comments.index.get(&earlier).is_none_or(|&e| e < at))
+                        })
+                    }
+                    None => true,
+                },
+                _ => true,
+            };
+            out.push(ReviewEdit::CommentAdded { by, appended });
+        }
+        out
     }
-    for (item, list, by) in added {
-        let appended = match now.lists.get(&list) {
-            Some(comments) if !made.contains_key(&list) => match comments.index.get(&item) {
-                Some(&at) => {
-                    let len = doc.length_at(&comments.id, deps);
-                    (0..len).all(|i| {
-                        values_at(doc, &comments.id, i, Some(deps))
-                            .iter()
-                            .filter_map(|(_, id)| op_key(id))
-                            .all(|earlier| comments.index.get(&earlier).is_none_or(|&e| e < at))
-                    })
-                }
-                None => true,
-            },
-            _ => true,
-        };
-        out.push(ReviewEdit::CommentAdded { by, appended });
-    }
-    out
 }

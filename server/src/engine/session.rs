@@ -482,8 +482,7 @@ impl SyncHub {
             // known then (the message itself was held to the per-message
             // operation limit before it was applied).
             self.within_limits(id, live, chunk.len(), ops)?;
-            let changes = fork.get_changes(&before);
-            admitted = Some(self.judge(caller, id, &fork, &changes, before_header)?);
+            admitted = Some(self.judge(caller, id, &fork, &new_changes, before_header)?);
             if handle.is_none() {
                 return Err(hidden_creation(id));
             }
