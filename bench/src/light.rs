@@ -309,6 +309,8 @@ pub fn hello_frame(store: Option<StoreId>, cursor: Seq) -> anyhow::Result<Vec<u8
         store,
         cursor,
         names: false,
+        // Unpacked: every message is read as the server sends it.
+        packing: Vec::new(),
     }))?)
 }
 

@@ -16,8 +16,12 @@
 //! type is told from garbage without a second parse. Only a frame within
 //! every bound reaches serde, once.
 
+use std::io::{Read, Write};
+
+use serde_bytes::ByteBuf;
+
 use crate::limits::Limits;
-use crate::message::{DocId, Message};
+use crate::message::{DocId, Message, Packed, Packing};
 
 /// Most levels of arrays, maps and tags around any item. Our messages use
 /// three (the push's map, its `changes` array, one change); the rest is
@@ -86,6 +90,108 @@ pub enum CodecError {
     /// The message could not be serialised (should not happen for our types).
     #[error("could not encode message: {0}")]
     Encode(String),
+    /// A packed frame declares more inflated bytes than a frame may hold;
+    /// refused before anything was inflated.
+    #[error("packed frame declares {declared} bytes inflated, over the limit of {limit} bytes")]
+    PackedTooLarge {
+        /// Bytes the frame says it inflates to.
+        declared: u64,
+        /// [`Limits::frame_bytes_max`].
+        limit: usize,
+    },
+    /// A packed frame that does not hold what it declares: it does not
+    /// inflate, inflates to other than its declared size (inflating stops
+    /// one byte past it), or its frames do not add up.
+    #[error("packed frame refused: {0}")]
+    Unpack(&'static str),
+}
+
+/// Most bytes of frames [`pack`]'s callers put in one packed frame: enough
+/// for a catch-up batch to compress well (deflate's window is 32 KiB, and
+/// records of one area share field names, places and authors), little
+/// enough that a link cut mid-frame costs a few seconds of a 2G link.
+pub const PACK_BYTES_TARGET: usize = 256 * 1024;
+
+/// Fewest bytes of frames worth packing: a lone ack or a live change is
+/// sent as it is, so a busy server does not compress every trickle for
+/// every connection.
+pub const PACK_BYTES_MIN: usize = 4 * 1024;
+
+/// Bytes a frame takes inside a packed frame.
+pub fn packed_len(frame: &[u8]) -> usize {
+    4 + frame.len()
+}
+
+/// Packs `frames` (each already a frame) into one [`Message::Packed`]
+/// frame. Fails for [`Packing::Unknown`] and for frames over 4 GiB.
+pub fn pack(frames: &[Vec<u8>], packing: Packing) -> Result<Vec<u8>, CodecError> {
+    if packing != Packing::Deflate {
+        return Err(CodecError::Encode("no such packing".into()));
+    }
+    let size: usize = frames.iter().map(|f| packed_len(f)).sum();
+    let mut z = flate2::write::DeflateEncoder::new(
+        Vec::with_capacity(size / 3),
+        flate2::Compression::default(),
+    );
+    for frame in frames {
+        let len = u32::try_from(frame.len())
+            .map_err(|_| CodecError::Encode("frame over 4 GiB".into()))?;
+        z.write_all(&len.to_be_bytes())
+            .and_then(|()| z.write_all(frame))
+            .map_err(|e| CodecError::Encode(e.to_string()))?;
+    }
+    let data = z.finish().map_err(|e| CodecError::Encode(e.to_string()))?;
+    encode(&Message::Packed(Packed {
+        packing,
+        size: size as u64,
+        frames: frames.len() as u64,
+        data: ByteBuf::from(data),
+    }))
+}
+
+/// The frames a packed frame holds, in order. Its declared size is checked
+/// against `limits.frame_bytes_max` before inflating, and inflating stops
+/// one byte past it, so a frame costs at most the limit whatever it claims
+/// or inflates to. The frames are returned undecoded: each goes through
+/// [`decode`] as a frame of its own.
+pub fn unpack(packed: &Packed, limits: &Limits) -> Result<Vec<Vec<u8>>, CodecError> {
+    if packed.packing != Packing::Deflate {
+        return Err(CodecError::Unpack("a packing this version does not know"));
+    }
+    let size = usize::try_from(packed.size)
+        .ok()
+        .filter(|&s| s <= limits.frame_bytes_max)
+        .ok_or(CodecError::PackedTooLarge {
+            declared: packed.size,
+            limit: limits.frame_bytes_max,
+        })?;
+    let mut inflated = Vec::with_capacity(size);
+    flate2::read::DeflateDecoder::new(&packed.data[..])
+        .take(packed.size + 1)
+        .read_to_end(&mut inflated)
+        .map_err(|_| CodecError::Unpack("it does not inflate"))?;
+    if inflated.len() != size {
+        return Err(CodecError::Unpack(
+            "it inflates to other than the size it declares",
+        ));
+    }
+    let mut frames = Vec::new();
+    let mut rest = &inflated[..];
+    while let Some((len, after)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_be_bytes(*len) as usize;
+        if len > after.len() {
+            return Err(CodecError::Unpack("a frame inside runs past its end"));
+        }
+        let (frame, after) = after.split_at(len);
+        frames.push(frame.to_vec());
+        rest = after;
+    }
+    if !rest.is_empty() || frames.len() as u64 != packed.frames {
+        return Err(CodecError::Unpack(
+            "its frames do not add up to what it declares",
+        ));
+    }
+    Ok(frames)
 }
 
 /// Serialises one message into one frame.
@@ -526,6 +632,7 @@ mod tests {
             store: None,
             cursor: 7,
             names: false,
+            packing: Vec::new(),
         });
         let bytes = encode(&hello).unwrap();
         // {"t":"hello","version":1,"store":null,"cursor":7}
@@ -554,6 +661,7 @@ mod tests {
             store: None,
             cursor: 7,
             names: true,
+            packing: Vec::new(),
         }))
         .unwrap();
         let old: OldHello = serde_cbor::from_slice(&new).unwrap();
@@ -564,6 +672,7 @@ mod tests {
             store: None,
             cursor: 7,
             names: false,
+            packing: Vec::new(),
         }))
         .unwrap();
         assert!(!old_bytes.windows(5).any(|w| w == b"names"));
@@ -700,6 +809,7 @@ mod tests {
                         store: s.map(StoreId::from_bytes),
                         cursor: c,
                         names,
+                        packing: Vec::new(),
                     })
                 }),
             proptest::collection::vec((any::<[u8; 16]>(), ".{0,20}"), 0..4).prop_map(|names| {
@@ -857,6 +967,7 @@ mod tests {
                 store: None,
                 cursor: 7,
                 names: false,
+                packing: Vec::new(),
             })
         );
     }

@@ -223,6 +223,9 @@ pub enum Message {
     /// Server → client, only to a client whose hello asked for names: the
     /// names of devices whose changes it is sent.
     Devices(DevicesMsg),
+    /// Server → client, only to a client whose hello offered the packing
+    /// the welcome chose: several frames compressed together.
+    Packed(Packed),
 }
 
 impl Message {
@@ -238,6 +241,7 @@ impl Message {
             Message::Sync(_) => "sync",
             Message::Error(_) => "error",
             Message::Devices(_) => "devices",
+            Message::Packed(_) => "packed",
         }
     }
 
@@ -245,6 +249,7 @@ impl Message {
     /// from malformed ones.
     pub const KINDS: &'static [&'static str] = &[
         "hello", "welcome", "push", "ack", "changes", "cursor", "sync", "error", "devices",
+        "packed",
     ];
 }
 
@@ -263,6 +268,10 @@ pub struct Hello {
     /// meets a message type it does not know.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub names: bool,
+    /// How the client can take frames packed together, best first; left
+    /// out by clients that cannot (and ignored by servers that predate it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packing: Vec<Packing>,
 }
 
 /// The server's answer to a hello.
@@ -284,6 +293,10 @@ pub struct Welcome {
     /// holds, and is settled only once the feed has caught up again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub refeed: bool,
+    /// The packing the server will use for what it sends on this
+    /// connection, one the hello offered; none if it packs nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packing: Option<Packing>,
 }
 
 /// A client's changes to one document.
@@ -431,6 +444,54 @@ impl DevicesMsg {
     pub const NAMES_MAX: usize = 256;
     /// Longest name sent, in characters; longer ones are cut.
     pub const NAME_CHARS_MAX: usize = 128;
+}
+
+/// A way of compressing frames together. A name this version does not
+/// know is read as [`Packing::Unknown`], so a newer peer's offer does not
+/// make the whole hello unreadable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Packing {
+    /// Raw DEFLATE (RFC 1951) over the frames.
+    Deflate,
+    /// A packing this version does not know; never chosen.
+    Unknown,
+}
+
+impl From<String> for Packing {
+    fn from(name: String) -> Self {
+        match name.as_str() {
+            "deflate" => Packing::Deflate,
+            _ => Packing::Unknown,
+        }
+    }
+}
+
+impl From<Packing> for String {
+    fn from(p: Packing) -> Self {
+        match p {
+            Packing::Deflate => "deflate",
+            Packing::Unknown => "unknown",
+        }
+        .to_string()
+    }
+}
+
+/// Several frames compressed into one. Once inflated, `data` is the
+/// frames one after another, each as its length (4 bytes, big-endian) and
+/// its bytes; each decodes as a frame on its own would, and none is
+/// itself packed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Packed {
+    /// How `data` is compressed.
+    pub packing: Packing,
+    /// Bytes `data` inflates to: refused above the frame limit before
+    /// anything is inflated, and refused if the inflated bytes differ.
+    pub size: u64,
+    /// Frames inside.
+    pub frames: u64,
+    /// The compressed frames.
+    pub data: ByteBuf,
 }
 
 /// A refusal.

@@ -141,6 +141,8 @@ impl RawConnection {
             store: None,
             cursor: 0,
             names: false,
+            // Unpacked: every message is read as the server sends it.
+            packing: Vec::new(),
         }))
         .await;
         match self.next_message().await {

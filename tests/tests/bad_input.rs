@@ -284,6 +284,7 @@ async fn a_client_from_the_future_is_told_which_versions_the_server_speaks() {
                     store: None,
                     cursor: 0,
                     names: false,
+                    packing: Vec::new(),
                 }))
                 .await;
             let error = future.expect_error().await;

@@ -80,7 +80,11 @@ pub struct SyncCounts {
 #[derive(Debug)]
 enum ClientPhase {
     WaitingForWelcome,
-    Established { welcome_seq: Seq },
+    Established {
+        welcome_seq: Seq,
+        /// The packing the welcome chose: packed frames are taken only then.
+        packing: Option<Packing>,
+    },
 }
 
 /// The tablet's end of a connection.
@@ -115,6 +119,7 @@ impl ClientSession {
             store,
             cursor,
             names: true,
+            packing: vec![Packing::Deflate],
         }));
         ClientSession {
             wire,
@@ -189,7 +194,7 @@ impl ClientSession {
     pub fn is_settled(&self) -> bool {
         match self.phase {
             ClientPhase::WaitingForWelcome => false,
-            ClientPhase::Established { welcome_seq } => {
+            ClientPhase::Established { welcome_seq, .. } => {
                 self.in_flight.is_empty()
                     && self.fallback.states.is_empty()
                     && self.cursor >= welcome_seq.max(self.acked_seq)
@@ -266,6 +271,34 @@ impl ClientSession {
         };
         let mut events = Vec::new();
         match (&self.phase, message) {
+            (
+                ClientPhase::Established {
+                    packing: Some(agreed),
+                    ..
+                },
+                Message::Packed(packed),
+            ) if packed.packing == *agreed => {
+                for inner in self.wire.unpack(&packed)? {
+                    match self.wire.decode(&inner)? {
+                        // One level only: a packed frame inside is refused
+                        // like any message out of place.
+                        Some(Message::Packed(_)) => return Err(self.wire.unexpected("packed")),
+                        Some(message) => self.handle_message(message, &mut events)?,
+                        None => {}
+                    }
+                }
+            }
+            (_, message) => self.handle_message(message, &mut events)?,
+        }
+        Ok(events)
+    }
+
+    fn handle_message(
+        &mut self,
+        message: Message,
+        events: &mut Vec<ClientEvent>,
+    ) -> Result<(), SessionError> {
+        match (&self.phase, message) {
             (ClientPhase::WaitingForWelcome, Message::Welcome(w)) => {
                 if !SUPPORTED_VERSIONS.contains(&w.version) {
                     self.wire.closed = true;
@@ -277,7 +310,10 @@ impl ClientSession {
                 if w.reset || w.refeed {
                     self.cursor = 0;
                 }
-                self.phase = ClientPhase::Established { welcome_seq: w.seq };
+                self.phase = ClientPhase::Established {
+                    welcome_seq: w.seq,
+                    packing: w.packing.filter(|p| *p == Packing::Deflate),
+                };
                 events.push(ClientEvent::Welcomed {
                     store: w.store,
                     reset: w.reset,
@@ -295,7 +331,7 @@ impl ClientSession {
                 if e.code == ErrorCode::Retired && e.doc.is_none() {
                     self.counts.refusals -= 1;
                     events.push(ClientEvent::RetireRequested);
-                    return Ok(events);
+                    return Ok(());
                 }
                 if let Some(doc) = e.doc {
                     // The push is over: keeping it in flight would wait forever.
@@ -356,7 +392,7 @@ impl ClientSession {
             }
             (_, other) => return Err(self.wire.unexpected(other.kind())),
         }
-        Ok(events)
+        Ok(())
     }
 
     /// Reports that a [`ClientEvent::Changes`] was applied. If the document

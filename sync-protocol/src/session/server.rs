@@ -187,7 +187,7 @@ impl ServerSession {
 
     /// Takes the next frame to send.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.wire.outgoing.pop_front()
+        self.wire.next_frame()
     }
 
     /// True once the connection should be closed (after sending what is queued).
@@ -312,6 +312,11 @@ impl ServerSession {
     pub fn accept_with(&mut self, hello: &Hello, store: StoreId, seq: Seq, refeed: bool) {
         let reset = (hello.cursor > 0 && hello.store != Some(store)) || hello.cursor > seq;
         let refeed = refeed && !reset && hello.cursor > 0;
+        let packing = hello
+            .packing
+            .iter()
+            .copied()
+            .find(|p| *p == Packing::Deflate);
         self.phase = ServerPhase::Established(Streaming {
             welcome_seq: seq,
             sent_seq: if reset || refeed { 0 } else { hello.cursor },
@@ -323,7 +328,11 @@ impl ServerSession {
             seq,
             reset,
             refeed,
+            packing,
         }));
+        if let Some(packing) = packing {
+            self.wire.pack_from_here(packing);
+        }
     }
 
     /// The feed position the welcome named.
@@ -480,6 +489,7 @@ impl ServerSession {
             }
         }
         self.caught_up(reached);
+        self.wire.pack_queued();
         Ok(reached < upto)
     }
 

@@ -43,6 +43,7 @@ fn hello() -> Vec<u8> {
         store: None,
         cursor: 0,
         names: false,
+        packing: Vec::new(),
     }))
 }
 

@@ -256,6 +256,7 @@ fn a_tablet_whose_scope_changed_is_named_and_refed_from_the_start() {
         store: Some(StoreId::from_bytes([2; 16])),
         cursor: 2,
         names: true,
+        packing: Vec::new(),
     }));
     driver.handle_frame(secs(0), &hello).unwrap();
     let out = sent(&mut driver);
