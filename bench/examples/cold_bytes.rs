@@ -37,6 +37,7 @@ fn main() -> anyhow::Result<()> {
     let actor = light::actor_for(device, &mut gen)?;
     let mut content = 0;
     let (mut changes, mut saved, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+    let mut heads = Vec::new();
     for i in 0..n {
         let id = DocId::from_bytes(light::id_bytes(&mut gen));
         let fields = records::fields(&mut gen, i);
@@ -51,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         changes.push(bytes);
         saved.push(r.doc.save());
         plain.push(r.doc.save_nocompress());
+        heads.push(baraza_protocol::to_heads(&r.doc.get_heads()));
     }
     let per = |v: usize| v as f64 / n as f64;
     let sum = |v: &[Vec<u8>]| v.iter().map(Vec::len).sum::<usize>();
@@ -69,5 +71,27 @@ fn main() -> anyhow::Result<()> {
             per(deflate(v, batch)?)
         );
     }
+    // As catch-up sends them: one Changes frame each, packed in batches.
+    let frames: Vec<Vec<u8>> = plain
+        .iter()
+        .enumerate()
+        .map(|(i, data)| {
+            baraza_protocol::codec::encode(&baraza_protocol::Message::Changes(
+                baraza_protocol::Changes {
+                    n: i as u64 + 1,
+                    doc: DocId::from_bytes(light::id_bytes(&mut gen)),
+                    heads: heads[i].clone(),
+                    data: serde_bytes::ByteBuf::from(data.clone()),
+                },
+            ))
+        })
+        .collect::<Result<_, _>>()?;
+    let packed: usize = frames
+        .chunks(batch)
+        .map(|b| {
+            baraza_protocol::codec::pack(b, baraza_protocol::Packing::Deflate).map(|f| f.len())
+        })
+        .sum::<Result<usize, _>>()?;
+    println!("  packed frames: {:7.0} B/record", per(packed));
     Ok(())
 }

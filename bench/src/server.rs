@@ -155,6 +155,25 @@ impl Server {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Waits until the server logs that no record waits for a snapshot
+    /// (after the last one logged so far), at most `limit`; returns how long.
+    pub fn wait_for_snapshots(&self, limit: Duration) -> anyhow::Result<Duration> {
+        const DONE: &str = "snapshots taken; none waiting";
+        let seen = self.log_text().matches(DONE).count();
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if self.log_text().matches(DONE).count() > seen {
+                return Ok(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::bail!(
+            "the server took no snapshots in {:.0} s; log {}",
+            limit.as_secs_f64(),
+            self.log.display()
+        )
+    }
+
     /// The server's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

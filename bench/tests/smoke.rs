@@ -115,8 +115,9 @@ fn every_scenario_completes_with_counts_matching_the_setup() {
     assert_eq!(u(&s2["report"]["docs_sent"]), 0);
     assert_eq!(u(&s2["report"]["unacknowledged"]), 0);
     assert_eq!(u(&s2["connections"]), 1);
-    // Every record crossed the wire: at least its field text.
-    assert!(u(&s2["bytes_down"]) > DOCS * 250, "{s2}");
+    // Every record crossed the wire: at least its id and heads (48 random
+    // bytes, which packing cannot shrink) and something of its text.
+    assert!(u(&s2["bytes_down"]) > DOCS * 100, "{s2}");
     assert!(u(&s2["bytes_up"]) > 0);
 
     let s1 = scenario(&lines, "s1_reconnect");

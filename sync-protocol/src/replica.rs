@@ -25,6 +25,18 @@ pub trait Replica {
     fn doc(&mut self, id: DocId) -> Result<Option<Automerge>, Self::Error>;
     /// Stores a document (new or changed by the sync).
     fn put_doc(&mut self, id: DocId, doc: &Automerge) -> Result<(), Self::Error>;
+    /// Stores a document this replica did not hold, received as `bytes`
+    /// (a saved document and chunks, as the server keeps it) that load to
+    /// exactly `doc`. A store may keep the bytes as they are instead of
+    /// saving `doc` again: a cold start receives thousands.
+    fn put_received(
+        &mut self,
+        id: DocId,
+        doc: &Automerge,
+        _bytes: &[u8],
+    ) -> Result<(), Self::Error> {
+        self.put_doc(id, doc)
+    }
     /// Heads the server is known to hold for the document.
     fn known(&mut self, id: DocId) -> Result<Vec<Head>, Self::Error>;
     /// Records what the server holds; `settled` is true when that covers
@@ -211,10 +223,16 @@ impl ClientDriver {
                 }
             }
             ClientEvent::Changes(c) => {
-                let mut doc = replica.doc(c.doc)?.unwrap_or_default();
+                let held = replica.doc(c.doc)?;
+                let new = held.is_none();
+                let mut doc = held.unwrap_or_default();
                 match docsync::apply_chunks(&mut doc, &c.data) {
                     Ok(()) => {
-                        replica.put_doc(c.doc, &doc)?;
+                        if new {
+                            replica.put_received(c.doc, &doc, &c.data)?;
+                        } else {
+                            replica.put_doc(c.doc, &doc)?;
+                        }
                         self.fold_known(c.doc, &doc, &c.heads, replica)?;
                         self.session.changes_applied(c.doc, &doc, &c.heads);
                     }

@@ -90,6 +90,14 @@ impl Bench {
             settle.traffic.down
         ));
 
+        // The server snapshots records once the upload burst is over; a
+        // cold start long after an upload (the usual case) finds them.
+        let waited = server.wait_for_snapshots(std::time::Duration::from_secs(120))?;
+        self.log(&format!(
+            "S1/S2 setup: the server's snapshots were taken {:.1} s after the upload",
+            waited.as_secs_f64()
+        ));
+
         // S2: B pulls everything.
         let cold = self.sync(&b, Some(&proxy))?;
         let b_records = b.list()?.len();

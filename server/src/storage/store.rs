@@ -310,6 +310,17 @@ pub trait Store: Send + Sync + 'static {
     /// another fold ran, the record was erased), nothing changes and the
     /// answer is false: a fold never deletes a chunk it did not fold in.
     fn fold(&self, doc: DocId, chunks: &[Seq], saved: &[u8]) -> Result<bool, StoreError>;
+    /// Keeps `saved`, the document as of feed position `seq` (every write
+    /// up to there, none after) saved whole, for cold starts: a device
+    /// that never had the record is sent it and the chunks written after
+    /// `seq`, not every change it was ever made of. A snapshot is a copy,
+    /// never the only one: the chunks stay. Keeps nothing and answers
+    /// false if the record is gone or erased, if `seq` is not a position
+    /// the record stands at or passed since its last rebuild or fold, or
+    /// if a snapshot as recent is kept. An erasure or a rebuild drops it.
+    fn keep_snapshot(&self, doc: DocId, seq: Seq, saved: &[u8]) -> Result<bool, StoreError>;
+    /// The snapshot kept of a document: its feed position and bytes.
+    fn snapshot(&self, doc: DocId) -> Result<Option<(Seq, Vec<u8>)>, StoreError>;
     /// Feed entries with `after < seq <= upto`, oldest first, one per write;
     /// `upto` is at most the watermark.
     fn entries_after(

@@ -23,6 +23,9 @@
 //!   `record_summary` (title, submitted time, conflicts, comment count,
 //!   JSON): what listings and read checks need, written with each
 //!   admitted write, so neither loads a document.
+//! - `doc_snapshots`: doc → a feed position and the document as of it,
+//!   saved whole ([`Store::keep_snapshot`]): what a cold start is sent,
+//!   with the chunks after it. A copy beside the chunks, which stay.
 //! - `meta`: the store id and the clean-shutdown marker.
 //!
 //! Durability: [`Store::commit`] writes a whole batch in one sled
@@ -183,6 +186,8 @@ pub struct SledStore {
     received: sled::Tree,
     clock: sled::Tree,
     summary: sled::Tree,
+    /// Record → its snapshot's feed position (8 bytes) and the save.
+    snapshots: sled::Tree,
     meta: sled::Tree,
     id: StoreId,
     /// Whether the last stop before this open was clean.
@@ -262,6 +267,7 @@ impl SledStore {
             received: db.open_tree("change_received")?,
             clock: db.open_tree("record_clock")?,
             summary: db.open_tree("record_summary")?,
+            snapshots: db.open_tree("doc_snapshots")?,
             feed,
             meta,
             db,
@@ -544,6 +550,13 @@ impl Store for SledStore {
                 .extend(writes.iter().filter(|w| w.erase).map(|w| w.doc));
         }
         for w in writes {
+            if w.rebuild || w.erase {
+                // Outside the transaction, which then need not span one
+                // more tree on every commit: a snapshot is a copy, and
+                // dropping one that a failed commit did not need to drop
+                // costs the next cold start a read of the chunks.
+                self.snapshots.remove(w.doc.as_bytes())?;
+            }
             let mut keys = Vec::new();
             let mut logs = Vec::new();
             let mut receipts = Vec::new();
@@ -707,6 +720,45 @@ impl Store for SledStore {
             out.push((seq_from(&k, "feed")?, doc_from(&v, "feed")?));
         }
         Ok(out)
+    }
+
+    fn keep_snapshot(&self, doc: DocId, seq: Seq, saved: &[u8]) -> Result<bool, StoreError> {
+        // Under the commit lock, so no erasure or rebuild lands between
+        // the checks and the insert.
+        let _commits = self.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.flags().erased.contains(&doc) {
+            return Ok(false);
+        }
+        let Some(meta) = self.meta_docs.get(doc.as_bytes())? else {
+            return Ok(false);
+        };
+        let meta = decode_meta(&meta)?;
+        if seq > meta.seq || seq < meta.compacted {
+            return Ok(false);
+        }
+        if let Some((kept, _)) = self.snapshot(doc)? {
+            if kept >= seq {
+                return Ok(false);
+            }
+        }
+        let mut value = seq.to_be_bytes().to_vec();
+        value.extend_from_slice(saved);
+        // Not flushed: a snapshot lost in a crash is taken again.
+        self.snapshots.insert(doc.as_bytes(), value)?;
+        Ok(true)
+    }
+
+    fn snapshot(&self, doc: DocId) -> Result<Option<(Seq, Vec<u8>)>, StoreError> {
+        let Some(v) = self.snapshots.get(doc.as_bytes())? else {
+            return Ok(None);
+        };
+        let Some((seq, saved)) = v.split_first_chunk::<8>() else {
+            return Err(StoreError::Corrupt {
+                tree: "doc_snapshots",
+                reason: format!("record {doc}'s snapshot is {} bytes", v.len()),
+            });
+        };
+        Ok(Some((Seq::from_be_bytes(*seq), saved.to_vec())))
     }
 
     fn doc_seq(&self, doc: DocId) -> Result<Option<Seq>, StoreError> {
