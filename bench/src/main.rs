@@ -112,6 +112,18 @@ struct Cli {
     /// streams far less of its feed (ingest with little fan-out).
     #[arg(long)]
     ack_only: bool,
+    /// S1/S2: play a slow link of this many kbit/s each way for the
+    /// measured syncs (the setup's upload stays on loopback); e.g. 256.
+    #[arg(long)]
+    link_kbit: Option<u64>,
+    /// S2c: a fourth empty client pulls everything over connections cut
+    /// after this many KiB from the server each, syncing again until it
+    /// holds every record (S2c runs only when this is given; e.g. 1024).
+    #[arg(long)]
+    cut_every_kib: Option<u64>,
+    /// S1/S2: the slow link's one-way delay in ms (with --link-kbit).
+    #[arg(long, default_value_t = 150)]
+    link_delay_ms: u64,
     /// Hostile: S1 runs without and with the attack.
     #[arg(long, default_value_t = 5)]
     hostile_runs: usize,
@@ -182,6 +194,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         connect_parallel: cli.connect_parallel,
         fanin_timeout: std::time::Duration::from_secs(cli.fanin_timeout.max(1)),
         ack_only: cli.ack_only,
+        cut_every: cli.cut_every_kib.map(|kib| kib * 1024),
+        link: cli
+            .link_kbit
+            .map(|kbit| baraza_bench::proxy::Link::kbit(kbit, cli.link_delay_ms)),
         server_bin: server_bin.clone(),
         work_dir: work.path().to_path_buf(),
     })?;

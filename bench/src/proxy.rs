@@ -7,6 +7,11 @@
 //!
 //! It runs on its own thread and single-threaded runtime, so a client busy
 //! on the benchmark's runtime does not delay the forwarding.
+//!
+//! It can also play a slow link ([`Link`]): each direction is paced to a
+//! rate and every byte arrives a fixed delay after it was sent, with a
+//! bounded buffer in between, as a 2G radio link does. Connections opened
+//! after [`CountingProxy::shape`] get the link.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,12 +46,41 @@ impl Traffic {
     }
 }
 
+/// A link to play: the same rate and one-way delay each way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Bytes a second each way.
+    pub bytes_per_sec: u64,
+    /// How long after it is sent each byte arrives, beside the pacing.
+    pub delay: Duration,
+}
+
+impl Link {
+    /// A link of `kbit_per_sec` (1,000 bits) each way and `delay_ms` one way.
+    pub fn kbit(kbit_per_sec: u64, delay_ms: u64) -> Link {
+        Link {
+            bytes_per_sec: (kbit_per_sec * 1000 / 8).max(1),
+            delay: Duration::from_millis(delay_ms),
+        }
+    }
+}
+
+/// Bytes a shaped direction holds between its two ends (the link's
+/// buffer): more waits in the sender's TCP stack.
+const LINK_BUFFER_CHUNKS: usize = 16;
+/// Bytes read and paced at a time on a shaped link (about a packet).
+const LINK_CHUNK: usize = 1460;
+
 #[derive(Default)]
 struct Counters {
     up: AtomicU64,
     down: AtomicU64,
     accepted: AtomicU64,
     open: AtomicU64,
+    /// The link new connections get (none: as fast as loopback).
+    link: std::sync::Mutex<Option<Link>>,
+    /// Bytes from the server after which new connections are cut.
+    cut_after: std::sync::Mutex<Option<u64>>,
 }
 
 /// A running proxy; dropping it stops it and closes its connections.
@@ -89,6 +123,21 @@ impl CountingProxy {
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+
+    /// Plays `link` (or none) on connections opened from now on.
+    pub fn shape(&self, link: Option<Link>) {
+        *self.counters.link.lock().unwrap_or_else(|p| p.into_inner()) = link;
+    }
+
+    /// Cuts each connection opened from now on once `bytes` have come down
+    /// it (none: never), as a link that drops every so often does.
+    pub fn cut_every(&self, bytes: Option<u64>) {
+        *self
+            .counters
+            .cut_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = bytes;
     }
 
     /// Where clients should connect.
@@ -167,20 +216,96 @@ async fn relay(client: TcpStream, upstream: SocketAddr, counters: &Counters) {
     let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    tokio::join!(
-        pump(client_read, server_write, &counters.up),
-        pump(server_read, client_write, &counters.down),
-    );
+    let link = *counters.link.lock().unwrap_or_else(|p| p.into_inner());
+    let cut = *counters.cut_after.lock().unwrap_or_else(|p| p.into_inner());
+    let up = async {
+        match link {
+            None => pump(client_read, server_write, &counters.up, None).await,
+            Some(link) => pump_shaped(client_read, server_write, &counters.up, link).await,
+        }
+    };
+    let down = async {
+        match link {
+            None => pump(server_read, client_write, &counters.down, cut).await,
+            Some(link) => pump_shaped(server_read, client_write, &counters.down, link).await,
+        }
+    };
+    if cut.is_some() {
+        // A cut ends the connection both ways at once, as a dropped link
+        // does: whichever side ends first drops the other's sockets.
+        tokio::select! {
+            _ = up => {}
+            _ = down => {}
+        }
+    } else {
+        tokio::join!(up, down);
+    }
+}
+
+/// [`pump`] over a slow link: each chunk leaves once the line is free and
+/// has carried it at the link's rate, and arrives `link.delay` later.
+async fn pump_shaped(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    count: &AtomicU64,
+    link: Link,
+) {
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(LINK_BUFFER_CHUNKS);
+    let send = async move {
+        let mut line_free = tokio::time::Instant::now();
+        let mut buf = vec![0u8; LINK_CHUNK];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            count.fetch_add(n as u64, Ordering::SeqCst);
+            let on_line = Duration::from_secs_f64(n as f64 / link.bytes_per_sec as f64);
+            line_free = line_free.max(tokio::time::Instant::now()) + on_line;
+            // The sender waits while the line carries the chunk.
+            tokio::time::sleep_until(line_free).await;
+            if tx
+                .send((line_free + link.delay, buf[..n].to_vec()))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let deliver = async {
+        while let Some((at, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(send, deliver);
 }
 
 /// Copies until end of stream or an error, then half-closes the other side
 /// so the peer sees the same end.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, count: &AtomicU64) {
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    count: &AtomicU64,
+    cut: Option<u64>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut passed = 0u64;
     loop {
-        match from.read(&mut buf).await {
+        let want = match cut {
+            Some(limit) if passed >= limit => break,
+            Some(limit) => buf.len().min((limit - passed) as usize),
+            None => buf.len(),
+        };
+        match from.read(&mut buf[..want]).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                passed += n as u64;
                 count.fetch_add(n as u64, Ordering::SeqCst);
                 if to.write_all(&buf[..n]).await.is_err() {
                     break;
@@ -226,5 +351,38 @@ mod tests {
                 connections: 1
             }
         );
+    }
+
+    /// A shaped link delivers every byte in order, and never sooner than
+    /// its rate and delay allow (a lower bound: a slow machine only adds).
+    #[test]
+    fn a_shaped_link_delivers_everything_no_faster_than_its_rate_and_delay() {
+        let payload: Vec<u8> = (0..8_000u32).map(|i| (i % 251) as u8).collect();
+        let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let upstream = echo.local_addr().unwrap();
+        let sent = payload.clone();
+        let server = std::thread::spawn(move || {
+            use std::io::Write;
+            let (mut s, _) = echo.accept().unwrap();
+            s.write_all(&sent).unwrap();
+        });
+        let proxy = CountingProxy::start(upstream).unwrap();
+        proxy.shape(Some(Link::kbit(64, 200)));
+        let start = Instant::now();
+        {
+            use std::io::Read;
+            let mut c = std::net::TcpStream::connect(proxy.addr()).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).unwrap();
+            assert!(got == payload, "{} bytes arrived, not in order", got.len());
+        }
+        // 8,000 bytes at 8,000 bytes a second, plus 200 ms on the way.
+        assert!(
+            start.elapsed() >= Duration::from_millis(1_150),
+            "{:?}",
+            start.elapsed()
+        );
+        server.join().unwrap();
     }
 }

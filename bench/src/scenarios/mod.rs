@@ -76,6 +76,10 @@ pub struct Options {
     /// Hostile: times each idle connection is reopened after the server
     /// closes it.
     pub hostile_reopen: usize,
+    /// S2c: bytes after which each connection is cut (none: no S2c).
+    pub cut_every: Option<u64>,
+    /// S1/S2: the slow link their measured syncs go over (none: loopback).
+    pub link: Option<crate::proxy::Link>,
     /// The `baraza-server` binary.
     pub server_bin: PathBuf,
     /// Where each scenario makes its directory.

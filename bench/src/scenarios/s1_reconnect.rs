@@ -98,6 +98,15 @@ impl Bench {
             waited.as_secs_f64()
         ));
 
+        if let Some(link) = o.link {
+            proxy.shape(Some(link));
+            self.log(&format!(
+                "S1/S2: the measured syncs go over a link of {} kbit/s each way, {} ms one way",
+                link.bytes_per_sec * 8 / 1000,
+                link.delay.as_millis()
+            ));
+        }
+
         // S2: B pulls everything.
         let cold = self.sync(&b, Some(&proxy))?;
         let b_records = b.list()?.len();
@@ -160,6 +169,10 @@ impl Bench {
                 cold2_wall.as_secs_f64()
             )),
         }
+        let s2c = match o.cut_every {
+            Some(every) => Some(self.cold_start_cut(&server, &url, &dir, &proxy, every, &cold)?),
+            None => None,
+        };
         drop(proxy);
         let status = server.stop()?;
         if !status.success() {
@@ -188,6 +201,7 @@ impl Bench {
                 "report": report_json(&reconnect.report),
                 "converged": converged,
                 "via_proxy": true,
+                "link": o.link.map(|l| json!({"kbit_per_sec": l.bytes_per_sec * 8 / 1000, "delay_ms": l.delay.as_millis() as u64})),
                 "setup": {
                     "record_bytes_avg": round3(record_bytes as f64 / o.docs as f64),
                     "create_ms_total": round3(ms(create_wall)),
@@ -223,6 +237,8 @@ impl Bench {
                 settle.traffic.down,
             ),
         };
-        Ok(vec![s1, s2, s2b])
+        let mut outcomes = vec![s1, s2, s2b];
+        outcomes.extend(s2c);
+        Ok(outcomes)
     }
 }

@@ -1,17 +1,19 @@
 //! S2, cold start: an empty tablet pulls every record the server holds
 //! (S2), and again after S1's edits (S2b: records whose latest write moved
 //! their feed entries past records created later, which a long catch-up
-//! must still deliver whole). Both are measured during S1's run, which
+//! must still deliver whole), and with `--cut-every-kib` over connections
+//! cut again and again (S2c). All are measured during S1's run, which
 //! builds the records they pull ([`super::s1_reconnect`]); this file says
-//! what they report.
+//! what they report, and runs S2c.
 
 use std::time::Duration;
 
 use baraza_client::{ClientError, SyncReport};
 use serde_json::json;
 
-use super::{report_json, Measured, Options, Outcome};
-use crate::proxy::Traffic;
+use super::{device_client, report_json, Bench, Measured, Options, Outcome};
+use crate::proxy::{CountingProxy, Traffic};
+use crate::server::Server;
 use crate::stats::{ms, round3};
 
 /// S2's result: `cold` is the empty client's measured first sync, after
@@ -31,6 +33,7 @@ pub(super) fn cold_start(o: &Options, cold: &Measured, b_records: usize) -> Outc
             "records_per_sec": round3(o.docs as f64 / cold.wall.as_secs_f64()),
             "report": report_json(&cold.report),
             "via_proxy": true,
+                "link": o.link.map(|l| json!({"kbit_per_sec": l.bytes_per_sec * 8 / 1000, "delay_ms": l.delay.as_millis() as u64})),
         }),
         summary: format!(
             "S2 cold start: empty client pulled {b_records} of {} records in {:.2} s \
@@ -73,6 +76,7 @@ pub(super) fn cold_start_after_edits(
             "report": cold2.as_ref().ok().map(report_json),
             "cursor_after": cursor,
             "via_proxy": true,
+                "link": o.link.map(|l| json!({"kbit_per_sec": l.bytes_per_sec * 8 / 1000, "delay_ms": l.delay.as_millis() as u64})),
         }),
         summary: match &cold2 {
             Ok(report) => format!(
@@ -92,5 +96,69 @@ pub(super) fn cold_start_after_edits(
                 cursor
             ),
         },
+    }
+}
+
+/// Most syncs S2c makes before it gives up.
+const CUT_TRIES_MAX: usize = 1_000;
+
+impl Bench {
+    /// S2c: an empty client pulls every record over connections cut after
+    /// `every` bytes from the server, syncing again (at once) after each
+    /// cut until a sync completes holding every record. Compared with the
+    /// uncut S2 (`uncut`): the bytes a cut costs.
+    pub(super) fn cold_start_cut(
+        &self,
+        server: &Server,
+        url: &str,
+        dir: &std::path::Path,
+        proxy: &CountingProxy,
+        every: u64,
+        uncut: &Measured,
+    ) -> anyhow::Result<Outcome> {
+        let o = &self.opts;
+        proxy.cut_every(Some(every));
+        let d = device_client(server, url, &dir.join("client-d"), "bench-d")?;
+        let (mut tries, mut wall, mut down, mut up) = (0usize, Duration::ZERO, 0u64, 0u64);
+        let mut done = false;
+        while tries < CUT_TRIES_MAX && !done {
+            tries += 1;
+            let (result, took, traffic) = self.try_sync(&d, Some(proxy));
+            wall += took;
+            down += traffic.down;
+            up += traffic.up;
+            done = result.is_ok() && d.list()?.len() == o.docs;
+        }
+        proxy.cut_every(None);
+        let records = d.list()?.len();
+        let ratio = down as f64 / uncut.traffic.down.max(1) as f64;
+        let summary = format!(
+            "S2c cold start cut every {} KiB: {records} of {} records in {tries} syncs, \
+             {:.2} s; {down} B down ({ratio:.2}x the uncut {} B), {up} B up{}",
+            every / 1024,
+            o.docs,
+            wall.as_secs_f64(),
+            uncut.traffic.down,
+            if done { "" } else { "; DID NOT COMPLETE" }
+        );
+        self.log(&summary);
+        Ok(Outcome {
+            name: "s2c_cold_start_cut",
+            json: json!({
+                "scenario": "s2c_cold_start_cut",
+                "docs": o.docs,
+                "cut_every_bytes": every,
+                "records_after": records,
+                "complete": done,
+                "syncs": tries,
+                "wall_ms": round3(ms(wall)),
+                "bytes_down": down,
+                "bytes_up": up,
+                "bytes_down_uncut": uncut.traffic.down,
+                "bytes_down_ratio": round3(ratio),
+                "link": o.link.map(|l| json!({"kbit_per_sec": l.bytes_per_sec * 8 / 1000, "delay_ms": l.delay.as_millis() as u64})),
+            }),
+            summary,
+        })
     }
 }
