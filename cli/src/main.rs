@@ -349,12 +349,59 @@ fn now_ms() -> String {
         .to_string()
 }
 
-struct Printer;
+/// What `baraza sync` shows while it runs: on a terminal, a progress bar
+/// of the records received against those the server said were waiting
+/// (an upper bound: one per feed entry since the tablet's cursor), with
+/// the bytes so far and a time estimate; nothing when stderr is not a
+/// terminal (indicatif's stderr target hides itself), so scripts and logs
+/// see only the summary.
+struct Printer {
+    bar: indicatif::ProgressBar,
+}
+
+/// Fewest records waiting before a bar is drawn: a sync of a few records
+/// is over before a bar could say anything.
+const BAR_RECORDS_MIN: u64 = 100;
+
+impl Printer {
+    fn new() -> Printer {
+        let bar = indicatif::ProgressBar::hidden();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "receiving {bar:30} {pos}/{len} records, {msg}, {eta} left",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Printer { bar }
+    }
+
+    fn done(&self) {
+        self.bar.finish_and_clear();
+    }
+}
 
 impl SyncListener for Printer {
     fn on_event(&self, event: SyncEvent) {
-        if let SyncEvent::Connecting { .. } | SyncEvent::Connected = event {
-            tracing::debug!(?event, "sync");
+        match event {
+            SyncEvent::Progress {
+                to_receive,
+                received,
+                bytes_received,
+                ..
+            } if to_receive >= BAR_RECORDS_MIN => {
+                if self.bar.is_hidden() && self.bar.length().is_none() {
+                    self.bar
+                        .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                }
+                self.bar.set_length(to_receive);
+                self.bar.set_position(received.min(to_receive));
+                self.bar
+                    .set_message(indicatif::HumanBytes(bytes_received).to_string());
+            }
+            SyncEvent::Connecting { .. } | SyncEvent::Connected => {
+                tracing::debug!(?event, "sync");
+            }
+            _ => {}
         }
     }
 }
@@ -589,7 +636,10 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            let report = runtime.block_on(client.sync_once(&Printer))?;
+            let printer = Printer::new();
+            let report = runtime.block_on(client.sync_once(&printer));
+            printer.done();
+            let report = report?;
             if cli.json {
                 outln!("{}", serde_json::to_string(&report)?);
             } else {
@@ -870,5 +920,42 @@ impl Decision {
             Decision::Approved => baraza_records::ReviewState::Approved,
             Decision::Returned => baraza_records::ReviewState::Returned,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(to_receive: u64, received: u64, bytes_received: u64) -> SyncEvent {
+        SyncEvent::Progress {
+            to_send: 0,
+            sent: 0,
+            to_receive,
+            received,
+            bytes_sent: 0,
+            bytes_received,
+        }
+    }
+
+    /// The bar follows the records received of those waiting, with the
+    /// bytes so far; a sync of a few records draws none.
+    #[test]
+    fn the_sync_bar_counts_records_of_those_waiting_and_skips_small_syncs() {
+        let small = Printer::new();
+        small.on_event(progress(BAR_RECORDS_MIN - 1, 10, 4_000));
+        assert_eq!(small.bar.length(), None);
+
+        let cold = Printer::new();
+        cold.on_event(progress(10_000, 0, 0));
+        cold.on_event(progress(10_000, 2_500, 880_000));
+        assert_eq!(cold.bar.length(), Some(10_000));
+        assert_eq!(cold.bar.position(), 2_500);
+        assert_eq!(cold.bar.message(), "859.38 KiB");
+        // An upper bound that was too high is never passed.
+        cold.on_event(progress(10_000, 10_100, 3_500_000));
+        assert_eq!(cold.bar.position(), 10_000);
+        cold.done();
+        assert!(cold.bar.is_finished());
     }
 }
