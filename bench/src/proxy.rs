@@ -63,6 +63,19 @@ impl Link {
             delay: Duration::from_millis(delay_ms),
         }
     }
+
+    /// The rate in kbit/s (1,000 bits), as given to [`Link::kbit`].
+    pub fn kbit_per_sec(&self) -> u64 {
+        self.bytes_per_sec * 8 / 1000
+    }
+
+    /// The link as a scenario's JSON reports it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kbit_per_sec": self.kbit_per_sec(),
+            "delay_ms": self.delay.as_millis() as u64,
+        })
+    }
 }
 
 /// Bytes a shaped direction holds between its two ends (the link's

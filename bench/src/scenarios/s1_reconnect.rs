@@ -102,7 +102,7 @@ impl Bench {
             proxy.shape(Some(link));
             self.log(&format!(
                 "S1/S2: the measured syncs go over a link of {} kbit/s each way, {} ms one way",
-                link.bytes_per_sec * 8 / 1000,
+                link.kbit_per_sec(),
                 link.delay.as_millis()
             ));
         }
@@ -201,7 +201,7 @@ impl Bench {
                 "report": report_json(&reconnect.report),
                 "converged": converged,
                 "via_proxy": true,
-                "link": o.link.map(|l| json!({"kbit_per_sec": l.bytes_per_sec * 8 / 1000, "delay_ms": l.delay.as_millis() as u64})),
+                "link": o.link.map(|l| l.to_json()),
                 "setup": {
                     "record_bytes_avg": round3(record_bytes as f64 / o.docs as f64),
                     "create_ms_total": round3(ms(create_wall)),

@@ -33,7 +33,7 @@ pub(super) fn cold_start(o: &Options, cold: &Measured, b_records: usize) -> Outc
             "records_per_sec": round3(o.docs as f64 / cold.wall.as_secs_f64()),
             "report": report_json(&cold.report),
             "via_proxy": true,
-                "link": o.link.map(|l| json!({"kbit_per_sec": l.bytes_per_sec * 8 / 1000, "delay_ms": l.delay.as_millis() as u64})),
+                "link": o.link.map(|l| l.to_json()),
         }),
         summary: format!(
             "S2 cold start: empty client pulled {b_records} of {} records in {:.2} s \
@@ -76,7 +76,7 @@ pub(super) fn cold_start_after_edits(
             "report": cold2.as_ref().ok().map(report_json),
             "cursor_after": cursor,
             "via_proxy": true,
-                "link": o.link.map(|l| json!({"kbit_per_sec": l.bytes_per_sec * 8 / 1000, "delay_ms": l.delay.as_millis() as u64})),
+                "link": o.link.map(|l| l.to_json()),
         }),
         summary: match &cold2 {
             Ok(report) => format!(
@@ -156,7 +156,7 @@ impl Bench {
                 "bytes_up": up,
                 "bytes_down_uncut": uncut.traffic.down,
                 "bytes_down_ratio": round3(ratio),
-                "link": o.link.map(|l| json!({"kbit_per_sec": l.bytes_per_sec * 8 / 1000, "delay_ms": l.delay.as_millis() as u64})),
+                "link": o.link.map(|l| l.to_json()),
             }),
             summary,
         })
