@@ -298,14 +298,26 @@ impl Docs {
 
     /// What a reader holding `id` as of feed position `base` lacks, for its
     /// feed entry at `at`, from chunks shared by every reader; None if the
-    /// store holds no chunks after `base` (see [`RecentLogs::after`]).
+    /// store holds no chunks after `base` (see [`RecentLogs::after`]). A
+    /// reader that has none of the record (it was first written after
+    /// `base`, as most are in a long catch-up) gets its snapshot instead
+    /// where one is kept: the same state in fewer bytes, loaded without
+    /// replaying each change.
     pub fn recent_after(
         &self,
         id: DocId,
         base: Seq,
         at: Seq,
     ) -> Result<Option<DocDelta>, DocsError> {
-        self.recent.after(self.store.as_ref(), id, base, at)
+        let Some(lacking) = self.recent.after(self.store.as_ref(), id, base, at)? else {
+            return Ok(None);
+        };
+        if lacking.whole {
+            if let Some(saved) = self.snapshot_and_after(id)? {
+                return Ok(Some(saved));
+            }
+        }
+        Ok(Some(lacking.delta))
     }
 
     /// The store underneath.
@@ -1026,6 +1038,43 @@ mod tests {
         docs.erase(id).unwrap();
         assert_eq!(store.snapshot(id).unwrap(), None);
         assert_eq!(docs.stored(id).unwrap(), None);
+        docs.shutdown().unwrap();
+    }
+
+    /// A long catch-up reads from a position past zero: a record first
+    /// written after it is sent its snapshot, as a cold start's first batch
+    /// is, while a reader holding some of the record gets only what it lacks.
+    #[test]
+    fn a_reader_with_none_of_a_record_is_sent_its_snapshot_wherever_it_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open_path(dir.path(), [1; 16]).unwrap());
+        let docs = Docs::start(store.clone(), 8).unwrap();
+        let (earlier, id) = (DocId::from_bytes([11; 16]), DocId::from_bytes([12; 16]));
+        let before = edit(&docs, earlier, 0);
+        let first = edit(&docs, id, 0);
+        for n in 1..5 {
+            edit(&docs, id, n);
+        }
+        let (at, saved) =
+            snapshot_of(store.as_ref(), id).expect("the record was never snapshotted");
+        let sent = docs.recent_after(id, before, at).unwrap().unwrap();
+        assert_eq!(sent.data, saved);
+        assert_eq!(sent.seq, at);
+        let part = docs.recent_after(id, first, at).unwrap().unwrap();
+        assert_eq!(
+            part.data,
+            store.chunks_after(id, first).unwrap().unwrap().bytes
+        );
+        // Written again: the snapshot and the chunk after it, loading to
+        // the record as stored.
+        let late = edit(&docs, id, 5);
+        let sent = docs.recent_after(id, before, late).unwrap().unwrap();
+        assert!(sent.data.starts_with(&saved) && sent.data.len() > saved.len());
+        let mut tablet = Automerge::new();
+        docsync::apply_chunks(&mut tablet, &sent.data).unwrap();
+        let stored = store.load(id).unwrap().unwrap();
+        assert_eq!(loads_to(&tablet, &stored.heads), Ok(()));
+        assert_eq!(to_heads(&tablet.get_heads()), sent.heads);
         docs.shutdown().unwrap();
     }
 

@@ -37,7 +37,7 @@ struct Log {
 
 impl Log {
     /// What a reader holding the record as of `base` (>= `from`) lacks.
-    fn after(&self, base: Seq) -> DocDelta {
+    fn after(&self, base: Seq) -> Lacking {
         let c = &self.chunks;
         let start = c
             .ends
@@ -45,12 +45,25 @@ impl Log {
             .take_while(|(seq, _)| *seq <= base)
             .last()
             .map_or(0, |(_, end)| *end);
-        DocDelta {
-            heads: c.heads.clone(),
-            data: c.bytes.get(start..).unwrap_or_default().to_vec(),
-            seq: c.seq,
+        Lacking {
+            delta: DocDelta {
+                heads: c.heads.clone(),
+                data: c.bytes.get(start..).unwrap_or_default().to_vec(),
+                seq: c.seq,
+            },
+            whole: c.whole && start == 0,
         }
     }
+}
+
+/// What a reader lacks of a record.
+#[derive(Debug, PartialEq)]
+pub struct Lacking {
+    /// The chunks it lacks and the state they bring it to.
+    pub delta: DocDelta,
+    /// It has none of the record: the chunks are all there are, and a
+    /// saved copy would do as well.
+    pub whole: bool,
 }
 
 struct Inner {
@@ -95,7 +108,7 @@ impl RecentLogs {
         doc: DocId,
         base: Seq,
         at: Seq,
-    ) -> Result<Option<DocDelta>, DocsError> {
+    ) -> Result<Option<Lacking>, DocsError> {
         let epoch = {
             let mut inner = self.lock();
             if let Some(log) = inner.logs.get(&doc) {
@@ -170,6 +183,7 @@ mod tests {
                 ends,
                 seq: parts.last().map_or(from, |p| p.0),
                 heads: Vec::new(),
+                whole: true,
             },
         }
     }
@@ -179,10 +193,13 @@ mod tests {
     #[test]
     fn a_reader_gets_the_chunks_after_its_position() {
         let l = log(3, &[(5, b"ab"), (9, b"c"), (12, b"de")]);
-        assert_eq!(l.after(3).data, b"abcde");
-        assert_eq!(l.after(5).data, b"cde");
-        assert_eq!(l.after(10).data, b"de");
-        assert_eq!(l.after(12).data, b"");
-        assert_eq!(l.after(12).seq, 12);
+        assert_eq!(l.after(3).delta.data, b"abcde");
+        assert_eq!(l.after(5).delta.data, b"cde");
+        assert_eq!(l.after(10).delta.data, b"de");
+        assert_eq!(l.after(12).delta.data, b"");
+        assert_eq!(l.after(12).delta.seq, 12);
+        // Only a reader before the first chunk lacks the record whole.
+        assert!(l.after(3).whole && l.after(4).whole);
+        assert!(!l.after(5).whole);
     }
 }

@@ -259,6 +259,9 @@ pub struct DocChunks {
     pub seq: Seq,
     /// The document's heads after that write.
     pub heads: Vec<Head>,
+    /// Nothing of the document is stored at or before the position asked
+    /// after: `bytes` is all of it, and a reader there has none of it.
+    pub whole: bool,
 }
 
 /// What is stored of one document.

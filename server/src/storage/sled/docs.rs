@@ -776,6 +776,14 @@ impl Store for SledStore {
         if after < meta.compacted {
             return Ok(None);
         }
+        // Positions start at 1; a fold leaves its save at a position, so a
+        // compacted record is never whole after it.
+        let whole = after == 0
+            || self
+                .chunks
+                .range(log_key(doc, 0)..=log_key(doc, after))
+                .next_back()
+                .is_none();
         let mut bytes = Vec::new();
         let mut ends = Vec::new();
         let start = log_key(doc, after.saturating_add(1));
@@ -790,6 +798,7 @@ impl Store for SledStore {
             ends,
             seq: meta.seq,
             heads: meta.heads,
+            whole,
         }))
     }
 
@@ -1253,7 +1262,12 @@ mod tests {
             ends,
             seq,
             heads: vec![head(h)],
+            whole: false,
         };
+        // One from before its first write lacks it whole.
+        let all = store.chunks_after(a, 0).unwrap().unwrap();
+        assert!(all.whole);
+        assert_eq!(all.bytes, vec![0, 1, 2]);
         assert_eq!(
             store.chunks_after(a, 1).unwrap(),
             Some(chunks(vec![1, 2], vec![(2, 1), (3, 2)], 3, 2))
