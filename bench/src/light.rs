@@ -245,8 +245,8 @@ fn set_text(
 
 impl LightRecord {
     /// A new record made as the SDK's `Client::create` makes it: a meeting
-    /// record's header (created by `device_id`) and skeleton in one change,
-    /// then one change per field, all written by `actor`.
+    /// record's header (created by `device_id`), skeleton and fields in one
+    /// change, written by `actor`.
     pub fn create(
         id: DocId,
         device_id: &str,
@@ -265,10 +265,18 @@ impl LightRecord {
         };
         let mut doc = Automerge::new();
         doc.set_actor(actor.clone());
-        ops::create(&mut doc, &header, stamp(now))?;
-        for (k, v) in fields {
-            set_text(&mut doc, k, v, stamp(now))?;
-        }
+        let typed = fields
+            .iter()
+            .map(|(k, v)| {
+                let spec = Kind::Meeting
+                    .field(k)
+                    .with_context(|| format!("a meeting has no field {k:?}"))?;
+                let value = FieldValue::parse(spec.ty, v)
+                    .map_err(|reason| anyhow::anyhow!("field {k}: {reason}"))?;
+                Ok((k.as_str(), value))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        ops::create_with(&mut doc, &header, &typed, stamp(now))?;
         Ok(LightRecord {
             id,
             doc,

@@ -39,6 +39,54 @@ fn every_kind_starts_valid() {
     }
 }
 
+/// A record made with its first fields is one change, reads as if each
+/// field had been set after it, and is smaller saved; a field that does not
+/// fit makes nothing.
+#[test]
+fn a_record_made_with_its_fields_is_one_smaller_change_and_a_bad_field_makes_nothing() {
+    let fields = [
+        ("title", s("Baraza at the chief's camp")),
+        ("place", s("Olympic grounds")),
+        ("held_at", FieldValue::Time(1_700_000_100_000)),
+    ];
+    let mut whole = Automerge::new();
+    ops::create_with(&mut whole, &header(Kind::Meeting), &fields, 1_000).unwrap();
+    let mut by_field = Automerge::new();
+    ops::create(&mut by_field, &header(Kind::Meeting), 1_000).unwrap();
+    for (name, value) in &fields {
+        ops::set(&mut by_field, name, value.clone(), 1_000).unwrap();
+    }
+    assert_eq!(whole.get_changes(&[]).len(), 1);
+    validate(&whole).unwrap();
+    for (name, _) in &fields {
+        assert_eq!(
+            whole.get(ROOT, *name).unwrap().map(|(v, _)| v.to_string()),
+            by_field
+                .get(ROOT, *name)
+                .unwrap()
+                .map(|(v, _)| v.to_string()),
+            "{name}"
+        );
+    }
+    assert!(whole.save().len() < by_field.save().len());
+
+    for bad in [
+        ("titel", s("typo")),
+        ("held_at", s("not a time")),
+        ("attendees", s("a list is not set whole")),
+    ] {
+        let mut doc = Automerge::new();
+        assert!(ops::create_with(
+            &mut doc,
+            &header(Kind::Meeting),
+            std::slice::from_ref(&bad),
+            1_000
+        )
+        .is_err());
+        assert!(doc.get_changes(&[]).is_empty(), "{bad:?}");
+    }
+}
+
 #[test]
 fn a_liaison_and_an_officer_edit_one_meeting_offline() {
     let mut origin = Automerge::new();

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 const RECORDS: usize = 1_500;
 /// Bytes from the server each connection is allowed before it is cut:
 /// more than one catch-up batch, less than the whole cold start.
-const CUT_AFTER: u64 = 80 * 1024;
+const CUT_AFTER: u64 = 40 * 1024;
 const TRIES_MAX: usize = 40;
 
 /// A TCP forwarder on 127.0.0.1 that counts the bytes coming down, and

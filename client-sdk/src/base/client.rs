@@ -237,12 +237,12 @@ impl BaseClient {
             created_at: now,
             schema: baraza_records::SCHEMA_VERSION,
         };
+        let typed = fields
+            .iter()
+            .map(|(k, v)| Ok((k.as_str(), record::typed(kind, k, v)?)))
+            .collect::<Result<Vec<_>, ClientError>>()?;
         self.edit(id, true, |doc, at| {
-            ops::create(doc, &header, at)?;
-            for (k, v) in &fields {
-                record::set(doc, k, v, at)?;
-            }
-            Ok(())
+            Ok(ops::create_with(doc, &header, &typed, at)?)
         })?;
         Ok(id.to_string())
     }

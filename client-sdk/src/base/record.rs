@@ -209,6 +209,15 @@ pub fn set(
     value: &str,
     at: Stamp<'_>,
 ) -> Result<(), ClientError> {
+    let kind = Header::read(doc).map_err(EditError::from)?.kind;
+    let typed = typed(kind, field, value)?;
+    Ok(baraza_records::ops::set(doc, field, typed, at)?)
+}
+
+/// A value typed by a person, typed by the kind's schema: refused for the
+/// header and review block, for a field the kind does not have (naming the
+/// ones it has) and for a value that does not fit.
+pub fn typed(kind: Kind, field: &str, value: &str) -> Result<FieldValue, ClientError> {
     if matches!(field, "header" | "review") {
         return Err(ClientError::BadEdit {
             field: field.to_string(),
@@ -217,18 +226,16 @@ pub fn set(
             ),
         });
     }
-    let spec = known_field(doc, field)?;
-    let typed = FieldValue::parse(spec.ty, value).map_err(|reason| ClientError::BadEdit {
+    let spec = known_field(kind, field)?;
+    FieldValue::parse(spec.ty, value).map_err(|reason| ClientError::BadEdit {
         field: field.to_string(),
         message: format!("field {field}: {reason}"),
-    })?;
-    Ok(baraza_records::ops::set(doc, field, typed, at)?)
+    })
 }
 
-/// The schema's spec for a field of this record, or the refusal naming the
-/// fields its kind has.
-fn known_field(doc: &Automerge, field: &str) -> Result<FieldSpec, ClientError> {
-    let kind = Header::read(doc).map_err(EditError::from)?.kind;
+/// The schema's spec for a field of this kind, or the refusal naming the
+/// fields it has.
+fn known_field(kind: Kind, field: &str) -> Result<FieldSpec, ClientError> {
     match kind.field(field) {
         Some(spec) => Ok(*spec),
         None => Err(EditError::UnknownField {
@@ -249,7 +256,8 @@ pub fn splice(
     text: &str,
     at: Stamp<'_>,
 ) -> Result<(), ClientError> {
-    if known_field(doc, field)?.ty != FieldType::Text {
+    let kind = Header::read(doc).map_err(EditError::from)?.kind;
+    if known_field(kind, field)?.ty != FieldType::Text {
         return Err(not_text(field));
     }
     let mut tx = doc.transaction();

@@ -62,7 +62,11 @@ pub fn start(
     who: Principal,
 ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let (tx, rx) = mpsc::channel::<Event>(source.buffered_max.max(1));
-    tokio::spawn(produce(source, who, tx));
+    // Taken here, not in the task: a write made after this call but before
+    // the task first runs (a loaded machine) is still the desk's.
+    let mut durable = source.hub.durable();
+    let position: Seq = *durable.borrow_and_update();
+    tokio::spawn(produce(source, who, tx, durable, position));
     // The body ends once the producer has dropped its sender and what it
     // queued has gone out.
     futures_util::stream::unfold(rx, |mut rx| async move {
@@ -92,7 +96,13 @@ fn resync() -> Event {
     Event::default().event("resync").data("{}")
 }
 
-async fn produce(source: EventSource, who: Principal, tx: mpsc::Sender<Event>) {
+async fn produce(
+    source: EventSource,
+    who: Principal,
+    tx: mpsc::Sender<Event>,
+    mut durable: watch::Receiver<Seq>,
+    mut position: Seq,
+) {
     let EventSource {
         hub,
         check,
@@ -101,8 +111,6 @@ async fn produce(source: EventSource, who: Principal, tx: mpsc::Sender<Event>) {
         entries_per_wake_max,
         ..
     } = source;
-    let mut durable = hub.durable();
-    let mut position: Seq = *durable.borrow_and_update();
     let mut who = who;
     // Lagging: events were dropped; a resync is owed once there is room.
     let mut lagging = false;

@@ -726,7 +726,7 @@ fn compact_loop(store: &dyn Store, state: &CompactionState, rx: mpsc::Receiver<C
         }
         // Oldest write first, while the committer stays idle; a shutdown
         // does not wait for the rest.
-        let mut taken = 0u64;
+        let (mut looked, mut taken) = (0u64, 0u64);
         while state.idle_for() >= SNAPSHOT_IDLE {
             match rx.try_recv() {
                 Ok(Compact::Fold(id)) => fold_now(store, id),
@@ -737,6 +737,7 @@ fn compact_loop(store: &dyn Store, state: &CompactionState, rx: mpsc::Receiver<C
             let Some(id) = waiting.pop_quiet() else {
                 break;
             };
+            looked += 1;
             match snapshot(store, id) {
                 Ok(true) => taken += 1,
                 Ok(false) => {}
@@ -745,8 +746,8 @@ fn compact_loop(store: &dyn Store, state: &CompactionState, rx: mpsc::Receiver<C
                 }
             }
         }
-        if taken > 0 && waiting.written.is_empty() {
-            tracing::info!(taken, "snapshots taken; none waiting");
+        if looked > 0 && waiting.written.is_empty() {
+            tracing::info!(looked, taken, "snapshots taken; none waiting");
         }
     }
 }
@@ -808,15 +809,17 @@ impl Waiting {
 
 /// Snapshots what the store holds of `id` ([`Store::keep_snapshot`]),
 /// checked first like a fold. Nothing is kept for a record stored as one
-/// save already (that is what a cold start is sent), or whose snapshot is
-/// as recent as what is stored.
+/// chunk (a save, or a record made in one change: that is what a cold
+/// start is sent), or whose snapshot is as recent as what is stored.
 pub fn snapshot(store: &dyn Store, id: DocId) -> Result<bool, DocsError> {
     let Some(stored) = store.load(id)? else {
         return Ok(false);
     };
-    let one_save = docsync::split_chunks(&stored.bytes)
-        .is_ok_and(|c| matches!(c.as_slice(), [(docsync::ChunkKind::Document, _)]));
-    if one_save {
+    // A record stored as one chunk is sent as it is: a save of one change
+    // is no smaller than the change, and packed frames of changes made
+    // alike deflate further than saves do.
+    let one_chunk = docsync::split_chunks(&stored.bytes).is_ok_and(|c| c.len() == 1);
+    if one_chunk {
         return Ok(false);
     }
     if let Ok(Some((kept, _))) = store.snapshot(id) {
