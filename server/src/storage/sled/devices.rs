@@ -276,7 +276,7 @@ mod tests {
             let db = sled::Config::new().path(tmp.path()).open().unwrap();
             open_sled(&db).unwrap().add("t").unwrap().token
         };
-        let db = sled::Config::new().path(tmp.path()).open().unwrap();
+        let db = super::super::reopened(|| Ok(sled::open(tmp.path())?));
         let registry = open_sled(&db).unwrap();
         assert!(registry.authenticate(&token).unwrap().device().is_some());
     }
