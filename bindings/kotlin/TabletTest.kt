@@ -287,6 +287,10 @@ fun main() {
         expect(events.any { it is SyncProgress.Connected }) { "no Connected" }
         val received = events.filterIsInstance<SyncProgress.ToReceive>()
         expect(received.any { it.recordsReceived >= 1uL && it.bytesReceived > 0uL }) { "ToReceive $received" }
+        // Once a record came, the download has an estimated size, at least what came.
+        expect(received.filter { it.recordsReceived >= 1uL }.all { (it.bytesExpected ?: 0uL) >= it.bytesReceived }) {
+            "ToReceive without an estimate $received"
+        }
         val sent = events.filterIsInstance<SyncProgress.ToSend>()
         expect(sent.any { it.recordsSent >= 1uL && it.bytesSent > 0uL }) { "ToSend $sent" }
         expect(events.none { it is SyncProgress.Error || it is SyncProgress.Wiped }) { "errors in $events" }

@@ -54,6 +54,8 @@ impl sdk::SyncListener for Relay {
                 received,
                 bytes_sent,
                 bytes_received,
+                bytes_expected,
+                receive_ms_left,
             } => {
                 let send = (to_send, sent, bytes_sent);
                 let receive = (to_receive, received, bytes_received);
@@ -80,6 +82,8 @@ impl sdk::SyncListener for Relay {
                         records_to_receive: to_receive,
                         records_received: received,
                         bytes_received,
+                        bytes_expected,
+                        receive_ms_left,
                     });
                 }
                 out

@@ -511,6 +511,13 @@ pub enum SyncProgress {
         records_received: u64,
         /// Bytes received so far on this connection.
         bytes_received: u64,
+        /// The bytes this connection is expected to receive in all, an
+        /// estimate from the mean size of the records so far; `None`
+        /// until a record has arrived.
+        bytes_expected: Option<u64>,
+        /// Time left at this connection's rate so far, for "about a
+        /// minute left"; `None` while `bytes_expected` is.
+        receive_ms_left: Option<u64>,
     },
     /// Everything local acknowledged, everything remote received.
     Done {

@@ -352,7 +352,7 @@ fn now_ms() -> String {
 /// What `baraza sync` shows while it runs: on a terminal, a progress bar
 /// of the records received against those the server said were waiting
 /// (an upper bound: one per feed entry since the tablet's cursor), with
-/// the bytes so far and a time estimate; nothing when stderr is not a
+/// the bytes so far of those expected and a time estimate; nothing when stderr is not a
 /// terminal (indicatif's stderr target hides itself), so scripts and logs
 /// see only the summary.
 struct Printer {
@@ -387,6 +387,7 @@ impl SyncListener for Printer {
                 to_receive,
                 received,
                 bytes_received,
+                bytes_expected,
                 ..
             } if to_receive >= BAR_RECORDS_MIN => {
                 if self.bar.is_hidden() && self.bar.length().is_none() {
@@ -395,8 +396,11 @@ impl SyncListener for Printer {
                 }
                 self.bar.set_length(to_receive);
                 self.bar.set_position(received.min(to_receive));
-                self.bar
-                    .set_message(indicatif::HumanBytes(bytes_received).to_string());
+                let bytes = indicatif::HumanBytes(bytes_received);
+                self.bar.set_message(match bytes_expected {
+                    Some(all) => format!("{bytes} of about {}", indicatif::HumanBytes(all)),
+                    None => bytes.to_string(),
+                });
             }
             SyncEvent::Connecting { .. } | SyncEvent::Connected => {
                 tracing::debug!(?event, "sync");
@@ -935,11 +939,13 @@ mod tests {
             received,
             bytes_sent: 0,
             bytes_received,
+            bytes_expected: (received > 0).then(|| bytes_received / received * to_receive),
+            receive_ms_left: None,
         }
     }
 
     /// The bar follows the records received of those waiting, with the
-    /// bytes so far; a sync of a few records draws none.
+    /// bytes so far of those expected; a sync of a few records draws none.
     #[test]
     fn the_sync_bar_counts_records_of_those_waiting_and_skips_small_syncs() {
         let small = Printer::new();
@@ -951,7 +957,7 @@ mod tests {
         cold.on_event(progress(10_000, 2_500, 880_000));
         assert_eq!(cold.bar.length(), Some(10_000));
         assert_eq!(cold.bar.position(), 2_500);
-        assert_eq!(cold.bar.message(), "859.38 KiB");
+        assert_eq!(cold.bar.message(), "859.38 KiB of about 3.36 MiB");
         // An upper bound that was too high is never passed.
         cold.on_event(progress(10_000, 10_100, 3_500_000));
         assert_eq!(cold.bar.position(), 10_000);

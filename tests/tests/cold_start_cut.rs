@@ -3,7 +3,8 @@
 //! fixed number of bytes from the server; it still ends up with every
 //! record, because each try resumes from the cursor the last one reached
 //! instead of starting over, and the bytes it takes stay within a small
-//! multiple of one uncut cold start.
+//! multiple of one uncut cold start. Its progress events foretell the
+//! size of the download.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,6 +94,62 @@ async fn forward(
     let _ = client_tx.shutdown().await;
 }
 
+/// The receiving side of one progress event: to receive, received, bytes
+/// received, bytes expected, ms left.
+type Receiving = (u64, u64, u64, Option<u64>, Option<u64>);
+
+/// The receiving side of every progress event of one sync.
+#[derive(Default)]
+struct Progress {
+    seen: std::sync::Mutex<Vec<Receiving>>,
+}
+
+impl baraza_client::SyncListener for Progress {
+    fn on_event(&self, event: baraza_client::SyncEvent) {
+        if let baraza_client::SyncEvent::Progress {
+            to_receive,
+            received,
+            bytes_received,
+            bytes_expected,
+            receive_ms_left,
+            ..
+        } = event
+        {
+            self.seen.lock().unwrap().push((
+                to_receive,
+                received,
+                bytes_received,
+                bytes_expected,
+                receive_ms_left,
+            ));
+        }
+    }
+}
+
+impl Progress {
+    /// What a progress bar showed halfway through a cold start: every
+    /// record announced, and a download size and time left estimated
+    /// close to the `total` bytes the whole cold start took on the wire.
+    fn estimated_halfway_within(&self, total: u64) {
+        let seen = self.seen.lock().unwrap();
+        let before_any = seen.iter().take_while(|e| e.1 == 0);
+        assert!(before_any.clone().all(|e| e.3.is_none() && e.4.is_none()));
+        let halfway = seen
+            .iter()
+            .find(|e| e.1 >= RECORDS as u64 / 2)
+            .unwrap_or_else(|| panic!("no event halfway: {:?}", seen.last()));
+        let (to_receive, _, bytes, expected, ms_left) = *halfway;
+        assert_eq!(to_receive, RECORDS as u64, "{halfway:?}");
+        let expected = expected.expect("an estimate halfway");
+        assert!(expected >= bytes, "{halfway:?}");
+        assert!(
+            expected * 3 >= total * 2 && expected * 2 <= total * 3,
+            "expected {expected} B halfway; the cold start took {total} B"
+        );
+        assert!(ms_left.is_some(), "{halfway:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_start_cut_again_and_again_resumes_and_ends_with_every_record() {
     let tmp = tempfile::tempdir().unwrap();
@@ -118,13 +175,21 @@ async fn a_cold_start_cut_again_and_again_resumes_and_ends_with_every_record() {
         .client()
         .configure(&clear.url(), Some(&server.ca_path()), first.token())
         .unwrap();
-    first.sync_within(Duration::from_secs(300)).await;
+    let progress = Progress::default();
+    tokio::time::timeout(
+        Duration::from_secs(300),
+        first.client().sync_once(&progress),
+    )
+    .await
+    .expect("an uncut cold start ends")
+    .unwrap();
     assert_eq!(first.client().list().unwrap().len(), RECORDS);
     let uncut = clear.down.load(Ordering::Relaxed);
     assert!(
         uncut > 2 * CUT_AFTER,
         "the cold start ({uncut} B) must be cut at least twice"
     );
+    progress.estimated_halfway_within(uncut);
 
     // The same over a link cut every CUT_AFTER bytes.
     let cutting = Link::start(server.addr(), Some(CUT_AFTER)).await;
