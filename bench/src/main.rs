@@ -121,6 +121,10 @@ struct Cli {
     /// holds every record (S2c runs only when this is given; e.g. 1024).
     #[arg(long)]
     cut_every_kib: Option<u64>,
+    /// S2d: the `baraza` CLI binary; when given, a cold start also runs in
+    /// a `baraza sync` process of its own, for the tablet's peak RSS.
+    #[arg(long, value_name = "FILE")]
+    tablet_bin: Option<PathBuf>,
     /// S1/S2: the slow link's one-way delay in ms (with --link-kbit).
     #[arg(long, default_value_t = 150)]
     link_delay_ms: u64,
@@ -195,6 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         fanin_timeout: std::time::Duration::from_secs(cli.fanin_timeout.max(1)),
         ack_only: cli.ack_only,
         cut_every: cli.cut_every_kib.map(|kib| kib * 1024),
+        tablet_bin: cli.tablet_bin.clone(),
         link: cli
             .link_kbit
             .map(|kbit| baraza_bench::proxy::Link::kbit(kbit, cli.link_delay_ms)),

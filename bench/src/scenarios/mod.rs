@@ -78,6 +78,8 @@ pub struct Options {
     pub hostile_reopen: usize,
     /// S2c: bytes after which each connection is cut (none: no S2c).
     pub cut_every: Option<u64>,
+    /// S2d: the `baraza` CLI, run as a cold-starting tablet (none: no S2d).
+    pub tablet_bin: Option<PathBuf>,
     /// S1/S2: the slow link their measured syncs go over (none: loopback).
     pub link: Option<crate::proxy::Link>,
     /// The `baraza-server` binary.

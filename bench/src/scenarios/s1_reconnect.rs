@@ -118,6 +118,11 @@ impl Bench {
             cold.traffic.up
         ));
 
+        let s2d = match &o.tablet_bin {
+            Some(bin) => Some(self.cold_start_process(&server, &url, &dir, &proxy, bin)?),
+            None => None,
+        };
+
         // B edits some records and syncs; A edits others offline.
         let ids = a.list()?;
         ensure!(ids.len() == o.docs, "A holds {} records", ids.len());
@@ -238,6 +243,7 @@ impl Bench {
             ),
         };
         let mut outcomes = vec![s1, s2, s2b];
+        outcomes.extend(s2d);
         outcomes.extend(s2c);
         Ok(outcomes)
     }

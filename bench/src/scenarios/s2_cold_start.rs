@@ -1,13 +1,17 @@
 //! S2, cold start: an empty tablet pulls every record the server holds
 //! (S2), and again after S1's edits (S2b: records whose latest write moved
 //! their feed entries past records created later, which a long catch-up
-//! must still deliver whole), and with `--cut-every-kib` over connections
-//! cut again and again (S2c). All are measured during S1's run, which
+//! must still deliver whole), with `--cut-every-kib` over connections
+//! cut again and again (S2c), and with `--tablet-bin` in a `baraza sync`
+//! process of its own, for the tablet's peak memory (S2d). All are measured during S1's run, which
 //! builds the records they pull ([`super::s1_reconnect`]); this file says
 //! what they report, and runs S2c.
 
-use std::time::Duration;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+use anyhow::{bail, ensure, Context};
 use baraza_client::{ClientError, SyncReport};
 use serde_json::json;
 
@@ -161,4 +165,127 @@ impl Bench {
             summary,
         })
     }
+
+    /// S2d: an empty tablet pulls every record in a `baraza sync` process
+    /// (`tablet_bin`) of its own, as an officer's would: its wall time,
+    /// traffic, and peak RSS (the kernel's high-water mark for that
+    /// process alone, from `wait4`).
+    pub(super) fn cold_start_process(
+        &self,
+        server: &Server,
+        url: &str,
+        dir: &Path,
+        proxy: &CountingProxy,
+        tablet_bin: &Path,
+    ) -> anyhow::Result<Outcome> {
+        let o = &self.opts;
+        let data = dir.join("client-cli");
+        let token = server.add_device("bench-cli")?;
+        let cli = |args: &[&str]| {
+            let mut command = Command::new(tablet_bin);
+            command
+                .arg("--data")
+                .arg(&data)
+                .arg("--key-file")
+                .arg(dir.join("client-cli.key"))
+                .args(args)
+                .env("BARAZA_TOKEN", &token)
+                .env_remove("BARAZA_TABLET_DATA")
+                .env_remove("BARAZA_KEY_FILE")
+                .stdin(Stdio::null());
+            command
+        };
+        let ca = server.ca();
+        let ca = ca.to_string_lossy();
+        let init = cli(&["init", "--server", url, "--ca", &ca])
+            .output()
+            .with_context(|| format!("cannot run {}", tablet_bin.display()))?;
+        ensure!(
+            init.status.success(),
+            "baraza init failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let before = proxy.traffic();
+        let start = Instant::now();
+        let mut child = cli(&["--json", "sync"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start baraza sync")?;
+        // Drained while it runs, so a full pipe cannot stall it.
+        let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut out);
+                }
+                out
+            })
+        };
+        let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+        let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+        let (peak_kib, exit) = wait_with_peak_rss(child.id())?;
+        let wall = start.elapsed();
+        let stdout = stdout.join().unwrap_or_default();
+        let stderr = stderr.join().unwrap_or_default();
+        if !proxy.wait_idle(super::PROXY_DRAIN) {
+            self.log("warning: the proxy still had a connection open after baraza sync");
+        }
+        let traffic = proxy.traffic().since(&before);
+        ensure!(
+            exit == 0,
+            "baraza sync exited with {exit}: {}",
+            String::from_utf8_lossy(&stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&stdout).context("baraza sync --json printed no JSON")?;
+        let received = report["docs_received"].as_u64().unwrap_or(0);
+        let summary = format!(
+            "S2d cold start in a baraza process: {received} of {} records in {:.2} s; \
+             {} B down, {} B up; peak RSS {}",
+            o.docs,
+            wall.as_secs_f64(),
+            traffic.down,
+            traffic.up,
+            super::mib(Some(peak_kib)),
+        );
+        self.log(&summary);
+        Ok(Outcome {
+            name: "s2d_cold_start_process",
+            json: json!({
+                "scenario": "s2d_cold_start_process",
+                "docs": o.docs,
+                "records_received": received,
+                "wall_ms": round3(ms(wall)),
+                "bytes_down": traffic.down,
+                "bytes_up": traffic.up,
+                "peak_rss_kib": peak_kib,
+                "report": report,
+                "link": o.link.map(|l| l.to_json()),
+            }),
+            summary,
+        })
+    }
+}
+
+/// Waits for the child `pid` to exit; its peak RSS in KiB and exit code.
+/// std's `Child::wait` reaps without the resource usage, and
+/// `RUSAGE_CHILDREN` would mix in the server's.
+fn wait_with_peak_rss(pid: u32) -> anyhow::Result<(u64, i32)> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of that plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals of the right types, and
+    // `pid` is our own unreaped child.
+    let reaped = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    if reaped != pid as libc::pid_t {
+        bail!("wait4({pid}): {}", std::io::Error::last_os_error());
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    // Linux reports ru_maxrss in KiB.
+    Ok((usage.ru_maxrss.max(0) as u64, code))
 }
