@@ -352,9 +352,9 @@ fn now_ms() -> String {
 /// What `baraza sync` shows while it runs: on a terminal, a progress bar
 /// of the records received against those the server said were waiting
 /// (an upper bound: one per feed entry since the tablet's cursor), with
-/// the bytes so far of those expected and a time estimate; nothing when stderr is not a
-/// terminal (indicatif's stderr target hides itself), so scripts and logs
-/// see only the summary.
+/// the bytes so far of those expected and a time estimate; nothing when
+/// stderr is not a terminal (indicatif's stderr target hides itself), so
+/// scripts and logs see only the summary.
 struct Printer {
     bar: indicatif::ProgressBar,
 }

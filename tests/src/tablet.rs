@@ -91,8 +91,17 @@ impl Tablet {
 
     /// Syncs once with an explicit time limit.
     pub async fn sync_within(&self, limit: Duration) -> SyncReport {
-        let listener = baraza_client::NoListener;
-        match tokio::time::timeout(limit, self.client.sync_once(&listener)).await {
+        self.sync_heard_by(&baraza_client::NoListener, limit).await
+    }
+
+    /// Syncs once with an explicit time limit, its events going to
+    /// `listener`.
+    pub async fn sync_heard_by(
+        &self,
+        listener: &dyn baraza_client::SyncListener,
+        limit: Duration,
+    ) -> SyncReport {
+        match tokio::time::timeout(limit, self.client.sync_once(listener)).await {
             Ok(Ok(report)) => report,
             Ok(Err(err)) => panic!("{} could not sync: {err}", self.name),
             Err(_) => panic!("{}'s sync did not finish within {limit:?}", self.name),

@@ -176,13 +176,9 @@ async fn a_cold_start_cut_again_and_again_resumes_and_ends_with_every_record() {
         .configure(&clear.url(), Some(&server.ca_path()), first.token())
         .unwrap();
     let progress = Progress::default();
-    tokio::time::timeout(
-        Duration::from_secs(300),
-        first.client().sync_once(&progress),
-    )
-    .await
-    .expect("an uncut cold start ends")
-    .unwrap();
+    first
+        .sync_heard_by(&progress, Duration::from_secs(300))
+        .await;
     assert_eq!(first.client().list().unwrap().len(), RECORDS);
     let uncut = clear.down.load(Ordering::Relaxed);
     assert!(

@@ -3,9 +3,10 @@
 //! their feed entries past records created later, which a long catch-up
 //! must still deliver whole), with `--cut-every-kib` over connections
 //! cut again and again (S2c), and with `--tablet-bin` in a `baraza sync`
-//! process of its own, for the tablet's peak memory (S2d). All are measured during S1's run, which
-//! builds the records they pull ([`super::s1_reconnect`]); this file says
-//! what they report, and runs S2c.
+//! process of its own, for the tablet's peak memory (S2d). All are
+//! measured during S1's run, which builds the records they pull
+//! ([`super::s1_reconnect`]); this file says what they report, and runs
+//! S2c and S2d.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
