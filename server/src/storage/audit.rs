@@ -85,7 +85,9 @@ impl Kept {
 pub trait AuditStore: Send + Sync {
     /// Appends the entry `next` makes of the last one kept (None for an
     /// empty log) and moves the head to it, durably. Appends are
-    /// serialised: `next` sees the entry that really is the last.
+    /// serialised: the entry kept is the one `next` made of the entry that
+    /// really is the last. A backend whose writers race (several nodes)
+    /// may call `next` again with a newer last entry.
     fn append(
         &self,
         next: &mut dyn FnMut(Option<Kept>) -> Result<Entry, AuditError>,
@@ -216,7 +218,6 @@ impl AuditLog {
 
     /// Appends an entry, durably.
     pub fn append(&self, event: &str, details: serde_json::Value) -> Result<Entry, AuditError> {
-        let mut details = Some(details);
         let entry = self.store.append(&mut |last| {
             let (seq, prev) = match last {
                 Some(kept) => {
@@ -226,7 +227,7 @@ impl AuditLog {
                 None => (1, ZERO.to_string()),
             };
             let at_ms = crate::clock::unix_now_ms();
-            let details = details.take().unwrap_or_default();
+            let details = details.clone();
             let hash = entry_hash(seq, at_ms, event, &details, &prev);
             Ok(Entry {
                 seq,

@@ -13,15 +13,18 @@
 //! `engine`, `api`) know only the traits.
 //!
 //! Only [`sled`] knows sled: it implements every trait and opens the
-//! bundle from a data directory ([`sled::open`]). A PostgreSQL backend is
-//! a sibling of it. Storage depends on nothing above it.
+//! bundle from a data directory ([`sled::open`]). Only [`postgres`] knows
+//! PostgreSQL, its sibling for several nodes on one database. Storage depends on nothing above it.
 
 use std::sync::Arc;
 
 pub mod audit;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod data_dir;
 pub mod devices;
 pub mod integrity;
+pub mod postgres;
 pub mod sessions;
 pub mod sled;
 pub mod store;

@@ -37,7 +37,42 @@ pub enum StoreError {
         /// What was wrong.
         reason: String,
     },
+    /// The database was migrated by a newer server than this one: its
+    /// schema is one this binary does not know, so it refuses to touch it.
+    #[error("the database's schema is version {found}, newer than this server knows ({known}): run the newer server, or restore a backup taken before the upgrade")]
+    SchemaTooNew {
+        /// The version the database is at.
+        found: i32,
+        /// The newest version this binary knows.
+        known: i32,
+    },
 }
+/// Heads as stored by every backend: their 32-byte hashes, one after
+/// another.
+pub(crate) fn heads_bytes(heads: &[Head]) -> Vec<u8> {
+    heads
+        .iter()
+        .flat_map(|h| h.as_bytes().iter().copied())
+        .collect()
+}
+
+/// Heads stored as [`heads_bytes`] made them, read back from `table`.
+pub(crate) fn heads_from_bytes(v: &[u8], table: &'static str) -> Result<Vec<Head>, StoreError> {
+    if !v.len().is_multiple_of(32) {
+        return Err(StoreError::Corrupt {
+            tree: table,
+            reason: format!("heads of {} bytes", v.len()),
+        });
+    }
+    Ok(v.chunks_exact(32)
+        .map(|c| {
+            let mut b = [0u8; 32];
+            b.copy_from_slice(c);
+            Head::from(automerge::ChangeHash(b))
+        })
+        .collect())
+}
+
 /// One document write in a batch.
 #[derive(Debug, Clone)]
 pub struct DocWrite {

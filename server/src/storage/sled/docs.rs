@@ -364,26 +364,11 @@ fn decode_meta(v: &[u8]) -> Result<DocMeta, StoreError> {
 }
 
 fn encode_heads(heads: &[Head]) -> Vec<u8> {
-    heads
-        .iter()
-        .flat_map(|h| h.as_bytes().iter().copied())
-        .collect()
+    crate::storage::store::heads_bytes(heads)
 }
 
 fn decode_heads(v: &[u8]) -> Result<Vec<Head>, StoreError> {
-    if !v.len().is_multiple_of(32) {
-        return Err(StoreError::Corrupt {
-            tree: "doc_log",
-            reason: format!("heads of {} bytes", v.len()),
-        });
-    }
-    Ok(v.chunks(32)
-        .map(|c| {
-            let mut b = [0u8; 32];
-            b.copy_from_slice(c);
-            Head::from(automerge::ChangeHash(b))
-        })
-        .collect())
+    crate::storage::store::heads_from_bytes(v, "doc_log")
 }
 
 fn doc_from(bytes: &[u8], tree: &'static str) -> Result<DocId, StoreError> {
@@ -1041,6 +1026,14 @@ mod tests {
 
     fn head(b: u8) -> Head {
         Head::from(automerge::ChangeHash([b; 32]))
+    }
+
+    #[test]
+    fn the_sled_store_meets_the_store_contract() {
+        crate::storage::conformance::every_check(&|| {
+            let db = sled::Config::new().temporary(true).open().unwrap();
+            Box::new(SledStore::open(db, [1; 16]).unwrap())
+        });
     }
 
     #[test]

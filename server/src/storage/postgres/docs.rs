@@ -1,0 +1,874 @@
+//! [`Store`] in PostgreSQL: documents, the feed and the record index,
+//! shared by every node of one database. Tables (schema version 2):
+//! `docs` (latest position, heads, chunk count, compaction point),
+//! `doc_chunks` (doc, position → chunk or folded save), `feed` (position
+//! → doc), `doc_log` (doc, position → heads), `change_received`,
+//! `record_clock`, `record_index` (index, access and list row summary in
+//! one row), `erased`, `quarantine`, `doc_snapshots`, and `store_meta`
+//! (the store id).
+//!
+//! **Feed order across nodes.** Every commit takes one transaction-scoped
+//! advisory lock ([`FEED_LOCK`]) before it draws its positions, and holds
+//! it until it has committed. Positions are therefore assigned in commit
+//! order across every node, as sled assigns them under its one lock:
+//! when a reader sees position `n` committed, every position below `n`
+//! is committed too, or was never drawn. So the watermark is simply the
+//! highest committed position, and no reader can pass a write still to
+//! appear. What it costs: commits of all nodes take turns (each node
+//! still groups its writers' writes into one commit), while admission,
+//! reads and everything else run on every node at once.
+//!
+//! **Store id.** It is the database's, drawn once when the schema is
+//! made: a node that dies uncleanly loses nothing the database committed,
+//! so tablets have no reason to re-offer what they hold.
+
+use std::sync::Arc;
+
+use baraza_protocol::{DocId, Head, Seq, StoreId};
+use baraza_records::{Kind, ReviewState};
+use tokio_postgres::Row;
+
+use crate::storage::postgres::{int, uint, Pg};
+use crate::storage::store::{
+    heads_bytes, heads_from_bytes, ClockSkew, DocChunks, DocWrite, IndexEntry, ReadScope,
+    RecordAccess, RecordFilter, RecordRow, RecordSummary, Store, StoreError, StoredDoc,
+};
+
+/// The advisory lock every commit holds from drawing its positions to
+/// committing ("feed" in ASCII, beside the migration lock).
+const FEED_LOCK: i64 = 0x6261_7261_6665_6564;
+
+/// Documents and the feed in PostgreSQL.
+pub struct PgStore {
+    pg: Arc<Pg>,
+    id: StoreId,
+}
+
+impl PgStore {
+    /// The documents of the database `pg`; draws the store id if the
+    /// database has none yet.
+    pub fn open(pg: Arc<Pg>) -> Result<PgStore, StoreError> {
+        let drawn = rand::random::<[u8; 16]>().to_vec();
+        let id: Vec<u8> = pg.run(move |c| async move {
+            c.execute(
+                "INSERT INTO store_meta (one, store_id) VALUES (true, $1) ON CONFLICT DO NOTHING",
+                &[&drawn],
+            )
+            .await?;
+            Ok(c.query_one("SELECT store_id FROM store_meta", &[])
+                .await?
+                .get(0))
+        })?;
+        let id: [u8; 16] = id.as_slice().try_into().map_err(|_| StoreError::Corrupt {
+            tree: "store_meta",
+            reason: format!("a store id of {} bytes", id.len()),
+        })?;
+        Ok(PgStore {
+            pg,
+            id: StoreId::from_bytes(id),
+        })
+    }
+
+    /// The row `sql` (with the document as `$1`) finds, read by `read`.
+    fn by_doc<T: Send + 'static>(
+        &self,
+        sql: &'static str,
+        doc: DocId,
+        read: fn(&Row) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let k = key(doc);
+        self.pg.run(move |c| async move {
+            c.query_opt(sql, &[&k])
+                .await?
+                .as_ref()
+                .map(read)
+                .transpose()
+        })
+    }
+}
+
+fn doc_of(bytes: &[u8], table: &'static str) -> Result<DocId, StoreError> {
+    let id: [u8; 16] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        tree: table,
+        reason: format!("a document id of {} bytes", bytes.len()),
+    })?;
+    Ok(DocId::from_bytes(id))
+}
+
+fn head_of(bytes: &[u8], table: &'static str) -> Result<Head, StoreError> {
+    let hash: [u8; 32] = bytes.try_into().map_err(|_| StoreError::Corrupt {
+        tree: table,
+        reason: format!("a change hash of {} bytes", bytes.len()),
+    })?;
+    Ok(Head::from(automerge::ChangeHash(hash)))
+}
+
+fn key(doc: DocId) -> Vec<u8> {
+    doc.as_bytes().to_vec()
+}
+
+fn access_row(r: &Row) -> Result<RecordAccess, StoreError> {
+    Ok(RecordAccess {
+        kind: r.get(0),
+        area: r.get(1),
+        created_by: r.get(2),
+    })
+}
+
+/// The columns [`row_of`] reads, in its order (`record_row` spells them
+/// out too, as its query must be a constant).
+const ROW_COLUMNS: &str =
+    "doc, kind, area, state, created_at, created_by, title, submitted_at, conflicts, comments";
+
+fn row_of(r: &Row) -> Result<RecordRow, StoreError> {
+    let doc = doc_of(r.get(0), "record_index")?;
+    let state: &str = r.get(3);
+    let state = ReviewState::parse(state).ok_or_else(|| StoreError::Corrupt {
+        tree: "record_index",
+        reason: format!("record {doc} has review state {state:?}"),
+    })?;
+    let comments: i32 = r.get(9);
+    Ok(RecordRow {
+        id: doc.to_string(),
+        entry: IndexEntry {
+            kind: r.get(1),
+            area: r.get(2),
+            state,
+            created_at: r.get(4),
+            created_by: r.get(5),
+            summary: RecordSummary {
+                title: r.get(6),
+                submitted_at: r.get(7),
+                conflicts: r.get(8),
+                comments: u32::try_from(comments).unwrap_or(0),
+            },
+        },
+    })
+}
+
+/// The statements of one write, inside the commit's transaction.
+async fn write_one(
+    tx: &deadpool_postgres::Transaction<'_>,
+    w: &DocWrite,
+    seq: i64,
+) -> Result<(), StoreError> {
+    let doc = key(w.doc);
+    if w.rebuild || w.erase {
+        tx.execute("DELETE FROM doc_snapshots WHERE doc = $1", &[&doc])
+            .await?;
+    }
+    if w.erase {
+        for table in [
+            "doc_chunks",
+            "doc_log",
+            "change_received",
+            "record_clock",
+            "docs",
+        ] {
+            tx.execute(&format!("DELETE FROM {table} WHERE doc = $1"), &[&doc])
+                .await?;
+        }
+        // The tombstone keeps who could read the record, so a refused
+        // read of it still looks like absence to the others.
+        let access = tx
+            .query_opt(
+                "DELETE FROM record_index WHERE doc = $1 RETURNING kind, area, created_by",
+                &[&doc],
+            )
+            .await?;
+        let (kind, area, by): (String, String, String) = match &access {
+            Some(r) => (r.get(0), r.get(1), r.get(2)),
+            None => Default::default(),
+        };
+        tx.execute(
+            "INSERT INTO erased (doc, kind, area, created_by) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (doc) DO NOTHING",
+            &[&doc, &kind, &area, &by],
+        )
+        .await?;
+        tx.execute("INSERT INTO feed (seq, doc) VALUES ($1, $2)", &[&seq, &doc])
+            .await?;
+        return Ok(());
+    }
+    let meta = tx
+        .query_opt("SELECT chunks, compacted FROM docs WHERE doc = $1", &[&doc])
+        .await?;
+    let (mut chunks, mut compacted): (i32, i64) = match &meta {
+        Some(r) => (r.get(0), r.get(1)),
+        None => (0, 0),
+    };
+    if w.rebuild {
+        tx.execute("DELETE FROM doc_chunks WHERE doc = $1", &[&doc])
+            .await?;
+        chunks = 0;
+        compacted = seq;
+    }
+    if !w.chunk.is_empty() {
+        tx.execute(
+            "INSERT INTO doc_chunks (doc, seq, bytes) VALUES ($1, $2, $3)",
+            &[&doc, &seq, &w.chunk],
+        )
+        .await?;
+        chunks += 1;
+    }
+    let heads = heads_bytes(&w.heads);
+    tx.execute(
+        "INSERT INTO docs (doc, seq, heads, chunks, compacted) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (doc) DO UPDATE SET seq = EXCLUDED.seq, heads = EXCLUDED.heads, \
+         chunks = EXCLUDED.chunks, compacted = EXCLUDED.compacted",
+        &[&doc, &seq, &heads, &chunks, &compacted],
+    )
+    .await?;
+    tx.execute("INSERT INTO feed (seq, doc) VALUES ($1, $2)", &[&seq, &doc])
+        .await?;
+    tx.execute(
+        "INSERT INTO doc_log (doc, seq, heads) VALUES ($1, $2, $3)",
+        &[&doc, &seq, &heads],
+    )
+    .await?;
+    if let Some(receipt) = &w.receipt {
+        // The first receipt of a change stands: a change offered again
+        // (after a store reset) arrived first back then.
+        let changes: Vec<Vec<u8>> = receipt
+            .changes
+            .iter()
+            .map(|h| h.as_bytes().to_vec())
+            .collect();
+        tx.execute(
+            "INSERT INTO change_received (doc, change, at_ms) \
+             SELECT $1, c, $3 FROM unnest($2::bytea[]) AS c ON CONFLICT DO NOTHING",
+            &[&doc, &changes, &receipt.at_ms],
+        )
+        .await?;
+        if let Some(skew) = receipt.skew {
+            // As ClockSkew::merge: counts add up, the furthest ahead stays.
+            tx.execute(
+                "INSERT INTO record_clock (doc, times, ahead_ms_max, claimed_ms) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (doc) DO UPDATE SET \
+                 times = record_clock.times + EXCLUDED.times, \
+                 claimed_ms = CASE WHEN EXCLUDED.ahead_ms_max > record_clock.ahead_ms_max \
+                     THEN EXCLUDED.claimed_ms ELSE record_clock.claimed_ms END, \
+                 ahead_ms_max = greatest(record_clock.ahead_ms_max, EXCLUDED.ahead_ms_max)",
+                &[
+                    &doc,
+                    &i64::from(skew.times),
+                    &skew.ahead_ms_max,
+                    &skew.claimed_ms,
+                ],
+            )
+            .await?;
+        }
+    }
+    if let Some(e) = &w.index {
+        let s = &e.summary;
+        let comments = i32::try_from(s.comments).unwrap_or(i32::MAX);
+        // Commits are in order per record, so a submitted time an earlier
+        // write noted is there to keep.
+        tx.execute(
+            "INSERT INTO record_index (doc, kind, area, state, created_at, created_by, \
+             summarised, title, submitted_at, conflicts, comments) \
+             VALUES ($1, $2, $3, $4, $5, $6, true, $7, $8, $9, $10) \
+             ON CONFLICT (doc) DO UPDATE SET kind = EXCLUDED.kind, area = EXCLUDED.area, \
+             state = EXCLUDED.state, created_at = EXCLUDED.created_at, \
+             created_by = EXCLUDED.created_by, summarised = true, title = EXCLUDED.title, \
+             submitted_at = coalesce(EXCLUDED.submitted_at, record_index.submitted_at), \
+             conflicts = EXCLUDED.conflicts, comments = EXCLUDED.comments",
+            &[
+                &doc,
+                &e.kind,
+                &e.area,
+                &e.state.name(),
+                &e.created_at,
+                &e.created_by,
+                &s.title,
+                &s.submitted_at,
+                &s.conflicts,
+                &comments,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+impl Store for PgStore {
+    fn store_id(&self) -> StoreId {
+        self.id
+    }
+
+    fn feed_watermark(&self) -> Result<Seq, StoreError> {
+        // Positions are drawn and committed under FEED_LOCK, so the
+        // highest committed one has every lower one committed below it.
+        self.pg.run(|c| async move {
+            let top: Option<i64> = c.query_one("SELECT max(seq) FROM feed", &[]).await?.get(0);
+            Ok(top.map(uint).unwrap_or(0))
+        })
+    }
+
+    fn load(&self, doc: DocId) -> Result<Option<StoredDoc>, StoreError> {
+        let k = key(doc);
+        self.pg.run(move |mut c| async move {
+            // One snapshot for the count and the chunks it counts.
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let Some(meta) = tx
+                .query_opt("SELECT seq, heads, chunks FROM docs WHERE doc = $1", &[&k])
+                .await?
+            else {
+                return Ok(None);
+            };
+            let rows = tx
+                .query(
+                    "SELECT seq, bytes FROM doc_chunks WHERE doc = $1 ORDER BY seq",
+                    &[&k],
+                )
+                .await?;
+            tx.commit().await?;
+            let counted: i32 = meta.get(2);
+            if usize::try_from(counted).ok() != Some(rows.len()) {
+                // A chunk lost (or left over) says the database lost writes.
+                return Err(StoreError::Corrupt {
+                    tree: "doc_chunks",
+                    reason: format!(
+                        "record {doc} has {} stored chunks but {counted} were committed",
+                        rows.len()
+                    ),
+                });
+            }
+            let mut bytes = Vec::new();
+            let mut positions = Vec::with_capacity(rows.len());
+            for r in &rows {
+                positions.push(uint(r.get(0)));
+                bytes.extend_from_slice(r.get::<_, &[u8]>(1));
+            }
+            Ok(Some(StoredDoc {
+                bytes,
+                positions,
+                seq: uint(meta.get(0)),
+                heads: heads_from_bytes(meta.get(1), "docs")?,
+            }))
+        })
+    }
+
+    fn commit(&self, writes: &[DocWrite]) -> Result<Vec<Seq>, StoreError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let writes = writes.to_vec();
+        self.pg.run(move |mut c| async move {
+            let tx = c.transaction().await?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FEED_LOCK])
+                .await?;
+            let top: Option<i64> = tx.query_one("SELECT max(seq) FROM feed", &[]).await?.get(0);
+            let first = top.unwrap_or(0) + 1;
+            let mut seqs = Vec::with_capacity(writes.len());
+            for (i, w) in writes.iter().enumerate() {
+                let seq = first + int(i as u64);
+                write_one(&tx, w, seq).await?;
+                seqs.push(uint(seq));
+            }
+            tx.commit().await?;
+            Ok(seqs)
+        })
+    }
+
+    fn fold(&self, doc: DocId, chunks: &[Seq], saved: &[u8]) -> Result<bool, StoreError> {
+        let Some(&upto) = chunks.iter().max() else {
+            return Ok(false);
+        };
+        let mut wanted: Vec<i64> = chunks.iter().map(|&s| int(s)).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let (k, saved, upto) = (key(doc), saved.to_vec(), int(upto));
+        self.pg.run(move |mut c| async move {
+            let tx = c.transaction().await?;
+            // The record's row, locked: a commit to it, another fold or an
+            // erasure waits for this one, or this one for it.
+            let Some(meta) = tx
+                .query_opt(
+                    "SELECT chunks FROM docs WHERE doc = $1 FOR UPDATE",
+                    &[&k],
+                )
+                .await?
+            else {
+                return Ok(false);
+            };
+            let present: Vec<i64> = tx
+                .query(
+                    "SELECT seq FROM doc_chunks WHERE doc = $1 AND seq <= $2 ORDER BY seq",
+                    &[&k, &upto],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if present != wanted {
+                return Ok(false);
+            }
+            let counted: i32 = meta.get(0);
+            let folded = i32::try_from(present.len()).unwrap_or(i32::MAX);
+            if counted < folded {
+                return Err(StoreError::Corrupt {
+                    tree: "docs",
+                    reason: format!(
+                        "record {doc} counts {counted} chunks but {folded} are stored at or below {upto}"
+                    ),
+                });
+            }
+            tx.execute(
+                "DELETE FROM doc_chunks WHERE doc = $1 AND seq <= $2",
+                &[&k, &upto],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO doc_chunks (doc, seq, bytes) VALUES ($1, $2, $3)",
+                &[&k, &upto, &saved],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE docs SET chunks = $2, compacted = greatest(compacted, $3) WHERE doc = $1",
+                &[&k, &(counted - folded + 1), &upto],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    fn keep_snapshot(&self, doc: DocId, seq: Seq, saved: &[u8]) -> Result<bool, StoreError> {
+        let (k, seq, saved) = (key(doc), int(seq), saved.to_vec());
+        self.pg.run(move |mut c| async move {
+            let tx = c.transaction().await?;
+            // Locked, so no erasure or rebuild lands between the checks
+            // and the insert. An erased record has no row.
+            let Some(meta) = tx
+                .query_opt(
+                    "SELECT seq, compacted FROM docs WHERE doc = $1 FOR UPDATE",
+                    &[&k],
+                )
+                .await?
+            else {
+                return Ok(false);
+            };
+            let (at, compacted): (i64, i64) = (meta.get(0), meta.get(1));
+            if seq > at || seq < compacted {
+                return Ok(false);
+            }
+            // Not waited for: a snapshot lost in a crash is taken again.
+            tx.batch_execute("SET LOCAL synchronous_commit TO off")
+                .await?;
+            let kept = tx
+                .execute(
+                    "INSERT INTO doc_snapshots (doc, seq, bytes) VALUES ($1, $2, $3) \
+                     ON CONFLICT (doc) DO UPDATE SET seq = EXCLUDED.seq, bytes = EXCLUDED.bytes \
+                     WHERE doc_snapshots.seq < EXCLUDED.seq",
+                    &[&k, &seq, &saved],
+                )
+                .await?;
+            tx.commit().await?;
+            Ok(kept == 1)
+        })
+    }
+
+    fn snapshot(&self, doc: DocId) -> Result<Option<(Seq, Vec<u8>)>, StoreError> {
+        self.by_doc(
+            "SELECT seq, bytes FROM doc_snapshots WHERE doc = $1",
+            doc,
+            |r| Ok((uint(r.get(0)), r.get(1))),
+        )
+    }
+
+    fn entries_after(
+        &self,
+        after: Seq,
+        upto: Seq,
+        limit: usize,
+    ) -> Result<Vec<(Seq, DocId)>, StoreError> {
+        let (after, upto, limit) = (int(after), int(upto), int(limit as u64));
+        self.pg.run(move |c| async move {
+            c.query(
+                "SELECT seq, doc FROM feed WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+                &[&after, &upto, &limit],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((uint(r.get(0)), doc_of(r.get(1), "feed")?)))
+            .collect()
+        })
+    }
+
+    fn doc_seq(&self, doc: DocId) -> Result<Option<Seq>, StoreError> {
+        self.by_doc("SELECT seq FROM docs WHERE doc = $1", doc, |r| {
+            Ok(uint(r.get(0)))
+        })
+    }
+
+    fn chunks_after(&self, doc: DocId, after: Seq) -> Result<Option<DocChunks>, StoreError> {
+        let (k, after) = (key(doc), int(after));
+        self.pg.run(move |mut c| async move {
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let Some(meta) = tx
+                .query_opt(
+                    "SELECT seq, heads, compacted FROM docs WHERE doc = $1",
+                    &[&k],
+                )
+                .await?
+            else {
+                return Ok(None);
+            };
+            let compacted: i64 = meta.get(2);
+            if after < compacted {
+                return Ok(None);
+            }
+            // Positions start at 1; a fold leaves its save at a position,
+            // so a compacted record is never whole after it.
+            let whole = after == 0
+                || tx
+                    .query_opt(
+                        "SELECT 1 FROM doc_chunks WHERE doc = $1 AND seq <= $2 LIMIT 1",
+                        &[&k, &after],
+                    )
+                    .await?
+                    .is_none();
+            let rows = tx
+                .query(
+                    "SELECT seq, bytes FROM doc_chunks WHERE doc = $1 AND seq > $2 ORDER BY seq",
+                    &[&k, &after],
+                )
+                .await?;
+            tx.commit().await?;
+            let mut bytes = Vec::new();
+            let mut ends = Vec::with_capacity(rows.len());
+            for r in &rows {
+                bytes.extend_from_slice(r.get::<_, &[u8]>(1));
+                ends.push((uint(r.get(0)), bytes.len()));
+            }
+            Ok(Some(DocChunks {
+                bytes,
+                ends,
+                seq: uint(meta.get(0)),
+                heads: heads_from_bytes(meta.get(1), "docs")?,
+                whole,
+            }))
+        })
+    }
+
+    fn list_records(
+        &self,
+        filter: &RecordFilter,
+        scope: &ReadScope,
+        limit: usize,
+    ) -> Result<Vec<RecordRow>, StoreError> {
+        let kind = filter.kind.clone();
+        let area = filter.area.clone();
+        let state = filter.state.map(|s| s.name().to_string());
+        let since = filter.since;
+        let own = scope.own.clone();
+        let kinds: Vec<String> = scope.kinds.iter().map(|k| k.name().to_string()).collect();
+        let areas = scope.areas.clone();
+        // A kind this server does not know is in nobody's scope.
+        let known: Vec<String> = Kind::ALL.iter().map(|k| k.name().to_string()).collect();
+        let limit = int(limit as u64);
+        self.pg.run(move |c| async move {
+            let sql = format!(
+                "SELECT {ROW_COLUMNS} FROM record_index \
+                 WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR area = $2) \
+                 AND ($3::text IS NULL OR state = $3) AND ($4::bigint IS NULL OR created_at >= $4) \
+                 AND kind = ANY($5) \
+                 AND (created_by = $6 OR (kind = ANY($7) AND area = ANY($8))) \
+                 ORDER BY kind COLLATE \"C\", area COLLATE \"C\", state COLLATE \"C\", created_at, doc \
+                 LIMIT $9"
+            );
+            c.query(
+                &sql,
+                &[
+                    &kind, &area, &state, &since, &known, &own, &kinds, &areas, &limit,
+                ],
+            )
+            .await?
+            .iter()
+            .map(row_of)
+            .collect()
+        })
+    }
+
+    fn heads_at(&self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, StoreError> {
+        let (k, seq) = (key(doc), int(seq));
+        self.pg.run(move |c| async move {
+            let row = c
+                .query_opt(
+                    "SELECT heads FROM doc_log WHERE doc = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1",
+                    &[&k, &seq],
+                )
+                .await?;
+            row.map(|r| heads_from_bytes(r.get(0), "doc_log"))
+                .transpose()
+        })
+    }
+
+    fn access_of(&self, doc: DocId) -> Result<Option<RecordAccess>, StoreError> {
+        self.by_doc(
+            "SELECT kind, area, created_by FROM record_index WHERE doc = $1",
+            doc,
+            access_row,
+        )
+    }
+
+    fn erased(&self, doc: DocId) -> Result<Option<RecordAccess>, StoreError> {
+        self.by_doc(
+            "SELECT kind, area, created_by FROM erased WHERE doc = $1",
+            doc,
+            access_row,
+        )
+    }
+
+    fn quarantine(&self, doc: DocId, reason: &str) -> Result<(), StoreError> {
+        let (k, reason) = (key(doc), reason.to_string());
+        self.pg.run(move |c| async move {
+            c.execute(
+                "INSERT INTO quarantine (doc, reason) VALUES ($1, $2) \
+                 ON CONFLICT (doc) DO UPDATE SET reason = EXCLUDED.reason",
+                &[&k, &reason],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn release_quarantine(&self, doc: DocId) -> Result<bool, StoreError> {
+        let k = key(doc);
+        self.pg.run(move |c| async move {
+            Ok(c.execute("DELETE FROM quarantine WHERE doc = $1", &[&k])
+                .await?
+                == 1)
+        })
+    }
+
+    fn quarantined(&self, doc: DocId) -> Result<Option<String>, StoreError> {
+        self.by_doc("SELECT reason FROM quarantine WHERE doc = $1", doc, |r| {
+            Ok(r.get(0))
+        })
+    }
+
+    fn quarantines(&self) -> Result<Vec<(DocId, String)>, StoreError> {
+        self.pg.run(|c| async move {
+            c.query("SELECT doc, reason FROM quarantine ORDER BY doc", &[])
+                .await?
+                .iter()
+                .map(|r| Ok((doc_of(r.get(0), "quarantine")?, r.get(1))))
+                .collect()
+        })
+    }
+
+    fn close_cleanly(&self) -> Result<(), StoreError> {
+        // Every commit is durable when it returns, and the store id does
+        // not depend on how a node stopped.
+        Ok(())
+    }
+
+    fn doc_count(&self) -> Result<usize, StoreError> {
+        self.pg.run(|c| async move {
+            let n: i64 = c.query_one("SELECT count(*) FROM docs", &[]).await?.get(0);
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+    }
+
+    fn received(&self, doc: DocId) -> Result<Vec<(Head, i64)>, StoreError> {
+        let k = key(doc);
+        self.pg.run(move |c| async move {
+            c.query(
+                "SELECT change, at_ms FROM change_received WHERE doc = $1 ORDER BY change",
+                &[&k],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((head_of(r.get(0), "change_received")?, r.get(1))))
+            .collect()
+        })
+    }
+
+    fn clock_skew(&self, doc: DocId) -> Result<Option<ClockSkew>, StoreError> {
+        self.by_doc(
+            "SELECT times, ahead_ms_max, claimed_ms FROM record_clock WHERE doc = $1",
+            doc,
+            |r| {
+                Ok(ClockSkew {
+                    times: u32::try_from(r.get::<_, i64>(0)).unwrap_or(u32::MAX),
+                    ahead_ms_max: r.get(1),
+                    claimed_ms: r.get(2),
+                })
+            },
+        )
+    }
+
+    fn record_row(&self, doc: DocId) -> Result<Option<RecordRow>, StoreError> {
+        self.by_doc(
+            "SELECT doc, kind, area, state, created_at, created_by, title, submitted_at, \
+             conflicts, comments FROM record_index WHERE doc = $1",
+            doc,
+            row_of,
+        )
+    }
+
+    fn unsummarised(&self, after: Option<DocId>, limit: usize) -> Result<Vec<DocId>, StoreError> {
+        let after = after.map(key).unwrap_or_default();
+        let limit = int(limit as u64);
+        self.pg.run(move |c| async move {
+            c.query(
+                "SELECT doc FROM record_index WHERE NOT summarised AND doc > $1 \
+                 ORDER BY doc LIMIT $2",
+                &[&after, &limit],
+            )
+            .await?
+            .iter()
+            .map(|r| doc_of(r.get(0), "record_index"))
+            .collect()
+        })
+    }
+
+    fn fill_summary(&self, doc: DocId, summary: &RecordSummary) -> Result<bool, StoreError> {
+        let k = key(doc);
+        let s = summary.clone();
+        self.pg.run(move |c| async move {
+            let comments = i32::try_from(s.comments).unwrap_or(i32::MAX);
+            Ok(c.execute(
+                "UPDATE record_index SET summarised = true, title = $2, submitted_at = $3, \
+                 conflicts = $4, comments = $5 WHERE doc = $1 AND NOT summarised",
+                &[&k, &s.title, &s.submitted_at, &s.conflicts, &comments],
+            )
+            .await?
+                == 1)
+        })
+    }
+
+    fn opened_clean(&self) -> bool {
+        true
+    }
+
+    fn all_docs(&self) -> Result<Vec<DocId>, StoreError> {
+        self.pg.run(|c| async move {
+            c.query("SELECT doc FROM docs ORDER BY doc", &[])
+                .await?
+                .iter()
+                .map(|r| doc_of(r.get(0), "docs"))
+                .collect()
+        })
+    }
+
+    fn index_rows_agree(&self, _doc: DocId) -> Result<Option<String>, StoreError> {
+        // Index, access and summary are one row here: nothing to disagree.
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::storage::postgres::testing;
+
+    fn write(doc: DocId, b: u8) -> DocWrite {
+        DocWrite {
+            doc,
+            chunk: vec![b],
+            heads: vec![Head::from(automerge::ChangeHash([b; 32]))],
+            rebuild: false,
+            index: None,
+            erase: false,
+            receipt: None,
+        }
+    }
+
+    #[test]
+    fn the_postgres_store_meets_the_store_contract() {
+        crate::storage::conformance::every_check(&|| {
+            Box::new(PgStore::open(testing::database()).unwrap())
+        });
+    }
+
+    #[test]
+    fn the_store_id_is_the_databases_whichever_node_opens_it() {
+        let url = testing::database_url();
+        let a = PgStore::open(Pg::connect(&url).unwrap()).unwrap();
+        let b = PgStore::open(Pg::connect(&url).unwrap()).unwrap();
+        assert_eq!(a.store_id(), b.store_id());
+        assert!(a.opened_clean() && b.opened_clean());
+        let other = PgStore::open(testing::database()).unwrap();
+        assert_ne!(other.store_id(), a.store_id());
+    }
+
+    /// Two nodes commit at once, in random batch sizes, while a reader
+    /// polls the watermark as a tablet's catch-up would: every position
+    /// up to the watermark it was given is already there to read, so a
+    /// cursor moved to the watermark never skips a write.
+    #[test]
+    fn interleaved_commits_from_two_nodes_never_let_a_reader_skip_a_write() {
+        let url = testing::database_url();
+        let nodes: Vec<Arc<PgStore>> = (0..2)
+            .map(|_| Arc::new(PgStore::open(Pg::connect(&url).unwrap()).unwrap()))
+            .collect();
+        let reader = PgStore::open(Pg::connect(&url).unwrap()).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..4u8)
+            .map(|w| {
+                let node = nodes[usize::from(w) % 2].clone();
+                std::thread::spawn(move || {
+                    let mut seqs = Vec::new();
+                    for round in 0..15u8 {
+                        let batch: Vec<DocWrite> = (0..1 + rand::random::<u8>() % 4)
+                            .map(|i| {
+                                write(DocId::from_bytes([w * 64 + round % 8 + i * 8; 16]), round)
+                            })
+                            .collect();
+                        seqs.extend(node.commit(&batch).unwrap());
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let watcher = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut cursor = 0;
+                let mut seen = Vec::new();
+                // Bounded: the writers finish in well under this many polls.
+                for _ in 0..100_000 {
+                    let finished = done.load(Ordering::SeqCst);
+                    let mark = reader.feed_watermark().unwrap();
+                    let entries = reader.entries_after(cursor, mark, 10_000).unwrap();
+                    let positions: Vec<Seq> = entries.iter().map(|(s, _)| *s).collect();
+                    assert_eq!(
+                        positions,
+                        (cursor + 1..=mark).collect::<Vec<_>>(),
+                        "a reader at {cursor} given watermark {mark} must find every position"
+                    );
+                    seen.extend(positions);
+                    cursor = mark;
+                    if finished {
+                        break;
+                    }
+                }
+                seen
+            })
+        };
+        let mut committed: Vec<Seq> = writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        done.store(true, Ordering::SeqCst);
+        let seen = watcher.join().unwrap();
+        committed.sort_unstable();
+        assert_eq!(committed, (1..=committed.len() as u64).collect::<Vec<_>>());
+        assert_eq!(seen, committed);
+    }
+}
