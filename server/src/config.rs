@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::storage::StoreChoice;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
@@ -83,6 +84,10 @@ pub enum ConfigError {
         /// The value as written.
         value: String,
     },
+    /// The store is neither `sled` nor a PostgreSQL URL. Not quoted: a
+    /// mistyped URL may hold a password.
+    #[error("--store must be `sled` or a postgres:// URL")]
+    Store,
     /// Only one of the TLS certificate and key was given.
     #[error("--tls-cert and --tls-key must be given together (or neither, for a development certificate)")]
     TlsHalf,
@@ -329,7 +334,10 @@ pub struct CommonArgs {
     /// Data directory [default: ./baraza-data]
     #[arg(long, env = "BARAZA_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// TOML config file with keys data, listen, tls_cert, tls_key and [limits], [access], [connections] and [records] tables.
+    /// Where records, users, devices and the audit log are kept: `sled` (in the data directory) or `postgres://USER@HOST[:PORT]/DB` (the password from PGPASSWORD or the URL) [default: sled]
+    #[arg(long, env = "BARAZA_STORE", value_name = "URL", hide_env_values = true)]
+    pub store: Option<String>,
+    /// TOML config file with keys data, store, listen, tls_cert, tls_key and [limits], [access], [connections] and [records] tables.
     #[arg(long, env = "BARAZA_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
@@ -385,6 +393,8 @@ pub struct ConnectionsArgs {
 pub struct FileConfig {
     /// Data directory.
     pub data: Option<PathBuf>,
+    /// `sled` or a `postgres://` URL.
+    pub store: Option<String>,
     /// Listen address, IP:PORT.
     pub listen: Option<String>,
     /// PEM certificate chain.
@@ -646,6 +656,8 @@ pub struct TlsFiles {
 pub struct ServeConfig {
     /// Data directory.
     pub data: PathBuf,
+    /// The backend.
+    pub store: StoreChoice,
     /// Address to bind.
     pub listen: SocketAddr,
     /// Operator-provided certificate, or `None` for the generated
@@ -689,6 +701,8 @@ impl ServeConfig {
             .or_else(|| from_file(&file.data))
             .unwrap_or_else(|| PathBuf::from(DATA_DEFAULT));
 
+        let store = store_choice(args.common.store.as_deref(), file.store.as_deref())?;
+
         let listen = match (args.listen, &file.listen) {
             (Some(addr), _) => addr,
             (None, Some(text)) => text.parse().map_err(|_| ConfigError::Listen {
@@ -715,6 +729,7 @@ impl ServeConfig {
         let connections = ConnectionLimits::merge(&args.connections, &file.connections)?;
         Ok(ServeConfig {
             data,
+            store,
             listen,
             tls,
             limits: file.limits,
@@ -735,6 +750,24 @@ pub fn resolve_data_dir(common: &CommonArgs) -> Result<PathBuf, ConfigError> {
         .clone()
         .or(from_file)
         .unwrap_or_else(|| PathBuf::from(DATA_DEFAULT)))
+}
+
+/// The backend for the admin commands, with the same precedence as
+/// `serve`.
+pub fn resolve_store(common: &CommonArgs) -> Result<StoreChoice, ConfigError> {
+    let file = load_file(common.config.as_deref())?;
+    store_choice(
+        common.store.as_deref(),
+        file.as_ref().and_then(|(f, _)| f.store.as_deref()),
+    )
+}
+
+/// The flag (or environment) over the file's `store`, over sled.
+fn store_choice(flag: Option<&str>, file: Option<&str>) -> Result<StoreChoice, ConfigError> {
+    match flag.or(file) {
+        None => Ok(StoreChoice::Sled),
+        Some(text) => StoreChoice::parse(text).ok_or(ConfigError::Store),
+    }
 }
 
 /// Reads and parses a config file, returning it with its directory.
@@ -917,6 +950,7 @@ mod tests {
         let given = ServeArgs {
             common: CommonArgs {
                 data: Some(PathBuf::from("flag-data")),
+                store: None,
                 config: None,
             },
             listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -1057,6 +1091,7 @@ mod tests {
         std::fs::write(&path, "data = \"from-file\"").unwrap();
         let from_file = CommonArgs {
             data: None,
+            store: None,
             config: Some(path.clone()),
         };
         assert_eq!(
@@ -1065,6 +1100,7 @@ mod tests {
         );
         let from_flag = CommonArgs {
             data: Some(PathBuf::from("flag")),
+            store: None,
             config: Some(path),
         };
         assert_eq!(resolve_data_dir(&from_flag).unwrap(), PathBuf::from("flag"));
@@ -1072,5 +1108,44 @@ mod tests {
             resolve_data_dir(&CommonArgs::default()).unwrap(),
             PathBuf::from(DATA_DEFAULT)
         );
+    }
+
+    #[test]
+    fn the_store_is_sled_unless_a_postgres_url_is_given_and_its_password_is_never_shown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("baraza.toml");
+        std::fs::write(
+            &path,
+            "store = \"postgres://baraza:s3cret@db.local/baraza\"",
+        )
+        .unwrap();
+        let from_file = CommonArgs {
+            config: Some(path.clone()),
+            ..CommonArgs::default()
+        };
+        let chosen = resolve_store(&from_file).unwrap();
+        assert_eq!(
+            chosen,
+            StoreChoice::Postgres("postgres://baraza:s3cret@db.local/baraza".into())
+        );
+        assert_eq!(chosen.redacted(), "postgres://baraza:***@db.local/baraza");
+        assert!(!format!("{chosen:?}").contains("s3cret"));
+        let flag = CommonArgs {
+            store: Some("sled".into()),
+            config: Some(path),
+            ..CommonArgs::default()
+        };
+        assert_eq!(resolve_store(&flag).unwrap(), StoreChoice::Sled);
+        assert_eq!(
+            resolve_store(&CommonArgs::default()).unwrap(),
+            StoreChoice::Sled
+        );
+        let typo = CommonArgs {
+            store: Some("postgress://baraza:s3cret@db".into()),
+            ..CommonArgs::default()
+        };
+        let refused = resolve_store(&typo).unwrap_err().to_string();
+        assert!(refused.contains("--store must be"), "{refused}");
+        assert!(!refused.contains("s3cret"), "{refused}");
     }
 }

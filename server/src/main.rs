@@ -20,6 +20,7 @@ use baraza_server::engine::hub::SyncHub;
 use baraza_server::identity::devices::DeviceRegistry;
 use baraza_server::net::tls;
 use baraza_server::storage::data_dir::DataDir;
+use baraza_server::storage::StoreChoice;
 
 /// Errors are printed with their causes on one line (`{:#}`), not as
 /// anyhow's `Debug` form: that adds a backtrace whenever `RUST_BACKTRACE`
@@ -115,8 +116,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Record {
             command: config::RecordCommand::Erase { common, id },
         } => {
-            let root = config::resolve_data_dir(&common)?;
-            print_reply(admin::run_command(&root, AdminRequest::RecordErase { id })?)
+            let (root, store) = place(&common)?;
+            print_reply(admin::run_command(
+                &root,
+                &store,
+                AdminRequest::RecordErase { id },
+            )?)
         }
         Command::Record {
             command:
@@ -127,27 +132,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     lift,
                 },
         } => {
-            let root = config::resolve_data_dir(&common)?;
+            let (root, store) = place(&common)?;
             let reason = if lift { None } else { reason };
             print_reply(admin::run_command(
                 &root,
+                &store,
                 AdminRequest::RecordQuarantine { id, reason },
             )?)
         }
         Command::Audit { command } => audit(command),
-        Command::Check { common, repair } => check(&config::resolve_data_dir(&common)?, repair),
+        Command::Check { common, repair } => {
+            let (root, store) = place(&common)?;
+            check(&root, &store, repair)
+        }
     }
 }
 
+/// The data directory and the backend an admin command works on.
+fn place(common: &config::CommonArgs) -> anyhow::Result<(std::path::PathBuf, StoreChoice)> {
+    Ok((
+        config::resolve_data_dir(common)?,
+        config::resolve_store(common)?,
+    ))
+}
+
 /// `baraza-server check`: the full offline scan, and the repair if asked.
-fn check(root: &std::path::Path, repair: bool) -> anyhow::Result<()> {
+fn check(root: &std::path::Path, store: &StoreChoice, repair: bool) -> anyhow::Result<()> {
     use baraza_server::storage::integrity::{full_check, Anchor, AnchorState};
     let data = DataDir::create(root)?;
-    let storage = baraza_server::storage::sled::open(&data)?;
+    let storage = baraza_server::storage::open(store, &data)?;
+    // Only sled keeps an anchor (see `open_hub`).
+    let anchored = *store == StoreChoice::Sled;
     let audit = baraza_server::storage::audit::AuditLog::new(storage.audit.clone());
     let store = &*storage.docs;
     let anchor_path = Anchor::path_in(root);
     let vouched = match Anchor::read(&anchor_path) {
+        _ if !anchored => None,
         Ok(v) => v,
         Err(err) => {
             eprintln!("anchor: {err}");
@@ -183,14 +203,16 @@ fn check(root: &std::path::Path, repair: bool) -> anyhow::Result<()> {
         let found: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         audit.append("integrity_repair", serde_json::json!({ "problems": found }))?;
         let (audit_seq, audit_hash) = audit.last()?;
-        Anchor::open(
-            &anchor_path,
-            AnchorState {
-                feed: store.feed_watermark()?,
-                audit_seq,
-                audit_hash,
-            },
-        )?;
+        if anchored {
+            Anchor::open(
+                &anchor_path,
+                AnchorState {
+                    feed: store.feed_watermark()?,
+                    audit_seq,
+                    audit_hash,
+                },
+            )?;
+        }
         writeln!(
             stdout,
             "repaired: damaged records quarantined, the database accepted as it now is; \
@@ -233,7 +255,8 @@ fn init_tracing() {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     baraza_server::engine::hub::report_contained_panics();
     let data = DataDir::create(&config.data)?;
-    let storage = baraza_server::storage::sled::open(&data)?;
+    let storage = baraza_server::storage::open_to_serve(&config.store, &data)?;
+    tracing::info!(store = %config.store.redacted(), "storage open");
     let mut devices = DeviceRegistry::new(storage.devices.clone());
     if let Some(secs) = config.access.token_lifetime_secs {
         devices = devices.with_token_lifetime(secs);
@@ -347,11 +370,14 @@ fn open_hub(
     config: &ServeConfig,
     anchor: &std::path::Path,
 ) -> anyhow::Result<std::sync::Arc<SyncHub>> {
+    // The anchor stands guard over sled, whose recovery can drop a
+    // damaged log tail without a word; PostgreSQL keeps its own log.
+    let anchor = (config.store == StoreChoice::Sled).then_some(anchor);
     SyncHub::open_checked(
         storage,
         config.limits.protocol_limits(),
         baraza_server::engine::hub::CACHE_DOCS_DEFAULT,
-        Some(anchor),
+        anchor,
     )
 }
 
@@ -378,8 +404,8 @@ fn device(command: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::List { common } => (common, AdminRequest::DeviceList),
         DeviceCommand::Revoke { common, id } => (common, AdminRequest::DeviceRevoke { id }),
     };
-    let root = config::resolve_data_dir(&common)?;
-    print_reply(admin::run_command(&root, request)?)
+    let (root, store) = place(&common)?;
+    print_reply(admin::run_command(&root, &store, request)?)
 }
 
 fn user(command: UserCommand) -> anyhow::Result<()> {
@@ -427,8 +453,8 @@ fn user(command: UserCommand) -> anyhow::Result<()> {
         } => (common, AdminRequest::UserAreas { name, areas }),
         UserCommand::Release { common, name } => (common, AdminRequest::UserRelease { name }),
     };
-    let root = config::resolve_data_dir(&common)?;
-    print_reply(admin::run_command(&root, request)?)
+    let (root, store) = place(&common)?;
+    print_reply(admin::run_command(&root, &store, request)?)
 }
 
 fn audit(command: AuditCommand) -> anyhow::Result<()> {
@@ -436,12 +462,16 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
         AuditCommand::Verify { common } => (common, AdminRequest::AuditVerify),
         AuditCommand::Export { common } => (common, AdminRequest::AuditExport),
     };
-    let root = config::resolve_data_dir(&common)?;
+    let (root, store) = place(&common)?;
     let verifying = matches!(request, AdminRequest::AuditVerify);
-    let reply = admin::run_command(&root, request)?;
+    let reply = admin::run_command(&root, &store, request)?;
     // The chain first (it names the entry where it breaks), then whether
-    // it still reaches the last entry written.
-    if verifying && matches!(reply, AdminReply::AuditVerdict { intact: true, .. }) {
+    // it still reaches the last entry written. Only sled keeps an anchor:
+    // PostgreSQL's own log is what stands behind a committed entry.
+    if verifying
+        && store == StoreChoice::Sled
+        && matches!(reply, AdminReply::AuditVerdict { intact: true, .. })
+    {
         audit_reaches_anchor(&root)?;
     }
     print_reply(reply)
@@ -451,6 +481,7 @@ fn audit(command: AuditCommand) -> anyhow::Result<()> {
 /// truncated or rolled-back database): the anchor beside it names the last
 /// entry written, which must still be there, unchanged.
 fn audit_reaches_anchor(root: &std::path::Path) -> anyhow::Result<()> {
+    let store = StoreChoice::Sled;
     use baraza_server::storage::integrity::Anchor;
     let Some(anchor) = Anchor::read(&Anchor::path_in(root))? else {
         return Ok(());
@@ -458,7 +489,8 @@ fn audit_reaches_anchor(root: &std::path::Path) -> anyhow::Result<()> {
     if anchor.audit_seq == 0 {
         return Ok(());
     }
-    let AdminReply::AuditEntries { entries } = admin::run_command(root, AdminRequest::AuditExport)?
+    let AdminReply::AuditEntries { entries } =
+        admin::run_command(root, &store, AdminRequest::AuditExport)?
     else {
         bail!("could not read the audit log");
     };

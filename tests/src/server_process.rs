@@ -23,6 +23,9 @@ pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct ServerProcess {
     data: PathBuf,
     config: Option<PathBuf>,
+    /// `--store`, for the server and every command run on its behalf;
+    /// None for the embedded default.
+    store: Option<String>,
     log: PathBuf,
     child: Option<Child>,
     addr: SocketAddr,
@@ -42,19 +45,54 @@ impl ServerProcess {
         ServerProcess::launch(data, Some(config))
     }
 
+    /// Starts a server whose data lives in the PostgreSQL database at
+    /// `url` (see [`postgres_database`]); `data` still holds its TLS
+    /// certificate and admin socket.
+    pub fn start_on_postgres(data: &Path, url: &str) -> ServerProcess {
+        ServerProcess::launch_on(data, None, Some(url.to_string()))
+    }
+
+    /// As [`start_on_postgres`](Self::start_on_postgres), for a server
+    /// that may refuse to start: its log if it exits without listening.
+    pub fn try_start_on_postgres(data: &Path, url: &str) -> Result<ServerProcess, String> {
+        let mut server = ServerProcess::unstarted(data, None, Some(url.to_string()));
+        server.try_spawn()?;
+        Ok(server)
+    }
+
     fn launch(data: &Path, config: Option<PathBuf>) -> ServerProcess {
-        let mut server = ServerProcess {
-            data: data.to_path_buf(),
-            config,
-            log: sibling(data, "log"),
-            child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        };
+        ServerProcess::launch_on(data, config, None)
+    }
+
+    fn launch_on(data: &Path, config: Option<PathBuf>, store: Option<String>) -> ServerProcess {
+        let mut server = ServerProcess::unstarted(data, config, store);
         server.spawn();
         server
     }
 
+    fn unstarted(data: &Path, config: Option<PathBuf>, store: Option<String>) -> ServerProcess {
+        ServerProcess {
+            data: data.to_path_buf(),
+            config,
+            store,
+            log: sibling(data, "log"),
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
+    }
+
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!(
+                "the server did not announce its address within {STARTUP_TIMEOUT:?}; \
+                 log:\n{log}"
+            );
+        }
+    }
+
+    /// Starts the process and waits for its address; its log if it ends
+    /// or stays silent instead.
+    fn try_spawn(&mut self) -> Result<(), String> {
         // Appending keeps the logs of every run on this directory together.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -68,6 +106,7 @@ impl ServerProcess {
         if let Some(config) = &self.config {
             command.arg("--config").arg(config);
         }
+        command.args(self.store_args());
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -94,14 +133,17 @@ impl ServerProcess {
                 Ok(line) => {
                     if let Some(addr) = line.strip_prefix("listening on ") {
                         self.addr = addr.trim().parse().expect("a socket address");
-                        return;
+                        return Ok(());
                     }
                 }
-                Err(_) => panic!(
-                    "the server did not announce its address within {STARTUP_TIMEOUT:?}; \
-                     log:\n{}",
-                    self.log()
-                ),
+                Err(_) => {
+                    // Ended (stdout closed) or silent: either way not serving.
+                    if let Some(mut child) = self.child.take() {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                    return Err(self.log());
+                }
             }
         }
     }
@@ -112,6 +154,22 @@ impl ServerProcess {
     pub fn restart(&mut self) {
         assert!(!self.is_running(), "restart needs the server stopped first");
         self.spawn();
+    }
+
+    /// `--store URL` when the server is not on the embedded default.
+    fn store_args(&self) -> Vec<&str> {
+        match &self.store {
+            Some(url) => vec!["--store", url],
+            None => Vec::new(),
+        }
+    }
+
+    /// Runs `baraza-server ARGS` on this server's data directory and
+    /// store, as [`run_server_command`] does.
+    pub fn command(&self, args: &[&str], stdin: &str) -> Output {
+        let mut all = args.to_vec();
+        all.extend(self.store_args());
+        run_server_command(&self.data, &all, stdin)
     }
 
     /// The address the server listens on.
@@ -154,7 +212,7 @@ impl ServerProcess {
         for area in areas {
             args.extend(["--area", area]);
         }
-        let output = run_server_command(&self.data, &args, &format!("{HARNESS_PASSWORD}\n"));
+        let output = self.command(&args, &format!("{HARNESS_PASSWORD}\n"));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             output.status.success() || stderr.contains("exists"),
@@ -177,7 +235,9 @@ impl ServerProcess {
     pub fn add_device_for(&self, name: &str, user: &str) -> String {
         let output = run_bounded(
             server_command()
-                .args(["device", "add", "--name", name, "--user", user, "--data"])
+                .args(["device", "add", "--name", name, "--user", user])
+                .args(self.store_args())
+                .arg("--data")
                 .arg(&self.data),
             Duration::from_secs(30),
         );
@@ -198,7 +258,7 @@ impl ServerProcess {
     /// The audit log, through `baraza-server audit export`, one JSON value
     /// per entry.
     pub fn audit_entries(&self) -> Vec<serde_json::Value> {
-        let out = run_server_command(&self.data, &["audit", "export"], "");
+        let out = self.command(&["audit", "export"], "");
         assert!(out.status.success(), "audit export failed: {out:?}");
         String::from_utf8(out.stdout)
             .expect("UTF-8 audit export")
@@ -254,6 +314,7 @@ fn server_command() -> Command {
         "BARAZA_TLS_CERT",
         "BARAZA_TLS_KEY",
         "BARAZA_CONFIG",
+        "BARAZA_STORE",
         "BARAZA_CONNECTIONS_MAX",
         "BARAZA_CONNECTIONS_PER_ADDRESS_MAX",
         "BARAZA_HANDSHAKE_TIMEOUT_MS",
@@ -302,6 +363,33 @@ pub fn run_server_command(data: &Path, args: &[&str], stdin: &str) -> Output {
             .expect("write to baraza-server");
     }
     child.wait_with_output().expect("wait for baraza-server")
+}
+
+/// The URL of a new, empty database in the test PostgreSQL cluster that
+/// `scripts/with-postgres` starts (`scripts/test` runs every test beside
+/// one), made with its `psql`.
+pub fn postgres_database() -> String {
+    let cluster = std::env::var("BARAZA_TEST_PG").expect(
+        "BARAZA_TEST_PG is not set: run the tests through scripts/test, \
+         or as `scripts/with-postgres cargo test ...`",
+    );
+    let name = format!("e2e_{:016x}", rand::random::<u64>());
+    let output = run_bounded(
+        Command::new("psql")
+            .arg(&cluster)
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
+            .arg(format!("CREATE DATABASE {name}")),
+        Duration::from_secs(30),
+    );
+    assert!(
+        output.status.success(),
+        "could not create a test database: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (server, _) = cluster
+        .rsplit_once('/')
+        .expect("BARAZA_TEST_PG ends in a database name");
+    format!("{server}/{name}")
 }
 
 /// The device id a token carries: tokens read `bz_<device id>_<secret>`.

@@ -26,6 +26,7 @@ use crate::identity::devices::{DeviceError, DeviceRecord, DeviceRegistry};
 use crate::identity::users::{Role, User, UserError, UserRegistry};
 use crate::storage::audit::{AuditLog, Verdict};
 use crate::storage::data_dir::{DataDir, DataDirError};
+use crate::storage::StoreChoice;
 
 /// Longest request or reply line. A reply listing thousands of devices fits
 /// comfortably; a request is a few dozen bytes.
@@ -525,14 +526,18 @@ pub fn execute_for(
 /// running server's admin socket if there is one, else on the database
 /// directly. Creates the directory if it does not exist yet, so devices can
 /// be registered before the first `serve`.
-pub fn run_command(root: &Path, request: AdminRequest) -> Result<AdminReply, AdminError> {
+pub fn run_command(
+    root: &Path,
+    store: &StoreChoice,
+    request: AdminRequest,
+) -> Result<AdminReply, AdminError> {
     let data = DataDir::create(root)?;
     let deadline = std::time::Instant::now() + BUSY_RETRY;
     loop {
         if let Some(reply) = send_to_server(&data.admin_socket(), &request)? {
             return Ok(reply);
         }
-        match crate::storage::sled::open(&data) {
+        match crate::storage::open(store, &data) {
             Ok(storage) => {
                 let reply = execute(&Registries::open(&storage), request);
                 storage.close_unchanged().map_err(DataDirError::from)?;
@@ -743,6 +748,7 @@ mod tests {
     fn officer(root: &Path) {
         let reply = run_command(
             root,
+            &StoreChoice::Sled,
             AdminRequest::UserAdd {
                 name: "cpl.otieno".into(),
                 role: "officer".into(),
@@ -812,6 +818,7 @@ mod tests {
         let root = tmp.path().join("data");
         let unknown_user = run_command(
             &root,
+            &StoreChoice::Sled,
             AdminRequest::DeviceAdd {
                 name: "tablet".into(),
                 user: "nobody".into(),
@@ -822,6 +829,7 @@ mod tests {
         officer(&root);
         let added = run_command(
             &root,
+            &StoreChoice::Sled,
             AdminRequest::DeviceAdd {
                 name: "tablet".into(),
                 user: "cpl.otieno".into(),
@@ -831,14 +839,19 @@ mod tests {
         let AdminReply::DeviceAdded { id, .. } = added else {
             panic!("{added:?}");
         };
-        let listed = run_command(&root, AdminRequest::DeviceList).unwrap();
+        let listed = run_command(&root, &StoreChoice::Sled, AdminRequest::DeviceList).unwrap();
         let AdminReply::Devices { devices } = listed else {
             panic!("{listed:?}");
         };
         assert_eq!(devices.len(), 1);
         assert_eq!(devices[0].id, id);
 
-        let refused = run_command(&root, AdminRequest::DeviceRevoke { id: "nope".into() }).unwrap();
+        let refused = run_command(
+            &root,
+            &StoreChoice::Sled,
+            AdminRequest::DeviceRevoke { id: "nope".into() },
+        )
+        .unwrap();
         assert!(matches!(refused, AdminReply::Error { .. }));
     }
 
@@ -867,6 +880,7 @@ mod tests {
             officer(&root);
             run_command(
                 &root,
+                &StoreChoice::Sled,
                 AdminRequest::DeviceAdd {
                     name: "t".into(),
                     user: "cpl.otieno".into(),

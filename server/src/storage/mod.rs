@@ -31,6 +31,85 @@ pub mod store;
 pub mod throttles;
 pub mod users;
 
+/// Which backend keeps the server's data: sled under the data directory
+/// (the embedded default) or a PostgreSQL database.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum StoreChoice {
+    /// sled in `DATA/db`.
+    #[default]
+    Sled,
+    /// The PostgreSQL database at this URL (`postgres://USER@HOST/DB`).
+    Postgres(String),
+}
+
+impl StoreChoice {
+    /// `sled`, or a `postgres://` (or `postgresql://`) URL; None for
+    /// anything else.
+    pub fn parse(text: &str) -> Option<StoreChoice> {
+        let text = text.trim();
+        if text == "sled" {
+            Some(StoreChoice::Sled)
+        } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Some(StoreChoice::Postgres(text.to_string()))
+        } else {
+            None
+        }
+    }
+
+    /// What may be shown or logged of it: a password in the URL is
+    /// replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match self {
+            StoreChoice::Sled => "sled".into(),
+            StoreChoice::Postgres(url) => {
+                let Some((scheme, rest)) = url.split_once("://") else {
+                    return "postgres://***".into();
+                };
+                match rest.split_once('@') {
+                    Some((user, host)) => match user.split_once(':') {
+                        Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
+                        None => url.clone(),
+                    },
+                    None => url.clone(),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Opens every store of the chosen backend, for a tool or an admin
+/// command. sled's lives in `data`; PostgreSQL's in its database.
+pub fn open(
+    choice: &StoreChoice,
+    data: &data_dir::DataDir,
+) -> Result<Storage, data_dir::DataDirError> {
+    match choice {
+        StoreChoice::Sled => sled::open(data),
+        StoreChoice::Postgres(url) => Ok(postgres::open(url)?),
+    }
+}
+
+/// Opens every store of the chosen backend for a serving node. On
+/// PostgreSQL a node holds the database's serving lock for as long as the
+/// stores are open, and a second node is refused: nodes do not yet tell
+/// each other of their writes, and a node's cached copy of a record must
+/// not fall behind another's commit.
+pub fn open_to_serve(
+    choice: &StoreChoice,
+    data: &data_dir::DataDir,
+) -> Result<Storage, data_dir::DataDirError> {
+    match choice {
+        StoreChoice::Sled => sled::open(data),
+        StoreChoice::Postgres(url) => Ok(postgres::open_to_serve(url)?),
+    }
+}
+
 /// What a backend does for all its stores at once.
 pub trait Backend: Send + Sync {
     /// Makes every earlier write of every store durable.

@@ -28,6 +28,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
 use crate::storage::store::StoreError;
+use crate::storage::{Backend, Storage};
 
 mod audit;
 mod devices;
@@ -67,6 +68,8 @@ enum PgError {
     Pool(String),
     #[error("the database runtime stopped before answering")]
     Stopped,
+    #[error("another server node is serving this database; several nodes on one database are not supported yet")]
+    Served,
 }
 
 impl From<PgError> for StoreError {
@@ -80,11 +83,48 @@ impl From<PgError> for StoreError {
 /// PostgreSQL's default `max_connections` of 100.
 const POOL_SIZE: usize = 16;
 
+/// The session advisory lock a serving node holds ("serve" in ASCII).
+const SERVING_LOCK: i64 = 0x6261_7261_7365_7276;
+
+/// Every store in the database at `url`, for a tool or admin command.
+pub fn open(url: &str) -> Result<Storage, StoreError> {
+    bundle(Pg::connect(url)?)
+}
+
+/// Every store in the database at `url`, for the one node that serves it.
+pub fn open_to_serve(url: &str) -> Result<Storage, StoreError> {
+    let pg = Pg::connect(url)?;
+    pg.hold_lock(SERVING_LOCK)?;
+    bundle(pg)
+}
+
+fn bundle(pg: Arc<Pg>) -> Result<Storage, StoreError> {
+    Ok(Storage {
+        docs: Arc::new(PgStore::open(pg.clone())?),
+        users: Arc::new(PgUserStore::new(pg.clone())),
+        devices: Arc::new(PgDeviceStore::new(pg.clone())),
+        audit: Arc::new(PgAuditStore::new(pg.clone())),
+        sessions: Arc::new(PgSessionStore::new(pg.clone())),
+        throttles: Arc::new(PgThrottles::new(pg.clone())),
+        backend: pg,
+    })
+}
+
+impl Backend for Pg {
+    fn flush(&self) -> Result<(), StoreError> {
+        // Every call commits before it returns.
+        Ok(())
+    }
+}
+
 /// One database: a pool of connections and the runtime that drives them.
 pub struct Pg {
     pool: Pool,
     config: tokio_postgres::Config,
     runtime: Option<tokio::runtime::Runtime>,
+    /// Connections of their own holding session locks, for as long as
+    /// this handle lives.
+    held: std::sync::Mutex<Vec<tokio_postgres::Client>>,
 }
 
 impl Drop for Pg {
@@ -133,6 +173,7 @@ impl Pg {
             pool,
             config,
             runtime: Some(runtime),
+            held: std::sync::Mutex::new(Vec::new()),
         };
         pg.migrate()?;
         Ok(Arc::new(pg))
@@ -165,6 +206,28 @@ impl Pg {
             let _ = tx.send(work.await);
         });
         rx.recv().map_err(|_| PgError::Stopped)?
+    }
+
+    /// Takes the session advisory lock `key` on a connection of its own,
+    /// kept until this handle is dropped (or the process dies, when the
+    /// database ends the session); [`PgError::Served`] if another holds it.
+    fn hold_lock(&self, key: i64) -> Result<(), StoreError> {
+        let config = self.config.clone();
+        let client = self.block(async move {
+            let (client, connection) = config.connect(NoTls).await?;
+            tokio::spawn(connection);
+            let held: bool = client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+                .await?
+                .get(0);
+            Ok(held.then_some(client))
+        })?;
+        let client = client.ok_or(PgError::Served)?;
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(client);
+        Ok(())
     }
 
     /// Brings the schema to this binary's version (see [`schema`]).
