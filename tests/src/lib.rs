@@ -58,7 +58,7 @@ pub use raw_connection::{actor_for, push_since, upgrade_status, RawConnection};
 pub use recorder::Recorder;
 pub use review_world::ReviewWorld;
 pub use server_process::{
-    device_of, postgres_database, run_server_command, user_for, ServerProcess, EXIT_TIMEOUT,
-    HARNESS_PASSWORD, STARTUP_TIMEOUT, TEST_AREAS,
+    device_of, pin_to_sled, postgres_database, run_server_command, user_for, ServerProcess,
+    EXIT_TIMEOUT, HARNESS_PASSWORD, STARTUP_TIMEOUT, TEST_AREAS,
 };
 pub use tablet::{new_key, Tablet, SYNC_TIMEOUT};

@@ -61,7 +61,7 @@ impl ServerProcess {
     }
 
     fn launch(data: &Path, config: Option<PathBuf>) -> ServerProcess {
-        ServerProcess::launch_on(data, config, None)
+        ServerProcess::launch_on(data, config, store_for(data))
     }
 
     fn launch_on(data: &Path, config: Option<PathBuf>, store: Option<String>) -> ServerProcess {
@@ -167,9 +167,7 @@ impl ServerProcess {
     /// Runs `baraza-server ARGS` on this server's data directory and
     /// store, as [`run_server_command`] does.
     pub fn command(&self, args: &[&str], stdin: &str) -> Output {
-        let mut all = args.to_vec();
-        all.extend(self.store_args());
-        run_server_command(&self.data, &all, stdin)
+        run_server_command_on(&self.data, self.store.as_deref(), args, stdin)
     }
 
     /// The address the server listens on.
@@ -345,10 +343,51 @@ pub fn user_for(device_name: &str) -> String {
     user.trim_matches('.').to_string()
 }
 
+/// What [`pin_to_sled`] notes beside a data directory.
+const SLED_PIN: &str = "sled";
+
+/// Keeps the servers and commands of `data` on sled whatever
+/// `BARAZA_TEST_STORE` says: for a test that reads or damages sled's own
+/// files. Call it before anything else uses `data`.
+pub fn pin_to_sled(data: &Path) {
+    let noted = sibling(data, "store");
+    std::fs::create_dir_all(noted.parent().unwrap_or(Path::new(".")))
+        .expect("make the data directory's parent");
+    std::fs::write(noted, SLED_PIN).expect("pin the data directory to sled");
+}
+
+/// The backend tests of `data` run on. With `BARAZA_TEST_STORE=postgres`
+/// (`scripts/test` runs the end-to-end tests once so and once without),
+/// every data directory gets a database of its own, noted beside it so
+/// that every server and command on that directory uses the same one;
+/// otherwise the embedded default.
+fn store_for(data: &Path) -> Option<String> {
+    if std::env::var("BARAZA_TEST_STORE").as_deref() != Ok("postgres") {
+        return None;
+    }
+    let noted = sibling(data, "store");
+    if let Ok(url) = std::fs::read_to_string(&noted) {
+        return (url != SLED_PIN).then_some(url);
+    }
+    let url = postgres_database();
+    std::fs::create_dir_all(noted.parent().unwrap_or(Path::new(".")))
+        .expect("make the data directory's parent");
+    std::fs::write(&noted, &url).expect("note the test database");
+    Some(url)
+}
+
 /// Runs `baraza-server ARGS --data DATA` with `stdin` as its input (for the
 /// `user`, `device` and `audit` commands) and returns its output.
 pub fn run_server_command(data: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = server_command()
+    run_server_command_on(data, store_for(data).as_deref(), args, stdin)
+}
+
+fn run_server_command_on(data: &Path, store: Option<&str>, args: &[&str], stdin: &str) -> Output {
+    let mut command = server_command();
+    if let Some(url) = store {
+        command.env("BARAZA_STORE", url);
+    }
+    let mut child = command
         .args(args)
         .arg("--data")
         .arg(data)

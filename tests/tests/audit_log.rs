@@ -3,12 +3,14 @@
 //! log and fails after one byte of an entry is changed, or an entry removed.
 
 use baraza_client::{Client, NoListener};
-use baraza_tests::{new_key, run_server_command, ServerProcess};
+use baraza_tests::{new_key, pin_to_sled, run_server_command, ServerProcess};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_log_is_complete_and_tampering_shows() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
+    // It edits the audit log in sled's own files.
+    pin_to_sled(&data);
     let added = run_server_command(
         &data,
         &[

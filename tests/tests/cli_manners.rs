@@ -5,7 +5,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use baraza_tests::{binary, cli, run_bounded, run_cli, run_server_command, ServerProcess};
+use baraza_tests::{
+    binary, cli, pin_to_sled, run_bounded, run_cli, run_server_command, ServerProcess,
+};
 
 /// Runs `command` with its standard output already closed by its reader
 /// (the pipe's read end is dropped before the program writes), bounded;
@@ -117,6 +119,8 @@ fn a_listing_whose_reader_goes_away_ends_quietly() {
 fn server_commands_whose_reader_goes_away_end_quietly() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
+    // The command line's manners are what is tested, not the store.
+    pin_to_sled(&data);
     for i in 0..3 {
         let out = run_server_command(
             &data,

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use baraza_tests::{binary, run_bounded, wait_until, ServerProcess, Tablet};
+use baraza_tests::{binary, pin_to_sled, run_bounded, wait_until, ServerProcess, Tablet};
 
 /// Runs `baraza-server ARGS --data DIR` to completion.
 fn server_cmd(data: &Path, args: &[&str]) -> std::process::Output {
@@ -37,6 +37,8 @@ fn copy_dir(from: &Path, to: &Path) {
 async fn a_database_rolled_back_behind_what_was_acknowledged_does_not_start() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
+    // It damages sled's own files.
+    pin_to_sled(&data);
     let mut server = ServerProcess::start(&data);
     let tablet = Tablet::new(&server, "station tablet");
     tablet
@@ -107,6 +109,8 @@ async fn a_database_rolled_back_behind_what_was_acknowledged_does_not_start() {
 async fn a_damaged_record_is_held_back_and_the_rest_of_the_feed_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
+    // It damages sled's own files.
+    pin_to_sled(&data);
     let mut server = ServerProcess::start(&data);
     let tablet = Tablet::new(&server, "patrol tablet");
     let mut ids = Vec::new();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use baraza_client::{Client, ClientError, NoListener};
-use baraza_tests::{device_of, new_key, ServerProcess, Tablet};
+use baraza_tests::{device_of, new_key, pin_to_sled, ServerProcess, Tablet};
 
 /// Every byte of every regular file under `dir` (the server's dir also
 /// holds its admin socket).
@@ -65,6 +65,8 @@ fn kv(k: &str, v: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tablet_data_dir_searched_for_a_phrase_finds_nothing_without_the_key() {
     let tmp = tempfile::tempdir().unwrap();
+    // The control searches the server's own files for what it keeps.
+    pin_to_sled(&tmp.path().join("server"));
     let server = ServerProcess::start(&tmp.path().join("server"));
     server.add_user("cpl.achieng", "officer", &["kamukunji"]);
     server.add_user("sgt.wanjiru", "supervisor", &["kamukunji"]);

@@ -11,7 +11,9 @@
 use std::time::{Duration, Instant};
 
 use baraza_tests::sse::{EventStream, Sse};
-use baraza_tests::{https_request_with, DeskSession, ReviewWorld, ServerProcess, Tablet};
+use baraza_tests::{
+    https_request_with, pin_to_sled, DeskSession, ReviewWorld, ServerProcess, Tablet,
+};
 use serde_json::json;
 
 fn kv(k: &str, v: &str) -> (String, String) {
@@ -441,6 +443,8 @@ fn iso_year(ms: i64) -> String {
 async fn records_stored_before_list_summaries_list_at_once_and_get_theirs_after_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("server");
+    // It drops a tree from sled's own files.
+    pin_to_sled(&data);
     let mut server = ServerProcess::start(&data);
     server.add_user("cpl.otieno", "officer", &["kibera"]);
     server.add_user("sgt.wanjiru", "supervisor", &["kibera"]);
