@@ -23,8 +23,9 @@ pub const BENCH_PASSWORD: &str = "bench marks the beat 7";
 /// The area bench records are filed under.
 pub const BENCH_AREA: &str = "unassigned";
 
-const SERVER_ENV: [&str; 5] = [
+const SERVER_ENV: [&str; 6] = [
     "BARAZA_DATA",
+    "BARAZA_STORE",
     "BARAZA_LISTEN",
     "BARAZA_TLS_CERT",
     "BARAZA_TLS_KEY",
@@ -56,12 +57,44 @@ pub fn find_server_bin(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
-fn command(bin: &Path) -> Command {
+fn command(bin: &Path, store: Option<&str>) -> Command {
     let mut command = Command::new(bin);
     for var in SERVER_ENV {
         command.env_remove(var);
     }
+    if let Some(url) = store {
+        command.env("BARAZA_STORE", url);
+    }
     command
+}
+
+/// With `BARAZA_BENCH_POSTGRES` set to a PostgreSQL URL (a database the
+/// bench may create others from), each server the bench starts keeps its
+/// data in a new database there instead of sled.
+fn fresh_store() -> anyhow::Result<Option<String>> {
+    let Ok(cluster) = std::env::var("BARAZA_BENCH_POSTGRES") else {
+        return Ok(None);
+    };
+    // Unique enough for databases made one after another by one bench run.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = format!("bench_{}_{nanos}", std::process::id());
+    let out = Command::new("psql")
+        .arg(&cluster)
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .context("cannot run psql to make the bench database")?;
+    ensure!(
+        out.status.success(),
+        "psql could not make the bench database: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let (server, _) = cluster
+        .rsplit_once('/')
+        .context("BARAZA_BENCH_POSTGRES must end in a database name")?;
+    Ok(Some(format!("{server}/{name}")))
 }
 
 /// A running server. Killed on drop if not stopped, so a failed scenario
@@ -72,6 +105,8 @@ pub struct Server {
     addr: SocketAddr,
     data: PathBuf,
     log: PathBuf,
+    /// `BARAZA_STORE` for the server and its commands; None for sled.
+    store: Option<String>,
 }
 
 impl Server {
@@ -80,7 +115,8 @@ impl Server {
     pub fn start(bin: &Path, data: &Path, log: &Path) -> anyhow::Result<Server> {
         let log_file = std::fs::File::create(log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut cmd = command(bin);
+        let store = fresh_store()?;
+        let mut cmd = command(bin, store.as_deref());
         cmd.arg("serve")
             .arg("--data")
             .arg(data)
@@ -112,6 +148,7 @@ impl Server {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             data: data.to_path_buf(),
             log: log.to_path_buf(),
+            store,
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
@@ -182,7 +219,7 @@ impl Server {
     /// Adds a user with the bench password (an existing one is fine).
     pub fn add_user(&self, name: &str, role: &str, areas: &[String]) -> anyhow::Result<()> {
         use std::io::Write;
-        let mut cmd = command(&self.bin);
+        let mut cmd = command(&self.bin, self.store.as_deref());
         cmd.args(["user", "add", "--name", name, "--role", role]);
         for area in areas {
             cmd.args(["--area", area]);
@@ -211,7 +248,7 @@ impl Server {
     /// Runs `baraza-server user ARGS --data DATA` (disable, list, ...) and
     /// returns its standard output.
     pub fn user_command(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = command(&self.bin)
+        let out = command(&self.bin, self.store.as_deref())
             .arg("user")
             .args(args)
             .arg("--data")
@@ -230,7 +267,7 @@ impl Server {
 
     /// Registers a device acting for `user` and returns its token.
     pub fn add_device_for(&self, name: &str, user: &str) -> anyhow::Result<String> {
-        let out = command(&self.bin)
+        let out = command(&self.bin, self.store.as_deref())
             .args(["device", "add", "--name", name, "--user", user, "--data"])
             .arg(&self.data)
             .stdin(Stdio::null())

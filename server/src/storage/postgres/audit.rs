@@ -55,7 +55,7 @@ impl AuditStore for PgAuditStore {
                 let tx = c.transaction().await?;
                 let inserted = tx
                     .execute(
-                        "INSERT INTO audit (seq, body) VALUES ($1, $2) ON CONFLICT (seq) DO NOTHING",
+                        &tx.prepare_cached("INSERT INTO audit (seq, body) VALUES ($1, $2) ON CONFLICT (seq) DO NOTHING").await?,
                         &[&seq, &body],
                     )
                     .await?;
@@ -64,8 +64,8 @@ impl AuditStore for PgAuditStore {
                     return Ok(false);
                 }
                 tx.execute(
-                    "INSERT INTO audit_head (one, seq, hash) VALUES (true, $1, $2) \
-                     ON CONFLICT (one) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash",
+                    &tx.prepare_cached("INSERT INTO audit_head (one, seq, hash) VALUES (true, $1, $2) \
+                     ON CONFLICT (one) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash").await?,
                     &[&seq, &hash],
                 )
                 .await?;
@@ -84,7 +84,11 @@ impl AuditStore for PgAuditStore {
     fn last(&self) -> Result<Option<Kept>, AuditError> {
         Ok(self.pg.run(|c| async move {
             let row = c
-                .query_opt("SELECT seq, body FROM audit ORDER BY seq DESC LIMIT 1", &[])
+                .query_opt(
+                    &c.prepare_cached("SELECT seq, body FROM audit ORDER BY seq DESC LIMIT 1")
+                        .await?,
+                    &[],
+                )
                 .await?;
             Ok(row.map(|r| kept(r.get(0), r.get(1))))
         })?)
@@ -93,7 +97,11 @@ impl AuditStore for PgAuditStore {
     fn get(&self, seq: u64) -> Result<Option<Kept>, AuditError> {
         Ok(self.pg.run(move |c| async move {
             let row = c
-                .query_opt("SELECT seq, body FROM audit WHERE seq = $1", &[&int(seq)])
+                .query_opt(
+                    &c.prepare_cached("SELECT seq, body FROM audit WHERE seq = $1")
+                        .await?,
+                    &[&int(seq)],
+                )
                 .await?;
             Ok(row.map(|r| kept(r.get(0), r.get(1))))
         })?)
@@ -103,7 +111,10 @@ impl AuditStore for PgAuditStore {
         let limit = int(limit as u64);
         Ok(self.pg.run(move |c| async move {
             Ok(c.query(
-                "SELECT seq, body FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                &c.prepare_cached(
+                    "SELECT seq, body FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                )
+                .await?,
                 &[&int(after), &limit],
             )
             .await?
@@ -117,7 +128,8 @@ impl AuditStore for PgAuditStore {
         let n = int(n as u64);
         let mut tail: Vec<Kept> = self.pg.run(move |c| async move {
             Ok(c.query(
-                "SELECT seq, body FROM audit ORDER BY seq DESC LIMIT $1",
+                &c.prepare_cached("SELECT seq, body FROM audit ORDER BY seq DESC LIMIT $1")
+                    .await?,
                 &[&n],
             )
             .await?
@@ -131,7 +143,12 @@ impl AuditStore for PgAuditStore {
 
     fn head(&self) -> Result<Option<(u64, String)>, AuditError> {
         Ok(self.pg.run(|c| async move {
-            let row = c.query_opt("SELECT seq, hash FROM audit_head", &[]).await?;
+            let row = c
+                .query_opt(
+                    &c.prepare_cached("SELECT seq, hash FROM audit_head").await?,
+                    &[],
+                )
+                .await?;
             Ok(row.map(|r| (uint(r.get(0)), r.get(1))))
         })?)
     }

@@ -46,14 +46,20 @@ impl DeviceStore for PgDeviceStore {
         self.pg.run(move |mut c| async move {
             let tx = c.transaction().await?;
             tx.execute(
-                "INSERT INTO devices (id, body) VALUES ($1, $2) \
+                &tx.prepare_cached(
+                    "INSERT INTO devices (id, body) VALUES ($1, $2) \
                  ON CONFLICT (id) DO UPDATE SET body = EXCLUDED.body",
+                )
+                .await?,
                 &[&id, &body],
             )
             .await?;
             tx.execute(
-                "INSERT INTO device_tokens (hash, id) VALUES ($1, $2) \
+                &tx.prepare_cached(
+                    "INSERT INTO device_tokens (hash, id) VALUES ($1, $2) \
                  ON CONFLICT (hash) DO UPDATE SET id = EXCLUDED.id",
+                )
+                .await?,
                 &[&hash, &id],
             )
             .await?;
@@ -69,8 +75,11 @@ impl DeviceStore for PgDeviceStore {
         self.pg.run(move |c| async move {
             let row = c
                 .query_opt(
-                    "SELECT d.id, d.body FROM device_tokens t JOIN devices d ON d.id = t.id \
+                    &c.prepare_cached(
+                        "SELECT d.id, d.body FROM device_tokens t JOIN devices d ON d.id = t.id \
                      WHERE t.hash = $1",
+                    )
+                    .await?,
                     &[&hash],
                 )
                 .await?;
@@ -80,19 +89,27 @@ impl DeviceStore for PgDeviceStore {
 
     fn all(&self) -> Result<Vec<DeviceRecord>, StoreError> {
         self.pg.run(|c| async move {
-            c.query("SELECT id, body FROM devices ORDER BY id", &[])
-                .await?
-                .iter()
-                .map(|r| decode(r.get(0), r.get(1)))
-                .collect()
+            c.query(
+                &c.prepare_cached("SELECT id, body FROM devices ORDER BY id")
+                    .await?,
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| decode(r.get(0), r.get(1)))
+            .collect()
         })
     }
 
     fn remove_token(&self, hash: &TokenHash) -> Result<(), StoreError> {
         let hash = hash.0.to_vec();
         self.pg.run(move |c| async move {
-            c.execute("DELETE FROM device_tokens WHERE hash = $1", &[&hash])
-                .await?;
+            c.execute(
+                &c.prepare_cached("DELETE FROM device_tokens WHERE hash = $1")
+                    .await?,
+                &[&hash],
+            )
+            .await?;
             Ok(())
         })
     }
@@ -101,7 +118,11 @@ impl DeviceStore for PgDeviceStore {
         let id = id.to_string();
         self.pg.run(move |c| async move {
             let row = c
-                .query_opt("SELECT body FROM devices WHERE id = $1", &[&id])
+                .query_opt(
+                    &c.prepare_cached("SELECT body FROM devices WHERE id = $1")
+                        .await?,
+                    &[&id],
+                )
                 .await?;
             row.map(|r| decode(&id, r.get(0))).transpose()
         })
@@ -111,8 +132,11 @@ impl DeviceStore for PgDeviceStore {
         let (id, record, heads) = (id.to_string(), record.to_string(), heads.join(","));
         self.pg.run(move |c| async move {
             c.execute(
-                "INSERT INTO device_acks (id, record, heads) VALUES ($1, $2, $3) \
+                &c.prepare_cached(
+                    "INSERT INTO device_acks (id, record, heads) VALUES ($1, $2, $3) \
                  ON CONFLICT (id, record) DO UPDATE SET heads = EXCLUDED.heads",
+                )
+                .await?,
                 &[&id, &record, &heads],
             )
             .await?;
@@ -124,7 +148,10 @@ impl DeviceStore for PgDeviceStore {
         let id = id.to_string();
         self.pg.run(move |c| async move {
             Ok(c.query(
-                "SELECT record, heads FROM device_acks WHERE id = $1 ORDER BY record",
+                &c.prepare_cached(
+                    "SELECT record, heads FROM device_acks WHERE id = $1 ORDER BY record",
+                )
+                .await?,
                 &[&id],
             )
             .await?
@@ -150,7 +177,11 @@ impl DeviceStore for PgDeviceStore {
             let key = id.to_string();
             let old: Option<String> = self.pg.run(move |c| async move {
                 let row = c
-                    .query_opt("SELECT body FROM devices WHERE id = $1", &[&key])
+                    .query_opt(
+                        &c.prepare_cached("SELECT body FROM devices WHERE id = $1")
+                            .await?,
+                        &[&key],
+                    )
                     .await?;
                 Ok(row.map(|r| r.get(0)))
             })?;
@@ -163,7 +194,8 @@ impl DeviceStore for PgDeviceStore {
             let key = id.to_string();
             let swapped = self.pg.run(move |c| async move {
                 Ok(c.execute(
-                    "UPDATE devices SET body = $3 WHERE id = $1 AND body = $2",
+                    &c.prepare_cached("UPDATE devices SET body = $3 WHERE id = $1 AND body = $2")
+                        .await?,
                     &[&key, &old, &new],
                 )
                 .await?)

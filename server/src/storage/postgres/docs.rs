@@ -51,11 +51,11 @@ impl PgStore {
         let drawn = rand::random::<[u8; 16]>().to_vec();
         let id: Vec<u8> = pg.run(move |c| async move {
             c.execute(
-                "INSERT INTO store_meta (one, store_id) VALUES (true, $1) ON CONFLICT DO NOTHING",
+                &c.prepare_cached("INSERT INTO store_meta (one, store_id) VALUES (true, $1) ON CONFLICT DO NOTHING").await?,
                 &[&drawn],
             )
             .await?;
-            Ok(c.query_one("SELECT store_id FROM store_meta", &[])
+            Ok(c.query_one(&c.prepare_cached("SELECT store_id FROM store_meta").await?, &[])
                 .await?
                 .get(0))
         })?;
@@ -78,7 +78,7 @@ impl PgStore {
     ) -> Result<Option<T>, StoreError> {
         let k = key(doc);
         self.pg.run(move |c| async move {
-            c.query_opt(sql, &[&k])
+            c.query_opt(&c.prepare_cached(sql).await?, &[&k])
                 .await?
                 .as_ref()
                 .map(read)
@@ -154,8 +154,12 @@ async fn write_one(
 ) -> Result<(), StoreError> {
     let doc = key(w.doc);
     if w.rebuild || w.erase {
-        tx.execute("DELETE FROM doc_snapshots WHERE doc = $1", &[&doc])
-            .await?;
+        tx.execute(
+            &tx.prepare_cached("DELETE FROM doc_snapshots WHERE doc = $1")
+                .await?,
+            &[&doc],
+        )
+        .await?;
     }
     if w.erase {
         for table in [
@@ -165,14 +169,21 @@ async fn write_one(
             "record_clock",
             "docs",
         ] {
-            tx.execute(&format!("DELETE FROM {table} WHERE doc = $1"), &[&doc])
-                .await?;
+            tx.execute(
+                &tx.prepare_cached(&format!("DELETE FROM {table} WHERE doc = $1"))
+                    .await?,
+                &[&doc],
+            )
+            .await?;
         }
         // The tombstone keeps who could read the record, so a refused
         // read of it still looks like absence to the others.
         let access = tx
             .query_opt(
-                "DELETE FROM record_index WHERE doc = $1 RETURNING kind, area, created_by",
+                &tx.prepare_cached(
+                    "DELETE FROM record_index WHERE doc = $1 RETURNING kind, area, created_by",
+                )
+                .await?,
                 &[&doc],
             )
             .await?;
@@ -181,31 +192,47 @@ async fn write_one(
             None => Default::default(),
         };
         tx.execute(
-            "INSERT INTO erased (doc, kind, area, created_by) VALUES ($1, $2, $3, $4) \
+            &tx.prepare_cached(
+                "INSERT INTO erased (doc, kind, area, created_by) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (doc) DO NOTHING",
+            )
+            .await?,
             &[&doc, &kind, &area, &by],
         )
         .await?;
-        tx.execute("INSERT INTO feed (seq, doc) VALUES ($1, $2)", &[&seq, &doc])
-            .await?;
+        tx.execute(
+            &tx.prepare_cached("INSERT INTO feed (seq, doc) VALUES ($1, $2)")
+                .await?,
+            &[&seq, &doc],
+        )
+        .await?;
         return Ok(());
     }
     let meta = tx
-        .query_opt("SELECT chunks, compacted FROM docs WHERE doc = $1", &[&doc])
+        .query_opt(
+            &tx.prepare_cached("SELECT chunks, compacted FROM docs WHERE doc = $1")
+                .await?,
+            &[&doc],
+        )
         .await?;
     let (mut chunks, mut compacted): (i32, i64) = match &meta {
         Some(r) => (r.get(0), r.get(1)),
         None => (0, 0),
     };
     if w.rebuild {
-        tx.execute("DELETE FROM doc_chunks WHERE doc = $1", &[&doc])
-            .await?;
+        tx.execute(
+            &tx.prepare_cached("DELETE FROM doc_chunks WHERE doc = $1")
+                .await?,
+            &[&doc],
+        )
+        .await?;
         chunks = 0;
         compacted = seq;
     }
     if !w.chunk.is_empty() {
         tx.execute(
-            "INSERT INTO doc_chunks (doc, seq, bytes) VALUES ($1, $2, $3)",
+            &tx.prepare_cached("INSERT INTO doc_chunks (doc, seq, bytes) VALUES ($1, $2, $3)")
+                .await?,
             &[&doc, &seq, &w.chunk],
         )
         .await?;
@@ -213,16 +240,24 @@ async fn write_one(
     }
     let heads = heads_bytes(&w.heads);
     tx.execute(
-        "INSERT INTO docs (doc, seq, heads, chunks, compacted) VALUES ($1, $2, $3, $4, $5) \
+        &tx.prepare_cached(
+            "INSERT INTO docs (doc, seq, heads, chunks, compacted) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (doc) DO UPDATE SET seq = EXCLUDED.seq, heads = EXCLUDED.heads, \
          chunks = EXCLUDED.chunks, compacted = EXCLUDED.compacted",
+        )
+        .await?,
         &[&doc, &seq, &heads, &chunks, &compacted],
     )
     .await?;
-    tx.execute("INSERT INTO feed (seq, doc) VALUES ($1, $2)", &[&seq, &doc])
-        .await?;
     tx.execute(
-        "INSERT INTO doc_log (doc, seq, heads) VALUES ($1, $2, $3)",
+        &tx.prepare_cached("INSERT INTO feed (seq, doc) VALUES ($1, $2)")
+            .await?,
+        &[&seq, &doc],
+    )
+    .await?;
+    tx.execute(
+        &tx.prepare_cached("INSERT INTO doc_log (doc, seq, heads) VALUES ($1, $2, $3)")
+            .await?,
         &[&doc, &seq, &heads],
     )
     .await?;
@@ -235,20 +270,26 @@ async fn write_one(
             .map(|h| h.as_bytes().to_vec())
             .collect();
         tx.execute(
-            "INSERT INTO change_received (doc, change, at_ms) \
+            &tx.prepare_cached(
+                "INSERT INTO change_received (doc, change, at_ms) \
              SELECT $1, c, $3 FROM unnest($2::bytea[]) AS c ON CONFLICT DO NOTHING",
+            )
+            .await?,
             &[&doc, &changes, &receipt.at_ms],
         )
         .await?;
         if let Some(skew) = receipt.skew {
             // As ClockSkew::merge: counts add up, the furthest ahead stays.
             tx.execute(
-                "INSERT INTO record_clock (doc, times, ahead_ms_max, claimed_ms) \
+                &tx.prepare_cached(
+                    "INSERT INTO record_clock (doc, times, ahead_ms_max, claimed_ms) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (doc) DO UPDATE SET \
                  times = record_clock.times + EXCLUDED.times, \
                  claimed_ms = CASE WHEN EXCLUDED.ahead_ms_max > record_clock.ahead_ms_max \
                      THEN EXCLUDED.claimed_ms ELSE record_clock.claimed_ms END, \
                  ahead_ms_max = greatest(record_clock.ahead_ms_max, EXCLUDED.ahead_ms_max)",
+                )
+                .await?,
                 &[
                     &doc,
                     &i64::from(skew.times),
@@ -265,7 +306,8 @@ async fn write_one(
         // Commits are in order per record, so a submitted time an earlier
         // write noted is there to keep.
         tx.execute(
-            "INSERT INTO record_index (doc, kind, area, state, created_at, created_by, \
+            &tx.prepare_cached(
+                "INSERT INTO record_index (doc, kind, area, state, created_at, created_by, \
              summarised, title, submitted_at, conflicts, comments) \
              VALUES ($1, $2, $3, $4, $5, $6, true, $7, $8, $9, $10) \
              ON CONFLICT (doc) DO UPDATE SET kind = EXCLUDED.kind, area = EXCLUDED.area, \
@@ -273,6 +315,8 @@ async fn write_one(
              created_by = EXCLUDED.created_by, summarised = true, title = EXCLUDED.title, \
              submitted_at = coalesce(EXCLUDED.submitted_at, record_index.submitted_at), \
              conflicts = EXCLUDED.conflicts, comments = EXCLUDED.comments",
+            )
+            .await?,
             &[
                 &doc,
                 &e.kind,
@@ -300,7 +344,10 @@ impl Store for PgStore {
         // Positions are drawn and committed under FEED_LOCK, so the
         // highest committed one has every lower one committed below it.
         self.pg.run(|c| async move {
-            let top: Option<i64> = c.query_one("SELECT max(seq) FROM feed", &[]).await?.get(0);
+            let top: Option<i64> = c
+                .query_one(&c.prepare_cached("SELECT max(seq) FROM feed").await?, &[])
+                .await?
+                .get(0);
             Ok(top.map(uint).unwrap_or(0))
         })
     }
@@ -316,14 +363,21 @@ impl Store for PgStore {
                 .start()
                 .await?;
             let Some(meta) = tx
-                .query_opt("SELECT seq, heads, chunks FROM docs WHERE doc = $1", &[&k])
+                .query_opt(
+                    &tx.prepare_cached("SELECT seq, heads, chunks FROM docs WHERE doc = $1")
+                        .await?,
+                    &[&k],
+                )
                 .await?
             else {
                 return Ok(None);
             };
             let rows = tx
                 .query(
-                    "SELECT seq, bytes FROM doc_chunks WHERE doc = $1 ORDER BY seq",
+                    &tx.prepare_cached(
+                        "SELECT seq, bytes FROM doc_chunks WHERE doc = $1 ORDER BY seq",
+                    )
+                    .await?,
                     &[&k],
                 )
                 .await?;
@@ -361,9 +415,16 @@ impl Store for PgStore {
         let writes = writes.to_vec();
         self.pg.run(move |mut c| async move {
             let tx = c.transaction().await?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FEED_LOCK])
-                .await?;
-            let top: Option<i64> = tx.query_one("SELECT max(seq) FROM feed", &[]).await?.get(0);
+            tx.execute(
+                &tx.prepare_cached("SELECT pg_advisory_xact_lock($1)")
+                    .await?,
+                &[&FEED_LOCK],
+            )
+            .await?;
+            let top: Option<i64> = tx
+                .query_one(&tx.prepare_cached("SELECT max(seq) FROM feed").await?, &[])
+                .await?
+                .get(0);
             let first = top.unwrap_or(0) + 1;
             let mut seqs = Vec::with_capacity(writes.len());
             for (i, w) in writes.iter().enumerate() {
@@ -390,7 +451,7 @@ impl Store for PgStore {
             // erasure waits for this one, or this one for it.
             let Some(meta) = tx
                 .query_opt(
-                    "SELECT chunks FROM docs WHERE doc = $1 FOR UPDATE",
+                    &tx.prepare_cached("SELECT chunks FROM docs WHERE doc = $1 FOR UPDATE").await?,
                     &[&k],
                 )
                 .await?
@@ -399,7 +460,7 @@ impl Store for PgStore {
             };
             let present: Vec<i64> = tx
                 .query(
-                    "SELECT seq FROM doc_chunks WHERE doc = $1 AND seq <= $2 ORDER BY seq",
+                    &tx.prepare_cached("SELECT seq FROM doc_chunks WHERE doc = $1 AND seq <= $2 ORDER BY seq").await?,
                     &[&k, &upto],
                 )
                 .await?
@@ -420,17 +481,17 @@ impl Store for PgStore {
                 });
             }
             tx.execute(
-                "DELETE FROM doc_chunks WHERE doc = $1 AND seq <= $2",
+                &tx.prepare_cached("DELETE FROM doc_chunks WHERE doc = $1 AND seq <= $2").await?,
                 &[&k, &upto],
             )
             .await?;
             tx.execute(
-                "INSERT INTO doc_chunks (doc, seq, bytes) VALUES ($1, $2, $3)",
+                &tx.prepare_cached("INSERT INTO doc_chunks (doc, seq, bytes) VALUES ($1, $2, $3)").await?,
                 &[&k, &upto, &saved],
             )
             .await?;
             tx.execute(
-                "UPDATE docs SET chunks = $2, compacted = greatest(compacted, $3) WHERE doc = $1",
+                &tx.prepare_cached("UPDATE docs SET chunks = $2, compacted = greatest(compacted, $3) WHERE doc = $1").await?,
                 &[&k, &(counted - folded + 1), &upto],
             )
             .await?;
@@ -447,7 +508,8 @@ impl Store for PgStore {
             // and the insert. An erased record has no row.
             let Some(meta) = tx
                 .query_opt(
-                    "SELECT seq, compacted FROM docs WHERE doc = $1 FOR UPDATE",
+                    &tx.prepare_cached("SELECT seq, compacted FROM docs WHERE doc = $1 FOR UPDATE")
+                        .await?,
                     &[&k],
                 )
                 .await?
@@ -463,9 +525,12 @@ impl Store for PgStore {
                 .await?;
             let kept = tx
                 .execute(
-                    "INSERT INTO doc_snapshots (doc, seq, bytes) VALUES ($1, $2, $3) \
+                    &tx.prepare_cached(
+                        "INSERT INTO doc_snapshots (doc, seq, bytes) VALUES ($1, $2, $3) \
                      ON CONFLICT (doc) DO UPDATE SET seq = EXCLUDED.seq, bytes = EXCLUDED.bytes \
                      WHERE doc_snapshots.seq < EXCLUDED.seq",
+                    )
+                    .await?,
                     &[&k, &seq, &saved],
                 )
                 .await?;
@@ -491,7 +556,10 @@ impl Store for PgStore {
         let (after, upto, limit) = (int(after), int(upto), int(limit as u64));
         self.pg.run(move |c| async move {
             c.query(
-                "SELECT seq, doc FROM feed WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+                &c.prepare_cached(
+                    "SELECT seq, doc FROM feed WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+                )
+                .await?,
                 &[&after, &upto, &limit],
             )
             .await?
@@ -518,7 +586,7 @@ impl Store for PgStore {
                 .await?;
             let Some(meta) = tx
                 .query_opt(
-                    "SELECT seq, heads, compacted FROM docs WHERE doc = $1",
+                    &tx.prepare_cached("SELECT seq, heads, compacted FROM docs WHERE doc = $1").await?,
                     &[&k],
                 )
                 .await?
@@ -534,14 +602,14 @@ impl Store for PgStore {
             let whole = after == 0
                 || tx
                     .query_opt(
-                        "SELECT 1 FROM doc_chunks WHERE doc = $1 AND seq <= $2 LIMIT 1",
+                        &tx.prepare_cached("SELECT 1 FROM doc_chunks WHERE doc = $1 AND seq <= $2 LIMIT 1").await?,
                         &[&k, &after],
                     )
                     .await?
                     .is_none();
             let rows = tx
                 .query(
-                    "SELECT seq, bytes FROM doc_chunks WHERE doc = $1 AND seq > $2 ORDER BY seq",
+                    &tx.prepare_cached("SELECT seq, bytes FROM doc_chunks WHERE doc = $1 AND seq > $2 ORDER BY seq").await?,
                     &[&k, &after],
                 )
                 .await?;
@@ -589,7 +657,7 @@ impl Store for PgStore {
                  LIMIT $9"
             );
             c.query(
-                &sql,
+                &c.prepare_cached(&sql).await?,
                 &[
                     &kind, &area, &state, &since, &known, &own, &kinds, &areas, &limit,
                 ],
@@ -606,7 +674,7 @@ impl Store for PgStore {
         self.pg.run(move |c| async move {
             let row = c
                 .query_opt(
-                    "SELECT heads FROM doc_log WHERE doc = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1",
+                    &c.prepare_cached("SELECT heads FROM doc_log WHERE doc = $1 AND seq <= $2 ORDER BY seq DESC LIMIT 1").await?,
                     &[&k, &seq],
                 )
                 .await?;
@@ -635,8 +703,11 @@ impl Store for PgStore {
         let (k, reason) = (key(doc), reason.to_string());
         self.pg.run(move |c| async move {
             c.execute(
-                "INSERT INTO quarantine (doc, reason) VALUES ($1, $2) \
+                &c.prepare_cached(
+                    "INSERT INTO quarantine (doc, reason) VALUES ($1, $2) \
                  ON CONFLICT (doc) DO UPDATE SET reason = EXCLUDED.reason",
+                )
+                .await?,
                 &[&k, &reason],
             )
             .await?;
@@ -647,8 +718,12 @@ impl Store for PgStore {
     fn release_quarantine(&self, doc: DocId) -> Result<bool, StoreError> {
         let k = key(doc);
         self.pg.run(move |c| async move {
-            Ok(c.execute("DELETE FROM quarantine WHERE doc = $1", &[&k])
-                .await?
+            Ok(c.execute(
+                &c.prepare_cached("DELETE FROM quarantine WHERE doc = $1")
+                    .await?,
+                &[&k],
+            )
+            .await?
                 == 1)
         })
     }
@@ -661,11 +736,15 @@ impl Store for PgStore {
 
     fn quarantines(&self) -> Result<Vec<(DocId, String)>, StoreError> {
         self.pg.run(|c| async move {
-            c.query("SELECT doc, reason FROM quarantine ORDER BY doc", &[])
-                .await?
-                .iter()
-                .map(|r| Ok((doc_of(r.get(0), "quarantine")?, r.get(1))))
-                .collect()
+            c.query(
+                &c.prepare_cached("SELECT doc, reason FROM quarantine ORDER BY doc")
+                    .await?,
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((doc_of(r.get(0), "quarantine")?, r.get(1))))
+            .collect()
         })
     }
 
@@ -677,7 +756,10 @@ impl Store for PgStore {
 
     fn doc_count(&self) -> Result<usize, StoreError> {
         self.pg.run(|c| async move {
-            let n: i64 = c.query_one("SELECT count(*) FROM docs", &[]).await?.get(0);
+            let n: i64 = c
+                .query_one(&c.prepare_cached("SELECT count(*) FROM docs").await?, &[])
+                .await?
+                .get(0);
             Ok(usize::try_from(n).unwrap_or(0))
         })
     }
@@ -686,7 +768,10 @@ impl Store for PgStore {
         let k = key(doc);
         self.pg.run(move |c| async move {
             c.query(
-                "SELECT change, at_ms FROM change_received WHERE doc = $1 ORDER BY change",
+                &c.prepare_cached(
+                    "SELECT change, at_ms FROM change_received WHERE doc = $1 ORDER BY change",
+                )
+                .await?,
                 &[&k],
             )
             .await?
@@ -724,8 +809,11 @@ impl Store for PgStore {
         let limit = int(limit as u64);
         self.pg.run(move |c| async move {
             c.query(
-                "SELECT doc FROM record_index WHERE NOT summarised AND doc > $1 \
+                &c.prepare_cached(
+                    "SELECT doc FROM record_index WHERE NOT summarised AND doc > $1 \
                  ORDER BY doc LIMIT $2",
+                )
+                .await?,
                 &[&after, &limit],
             )
             .await?
@@ -741,8 +829,11 @@ impl Store for PgStore {
         self.pg.run(move |c| async move {
             let comments = i32::try_from(s.comments).unwrap_or(i32::MAX);
             Ok(c.execute(
-                "UPDATE record_index SET summarised = true, title = $2, submitted_at = $3, \
+                &c.prepare_cached(
+                    "UPDATE record_index SET summarised = true, title = $2, submitted_at = $3, \
                  conflicts = $4, comments = $5 WHERE doc = $1 AND NOT summarised",
+                )
+                .await?,
                 &[&k, &s.title, &s.submitted_at, &s.conflicts, &comments],
             )
             .await?
@@ -756,11 +847,15 @@ impl Store for PgStore {
 
     fn all_docs(&self) -> Result<Vec<DocId>, StoreError> {
         self.pg.run(|c| async move {
-            c.query("SELECT doc FROM docs ORDER BY doc", &[])
-                .await?
-                .iter()
-                .map(|r| doc_of(r.get(0), "docs"))
-                .collect()
+            c.query(
+                &c.prepare_cached("SELECT doc FROM docs ORDER BY doc")
+                    .await?,
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| doc_of(r.get(0), "docs"))
+            .collect()
         })
     }
 

@@ -33,8 +33,11 @@ impl SessionStore for PgSessionStore {
         let key = key.to_vec();
         self.pg.run(move |c| async move {
             c.execute(
-                "INSERT INTO review_sessions (key, body) VALUES ($1, $2) \
+                &c.prepare_cached(
+                    "INSERT INTO review_sessions (key, body) VALUES ($1, $2) \
                  ON CONFLICT (key) DO UPDATE SET body = EXCLUDED.body",
+                )
+                .await?,
                 &[&key, &body],
             )
             .await?;
@@ -46,7 +49,11 @@ impl SessionStore for PgSessionStore {
         let key = key.to_vec();
         self.pg.run(move |c| async move {
             let row = c
-                .query_opt("SELECT body FROM review_sessions WHERE key = $1", &[&key])
+                .query_opt(
+                    &c.prepare_cached("SELECT body FROM review_sessions WHERE key = $1")
+                        .await?,
+                    &[&key],
+                )
                 .await?;
             row.map(|r| serde_json::from_str(r.get(0)).map_err(corrupt))
                 .transpose()
@@ -56,8 +63,12 @@ impl SessionStore for PgSessionStore {
     fn remove(&self, key: &[u8; 32]) -> Result<(), StoreError> {
         let key = key.to_vec();
         self.pg.run(move |c| async move {
-            c.execute("DELETE FROM review_sessions WHERE key = $1", &[&key])
-                .await?;
+            c.execute(
+                &c.prepare_cached("DELETE FROM review_sessions WHERE key = $1")
+                    .await?,
+                &[&key],
+            )
+            .await?;
             Ok(())
         })
     }

@@ -55,17 +55,25 @@ impl ThrottleStore for PgThrottles {
             tx.batch_execute("SET LOCAL synchronous_commit TO off")
                 .await?;
             tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .await?,
                 &[&lock_key("attempts", &addr)],
             )
             .await?;
             // Every address's attempts out of the window go, not only
             // this one's, so the table holds one window's worth.
-            tx.execute("DELETE FROM login_attempts WHERE at < $1", &[&from])
-                .await?;
+            tx.execute(
+                &tx.prepare_cached("DELETE FROM login_attempts WHERE at < $1")
+                    .await?,
+                &[&from],
+            )
+            .await?;
             let row = tx
                 .query_one(
-                    "SELECT count(*), min(at) FROM login_attempts WHERE addr = $1 AND at >= $2",
+                    &tx.prepare_cached(
+                        "SELECT count(*), min(at) FROM login_attempts WHERE addr = $1 AND at >= $2",
+                    )
+                    .await?,
                     &[&addr, &from],
                 )
                 .await?;
@@ -75,7 +83,8 @@ impl ThrottleStore for PgThrottles {
                 return Ok(Some(oldest.map(uint).unwrap_or(now)));
             }
             tx.execute(
-                "INSERT INTO login_attempts (addr, at) VALUES ($1, $2)",
+                &tx.prepare_cached("INSERT INTO login_attempts (addr, at) VALUES ($1, $2)")
+                    .await?,
                 &[&addr, &int(now)],
             )
             .await?;
@@ -88,8 +97,11 @@ impl ThrottleStore for PgThrottles {
         let addr = addr.to_string();
         self.pg.run(move |c| async move {
             c.execute(
-                "DELETE FROM login_attempts WHERE ctid = \
+                &c.prepare_cached(
+                    "DELETE FROM login_attempts WHERE ctid = \
                  (SELECT ctid FROM login_attempts WHERE addr = $1 AND at = $2 LIMIT 1)",
+                )
+                .await?,
                 &[&addr, &int(at)],
             )
             .await?;
@@ -105,9 +117,12 @@ impl ThrottleStore for PgThrottles {
             // window: either way this refusal is the first to report.
             let rows = c
                 .query(
-                    "INSERT INTO login_refusals (addr, at) VALUES ($1, $2) \
+                    &c.prepare_cached(
+                        "INSERT INTO login_refusals (addr, at) VALUES ($1, $2) \
                      ON CONFLICT (addr) DO UPDATE SET at = EXCLUDED.at \
                      WHERE login_refusals.at < $3 RETURNING 1",
+                    )
+                    .await?,
                     &[&addr, &int(now), &from],
                 )
                 .await?;
@@ -123,23 +138,27 @@ impl ThrottleStore for PgThrottles {
             tx.batch_execute("SET LOCAL synchronous_commit TO off")
                 .await?;
             tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .await?,
                 &[&lock_key("failures", &user)],
             )
             .await?;
             tx.execute(
-                "DELETE FROM login_failures WHERE name = $1 AND at < $2",
+                &tx.prepare_cached("DELETE FROM login_failures WHERE name = $1 AND at < $2")
+                    .await?,
                 &[&user, &from],
             )
             .await?;
             tx.execute(
-                "INSERT INTO login_failures (name, at) VALUES ($1, $2)",
+                &tx.prepare_cached("INSERT INTO login_failures (name, at) VALUES ($1, $2)")
+                    .await?,
                 &[&user, &int(now)],
             )
             .await?;
             let count: i64 = tx
                 .query_one(
-                    "SELECT count(*) FROM login_failures WHERE name = $1",
+                    &tx.prepare_cached("SELECT count(*) FROM login_failures WHERE name = $1")
+                        .await?,
                     &[&user],
                 )
                 .await?
@@ -152,8 +171,12 @@ impl ThrottleStore for PgThrottles {
     fn clear_failures(&self, user: &str) -> Result<(), StoreError> {
         let user = user.to_string();
         self.pg.run(move |c| async move {
-            c.execute("DELETE FROM login_failures WHERE name = $1", &[&user])
-                .await?;
+            c.execute(
+                &c.prepare_cached("DELETE FROM login_failures WHERE name = $1")
+                    .await?,
+                &[&user],
+            )
+            .await?;
             Ok(())
         })
     }

@@ -36,7 +36,11 @@ impl UserStore for PgUserStore {
         let name = name.to_string();
         self.pg.run(move |c| async move {
             let row = c
-                .query_opt("SELECT body FROM users WHERE name = $1", &[&name])
+                .query_opt(
+                    &c.prepare_cached("SELECT body FROM users WHERE name = $1")
+                        .await?,
+                    &[&name],
+                )
                 .await?;
             row.map(|r| decode(&name, r.get(0))).transpose()
         })
@@ -52,8 +56,11 @@ impl UserStore for PgUserStore {
                     .await?;
             }
             tx.execute(
-                "INSERT INTO users (name, body) VALUES ($1, $2) \
+                &tx.prepare_cached(
+                    "INSERT INTO users (name, body) VALUES ($1, $2) \
                  ON CONFLICT (name) DO UPDATE SET body = EXCLUDED.body",
+                )
+                .await?,
                 &[&name, &body],
             )
             .await?;
@@ -64,11 +71,15 @@ impl UserStore for PgUserStore {
 
     fn list(&self) -> Result<Vec<User>, StoreError> {
         self.pg.run(|c| async move {
-            c.query("SELECT name, body FROM users ORDER BY name", &[])
-                .await?
-                .iter()
-                .map(|r| decode(r.get(0), r.get(1)))
-                .collect()
+            c.query(
+                &c.prepare_cached("SELECT name, body FROM users ORDER BY name")
+                    .await?,
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| decode(r.get(0), r.get(1)))
+            .collect()
         })
     }
 }
