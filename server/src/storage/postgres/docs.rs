@@ -354,50 +354,42 @@ impl Store for PgStore {
 
     fn load(&self, doc: DocId) -> Result<Option<StoredDoc>, StoreError> {
         let k = key(doc);
-        self.pg.run(move |mut c| async move {
-            // One snapshot for the count and the chunks it counts.
-            let tx = c
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
-            let Some(meta) = tx
-                .query_opt(
-                    &tx.prepare_cached("SELECT seq, heads, chunks FROM docs WHERE doc = $1")
-                        .await?,
-                    &[&k],
-                )
-                .await?
-            else {
-                return Ok(None);
-            };
-            let rows = tx
+        self.pg.run(move |c| async move {
+            // One statement, so one snapshot for the count and the chunks
+            // it counts, in one round trip: the record's row on every
+            // chunk row (or once, with no chunk, if it has none).
+            let rows = c
                 .query(
-                    &tx.prepare_cached(
-                        "SELECT seq, bytes FROM doc_chunks WHERE doc = $1 ORDER BY seq",
+                    &c.prepare_cached(
+                        "SELECT d.seq, d.heads, d.chunks, k.seq, k.bytes FROM docs d \
+                         LEFT JOIN doc_chunks k ON k.doc = d.doc \
+                         WHERE d.doc = $1 ORDER BY k.seq",
                     )
                     .await?,
                     &[&k],
                 )
                 .await?;
-            tx.commit().await?;
+            let Some(meta) = rows.first() else {
+                return Ok(None);
+            };
+            let mut bytes = Vec::new();
+            let mut positions = Vec::with_capacity(rows.len());
+            for r in &rows {
+                if let Some(at) = r.get::<_, Option<i64>>(3) {
+                    positions.push(uint(at));
+                    bytes.extend_from_slice(r.get::<_, &[u8]>(4));
+                }
+            }
             let counted: i32 = meta.get(2);
-            if usize::try_from(counted).ok() != Some(rows.len()) {
+            if usize::try_from(counted).ok() != Some(positions.len()) {
                 // A chunk lost (or left over) says the database lost writes.
                 return Err(StoreError::Corrupt {
                     tree: "doc_chunks",
                     reason: format!(
                         "record {doc} has {} stored chunks but {counted} were committed",
-                        rows.len()
+                        positions.len()
                     ),
                 });
-            }
-            let mut bytes = Vec::new();
-            let mut positions = Vec::with_capacity(rows.len());
-            for r in &rows {
-                positions.push(uint(r.get(0)));
-                bytes.extend_from_slice(r.get::<_, &[u8]>(1));
             }
             Ok(Some(StoredDoc {
                 bytes,
@@ -577,20 +569,24 @@ impl Store for PgStore {
 
     fn chunks_after(&self, doc: DocId, after: Seq) -> Result<Option<DocChunks>, StoreError> {
         let (k, after) = (key(doc), int(after));
-        self.pg.run(move |mut c| async move {
-            let tx = c
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await?;
-            let Some(meta) = tx
-                .query_opt(
-                    &tx.prepare_cached("SELECT seq, heads, compacted FROM docs WHERE doc = $1").await?,
-                    &[&k],
+        self.pg.run(move |c| async move {
+            // One statement (one snapshot, one round trip): the record's
+            // row, whether a chunk sits at or below `after`, and on every
+            // row a chunk after it, if any.
+            let rows = c
+                .query(
+                    &c.prepare_cached(
+                        "SELECT d.seq, d.heads, d.compacted, \
+                         EXISTS (SELECT 1 FROM doc_chunks b WHERE b.doc = d.doc AND b.seq <= $2), \
+                         k.seq, k.bytes FROM docs d \
+                         LEFT JOIN doc_chunks k ON k.doc = d.doc AND k.seq > $2 \
+                         WHERE d.doc = $1 ORDER BY k.seq",
+                    )
+                    .await?,
+                    &[&k, &after],
                 )
-                .await?
-            else {
+                .await?;
+            let Some(meta) = rows.first() else {
                 return Ok(None);
             };
             let compacted: i64 = meta.get(2);
@@ -599,26 +595,14 @@ impl Store for PgStore {
             }
             // Positions start at 1; a fold leaves its save at a position,
             // so a compacted record is never whole after it.
-            let whole = after == 0
-                || tx
-                    .query_opt(
-                        &tx.prepare_cached("SELECT 1 FROM doc_chunks WHERE doc = $1 AND seq <= $2 LIMIT 1").await?,
-                        &[&k, &after],
-                    )
-                    .await?
-                    .is_none();
-            let rows = tx
-                .query(
-                    &tx.prepare_cached("SELECT seq, bytes FROM doc_chunks WHERE doc = $1 AND seq > $2 ORDER BY seq").await?,
-                    &[&k, &after],
-                )
-                .await?;
-            tx.commit().await?;
+            let whole = after == 0 || !meta.get::<_, bool>(3);
             let mut bytes = Vec::new();
             let mut ends = Vec::with_capacity(rows.len());
             for r in &rows {
-                bytes.extend_from_slice(r.get::<_, &[u8]>(1));
-                ends.push((uint(r.get(0)), bytes.len()));
+                if let Some(at) = r.get::<_, Option<i64>>(4) {
+                    bytes.extend_from_slice(r.get::<_, &[u8]>(5));
+                    ends.push((uint(at), bytes.len()));
+                }
             }
             Ok(Some(DocChunks {
                 bytes,
