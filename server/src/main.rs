@@ -255,7 +255,7 @@ fn init_tracing() {
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     baraza_server::engine::hub::report_contained_panics();
     let data = DataDir::create(&config.data)?;
-    let storage = baraza_server::storage::open_to_serve(&config.store, &data)?;
+    let storage = baraza_server::storage::open(&config.store, &data)?;
     tracing::info!(store = %config.store.redacted(), "storage open");
     let mut devices = DeviceRegistry::new(storage.devices.clone());
     if let Some(secs) = config.access.token_lifetime_secs {
@@ -272,6 +272,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     hub.set_clock_ahead_max_ms(config.records.clock_ahead_max_ms_or_default());
     hub.set_session_idle(config.connections.session_idle);
     hub.start_filling_summaries()?;
+    if let Some(notices) = storage.backend.listen() {
+        hub.follow_other_nodes(notices, devices.clone())?;
+    }
     let tls = tls::server_config(config.tls.as_ref(), &data.tls_dir())?;
     if config.tls.is_none() && !config.listen.ip().is_loopback() {
         tracing::warn!(

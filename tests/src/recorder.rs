@@ -20,6 +20,14 @@ impl Recorder {
             .clone()
     }
 
+    /// The wipe report, once the tablet has wiped itself.
+    pub fn wiped(&self) -> Option<baraza_client::WipeReport> {
+        self.events().into_iter().find_map(|e| match e {
+            SyncEvent::Wiped(r) => Some(r),
+            _ => None,
+        })
+    }
+
     /// How many events so far match `pred`.
     pub fn count(&self, pred: impl Fn(&SyncEvent) -> bool) -> usize {
         self.events().iter().filter(|e| pred(e)).count()

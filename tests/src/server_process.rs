@@ -52,14 +52,6 @@ impl ServerProcess {
         ServerProcess::launch_on(data, None, Some(url.to_string()))
     }
 
-    /// As [`start_on_postgres`](Self::start_on_postgres), for a server
-    /// that may refuse to start: its log if it exits without listening.
-    pub fn try_start_on_postgres(data: &Path, url: &str) -> Result<ServerProcess, String> {
-        let mut server = ServerProcess::unstarted(data, None, Some(url.to_string()));
-        server.try_spawn()?;
-        Ok(server)
-    }
-
     fn launch(data: &Path, config: Option<PathBuf>) -> ServerProcess {
         ServerProcess::launch_on(data, config, store_for(data))
     }

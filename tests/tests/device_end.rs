@@ -90,17 +90,10 @@ async fn a_device_revoked_mid_session_wipes_and_reports_what_the_server_never_go
         &["device", "revoke", "--id", &device_of(tablet.token())],
     );
     wait_until("the tablet wipes itself", Duration::from_secs(20), || {
-        events.count(|e| matches!(e, SyncEvent::Wiped(_))) > 0
+        events.wiped().is_some()
     })
     .await;
-    let report = events
-        .events()
-        .into_iter()
-        .find_map(|e| match e {
-            SyncEvent::Wiped(r) => Some(r),
-            _ => None,
-        })
-        .unwrap();
+    let report = events.wiped().unwrap();
     assert_eq!(report.reason, "revoked");
     // Cut on the live connection, not refused at a reconnect.
     assert_eq!(

@@ -77,6 +77,22 @@ pub struct LiveDoc {
     /// The record's header once read: admission refuses any change to it,
     /// so every push need not read it again.
     header: Option<baraza_records::Header>,
+    /// Which copy of the record this is: what its writes are checked
+    /// against before they are stored.
+    copy: Copy,
+}
+
+/// Which copy of a record a write was made on. A write is judged on the
+/// copy it was applied to, so it may be stored only if that copy held
+/// every stored change of the record: `gen` is the record's generation
+/// on this node when the copy was made (see [`Queued::void`]), `base` the
+/// feed position of the record's latest write the copy was loaded with
+/// (the store refuses the write if another writer wrote the record after
+/// it: [`Store::commit_unless_stale`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Copy {
+    gen: u64,
+    base: Seq,
 }
 
 impl LiveDoc {
@@ -96,6 +112,7 @@ impl LiveDoc {
             bytes: 0,
             ops: 0,
             header: None,
+            copy: Copy::default(),
         }
     }
 }
@@ -176,7 +193,10 @@ struct Job {
     write: DocWrite,
     /// Fold the document once this write is committed.
     fold: bool,
-    reply: oneshot::Sender<Result<Seq, String>>,
+    /// The copy it was made on; None for a write that stands on its own
+    /// (an erasure, a rebuild from a device's copy).
+    copy: Option<Copy>,
+    reply: oneshot::Sender<Result<Seq, NotStored>>,
     ticket: u64,
 }
 
@@ -185,12 +205,30 @@ struct Job {
 pub struct Pending {
     write: DocWrite,
     fold: bool,
+    copy: Option<Copy>,
 }
 
 impl From<DocWrite> for Pending {
     fn from(write: DocWrite) -> Pending {
-        Pending { write, fold: false }
+        Pending {
+            write,
+            fold: false,
+            copy: None,
+        }
     }
+}
+
+/// Why a write handed to the committer was not stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotStored {
+    /// The copy it was made on was overtaken (another node wrote the
+    /// record, or an earlier write made on the copy failed): it is to be
+    /// judged again on the record as stored.
+    #[error("the record was changed meanwhile (on another server node, or by a write that failed); send it again")]
+    Overtaken,
+    /// The store failed, or the server is stopping.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Chunks handed to the committer and not yet committed, per document. A
@@ -200,17 +238,54 @@ impl From<DocWrite> for Pending {
 #[derive(Default)]
 struct Queued {
     next: u64,
-    chunks: std::collections::HashMap<DocId, Vec<(u64, Vec<u8>)>>,
+    /// Ticket, the generation of the copy it was made on, and the chunk.
+    chunks: std::collections::HashMap<DocId, Vec<(u64, u64, Vec<u8>)>>,
+    /// Records' generations, for those ever voided (others are at 0).
+    gens: std::collections::HashMap<DocId, u64>,
+}
+
+impl Queued {
+    fn gen(&self, id: DocId) -> u64 {
+        self.gens.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Voids every copy of `id` made so far: a write of theirs failed (so
+    /// every later write on them builds on a change that is not stored),
+    /// or another node wrote the record. Their writes still queued are
+    /// refused when the committer reaches them, no reload replays them,
+    /// and a cached copy is not handed out again.
+    fn void(&mut self, id: DocId) {
+        *self.gens.entry(id).or_default() += 1;
+    }
+
+    /// Drops a write's chunk from those waiting: it was stored or refused.
+    fn unqueue(&mut self, id: DocId, ticket: u64) {
+        if let Some(list) = self.chunks.get_mut(&id) {
+            list.retain(|(t, _, _)| *t != ticket);
+            if list.is_empty() {
+                self.chunks.remove(&id);
+            }
+        }
+    }
+
+    /// Whether a write made on `copy` of `id` may still be stored.
+    fn current(&self, id: DocId, copy: Option<Copy>) -> bool {
+        copy.is_none_or(|c| c.gen >= self.gen(id))
+    }
 }
 
 /// Documents, cache and committer.
 pub struct Docs {
     store: Arc<dyn Store>,
     capacity: usize,
-    cache: Mutex<lru::LruCache<DocId, DocHandle>>,
+    /// Each live copy with the copy it is (read without locking it).
+    cache: Mutex<lru::LruCache<DocId, (DocHandle, Copy)>>,
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     queued: Arc<Mutex<Queued>>,
     durable: watch::Receiver<Seq>,
+    /// Moved by the committer after each commit, and by [`Docs::advance`]
+    /// when another node's writes are committed.
+    durable_tx: Arc<watch::Sender<Seq>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     compactor: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Asks the compactor for snapshots of records read whole without one.
@@ -257,12 +332,13 @@ impl Docs {
             last_commit_ms: AtomicU64::new(0),
         });
         let (durable_tx, durable) = watch::channel(store.feed_watermark()?);
+        let durable_tx = Arc::new(durable_tx);
         let queued: Arc<Mutex<Queued>> = Arc::default();
         let recent: Arc<RecentLogs> = Arc::default();
         let committer = Committer {
             recent: recent.clone(),
             store: store.clone(),
-            durable: durable_tx,
+            durable: durable_tx.clone(),
             queued: queued.clone(),
             anchor,
             folds: fold_tx.clone(),
@@ -289,6 +365,7 @@ impl Docs {
             jobs: Mutex::new(Some(tx)),
             queued,
             durable,
+            durable_tx,
             committer: Mutex::new(Some(handle)),
             compactor: Mutex::new(Some(compactor)),
             compact: Mutex::new(Some(fold_tx)),
@@ -336,18 +413,25 @@ impl Docs {
     }
 
     /// The cached document, loading it (or starting an empty one) on a miss.
+    /// A cached copy that was voided since it was made counts as a miss.
     pub fn handle(&self, id: DocId) -> Result<DocHandle, DocsError> {
-        if let Some(h) = self.cache_lock().get(&id) {
-            return Ok(h.clone());
+        let cached = self.cache_lock().get(&id).cloned();
+        if let Some((h, copy)) = cached {
+            if self.queued_lock().current(id, Some(copy)) {
+                return Ok(h);
+            }
         }
         let live = self.load_live(id)?;
+        let copy = live.copy;
         let mut cache = self.cache_lock();
         // Another task may have loaded it meanwhile: there must be one copy.
-        if let Some(h) = cache.get(&id) {
-            return Ok(h.clone());
+        if let Some((h, theirs)) = cache.get(&id) {
+            if theirs.gen >= copy.gen {
+                return Ok(h.clone());
+            }
         }
         let handle = Arc::new(Mutex::new(live));
-        cache.put(id, handle.clone());
+        cache.put(id, (handle.clone(), copy));
         // Only documents nobody holds may leave: two live copies of one
         // document could each compact away the other's changes. A held
         // document is moved to the front and passed over; the scan is
@@ -355,11 +439,11 @@ impl Docs {
         let mut passes = cache.len();
         while cache.len() > self.capacity && passes > 0 {
             passes -= 1;
-            let Some((id, h)) = cache.pop_lru() else {
+            let Some((id, entry)) = cache.pop_lru() else {
                 break;
             };
-            if Arc::strong_count(&h) > 1 {
-                cache.put(id, h);
+            if Arc::strong_count(&entry.0) > 1 {
+                cache.put(id, entry);
             }
         }
         Ok(handle)
@@ -371,13 +455,24 @@ impl Docs {
     /// served as a shorter document.
     fn load_live(&self, id: DocId) -> Result<LiveDoc, DocsError> {
         // Queued first, stored second: a chunk committed in between is
-        // then in both, and applying a change twice is harmless.
-        let queued: Vec<Vec<u8>> = self
-            .queued_lock()
-            .chunks
-            .get(&id)
-            .map(|q| q.iter().map(|(_, c)| c.clone()).collect())
-            .unwrap_or_default();
+        // then in both, and applying a change twice is harmless. Only
+        // chunks of the record's current generation: those of a voided
+        // copy will not be stored.
+        let (gen, queued): (u64, Vec<Vec<u8>>) = {
+            let q = self.queued_lock();
+            let gen = q.gen(id);
+            let chunks = q
+                .chunks
+                .get(&id)
+                .map(|list| {
+                    list.iter()
+                        .filter(|(_, g, _)| *g == gen)
+                        .map(|(_, _, c)| c.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (gen, chunks)
+        };
         let mut live = match self.store.load(id).map_err(|e| damage(id, e))? {
             Some(stored) => {
                 let doc = load_checked(id, &stored)?;
@@ -387,9 +482,16 @@ impl Docs {
                     bytes: stored.bytes.len(),
                     ops: 0,
                     header: None,
+                    copy: Copy {
+                        gen,
+                        base: stored.seq,
+                    },
                 }
             }
-            None => LiveDoc::empty(),
+            None => LiveDoc {
+                copy: Copy { gen, base: 0 },
+                ..LiveDoc::empty()
+            },
         };
         for chunk in queued {
             docsync::contained(|| docsync::apply_chunks(&mut live.doc, &chunk))
@@ -397,6 +499,42 @@ impl Docs {
         }
         live.ops = ops_of(&live.doc);
         Ok(live)
+    }
+
+    /// Another node wrote `id` at feed position `seq`: a cached copy
+    /// loaded before that lacks the change, so it is voided (writes made
+    /// on it are refused as stale rather than judged on less than the
+    /// record holds; the next use loads it again).
+    pub fn written_elsewhere(&self, id: DocId, seq: Seq) {
+        let cached = self.cache_lock().peek(&id).map(|(_, copy)| *copy);
+        if cached.is_some_and(|copy| copy.base >= seq) {
+            return;
+        }
+        self.queued_lock().void(id);
+    }
+
+    /// Another node erased, rebuilt or quarantined `id`: every copy and
+    /// every shared read of it is void.
+    pub fn rewritten_elsewhere(&self, id: DocId) {
+        self.queued_lock().void(id);
+        self.recent.forget(id);
+        self.forget(id);
+    }
+
+    /// Voids every cached copy: after news of other nodes' writes may have
+    /// been missed (the listening connection was down), none is trusted.
+    pub fn void_cached(&self) {
+        let ids: Vec<DocId> = self.cache_lock().iter().map(|(id, _)| *id).collect();
+        let mut q = self.queued_lock();
+        for id in ids {
+            q.void(id);
+        }
+    }
+
+    /// Moves the feed position readers may read up to, to `mark` (the
+    /// store's watermark after another node's commit); never back.
+    pub fn advance(&self, mark: Seq) {
+        advance(&self.durable_tx, mark);
     }
 
     fn queued_lock(&self) -> std::sync::MutexGuard<'_, Queued> {
@@ -410,7 +548,7 @@ impl Docs {
         self.cache_lock().pop(&id);
     }
 
-    fn cache_lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<DocId, DocHandle>> {
+    fn cache_lock(&self) -> std::sync::MutexGuard<'_, lru::LruCache<DocId, (DocHandle, Copy)>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -445,6 +583,7 @@ impl Docs {
                 receipt,
             },
             fold,
+            copy: Some(live.copy),
         })
     }
 
@@ -458,26 +597,32 @@ impl Docs {
             .submit(DocWrite::erasure(id))
             .blocking_recv()
             .map_err(|_| DocsError::Stopped)?
-            .map_err(DocsError::Commit)?;
+            .map_err(|e| DocsError::Commit(e.to_string()))?;
         *live = LiveDoc::empty();
         self.forget(id);
         Ok(seq)
     }
 
-    /// Queues a write; the receiver answers with its feed position once durable.
-    pub fn submit(&self, pending: impl Into<Pending>) -> oneshot::Receiver<Result<Seq, String>> {
-        let Pending { write, fold } = pending.into();
+    /// Queues a write; the receiver answers with its feed position once
+    /// durable. A write made on a voided copy is refused at once.
+    pub fn submit(&self, pending: impl Into<Pending>) -> oneshot::Receiver<Result<Seq, NotStored>> {
+        let Pending { write, fold, copy } = pending.into();
         let (reply, rx) = oneshot::channel();
         let ticket = {
             let mut queued = self.queued_lock();
+            if !queued.current(write.doc, copy) {
+                let _ = reply.send(Err(NotStored::Overtaken));
+                return rx;
+            }
             queued.next += 1;
             let ticket = queued.next;
             if !write.chunk.is_empty() {
-                queued
-                    .chunks
-                    .entry(write.doc)
-                    .or_default()
-                    .push((ticket, write.chunk.clone()));
+                let gen = copy.map_or(queued.gen(write.doc), |c| c.gen);
+                queued.chunks.entry(write.doc).or_default().push((
+                    ticket,
+                    gen,
+                    write.chunk.clone(),
+                ));
             }
             ticket
         };
@@ -488,6 +633,7 @@ impl Docs {
             let _ = tx.send(Job {
                 write,
                 fold,
+                copy,
                 reply,
                 ticket,
             });
@@ -588,7 +734,7 @@ struct Committer {
     /// Set to the store's feed watermark after each commit: what feed
     /// readers may read up to (not the positions this node was handed, which
     /// a backend with other writers may put above it).
-    durable: watch::Sender<Seq>,
+    durable: Arc<watch::Sender<Seq>>,
     queued: Arc<Mutex<Queued>>,
     anchor: Option<Arc<crate::storage::integrity::Anchor>>,
     /// Documents due a fold or a snapshot, for the compactor.
@@ -613,9 +759,28 @@ impl Committer {
     }
 
     fn commit(&self, jobs: Vec<Job>) {
+        // A write made on a copy voided since it was submitted is refused
+        // before the store sees it: it builds on a change not stored.
+        let (jobs, doomed): (Vec<Job>, Vec<Job>) = {
+            let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
+            let (jobs, doomed): (Vec<Job>, Vec<Job>) = jobs
+                .into_iter()
+                .partition(|j| q.current(j.write.doc, j.copy));
+            for job in &doomed {
+                q.unqueue(job.write.doc, job.ticket);
+            }
+            (jobs, doomed)
+        };
+        for job in doomed {
+            let _ = job.reply.send(Err(NotStored::Overtaken));
+        }
+        if jobs.is_empty() {
+            return;
+        }
         // The writes move into the batch (chunks are not copied); what
         // answers each writer stays beside them.
         let mut writes = Vec::with_capacity(jobs.len());
+        let mut bases = Vec::with_capacity(jobs.len());
         let mut answers = Vec::with_capacity(jobs.len());
         for job in jobs {
             let ask = if job.fold {
@@ -625,7 +790,8 @@ impl Committer {
             } else {
                 Some(Compact::Snapshot(job.write.doc))
             };
-            answers.push((job.write.doc, job.ticket, ask, job.reply));
+            answers.push((job.write.doc, job.ticket, job.copy, ask, job.reply));
+            bases.push(job.copy.map(|c| c.base));
             writes.push(job.write);
         }
         // An erasure or rebuild changes what the record's chunks say:
@@ -638,57 +804,73 @@ impl Committer {
         for doc in &rewritten {
             self.recent.forget(*doc);
         }
-        let result = self.store.commit(&writes);
+        let result = self.store.commit_unless_stale(&writes, &bases);
         self.compaction.committed();
         for doc in &rewritten {
             self.recent.forget(*doc);
         }
-        // Committed or failed, these are no longer waiting: a failed write's
-        // document is forgotten by its writer, so no copy replays it.
-        {
+        // Committed or failed, these are no longer waiting. A write not
+        // stored voids the copy it was made on first, in the same lock,
+        // so no reload replays the writes made on that copy after it.
+        let outcomes: Vec<Option<Seq>> = {
             let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-            for (doc, ticket, _, _) in &answers {
-                if let Some(list) = q.chunks.get_mut(doc) {
-                    list.retain(|(t, _)| t != ticket);
-                    if list.is_empty() {
-                        q.chunks.remove(doc);
-                    }
+            let outcomes = match &result {
+                Ok(outcomes) => outcomes.clone(),
+                Err(_) => vec![None; answers.len()],
+            };
+            for ((doc, ticket, copy, _, _), outcome) in answers.iter().zip(&outcomes) {
+                if outcome.is_none() && q.current(*doc, *copy) {
+                    q.void(*doc);
                 }
+                q.unqueue(*doc, *ticket);
             }
-        }
-        let seqs = match result {
-            Ok(seqs) => seqs,
+            outcomes
+        };
+        let why = match &result {
+            Ok(_) => NotStored::Overtaken,
             Err(err) => {
                 tracing::error!(error = %err, writes = writes.len(), "commit failed; nothing acknowledged");
-                for (_, _, _, reply) in answers {
-                    let _ = reply.send(Err(err.to_string()));
-                }
-                return;
+                NotStored::Failed(err.to_string())
             }
         };
-        if let Some(&last) = seqs.last() {
+        if let Some(last) = outcomes.iter().flatten().max() {
             if let Some(anchor) = &self.anchor {
-                anchor.note_feed(last);
+                anchor.note_feed(*last);
             }
         }
-        match self.store.feed_watermark() {
-            Ok(mark) => {
-                self.durable.send_if_modified(|at| {
-                    let moved = mark > *at;
-                    *at = (*at).max(mark);
-                    moved
-                });
+        if result.is_ok() {
+            match self.store.feed_watermark() {
+                Ok(mark) => advance(&self.durable, mark),
+                // The writes are stored; readers catch up at the next commit.
+                Err(err) => tracing::error!(error = %err, "could not read the feed watermark"),
             }
-            // The writes are stored; readers catch up at the next commit.
-            Err(err) => tracing::error!(error = %err, "could not read the feed watermark"),
         }
-        for ((_, _, ask, reply), seq) in answers.into_iter().zip(seqs) {
-            if let Some(ask) = ask {
-                let _ = self.folds.send(ask);
+        for ((doc, _, _, ask, reply), outcome) in answers.into_iter().zip(outcomes) {
+            match outcome {
+                Some(seq) => {
+                    if let Some(ask) = ask {
+                        let _ = self.folds.send(ask);
+                    }
+                    let _ = reply.send(Ok(seq));
+                }
+                None => {
+                    if result.is_ok() {
+                        tracing::info!(record = %doc, "a write's copy of its record was overtaken by another node's; not stored");
+                    }
+                    let _ = reply.send(Err(why.clone()));
+                }
             }
-            let _ = reply.send(Ok(seq));
         }
     }
+}
+
+/// Moves `durable` up to `mark`, never back, waking readers only if it moved.
+fn advance(durable: &watch::Sender<Seq>, mark: Seq) {
+    durable.send_if_modified(|at| {
+        let moved = mark > *at;
+        *at = (*at).max(mark);
+        moved
+    });
 }
 
 /// The compactor thread: folds each record it is told is due, those asked
@@ -882,6 +1064,12 @@ mod tests {
     /// One more change to the cached copy of `id`, written through the
     /// committer; returns its feed position once durable.
     fn edit(docs: &Docs, id: DocId, n: u32) -> Seq {
+        edit_queued(docs, id, n).blocking_recv().unwrap().unwrap()
+    }
+
+    /// A change to the cached copy of `id`, handed to the committer
+    /// without waiting.
+    fn edit_queued(docs: &Docs, id: DocId, n: u32) -> oneshot::Receiver<Result<Seq, NotStored>> {
         use automerge::transaction::Transactable;
         let handle = docs.handle(id).unwrap();
         let mut live = handle.lock().unwrap();
@@ -892,8 +1080,53 @@ mod tests {
         tx.commit();
         let chunk = docsync::encode_changes(&live.doc.get_changes(&before));
         let pending = Docs::write_for(id, &mut live, chunk, None, None).unwrap();
-        drop(live);
-        docs.submit(pending).blocking_recv().unwrap().unwrap()
+        docs.submit(pending)
+    }
+
+    /// Two nodes on one database: a copy on node B that node A's write
+    /// overtook is refused, with every write made on it, and B's next
+    /// write is made on the record as stored, which then loads whole
+    /// (no stored change depends on a refused one).
+    #[test]
+    fn writes_on_a_copy_another_node_overtook_are_refused_and_the_next_copy_is_fresh() {
+        use crate::storage::postgres::{testing, Pg, PgStore};
+        let url = testing::database_url();
+        let open = || {
+            let store: Arc<dyn Store> =
+                Arc::new(PgStore::open(Pg::connect(&url).unwrap()).unwrap());
+            Docs::start(store, 8).unwrap()
+        };
+        let (a, b) = (open(), open());
+        let id = DocId::from_bytes([21; 16]);
+        edit(&a, id, 0);
+        drop(b.handle(id).unwrap());
+        edit(&a, id, 1);
+        // Two writes pipelined on B's stale copy: neither is stored.
+        let (w2, w3) = (edit_queued(&b, id, 2), edit_queued(&b, id, 3));
+        assert!(w2.blocking_recv().unwrap().is_err());
+        assert!(w3.blocking_recv().unwrap().is_err());
+        let stored_at = edit(&b, id, 4);
+        let stored = b.store().load(id).unwrap().unwrap();
+        assert_eq!(stored.seq, stored_at);
+        let doc = load_checked(id, &stored).unwrap();
+        for (n, kept) in [(0, true), (1, true), (2, false), (3, false), (4, true)] {
+            assert_eq!(
+                doc.get(automerge::ROOT, format!("k{n}")).unwrap().is_some(),
+                kept,
+                "k{n}"
+            );
+        }
+        // A's copy lacks B's write: refused until A hears of it.
+        assert!(edit_queued(&a, id, 5).blocking_recv().unwrap().is_err());
+        a.written_elsewhere(id, stored_at);
+        // Heard of A's next write, B voids its copy before writing on it.
+        let at = edit(&a, id, 5);
+        b.written_elsewhere(id, at);
+        edit(&b, id, 6);
+        let doc = load_checked(id, &b.store().load(id).unwrap().unwrap()).unwrap();
+        assert!(doc.get(automerge::ROOT, "k5").unwrap().is_some());
+        a.shutdown().unwrap();
+        b.shutdown().unwrap();
     }
 
     /// Readers share what the store holds of a record: each is sent the

@@ -12,7 +12,7 @@ use baraza_protocol::docsync;
 use baraza_protocol::{DeviceId, DeviceName, DocId, ErrorCode, Feed, Head, Limits, Seq};
 use tokio::sync::{oneshot, watch};
 
-use crate::engine::docs::{Docs, DocsError, LiveDoc};
+use crate::engine::docs::{Docs, DocsError, LiveDoc, NotStored};
 use crate::engine::view::{
     ConflictValueView, ConflictView, DeviceLabel, FieldValue, HistoryView, RecordView,
 };
@@ -90,6 +90,9 @@ pub struct SyncHub {
     closing: std::sync::atomic::AtomicBool,
     /// Held while a summary is filled in.
     filling: std::sync::Mutex<()>,
+    /// Other nodes write the same store: a copy a write was judged on may
+    /// be overtaken, so pushes are kept to be judged again.
+    shared: std::sync::atomic::AtomicBool,
 }
 
 /// What a device's changes are applied to (see [`SyncHub::target`]).
@@ -191,19 +194,21 @@ impl From<crate::storage::store::StoreError> for EraseError {
     }
 }
 
+#[path = "nodes.rs"]
+mod nodes;
 #[path = "session.rs"]
 mod session;
 
 /// Waits for a write handed to the committer; one with nothing to store
 /// is done at once, at the feed position `now`.
 async fn wait_stored(
-    rx: Option<oneshot::Receiver<Result<Seq, String>>>,
+    rx: Option<oneshot::Receiver<Result<Seq, NotStored>>>,
     now: Seq,
-) -> Result<Seq, String> {
+) -> Result<Seq, NotStored> {
     match rx {
         Some(rx) => rx
             .await
-            .unwrap_or_else(|_| Err("the server is shutting down".into())),
+            .unwrap_or_else(|_| Err(NotStored::Failed("the server is shutting down".into()))),
         None => Ok(now),
     }
 }
@@ -287,6 +292,7 @@ impl SyncHub {
             ),
             closing: std::sync::atomic::AtomicBool::new(false),
             filling: std::sync::Mutex::new(()),
+            shared: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -688,15 +694,36 @@ impl SyncHub {
     /// decision, a conflict resolved): an automerge change attributed to
     /// them, admitted by the same rules as a device's, stored durably
     /// before this returns, and sent to tablets by the feed like any other.
+    /// Another node's write to the record meanwhile makes it edit and
+    /// judge again on the record as stored, a few times.
     pub async fn author(
         &self,
         caller: &Caller,
         id: DocId,
-        edit: impl FnOnce(
+        edit: impl Fn(
             &mut automerge::Automerge,
             baraza_records::ops::Stamp<'_>,
         ) -> Result<(), baraza_records::EditError>,
     ) -> Result<WriteSummary, DeskError> {
+        let mut tried = 0;
+        loop {
+            match self.author_once(caller, id, &edit).await? {
+                Ok(summary) => return Ok(summary),
+                Err(NotStored::Overtaken) if tried < 3 => tried += 1,
+                Err(failed) => return Err(DeskError::Docs(DocsError::Commit(failed.to_string()))),
+            }
+        }
+    }
+
+    async fn author_once(
+        &self,
+        caller: &Caller,
+        id: DocId,
+        edit: &impl Fn(
+            &mut automerge::Automerge,
+            baraza_records::ops::Stamp<'_>,
+        ) -> Result<(), baraza_records::EditError>,
+    ) -> Result<Result<WriteSummary, NotStored>, DeskError> {
         if !self.readable(&caller.principal, id)? {
             return Err(DeskError::NotFound);
         }
@@ -749,11 +776,11 @@ impl SyncHub {
             (rx, summary)
         };
         let now = *self.docs.durable().borrow();
-        wait_stored(rx, now)
-            .await
-            .map_err(|e| DeskError::Docs(DocsError::Commit(e)))?;
+        if let Err(not) = wait_stored(rx, now).await {
+            return Ok(Err(not));
+        }
         self.audit_decisions(caller, id, &summary.decisions);
-        Ok(summary)
+        Ok(Ok(summary))
     }
 
     /// Audits review decisions a write made, once it is durable.

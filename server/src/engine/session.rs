@@ -32,7 +32,7 @@ use super::{
     admit, hex_heads, index_entry, split_admitted, wait_stored, SyncHub, Target, Working,
     CATCH_UP_BATCH, DAMAGED,
 };
-use crate::engine::docs::{Docs, DocsError, LiveDoc};
+use crate::engine::docs::{Docs, DocsError, LiveDoc, NotStored};
 use crate::identity::caller::Caller;
 use crate::identity::devices::{Auth, DeviceRegistry};
 
@@ -50,7 +50,28 @@ struct Stored {
     base_missing: bool,
     /// What the write did, when it stored new changes.
     wrote: Option<WriteSummary>,
-    stored: Result<Seq, String>,
+    stored: Result<Seq, NotStored>,
+    /// The push again, kept where another node may overtake the copy it
+    /// was judged on, with the attempts made so far.
+    retry: Option<(Box<PushWrite>, u8)>,
+}
+
+/// Times a push is judged again after other nodes' writes overtook the
+/// copy it was judged on, before the device is told to send it later.
+const OVERTAKEN_RETRIES: u8 = 3;
+
+impl Stored {
+    /// The push to judge again, if another node's write overtook it and
+    /// it has tries left.
+    fn overtaken(&mut self) -> Option<(PushWrite, u8)> {
+        if self.stored != Err(NotStored::Overtaken) {
+            return None;
+        }
+        match self.retry.take() {
+            Some((push, tried)) if tried < OVERTAKEN_RETRIES => Some((*push, tried + 1)),
+            _ => None,
+        }
+    }
 }
 
 fn refusal(code: ErrorCode, message: String) -> Refusal {
@@ -123,8 +144,27 @@ impl SyncHub {
             }),
         };
         let mut driver = ServerDriver::new(config, opening, now());
+        // Pushes whose copy another node's write overtook, judged again
+        // on the record as stored.
+        let mut retries: Vec<(PushWrite, u8)> = Vec::new();
         tracing::info!(device = %device.id, name = %device.name, "device connected");
         loop {
+            if !retries.is_empty() {
+                let Ok(_slot) = self.work_slots.acquire().await else {
+                    break;
+                };
+                tokio::task::block_in_place(|| {
+                    for (push, tried) in retries.drain(..) {
+                        let write = push.write;
+                        match self.on_push(&mut driver, &caller, push, tried) {
+                            Ok(waiting) => pending.push_back(waiting),
+                            Err(refused) => {
+                                driver.handle_commit(now(), write, Commit::Refused(refused))
+                            }
+                        }
+                    }
+                });
+            }
             if self
                 .carry_out(
                     &mut driver,
@@ -182,7 +222,11 @@ impl SyncHub {
                     }
                     None => driver.handle_closed(now(), CloseReason::Disconnected),
                 },
-                Some(done) = pending.next() => {
+                Some(mut done) = pending.next() => {
+                    if let Some(again) = done.overtaken() {
+                        retries.push(again);
+                        continue;
+                    }
                     // Notes the ack and audits the decisions: storage
                     // writes, kept off the async workers.
                     let (write, commit) = tokio::task::block_in_place(|| {
@@ -312,7 +356,7 @@ impl SyncHub {
         match task {
             Task::Admit(push) => {
                 let write = push.write;
-                match self.on_push(driver, caller, push) {
+                match self.on_push(driver, caller, push, 0) {
                     Ok(waiting) => ctx.pending.push_back(waiting),
                     Err(refused) => driver.handle_commit(now(), write, Commit::Refused(refused)),
                 }
@@ -357,7 +401,12 @@ impl SyncHub {
             Ok(seq) => seq,
             Err(message) => {
                 self.docs.forget(done.doc);
-                return (done.write, Commit::Failed { message });
+                return (
+                    done.write,
+                    Commit::Failed {
+                        message: message.to_string(),
+                    },
+                );
             }
         };
         let record = done.doc.to_string();
@@ -402,8 +451,13 @@ impl SyncHub {
         driver: &mut ServerDriver,
         caller: &Caller,
         push: PushWrite,
+        tried: u8,
     ) -> Result<Waiting, Refusal> {
         let id = push.doc;
+        let retry = self
+            .shared
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| (Box::new(push.clone()), tried));
         let handle = match self.target(caller, id)? {
             Target::Stored(handle) => Some(handle),
             Target::Hidden => None,
@@ -440,6 +494,7 @@ impl SyncHub {
                 base_missing,
                 wrote,
                 stored: stored.await,
+                retry,
             }
         }))
     }
@@ -499,6 +554,7 @@ impl SyncHub {
                 base_missing: false,
                 wrote,
                 stored: stored.await,
+                retry: None,
             }
         })))
     }
@@ -517,7 +573,7 @@ impl SyncHub {
         admitted: Option<super::Admitted>,
     ) -> (
         Option<WriteSummary>,
-        impl Future<Output = Result<Seq, String>> + Send + 'static,
+        impl Future<Output = Result<Seq, NotStored>> + Send + 'static,
     ) {
         live.doc = fork;
         if admitted.is_some() {

@@ -274,6 +274,12 @@ impl DeviceRegistry {
         self.changed.subscribe()
     }
 
+    /// Makes live sessions read their device's standing again: another
+    /// node (or an admin command elsewhere) changed a device or a user.
+    pub fn wake(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
     /// Registers a device named `name` and returns its token.
     ///
     /// The store is flushed before returning: a token printed to an

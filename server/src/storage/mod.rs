@@ -24,6 +24,7 @@ pub(crate) mod conformance;
 pub mod data_dir;
 pub mod devices;
 pub mod integrity;
+pub mod notices;
 pub mod postgres;
 pub mod sessions;
 pub mod sled;
@@ -95,25 +96,16 @@ pub fn open(
     }
 }
 
-/// Opens every store of the chosen backend for a serving node. On
-/// PostgreSQL a node holds the database's serving lock for as long as the
-/// stores are open, and a second node is refused: nodes do not yet tell
-/// each other of their writes, and a node's cached copy of a record must
-/// not fall behind another's commit.
-pub fn open_to_serve(
-    choice: &StoreChoice,
-    data: &data_dir::DataDir,
-) -> Result<Storage, data_dir::DataDirError> {
-    match choice {
-        StoreChoice::Sled => sled::open(data),
-        StoreChoice::Postgres(url) => Ok(postgres::open_to_serve(url)?),
-    }
-}
-
 /// What a backend does for all its stores at once.
 pub trait Backend: Send + Sync {
     /// Makes every earlier write of every store durable.
     fn flush(&self) -> Result<(), store::StoreError>;
+    /// What other writers of the backend do, from now on, for as long as
+    /// the backend is open; None for a backend only this process writes
+    /// (sled), which has nothing to tell.
+    fn listen(&self) -> Option<std::sync::mpsc::Receiver<notices::Notice>> {
+        None
+    }
 }
 
 /// Every store of one backend, opened together. Cheap to clone; clones

@@ -340,6 +340,22 @@ pub trait Store: Send + Sync + 'static {
     fn load(&self, doc: DocId) -> Result<Option<StoredDoc>, StoreError>;
     /// Commits writes atomically and durably; returns their feed positions.
     fn commit(&self, writes: &[DocWrite]) -> Result<Vec<Seq>, StoreError>;
+    /// [`Store::commit`], except that a write whose `bases` entry is
+    /// `Some(base)` (it was judged on a copy of its record loaded as of
+    /// feed position `base`) is left out, and answered None, if another
+    /// writer has written or erased that record since `base`: it was
+    /// judged without their change, so it must be judged again. Writes of
+    /// this store's own handle after `base` do not count (the copy holds
+    /// them). A backend that one process holds alone (sled) has no other
+    /// writer and stores every write.
+    fn commit_unless_stale(
+        &self,
+        writes: &[DocWrite],
+        bases: &[Option<Seq>],
+    ) -> Result<Vec<Option<Seq>>, StoreError> {
+        let _ = bases;
+        Ok(self.commit(writes)?.into_iter().map(Some).collect())
+    }
     /// Compaction: replaces the chunks at `chunks` (positions a caller read
     /// with [`Store::load`]) with `saved`, the document they load to saved
     /// whole, kept at the highest of those positions. Chunks after it stay.

@@ -98,7 +98,7 @@ pub enum Task {
 }
 
 /// A push to admit, as [`Task::Admit`] carries it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PushWrite {
     /// The write to answer.
     pub write: WriteId,

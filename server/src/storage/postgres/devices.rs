@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::storage::devices::{DeviceRecord, DeviceStore, TokenHash};
-use crate::storage::postgres::Pg;
+use crate::storage::postgres::{notify, Pg};
 use crate::storage::store::StoreError;
 
 /// Times an update is tried again when another node changed the same
@@ -192,13 +192,23 @@ impl DeviceStore for PgDeviceStore {
             change(&mut record);
             let new = encode(&record)?;
             let key = id.to_string();
-            let swapped = self.pg.run(move |c| async move {
-                Ok(c.execute(
-                    &c.prepare_cached("UPDATE devices SET body = $3 WHERE id = $1 AND body = $2")
+            let said = notify::device(self.pg.node());
+            let swapped = self.pg.run(move |mut c| async move {
+                let tx = c.transaction().await?;
+                let swapped = tx
+                    .execute(
+                        &tx.prepare_cached(
+                            "UPDATE devices SET body = $3 WHERE id = $1 AND body = $2",
+                        )
                         .await?,
-                    &[&key, &old, &new],
-                )
-                .await?)
+                        &[&key, &old, &new],
+                    )
+                    .await?;
+                // Heard by every other node once committed: a device
+                // revoked here is cut off there at once.
+                notify::say(&tx, &said).await?;
+                tx.commit().await?;
+                Ok(swapped)
             })?;
             if swapped == 1 {
                 return Ok(true);

@@ -28,7 +28,7 @@ use baraza_protocol::{DocId, Head, Seq, StoreId};
 use baraza_records::{Kind, ReviewState};
 use tokio_postgres::Row;
 
-use crate::storage::postgres::{int, uint, Pg};
+use crate::storage::postgres::{int, notify, uint, Pg};
 use crate::storage::store::{
     heads_bytes, heads_from_bytes, ClockSkew, DocChunks, DocWrite, IndexEntry, ReadScope,
     RecordAccess, RecordFilter, RecordRow, RecordSummary, Store, StoreError, StoredDoc,
@@ -147,10 +147,43 @@ fn row_of(r: &Row) -> Result<RecordRow, StoreError> {
 }
 
 /// The statements of one write, inside the commit's transaction.
+/// The records among `writes` whose write was judged on a copy (its base
+/// is given) that another node has written after, or that was erased.
+async fn stale_among(
+    tx: &deadpool_postgres::Transaction<'_>,
+    writes: &[DocWrite],
+    bases: &[Option<Seq>],
+    node: &str,
+) -> Result<std::collections::HashSet<DocId>, StoreError> {
+    let (docs, bases): (Vec<Vec<u8>>, Vec<i64>) = writes
+        .iter()
+        .zip(bases)
+        .filter_map(|(w, b)| b.map(|b| (key(w.doc), int(b))))
+        .unzip();
+    if docs.is_empty() {
+        return Ok(Default::default());
+    }
+    tx.query(
+        &tx.prepare_cached(
+            "SELECT d.doc FROM unnest($1::bytea[], $2::bigint[]) AS d(doc, base) \
+             WHERE EXISTS (SELECT 1 FROM doc_log l WHERE l.doc = d.doc AND l.seq > d.base \
+                           AND l.node IS DISTINCT FROM $3) \
+                OR EXISTS (SELECT 1 FROM erased e WHERE e.doc = d.doc)",
+        )
+        .await?,
+        &[&docs, &bases, &node],
+    )
+    .await?
+    .iter()
+    .map(|r| doc_of(r.get(0), "doc_log"))
+    .collect()
+}
+
 async fn write_one(
     tx: &deadpool_postgres::Transaction<'_>,
     w: &DocWrite,
     seq: i64,
+    node: &str,
 ) -> Result<(), StoreError> {
     let doc = key(w.doc);
     if w.rebuild || w.erase {
@@ -256,9 +289,9 @@ async fn write_one(
     )
     .await?;
     tx.execute(
-        &tx.prepare_cached("INSERT INTO doc_log (doc, seq, heads) VALUES ($1, $2, $3)")
+        &tx.prepare_cached("INSERT INTO doc_log (doc, seq, heads, node) VALUES ($1, $2, $3, $4)")
             .await?,
-        &[&doc, &seq, &heads],
+        &[&doc, &seq, &heads, &node],
     )
     .await?;
     if let Some(receipt) = &w.receipt {
@@ -401,10 +434,21 @@ impl Store for PgStore {
     }
 
     fn commit(&self, writes: &[DocWrite]) -> Result<Vec<Seq>, StoreError> {
+        let outcomes = self.commit_unless_stale(writes, &vec![None; writes.len()])?;
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    fn commit_unless_stale(
+        &self,
+        writes: &[DocWrite],
+        bases: &[Option<Seq>],
+    ) -> Result<Vec<Option<Seq>>, StoreError> {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
         let writes = writes.to_vec();
+        let bases = bases.to_vec();
+        let node = self.pg.node().to_string();
         self.pg.run(move |mut c| async move {
             let tx = c.transaction().await?;
             tx.execute(
@@ -413,19 +457,33 @@ impl Store for PgStore {
                 &[&FEED_LOCK],
             )
             .await?;
+            // Under the feed lock no other node commits, so what this
+            // finds stays true until this commits.
+            let stale = stale_among(&tx, &writes, &bases, &node).await?;
             let top: Option<i64> = tx
                 .query_one(&tx.prepare_cached("SELECT max(seq) FROM feed").await?, &[])
                 .await?
                 .get(0);
             let first = top.unwrap_or(0) + 1;
-            let mut seqs = Vec::with_capacity(writes.len());
-            for (i, w) in writes.iter().enumerate() {
-                let seq = first + int(i as u64);
-                write_one(&tx, w, seq).await?;
-                seqs.push(uint(seq));
+            let mut next = first;
+            let mut outcomes = Vec::with_capacity(writes.len());
+            for w in &writes {
+                if stale.contains(&w.doc) {
+                    outcomes.push(None);
+                    continue;
+                }
+                write_one(&tx, w, next, &node).await?;
+                if w.erase || w.rebuild {
+                    notify::say(&tx, &notify::rewritten(&node, w.doc)).await?;
+                }
+                outcomes.push(Some(uint(next)));
+                next += 1;
+            }
+            if next > first {
+                notify::say(&tx, &notify::committed(&node, first, next - 1)).await?;
             }
             tx.commit().await?;
-            Ok(seqs)
+            Ok(outcomes)
         })
     }
 
@@ -685,9 +743,11 @@ impl Store for PgStore {
 
     fn quarantine(&self, doc: DocId, reason: &str) -> Result<(), StoreError> {
         let (k, reason) = (key(doc), reason.to_string());
-        self.pg.run(move |c| async move {
-            c.execute(
-                &c.prepare_cached(
+        let said = notify::rewritten(self.pg.node(), doc);
+        self.pg.run(move |mut c| async move {
+            let tx = c.transaction().await?;
+            tx.execute(
+                &tx.prepare_cached(
                     "INSERT INTO quarantine (doc, reason) VALUES ($1, $2) \
                  ON CONFLICT (doc) DO UPDATE SET reason = EXCLUDED.reason",
                 )
@@ -695,20 +755,28 @@ impl Store for PgStore {
                 &[&k, &reason],
             )
             .await?;
+            notify::say(&tx, &said).await?;
+            tx.commit().await?;
             Ok(())
         })
     }
 
     fn release_quarantine(&self, doc: DocId) -> Result<bool, StoreError> {
         let k = key(doc);
-        self.pg.run(move |c| async move {
-            Ok(c.execute(
-                &c.prepare_cached("DELETE FROM quarantine WHERE doc = $1")
-                    .await?,
-                &[&k],
-            )
-            .await?
-                == 1)
+        let said = notify::rewritten(self.pg.node(), doc);
+        self.pg.run(move |mut c| async move {
+            let tx = c.transaction().await?;
+            let released = tx
+                .execute(
+                    &tx.prepare_cached("DELETE FROM quarantine WHERE doc = $1")
+                        .await?,
+                    &[&k],
+                )
+                .await?
+                == 1;
+            notify::say(&tx, &said).await?;
+            tx.commit().await?;
+            Ok(released)
         })
     }
 
@@ -873,6 +941,97 @@ mod tests {
         crate::storage::conformance::every_check(&|| {
             Box::new(PgStore::open(testing::database()).unwrap())
         });
+    }
+
+    /// A write judged on a copy that another node has written since is
+    /// refused, and only that write of its batch; writes of the same
+    /// handle do not count against it, nor does a write with no base; an
+    /// erased record refuses every write judged on a copy.
+    #[test]
+    fn a_write_judged_on_a_copy_another_node_overtook_is_left_out() {
+        let url = testing::database_url();
+        let a = PgStore::open(Pg::connect(&url).unwrap()).unwrap();
+        let b = PgStore::open(Pg::connect(&url).unwrap()).unwrap();
+        let (d, e) = (DocId::from_bytes([1; 16]), DocId::from_bytes([2; 16]));
+        let first = a.commit(&[write(d, 1)]).unwrap()[0];
+        // A's own later write on its copy as of 0: its own write counts not.
+        let own = a.commit_unless_stale(&[write(d, 2)], &[Some(0)]).unwrap();
+        assert!(own[0].is_some());
+        // B's copy as of `first` lacks A's second write; B's write to
+        // another record in the same batch goes in.
+        let mixed = b
+            .commit_unless_stale(&[write(d, 3), write(e, 4)], &[Some(first), Some(0)])
+            .unwrap();
+        assert_eq!(mixed[0], None);
+        let at = mixed[1].expect("the write to the other record is stored");
+        assert_eq!(b.doc_seq(d).unwrap(), own[0]);
+        assert_eq!(b.entries_after(0, at, 10).unwrap().len(), 3);
+        // Judged on a copy as fresh as the store: stored.
+        let fresh = b.commit_unless_stale(&[write(d, 5)], &own).unwrap();
+        assert!(fresh[0].is_some());
+        // Erased through B: A's copy is overtaken whatever its base.
+        b.commit(&[DocWrite::erasure(e)]).unwrap();
+        let late = a
+            .commit_unless_stale(&[write(e, 6)], &[Some(u64::MAX >> 2)])
+            .unwrap();
+        assert_eq!(late, vec![None]);
+        assert!(a.erased(e).unwrap().is_some());
+        assert!(a.commit(&[write(d, 7)]).unwrap().len() == 1);
+    }
+
+    /// What one node writes is heard by another, which is first told it is
+    /// listening; a node does not hear itself.
+    #[test]
+    fn a_node_hears_another_nodes_commits_and_device_changes_but_not_its_own() {
+        use crate::storage::devices::DeviceStore;
+        use crate::storage::notices::Notice;
+        use crate::storage::Backend;
+        let url = testing::database_url();
+        let (pa, pb) = (Pg::connect(&url).unwrap(), Pg::connect(&url).unwrap());
+        let wait = std::time::Duration::from_secs(10);
+        let heard_by_a = pa.listen().unwrap();
+        let heard_by_b = pb.listen().unwrap();
+        assert_eq!(heard_by_a.recv_timeout(wait), Ok(Notice::Resumed));
+        assert_eq!(heard_by_b.recv_timeout(wait), Ok(Notice::Resumed));
+        let a = PgStore::open(pa.clone()).unwrap();
+        let d = DocId::from_bytes([3; 16]);
+        let seqs = a.commit(&[write(d, 1), write(d, 2)]).unwrap();
+        assert_eq!(
+            heard_by_b.recv_timeout(wait),
+            Ok(Notice::Wrote {
+                first: seqs[0],
+                last: seqs[1]
+            })
+        );
+        a.commit(&[DocWrite::erasure(d)]).unwrap();
+        assert_eq!(heard_by_b.recv_timeout(wait), Ok(Notice::Rewritten(d)));
+        assert!(matches!(
+            heard_by_b.recv_timeout(wait),
+            Ok(Notice::Wrote { .. })
+        ));
+        let devices = crate::storage::postgres::PgDeviceStore::new(pa.clone());
+        let record = crate::storage::devices::DeviceRecord {
+            id: "00112233445566778899aabbccddeeff".into(),
+            name: "tablet".into(),
+            token_hash: String::new(),
+            created_at: 0,
+            revoked: false,
+            retiring: false,
+            retired_at: None,
+            expires_at: None,
+            previous_token_hash: None,
+            scope: None,
+            user: None,
+        };
+        devices
+            .insert(&record, &crate::storage::devices::TokenHash([1; 32]))
+            .unwrap();
+        assert!(devices.update(&record.id, &|r| r.revoked = true).unwrap());
+        assert_eq!(heard_by_b.recv_timeout(wait), Ok(Notice::Device));
+        // A heard none of it.
+        assert!(heard_by_a
+            .recv_timeout(std::time::Duration::from_millis(300))
+            .is_err());
     }
 
     #[test]

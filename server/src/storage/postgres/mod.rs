@@ -33,6 +33,7 @@ use crate::storage::{Backend, Storage};
 mod audit;
 mod devices;
 mod docs;
+mod notify;
 mod schema;
 mod sessions;
 mod throttles;
@@ -68,8 +69,6 @@ enum PgError {
     Pool(String),
     #[error("the database runtime stopped before answering")]
     Stopped,
-    #[error("another server node is serving this database; several nodes on one database are not supported yet")]
-    Served,
 }
 
 impl From<PgError> for StoreError {
@@ -83,19 +82,10 @@ impl From<PgError> for StoreError {
 /// PostgreSQL's default `max_connections` of 100.
 const POOL_SIZE: usize = 16;
 
-/// The session advisory lock a serving node holds ("serve" in ASCII).
-const SERVING_LOCK: i64 = 0x6261_7261_7365_7276;
-
-/// Every store in the database at `url`, for a tool or admin command.
+/// Every store in the database at `url`, for a serving node, a tool or
+/// an admin command: any number of them at once.
 pub fn open(url: &str) -> Result<Storage, StoreError> {
     bundle(Pg::connect(url)?)
-}
-
-/// Every store in the database at `url`, for the one node that serves it.
-pub fn open_to_serve(url: &str) -> Result<Storage, StoreError> {
-    let pg = Pg::connect(url)?;
-    pg.hold_lock(SERVING_LOCK)?;
-    bundle(pg)
 }
 
 fn bundle(pg: Arc<Pg>) -> Result<Storage, StoreError> {
@@ -115,6 +105,13 @@ impl Backend for Pg {
         // Every call commits before it returns.
         Ok(())
     }
+
+    fn listen(&self) -> Option<std::sync::mpsc::Receiver<crate::storage::notices::Notice>> {
+        let runtime = self.runtime.as_ref()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.spawn(notify::listen(self.config.clone(), self.node.clone(), tx));
+        Some(rx)
+    }
 }
 
 /// One database: a pool of connections and the runtime that drives them.
@@ -122,9 +119,10 @@ pub struct Pg {
     pool: Pool,
     config: tokio_postgres::Config,
     runtime: Option<tokio::runtime::Runtime>,
-    /// Connections of their own holding session locks, for as long as
-    /// this handle lives.
-    held: std::sync::Mutex<Vec<tokio_postgres::Client>>,
+    /// This handle's id among the database's writers, drawn when it
+    /// connects: what it writes is marked with it, and what it says to
+    /// other nodes is signed with it so it passes over its own.
+    node: String,
 }
 
 impl Drop for Pg {
@@ -173,7 +171,7 @@ impl Pg {
             pool,
             config,
             runtime: Some(runtime),
-            held: std::sync::Mutex::new(Vec::new()),
+            node: hex::encode(rand::random::<[u8; 8]>()),
         };
         pg.migrate()?;
         Ok(Arc::new(pg))
@@ -208,26 +206,9 @@ impl Pg {
         rx.recv().map_err(|_| PgError::Stopped)?
     }
 
-    /// Takes the session advisory lock `key` on a connection of its own,
-    /// kept until this handle is dropped (or the process dies, when the
-    /// database ends the session); [`PgError::Served`] if another holds it.
-    fn hold_lock(&self, key: i64) -> Result<(), StoreError> {
-        let config = self.config.clone();
-        let client = self.block(async move {
-            let (client, connection) = config.connect(NoTls).await?;
-            tokio::spawn(connection);
-            let held: bool = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-                .await?
-                .get(0);
-            Ok(held.then_some(client))
-        })?;
-        let client = client.ok_or(PgError::Served)?;
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(client);
-        Ok(())
+    /// This handle's id among the database's writers.
+    fn node(&self) -> &str {
+        &self.node
     }
 
     /// Brings the schema to this binary's version (see [`schema`]).

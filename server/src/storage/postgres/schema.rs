@@ -137,6 +137,11 @@ const MIGRATIONS: &[&str] = &[
         bytes bytea NOT NULL
     );
     "#,
+    // Which node wrote each change of a record: a node's write judged on
+    // a copy that lacks another node's later write is refused.
+    r#"
+    ALTER TABLE doc_log ADD COLUMN node text;
+    "#,
 ];
 
 /// The newest schema version this binary knows.

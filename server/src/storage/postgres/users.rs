@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::storage::postgres::Pg;
+use crate::storage::postgres::{notify, Pg};
 use crate::storage::store::StoreError;
 use crate::storage::users::{User, UserStore};
 
@@ -49,6 +49,7 @@ impl UserStore for PgUserStore {
     fn put(&self, user: &User, durably: bool) -> Result<(), StoreError> {
         let body = serde_json::to_string(user).map_err(|_| corrupt(&user.name))?;
         let name = user.name.clone();
+        let said = notify::user(self.pg.node());
         self.pg.run(move |mut c| async move {
             let tx = c.transaction().await?;
             if !durably {
@@ -64,6 +65,7 @@ impl UserStore for PgUserStore {
                 &[&name, &body],
             )
             .await?;
+            notify::say(&tx, &said).await?;
             tx.commit().await?;
             Ok(())
         })
