@@ -144,3 +144,96 @@ async fn a_device_revoked_through_one_node_is_cut_off_mid_session_on_the_other()
     background.stop().await;
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_while_tablets_push_through_both_loses_nothing_it_acknowledged() {
+    const TABLETS: usize = 20;
+    const RECORDS: usize = 10;
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut a, b) = two_nodes(tmp.path());
+    let tablets: Vec<Tablet> = (0..TABLETS)
+        .map(|i| {
+            Tablet::new(
+                if i.is_multiple_of(2) { &a } else { &b },
+                &format!("tablet {i}"),
+            )
+        })
+        .collect();
+    for (i, tablet) in tablets.iter().enumerate() {
+        for r in 0..RECORDS {
+            tablet
+                .create(vec![("title".into(), format!("tablet {i}, meeting {r}"))])
+                .unwrap();
+        }
+    }
+    let on_a = |i: usize| i.is_multiple_of(2);
+
+    // Every tablet pushes at once; node A is killed once its tablets'
+    // pushes are under way.
+    let heard: Vec<Arc<Recorder>> = (0..TABLETS).map(|_| Arc::default()).collect();
+    let syncs = futures_util::future::join_all(tablets.iter().zip(&heard).map(|(t, h)| {
+        tokio::time::timeout(Duration::from_secs(120), t.client().sync_once(h.as_ref()))
+    }));
+    let kill = async {
+        wait_until("node A's tablets are pushing", LIVE_TIMEOUT, || {
+            (0..TABLETS).filter(|&i| on_a(i)).any(|i| {
+                heard[i].count(|e| matches!(e, SyncEvent::Progress { sent, .. } if *sent > 0)) > 0
+            })
+        })
+        .await;
+        a.kill9();
+    };
+    let (results, ()) = tokio::join!(syncs, kill);
+
+    // Node B kept serving: each of its tablets finished with nothing left.
+    for (i, result) in results.iter().enumerate().filter(|(i, _)| !on_a(*i)) {
+        match result {
+            Ok(Ok(report)) => assert_eq!(report.unacknowledged, 0, "tablet {i}: {report:?}"),
+            other => panic!("tablet {i} on the surviving node: {other:?}"),
+        }
+    }
+
+    // Whatever node A acknowledged is in the database: a tablet on node B
+    // receives every record any tablet holds as acknowledged.
+    let reader = Tablet::new(&b, "reader tablet");
+    reader.sync().await;
+    let mut acknowledged = 0;
+    let mut unacknowledged = [0u64; TABLETS];
+    for (i, tablet) in tablets.iter().enumerate() {
+        for summary in tablet.records().unwrap() {
+            if summary.synced {
+                acknowledged += 1;
+                assert_eq!(
+                    reader.heads(&summary.id).ok(),
+                    Some(tablet.heads(&summary.id).unwrap()),
+                    "tablet {i}'s acknowledged record {} is not in the database",
+                    summary.id
+                );
+            } else {
+                unacknowledged[i] += 1;
+            }
+        }
+    }
+    eprintln!(
+        "node A killed with {} records unacknowledged; {acknowledged} records held as acknowledged checked",
+        unacknowledged.iter().sum::<u64>()
+    );
+
+    // Node A's tablets carry on with node B and send only what was never
+    // acknowledged: the store id is the database's.
+    for (i, tablet) in tablets.iter().enumerate().filter(|(i, _)| on_a(*i)) {
+        tablet.point_at(&b);
+        let report = tablet.sync().await;
+        assert_eq!(
+            (report.docs_sent, report.unacknowledged),
+            (unacknowledged[i], 0),
+            "tablet {i}: {report:?}"
+        );
+    }
+    reader.sync().await;
+    assert_eq!(reader.list().unwrap().len(), TABLETS * RECORDS);
+    for tablet in [&tablets[0], &tablets[1]] {
+        tablet.sync().await;
+        assert_eq!(tablet.list().unwrap().len(), TABLETS * RECORDS);
+    }
+}

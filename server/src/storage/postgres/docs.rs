@@ -1,8 +1,9 @@
 //! [`Store`] in PostgreSQL: documents, the feed and the record index,
-//! shared by every node of one database. Tables (schema version 2):
+//! shared by every node of one database. Tables (schema version 3):
 //! `docs` (latest position, heads, chunk count, compaction point),
 //! `doc_chunks` (doc, position → chunk or folded save), `feed` (position
-//! → doc), `doc_log` (doc, position → heads), `change_received`,
+//! → doc), `doc_log` (doc, position → heads and the writing node),
+//! `change_received`,
 //! `record_clock`, `record_index` (index, access and list row summary in
 //! one row), `erased`, `quarantine`, `doc_snapshots`, and `store_meta`
 //! (the store id).
@@ -17,6 +18,13 @@
 //! appear. What it costs: commits of all nodes take turns (each node
 //! still groups its writers' writes into one commit), while admission,
 //! reads and everything else run on every node at once.
+//!
+//! **Overtaken copies.** A write judged on a node's copy of a record
+//! carries the position that copy was loaded at; under the same lock, a
+//! write to a record another node has written since (or erased) is left
+//! out of the commit and answered as overtaken, to be judged again
+//! ([`Store::commit_unless_stale`]). Each commit tells the other nodes
+//! what it wrote (see `notify.rs`), so they rarely hold such a copy.
 //!
 //! **Store id.** It is the database's, drawn once when the schema is
 //! made: a node that dies uncleanly loses nothing the database committed,
