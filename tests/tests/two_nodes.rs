@@ -237,3 +237,45 @@ async fn a_node_killed_while_tablets_push_through_both_loses_nothing_it_acknowle
         assert_eq!(tablet.list().unwrap().len(), TABLETS * RECORDS);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_new_areas_given_through_one_node_reach_their_tablet_live_on_the_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_nodes(tmp.path());
+    a.add_user("ofc.west", "officer", &["west"]);
+    a.add_user("sup.grow", "supervisor", &["east"]);
+    let away = Tablet::for_user(&a, "west tablet", "ofc.west", "west");
+    let supervisor = Tablet::for_user(&b, "supervisor tablet", "sup.grow", "east");
+    let west = away
+        .create_record("patrol_note", "west", vec![("beat".into(), "W1".into())])
+        .unwrap();
+    away.sync().await;
+    let events = Arc::new(Recorder::default());
+    let background = supervisor.start_background(events.clone()).unwrap();
+    wait_until(
+        "the supervisor's session on node B settles",
+        LIVE_TIMEOUT,
+        || events.count(|e| matches!(e, SyncEvent::Settled(_))) > 0,
+    )
+    .await;
+    assert!(supervisor.list().unwrap().is_empty());
+
+    // Given the west too, through node A: node B's session for the
+    // supervisor ends its feed under the old scope, and the tablet is fed
+    // again under the new one without anyone pressing sync.
+    let out = a.command(
+        &[
+            "user", "areas", "--name", "sup.grow", "--area", "east", "--area", "west",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+    wait_until(
+        "the west record reaches the supervisor",
+        LIVE_TIMEOUT,
+        || supervisor.list().unwrap().contains(&west),
+    )
+    .await;
+    assert_eq!(supervisor.field(&west, "beat").value, "W1");
+    background.stop().await;
+}

@@ -427,6 +427,8 @@ pub fn execute_for(
         },
         AdminRequest::UserDisable { name, disabled } => {
             let user = users.set_disabled(&name, disabled)?;
+            // Live sessions of the user's devices read it again.
+            registries.devices.wake();
             audit(
                 "user_disabled",
                 serde_json::json!({ "user": name, "disabled": disabled }),
@@ -435,6 +437,7 @@ pub fn execute_for(
         }
         AdminRequest::UserAreas { name, areas } => {
             let user = users.set_areas(&name, &areas)?;
+            registries.devices.wake();
             audit(
                 "user_areas",
                 serde_json::json!({ "user": name, "areas": areas }),

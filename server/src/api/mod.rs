@@ -411,13 +411,15 @@ fn upgrade(
     let bytes_max = state.limits.ws_message_bytes_max();
     let hub = state.hub;
     let devices = state.devices;
+    let users = state.users;
     let reply = ws
         .max_message_size(bytes_max)
         .max_frame_size(bytes_max)
         .on_upgrade(move |socket| async move {
             let _slot = slot;
             let device_id = caller.device.id;
-            hub.serve_socket(socket, caller, devices, stop_rx).await;
+            hub.serve_socket(socket, caller, devices, users, stop_rx)
+                .await;
             tracing::info!(%device_id, "sync session ended");
         });
     Ok(reply.into_response())

@@ -35,6 +35,7 @@ use super::{
 use crate::engine::docs::{Docs, DocsError, LiveDoc, NotStored};
 use crate::identity::caller::Caller;
 use crate::identity::devices::{Auth, DeviceRegistry};
+use crate::identity::users::UserRegistry;
 
 /// A write handed to the committer, and what to tell the driver once it is
 /// durable (or failed).
@@ -82,6 +83,35 @@ fn refusal(code: ErrorCode, message: String) -> Refusal {
     }
 }
 
+/// How the user a session acts for stands now, if that differs from when
+/// it connected: disabled or gone (the session ends), or given another
+/// role or areas (the session drains, and the device is fed again under
+/// the new scope when it reconnects). None while nothing changed, or
+/// when the user cannot be read (the session goes on).
+fn user_standing(users: &UserRegistry, caller: &Caller) -> Option<Standing> {
+    let user = match users.get(&caller.principal.user) {
+        Ok(user) => user,
+        Err(err) => {
+            tracing::warn!(device = %caller.device.id, error = %err, "user lookup failed");
+            return None;
+        }
+    };
+    match user {
+        Some(u) if !u.disabled => {
+            let now = Caller {
+                device: caller.device.clone(),
+                principal: baraza_records::Principal {
+                    user: u.name,
+                    role: u.role,
+                    areas: u.areas,
+                },
+            };
+            (now.scope() != caller.scope()).then_some(Standing::ScopeChanged)
+        }
+        _ => Some(Standing::TokenInvalid),
+    }
+}
+
 fn quarantined(id: DocId) -> Refusal {
     refusal(
         ErrorCode::Quarantined,
@@ -109,6 +139,7 @@ impl SyncHub {
         ws: WebSocket,
         caller: Caller,
         devices: DeviceRegistry,
+        users: UserRegistry,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let device = &caller.device;
@@ -243,7 +274,12 @@ impl SyncHub {
                         Ok(Auth::Device(d)) if d.retiring => {
                             driver.handle_standing(now(), Standing::Retiring)
                         }
-                        Ok(Auth::Device(_)) => {}
+                        Ok(Auth::Device(_)) => {
+                            if let Some(standing) = tokio::task::block_in_place(|| user_standing(&users, &caller)) {
+                                tracing::info!(device = %device.id, standing = ?standing, "the device's user changed during its session");
+                                driver.handle_standing(now(), standing);
+                            }
+                        }
                         Ok(Auth::Revoked) => {
                             tracing::info!(device = %device.id, "device revoked during its session");
                             driver.handle_standing(now(), Standing::Revoked);
