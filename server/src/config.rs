@@ -139,6 +139,21 @@ pub enum Command {
         #[command(subcommand)]
         command: RecordCommand,
     },
+    /// Copy a stopped server's sled data directory into a new, empty
+    /// PostgreSQL database (records with their whole history at the same
+    /// feed positions, the store id, users, devices, the audit chain),
+    /// then check the copy against it before saying done. Tablets that
+    /// synced with the old server then reconcile with the new one without
+    /// sending everything again.
+    Migrate {
+        /// The data directory to copy (its server stopped).
+        #[arg(long, value_name = "DIR")]
+        from_data: PathBuf,
+        /// The database to copy into, empty: `postgres://USER@HOST/DB`
+        /// (the password from the URL or `PGPASSWORD`).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
     /// Check the whole data directory offline (the server must be
     /// stopped): every record decodes and matches its heads, the feed has no
     /// holes, index and access rows agree, the audit chain verifies and

@@ -141,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?)
         }
         Command::Audit { command } => audit(command),
+        Command::Migrate { from_data, to } => migrate(&from_data, &to),
         Command::Check { common, repair } => {
             let (root, store) = place(&common)?;
             check(&root, &store, repair)
@@ -154,6 +155,53 @@ fn place(common: &config::CommonArgs) -> anyhow::Result<(std::path::PathBuf, Sto
         config::resolve_data_dir(common)?,
         config::resolve_store(common)?,
     ))
+}
+
+/// `baraza-server migrate`: the data directory checked whole first (a
+/// damaged one is refused, nothing copied), then copied and the copy
+/// checked against it.
+fn migrate(from: &std::path::Path, to: &str) -> anyhow::Result<()> {
+    use baraza_server::storage::integrity::{full_check, Anchor};
+    let Some(StoreChoice::Postgres(url)) = StoreChoice::parse(to) else {
+        bail!("--to must be a postgres:// URL of an empty database");
+    };
+    if !from.join("db").is_dir() {
+        bail!("{} holds no server data (no db directory)", from.display());
+    }
+    let data = DataDir::create(from)?;
+    let storage = baraza_server::storage::sled::open(&data)?;
+    let audit = baraza_server::storage::audit::AuditLog::new(storage.audit.clone());
+    let vouched = Anchor::read(&Anchor::path_in(from))?;
+    let problems = full_check(&*storage.docs, &audit, vouched.as_ref());
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("DAMAGED {}: {}", p.what, p.how);
+        }
+        bail!(
+            "the data directory is damaged; nothing was copied. Run `baraza-server check --data {}` \
+             and see README's recovery section",
+            from.display()
+        );
+    }
+    let clean = storage.docs.opened_clean();
+    if !clean {
+        eprintln!(
+            "note: the server was not stopped cleanly; tablets will offer what they hold once \
+             at their next sync (nothing is lost)"
+        );
+    }
+    let copied = baraza_server::storage::postgres::import::import(&storage, &url)?;
+    if clean {
+        storage.docs.close_cleanly()?;
+    }
+    storage.flush()?;
+    let mut stdout = std::io::stdout();
+    writeln!(
+        stdout,
+        "migrated and checked: {} records, feed at {}, {} users, {} devices, audit log of {} entries",
+        copied.records, copied.feed, copied.users, copied.devices, copied.audit
+    )?;
+    Ok(())
 }
 
 /// `baraza-server check`: the full offline scan, and the repair if asked.

@@ -77,6 +77,85 @@ impl PgStore {
         })
     }
 
+    /// For a migration: makes the database's store id `id` (the old
+    /// store's), so tablets that synced with the old server keep their
+    /// cursors and re-send nothing they were acknowledged.
+    pub fn adopt_store_id(&mut self, id: StoreId) -> Result<(), StoreError> {
+        let bytes = id.as_bytes().to_vec();
+        self.pg.run(move |c| async move {
+            c.execute(
+                &c.prepare_cached("UPDATE store_meta SET store_id = $1")
+                    .await?,
+                &[&bytes],
+            )
+            .await?;
+            Ok(())
+        })?;
+        self.id = id;
+        Ok(())
+    }
+
+    /// For a migration into an empty database: one feed entry of the old
+    /// store, kept at exactly its position `seq` (so devices' cursors keep
+    /// their meaning): `w` as a write, or, for the entry that erased a
+    /// record, the tombstone with who could read it; with every change's
+    /// first receipt as the old store kept it.
+    pub fn import(
+        &self,
+        seq: Seq,
+        w: &DocWrite,
+        received: &[(Head, i64)],
+        erased: Option<&RecordAccess>,
+    ) -> Result<(), StoreError> {
+        let (w, seq, node) = (w.clone(), int(seq), self.pg.node().to_string());
+        let received: Vec<(Vec<u8>, i64)> = received
+            .iter()
+            .map(|(h, at)| (h.as_bytes().to_vec(), *at))
+            .collect();
+        let erased = erased.cloned();
+        self.pg.run(move |mut c| async move {
+            let tx = c.transaction().await?;
+            match &erased {
+                Some(access) => {
+                    let doc = key(w.doc);
+                    for table in ["doc_chunks", "doc_log", "change_received", "record_clock", "docs", "record_index", "doc_snapshots"] {
+                        tx.execute(
+                            &tx.prepare_cached(&format!("DELETE FROM {table} WHERE doc = $1")).await?,
+                            &[&doc],
+                        )
+                        .await?;
+                    }
+                    tx.execute(
+                        &tx.prepare_cached("INSERT INTO erased (doc, kind, area, created_by) VALUES ($1, $2, $3, $4) ON CONFLICT (doc) DO NOTHING").await?,
+                        &[&doc, &access.kind, &access.area, &access.created_by],
+                    )
+                    .await?;
+                    tx.execute(
+                        &tx.prepare_cached("INSERT INTO feed (seq, doc) VALUES ($1, $2)").await?,
+                        &[&seq, &doc],
+                    )
+                    .await?;
+                }
+                None => write_one(&tx, &w, seq, &node).await?,
+            }
+            if !received.is_empty() {
+                let (changes, times): (Vec<Vec<u8>>, Vec<i64>) = received.into_iter().unzip();
+                tx.execute(
+                    &tx.prepare_cached(
+                        "INSERT INTO change_received (doc, change, at_ms) \
+                         SELECT $1, c, t FROM unnest($2::bytea[], $3::bigint[]) AS r(c, t) \
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .await?,
+                    &[&key(w.doc), &changes, &times],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     /// The row `sql` (with the document as `$1`) finds, read by `read`.
     fn by_doc<T: Send + 'static>(
         &self,

@@ -33,6 +33,7 @@ use crate::storage::{Backend, Storage};
 mod audit;
 mod devices;
 mod docs;
+pub mod import;
 mod notify;
 mod schema;
 mod sessions;
