@@ -530,3 +530,174 @@ async fn receive<S>(
         }
     }
 }
+
+/// What a push probe's writer did: per record it pushed, when the push
+/// went out and when its `Ack` came back.
+#[derive(Debug, Default)]
+pub struct ProbeWrites {
+    /// Pushed records in order: id, sent, acknowledged.
+    pub pushes: Vec<(DocId, Instant, Option<Instant>)>,
+    /// Why it stopped early.
+    pub error: Option<String>,
+}
+
+/// What a push probe's watcher saw: when each record's first `Changes`
+/// frame arrived.
+#[derive(Debug, Default)]
+pub struct ProbeArrivals {
+    /// First arrival per record.
+    pub first: HashMap<DocId, Instant>,
+    /// Why it stopped early.
+    pub error: Option<String>,
+}
+
+/// Reads one frame within `deadline`, or says why the session is over.
+async fn next_message<S>(stream: &mut S, deadline: tokio::time::Instant) -> Result<Message, String>
+where
+    S: futures_util::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    let limits = Limits {
+        frame_bytes_max: Limits::DEFAULT.frame_bytes_max.saturating_mul(4),
+        ..Limits::DEFAULT
+    };
+    loop {
+        let message = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => return Err("timed out".into()),
+            Ok(None) => return Err("the server ended the connection".into()),
+            Ok(Some(Err(e))) => return Err(format!("websocket error: {e}")),
+            Ok(Some(Ok(m))) => m,
+        };
+        match message {
+            WsMessage::Binary(frame) => {
+                return codec::decode(&frame, &limits)
+                    .map_err(|e| format!("undecodable frame: {e}"))
+            }
+            WsMessage::Close(c) => return Err(format!("the server closed the connection: {c:?}")),
+            _ => {}
+        }
+    }
+}
+
+/// The device a push probe writes as.
+pub struct ProbeDevice {
+    /// Its id.
+    pub device_id: String,
+    /// The actor its records are written by.
+    pub actor: ActorId,
+    /// Where its record ids and fields come from.
+    pub gen: Gen,
+}
+
+/// A push probe's writer: on one live connection, pushes a new record
+/// every `every` until `stop` turns true (or `deadline`), noting when each
+/// push went out and when it was acknowledged. Records are made as it
+/// goes (a few hundred microseconds each), as a tablet makes them.
+pub async fn probe_writer(
+    socket: Socket,
+    hello: Vec<u8>,
+    writer: ProbeDevice,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    deadline: tokio::time::Instant,
+) -> ProbeWrites {
+    let (mut sink, mut stream) = socket.split();
+    let mut out = ProbeWrites::default();
+    if let Err(e) = sink.send(WsMessage::binary(hello)).await {
+        out.error = Some(format!("send failed: {e}"));
+        return out;
+    }
+    let ProbeDevice {
+        device_id,
+        actor,
+        mut gen,
+    } = writer;
+    let mut index: HashMap<DocId, usize> = HashMap::new();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n = 0usize;
+    loop {
+        tokio::select! {
+            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            _ = tokio::time::sleep_until(deadline) => {
+                out.error = Some("timed out".into());
+                break;
+            }
+            _ = tick.tick() => {
+                let id = DocId::from_bytes(id_bytes(&mut gen));
+                let fields = crate::records::fields(&mut gen, 2_000_000 + n);
+                n += 1;
+                let frame = LightRecord::create(id, &device_id, &actor, &fields)
+                    .and_then(|r| r.push_frame());
+                let frame = match frame {
+                    Ok(f) => f,
+                    Err(e) => {
+                        out.error = Some(format!("cannot make a probe record: {e:#}"));
+                        break;
+                    }
+                };
+                index.insert(id, out.pushes.len());
+                out.pushes.push((id, Instant::now(), None));
+                if let Err(e) = sink.send(WsMessage::binary(frame)).await {
+                    out.error = Some(format!("send failed: {e}"));
+                    break;
+                }
+            }
+            message = next_message(&mut stream, deadline) => match message {
+                Ok(Message::Ack(a)) => {
+                    if let Some(&i) = index.get(&a.doc) {
+                        out.pushes[i].2.get_or_insert_with(Instant::now);
+                    }
+                }
+                Ok(Message::Error(e)) if e.fatal => {
+                    out.error = Some(format!("fatal error from the server: {}", e.message));
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    out.error = Some(e);
+                    break;
+                }
+            },
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+    out
+}
+
+/// A push probe's watcher: a live connection that pushes nothing and
+/// notes when each record's first `Changes` frame arrives, until `stop`.
+pub async fn probe_watcher(
+    socket: Socket,
+    hello: Vec<u8>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    deadline: tokio::time::Instant,
+) -> ProbeArrivals {
+    let (mut sink, mut stream) = socket.split();
+    let mut out = ProbeArrivals::default();
+    if let Err(e) = sink.send(WsMessage::binary(hello)).await {
+        out.error = Some(format!("send failed: {e}"));
+        return out;
+    }
+    loop {
+        tokio::select! {
+            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
+            message = next_message(&mut stream, deadline) => match message {
+                Ok(Message::Changes(c)) => {
+                    out.first.entry(c.doc).or_insert_with(Instant::now);
+                }
+                Ok(Message::Error(e)) if e.fatal => {
+                    out.error = Some(format!("fatal error from the server: {}", e.message));
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    out.error = Some(e);
+                    break;
+                }
+            },
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+    out
+}

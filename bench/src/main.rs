@@ -112,6 +112,10 @@ struct Cli {
     /// streams far less of its feed (ingest with little fan-out).
     #[arg(long)]
     ack_only: bool,
+    /// S3: server nodes sharing one PostgreSQL database
+    /// (BARAZA_BENCH_POSTGRES), the clients split across them.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// S1/S2: play a slow link of this many kbit/s each way for the
     /// measured syncs (the setup's upload stays on loopback); e.g. 256.
     #[arg(long)]
@@ -198,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         connect_parallel: cli.connect_parallel,
         fanin_timeout: std::time::Duration::from_secs(cli.fanin_timeout.max(1)),
         ack_only: cli.ack_only,
+        nodes: cli.nodes.max(1),
         cut_every: cli.cut_every_kib.map(|kib| kib * 1024),
         tablet_bin: cli.tablet_bin.clone(),
         link: cli

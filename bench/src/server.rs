@@ -113,9 +113,29 @@ impl Server {
     /// Starts `bin serve --data DATA --listen 127.0.0.1:0`, logging to
     /// `log`, and waits for its `listening on` line.
     pub fn start(bin: &Path, data: &Path, log: &Path) -> anyhow::Result<Server> {
+        Server::start_on(bin, data, log, fresh_store()?)
+    }
+
+    /// Starts another node on this server's database (its own data
+    /// directory, so its own development certificate), as a second
+    /// process behind a load balancer would run. Sled keeps its data dir
+    /// locked, so only a PostgreSQL store can be shared.
+    pub fn start_node(&self, data: &Path, log: &Path) -> anyhow::Result<Server> {
+        ensure!(
+            self.store.is_some(),
+            "a second node needs a shared PostgreSQL store (set BARAZA_BENCH_POSTGRES)"
+        );
+        Server::start_on(&self.bin, data, log, self.store.clone())
+    }
+
+    fn start_on(
+        bin: &Path,
+        data: &Path,
+        log: &Path,
+        store: Option<String>,
+    ) -> anyhow::Result<Server> {
         let log_file = std::fs::File::create(log)
             .with_context(|| format!("cannot create {}", log.display()))?;
-        let store = fresh_store()?;
         let mut cmd = command(bin, store.as_deref());
         cmd.arg("serve")
             .arg("--data")
@@ -209,6 +229,41 @@ impl Server {
             limit.as_secs_f64(),
             self.log.display()
         )
+    }
+
+    /// Bytes the server keeps: the PostgreSQL database's size
+    /// (`pg_database_size`), or the sled data directory's files (the
+    /// development certificate included, a few KiB).
+    pub fn store_bytes(&self) -> anyhow::Result<u64> {
+        match &self.store {
+            Some(url) => {
+                let out = Command::new("psql")
+                    .arg(url)
+                    .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c"])
+                    .arg("SELECT pg_database_size(current_database())")
+                    .output()
+                    .context("cannot run psql to read the database size")?;
+                ensure!(
+                    out.status.success(),
+                    "psql could not read the database size: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .context("psql printed an unreadable database size")
+            }
+            None => dir_bytes(&self.data),
+        }
+    }
+
+    /// Which store it runs on: `postgres` or `sled`.
+    pub fn store_kind(&self) -> &'static str {
+        if self.store.is_some() {
+            "postgres"
+        } else {
+            "sled"
+        }
     }
 
     /// The server's log so far.
@@ -402,6 +457,21 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// The bytes of the files under `dir`, recursively.
+fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
 }
 
 /// A `kB` field of `/proc/PID/status`, in KiB.

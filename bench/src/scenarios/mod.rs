@@ -66,6 +66,9 @@ pub struct Options {
     pub connect_parallel: usize,
     /// S3: how long each client may take, from the common start.
     pub fanin_timeout: Duration,
+    /// S3: server nodes on one database (more than one needs a PostgreSQL
+    /// store); clients are split across them.
+    pub nodes: usize,
     /// S3: clients hang up at their last acknowledgement instead of
     /// waiting for the feed (everything the others wrote).
     pub ack_only: bool,

@@ -55,6 +55,7 @@ impl Bench {
         // Setup: every record made as a tablet would, pushed by eight
         // devices; half submitted, half drafts, spread over the areas.
         let start = Instant::now();
+        let connector = Arc::new(Connector::new(server.addr(), &server.ca())?);
         let mut work = Vec::new();
         let mut history_id = None;
         for (d, token) in tokens.iter().enumerate() {
@@ -110,6 +111,7 @@ impl Bench {
                 pushes.push((id, push_frame(id, &doc)?));
             }
             work.push((
+                connector.clone(),
                 token.clone(),
                 Plan {
                     hello: light::hello_frame(None, 0)?,
@@ -123,14 +125,8 @@ impl Bench {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let connector = Arc::new(Connector::new(server.addr(), &server.ca())?);
         let start = Instant::now();
-        let logs = rt.block_on(run_batched(
-            connector.clone(),
-            work,
-            SEED_DEVICES,
-            Duration::from_secs(3600),
-        ));
+        let logs = rt.block_on(run_batched(work, SEED_DEVICES, Duration::from_secs(3600)));
         let acked: usize = logs.iter().map(|l| l.acks()).sum();
         ensure!(acked == records, "{acked} of {records} records stored");
         self.log(&format!(

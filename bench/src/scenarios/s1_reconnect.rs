@@ -9,7 +9,10 @@ use std::time::Instant;
 use anyhow::ensure;
 use serde_json::json;
 
-use super::{device_client, field_value, report_json, s2_cold_start, Bench, Outcome, EDIT_FIELD};
+use super::{
+    device_client, field_value, kib_json, mib, report_json, s2_cold_start, Bench, Outcome,
+    EDIT_FIELD,
+};
 use crate::proxy::CountingProxy;
 use crate::records::{self, Gen};
 use crate::server::Server;
@@ -42,6 +45,8 @@ impl Bench {
             server.addr(),
             proxy.addr()
         ));
+        // What an empty store costs (PostgreSQL's catalogue is most of it).
+        let store_empty = server.store_bytes()?;
         let a = device_client(&server, &url, &dir.join("client-a"), "bench-a")?;
         let b = device_client(&server, &url, &dir.join("client-b"), "bench-b")?;
 
@@ -96,6 +101,15 @@ impl Bench {
         self.log(&format!(
             "S1/S2 setup: the server's snapshots were taken {:.1} s after the upload",
             waited.as_secs_f64()
+        ));
+        let store_full = server.store_bytes()?;
+        let per_10k = store_full.saturating_sub(store_empty) as f64 * 10_000.0 / o.docs as f64;
+        self.log(&format!(
+            "S1/S2 setup: the {} store holds {:.1} MiB ({:.1} MiB empty): {:.1} MiB per 10,000 records",
+            server.store_kind(),
+            store_full as f64 / 1048576.0,
+            store_empty as f64 / 1048576.0,
+            per_10k / 1048576.0
         ));
 
         if let Some(link) = o.link {
@@ -179,6 +193,9 @@ impl Bench {
             None => None,
         };
         drop(proxy);
+        let rss_kib = server.status_kib("VmRSS");
+        let peak_kib = server.status_kib("VmHWM");
+        let server_store = server.store_kind();
         let status = server.stop()?;
         if !status.success() {
             self.log(&format!("warning: the S1/S2 server exited with {status}"));
@@ -207,6 +224,14 @@ impl Bench {
                 "converged": converged,
                 "via_proxy": true,
                 "link": o.link.map(|l| l.to_json()),
+                "store": {
+                    "kind": server_store,
+                    "bytes_empty": store_empty,
+                    "bytes_after_upload": store_full,
+                    "bytes_per_10k_records": per_10k.round(),
+                },
+                "server_rss_kib": kib_json(rss_kib),
+                "server_peak_rss_kib": kib_json(peak_kib),
                 "setup": {
                     "record_bytes_avg": round3(record_bytes as f64 / o.docs as f64),
                     "create_ms_total": round3(ms(create_wall)),
@@ -222,7 +247,8 @@ impl Bench {
                 "S1 reconnect: client with {} records, {} local + {} remote edits: sync_once {:.1} ms; \
                  {} B up, {} B down over {} connection(s); report {:?}; converged: {converged}\n  \
                  setup: {:.3} ms per create ({} creates in {:.1} s), {:.3} ms per set; \
-                 initial upload {:.2} s ({} B up, {} B down); next sync received {} records ({} B down)",
+                 initial upload {:.2} s ({} B up, {} B down); next sync received {} records ({} B down)\n  \
+                 {server_store} store: {:.1} MiB per 10,000 records; server RSS at the end {} (peak {})",
                 o.docs,
                 o.edits,
                 o.edits,
@@ -240,6 +266,9 @@ impl Bench {
                 upload.traffic.down,
                 settle.report.docs_received,
                 settle.traffic.down,
+                per_10k / 1048576.0,
+                mib(rss_kib),
+                mib(peak_kib),
             ),
         };
         let mut outcomes = vec![s1, s2, s2b];

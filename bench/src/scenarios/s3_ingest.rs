@@ -46,20 +46,18 @@ fn percentiles_json(values: &[f64]) -> Value {
     json!({"p50": round3(p50), "p90": round3(p90), "p99": round3(p99), "max": round3(max)})
 }
 
-/// Runs each plan on its own connection, `parallel` at a time; every
-/// connection ends by `timeout` from its start.
+/// Runs each plan on its own connection (through its connector), `parallel`
+/// at a time; every connection ends by `timeout` from its start.
 pub(crate) async fn run_batched(
-    connector: Arc<Connector>,
-    work: Vec<(String, Plan)>,
+    work: Vec<(Arc<Connector>, String, Plan)>,
     parallel: usize,
     timeout: Duration,
 ) -> Vec<SessionLog> {
     let slots = Arc::new(Semaphore::new(parallel.max(1)));
     let mut set = JoinSet::new();
     let count = work.len();
-    for (i, (token, plan)) in work.into_iter().enumerate() {
+    for (i, (connector, token, plan)) in work.into_iter().enumerate() {
         let slots = slots.clone();
-        let connector = connector.clone();
         set.spawn(async move {
             let _slot = slots.acquire_owned().await;
             let n = plan.pushes.len();
@@ -88,11 +86,60 @@ struct FanIn {
     logs: Vec<SessionLog>,
     t0: Instant,
     connected: usize,
-    setup_peak_kib: Option<u64>,
-    rss_before_kib: Option<u64>,
+    /// Per node, read just before the start.
+    nodes: Vec<NodeBefore>,
     peak_reset: bool,
-    server_cpu_before: Option<Duration>,
     bench_cpu_before: Option<Duration>,
+    probe: ProbeResult,
+}
+
+/// A node's figures just before the start.
+struct NodeBefore {
+    setup_peak_kib: Option<u64>,
+    rss_kib: Option<u64>,
+    cpu: Option<Duration>,
+}
+
+/// The push probe: a writer on the first node pushes a record every
+/// [`PROBE_EVERY`] during the fan-in, a watcher on the last node (the
+/// other one, with two) notes when each arrives.
+pub(crate) struct Probe {
+    writer: (Arc<Connector>, String),
+    watcher: (Arc<Connector>, String),
+    device_id: String,
+    actor: ActorId,
+    gen: Gen,
+    hello: Vec<u8>,
+}
+
+/// How often the probe writer pushes a record.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
+
+#[derive(Default)]
+struct ProbeResult {
+    writes: light::ProbeWrites,
+    arrivals: light::ProbeArrivals,
+    connect_error: Option<String>,
+}
+
+impl ProbeResult {
+    /// Per probe record that arrived: writer's ack → watcher's arrival
+    /// (negative values clamp to 0: the feed can stream a record before
+    /// its writer reads the ack), and writer's send → arrival.
+    fn latencies(&self) -> (Vec<f64>, Vec<f64>, usize) {
+        let (mut from_ack, mut from_send, mut missing) = (Vec::new(), Vec::new(), 0);
+        for (id, sent, acked) in &self.writes.pushes {
+            let Some(acked) = acked else { continue };
+            match self.arrivals.first.get(id) {
+                Some(at) => {
+                    from_ack.push(ms(at.saturating_duration_since(*acked)));
+                    from_send.push(ms(at.saturating_duration_since(*sent)));
+                }
+                None => missing += 1,
+            }
+        }
+        (from_ack, from_send, missing)
+    }
 }
 
 /// Connects every client (`connect_parallel` at a time), then releases
@@ -100,9 +147,9 @@ struct FanIn {
 /// reads until its plan is complete. The server's peak RSS is reset and
 /// the CPU clocks read between the last connection and the start.
 async fn fan_in_connected(
-    server: &Server,
-    connector: Arc<Connector>,
-    work: Vec<(String, Plan)>,
+    servers: &[Server],
+    work: Vec<(Arc<Connector>, String, Plan)>,
+    probe: Probe,
     connect_parallel: usize,
     timeout: Duration,
 ) -> FanIn {
@@ -111,9 +158,8 @@ async fn fan_in_connected(
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<bool>();
     let (go_tx, go_rx) = watch::channel(false);
     let mut set = JoinSet::new();
-    for (i, (token, plan)) in work.into_iter().enumerate() {
+    for (i, (connector, token, plan)) in work.into_iter().enumerate() {
         let slots = slots.clone();
-        let connector = connector.clone();
         let ready_tx = ready_tx.clone();
         let mut go_rx = go_rx.clone();
         set.spawn(async move {
@@ -157,11 +203,64 @@ async fn fan_in_connected(
     })
     .await;
 
-    let setup_peak_kib = server.status_kib("VmHWM");
-    let rss_before_kib = server.status_kib("VmRSS");
-    let peak_reset = server.reset_peak_rss();
-    let server_cpu_before = server.cpu_time();
+    let mut probe_result = ProbeResult::default();
+    let probe_sockets = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let writer = probe.writer.0.connect(&probe.writer.1).await?;
+        let watcher = probe.watcher.0.connect(&probe.watcher.1).await?;
+        anyhow::Ok((writer, watcher))
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("connect timed out"))
+    .and_then(|r| r);
+
+    let nodes = servers
+        .iter()
+        .map(|s| NodeBefore {
+            setup_peak_kib: s.status_kib("VmHWM"),
+            rss_kib: s.status_kib("VmRSS"),
+            cpu: None,
+        })
+        .collect::<Vec<_>>();
+    let peak_reset = servers.iter().all(|s| s.reset_peak_rss());
+    let nodes = nodes
+        .into_iter()
+        .zip(servers)
+        .map(|(n, s)| NodeBefore {
+            cpu: s.cpu_time(),
+            ..n
+        })
+        .collect::<Vec<_>>();
     let bench_cpu_before = proc_cpu_time(std::process::id());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let probe_deadline = tokio::time::Instant::now() + timeout + CONNECT_TIMEOUT;
+    let probe_tasks = match probe_sockets {
+        Ok((writer, watcher)) => {
+            // The watcher first, so it is listening before the first push.
+            let watched = tokio::spawn(light::probe_watcher(
+                watcher,
+                probe.hello.clone(),
+                stop_rx.clone(),
+                probe_deadline,
+            ));
+            let written = tokio::spawn(light::probe_writer(
+                writer,
+                probe.hello,
+                light::ProbeDevice {
+                    device_id: probe.device_id,
+                    actor: probe.actor,
+                    gen: probe.gen,
+                },
+                PROBE_EVERY,
+                stop_rx,
+                probe_deadline,
+            ));
+            Some((written, watched))
+        }
+        Err(e) => {
+            probe_result.connect_error = Some(format!("{e:#}"));
+            None
+        }
+    };
     let t0 = Instant::now();
     let _ = go_tx.send(true);
 
@@ -171,6 +270,13 @@ async fn fan_in_connected(
             logs[i] = Some(log);
         }
     }
+    // The last probe records need a moment to cross.
+    tokio::time::sleep(PROBE_EVERY * 10).await;
+    let _ = stop_tx.send(true);
+    if let Some((written, watched)) = probe_tasks {
+        probe_result.writes = written.await.unwrap_or_default();
+        probe_result.arrivals = watched.await.unwrap_or_default();
+    }
     FanIn {
         logs: logs
             .into_iter()
@@ -178,11 +284,10 @@ async fn fan_in_connected(
             .collect(),
         t0,
         connected,
-        setup_peak_kib,
-        rss_before_kib,
+        nodes,
         peak_reset,
-        server_cpu_before,
         bench_cpu_before,
+        probe: probe_result,
     }
 }
 
@@ -210,7 +315,20 @@ impl Bench {
             &dir.join("server-data"),
             &dir.join("server.log"),
         )?;
-        let connector = Arc::new(Connector::new(server.addr(), &server.ca())?);
+        let mut servers = vec![server];
+        for k in 1..o.nodes.max(1) {
+            let node = servers[0].start_node(
+                &dir.join(format!("node-{k}-data")),
+                &dir.join(format!("node-{k}.log")),
+            )?;
+            servers.push(node);
+        }
+        let connectors = servers
+            .iter()
+            .map(|s| Ok(Arc::new(Connector::new(s.addr(), &s.ca())?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let node_of = |i: usize| connectors[i % connectors.len()].clone();
+        let server = &servers[0];
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(o.light_threads.max(1))
             .thread_name("light-client")
@@ -218,9 +336,14 @@ impl Bench {
             .build()
             .context("cannot start the light clients' runtime")?;
         self.log(&format!(
-            "S3: server pid {} on {}; protocol-level clients on {} threads",
-            server.pid(),
-            server.addr(),
+            "S3: {} node(s) on {} ({}); protocol-level clients on {} threads, split across the nodes",
+            servers.len(),
+            server.store_kind(),
+            servers
+                .iter()
+                .map(|s| format!("pid {} on {}", s.pid(), s.addr()))
+                .collect::<Vec<_>>()
+                .join(", "),
             o.light_threads.max(1)
         ));
 
@@ -259,7 +382,8 @@ impl Bench {
             let start = Instant::now();
             let work = devices
                 .iter()
-                .map(|d| {
+                .enumerate()
+                .map(|(i, d)| {
                     let pushes = d
                         .old
                         .iter()
@@ -270,15 +394,10 @@ impl Bench {
                         pushes,
                         wait_for_feed: false,
                     };
-                    Ok((d.token.clone(), plan))
+                    Ok((node_of(i), d.token.clone(), plan))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let logs = rt.block_on(run_batched(
-                connector.clone(),
-                work,
-                o.setup_syncs,
-                o.fanin_timeout,
-            ));
+            let logs = rt.block_on(run_batched(work, o.setup_syncs, o.fanin_timeout));
             for (i, (device, log)) in devices.iter_mut().zip(logs).enumerate() {
                 ensure!(
                     log.error.is_none() && log.acks() == device.old.len(),
@@ -337,6 +456,7 @@ impl Bench {
             kinds.push(pushes.iter().map(|p| p.2).collect());
             expected.push(edited);
             work.push((
+                node_of(i),
                 device.token.clone(),
                 Plan {
                     hello: light::hello_frame(store, cursor)?,
@@ -352,19 +472,44 @@ impl Bench {
             o.clients, changes_expected
         ));
 
+        // The probe's two devices: the writer on the first node, the
+        // watcher on the last.
+        let probe_tokens = server.add_devices("bench-probe", 2, 2)?;
+        let mut probe_gen = Gen::new(4999);
+        let probe_device = light::device_id_of(&probe_tokens[0])?;
+        let probe = Probe {
+            actor: light::actor_for(&probe_device, &mut probe_gen)?,
+            device_id: probe_device,
+            gen: probe_gen,
+            writer: (node_of(0), probe_tokens[0].clone()),
+            watcher: (node_of(servers.len() - 1), probe_tokens[1].clone()),
+            hello: light::hello_frame(store, cursor)?,
+        };
+
         let fan = rt.block_on(fan_in_connected(
-            &server,
-            connector,
+            &servers,
             work,
+            probe,
             o.connect_parallel,
             o.fanin_timeout,
         ));
-        let peak_kib = server.status_kib("VmHWM");
-        let rss_after_kib = server.status_kib("VmRSS");
-        let server_cpu = server
-            .cpu_time()
-            .zip(fan.server_cpu_before)
-            .map(|(a, b)| a.saturating_sub(b));
+        let per_node = servers
+            .iter()
+            .zip(&fan.nodes)
+            .map(|(s, before)| {
+                let cpu = s
+                    .cpu_time()
+                    .zip(before.cpu)
+                    .map(|(a, b)| a.saturating_sub(b));
+                (s.status_kib("VmHWM"), s.status_kib("VmRSS"), cpu)
+            })
+            .collect::<Vec<_>>();
+        let sum = |v: Vec<Option<u64>>| v.into_iter().sum::<Option<u64>>();
+        let peak_kib = sum(per_node.iter().map(|n| n.0).collect());
+        let rss_after_kib = sum(per_node.iter().map(|n| n.1).collect());
+        let rss_before_kib = sum(fan.nodes.iter().map(|n| n.rss_kib).collect());
+        let setup_peak_kib = sum(fan.nodes.iter().map(|n| n.setup_peak_kib).collect());
+        let server_cpu = per_node.iter().map(|n| n.2).sum::<Option<Duration>>();
         let bench_cpu = proc_cpu_time(std::process::id())
             .zip(fan.bench_cpu_before)
             .map(|(a, b)| a.saturating_sub(b));
@@ -429,14 +574,29 @@ impl Bench {
             errors.len()
         ));
 
-        // Does the server hold everything, edits included? A fresh SDK
-        // device pulls it all.
-        let checker = device_client(
-            &server,
-            &server.url(),
-            &dir.join("checker"),
-            "bench-checker",
-        )?;
+        let (probe_ack_ms, probe_send_ms, probe_missing) = fan.probe.latencies();
+        let [p50, p90, p99, pmax] = summary(&probe_ack_ms);
+        let probe_error = fan
+            .probe
+            .connect_error
+            .clone()
+            .or_else(|| fan.probe.writes.error.clone())
+            .or_else(|| fan.probe.arrivals.error.clone());
+        let probe_across = servers.len() > 1;
+        let store_kind = servers[0].store_kind();
+        self.log(&format!(
+            "S3: {} probe records pushed through node 1, {} arrived on {} (ack -> arrival p50 {p50:.0} ms, \
+             p99 {p99:.0} ms, max {pmax:.0} ms), {probe_missing} acknowledged but never arrived{}",
+            fan.probe.writes.pushes.len(),
+            probe_ack_ms.len(),
+            if probe_across { "the other node" } else { "the same node" },
+            probe_error.as_ref().map(|e| format!("; probe error: {e}")).unwrap_or_default()
+        ));
+
+        // Does the store hold everything, edits included? A fresh SDK
+        // device pulls it all (from the last node).
+        let last = &servers[servers.len() - 1];
+        let checker = device_client(last, &last.url(), &dir.join("checker"), "bench-checker")?;
         let (check, check_wall, _) = self.try_sync(&checker, None);
         let records_on_server = checker.list()?.len();
         let mut edits_visible = 0usize;
@@ -452,9 +612,12 @@ impl Bench {
             ));
         }
         drop(checker);
-        let status = server.stop()?;
-        if !status.success() {
-            self.log(&format!("warning: the S3 server exited with {status}"));
+        let pids = servers.iter().map(|s| s.pid()).collect::<Vec<_>>();
+        for (k, server) in servers.into_iter().enumerate() {
+            let status = server.stop()?;
+            if !status.success() {
+                self.log(&format!("warning: S3 node {} exited with {status}", k + 1));
+            }
         }
 
         let peak_scope = if fan.peak_reset {
@@ -462,7 +625,15 @@ impl Bench {
         } else {
             "process_lifetime"
         };
-        let records_expected = o.clients * (o.fanin_edits + o.creates);
+        // The probe's records are in the store too.
+        let probe_acked = fan
+            .probe
+            .writes
+            .pushes
+            .iter()
+            .filter(|p| p.2.is_some())
+            .count();
+        let records_expected = o.clients * (o.fanin_edits + o.creates) + probe_acked;
         let json = json!({
             "scenario": "s3_fan_in",
             "clients_kind": "protocol",
@@ -503,9 +674,35 @@ impl Bench {
             "bytes_down_total": bytes_down,
             "server_peak_rss_kib": kib_json(peak_kib),
             "server_peak_rss_scope": peak_scope,
-            "server_rss_before_kib": kib_json(fan.rss_before_kib),
+            "server_rss_before_kib": kib_json(rss_before_kib),
             "server_rss_after_kib": kib_json(rss_after_kib),
-            "server_setup_peak_rss_kib": kib_json(fan.setup_peak_kib),
+            "server_setup_peak_rss_kib": kib_json(setup_peak_kib),
+            "server_figures_kind": "sums over the nodes; per node in `nodes_detail`",
+            "store": store_kind,
+            "nodes": pids.len(),
+            "nodes_detail": pids.iter().zip(&per_node).zip(&fan.nodes).map(|((pid, after), before)| json!({
+                "pid": pid,
+                "peak_rss_kib": kib_json(after.0),
+                "rss_after_kib": kib_json(after.1),
+                "rss_before_kib": kib_json(before.rss_kib),
+                "cpu_ms": after.2.map(|d| round3(ms(d))),
+            })).collect::<Vec<_>>(),
+            "push_probe": {
+                "kind": if probe_across {
+                    "a record pushed every 100 ms through node 1 during the fan-in; \
+                     its Ack on node 1 -> its Changes on a live connection to node 2"
+                } else {
+                    "a record pushed every 100 ms during the fan-in; its Ack -> its \
+                     Changes on another live connection to the same node"
+                },
+                "across_nodes": probe_across,
+                "pushed": fan.probe.writes.pushes.len(),
+                "arrived": probe_ack_ms.len(),
+                "acked_not_arrived": probe_missing,
+                "ack_to_arrival_ms": percentiles_json(&probe_ack_ms),
+                "send_to_arrival_ms": percentiles_json(&probe_send_ms),
+                "error": probe_error,
+            },
             "server_cpu_ms": server_cpu.map(|d| round3(ms(d))),
             "bench_cpu_ms": bench_cpu.map(|d| round3(ms(d))),
             "light_threads": o.light_threads.max(1),
@@ -522,7 +719,7 @@ impl Bench {
             },
         });
         let summary = format!(
-            "S3 fan-in (protocol-level clients, server ingest): {} clients x ({} new + {} edits) \
+            "S3 fan-in (protocol-level clients, server ingest; {} node(s) on {store_kind}): {} clients x ({} new + {} edits) \
              pushed at once: {} of {} changes acknowledged in {:.2} s = {:.0} changes durably \
              stored/s; {} refused, {} failures\n  \
              per-change ack latency (push sent -> Ack read; {} samples): p50 {:.0} ms, \
@@ -531,7 +728,10 @@ impl Bench {
              p99 {:.0} ms, max {:.0} ms\n  \
              server peak RSS during fan-in {} ({}; before {}, after {}, peak during setup {}); \
              server CPU {:.1} s, bench (clients) CPU {:.1} s\n  \
-             a fresh device pulled {} records (expected {}), {} of {} edits visible{}",
+             a fresh device pulled {} records (expected {}), {} of {} edits visible{}\n  \
+             push probe ({}): {} of {} arrived, ack -> arrival p50 {p50:.0} ms, p90 {p90:.0} ms, \
+             p99 {p99:.0} ms, max {pmax:.0} ms",
+            pids.len(),
             o.clients,
             o.creates,
             o.fanin_edits,
@@ -557,9 +757,9 @@ impl Bench {
             dmax,
             mib(peak_kib),
             peak_scope,
-            mib(fan.rss_before_kib),
+            mib(rss_before_kib),
             mib(rss_after_kib),
-            mib(fan.setup_peak_kib),
+            mib(setup_peak_kib),
             server_cpu.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN),
             bench_cpu.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN),
             records_on_server,
@@ -570,6 +770,13 @@ impl Bench {
                 Ok(_) => String::new(),
                 Err(e) => format!(" but its sync FAILED: {e}"),
             },
+            if probe_across {
+                "node 1 -> node 2"
+            } else {
+                "same node"
+            },
+            probe_ack_ms.len(),
+            fan.probe.writes.pushes.len(),
         );
         Ok(Outcome {
             name: "s3_fan_in",

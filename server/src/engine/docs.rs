@@ -38,6 +38,7 @@ use baraza_protocol::{to_heads, DocDelta, DocId, Seq};
 use tokio::sync::{oneshot, watch};
 
 use crate::engine::recent::RecentLogs;
+use crate::storage::catch_up::DocReads;
 use crate::storage::store::{DocWrite, IndexEntry, Receipt, Store, StoreError, StoredDoc};
 
 /// Chunks a document may accumulate before it is folded into one save.
@@ -386,11 +387,23 @@ impl Docs {
         base: Seq,
         at: Seq,
     ) -> Result<Option<DocDelta>, DocsError> {
-        let Some(lacking) = self.recent.after(self.store.as_ref(), id, base, at)? else {
+        self.recent_after_with(self.store.as_ref(), id, base, at)
+    }
+
+    /// [`Docs::recent_after`], reading through `reads` (a catch-up batch
+    /// in front of the store).
+    pub fn recent_after_with<R: DocReads + ?Sized>(
+        &self,
+        reads: &R,
+        id: DocId,
+        base: Seq,
+        at: Seq,
+    ) -> Result<Option<DocDelta>, DocsError> {
+        let Some(lacking) = self.recent.after(reads, id, base, at)? else {
             return Ok(None);
         };
         if lacking.whole {
-            if let Some(saved) = self.snapshot_and_after(id)? {
+            if let Some(saved) = self.snapshot_and_after(reads, id)? {
                 return Ok(Some(saved));
             }
         }
@@ -664,10 +677,20 @@ impl Docs {
     /// the chunks after it, or else every chunk stored (and a snapshot is
     /// asked for).
     pub fn stored(&self, id: DocId) -> Result<Option<DocDelta>, DocsError> {
-        if let Some(delta) = self.snapshot_and_after(id)? {
+        self.stored_with(self.store.as_ref(), id)
+    }
+
+    /// [`Docs::stored`], reading through `reads` (a catch-up batch in
+    /// front of the store).
+    pub fn stored_with<R: DocReads + ?Sized>(
+        &self,
+        reads: &R,
+        id: DocId,
+    ) -> Result<Option<DocDelta>, DocsError> {
+        if let Some(delta) = self.snapshot_and_after(reads, id)? {
             return Ok(Some(delta));
         }
-        let Some(stored) = self.store.load(id).map_err(|e| damage(id, e))? else {
+        let Some(stored) = reads.load(id).map_err(|e| damage(id, e))? else {
             return Ok(None);
         };
         // Not loaded (a cold start reads thousands), but every chunk's
@@ -684,7 +707,7 @@ impl Docs {
                 let _ = tx.send(Compact::Snapshot(id));
             }
         }
-        let heads = self.store.heads_at(id, stored.seq)?.unwrap_or_default();
+        let heads = reads.heads_at(id, stored.seq)?.unwrap_or_default();
         Ok(Some(DocDelta {
             heads,
             data: stored.bytes,
@@ -697,8 +720,12 @@ impl Docs {
     /// chunks after it were folded away, or it fails its checksum: the
     /// chunks are read instead, so a damaged copy costs bytes, never
     /// changes).
-    fn snapshot_and_after(&self, id: DocId) -> Result<Option<DocDelta>, DocsError> {
-        let (seq, saved) = match self.store.snapshot(id) {
+    fn snapshot_and_after<R: DocReads + ?Sized>(
+        &self,
+        reads: &R,
+        id: DocId,
+    ) -> Result<Option<DocDelta>, DocsError> {
+        let (seq, saved) = match reads.snapshot(id) {
             Ok(Some(kept)) => kept,
             Ok(None) => return Ok(None),
             Err(err) => {
@@ -706,11 +733,7 @@ impl Docs {
                 return Ok(None);
             }
         };
-        let Some(after) = self
-            .store
-            .chunks_after(id, seq)
-            .map_err(|e| damage(id, e))?
-        else {
+        let Some(after) = reads.chunks_after(id, seq).map_err(|e| damage(id, e))? else {
             return Ok(None);
         };
         if let Err(err) = docsync::verify_chunks(&saved) {

@@ -17,6 +17,7 @@ use crate::engine::view::{
     ConflictValueView, ConflictView, DeviceLabel, FieldValue, HistoryView, RecordView,
 };
 use crate::identity::caller::{desk_device_id, Caller, DeviceIdentity, DESK_DEVICE_NAME};
+use crate::storage::catch_up::{BatchReads, CatchUpBatch};
 use crate::storage::store::{ClockSkew, IndexEntry, Receipt, RecordFilter, RecordRow};
 use baraza_records::access::WriteSummary;
 use baraza_records::{Header, Kind, Principal};
@@ -576,6 +577,37 @@ impl SyncHub {
             .unwrap_or_else(|p| p.into_inner())
             .put(id, found.clone());
         Ok(Some(found))
+    }
+
+    /// Keeps the access rows a catch-up batch read (not yet cached ones),
+    /// so its read checks find them without asking the store.
+    fn remember_access(&self, batch: &CatchUpBatch) {
+        let fresh: Vec<(DocId, Access)> = {
+            let cache = self.read_cache();
+            batch
+                .records
+                .iter()
+                .filter(|(id, _)| !cache.contains(id))
+                .filter_map(|(id, r)| {
+                    let a = r.access.as_ref()?;
+                    Some((
+                        *id,
+                        Access {
+                            kind: Kind::parse(&a.kind)?,
+                            area: a.area.clone(),
+                            created_by: a.created_by.clone(),
+                        },
+                    ))
+                })
+                .collect()
+        };
+        if fresh.is_empty() {
+            return;
+        }
+        let mut cache = self.access_cache.write().unwrap_or_else(|p| p.into_inner());
+        for (id, access) in fresh {
+            cache.put(id, Arc::new(access));
+        }
     }
 
     fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, lru::LruCache<DocId, Arc<Access>>> {
@@ -1214,6 +1246,30 @@ struct HubFeed<'a> {
     hub: &'a SyncHub,
     who: &'a Principal,
     devices: &'a crate::identity::devices::DeviceRegistry,
+    /// What [`Feed::prepare`] read ahead for the entries being sent.
+    batch: CatchUpBatch,
+}
+
+impl<'a> HubFeed<'a> {
+    fn new(
+        hub: &'a SyncHub,
+        who: &'a Principal,
+        devices: &'a crate::identity::devices::DeviceRegistry,
+    ) -> HubFeed<'a> {
+        HubFeed {
+            hub,
+            who,
+            devices,
+            batch: CatchUpBatch::default(),
+        }
+    }
+
+    fn reads(&self) -> BatchReads<'_> {
+        BatchReads {
+            batch: &self.batch,
+            store: self.hub.docs.store().as_ref(),
+        }
+    }
 }
 
 impl Feed for HubFeed<'_> {
@@ -1228,6 +1284,12 @@ impl Feed for HubFeed<'_> {
         Ok(self.hub.docs.store().entries_after(after, upto, limit)?)
     }
 
+    fn prepare(&mut self, wants: &[(DocId, Seq)]) -> Result<(), DocsError> {
+        self.batch = self.hub.docs.store().catch_up_batch(wants)?;
+        self.hub.remember_access(&self.batch);
+        Ok(())
+    }
+
     fn erased(&mut self, doc: DocId) -> Result<bool, DocsError> {
         // Only those who could read it are told: an erasure names a record.
         Ok(match self.hub.docs.store().erased(doc)? {
@@ -1238,7 +1300,7 @@ impl Feed for HubFeed<'_> {
     }
 
     fn quarantined(&mut self, doc: DocId) -> Result<bool, DocsError> {
-        Ok(self.hub.readable(self.who, doc)? && self.hub.docs.store().quarantined(doc)?.is_some())
+        Ok(self.hub.readable(self.who, doc)? && self.reads().quarantined(doc)?.is_some())
     }
 
     fn device_names(&mut self, devices: &[DeviceId]) -> Result<Vec<DeviceName>, DocsError> {
@@ -1256,7 +1318,7 @@ impl Feed for HubFeed<'_> {
         base: Seq,
         at: Seq,
     ) -> Result<Option<baraza_protocol::DocDelta>, DocsError> {
-        if !self.hub.readable(self.who, doc)? || self.hub.docs.store().quarantined(doc)?.is_some() {
+        if !self.hub.readable(self.who, doc)? || self.reads().quarantined(doc)?.is_some() {
             return Ok(None);
         }
         match self.delta(doc, base, at) {
@@ -1281,14 +1343,15 @@ impl HubFeed<'_> {
     ) -> Result<Option<baraza_protocol::DocDelta>, DocsError> {
         let docs = &self.hub.docs;
         let store = docs.store();
+        let reads = self.reads();
         if base == 0 {
             // A client that never had the document gets the stored bytes as
             // they are: no document is loaded, so a cold start costs reads only.
-            return docs.stored(doc);
+            return docs.stored_with(&reads, doc);
         }
         // Every connection reads each new write: the chunks are read and
         // checked once and shared.
-        if let Some(delta) = docs.recent_after(doc, base, at)? {
+        if let Some(delta) = docs.recent_after_with(&reads, doc, base, at)? {
             return Ok(Some(delta));
         }
         // Compacted past the client's position: compute the delta.

@@ -18,7 +18,8 @@ use std::sync::Mutex;
 use baraza_protocol::{docsync, DocDelta, DocId, Seq};
 
 use crate::engine::docs::DocsError;
-use crate::storage::store::{DocChunks, Store};
+use crate::storage::catch_up::DocReads;
+use crate::storage::store::DocChunks;
 
 /// Records whose recent chunks are kept: readers of a busy feed are
 /// thousands of entries apart, and each record they share is read once.
@@ -102,9 +103,9 @@ impl RecentLogs {
     /// feed entry at position `at`: a state that includes every write up
     /// to `at`. None if the store has no chunks after `base` (the record is
     /// unknown, erased, or compacted past `base`).
-    pub fn after(
+    pub fn after<R: DocReads + ?Sized>(
         &self,
-        store: &dyn Store,
+        reads: &R,
         doc: DocId,
         base: Seq,
         at: Seq,
@@ -118,7 +119,7 @@ impl RecentLogs {
             }
             inner.epoch
         };
-        let Some(chunks) = store.chunks_after(doc, base)? else {
+        let Some(chunks) = reads.chunks_after(doc, base)? else {
             return Ok(None);
         };
         // Every chunk's checksum is checked, so a flipped byte is never
@@ -126,7 +127,7 @@ impl RecentLogs {
         docsync::verify_chunks(&chunks.bytes).map_err(|e| DocsError::Load(doc, e.to_string()))?;
         let log = Log { from: base, chunks };
         let delta = log.after(base);
-        if log.chunks.bytes.len() <= LOG_BYTES_MAX {
+        if log.chunks.bytes.len() <= LOG_BYTES_MAX && reads.fresh() {
             let mut inner = self.lock();
             // The newer log wins; of two as new, the one serving more readers.
             let better = inner.logs.peek(&doc).is_none_or(|old| {

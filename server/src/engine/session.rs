@@ -312,11 +312,7 @@ impl SyncHub {
                 _ = std::future::ready(()), if feed_due => {
                     feed_due = false;
                     tokio::task::block_in_place(|| {
-                        let mut feed = super::HubFeed {
-                            hub: &self,
-                            who: &caller.principal,
-                            devices: &devices,
-                        };
+                        let mut feed = super::HubFeed::new(&self, &caller.principal, &devices);
                         if let Err(err) = driver.handle_feed(now(), &mut feed) {
                             tracing::warn!(device = %device.id, error = %err, "catch-up failed");
                         }

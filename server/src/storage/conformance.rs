@@ -333,6 +333,79 @@ pub fn quarantine_holds_and_releases(store: &dyn Store) {
     assert_eq!(store.load(a).unwrap().unwrap().bytes, vec![1]);
 }
 
+/// A catch-up batch answers each read exactly as the store does alone,
+/// for records plain, snapshotted, folded, quarantined, erased, unknown,
+/// read from nothing and from a position.
+pub fn catch_up_batches_answer_as_single_reads(store: &dyn Store) {
+    use crate::storage::catch_up::{BatchReads, DocReads};
+    let (plain, snapped, folded, held, gone, unknown) =
+        (doc(1), doc(2), doc(3), doc(4), doc(5), doc(9));
+    let e = || entry(Kind::Meeting, "north", "amina", 1);
+    store
+        .commit(&[indexed(plain, 1, e()), write(snapped, 2), write(folded, 3)])
+        .unwrap();
+    store
+        .commit(&[write(plain, 4), write(snapped, 5), write(folded, 6)])
+        .unwrap();
+    store
+        .commit(&[write(folded, 7), indexed(held, 8, e()), write(gone, 9)])
+        .unwrap();
+    assert!(store.keep_snapshot(snapped, 5, b"saved at 5").unwrap());
+    assert!(store.fold(folded, &[3, 6], &[36]).unwrap());
+    store.quarantine(held, "damaged in a test").unwrap();
+    store.commit(&[DocWrite::erasure(gone)]).unwrap();
+    let docs = [plain, snapped, folded, held, gone, unknown];
+    let mut wants = Vec::new();
+    for d in docs {
+        for base in [0, 1, 4, 6, 7] {
+            wants.push((d, base));
+        }
+    }
+    let batch = store.catch_up_batch(&wants).unwrap();
+    let reads = BatchReads {
+        batch: &batch,
+        store,
+    };
+    for (d, base) in wants {
+        let single: &dyn Store = store;
+        assert_eq!(
+            reads.chunks_after(d, base).unwrap(),
+            single.chunks_after(d, base).unwrap(),
+            "{d} after {base}"
+        );
+        assert_eq!(
+            DocReads::snapshot(&reads, d).unwrap(),
+            single.snapshot(d).unwrap(),
+            "{d}"
+        );
+        assert_eq!(
+            DocReads::load(&reads, d).unwrap(),
+            single.load(d).unwrap(),
+            "{d}"
+        );
+        assert_eq!(
+            reads.quarantined(d).unwrap(),
+            single.quarantined(d).unwrap(),
+            "{d}"
+        );
+        if let Some(latest) = single.doc_seq(d).unwrap() {
+            assert_eq!(
+                DocReads::heads_at(&reads, d, latest).unwrap(),
+                single.heads_at(d, latest).unwrap(),
+                "{d}"
+            );
+        }
+        if let Some(r) = batch.records.get(&d) {
+            assert_eq!(r.access, single.access_of(d).unwrap(), "{d}");
+        }
+    }
+    // A snapshot's chunks after it, as a cold start reads them.
+    assert_eq!(
+        reads.chunks_after(snapped, 5).unwrap(),
+        store.chunks_after(snapped, 5).unwrap()
+    );
+}
+
 /// Runs every check above, each on a store `fresh` makes.
 pub fn every_check(fresh: &dyn Fn() -> Box<dyn Store>) {
     feed_chunks_and_heads(fresh().as_ref());
@@ -341,4 +414,5 @@ pub fn every_check(fresh: &dyn Fn() -> Box<dyn Store>) {
     receipts_skews_and_erasure(fresh().as_ref());
     listings_follow_filter_scope_and_summaries(fresh().as_ref());
     quarantine_holds_and_releases(fresh().as_ref());
+    catch_up_batches_answer_as_single_reads(fresh().as_ref());
 }

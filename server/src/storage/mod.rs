@@ -19,6 +19,7 @@
 use std::sync::Arc;
 
 pub mod audit;
+pub mod catch_up;
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod data_dir;

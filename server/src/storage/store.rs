@@ -413,6 +413,17 @@ pub trait Store: Send + Sync + 'static {
     fn quarantined(&self, doc: DocId) -> Result<Option<String>, StoreError>;
     /// Every quarantined record and why.
     fn quarantines(&self) -> Result<Vec<(DocId, String)>, StoreError>;
+    /// What catch-up will read of each of `wants` (a record and the
+    /// position its reader holds it as of), read together; see
+    /// [`crate::storage::catch_up`]. A record left out is read one call at
+    /// a time, so the default, for a backend without round trips, reads
+    /// nothing ahead.
+    fn catch_up_batch(
+        &self,
+        _wants: &[(DocId, Seq)],
+    ) -> Result<crate::storage::catch_up::CatchUpBatch, StoreError> {
+        Ok(Default::default())
+    }
     /// Marks a clean shutdown (after flushing).
     fn close_cleanly(&self) -> Result<(), StoreError>;
     /// How many documents are stored.

@@ -14,6 +14,13 @@ pub trait Feed {
         upto: Seq,
         limit: usize,
     ) -> Result<Vec<(Seq, DocId)>, Self::Error>;
+    /// Says which documents [`Feed::changes_since`] is about to be asked
+    /// for, each with the `base` it will be asked with, so a store with
+    /// round trips can read them together. Only a hint: what it answers
+    /// must not change.
+    fn prepare(&mut self, _wants: &[(DocId, Seq)]) -> Result<(), Self::Error> {
+        Ok(())
+    }
     /// The document as the bytes a client lacks that holds it as of feed
     /// position `base` (its last write at or before `base`; the whole
     /// document when `base` is 0 or the document is newer), read for the

@@ -452,6 +452,13 @@ impl ServerSession {
         } else {
             entries.last().map(|e| e.0).unwrap_or(upto)
         };
+        let wants: Vec<(DocId, Seq)> = entries
+            .iter()
+            .filter_map(|&(seq, doc)| Some((doc, self.feed_base(doc, seq)?)))
+            .collect();
+        if !wants.is_empty() {
+            feed.prepare(&wants)?;
+        }
         for (seq, doc) in entries {
             let Some(base_seq) = self.feed_base(doc, seq) else {
                 continue;

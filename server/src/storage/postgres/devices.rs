@@ -131,10 +131,16 @@ impl DeviceStore for PgDeviceStore {
     fn note_ack(&self, id: &str, record: &str, heads: &[String]) -> Result<(), StoreError> {
         let (id, record, heads) = (id.to_string(), record.to_string(), heads.join(","));
         self.pg.run(move |c| async move {
+            // Bookkeeping for the report on a revoked device, not the
+            // record: it need not wait for its own disk flush, and becomes
+            // durable with the next commit that does (the WAL is flushed in
+            // order), as sled's note becomes durable with its next flush.
+            // The setting is local to this statement's transaction.
             c.execute(
                 &c.prepare_cached(
-                    "INSERT INTO device_acks (id, record, heads) VALUES ($1, $2, $3) \
-                 ON CONFLICT (id, record) DO UPDATE SET heads = EXCLUDED.heads",
+                    "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true)) \
+                     INSERT INTO device_acks (id, record, heads) SELECT $1, $2, $3 FROM lazy \
+                     ON CONFLICT (id, record) DO UPDATE SET heads = EXCLUDED.heads",
                 )
                 .await?,
                 &[&id, &record, &heads],

@@ -36,6 +36,7 @@ use baraza_protocol::{DocId, Head, Seq, StoreId};
 use baraza_records::{Kind, ReviewState};
 use tokio_postgres::Row;
 
+use crate::storage::catch_up::CatchUpBatch;
 use crate::storage::postgres::{int, notify, uint, Pg};
 use crate::storage::store::{
     heads_bytes, heads_from_bytes, ClockSkew, DocChunks, DocWrite, IndexEntry, ReadScope,
@@ -266,6 +267,158 @@ async fn stale_among(
     .collect()
 }
 
+// The statements of a write, shared by the pipelined commit and
+// [`write_one`].
+const UPSERT_DOC: &str =
+    "INSERT INTO docs (doc, seq, heads, chunks, compacted) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (doc) DO UPDATE SET seq = EXCLUDED.seq, heads = EXCLUDED.heads, \
+         chunks = EXCLUDED.chunks, compacted = EXCLUDED.compacted";
+const INSERT_LOG: &str = "INSERT INTO doc_log (doc, seq, heads, node) VALUES ($1, $2, $3, $4)";
+const INSERT_RECEIVED: &str = "INSERT INTO change_received (doc, change, at_ms) \
+             SELECT $1, c, $3 FROM unnest($2::bytea[]) AS c ON CONFLICT DO NOTHING";
+const UPSERT_CLOCK: &str = "INSERT INTO record_clock (doc, times, ahead_ms_max, claimed_ms) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (doc) DO UPDATE SET \
+                 times = record_clock.times + EXCLUDED.times, \
+                 claimed_ms = CASE WHEN EXCLUDED.ahead_ms_max > record_clock.ahead_ms_max \
+                     THEN EXCLUDED.claimed_ms ELSE record_clock.claimed_ms END, \
+                 ahead_ms_max = greatest(record_clock.ahead_ms_max, EXCLUDED.ahead_ms_max)";
+const UPSERT_INDEX: &str =
+    "INSERT INTO record_index (doc, kind, area, state, created_at, created_by, \
+             summarised, title, submitted_at, conflicts, comments) \
+             VALUES ($1, $2, $3, $4, $5, $6, true, $7, $8, $9, $10) \
+             ON CONFLICT (doc) DO UPDATE SET kind = EXCLUDED.kind, area = EXCLUDED.area, \
+             state = EXCLUDED.state, created_at = EXCLUDED.created_at, \
+             created_by = EXCLUDED.created_by, summarised = true, title = EXCLUDED.title, \
+             submitted_at = coalesce(EXCLUDED.submitted_at, record_index.submitted_at), \
+             conflicts = EXCLUDED.conflicts, comments = EXCLUDED.comments";
+const INSERT_FEED: &str = "INSERT INTO feed (seq, doc) VALUES ($1, $2)";
+
+/// A statement parameter a pipelined statement owns.
+type Param = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+
+/// One statement of a commit, sent with the others in one pipeline.
+struct Op {
+    sql: &'static str,
+    params: Vec<Param>,
+}
+
+impl Op {
+    fn new(sql: &'static str, params: Vec<Param>) -> Op {
+        Op { sql, params }
+    }
+}
+
+/// Sends `ops` at once and waits for every answer: tokio-postgres
+/// pipelines requests polled together, and the server runs them in the
+/// order sent, so a commit of many writes costs one round trip instead of
+/// one per statement. The first error fails the transaction.
+async fn run_pipelined(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ops: Vec<Op>,
+) -> Result<(), StoreError> {
+    let mut statements = Vec::with_capacity(ops.len());
+    for op in &ops {
+        // Prepared once per connection, then from its cache.
+        statements.push(tx.prepare_cached(op.sql).await?);
+    }
+    let sent = ops.iter().zip(&statements).map(|(op, statement)| {
+        tx.execute_raw(
+            statement,
+            op.params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)),
+        )
+    });
+    futures_util::future::try_join_all(sent).await?;
+    Ok(())
+}
+
+/// The statements of a write that neither erases nor rebuilds, as
+/// [`write_one`] runs them; `count` is the record's chunk count and
+/// compaction point before it, and after it on return.
+fn plain_write_ops(ops: &mut Vec<Op>, w: &DocWrite, seq: i64, node: &str, count: &mut (i32, i64)) {
+    let doc = key(w.doc);
+    if !w.chunk.is_empty() {
+        ops.push(Op::new(
+            "INSERT INTO doc_chunks (doc, seq, bytes) VALUES ($1, $2, $3)",
+            vec![
+                Box::new(doc.clone()),
+                Box::new(seq),
+                Box::new(w.chunk.clone()),
+            ],
+        ));
+        count.0 += 1;
+    }
+    let heads = heads_bytes(&w.heads);
+    ops.push(Op::new(
+        UPSERT_DOC,
+        vec![
+            Box::new(doc.clone()),
+            Box::new(seq),
+            Box::new(heads.clone()),
+            Box::new(count.0),
+            Box::new(count.1),
+        ],
+    ));
+    ops.push(Op::new(
+        INSERT_FEED,
+        vec![Box::new(seq), Box::new(doc.clone())],
+    ));
+    ops.push(Op::new(
+        INSERT_LOG,
+        vec![
+            Box::new(doc.clone()),
+            Box::new(seq),
+            Box::new(heads),
+            Box::new(node.to_string()),
+        ],
+    ));
+    if let Some(receipt) = &w.receipt {
+        let changes: Vec<Vec<u8>> = receipt
+            .changes
+            .iter()
+            .map(|h| h.as_bytes().to_vec())
+            .collect();
+        ops.push(Op::new(
+            INSERT_RECEIVED,
+            vec![
+                Box::new(doc.clone()),
+                Box::new(changes),
+                Box::new(receipt.at_ms),
+            ],
+        ));
+        if let Some(skew) = receipt.skew {
+            ops.push(Op::new(
+                UPSERT_CLOCK,
+                vec![
+                    Box::new(doc.clone()),
+                    Box::new(i64::from(skew.times)),
+                    Box::new(skew.ahead_ms_max),
+                    Box::new(skew.claimed_ms),
+                ],
+            ));
+        }
+    }
+    if let Some(e) = &w.index {
+        let s = &e.summary;
+        ops.push(Op::new(
+            UPSERT_INDEX,
+            vec![
+                Box::new(doc),
+                Box::new(e.kind.clone()),
+                Box::new(e.area.clone()),
+                Box::new(e.state.name()),
+                Box::new(e.created_at),
+                Box::new(e.created_by.clone()),
+                Box::new(s.title.clone()),
+                Box::new(s.submitted_at),
+                Box::new(s.conflicts),
+                Box::new(i32::try_from(s.comments).unwrap_or(i32::MAX)),
+            ],
+        ));
+    }
+}
+
 async fn write_one(
     tx: &deadpool_postgres::Transaction<'_>,
     w: &DocWrite,
@@ -320,12 +473,8 @@ async fn write_one(
             &[&doc, &kind, &area, &by],
         )
         .await?;
-        tx.execute(
-            &tx.prepare_cached("INSERT INTO feed (seq, doc) VALUES ($1, $2)")
-                .await?,
-            &[&seq, &doc],
-        )
-        .await?;
+        tx.execute(&tx.prepare_cached(INSERT_FEED).await?, &[&seq, &doc])
+            .await?;
         return Ok(());
     }
     let meta = tx
@@ -360,24 +509,14 @@ async fn write_one(
     }
     let heads = heads_bytes(&w.heads);
     tx.execute(
-        &tx.prepare_cached(
-            "INSERT INTO docs (doc, seq, heads, chunks, compacted) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (doc) DO UPDATE SET seq = EXCLUDED.seq, heads = EXCLUDED.heads, \
-         chunks = EXCLUDED.chunks, compacted = EXCLUDED.compacted",
-        )
-        .await?,
+        &tx.prepare_cached(UPSERT_DOC).await?,
         &[&doc, &seq, &heads, &chunks, &compacted],
     )
     .await?;
+    tx.execute(&tx.prepare_cached(INSERT_FEED).await?, &[&seq, &doc])
+        .await?;
     tx.execute(
-        &tx.prepare_cached("INSERT INTO feed (seq, doc) VALUES ($1, $2)")
-            .await?,
-        &[&seq, &doc],
-    )
-    .await?;
-    tx.execute(
-        &tx.prepare_cached("INSERT INTO doc_log (doc, seq, heads, node) VALUES ($1, $2, $3, $4)")
-            .await?,
+        &tx.prepare_cached(INSERT_LOG).await?,
         &[&doc, &seq, &heads, &node],
     )
     .await?;
@@ -390,26 +529,14 @@ async fn write_one(
             .map(|h| h.as_bytes().to_vec())
             .collect();
         tx.execute(
-            &tx.prepare_cached(
-                "INSERT INTO change_received (doc, change, at_ms) \
-             SELECT $1, c, $3 FROM unnest($2::bytea[]) AS c ON CONFLICT DO NOTHING",
-            )
-            .await?,
+            &tx.prepare_cached(INSERT_RECEIVED).await?,
             &[&doc, &changes, &receipt.at_ms],
         )
         .await?;
         if let Some(skew) = receipt.skew {
             // As ClockSkew::merge: counts add up, the furthest ahead stays.
             tx.execute(
-                &tx.prepare_cached(
-                    "INSERT INTO record_clock (doc, times, ahead_ms_max, claimed_ms) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (doc) DO UPDATE SET \
-                 times = record_clock.times + EXCLUDED.times, \
-                 claimed_ms = CASE WHEN EXCLUDED.ahead_ms_max > record_clock.ahead_ms_max \
-                     THEN EXCLUDED.claimed_ms ELSE record_clock.claimed_ms END, \
-                 ahead_ms_max = greatest(record_clock.ahead_ms_max, EXCLUDED.ahead_ms_max)",
-                )
-                .await?,
+                &tx.prepare_cached(UPSERT_CLOCK).await?,
                 &[
                     &doc,
                     &i64::from(skew.times),
@@ -426,17 +553,7 @@ async fn write_one(
         // Commits are in order per record, so a submitted time an earlier
         // write noted is there to keep.
         tx.execute(
-            &tx.prepare_cached(
-                "INSERT INTO record_index (doc, kind, area, state, created_at, created_by, \
-             summarised, title, submitted_at, conflicts, comments) \
-             VALUES ($1, $2, $3, $4, $5, $6, true, $7, $8, $9, $10) \
-             ON CONFLICT (doc) DO UPDATE SET kind = EXCLUDED.kind, area = EXCLUDED.area, \
-             state = EXCLUDED.state, created_at = EXCLUDED.created_at, \
-             created_by = EXCLUDED.created_by, summarised = true, title = EXCLUDED.title, \
-             submitted_at = coalesce(EXCLUDED.submitted_at, record_index.submitted_at), \
-             conflicts = EXCLUDED.conflicts, comments = EXCLUDED.comments",
-            )
-            .await?,
+            &tx.prepare_cached(UPSERT_INDEX).await?,
             &[
                 &doc,
                 &e.kind,
@@ -538,37 +655,72 @@ impl Store for PgStore {
         let node = self.pg.node().to_string();
         self.pg.run(move |mut c| async move {
             let tx = c.transaction().await?;
-            tx.execute(
-                &tx.prepare_cached("SELECT pg_advisory_xact_lock($1)")
-                    .await?,
-                &[&FEED_LOCK],
+            let lock = tx
+                .prepare_cached("SELECT pg_advisory_xact_lock($1)")
+                .await?;
+            let top = tx.prepare_cached("SELECT max(seq) FROM feed").await?;
+            let meta = tx
+                .prepare_cached("SELECT doc, chunks, compacted FROM docs WHERE doc = ANY($1)")
+                .await?;
+            let docs: Vec<Vec<u8>> = writes.iter().map(|w| key(w.doc)).collect();
+            // Sent together, one round trip. `try_join4` polls its futures
+            // in order, so the lock's request is sent first, and the server
+            // runs requests in the order sent: the lock is held before the
+            // others read, and under it no other node commits, so what they
+            // find stays true until this commits.
+            let (_, stale, top, meta) = futures_util::future::try_join4(
+                async { Ok::<_, StoreError>(tx.execute(&lock, &[&FEED_LOCK]).await?) },
+                stale_among(&tx, &writes, &bases, &node),
+                async { Ok::<_, StoreError>(tx.query_one(&top, &[]).await?) },
+                async { Ok::<_, StoreError>(tx.query(&meta, &[&docs]).await?) },
             )
             .await?;
-            // Under the feed lock no other node commits, so what this
-            // finds stays true until this commits.
-            let stale = stale_among(&tx, &writes, &bases, &node).await?;
-            let top: Option<i64> = tx
-                .query_one(&tx.prepare_cached("SELECT max(seq) FROM feed").await?, &[])
-                .await?
-                .get(0);
+            let top: Option<i64> = top.get(0);
+            let mut counts = std::collections::HashMap::with_capacity(meta.len());
+            for r in &meta {
+                counts.insert(
+                    doc_of(r.get(0), "docs")?,
+                    (r.get::<_, i32>(1), r.get::<_, i64>(2)),
+                );
+            }
             let first = top.unwrap_or(0) + 1;
             let mut next = first;
             let mut outcomes = Vec::with_capacity(writes.len());
+            let mut ops = Vec::new();
             for w in &writes {
                 if stale.contains(&w.doc) {
                     outcomes.push(None);
                     continue;
                 }
-                write_one(&tx, w, next, &node).await?;
                 if w.erase || w.rebuild {
+                    // Rare: the statements before it go first, then this
+                    // one's, each reading what the last left.
+                    run_pipelined(&tx, std::mem::take(&mut ops)).await?;
+                    write_one(&tx, w, next, &node).await?;
                     notify::say(&tx, &notify::rewritten(&node, w.doc)).await?;
+                    let after = if w.erase {
+                        (0, 0)
+                    } else {
+                        (i32::from(!w.chunk.is_empty()), next)
+                    };
+                    counts.insert(w.doc, after);
+                } else {
+                    let count = counts.entry(w.doc).or_insert((0, 0));
+                    plain_write_ops(&mut ops, w, next, &node, count);
                 }
                 outcomes.push(Some(uint(next)));
                 next += 1;
             }
             if next > first {
-                notify::say(&tx, &notify::committed(&node, first, next - 1)).await?;
+                ops.push(Op::new(
+                    "SELECT pg_notify($1, $2)",
+                    vec![
+                        Box::new(notify::CHANNEL),
+                        Box::new(notify::committed(&node, first, next - 1)),
+                    ],
+                ));
             }
+            run_pipelined(&tx, ops).await?;
             tx.commit().await?;
             Ok(outcomes)
         })
@@ -873,6 +1025,107 @@ impl Store for PgStore {
         })
     }
 
+    fn catch_up_batch(&self, wants: &[(DocId, Seq)]) -> Result<CatchUpBatch, StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        let (docs, bases): (Vec<Vec<u8>>, Vec<i64>) = wants
+            .iter()
+            .filter(|w| seen.insert(**w))
+            .map(|(d, b)| (key(*d), int(*b)))
+            .unzip();
+        if docs.is_empty() {
+            return Ok(CatchUpBatch::default());
+        }
+        self.pg.run(move |c| async move {
+            // One statement (one snapshot, one round trip) for the batch:
+            // per record and reader position, what the single-record reads
+            // would find, with one row per chunk after the position read
+            // from (the snapshot's, for a reader with nothing).
+            let rows = c
+                .query(
+                    &c.prepare_cached(
+                        "SELECT w.doc, w.base, q.reason, i.kind, i.area, i.created_by, \
+                         s.seq, s.bytes, d.seq, d.heads, d.chunks, d.compacted, f.from_seq, \
+                         EXISTS (SELECT 1 FROM doc_chunks b WHERE b.doc = w.doc AND b.seq <= f.from_seq), \
+                         k.seq, k.bytes \
+                         FROM unnest($1::bytea[], $2::bigint[]) AS w(doc, base) \
+                         LEFT JOIN quarantine q ON q.doc = w.doc \
+                         LEFT JOIN record_index i ON i.doc = w.doc \
+                         LEFT JOIN doc_snapshots s ON s.doc = w.doc AND w.base = 0 \
+                         LEFT JOIN docs d ON d.doc = w.doc \
+                         CROSS JOIN LATERAL (SELECT CASE WHEN w.base > 0 THEN w.base \
+                             ELSE coalesce(s.seq, 0) END AS from_seq) f \
+                         LEFT JOIN doc_chunks k ON k.doc = w.doc AND k.seq > f.from_seq \
+                         ORDER BY w.doc, w.base, k.seq",
+                    )
+                    .await?,
+                    &[&docs, &bases],
+                )
+                .await?;
+            let mut batch = CatchUpBatch::default();
+            let mut i = 0;
+            while i < rows.len() {
+                let first = &rows[i];
+                let (doc_key, base): (&[u8], i64) = (first.get(0), first.get(1));
+                let mut end = i + 1;
+                while end < rows.len()
+                    && rows[end].get::<_, &[u8]>(0) == doc_key
+                    && rows[end].get::<_, i64>(1) == base
+                {
+                    end += 1;
+                }
+                let group = &rows[i..end];
+                i = end;
+                let doc = doc_of(doc_key, "docs")?;
+                let record = batch.records.entry(doc).or_default();
+                record.quarantined = first.get(2);
+                let kind: Option<String> = first.get(3);
+                record.access = kind.map(|kind| RecordAccess {
+                    kind,
+                    area: first.get(4),
+                    created_by: first.get(5),
+                });
+                let snapshot: Option<i64> = first.get(6);
+                if base == 0 {
+                    record.snapshot = Some(snapshot.map(|at| (uint(at), first.get(7))));
+                }
+                let Some(latest) = first.get::<_, Option<i64>>(8) else {
+                    // No such record (any more): the store says so itself.
+                    continue;
+                };
+                let heads = heads_from_bytes(first.get(9), "docs")?;
+                record.latest = Some((uint(latest), heads.clone()));
+                let (counted, compacted, from): (i32, i64, i64) =
+                    (first.get(10), first.get(11), first.get(12));
+                let mut bytes = Vec::new();
+                let mut ends = Vec::with_capacity(group.len());
+                for r in group {
+                    if let Some(at) = r.get::<_, Option<i64>>(14) {
+                        bytes.extend_from_slice(r.get::<_, &[u8]>(15));
+                        ends.push((uint(at), bytes.len()));
+                    }
+                }
+                if from == 0 && usize::try_from(counted).ok() == Some(ends.len()) {
+                    record.load = Some(StoredDoc {
+                        bytes: bytes.clone(),
+                        positions: ends.iter().map(|(at, _)| *at).collect(),
+                        seq: uint(latest),
+                        heads: heads.clone(),
+                    });
+                }
+                // As `chunks_after`: nothing after a position a fold passed.
+                let chunks = (from >= compacted).then(|| DocChunks {
+                    bytes,
+                    ends,
+                    seq: uint(latest),
+                    heads,
+                    whole: from == 0 || !first.get::<_, bool>(13),
+                });
+                record.chunks.push((uint(from), chunks));
+            }
+            Ok(batch)
+        })
+    }
+
     fn quarantines(&self) -> Result<Vec<(DocId, String)>, StoreError> {
         self.pg.run(|c| async move {
             c.query(
@@ -1028,6 +1281,32 @@ mod tests {
         crate::storage::conformance::every_check(&|| {
             Box::new(PgStore::open(testing::database()).unwrap())
         });
+    }
+
+    /// The batch read ahead really reads: a cold start's record comes
+    /// whole in it, with its access and its latest heads, in one statement
+    /// (the contract checks that what it holds is what single reads say).
+    #[test]
+    fn a_catch_up_batch_reads_every_record_asked_about_at_once() {
+        let store = PgStore::open(testing::database()).unwrap();
+        let (d, e) = (DocId::from_bytes([1; 16]), DocId::from_bytes([2; 16]));
+        store.commit(&[write(d, 1), write(e, 2)]).unwrap();
+        store.commit(&[write(d, 3)]).unwrap();
+        let batch = store.catch_up_batch(&[(d, 0), (e, 1), (d, 0)]).unwrap();
+        let cold = &batch.records[&d];
+        assert_eq!(
+            cold.load.as_ref().map(|l| l.bytes.clone()),
+            Some(vec![1, 3])
+        );
+        assert_eq!(cold.snapshot, Some(None));
+        assert_eq!(cold.latest.as_ref().map(|l| l.0), Some(3));
+        let warm = &batch.records[&e];
+        assert_eq!(warm.chunks.len(), 1);
+        assert_eq!(warm.chunks[0].0, 1);
+        assert_eq!(
+            warm.chunks[0].1.as_ref().map(|c| c.bytes.clone()),
+            Some(vec![2])
+        );
     }
 
     /// A write judged on a copy that another node has written since is

@@ -17,9 +17,11 @@
 //! Every statement commits before a call returns, with PostgreSQL's
 //! `synchronous_commit` as configured (on by default): acknowledged means
 //! on the database server's disk. Writes that the traits allow to be lazy
-//! (a failed login) commit with `synchronous_commit` off for that
-//! transaction only, so a wrong password is not slower than an unknown
-//! name.
+//! (a failed login, so a wrong password is not slower than an unknown
+//! name; the heads last acknowledged to a device, noted after each ack)
+//! commit with `synchronous_commit` off for that transaction only; they
+//! reach the disk with the next commit that waits for it, since the WAL
+//! is flushed in order.
 
 use std::future::Future;
 use std::sync::Arc;

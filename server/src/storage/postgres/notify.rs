@@ -22,7 +22,7 @@ use crate::storage::notices::Notice;
 use crate::storage::store::StoreError;
 
 /// The channel every node listens on.
-const CHANNEL: &str = "baraza";
+pub(crate) const CHANNEL: &str = "baraza";
 
 /// How long the listening connection may be silent before TCP keepalives
 /// probe it, so a database that vanished is noticed in about a minute.
