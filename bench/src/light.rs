@@ -616,6 +616,7 @@ pub async fn probe_writer(
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n = 0usize;
+    let mut unanswered = 0usize;
     loop {
         tokio::select! {
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
@@ -638,31 +639,63 @@ pub async fn probe_writer(
                 };
                 index.insert(id, out.pushes.len());
                 out.pushes.push((id, Instant::now(), None));
+                unanswered += 1;
                 if let Err(e) = sink.send(WsMessage::binary(frame)).await {
                     out.error = Some(format!("send failed: {e}"));
                     break;
                 }
             }
-            message = next_message(&mut stream, deadline) => match message {
-                Ok(Message::Ack(a)) => {
-                    if let Some(&i) = index.get(&a.doc) {
-                        out.pushes[i].2.get_or_insert_with(Instant::now);
-                    }
-                }
-                Ok(Message::Error(e)) if e.fatal => {
-                    out.error = Some(format!("fatal error from the server: {}", e.message));
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => {
+            message = next_message(&mut stream, deadline) => {
+                if let Err(e) = note_probe_ack(message, &index, &mut out, &mut unanswered) {
                     out.error = Some(e);
                     break;
                 }
-            },
+            }
+        }
+    }
+    // Told to stop: no more pushes, but every one sent is answered before
+    // hanging up, so each is known to be stored or not.
+    let drain = tokio::time::Instant::now() + PROBE_DRAIN;
+    while out.error.is_none() && unanswered > 0 {
+        let message = next_message(&mut stream, drain.min(deadline)).await;
+        if let Err(e) = note_probe_ack(message, &index, &mut out, &mut unanswered) {
+            out.error = Some(format!("{e} with {unanswered} probe pushes unanswered"));
         }
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
     out
+}
+
+/// How long a stopped probe writer waits for its last acks.
+const PROBE_DRAIN: Duration = Duration::from_secs(30);
+
+/// Notes an ack (or refusal) of one of a probe writer's pushes; an error
+/// ends its session.
+fn note_probe_ack(
+    message: Result<Message, String>,
+    index: &HashMap<DocId, usize>,
+    out: &mut ProbeWrites,
+    unanswered: &mut usize,
+) -> Result<(), String> {
+    match message? {
+        Message::Ack(a) => {
+            if let Some(&i) = index.get(&a.doc) {
+                if out.pushes[i].2.is_none() {
+                    out.pushes[i].2 = Some(Instant::now());
+                    *unanswered = unanswered.saturating_sub(1);
+                }
+            }
+            Ok(())
+        }
+        Message::Error(e) if e.fatal => Err(format!("fatal error from the server: {}", e.message)),
+        Message::Error(e) => {
+            if e.doc.is_some_and(|d| index.contains_key(&d)) {
+                *unanswered = unanswered.saturating_sub(1);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A push probe's watcher: a live connection that pushes nothing and

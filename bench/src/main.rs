@@ -71,6 +71,10 @@ struct Cli {
     /// S1: records edited on each side.
     #[arg(long, default_value_t = 50)]
     edits: usize,
+    /// S1: reconnects measured (each after fresh edits on both sides); the
+    /// median is reported.
+    #[arg(long, default_value_t = 5)]
+    s1_runs: usize,
     /// S3: clients reconnecting at once (each registers its own device).
     #[arg(long, default_value_t = 200)]
     clients: usize,
@@ -191,6 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         hostile_runs: cli.hostile_runs,
         hostile_reopen: cli.hostile_reopen,
         edits: cli.edits,
+        s1_runs: cli.s1_runs,
         clients: cli.clients,
         creates: cli.creates,
         fanin_edits: cli.fanin_edits,

@@ -24,16 +24,34 @@ const REVIEW_RECORDS: u64 = 400;
 /// The default pool: one record per client edit, so none is shared.
 const POOL: u64 = CLIENTS * FANIN_EDITS;
 
+/// The push probe pushed records through its node, every one was
+/// acknowledged and reached the watcher (on another node if `across`).
+fn assert_probe_arrived(s3: &Value, across: bool) {
+    let probe = &s3["push_probe"];
+    assert_eq!(probe["across_nodes"], across, "{s3}");
+    assert_eq!(probe["error"], Value::Null, "{s3}");
+    assert!(u(&probe["pushed"]) > 0, "{s3}");
+    assert_eq!(u(&probe["acked"]), u(&probe["pushed"]), "{s3}");
+    assert_eq!(u(&probe["arrived"]), u(&probe["acked"]), "{s3}");
+    assert_eq!(u(&probe["acked_not_arrived"]), 0, "{s3}");
+}
+
 fn run_bench() -> (Vec<Value>, String) {
+    run_bench_with(&["--scenarios", "s1,s2,s3,s3-sdk,meeting,review"], &[])
+}
+
+fn run_bench_with(args: &[&str], env: &[(&str, &str)]) -> (Vec<Value>, String) {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_baraza-bench"))
         .args(["--docs", &DOCS.to_string()])
         .args(["--edits", &EDITS.to_string()])
+        .args(["--s1-runs", "2"])
         .args(["--clients", &CLIENTS.to_string()])
         .args(["--creates", &CREATES.to_string()])
         .args(["--fanin-edits", &FANIN_EDITS.to_string()])
-        .args(["--scenarios", "s1,s2,s3,s3-sdk,meeting,review"])
+        .args(args)
         .args(["--review-records", &REVIEW_RECORDS.to_string()])
+        .envs(env.iter().copied())
         .arg("--tmp")
         .arg(tmp.path())
         .env_remove("BARAZA_SERVER_BIN")
@@ -151,21 +169,23 @@ fn every_scenario_completes_with_counts_matching_the_setup() {
     assert_eq!(u(&s3["refused"]), 0, "{s3}");
     assert_eq!(u(&s3["unanswered"]), 0);
     assert_eq!(u(&s3["sync_frames"]), 0, "{s3}");
-    // Each client is sent (some of) the others' writes, never its own.
+    // Each client is sent (some of) the others' writes, never its own,
+    // and the push probe's records.
+    let probe = &s3["push_probe"];
     assert!(u(&s3["changes_frames_received"]) > 0, "{s3}");
     assert!(
-        u(&s3["changes_frames_received"]) <= CLIENTS * (CLIENTS - 1) * (CREATES + FANIN_EDITS),
+        u(&s3["changes_frames_received"])
+            <= CLIENTS * (CLIENTS - 1) * (CREATES + FANIN_EDITS) + CLIENTS * u(&probe["pushed"]),
         "{s3}"
     );
+    assert_probe_arrived(s3, false);
     assert_eq!(s3["checker_ok"], true, "{s3}");
     assert_eq!(
         u(&s3["records_on_server"]),
-        CLIENTS * (FANIN_EDITS + CREATES)
+        CLIENTS * (FANIN_EDITS + CREATES) + u(&probe["acked"]),
+        "{s3}"
     );
-    assert_eq!(
-        u(&s3["records_expected"]),
-        CLIENTS * (FANIN_EDITS + CREATES)
-    );
+    assert_eq!(u(&s3["records_expected"]), u(&s3["records_on_server"]));
     assert_eq!(u(&s3["edits_visible"]), CLIENTS * FANIN_EDITS, "{s3}");
     if std::path::Path::new("/proc/self/status").exists() {
         assert!(u(&s3["server_peak_rss_kib"]) > 0, "{s3}");
@@ -186,4 +206,38 @@ fn every_scenario_completes_with_counts_matching_the_setup() {
     if std::path::Path::new("/proc/self/status").exists() {
         assert!(u(&s3["server_peak_rss_kib"]) > 0, "{s3}");
     }
+}
+
+/// S3 on two nodes sharing one PostgreSQL database (in the throwaway
+/// cluster `scripts/test` starts): the clients split across the nodes,
+/// every change is acknowledged and stored, and the push probe's records
+/// cross from one node to a tablet connected to the other.
+#[test]
+fn s3_on_two_nodes_of_one_database_stores_everything_and_pushes_across() {
+    let cluster = std::env::var("BARAZA_TEST_PG").expect(
+        "BARAZA_TEST_PG is not set: run the tests through scripts/test, \
+         or as `scripts/with-postgres cargo test ...`",
+    );
+    let (lines, _) = run_bench_with(
+        &["--scenarios", "s3", "--nodes", "2"],
+        &[("BARAZA_BENCH_POSTGRES", cluster.as_str())],
+    );
+    let s3 = scenario(&lines, "s3_fan_in");
+    let changes = CLIENTS * (CREATES + FANIN_EDITS);
+    assert_eq!(s3["store"], "postgres", "{s3}");
+    assert_eq!(u(&s3["nodes"]), 2, "{s3}");
+    assert_eq!(s3["nodes_detail"].as_array().map(Vec::len), Some(2), "{s3}");
+    assert_eq!(u(&s3["failures"]), 0, "{s3}");
+    assert_eq!(u(&s3["pushes_acked"]), changes, "{s3}");
+    assert_eq!(u(&s3["refused"]), 0, "{s3}");
+    assert_probe_arrived(s3, true);
+    assert_eq!(s3["checker_ok"], true, "{s3}");
+    // The records uploaded in setup and those made in the fan-in (as many
+    // as the changes pushed), and the probe's.
+    assert_eq!(
+        u(&s3["records_on_server"]),
+        changes + u(&s3["push_probe"]["acked"]),
+        "{s3}"
+    );
+    assert_eq!(u(&s3["edits_visible"]), CLIENTS * FANIN_EDITS, "{s3}");
 }

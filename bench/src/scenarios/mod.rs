@@ -44,6 +44,9 @@ pub struct Options {
     pub docs: usize,
     /// S1: records each side edits (the other device, then this one offline).
     pub edits: usize,
+    /// S1: reconnects measured, each on records not edited before; the
+    /// median is reported.
+    pub s1_runs: usize,
     /// S3: clients reconnecting at once.
     pub clients: usize,
     /// S3: records each client creates offline.

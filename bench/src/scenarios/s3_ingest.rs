@@ -232,6 +232,7 @@ async fn fan_in_connected(
         .collect::<Vec<_>>();
     let bench_cpu_before = proc_cpu_time(std::process::id());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (watcher_stop_tx, watcher_stop_rx) = watch::channel(false);
     let probe_deadline = tokio::time::Instant::now() + timeout + CONNECT_TIMEOUT;
     let probe_tasks = match probe_sockets {
         Ok((writer, watcher)) => {
@@ -239,7 +240,7 @@ async fn fan_in_connected(
             let watched = tokio::spawn(light::probe_watcher(
                 watcher,
                 probe.hello.clone(),
-                stop_rx.clone(),
+                watcher_stop_rx,
                 probe_deadline,
             ));
             let written = tokio::spawn(light::probe_writer(
@@ -270,11 +271,12 @@ async fn fan_in_connected(
             logs[i] = Some(log);
         }
     }
-    // The last probe records need a moment to cross.
-    tokio::time::sleep(PROBE_EVERY * 10).await;
     let _ = stop_tx.send(true);
     if let Some((written, watched)) = probe_tasks {
         probe_result.writes = written.await.unwrap_or_default();
+        // The last probe records need a moment to cross.
+        tokio::time::sleep(PROBE_EVERY * 10).await;
+        let _ = watcher_stop_tx.send(true);
         probe_result.arrivals = watched.await.unwrap_or_default();
     }
     FanIn {
@@ -697,6 +699,7 @@ impl Bench {
                 },
                 "across_nodes": probe_across,
                 "pushed": fan.probe.writes.pushes.len(),
+                "acked": probe_acked,
                 "arrived": probe_ack_ms.len(),
                 "acked_not_arrived": probe_missing,
                 "ack_to_arrival_ms": percentiles_json(&probe_ack_ms),
