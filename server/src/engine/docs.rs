@@ -38,7 +38,7 @@ use baraza_protocol::{to_heads, DocDelta, DocId, Seq};
 use tokio::sync::{oneshot, watch};
 
 use crate::engine::recent::RecentLogs;
-use crate::storage::catch_up::DocReads;
+use crate::storage::catch_up::{CatchUpBatch, DocReads};
 use crate::storage::store::{DocWrite, IndexEntry, Receipt, Store, StoreError, StoredDoc};
 
 /// Chunks a document may accumulate before it is folded into one save.
@@ -408,6 +408,23 @@ impl Docs {
             }
         }
         Ok(Some(lacking.delta))
+    }
+
+    /// Reads ahead what catch-up is about to send of `wants` (`(doc,
+    /// base, at)`): the checks of each, and the bytes of those the recent
+    /// logs do not hold.
+    pub fn catch_up_batch(&self, wants: &[(DocId, Seq, Seq)]) -> Result<CatchUpBatch, DocsError> {
+        let epoch = self.recent.epoch();
+        let asked: Vec<(DocId, Option<Seq>)> = wants
+            .iter()
+            .map(|&(doc, base, at)| {
+                let held = base > 0 && self.recent.holds(doc, base, at);
+                (doc, (!held).then_some(base))
+            })
+            .collect();
+        let mut batch = self.store.catch_up_batch(&asked)?;
+        batch.epoch = epoch;
+        Ok(batch)
     }
 
     /// The store underneath.
@@ -862,7 +879,8 @@ impl Committer {
             }
         }
         if result.is_ok() {
-            match self.store.feed_watermark() {
+            let committed: Vec<Seq> = outcomes.iter().flatten().copied().collect();
+            match self.store.watermark_after(&committed) {
                 Ok(mark) => advance(&self.durable, mark),
                 // The writes are stored; readers catch up at the next commit.
                 Err(err) => tracing::error!(error = %err, "could not read the feed watermark"),

@@ -18,7 +18,7 @@ use crate::engine::view::{
 };
 use crate::identity::caller::{desk_device_id, Caller, DeviceIdentity, DESK_DEVICE_NAME};
 use crate::storage::catch_up::{BatchReads, CatchUpBatch};
-use crate::storage::store::{ClockSkew, IndexEntry, Receipt, RecordFilter, RecordRow};
+use crate::storage::store::{ClockSkew, IndexEntry, Receipt, RecordFilter, RecordRow, WriteChecks};
 use baraza_records::access::WriteSummary;
 use baraza_records::{Header, Kind, Principal};
 
@@ -572,6 +572,39 @@ impl SyncHub {
             return Ok(None);
         };
         let found = Arc::new(found);
+        self.access_cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(id, found.clone());
+        Ok(Some(found))
+    }
+
+    /// [`SyncHub::access`], given what admission read of the record
+    /// already: asks the store only for a record stored before the access
+    /// index existed.
+    fn access_checked(
+        &self,
+        id: DocId,
+        checks: &WriteChecks,
+    ) -> Result<Option<Arc<Access>>, DocsError> {
+        if let Some(a) = self.read_cache().peek(&id) {
+            return Ok(Some(a.clone()));
+        }
+        let Some(a) = &checks.access else {
+            return if checks.stored {
+                self.access(id)
+            } else {
+                Ok(None)
+            };
+        };
+        let Some(kind) = Kind::parse(&a.kind) else {
+            return Ok(None);
+        };
+        let found = Arc::new(Access {
+            kind,
+            area: a.area.clone(),
+            created_by: a.created_by.clone(),
+        });
         self.access_cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -1284,8 +1317,8 @@ impl Feed for HubFeed<'_> {
         Ok(self.hub.docs.store().entries_after(after, upto, limit)?)
     }
 
-    fn prepare(&mut self, wants: &[(DocId, Seq)]) -> Result<(), DocsError> {
-        self.batch = self.hub.docs.store().catch_up_batch(wants)?;
+    fn prepare(&mut self, wants: &[(DocId, Seq, Seq)]) -> Result<(), DocsError> {
+        self.batch = self.hub.docs.catch_up_batch(wants)?;
         self.hub.remember_access(&self.batch);
         Ok(())
     }

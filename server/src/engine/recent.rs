@@ -117,7 +117,7 @@ impl RecentLogs {
                     return Ok(Some(log.after(base)));
                 }
             }
-            inner.epoch
+            reads.read_at_epoch().unwrap_or(inner.epoch)
         };
         let Some(chunks) = reads.chunks_after(doc, base)? else {
             return Ok(None);
@@ -127,7 +127,7 @@ impl RecentLogs {
         docsync::verify_chunks(&chunks.bytes).map_err(|e| DocsError::Load(doc, e.to_string()))?;
         let log = Log { from: base, chunks };
         let delta = log.after(base);
-        if log.chunks.bytes.len() <= LOG_BYTES_MAX && reads.fresh() {
+        if log.chunks.bytes.len() <= LOG_BYTES_MAX {
             let mut inner = self.lock();
             // The newer log wins; of two as new, the one serving more readers.
             let better = inner.logs.peek(&doc).is_none_or(|old| {
@@ -139,6 +139,21 @@ impl RecentLogs {
             }
         }
         Ok(Some(delta))
+    }
+
+    /// True if a reader holding `doc` as of `base` would be answered for
+    /// the entry at `at` from memory, without reading the store.
+    pub fn holds(&self, doc: DocId, base: Seq, at: Seq) -> bool {
+        self.lock()
+            .logs
+            .peek(&doc)
+            .is_some_and(|log| log.chunks.seq >= at && base >= log.from)
+    }
+
+    /// The epoch now: a read begun now is kept only if no forget comes
+    /// before it is (see [`crate::storage::catch_up::DocReads::read_at_epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
     }
 
     /// Drops what is kept of `doc`, and keeps no read already under way.

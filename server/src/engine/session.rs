@@ -826,10 +826,13 @@ impl SyncHub {
             );
             Ok(Target::Hidden)
         };
-        let store = self.docs.store();
-        match store.erased(id) {
-            Ok(None) => {}
-            Ok(Some(a)) => {
+        let checks = match self.docs.store().write_checks(id) {
+            Ok(checks) => checks,
+            Err(err) => return Err(self.storage_refusal(id, &DocsError::Store(err))),
+        };
+        match checks.erased {
+            None => {}
+            Some(a) => {
                 let could_read = baraza_records::Kind::parse(&a.kind).is_some_and(|kind| {
                     caller
                         .principal
@@ -843,9 +846,8 @@ impl SyncHub {
                     format!("record {id} was erased by an administrator; delete it"),
                 ));
             }
-            Err(err) => return Err(self.storage_refusal(id, &DocsError::Store(err))),
         }
-        match self.access(id) {
+        match self.access_checked(id, &checks) {
             Ok(Some(a))
                 if !caller
                     .principal
@@ -856,15 +858,14 @@ impl SyncHub {
             Ok(_) => {}
             Err(err) => return Err(self.storage_refusal(id, &err)),
         }
-        match store.quarantined(id) {
-            Ok(None) => self
+        match checks.quarantined {
+            None => self
                 .docs
                 .handle(id)
                 .map(Target::Stored)
                 .map_err(|e| self.storage_refusal(id, &e)),
-            Ok(Some(why)) if why.starts_with(DAMAGED) => Ok(Target::Repair),
-            Ok(Some(_)) => Err(quarantined(id)),
-            Err(err) => Err(self.storage_refusal(id, &DocsError::Store(err))),
+            Some(why) if why.starts_with(DAMAGED) => Ok(Target::Repair),
+            Some(_) => Err(quarantined(id)),
         }
     }
 

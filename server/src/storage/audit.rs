@@ -165,9 +165,13 @@ impl AuditLog {
     }
 
     /// Checks the last `n` entries as [`AuditLog::verify`] checks all of
-    /// them, and that the head names the last. Returns the last entry's
+    /// them, and that the head names no entry beyond the last (entries
+    /// after the head are appends made while this read). Returns the last entry's
     /// number and what is broken, if anything.
     pub fn verify_tail(&self, n: usize) -> Result<(u64, Option<String>), AuditError> {
+        // The head first: an entry appended meanwhile (by another node on
+        // a shared database) then lies beyond it, never before.
+        let head_seq = self.store.head()?.map_or(0, |(seq, _)| seq);
         let tail = self.store.tail(n)?;
         let mut prev: Option<String> = None;
         let mut expected: Option<u64> = None;
@@ -204,8 +208,7 @@ impl AuditLog {
             last = key_seq;
             prev = Some(entry.hash);
         }
-        let head_seq = self.store.head()?.map_or(0, |(seq, _)| seq);
-        if head_seq != last {
+        if head_seq > last {
             return Ok((
                 last,
                 Some(format!(
@@ -282,8 +285,15 @@ impl AuditLog {
     }
 
     /// Checks every entry's hash, the chain, the numbering, and that the
-    /// last entry is the one the head names.
+    /// head names an entry the log holds, with that entry's hash (entries
+    /// after it are appends made while this read: on a shared database
+    /// other nodes write while `audit verify` runs).
     pub fn verify(&self) -> Result<Verdict, AuditError> {
+        // The head first: an entry appended meanwhile (by another node on
+        // a shared database) then lies beyond it, never before, and is
+        // checked with the rest of the chain.
+        let head = self.store.head()?;
+        let mut head_found = None;
         let mut prev = ZERO.to_string();
         let mut expected = 1u64;
         for kept in self.kept() {
@@ -315,17 +325,41 @@ impl AuditLog {
                     reason: "its contents were changed".into(),
                 });
             }
+            if head.as_ref().is_some_and(|(seq, _)| *seq == entry.seq) {
+                head_found = Some(entry.hash.clone());
+            }
             prev = entry.hash;
             expected += 1;
         }
         let last = expected - 1;
-        if let Some((head_seq, head_hash)) = self.store.head()? {
-            if head_seq != last || head_hash != prev {
+        // Read before the walk, so None may mean entries came since: the
+        // head is asked again.
+        let head = match head {
+            None if last > 0 => self.store.head()?,
+            head => head,
+        };
+        if let Some((head_seq, head_hash)) = head {
+            if head_seq > last {
                 return Ok(Verdict::Broken {
                     at: head_seq,
                     reason: format!(
                         "the log ends at entry {last} but its head names entry {head_seq}"
                     ),
+                });
+            }
+            let at_head = match head_found {
+                Some(hash) => Some(hash),
+                // The head re-read after the walk names an entry it saw.
+                None => self
+                    .store
+                    .get(head_seq)?
+                    .and_then(|k| k.entry)
+                    .map(|e| e.hash),
+            };
+            if at_head.as_deref() != Some(head_hash.as_str()) {
+                return Ok(Verdict::Broken {
+                    at: head_seq,
+                    reason: format!("the head does not match entry {head_seq}"),
                 });
             }
         } else if last > 0 {

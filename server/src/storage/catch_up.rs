@@ -12,7 +12,8 @@
 //! and every check on it stay the same either way.
 //!
 //! A batch is read after the feed entries it serves, so it holds every
-//! write up to them; it lives for one catch-up call.
+//! write up to them; it lives for one catch-up call. Its chunks may be
+//! kept for other readers like any read's, judged by when it was read.
 
 use std::collections::HashMap;
 
@@ -45,6 +46,9 @@ pub struct BatchRecord {
 pub struct CatchUpBatch {
     /// Per record asked about. One absent was not read: ask the store.
     pub records: HashMap<DocId, BatchRecord>,
+    /// The recent logs' epoch before the read began (set by whoever asked
+    /// for it; see [`DocReads::read_at_epoch`]).
+    pub epoch: u64,
 }
 
 /// The single-record reads catch-up makes, answered by a store or by a
@@ -58,11 +62,11 @@ pub trait DocReads {
     fn load(&self, doc: DocId) -> Result<Option<StoredDoc>, StoreError>;
     /// [`Store::heads_at`].
     fn heads_at(&self, doc: DocId, seq: Seq) -> Result<Option<Vec<Head>>, StoreError>;
-    /// True when answers come straight from the store, so they may be
-    /// kept for other readers: a batch's answers are a few milliseconds
-    /// older than the store, and an erasure or rebuild in between would
-    /// not be noticed by a cache keyed on when its read began.
-    fn fresh(&self) -> bool;
+    /// For answers read ahead, the [`crate::engine::recent`] epoch their
+    /// read began at: a cache that keeps them must judge them by that
+    /// moment, not by when they were used, or an erasure or rebuild in
+    /// between would go unnoticed. None for answers read on the spot.
+    fn read_at_epoch(&self) -> Option<u64>;
 }
 
 impl DocReads for dyn Store {
@@ -82,8 +86,8 @@ impl DocReads for dyn Store {
         Store::heads_at(self, doc, seq)
     }
 
-    fn fresh(&self) -> bool {
-        true
+    fn read_at_epoch(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -141,7 +145,7 @@ impl DocReads for BatchReads<'_> {
         }
     }
 
-    fn fresh(&self) -> bool {
-        false
+    fn read_at_epoch(&self) -> Option<u64> {
+        Some(self.batch.epoch)
     }
 }

@@ -333,7 +333,8 @@ pub fn quarantine_holds_and_releases(store: &dyn Store) {
     assert_eq!(store.load(a).unwrap().unwrap().bytes, vec![1]);
 }
 
-/// A catch-up batch answers each read exactly as the store does alone,
+/// A catch-up batch, and admission's checks read together, answer each
+/// read exactly as the store does alone,
 /// for records plain, snapshotted, folded, quarantined, erased, unknown,
 /// read from nothing and from a position.
 pub fn catch_up_batches_answer_as_single_reads(store: &dyn Store) {
@@ -361,7 +362,11 @@ pub fn catch_up_batches_answer_as_single_reads(store: &dyn Store) {
             wants.push((d, base));
         }
     }
-    let batch = store.catch_up_batch(&wants).unwrap();
+    let mut asked: Vec<_> = wants.iter().map(|&(d, b)| (d, Some(b))).collect();
+    // Checks only, for a record whose bytes the reader has at hand.
+    asked.push((held, None));
+    asked.push((plain, None));
+    let batch = store.catch_up_batch(&asked).unwrap();
     let reads = BatchReads {
         batch: &batch,
         store,
@@ -398,6 +403,16 @@ pub fn catch_up_batches_answer_as_single_reads(store: &dyn Store) {
         if let Some(r) = batch.records.get(&d) {
             assert_eq!(r.access, single.access_of(d).unwrap(), "{d}");
         }
+        assert_eq!(
+            store.write_checks(d).unwrap(),
+            crate::storage::store::WriteChecks {
+                erased: single.erased(d).unwrap(),
+                access: single.access_of(d).unwrap(),
+                stored: single.doc_seq(d).unwrap().is_some(),
+                quarantined: single.quarantined(d).unwrap(),
+            },
+            "{d}"
+        );
     }
     // A snapshot's chunks after it, as a cold start reads them.
     assert_eq!(

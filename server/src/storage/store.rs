@@ -282,6 +282,19 @@ pub struct RecordRow {
     pub entry: IndexEntry,
 }
 
+/// A record's standing as admission checks it ([`Store::write_checks`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteChecks {
+    /// [`Store::erased`].
+    pub erased: Option<RecordAccess>,
+    /// [`Store::access_of`].
+    pub access: Option<RecordAccess>,
+    /// [`Store::doc_seq`] is some: the record is stored.
+    pub stored: bool,
+    /// [`Store::quarantined`].
+    pub quarantined: Option<String>,
+}
+
 /// The chunks a client lacks, and the state they bring it to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DocChunks {
@@ -413,14 +426,31 @@ pub trait Store: Send + Sync + 'static {
     fn quarantined(&self, doc: DocId) -> Result<Option<String>, StoreError>;
     /// Every quarantined record and why.
     fn quarantines(&self) -> Result<Vec<(DocId, String)>, StoreError>;
+    /// The feed watermark just after a commit that returned `committed`
+    /// (its positions; empty if it stored nothing). A backend that knows
+    /// it without asking says so; the default asks.
+    fn watermark_after(&self, _committed: &[Seq]) -> Result<Seq, StoreError> {
+        self.feed_watermark()
+    }
+    /// What admission checks of a record before judging a write to it,
+    /// read together: a backend with round trips answers in one.
+    fn write_checks(&self, doc: DocId) -> Result<WriteChecks, StoreError> {
+        Ok(WriteChecks {
+            erased: self.erased(doc)?,
+            access: self.access_of(doc)?,
+            stored: self.doc_seq(doc)?.is_some(),
+            quarantined: self.quarantined(doc)?,
+        })
+    }
     /// What catch-up will read of each of `wants` (a record and the
-    /// position its reader holds it as of), read together; see
+    /// position its reader holds it as of, or None when only its checks
+    /// are wanted, its bytes being at hand), read together; see
     /// [`crate::storage::catch_up`]. A record left out is read one call at
     /// a time, so the default, for a backend without round trips, reads
     /// nothing ahead.
     fn catch_up_batch(
         &self,
-        _wants: &[(DocId, Seq)],
+        _wants: &[(DocId, Option<Seq>)],
     ) -> Result<crate::storage::catch_up::CatchUpBatch, StoreError> {
         Ok(Default::default())
     }

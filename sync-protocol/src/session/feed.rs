@@ -15,10 +15,10 @@ pub trait Feed {
         limit: usize,
     ) -> Result<Vec<(Seq, DocId)>, Self::Error>;
     /// Says which documents [`Feed::changes_since`] is about to be asked
-    /// for, each with the `base` it will be asked with, so a store with
+    /// for, each as `(doc, base, at)` as it will be asked, so a store with
     /// round trips can read them together. Only a hint: what it answers
     /// must not change.
-    fn prepare(&mut self, _wants: &[(DocId, Seq)]) -> Result<(), Self::Error> {
+    fn prepare(&mut self, _wants: &[(DocId, Seq, Seq)]) -> Result<(), Self::Error> {
         Ok(())
     }
     /// The document as the bytes a client lacks that holds it as of feed

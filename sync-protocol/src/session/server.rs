@@ -452,9 +452,9 @@ impl ServerSession {
         } else {
             entries.last().map(|e| e.0).unwrap_or(upto)
         };
-        let wants: Vec<(DocId, Seq)> = entries
+        let wants: Vec<(DocId, Seq, Seq)> = entries
             .iter()
-            .filter_map(|&(seq, doc)| Some((doc, self.feed_base(doc, seq)?)))
+            .filter_map(|&(seq, doc)| Some((doc, self.feed_base(doc, seq)?, seq)))
             .collect();
         if !wants.is_empty() {
             feed.prepare(&wants)?;

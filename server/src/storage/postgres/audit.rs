@@ -183,6 +183,31 @@ mod tests {
         assert_eq!(logs[0].verify().unwrap(), Verdict::Intact { entries: 40 });
         assert_eq!(logs[1].verify_tail(10).unwrap(), (40, None));
 
+        // `audit verify` on one node while the other appends: each pass
+        // finds the chain whole (an append between reading the head and
+        // the entries is not damage).
+        let writer = {
+            let log = logs[1].clone();
+            std::thread::spawn(move || {
+                for n in 0..60 {
+                    log.append("sync", serde_json::json!({ "late": n }))
+                        .unwrap();
+                }
+            })
+        };
+        let mut passes = 0;
+        while !writer.is_finished() && passes < 500 {
+            assert!(
+                matches!(logs[0].verify().unwrap(), Verdict::Intact { .. }),
+                "pass {passes}"
+            );
+            assert_eq!(logs[0].verify_tail(5).unwrap().1, None, "pass {passes}");
+            passes += 1;
+        }
+        writer.join().unwrap();
+        assert!(passes > 0);
+        assert_eq!(logs[0].verify().unwrap(), Verdict::Intact { entries: 100 });
+
         // Someone with database access edits one entry.
         let pg = Pg::connect(&url).unwrap();
         pg.run(|c| async move {

@@ -41,6 +41,7 @@ use crate::storage::postgres::{int, notify, uint, Pg};
 use crate::storage::store::{
     heads_bytes, heads_from_bytes, ClockSkew, DocChunks, DocWrite, IndexEntry, ReadScope,
     RecordAccess, RecordFilter, RecordRow, RecordSummary, Store, StoreError, StoredDoc,
+    WriteChecks,
 };
 
 /// The advisory lock every commit holds from drawing its positions to
@@ -1025,12 +1026,58 @@ impl Store for PgStore {
         })
     }
 
-    fn catch_up_batch(&self, wants: &[(DocId, Seq)]) -> Result<CatchUpBatch, StoreError> {
+    fn watermark_after(&self, committed: &[Seq]) -> Result<Seq, StoreError> {
+        // Positions are drawn under the feed lock and it is held to the
+        // commit, so every position below this commit's was committed
+        // before it: its last is a watermark. Other nodes' later commits
+        // are heard of and move it on (`SyncHub::follow_other_nodes`).
+        match committed.iter().max() {
+            Some(last) => Ok(*last),
+            None => self.feed_watermark(),
+        }
+    }
+
+    fn write_checks(&self, doc: DocId) -> Result<WriteChecks, StoreError> {
+        let k = key(doc);
+        self.pg.run(move |c| async move {
+            // One statement, one round trip, one snapshot for all four.
+            let r = c
+                .query_one(
+                    &c.prepare_cached(
+                        "SELECT e.kind, e.area, e.created_by, i.kind, i.area, i.created_by, \
+                         EXISTS (SELECT 1 FROM docs d WHERE d.doc = w.doc), q.reason \
+                         FROM (SELECT $1::bytea AS doc) w \
+                         LEFT JOIN erased e ON e.doc = w.doc \
+                         LEFT JOIN record_index i ON i.doc = w.doc \
+                         LEFT JOIN quarantine q ON q.doc = w.doc",
+                    )
+                    .await?,
+                    &[&k],
+                )
+                .await?;
+            let access_at = |at: usize| {
+                r.get::<_, Option<String>>(at).map(|kind| RecordAccess {
+                    kind,
+                    area: r.get(at + 1),
+                    created_by: r.get(at + 2),
+                })
+            };
+            Ok(WriteChecks {
+                erased: access_at(0),
+                access: access_at(3),
+                stored: r.get(6),
+                quarantined: r.get(7),
+            })
+        })
+    }
+
+    fn catch_up_batch(&self, wants: &[(DocId, Option<Seq>)]) -> Result<CatchUpBatch, StoreError> {
         let mut seen = std::collections::HashSet::new();
+        // -1 for checks only: no snapshot, no docs row, no chunks.
         let (docs, bases): (Vec<Vec<u8>>, Vec<i64>) = wants
             .iter()
             .filter(|w| seen.insert(**w))
-            .map(|(d, b)| (key(*d), int(*b)))
+            .map(|(d, b)| (key(*d), b.map_or(-1, int)))
             .unzip();
         if docs.is_empty() {
             return Ok(CatchUpBatch::default());
@@ -1051,10 +1098,11 @@ impl Store for PgStore {
                          LEFT JOIN quarantine q ON q.doc = w.doc \
                          LEFT JOIN record_index i ON i.doc = w.doc \
                          LEFT JOIN doc_snapshots s ON s.doc = w.doc AND w.base = 0 \
-                         LEFT JOIN docs d ON d.doc = w.doc \
+                         LEFT JOIN docs d ON d.doc = w.doc AND w.base >= 0 \
                          CROSS JOIN LATERAL (SELECT CASE WHEN w.base > 0 THEN w.base \
                              ELSE coalesce(s.seq, 0) END AS from_seq) f \
                          LEFT JOIN doc_chunks k ON k.doc = w.doc AND k.seq > f.from_seq \
+                             AND w.base >= 0 \
                          ORDER BY w.doc, w.base, k.seq",
                     )
                     .await?,
@@ -1292,7 +1340,9 @@ mod tests {
         let (d, e) = (DocId::from_bytes([1; 16]), DocId::from_bytes([2; 16]));
         store.commit(&[write(d, 1), write(e, 2)]).unwrap();
         store.commit(&[write(d, 3)]).unwrap();
-        let batch = store.catch_up_batch(&[(d, 0), (e, 1), (d, 0)]).unwrap();
+        let batch = store
+            .catch_up_batch(&[(d, Some(0)), (e, Some(1)), (d, Some(0))])
+            .unwrap();
         let cold = &batch.records[&d];
         assert_eq!(
             cold.load.as_ref().map(|l| l.bytes.clone()),
