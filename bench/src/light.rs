@@ -699,11 +699,12 @@ fn note_probe_ack(
 }
 
 /// A push probe's watcher: a live connection that pushes nothing and
-/// notes when each record's first `Changes` frame arrives, until `stop`.
+/// notes when each record's first `Changes` frame arrives, until every
+/// record of the set `expect` is given has arrived (or `deadline`).
 pub async fn probe_watcher(
     socket: Socket,
     hello: Vec<u8>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut expect: tokio::sync::watch::Receiver<Option<std::collections::HashSet<DocId>>>,
     deadline: tokio::time::Instant,
 ) -> ProbeArrivals {
     let (mut sink, mut stream) = socket.split();
@@ -712,10 +713,25 @@ pub async fn probe_watcher(
         out.error = Some(format!("send failed: {e}"));
         return out;
     }
+    let mut until = deadline;
     loop {
+        let (told, all_in) = match expect.borrow().as_ref() {
+            Some(ids) => (true, ids.iter().all(|id| out.first.contains_key(id))),
+            None => (false, false),
+        };
+        if all_in {
+            break;
+        }
+        if told {
+            // Those still missing get this long from being asked for.
+            until = until.min(tokio::time::Instant::now() + PROBE_DRAIN);
+            if tokio::time::Instant::now() >= until {
+                break;
+            }
+        }
         tokio::select! {
-            () = async { let _ = stop.wait_for(|s| *s).await; } => break,
-            message = next_message(&mut stream, deadline) => match message {
+            _ = expect.changed() => {}
+            message = next_message(&mut stream, until) => match message {
                 Ok(Message::Changes(c)) => {
                     out.first.entry(c.doc).or_insert_with(Instant::now);
                 }
@@ -724,6 +740,9 @@ pub async fn probe_watcher(
                     break;
                 }
                 Ok(_) => {}
+                // Asked for records that did not come in time: the count
+                // of those missing says so, not an error.
+                Err(_) if told && tokio::time::Instant::now() >= until => break,
                 Err(e) => {
                     out.error = Some(e);
                     break;

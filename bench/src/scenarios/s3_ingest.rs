@@ -112,6 +112,10 @@ pub(crate) struct Probe {
     hello: Vec<u8>,
 }
 
+/// How long, past the fan-in's own time limit, the probe watcher may wait
+/// for the last probe records.
+const PROBE_WAIT: Duration = Duration::from_secs(60);
+
 /// How often the probe writer pushes a record.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
 
@@ -232,8 +236,8 @@ async fn fan_in_connected(
         .collect::<Vec<_>>();
     let bench_cpu_before = proc_cpu_time(std::process::id());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (watcher_stop_tx, watcher_stop_rx) = watch::channel(false);
-    let probe_deadline = tokio::time::Instant::now() + timeout + CONNECT_TIMEOUT;
+    let (watcher_stop_tx, watcher_stop_rx) = watch::channel(None);
+    let probe_deadline = tokio::time::Instant::now() + timeout + CONNECT_TIMEOUT + PROBE_WAIT;
     let probe_tasks = match probe_sockets {
         Ok((writer, watcher)) => {
             // The watcher first, so it is listening before the first push.
@@ -274,9 +278,16 @@ async fn fan_in_connected(
     let _ = stop_tx.send(true);
     if let Some((written, watched)) = probe_tasks {
         probe_result.writes = written.await.unwrap_or_default();
-        // The last probe records need a moment to cross.
-        tokio::time::sleep(PROBE_EVERY * 10).await;
-        let _ = watcher_stop_tx.send(true);
+        // The watcher waits for every acknowledged probe record (bounded
+        // by its deadline), so one that never comes is told from a late one.
+        let acked = probe_result
+            .writes
+            .pushes
+            .iter()
+            .filter(|p| p.2.is_some())
+            .map(|p| p.0)
+            .collect();
+        let _ = watcher_stop_tx.send(Some(acked));
         probe_result.arrivals = watched.await.unwrap_or_default();
     }
     FanIn {

@@ -411,18 +411,31 @@ impl Docs {
     }
 
     /// Reads ahead what catch-up is about to send of `wants` (`(doc,
-    /// base, at)`): the checks of each, and the bytes of those the recent
-    /// logs do not hold.
-    pub fn catch_up_batch(&self, wants: &[(DocId, Seq, Seq)]) -> Result<CatchUpBatch, DocsError> {
+    /// base, at)`) and `have` lacks: the checks of each, and the bytes of
+    /// those the recent logs do not hold. Nothing is read when nothing is
+    /// lacking.
+    pub fn catch_up_batch(
+        &self,
+        wants: &[(DocId, Seq, Seq)],
+        have: &CatchUpBatch,
+    ) -> Result<CatchUpBatch, DocsError> {
         let epoch = self.recent.epoch();
         let asked: Vec<(DocId, Option<Seq>)> = wants
             .iter()
-            .map(|&(doc, base, at)| {
+            .filter_map(|&(doc, base, at)| {
                 let held = base > 0 && self.recent.holds(doc, base, at);
-                (doc, (!held).then_some(base))
+                match (held, have.records.contains_key(&doc)) {
+                    (true, true) => None,
+                    (true, false) => Some((doc, None)),
+                    (false, _) => Some((doc, Some(base))),
+                }
             })
             .collect();
-        let mut batch = self.store.catch_up_batch(&asked)?;
+        let mut batch = if asked.is_empty() {
+            CatchUpBatch::default()
+        } else {
+            self.store.catch_up_batch(&asked)?
+        };
         batch.epoch = epoch;
         Ok(batch)
     }

@@ -1314,11 +1314,18 @@ impl Feed for HubFeed<'_> {
         upto: Seq,
         limit: usize,
     ) -> Result<Vec<(Seq, DocId)>, DocsError> {
-        Ok(self.hub.docs.store().entries_after(after, upto, limit)?)
+        let (entries, checks) = self
+            .hub
+            .docs
+            .store()
+            .entries_after_checked(after, upto, limit)?;
+        self.batch = checks;
+        Ok(entries)
     }
 
     fn prepare(&mut self, wants: &[(DocId, Seq, Seq)]) -> Result<(), DocsError> {
-        self.batch = self.hub.docs.catch_up_batch(wants)?;
+        let read = self.hub.docs.catch_up_batch(wants, &self.batch)?;
+        self.batch.merge(read);
         self.hub.remember_access(&self.batch);
         Ok(())
     }

@@ -51,6 +51,15 @@ pub struct CatchUpBatch {
     pub epoch: u64,
 }
 
+impl CatchUpBatch {
+    /// Takes in what a later read found: its records replace these
+    /// (they were read later), and its epoch stands for the bytes it read.
+    pub fn merge(&mut self, later: CatchUpBatch) {
+        self.records.extend(later.records);
+        self.epoch = later.epoch;
+    }
+}
+
 /// The single-record reads catch-up makes, answered by a store or by a
 /// batch in front of one.
 pub trait DocReads {

@@ -414,6 +414,15 @@ pub fn catch_up_batches_answer_as_single_reads(store: &dyn Store) {
             "{d}"
         );
     }
+    // The feed with its records' checks: the same entries, and checks as
+    // single reads give them.
+    let top = store.feed_watermark().unwrap();
+    let (entries, checks) = store.entries_after_checked(1, top, 100).unwrap();
+    assert_eq!(entries, store.entries_after(1, top, 100).unwrap());
+    for (d, r) in &checks.records {
+        assert_eq!(r.quarantined, store.quarantined(*d).unwrap(), "{d}");
+        assert_eq!(r.access, store.access_of(*d).unwrap(), "{d}");
+    }
     // A snapshot's chunks after it, as a cold start reads them.
     assert_eq!(
         reads.chunks_after(snapped, 5).unwrap(),

@@ -432,6 +432,18 @@ pub trait Store: Send + Sync + 'static {
     fn watermark_after(&self, _committed: &[Seq]) -> Result<Seq, StoreError> {
         self.feed_watermark()
     }
+    /// [`Store::entries_after`] for catch-up, with the checks (quarantine
+    /// and access, as [`Store::catch_up_batch`] reads them with no
+    /// position) of each entry's record read along when that costs no more
+    /// round trips; the default reads none.
+    fn entries_after_checked(
+        &self,
+        after: Seq,
+        upto: Seq,
+        limit: usize,
+    ) -> Result<(Vec<(Seq, DocId)>, crate::storage::catch_up::CatchUpBatch), StoreError> {
+        Ok((self.entries_after(after, upto, limit)?, Default::default()))
+    }
     /// What admission checks of a record before judging a write to it,
     /// read together: a backend with round trips answers in one.
     fn write_checks(&self, doc: DocId) -> Result<WriteChecks, StoreError> {

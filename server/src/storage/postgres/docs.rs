@@ -1037,6 +1037,46 @@ impl Store for PgStore {
         }
     }
 
+    fn entries_after_checked(
+        &self,
+        after: Seq,
+        upto: Seq,
+        limit: usize,
+    ) -> Result<(Vec<(Seq, DocId)>, CatchUpBatch), StoreError> {
+        let (after, upto, limit) = (int(after), int(upto), int(limit as u64));
+        self.pg.run(move |c| async move {
+            // The entries and their records' checks in one statement.
+            let rows = c
+                .query(
+                    &c.prepare_cached(
+                        "SELECT f.seq, f.doc, q.reason, i.kind, i.area, i.created_by \
+                         FROM (SELECT seq, doc FROM feed WHERE seq > $1 AND seq <= $2 \
+                               ORDER BY seq LIMIT $3) f \
+                         LEFT JOIN quarantine q ON q.doc = f.doc \
+                         LEFT JOIN record_index i ON i.doc = f.doc \
+                         ORDER BY f.seq",
+                    )
+                    .await?,
+                    &[&after, &upto, &limit],
+                )
+                .await?;
+            let mut entries = Vec::with_capacity(rows.len());
+            let mut batch = CatchUpBatch::default();
+            for r in &rows {
+                let doc = doc_of(r.get(1), "feed")?;
+                entries.push((uint(r.get(0)), doc));
+                let record = batch.records.entry(doc).or_default();
+                record.quarantined = r.get(2);
+                record.access = r.get::<_, Option<String>>(3).map(|kind| RecordAccess {
+                    kind,
+                    area: r.get(4),
+                    created_by: r.get(5),
+                });
+            }
+            Ok((entries, batch))
+        })
+    }
+
     fn write_checks(&self, doc: DocId) -> Result<WriteChecks, StoreError> {
         let k = key(doc);
         self.pg.run(move |c| async move {
