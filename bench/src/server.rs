@@ -68,6 +68,24 @@ fn command(bin: &Path, store: Option<&str>) -> Command {
     command
 }
 
+/// Runs one SQL statement with `psql` against `url` and returns what it
+/// printed (unaligned, no headers), trimmed; `what` names the purpose in
+/// errors.
+fn psql(url: &str, sql: &str, what: &str) -> anyhow::Result<String> {
+    let out = Command::new("psql")
+        .arg(url)
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(sql)
+        .output()
+        .with_context(|| format!("cannot run psql to {what}"))?;
+    ensure!(
+        out.status.success(),
+        "psql could not {what}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// With `BARAZA_BENCH_POSTGRES` set to a PostgreSQL URL (a database the
 /// bench may create others from), each server the bench starts keeps its
 /// data in a new database there instead of sled.
@@ -80,17 +98,11 @@ fn fresh_store() -> anyhow::Result<Option<String>> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let name = format!("bench_{}_{nanos}", std::process::id());
-    let out = Command::new("psql")
-        .arg(&cluster)
-        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c"])
-        .arg(format!("CREATE DATABASE {name}"))
-        .output()
-        .context("cannot run psql to make the bench database")?;
-    ensure!(
-        out.status.success(),
-        "psql could not make the bench database: {}",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    psql(
+        &cluster,
+        &format!("CREATE DATABASE {name}"),
+        "make the bench database",
+    )?;
     let (server, _) = cluster
         .rsplit_once('/')
         .context("BARAZA_BENCH_POSTGRES must end in a database name")?;
@@ -236,23 +248,13 @@ impl Server {
     /// development certificate included, a few KiB).
     pub fn store_bytes(&self) -> anyhow::Result<u64> {
         match &self.store {
-            Some(url) => {
-                let out = Command::new("psql")
-                    .arg(url)
-                    .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c"])
-                    .arg("SELECT pg_database_size(current_database())")
-                    .output()
-                    .context("cannot run psql to read the database size")?;
-                ensure!(
-                    out.status.success(),
-                    "psql could not read the database size: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-                String::from_utf8_lossy(&out.stdout)
-                    .trim()
-                    .parse()
-                    .context("psql printed an unreadable database size")
-            }
+            Some(url) => psql(
+                url,
+                "SELECT pg_database_size(current_database())",
+                "read the database size",
+            )?
+            .parse()
+            .context("psql printed an unreadable database size"),
             None => dir_bytes(&self.data),
         }
     }

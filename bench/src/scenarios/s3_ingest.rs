@@ -217,21 +217,20 @@ async fn fan_in_connected(
     .map_err(|_| anyhow::anyhow!("connect timed out"))
     .and_then(|r| r);
 
+    // Per node, in this order: the setup's peak, the RSS, then the peak
+    // reset and the CPU clock, so the fan-in's figures are its own.
+    let mut peak_reset = true;
     let nodes = servers
         .iter()
-        .map(|s| NodeBefore {
-            setup_peak_kib: s.status_kib("VmHWM"),
-            rss_kib: s.status_kib("VmRSS"),
-            cpu: None,
-        })
-        .collect::<Vec<_>>();
-    let peak_reset = servers.iter().all(|s| s.reset_peak_rss());
-    let nodes = nodes
-        .into_iter()
-        .zip(servers)
-        .map(|(n, s)| NodeBefore {
-            cpu: s.cpu_time(),
-            ..n
+        .map(|s| {
+            let setup_peak_kib = s.status_kib("VmHWM");
+            let rss_kib = s.status_kib("VmRSS");
+            peak_reset &= s.reset_peak_rss();
+            NodeBefore {
+                setup_peak_kib,
+                rss_kib,
+                cpu: s.cpu_time(),
+            }
         })
         .collect::<Vec<_>>();
     let bench_cpu_before = proc_cpu_time(std::process::id());

@@ -544,18 +544,43 @@ impl SyncHub {
     /// what was read once is kept: catch-up asks for every feed entry of
     /// every connection.
     fn access(&self, id: DocId) -> Result<Option<Arc<Access>>, DocsError> {
+        self.access_given(id, None)
+    }
+
+    /// [`SyncHub::access`], given what admission read of the record
+    /// already: the store is asked only for a record stored before the
+    /// access index existed.
+    fn access_checked(
+        &self,
+        id: DocId,
+        checks: &WriteChecks,
+    ) -> Result<Option<Arc<Access>>, DocsError> {
+        self.access_given(id, Some(checks))
+    }
+
+    fn access_given(
+        &self,
+        id: DocId,
+        given: Option<&WriteChecks>,
+    ) -> Result<Option<Arc<Access>>, DocsError> {
         // Peeked under the read lock so catch-ups do not queue on one
         // another; entries age in the order they were stored.
         if let Some(a) = self.read_cache().peek(&id) {
             return Ok(Some(a.clone()));
         }
-        let found = match self.docs.store().access_of(id)? {
-            Some(a) => Kind::parse(&a.kind).map(|kind| Access {
-                kind,
-                area: a.area,
-                created_by: a.created_by,
-            }),
-            None if self.docs.store().doc_seq(id)?.is_some() => {
+        let row = match given {
+            Some(checks) => checks.access.clone(),
+            None => self.docs.store().access_of(id)?,
+        };
+        let stored = |hub: &Self| -> Result<bool, DocsError> {
+            Ok(match given {
+                Some(checks) => checks.stored,
+                None => hub.docs.store().doc_seq(id)?.is_some(),
+            })
+        };
+        let found = match row {
+            Some(a) => access_from_row(&a),
+            None if stored(self)? => {
                 // Stored before the access index existed: read the header.
                 let handle = self.docs.handle(id)?;
                 let live = handle.lock().unwrap_or_else(|p| p.into_inner());
@@ -579,39 +604,6 @@ impl SyncHub {
         Ok(Some(found))
     }
 
-    /// [`SyncHub::access`], given what admission read of the record
-    /// already: asks the store only for a record stored before the access
-    /// index existed.
-    fn access_checked(
-        &self,
-        id: DocId,
-        checks: &WriteChecks,
-    ) -> Result<Option<Arc<Access>>, DocsError> {
-        if let Some(a) = self.read_cache().peek(&id) {
-            return Ok(Some(a.clone()));
-        }
-        let Some(a) = &checks.access else {
-            return if checks.stored {
-                self.access(id)
-            } else {
-                Ok(None)
-            };
-        };
-        let Some(kind) = Kind::parse(&a.kind) else {
-            return Ok(None);
-        };
-        let found = Arc::new(Access {
-            kind,
-            area: a.area.clone(),
-            created_by: a.created_by.clone(),
-        });
-        self.access_cache
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .put(id, found.clone());
-        Ok(Some(found))
-    }
-
     /// Keeps the access rows a catch-up batch read (not yet cached ones),
     /// so its read checks find them without asking the store.
     fn remember_access(&self, batch: &CatchUpBatch) {
@@ -621,17 +613,7 @@ impl SyncHub {
                 .records
                 .iter()
                 .filter(|(id, _)| !cache.contains(id))
-                .filter_map(|(id, r)| {
-                    let a = r.access.as_ref()?;
-                    Some((
-                        *id,
-                        Access {
-                            kind: Kind::parse(&a.kind)?,
-                            area: a.area.clone(),
-                            created_by: a.created_by.clone(),
-                        },
-                    ))
-                })
+                .filter_map(|(id, r)| Some((*id, access_from_row(r.access.as_ref()?)?)))
                 .collect()
         };
         if fresh.is_empty() {
@@ -1271,6 +1253,16 @@ fn index_entry(header: Header, doc: &impl baraza_records::Reader) -> IndexEntry 
         area: header.area,
         created_by: header.created_by_user,
     }
+}
+
+/// A stored access row as the read checks use it; None for a kind this
+/// server does not know.
+fn access_from_row(a: &crate::storage::store::RecordAccess) -> Option<Access> {
+    Some(Access {
+        kind: Kind::parse(&a.kind)?,
+        area: a.area.clone(),
+        created_by: a.created_by.clone(),
+    })
 }
 
 /// The store seen as one user's [`Feed`]: records they may not read are

@@ -132,13 +132,12 @@ impl PgStore {
                         &[&doc, &access.kind, &access.area, &access.created_by],
                     )
                     .await?;
-                    tx.execute(
-                        &tx.prepare_cached("INSERT INTO feed (seq, doc) VALUES ($1, $2)").await?,
-                        &[&seq, &doc],
-                    )
-                    .await?;
+                    tx.execute(&tx.prepare_cached(INSERT_FEED).await?, &[&seq, &doc])
+                        .await?;
                 }
-                None => write_one(&tx, &w, seq, &node).await?,
+                None => {
+                    write_one(&tx, &w, seq, &node).await?;
+                }
             }
             if !received.is_empty() {
                 let (changes, times): (Vec<Vec<u8>>, Vec<i64>) = received.into_iter().unzip();
@@ -204,6 +203,16 @@ fn access_row(r: &Row) -> Result<RecordAccess, StoreError> {
     })
 }
 
+/// Kind, area and creator in columns `at..at + 3` of a left join: None
+/// where the joined row is absent (its kind is NULL).
+fn access_at(r: &Row, at: usize) -> Option<RecordAccess> {
+    r.get::<_, Option<String>>(at).map(|kind| RecordAccess {
+        kind,
+        area: r.get(at + 1),
+        created_by: r.get(at + 2),
+    })
+}
+
 /// The columns [`row_of`] reads, in its order (`record_row` spells them
 /// out too, as its query must be a constant).
 const ROW_COLUMNS: &str =
@@ -235,7 +244,6 @@ fn row_of(r: &Row) -> Result<RecordRow, StoreError> {
     })
 }
 
-/// The statements of one write, inside the commit's transaction.
 /// The records among `writes` whose write was judged on a copy (its base
 /// is given) that another node has written after, or that was erased.
 async fn stale_among(
@@ -268,8 +276,7 @@ async fn stale_among(
     .collect()
 }
 
-// The statements of a write, shared by the pipelined commit and
-// [`write_one`].
+// The statements of a write ([`plain_write_ops`]).
 const UPSERT_DOC: &str =
     "INSERT INTO docs (doc, seq, heads, chunks, compacted) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (doc) DO UPDATE SET seq = EXCLUDED.seq, heads = EXCLUDED.heads, \
@@ -334,8 +341,9 @@ async fn run_pipelined(
     Ok(())
 }
 
-/// The statements of a write that neither erases nor rebuilds, as
-/// [`write_one`] runs them; `count` is the record's chunk count and
+/// The statements that store a write's chunk, heads, feed entry,
+/// receipts and index row (all of a write but an erasure's, after a
+/// rebuild's deletions); `count` is the record's chunk count and
 /// compaction point before it, and after it on return.
 fn plain_write_ops(ops: &mut Vec<Op>, w: &DocWrite, seq: i64, node: &str, count: &mut (i32, i64)) {
     let doc = key(w.doc);
@@ -375,6 +383,8 @@ fn plain_write_ops(ops: &mut Vec<Op>, w: &DocWrite, seq: i64, node: &str, count:
         ],
     ));
     if let Some(receipt) = &w.receipt {
+        // The first receipt of a change stands: a change offered again
+        // (after a store reset) arrived first back then.
         let changes: Vec<Vec<u8>> = receipt
             .changes
             .iter()
@@ -389,6 +399,7 @@ fn plain_write_ops(ops: &mut Vec<Op>, w: &DocWrite, seq: i64, node: &str, count:
             ],
         ));
         if let Some(skew) = receipt.skew {
+            // As ClockSkew::merge: counts add up, the furthest ahead stays.
             ops.push(Op::new(
                 UPSERT_CLOCK,
                 vec![
@@ -402,6 +413,8 @@ fn plain_write_ops(ops: &mut Vec<Op>, w: &DocWrite, seq: i64, node: &str, count:
     }
     if let Some(e) = &w.index {
         let s = &e.summary;
+        // Commits are in order per record, so a submitted time an earlier
+        // write noted is there to keep.
         ops.push(Op::new(
             UPSERT_INDEX,
             vec![
@@ -420,12 +433,15 @@ fn plain_write_ops(ops: &mut Vec<Op>, w: &DocWrite, seq: i64, node: &str, count:
     }
 }
 
+/// The statements of one write, inside the commit's transaction, one
+/// after another (an erasure's or a rebuild's deletions come first);
+/// returns the record's chunk count and compaction point after it.
 async fn write_one(
     tx: &deadpool_postgres::Transaction<'_>,
     w: &DocWrite,
     seq: i64,
     node: &str,
-) -> Result<(), StoreError> {
+) -> Result<(i32, i64), StoreError> {
     let doc = key(w.doc);
     if w.rebuild || w.erase {
         tx.execute(
@@ -476,101 +492,31 @@ async fn write_one(
         .await?;
         tx.execute(&tx.prepare_cached(INSERT_FEED).await?, &[&seq, &doc])
             .await?;
-        return Ok(());
+        return Ok((0, 0));
     }
-    let meta = tx
-        .query_opt(
-            &tx.prepare_cached("SELECT chunks, compacted FROM docs WHERE doc = $1")
-                .await?,
-            &[&doc],
-        )
-        .await?;
-    let (mut chunks, mut compacted): (i32, i64) = match &meta {
-        Some(r) => (r.get(0), r.get(1)),
-        None => (0, 0),
-    };
-    if w.rebuild {
+    let count = if w.rebuild {
         tx.execute(
             &tx.prepare_cached("DELETE FROM doc_chunks WHERE doc = $1")
                 .await?,
             &[&doc],
         )
         .await?;
-        chunks = 0;
-        compacted = seq;
-    }
-    if !w.chunk.is_empty() {
-        tx.execute(
-            &tx.prepare_cached("INSERT INTO doc_chunks (doc, seq, bytes) VALUES ($1, $2, $3)")
-                .await?,
-            &[&doc, &seq, &w.chunk],
-        )
-        .await?;
-        chunks += 1;
-    }
-    let heads = heads_bytes(&w.heads);
-    tx.execute(
-        &tx.prepare_cached(UPSERT_DOC).await?,
-        &[&doc, &seq, &heads, &chunks, &compacted],
-    )
-    .await?;
-    tx.execute(&tx.prepare_cached(INSERT_FEED).await?, &[&seq, &doc])
-        .await?;
-    tx.execute(
-        &tx.prepare_cached(INSERT_LOG).await?,
-        &[&doc, &seq, &heads, &node],
-    )
-    .await?;
-    if let Some(receipt) = &w.receipt {
-        // The first receipt of a change stands: a change offered again
-        // (after a store reset) arrived first back then.
-        let changes: Vec<Vec<u8>> = receipt
-            .changes
-            .iter()
-            .map(|h| h.as_bytes().to_vec())
-            .collect();
-        tx.execute(
-            &tx.prepare_cached(INSERT_RECEIVED).await?,
-            &[&doc, &changes, &receipt.at_ms],
-        )
-        .await?;
-        if let Some(skew) = receipt.skew {
-            // As ClockSkew::merge: counts add up, the furthest ahead stays.
-            tx.execute(
-                &tx.prepare_cached(UPSERT_CLOCK).await?,
-                &[
-                    &doc,
-                    &i64::from(skew.times),
-                    &skew.ahead_ms_max,
-                    &skew.claimed_ms,
-                ],
+        (0, seq)
+    } else {
+        let meta = tx
+            .query_opt(
+                &tx.prepare_cached("SELECT chunks, compacted FROM docs WHERE doc = $1")
+                    .await?,
+                &[&doc],
             )
             .await?;
-        }
-    }
-    if let Some(e) = &w.index {
-        let s = &e.summary;
-        let comments = i32::try_from(s.comments).unwrap_or(i32::MAX);
-        // Commits are in order per record, so a submitted time an earlier
-        // write noted is there to keep.
-        tx.execute(
-            &tx.prepare_cached(UPSERT_INDEX).await?,
-            &[
-                &doc,
-                &e.kind,
-                &e.area,
-                &e.state.name(),
-                &e.created_at,
-                &e.created_by,
-                &s.title,
-                &s.submitted_at,
-                &s.conflicts,
-                &comments,
-            ],
-        )
-        .await?;
-    }
-    Ok(())
+        meta.map_or((0, 0), |r| (r.get(0), r.get(1)))
+    };
+    let mut count = count;
+    let mut ops = Vec::new();
+    plain_write_ops(&mut ops, w, seq, node, &mut count);
+    run_pipelined(tx, ops).await?;
+    Ok(count)
 }
 
 impl Store for PgStore {
@@ -697,13 +643,8 @@ impl Store for PgStore {
                     // Rare: the statements before it go first, then this
                     // one's, each reading what the last left.
                     run_pipelined(&tx, std::mem::take(&mut ops)).await?;
-                    write_one(&tx, w, next, &node).await?;
+                    let after = write_one(&tx, w, next, &node).await?;
                     notify::say(&tx, &notify::rewritten(&node, w.doc)).await?;
-                    let after = if w.erase {
-                        (0, 0)
-                    } else {
-                        (i32::from(!w.chunk.is_empty()), next)
-                    };
                     counts.insert(w.doc, after);
                 } else {
                     let count = counts.entry(w.doc).or_insert((0, 0));
@@ -1067,11 +1008,7 @@ impl Store for PgStore {
                 entries.push((uint(r.get(0)), doc));
                 let record = batch.records.entry(doc).or_default();
                 record.quarantined = r.get(2);
-                record.access = r.get::<_, Option<String>>(3).map(|kind| RecordAccess {
-                    kind,
-                    area: r.get(4),
-                    created_by: r.get(5),
-                });
+                record.access = access_at(r, 3);
             }
             Ok((entries, batch))
         })
@@ -1095,16 +1032,9 @@ impl Store for PgStore {
                     &[&k],
                 )
                 .await?;
-            let access_at = |at: usize| {
-                r.get::<_, Option<String>>(at).map(|kind| RecordAccess {
-                    kind,
-                    area: r.get(at + 1),
-                    created_by: r.get(at + 2),
-                })
-            };
             Ok(WriteChecks {
-                erased: access_at(0),
-                access: access_at(3),
+                erased: access_at(&r, 0),
+                access: access_at(&r, 3),
                 stored: r.get(6),
                 quarantined: r.get(7),
             })
@@ -1166,12 +1096,7 @@ impl Store for PgStore {
                 let doc = doc_of(doc_key, "docs")?;
                 let record = batch.records.entry(doc).or_default();
                 record.quarantined = first.get(2);
-                let kind: Option<String> = first.get(3);
-                record.access = kind.map(|kind| RecordAccess {
-                    kind,
-                    area: first.get(4),
-                    created_by: first.get(5),
-                });
+                record.access = access_at(first, 3);
                 let snapshot: Option<i64> = first.get(6);
                 if base == 0 {
                     record.snapshot = Some(snapshot.map(|at| (uint(at), first.get(7))));
