@@ -70,8 +70,10 @@ fn main() -> anyhow::Result<()> {
             report.unacknowledged
         );
         eprintln!(
-            "rust: round {round} sync {ms:.1} ms (sent {}, received {})",
-            report.docs_sent, report.docs_received
+            "rust: round {round} sync {ms:.1} ms inner {:.1} ms (sent {}, received {})",
+            report.elapsed.as_secs_f64() * 1e3,
+            report.docs_sent,
+            report.docs_received
         );
         times.push(ms);
     }

@@ -79,8 +79,10 @@ fn main() -> anyhow::Result<()> {
             summary.unacknowledged
         );
         eprintln!(
-            "tablet: round {round} sync {ms:.1} ms (sent {}, received {})",
-            summary.records_sent, summary.records_received
+            "tablet: round {round} sync {ms:.1} ms inner {:.1} ms (sent {}, received {})",
+            summary.elapsed_us as f64 / 1e3,
+            summary.records_sent,
+            summary.records_received
         );
         times.push(ms);
     }

@@ -38,7 +38,8 @@ fun main() = runBlocking {
         val ms = (System.nanoTime() - start) / 1e6
         check(summary.unacknowledged == 0uL) { "left ${summary.unacknowledged} unacknowledged" }
         times.add(ms)
-        System.err.println("kotlin: round $round sync ${"%.1f".format(ms)} ms (sent ${summary.recordsSent}, received ${summary.recordsReceived})")
+        val inner = summary.elapsedUs.toDouble() / 1e3
+        System.err.println("kotlin: round $round sync ${"%.1f".format(ms)} ms inner ${"%.1f".format(inner)} ms (sent ${summary.recordsSent}, received ${summary.recordsReceived})")
     }
     a.close()
     b.close()

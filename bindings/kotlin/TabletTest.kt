@@ -181,8 +181,12 @@ fun main() {
 
     case("sync sends it, and a second tablet receives it whole") {
         val tablet = t1 ?: throw Failure("no tablet 1")
+        val before = System.nanoTime()
         val summary = tablet.sync(null)
+        val wallUs = (System.nanoTime() - before) / 1_000uL.toLong()
         expect(summary.recordsSent == 1uL && summary.unacknowledged == 0uL) { "summary $summary" }
+        // The sync's own time is given, and is no more than the caller saw.
+        expect(summary.elapsedUs > 0uL && summary.elapsedUs.toLong() <= wallUs) { "elapsed ${summary.elapsedUs} us of $wallUs us" }
         expect(!tablet.record(meeting).unacknowledged) { "still unacknowledged" }
         expect((tablet.status().lastSyncMs ?: 0u) > 0u) { "no last sync time" }
         val other = Tablet.open(dir2, newKey(2))

@@ -470,6 +470,9 @@ pub struct SyncSummary {
     pub refused: u64,
     /// Records still waiting for the server's acknowledgement.
     pub unacknowledged: u64,
+    /// How long the sync itself took, in microseconds, from connecting to
+    /// the last acknowledgement (what reaching the app took is not in it).
+    pub elapsed_us: u64,
 }
 
 impl From<sdk::SyncReport> for SyncSummary {
@@ -479,6 +482,7 @@ impl From<sdk::SyncReport> for SyncSummary {
             records_received: r.docs_received,
             refused: r.refused,
             unacknowledged: r.unacknowledged,
+            elapsed_us: u64::try_from(r.elapsed.as_micros()).unwrap_or(u64::MAX),
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baraza_protocol::{ClientDriver, DriveError, Limits};
 use futures_util::{SinkExt, StreamExt};
@@ -30,6 +30,14 @@ pub struct SyncReport {
     pub refused: u64,
     /// Records still waiting for the server's acknowledgement.
     pub unacknowledged: u64,
+    /// From the start of connecting to this report: an app shows it, and a
+    /// binding's caller can tell the sync's own time from the crossing.
+    #[serde(rename = "elapsed_us", serialize_with = "as_micros")]
+    pub elapsed: Duration,
+}
+
+fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Progress and outcome of syncing, for a UI.
@@ -318,6 +326,7 @@ pub(crate) async fn run_connection(
     stop: &mut watch::Receiver<bool>,
     listener: &dyn SyncListener,
 ) -> Result<SyncReport, ClientError> {
+    let started = Instant::now();
     let endpoint = &rotate_if_due(store, endpoint).await;
     let mut ws = transport::connect(endpoint, limits.frame_bytes_max)
         .await
@@ -372,7 +381,7 @@ pub(crate) async fn run_connection(
             return Err(ClientError::Wiped(report));
         }
         if driver.is_settled() {
-            let report = report(store, &counts)?;
+            let report = report(store, &counts, started)?;
             if !settled_reported {
                 store.set_last_sync(now_secs())?;
                 store.flush()?;
@@ -425,7 +434,7 @@ pub(crate) async fn run_connection(
             }
             _ = stop.changed() => {
                 let _ = ws.close(None).await;
-                return report(store, &driver.counts());
+                return report(store, &driver.counts(), started);
             }
         }
     }
@@ -434,8 +443,10 @@ pub(crate) async fn run_connection(
 fn report(
     store: &LocalStore,
     counts: &baraza_protocol::SyncCounts,
+    started: Instant,
 ) -> Result<SyncReport, ClientError> {
     Ok(SyncReport {
+        elapsed: started.elapsed(),
         docs_sent: counts.docs_sent as u64,
         docs_received: counts.docs_received as u64,
         docs_reconciled: counts.docs_reconciled as u64,
