@@ -27,6 +27,7 @@
 //! 313 bytes a record, `cargo run --release -p baraza-bench --example
 //! cold_bytes`).
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -167,6 +168,41 @@ fn ops_of(doc: &Automerge) -> usize {
         .iter()
         .map(|m| (m.max_op + 1).saturating_sub(m.start_op) as usize)
         .sum()
+}
+
+/// The live copy of `id`: what is stored, checked, with what was queued
+/// (of generation `queued.0`) applied on top.
+fn live_of(
+    id: DocId,
+    (gen, queued): (u64, Vec<Vec<u8>>),
+    stored: Option<StoredDoc>,
+) -> Result<LiveDoc, DocsError> {
+    let mut live = match stored {
+        Some(stored) => {
+            let doc = load_checked(id, &stored)?;
+            LiveDoc {
+                doc,
+                chunks: stored.positions.len() as u32,
+                bytes: stored.bytes.len(),
+                ops: 0,
+                header: None,
+                copy: Copy {
+                    gen,
+                    base: stored.seq,
+                },
+            }
+        }
+        None => LiveDoc {
+            copy: Copy { gen, base: 0 },
+            ..LiveDoc::empty()
+        },
+    };
+    for chunk in queued {
+        docsync::contained(|| docsync::apply_chunks(&mut live.doc, &chunk))
+            .map_err(|e| DocsError::Load(id, format!("a queued write does not apply: {e}")))?;
+    }
+    live.ops = ops_of(&live.doc);
+    Ok(live)
 }
 
 /// A handle on one cached document.
@@ -465,12 +501,18 @@ impl Docs {
             }
         }
         let live = self.load_live(id)?;
+        Ok(self.cache_live(id, live))
+    }
+
+    /// Caches a copy just loaded, unless another task cached one as new
+    /// meanwhile (there must be one copy); the copy in the cache.
+    fn cache_live(&self, id: DocId, live: LiveDoc) -> DocHandle {
         let copy = live.copy;
         let mut cache = self.cache_lock();
         // Another task may have loaded it meanwhile: there must be one copy.
         if let Some((h, theirs)) = cache.get(&id) {
             if theirs.gen >= copy.gen {
-                return Ok(h.clone());
+                return h.clone();
             }
         }
         let handle = Arc::new(Mutex::new(live));
@@ -489,7 +531,7 @@ impl Docs {
                 cache.put(id, entry);
             }
         }
-        Ok(handle)
+        handle
     }
 
     /// The document as stored plus what is queued for it, checked: bytes
@@ -498,50 +540,57 @@ impl Docs {
     /// served as a shorter document.
     fn load_live(&self, id: DocId) -> Result<LiveDoc, DocsError> {
         // Queued first, stored second: a chunk committed in between is
-        // then in both, and applying a change twice is harmless. Only
-        // chunks of the record's current generation: those of a voided
-        // copy will not be stored.
-        let (gen, queued): (u64, Vec<Vec<u8>>) = {
-            let q = self.queued_lock();
-            let gen = q.gen(id);
-            let chunks = q
-                .chunks
-                .get(&id)
-                .map(|list| {
-                    list.iter()
-                        .filter(|(_, g, _)| *g == gen)
-                        .map(|(_, _, c)| c.clone())
-                        .collect()
-                })
-                .unwrap_or_default();
-            (gen, chunks)
+        // then in both, and applying a change twice is harmless.
+        let queued = self.queued_of(id);
+        let stored = self.store.load(id).map_err(|e| damage(id, e))?;
+        live_of(id, queued, stored)
+    }
+
+    /// What is queued of `id`'s current generation, with the generation:
+    /// chunks of a voided copy will not be stored.
+    fn queued_of(&self, id: DocId) -> (u64, Vec<Vec<u8>>) {
+        let q = self.queued_lock();
+        let gen = q.gen(id);
+        let chunks = q
+            .chunks
+            .get(&id)
+            .map(|list| {
+                list.iter()
+                    .filter(|(_, g, _)| *g == gen)
+                    .map(|(_, _, c)| c.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (gen, chunks)
+    }
+
+    /// Loads those of `ids` not cached into the cache, read from the store
+    /// together: a session about to admit a batch of pushes asks once, not
+    /// once a record. Best effort: a record that fails to load here (or a
+    /// failed read) is left to [`Docs::handle`], which says why.
+    pub fn prefetch(&self, ids: &[DocId]) {
+        let missing: Vec<DocId> = {
+            let cache = self.cache_lock();
+            let mut seen = HashSet::new();
+            ids.iter()
+                .copied()
+                .filter(|id| !cache.contains(id) && seen.insert(*id))
+                .collect()
         };
-        let mut live = match self.store.load(id).map_err(|e| damage(id, e))? {
-            Some(stored) => {
-                let doc = load_checked(id, &stored)?;
-                LiveDoc {
-                    doc,
-                    chunks: stored.positions.len() as u32,
-                    bytes: stored.bytes.len(),
-                    ops: 0,
-                    header: None,
-                    copy: Copy {
-                        gen,
-                        base: stored.seq,
-                    },
-                }
-            }
-            None => LiveDoc {
-                copy: Copy { gen, base: 0 },
-                ..LiveDoc::empty()
-            },
-        };
-        for chunk in queued {
-            docsync::contained(|| docsync::apply_chunks(&mut live.doc, &chunk))
-                .map_err(|e| DocsError::Load(id, format!("a queued write does not apply: {e}")))?;
+        if missing.len() < 2 {
+            return;
         }
-        live.ops = ops_of(&live.doc);
-        Ok(live)
+        // As in load_live: every queued read before the stored one.
+        let queued: Vec<_> = missing.iter().map(|id| self.queued_of(*id)).collect();
+        let Ok(stored) = self.store.load_many(&missing) else {
+            return;
+        };
+        for ((id, queued), stored) in missing.into_iter().zip(queued).zip(stored) {
+            let Ok(live) = live_of(id, queued, stored) else {
+                continue;
+            };
+            self.cache_live(id, live);
+        }
     }
 
     /// Another node wrote `id` at feed position `seq`: a cached copy
@@ -1135,6 +1184,40 @@ mod tests {
         let chunk = docsync::encode_changes(&live.doc.get_changes(&before));
         let pending = Docs::write_for(id, &mut live, chunk, None, None).unwrap();
         docs.submit(pending)
+    }
+
+    /// Records loaded ahead in one read are the copies later uses get, as
+    /// loading them one at a time would make them (queued writes too).
+    #[test]
+    fn records_loaded_ahead_are_the_copies_later_uses_get() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open_path(dir.path(), [1; 16]).unwrap();
+        let docs = Docs::start(Arc::new(store), 16).unwrap();
+        let id = |b: u8| DocId::from_bytes([b; 16]);
+        for b in 1..=3 {
+            edit(&docs, id(b), u32::from(b));
+            docs.forget(id(b));
+        }
+        // A write of record 3 queued, not yet read back: the copy loaded
+        // ahead holds it too.
+        let queued = edit_queued(&docs, id(3), 30);
+        docs.forget(id(3));
+        docs.prefetch(&[id(1), id(2), id(3), id(2), id(7)]);
+        assert_eq!(docs.cached(), 4, "three stored records and a new one");
+        let held = docs.handle(id(2)).unwrap();
+        assert!(Arc::ptr_eq(&held, &docs.handle(id(2)).unwrap()));
+        for (b, keys) in [(1, vec!["k1"]), (2, vec!["k2"]), (3, vec!["k3", "k30"])] {
+            let handle = docs.handle(id(b)).unwrap();
+            let live = handle.lock().unwrap();
+            for k in keys {
+                assert!(
+                    live.doc.get(automerge::ROOT, k).unwrap().is_some(),
+                    "{b}: {k}"
+                );
+            }
+        }
+        queued.blocking_recv().unwrap().unwrap();
+        docs.shutdown().unwrap();
     }
 
     /// Two nodes on one database: a copy on node B that node A's write

@@ -11,6 +11,7 @@
 //! and the cached document is replaced by it only when the change is
 //! admitted. A refused change leaves the cache and the store as they were.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use baraza_protocol::{
 use baraza_records::access::WriteSummary;
 use baraza_records::Header;
 use futures_util::stream::FuturesOrdered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::watch;
 use warp::ws::{Message as WsMessage, WebSocket};
 
@@ -36,6 +37,31 @@ use crate::engine::docs::{Docs, DocsError, LiveDoc, NotStored};
 use crate::identity::caller::Caller;
 use crate::identity::devices::{Auth, DeviceRegistry};
 use crate::identity::users::UserRegistry;
+use crate::storage::store::{StoreError, WriteChecks};
+
+/// One message (or the end) of a device's WebSocket, given to the driver.
+fn on_frame(
+    driver: &mut ServerDriver,
+    frame: Option<Result<WsMessage, warp::Error>>,
+    now: Duration,
+    device: &crate::identity::caller::DeviceIdentity,
+) {
+    match frame {
+        Some(Ok(msg)) if msg.is_binary() || msg.is_text() => {
+            if let Err(err) = driver.handle_frame(now, msg.as_bytes()) {
+                tracing::debug!(device = %device.id, error = %err, "closing session");
+            }
+        }
+        Some(Ok(msg)) if msg.is_ping() || msg.is_pong() => driver.handle_ping(now),
+        Some(Ok(msg)) if msg.is_close() => driver.handle_closed(now, CloseReason::Disconnected),
+        Some(Ok(_)) => {}
+        Some(Err(err)) => {
+            tracing::debug!(device = %device.id, error = %err, "websocket error");
+            driver.handle_closed(now, CloseReason::Disconnected);
+        }
+        None => driver.handle_closed(now, CloseReason::Disconnected),
+    }
+}
 
 /// A write handed to the committer, and what to tell the driver once it is
 /// durable (or failed).
@@ -129,6 +155,9 @@ struct Ctx<'a> {
     /// The driver asked for a feed read, carried out once nothing else is
     /// ready (see the loop).
     feed_due: &'a mut bool,
+    /// Admission's checks of the records this batch of tasks writes, read
+    /// together; each is taken by the first task for its record.
+    checks: HashMap<DocId, WriteChecks>,
 }
 
 impl SyncHub {
@@ -187,7 +216,7 @@ impl SyncHub {
                 tokio::task::block_in_place(|| {
                     for (push, tried) in retries.drain(..) {
                         let write = push.write;
-                        match self.on_push(&mut driver, &caller, push, tried) {
+                        match self.on_push(&mut driver, &caller, push, tried, None) {
                             Ok(waiting) => pending.push_back(waiting),
                             Err(refused) => {
                                 driver.handle_commit(now(), write, Commit::Refused(refused))
@@ -236,34 +265,48 @@ impl SyncHub {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => driver.handle_closed(now(), CloseReason::Shutdown),
-                frame = stream.next(), if driver.wants_frames() => match frame {
-                    Some(Ok(msg)) if msg.is_binary() || msg.is_text() => {
-                        if let Err(err) = driver.handle_frame(now(), msg.as_bytes()) {
-                            tracing::debug!(device = %device.id, error = %err, "closing session");
+                frame = stream.next(), if driver.wants_frames() => {
+                    on_frame(&mut driver, frame, now(), device);
+                    // Frames already here are taken too, so that their
+                    // tasks are carried out as one batch, read ahead
+                    // together (a reconnecting tablet sends its pushes
+                    // back to back).
+                    let mut taken = 1;
+                    while taken < CATCH_UP_BATCH && driver.wants_frames() && !driver.is_closed() {
+                        let Some(frame) = stream.next().now_or_never() else {
+                            break;
+                        };
+                        on_frame(&mut driver, frame, now(), device);
+                        taken += 1;
+                    }
+                }
+                Some(done) = pending.next() => {
+                    // A group commit makes a batch of writes durable at
+                    // once: those already done are answered together, their
+                    // acks noted in one write.
+                    let mut ready = vec![done];
+                    while ready.len() < CATCH_UP_BATCH {
+                        match pending.next().now_or_never() {
+                            Some(Some(done)) => ready.push(done),
+                            _ => break,
                         }
                     }
-                    Some(Ok(msg)) if msg.is_ping() || msg.is_pong() => driver.handle_ping(now()),
-                    Some(Ok(msg)) if msg.is_close() => {
-                        driver.handle_closed(now(), CloseReason::Disconnected)
+                    let mut stored = Vec::with_capacity(ready.len());
+                    for mut done in ready {
+                        match done.overtaken() {
+                            Some(again) => retries.push(again),
+                            None => stored.push(done),
+                        }
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(err)) => {
-                        tracing::debug!(device = %device.id, error = %err, "websocket error");
-                        driver.handle_closed(now(), CloseReason::Disconnected);
-                    }
-                    None => driver.handle_closed(now(), CloseReason::Disconnected),
-                },
-                Some(mut done) = pending.next() => {
-                    if let Some(again) = done.overtaken() {
-                        retries.push(again);
-                        continue;
-                    }
-                    // Notes the ack and audits the decisions: storage
+                    // Notes the acks and audits the decisions: storage
                     // writes, kept off the async workers.
-                    let (write, commit) = tokio::task::block_in_place(|| {
-                        self.on_stored(&mut driver, &caller, &devices, done)
+                    tokio::task::block_in_place(|| {
+                        self.note_acks(&caller, &devices, &stored);
+                        for done in stored {
+                            let (write, commit) = self.on_stored(&mut driver, &caller, &devices, done);
+                            driver.handle_commit(now(), write, commit);
+                        }
                     });
-                    driver.handle_commit(now(), write, commit);
                 }
                 changed = standing.changed(), if standing_open => {
                     if changed.is_err() {
@@ -363,11 +406,17 @@ impl SyncHub {
                 None
             };
             tokio::task::block_in_place(|| {
+                let checks = if judging {
+                    self.read_ahead(&tasks)
+                } else {
+                    HashMap::new()
+                };
                 let mut ctx = Ctx {
                     caller,
                     devices,
                     pending: &mut *pending,
                     feed_due: &mut *feed_due,
+                    checks,
                 };
                 for task in tasks {
                     self.carry_out_one(driver, &mut ctx, task, &now);
@@ -388,16 +437,20 @@ impl SyncHub {
         match task {
             Task::Admit(push) => {
                 let write = push.write;
-                match self.on_push(driver, caller, push, 0) {
+                let checks = ctx.checks.remove(&push.doc);
+                match self.on_push(driver, caller, push, 0, checks) {
                     Ok(waiting) => ctx.pending.push_back(waiting),
                     Err(refused) => driver.handle_commit(now(), write, Commit::Refused(refused)),
                 }
             }
-            Task::Sync { write, msg } => match self.on_sync(driver, caller, write, msg) {
-                Ok(Some(waiting)) => ctx.pending.push_back(waiting),
-                Ok(None) => driver.handle_commit(now(), write, Commit::NoAck),
-                Err(refused) => driver.handle_commit(now(), write, Commit::Refused(refused)),
-            },
+            Task::Sync { write, msg } => {
+                let checks = ctx.checks.remove(&msg.doc);
+                match self.on_sync(driver, caller, write, msg, checks) {
+                    Ok(Some(waiting)) => ctx.pending.push_back(waiting),
+                    Ok(None) => driver.handle_commit(now(), write, Commit::NoAck),
+                    Err(refused) => driver.handle_commit(now(), write, Commit::Refused(refused)),
+                }
+            }
             Task::ReadFeed(_) => *ctx.feed_due = true,
             Task::OfferRepairs => self.offer_repairs(driver, caller),
             Task::NoteScope => {
@@ -417,6 +470,21 @@ impl SyncHub {
                 }
                 tracing::info!(device = %device.id, "device retired and wiped");
             }
+        }
+    }
+
+    /// Notes, in one write, the heads each stored write acknowledges.
+    fn note_acks(&self, caller: &Caller, devices: &DeviceRegistry, done: &[Stored]) {
+        let acks: Vec<(String, Vec<String>)> = done
+            .iter()
+            .filter(|d| d.stored.is_ok())
+            .map(|d| (d.doc.to_string(), hex_heads(&d.heads)))
+            .collect();
+        if acks.is_empty() {
+            return;
+        }
+        if let Err(err) = devices.note_acks(&caller.device.id, &acks) {
+            tracing::warn!(device = %caller.device.id, error = %err, "could not note acknowledgements");
         }
     }
 
@@ -441,11 +509,6 @@ impl SyncHub {
                 );
             }
         };
-        let record = done.doc.to_string();
-        let heads = hex_heads(&done.heads);
-        if let Err(err) = devices.note_ack(&caller.device.id, &record, &heads) {
-            tracing::warn!(device = %caller.device.id, error = %err, "could not note an acknowledgement");
-        }
         let changed = done.wrote.is_some();
         if let Some(wrote) = &done.wrote {
             self.audit_decisions(caller, done.doc, &wrote.decisions);
@@ -484,13 +547,14 @@ impl SyncHub {
         caller: &Caller,
         push: PushWrite,
         tried: u8,
+        checks: Option<WriteChecks>,
     ) -> Result<Waiting, Refusal> {
         let id = push.doc;
         let retry = self
             .shared
             .load(std::sync::atomic::Ordering::Relaxed)
             .then(|| (Box::new(push.clone()), tried));
-        let handle = match self.target(caller, id)? {
+        let handle = match self.target(caller, id, checks)? {
             Target::Stored(handle) => Some(handle),
             Target::Hidden => None,
             Target::Repair => return Err(quarantined(id)),
@@ -540,9 +604,10 @@ impl SyncHub {
         caller: &Caller,
         write: WriteId,
         msg: SyncMsg,
+        checks: Option<WriteChecks>,
     ) -> Result<Option<Waiting>, Refusal> {
         let id = msg.doc;
-        let handle = match self.target(caller, id)? {
+        let handle = match self.target(caller, id, checks)? {
             Target::Stored(handle) => Some(handle),
             Target::Hidden => None,
             Target::Repair => {
@@ -809,12 +874,51 @@ impl SyncHub {
         Ok(())
     }
 
+    /// Reads ahead for a batch of tasks that write several records: their
+    /// admission checks in one read, and their stored copies loaded into
+    /// the cache in another, so a reconnecting tablet's hundred pushes
+    /// cost two round trips to a database, not two hundred. Best effort:
+    /// what is not read here is read per record as before.
+    fn read_ahead(&self, tasks: &[Task]) -> HashMap<DocId, WriteChecks> {
+        let mut seen = HashSet::new();
+        let ids: Vec<DocId> = tasks
+            .iter()
+            .filter_map(|t| match t {
+                Task::Admit(push) => Some(push.doc),
+                Task::Sync { msg, .. } => Some(msg.doc),
+                _ => None,
+            })
+            .filter(|id| seen.insert(*id))
+            .collect();
+        if ids.len() < 2 {
+            return HashMap::new();
+        }
+        let checks = match self.docs.store().write_checks(&ids) {
+            Ok(checks) if checks.len() == ids.len() => checks,
+            _ => return HashMap::new(),
+        };
+        // Only records admission will load: not erased, not quarantined.
+        let loads: Vec<DocId> = ids
+            .iter()
+            .zip(&checks)
+            .filter(|(_, c)| c.stored && c.erased.is_none() && c.quarantined.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        self.docs.prefetch(&loads);
+        ids.into_iter().zip(checks).collect()
+    }
+
     /// What a device's changes to `id` are applied to (a stored or new
     /// record's cached copy, loaded here). A record the caller
     /// may not read (or an erased one it could not read) is `Hidden`: it is
     /// answered as one that does not exist, from an empty copy, and the
     /// attempt is audited.
-    fn target(&self, caller: &Caller, id: DocId) -> Result<Target, Refusal> {
+    fn target(
+        &self,
+        caller: &Caller,
+        id: DocId,
+        checks: Option<WriteChecks>,
+    ) -> Result<Target, Refusal> {
         let hidden = |hub: &Self| {
             hub.audit.record(
                 "record_write_refused",
@@ -826,9 +930,19 @@ impl SyncHub {
             );
             Ok(Target::Hidden)
         };
-        let checks = match self.docs.store().write_checks(id) {
-            Ok(checks) => checks,
-            Err(err) => return Err(self.storage_refusal(id, &DocsError::Store(err))),
+        let checks = match checks {
+            Some(checks) => checks,
+            None => match self.docs.store().write_checks(&[id]) {
+                Ok(mut checks) if checks.len() == 1 => checks.remove(0),
+                Ok(_) => {
+                    let err = StoreError::Corrupt {
+                        tree: "docs",
+                        reason: "write checks answered another number of records".into(),
+                    };
+                    return Err(self.storage_refusal(id, &DocsError::Store(err)));
+                }
+                Err(err) => return Err(self.storage_refusal(id, &DocsError::Store(err))),
+            },
         };
         match checks.erased {
             None => {}

@@ -404,14 +404,14 @@ impl DeviceRegistry {
         })
     }
 
-    /// Notes the heads of a record last acknowledged to a device.
-    pub fn note_ack(
+    /// Notes the heads of records last acknowledged to a device (record,
+    /// heads), in one write.
+    pub fn note_acks(
         &self,
         id: &baraza_protocol::DeviceId,
-        record: &str,
-        heads: &[String],
+        acks: &[(String, Vec<String>)],
     ) -> Result<(), DeviceError> {
-        Ok(self.store.note_ack(&id.to_hex(), record, heads)?)
+        Ok(self.store.note_acks(&id.to_hex(), acks)?)
     }
 
     /// What the server last acknowledged to a device, per record: on a

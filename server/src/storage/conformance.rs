@@ -403,17 +403,28 @@ pub fn catch_up_batches_answer_as_single_reads(store: &dyn Store) {
         if let Some(r) = batch.records.get(&d) {
             assert_eq!(r.access, single.access_of(d).unwrap(), "{d}");
         }
+    }
+    // Admission's checks and loads of a batch, a record named twice among
+    // them: in the order asked, each as the single reads give it.
+    let asked: Vec<DocId> = docs.iter().copied().chain([plain]).collect();
+    let checks = store.write_checks(&asked).unwrap();
+    let loads = store.load_many(&asked).unwrap();
+    assert_eq!((checks.len(), loads.len()), (asked.len(), asked.len()));
+    for ((d, checks), load) in asked.iter().zip(checks).zip(loads) {
         assert_eq!(
-            store.write_checks(d).unwrap(),
+            checks,
             crate::storage::store::WriteChecks {
-                erased: single.erased(d).unwrap(),
-                access: single.access_of(d).unwrap(),
-                stored: single.doc_seq(d).unwrap().is_some(),
-                quarantined: single.quarantined(d).unwrap(),
+                erased: store.erased(*d).unwrap(),
+                access: store.access_of(*d).unwrap(),
+                stored: store.doc_seq(*d).unwrap().is_some(),
+                quarantined: store.quarantined(*d).unwrap(),
             },
             "{d}"
         );
+        assert_eq!(load, store.load(*d).unwrap(), "{d}");
     }
+    assert!(store.write_checks(&[]).unwrap().is_empty());
+    assert!(store.load_many(&[]).unwrap().is_empty());
     // The feed with its records' checks: the same entries, and checks as
     // single reads give them.
     let top = store.feed_watermark().unwrap();

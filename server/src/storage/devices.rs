@@ -78,10 +78,11 @@ pub trait DeviceStore: Send + Sync {
     fn remove_token(&self, hash: &TokenHash) -> Result<(), StoreError>;
     /// One record by device id.
     fn get(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError>;
-    /// Notes the heads of a record last acknowledged to a device. Not
-    /// flushed: it serves the audit entry written when a device is
-    /// revoked, and the acknowledged data itself is durable elsewhere.
-    fn note_ack(&self, id: &str, record: &str, heads: &[String]) -> Result<(), StoreError>;
+    /// Notes the heads of records last acknowledged to a device (record,
+    /// heads; a record named twice keeps its last). Not flushed: it serves
+    /// the audit entry written when a device is revoked, and the
+    /// acknowledged data itself is durable elsewhere.
+    fn note_acks(&self, id: &str, acks: &[(String, Vec<String>)]) -> Result<(), StoreError>;
     /// Every record acknowledged to a device, with its last heads.
     fn acks(&self, id: &str) -> Result<Vec<(String, Vec<String>)>, StoreError>;
     /// Changes a device's record; `false` if there is no such device.

@@ -444,15 +444,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Vec<(Seq, DocId)>, crate::storage::catch_up::CatchUpBatch), StoreError> {
         Ok((self.entries_after(after, upto, limit)?, Default::default()))
     }
-    /// What admission checks of a record before judging a write to it,
-    /// read together: a backend with round trips answers in one.
-    fn write_checks(&self, doc: DocId) -> Result<WriteChecks, StoreError> {
-        Ok(WriteChecks {
-            erased: self.erased(doc)?,
-            access: self.access_of(doc)?,
-            stored: self.doc_seq(doc)?.is_some(),
-            quarantined: self.quarantined(doc)?,
-        })
+    /// What admission checks of each of `docs` before judging a write to
+    /// it, in their order, read together: a backend with round trips
+    /// answers a session's batch of pushes in one.
+    fn write_checks(&self, docs: &[DocId]) -> Result<Vec<WriteChecks>, StoreError> {
+        docs.iter()
+            .map(|&doc| {
+                Ok(WriteChecks {
+                    erased: self.erased(doc)?,
+                    access: self.access_of(doc)?,
+                    stored: self.doc_seq(doc)?.is_some(),
+                    quarantined: self.quarantined(doc)?,
+                })
+            })
+            .collect()
+    }
+    /// [`Store::load`] of each of `docs`, in their order, read together:
+    /// a backend with round trips answers in one. A record that fails to
+    /// load fails the whole read (the caller loads them one by one then).
+    fn load_many(&self, docs: &[DocId]) -> Result<Vec<Option<StoredDoc>>, StoreError> {
+        docs.iter().map(|&doc| self.load(doc)).collect()
     }
     /// What catch-up will read of each of `wants` (a record and the
     /// position its reader holds it as of, or None when only its checks

@@ -128,8 +128,19 @@ impl DeviceStore for PgDeviceStore {
         })
     }
 
-    fn note_ack(&self, id: &str, record: &str, heads: &[String]) -> Result<(), StoreError> {
-        let (id, record, heads) = (id.to_string(), record.to_string(), heads.join(","));
+    fn note_acks(&self, id: &str, acks: &[(String, Vec<String>)]) -> Result<(), StoreError> {
+        // One row a record, the last heads named for it: one INSERT may
+        // not update a row twice.
+        let last: std::collections::BTreeMap<&str, String> = acks
+            .iter()
+            .map(|(record, heads)| (record.as_str(), heads.join(",")))
+            .collect();
+        if last.is_empty() {
+            return Ok(());
+        }
+        let (records, heads): (Vec<String>, Vec<String>) =
+            last.into_iter().map(|(r, h)| (r.to_string(), h)).unzip();
+        let id = id.to_string();
         self.pg.run(move |c| async move {
             // Bookkeeping for the report on a revoked device, not the
             // record: it need not wait for its own disk flush, and becomes
@@ -139,11 +150,13 @@ impl DeviceStore for PgDeviceStore {
             c.execute(
                 &c.prepare_cached(
                     "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true)) \
-                     INSERT INTO device_acks (id, record, heads) SELECT $1, $2, $3 FROM lazy \
+                     INSERT INTO device_acks (id, record, heads) \
+                     SELECT $1, a.record, a.heads FROM lazy, \
+                         unnest($2::text[], $3::text[]) AS a(record, heads) \
                      ON CONFLICT (id, record) DO UPDATE SET heads = EXCLUDED.heads",
                 )
                 .await?,
-                &[&id, &record, &heads],
+                &[&id, &records, &heads],
             )
             .await?;
             Ok(())
@@ -280,12 +293,21 @@ mod tests {
     #[test]
     fn acknowledged_heads_are_kept_per_device_and_record() {
         let store = PgDeviceStore::new(testing::database());
+        let ack = |record: &str, heads: &[&str]| {
+            (
+                record.to_string(),
+                heads.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+            )
+        };
         store
-            .note_ack("d1", "r1", &["aa".into(), "bb".into()])
+            .note_acks("d1", &[ack("r1", &["aa", "bb"]), ack("r2", &[])])
             .unwrap();
-        store.note_ack("d1", "r2", &[]).unwrap();
-        store.note_ack("d1", "r1", &["cc".into()]).unwrap();
-        store.note_ack("d2", "r1", &["dd".into()]).unwrap();
+        // Named twice in one batch: the last heads stay.
+        store
+            .note_acks("d1", &[ack("r1", &["xx"]), ack("r1", &["cc"])])
+            .unwrap();
+        store.note_acks("d2", &[ack("r1", &["dd"])]).unwrap();
+        store.note_acks("d2", &[]).unwrap();
         assert_eq!(
             store.acks("d1").unwrap(),
             vec![("r1".into(), vec!["cc".into()]), ("r2".into(), vec![])]

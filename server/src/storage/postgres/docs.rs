@@ -537,50 +537,75 @@ impl Store for PgStore {
     }
 
     fn load(&self, doc: DocId) -> Result<Option<StoredDoc>, StoreError> {
-        let k = key(doc);
+        Ok(self.load_many(&[doc])?.pop().flatten())
+    }
+
+    fn load_many(&self, docs: &[DocId]) -> Result<Vec<Option<StoredDoc>>, StoreError> {
+        if docs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<Vec<u8>> = docs.iter().map(|d| key(*d)).collect();
+        let docs = docs.to_vec();
         self.pg.run(move |c| async move {
-            // One statement, so one snapshot for the count and the chunks
-            // it counts, in one round trip: the record's row on every
-            // chunk row (or once, with no chunk, if it has none).
+            // One statement, so one snapshot for each record's count and
+            // the chunks it counts, in one round trip: a record's row on
+            // every chunk row (or once, with no chunk, if it has none).
             let rows = c
                 .query(
                     &c.prepare_cached(
-                        "SELECT d.seq, d.heads, d.chunks, k.seq, k.bytes FROM docs d \
+                        "SELECT w.n, d.seq, d.heads, d.chunks, k.seq, k.bytes \
+                         FROM unnest($1::bytea[]) WITH ORDINALITY AS w(doc, n) \
+                         JOIN docs d ON d.doc = w.doc \
                          LEFT JOIN doc_chunks k ON k.doc = d.doc \
-                         WHERE d.doc = $1 ORDER BY k.seq",
+                         ORDER BY w.n, k.seq",
                     )
                     .await?,
-                    &[&k],
+                    &[&keys],
                 )
                 .await?;
-            let Some(meta) = rows.first() else {
-                return Ok(None);
-            };
-            let mut bytes = Vec::new();
-            let mut positions = Vec::with_capacity(rows.len());
+            let mut out: Vec<Option<StoredDoc>> = vec![None; docs.len()];
+            let mut counted = vec![0i32; docs.len()];
             for r in &rows {
-                if let Some(at) = r.get::<_, Option<i64>>(3) {
-                    positions.push(uint(at));
-                    bytes.extend_from_slice(r.get::<_, &[u8]>(4));
+                let n = usize::try_from(r.get::<_, i64>(0) - 1)
+                    .ok()
+                    .filter(|n| *n < docs.len())
+                    .ok_or_else(|| StoreError::Corrupt {
+                        tree: "docs",
+                        reason: "a batch load answered a record it was not asked".into(),
+                    })?;
+                let stored = match &mut out[n] {
+                    Some(stored) => stored,
+                    slot => {
+                        counted[n] = r.get(3);
+                        slot.insert(StoredDoc {
+                            bytes: Vec::new(),
+                            positions: Vec::new(),
+                            seq: uint(r.get(1)),
+                            heads: heads_from_bytes(r.get(2), "docs")?,
+                        })
+                    }
+                };
+                if let Some(at) = r.get::<_, Option<i64>>(4) {
+                    stored.positions.push(uint(at));
+                    stored.bytes.extend_from_slice(r.get::<_, &[u8]>(5));
                 }
             }
-            let counted: i32 = meta.get(2);
-            if usize::try_from(counted).ok() != Some(positions.len()) {
-                // A chunk lost (or left over) says the database lost writes.
-                return Err(StoreError::Corrupt {
-                    tree: "doc_chunks",
-                    reason: format!(
-                        "record {doc} has {} stored chunks but {counted} were committed",
-                        positions.len()
-                    ),
-                });
+            for (n, stored) in out.iter().enumerate() {
+                let Some(stored) = stored else { continue };
+                if usize::try_from(counted[n]).ok() != Some(stored.positions.len()) {
+                    // A chunk lost (or left over) says the database lost writes.
+                    return Err(StoreError::Corrupt {
+                        tree: "doc_chunks",
+                        reason: format!(
+                            "record {} has {} stored chunks but {} were committed",
+                            docs[n],
+                            stored.positions.len(),
+                            counted[n]
+                        ),
+                    });
+                }
             }
-            Ok(Some(StoredDoc {
-                bytes,
-                positions,
-                seq: uint(meta.get(0)),
-                heads: heads_from_bytes(meta.get(1), "docs")?,
-            }))
+            Ok(out)
         })
     }
 
@@ -1014,30 +1039,37 @@ impl Store for PgStore {
         })
     }
 
-    fn write_checks(&self, doc: DocId) -> Result<WriteChecks, StoreError> {
-        let k = key(doc);
+    fn write_checks(&self, docs: &[DocId]) -> Result<Vec<WriteChecks>, StoreError> {
+        if docs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<Vec<u8>> = docs.iter().map(|d| key(*d)).collect();
         self.pg.run(move |c| async move {
-            // One statement, one round trip, one snapshot for all four.
-            let r = c
-                .query_one(
+            // One statement, one round trip, one snapshot for the batch.
+            let rows = c
+                .query(
                     &c.prepare_cached(
                         "SELECT e.kind, e.area, e.created_by, i.kind, i.area, i.created_by, \
                          EXISTS (SELECT 1 FROM docs d WHERE d.doc = w.doc), q.reason \
-                         FROM (SELECT $1::bytea AS doc) w \
+                         FROM unnest($1::bytea[]) WITH ORDINALITY AS w(doc, n) \
                          LEFT JOIN erased e ON e.doc = w.doc \
                          LEFT JOIN record_index i ON i.doc = w.doc \
-                         LEFT JOIN quarantine q ON q.doc = w.doc",
+                         LEFT JOIN quarantine q ON q.doc = w.doc \
+                         ORDER BY w.n",
                     )
                     .await?,
-                    &[&k],
+                    &[&keys],
                 )
                 .await?;
-            Ok(WriteChecks {
-                erased: access_at(&r, 0),
-                access: access_at(&r, 3),
-                stored: r.get(6),
-                quarantined: r.get(7),
-            })
+            Ok(rows
+                .iter()
+                .map(|r| WriteChecks {
+                    erased: access_at(r, 0),
+                    access: access_at(r, 3),
+                    stored: r.get(6),
+                    quarantined: r.get(7),
+                })
+                .collect())
         })
     }
 

@@ -86,9 +86,8 @@ pub fn import(from: &Storage, url: &str) -> Result<Imported, ImportError> {
                 to.devices.insert(&device, &hash)?;
             }
         }
-        for (record, heads) in from.devices.acks(&device.id)? {
-            to.devices.note_ack(&device.id, &record, &heads)?;
-        }
+        to.devices
+            .note_acks(&device.id, &from.devices.acks(&device.id)?)?;
     }
     let source = AuditLog::new(from.audit.clone());
     for entry in source.entries() {

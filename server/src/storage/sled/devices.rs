@@ -84,10 +84,15 @@ impl DeviceStore for SledDeviceStore {
         }
     }
 
-    fn note_ack(&self, id: &str, record: &str, heads: &[String]) -> Result<(), StoreError> {
-        let key = format!("{id}/{record}");
-        self.acks
-            .insert(key.as_bytes(), heads.join(",").as_bytes())?;
+    fn note_acks(&self, id: &str, acks: &[(String, Vec<String>)]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (record, heads) in acks {
+            batch.insert(
+                format!("{id}/{record}").as_bytes(),
+                heads.join(",").as_bytes(),
+            );
+        }
+        self.acks.apply_batch(batch)?;
         Ok(())
     }
 
