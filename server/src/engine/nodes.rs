@@ -14,6 +14,9 @@ use super::SyncHub;
 /// Feed entries read at once when another node's commit is heard.
 const ENTRIES_PER_READ: usize = 1024;
 
+/// Notices heard together at most.
+const NOTICES_AT_ONCE: usize = 256;
+
 impl SyncHub {
     /// Follows what other nodes do, on a thread of its own, until the
     /// backend stops telling or the hub is gone.
@@ -28,20 +31,42 @@ impl SyncHub {
         std::thread::Builder::new()
             .name("baraza-nodes".into())
             .spawn(move || {
-                for notice in notices {
+                // Under load another node commits faster than one read per
+                // notice keeps up with: what has queued is heard together.
+                while let Ok(first) = notices.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < NOTICES_AT_ONCE {
+                        match notices.try_recv() {
+                            Ok(notice) => batch.push(notice),
+                            Err(_) => break,
+                        }
+                    }
                     let Some(hub) = hub.upgrade() else { return };
-                    hub.heard(notice, &devices);
+                    hub.heard(batch, &devices);
                 }
             })?;
         Ok(())
     }
 
-    fn heard(&self, notice: Notice, devices: &DeviceRegistry) {
+    /// Applies notices heard together: each in turn, except that the
+    /// feed positions others committed are read in one pass and the
+    /// watermark once, after them (voiding a copy and moving the
+    /// watermark on are the same whenever they come).
+    fn heard(&self, notices: Vec<Notice>, devices: &DeviceRegistry) {
+        let mut wrote = Vec::new();
+        for notice in notices {
+            self.heard_one(notice, devices, &mut wrote);
+        }
+        if !wrote.is_empty() {
+            self.void_written(&wrote);
+            self.advance_to_watermark();
+        }
+    }
+
+    /// One notice; the positions of a write are only noted in `wrote`.
+    fn heard_one(&self, notice: Notice, devices: &DeviceRegistry, wrote: &mut Vec<(u64, u64)>) {
         match notice {
-            Notice::Wrote { first, last } => {
-                self.void_written(first, last);
-                self.advance_to_watermark();
-            }
+            Notice::Wrote { first, last } => wrote.push((first, last)),
             Notice::Rewritten(id) => {
                 self.docs.rewritten_elsewhere(id);
                 self.access_cache
@@ -66,9 +91,18 @@ impl SyncHub {
         }
     }
 
-    /// Voids this node's copies of the records another node wrote at
-    /// positions `first..=last`, read from the feed.
-    fn void_written(&self, first: u64, last: u64) {
+    /// Voids this node's copies of the records other nodes wrote at the
+    /// positions `first..=last` of each of `ranges`, read from the feed in
+    /// one pass over them all (this node's own writes in between are
+    /// passed over).
+    fn void_written(&self, ranges: &[(u64, u64)]) {
+        let (Some(first), Some(last)) = (
+            ranges.iter().map(|r| r.0).min(),
+            ranges.iter().map(|r| r.1).max(),
+        ) else {
+            return;
+        };
+        let theirs = |seq: u64| ranges.iter().any(|&(f, l)| (f..=l).contains(&seq));
         let store = self.docs.store();
         let mut after = first.saturating_sub(1);
         // Bounded: each pass moves `after` on or stops.
@@ -82,7 +116,7 @@ impl SyncHub {
                     return;
                 }
             };
-            for (seq, id) in &entries {
+            for (seq, id) in entries.iter().filter(|(seq, _)| theirs(*seq)) {
                 self.docs.written_elsewhere(*id, *seq);
             }
             match entries.last() {
