@@ -39,6 +39,12 @@ use crate::identity::devices::{Auth, DeviceRegistry};
 use crate::identity::users::UserRegistry;
 use crate::storage::store::{StoreError, WriteChecks};
 
+/// Frames already received, or writes already durable, taken together with
+/// the one that woke the session, at most: enough for a tablet's backlog
+/// of pushes to be read ahead in one batch, few enough that one session's
+/// turn stays short.
+const TAKEN_AT_ONCE: usize = 64;
+
 /// One message (or the end) of a device's WebSocket, given to the driver.
 fn on_frame(
     driver: &mut ServerDriver,
@@ -272,7 +278,7 @@ impl SyncHub {
                     // together (a reconnecting tablet sends its pushes
                     // back to back).
                     let mut taken = 1;
-                    while taken < CATCH_UP_BATCH && driver.wants_frames() && !driver.is_closed() {
+                    while taken < TAKEN_AT_ONCE && driver.wants_frames() && !driver.is_closed() {
                         let Some(frame) = stream.next().now_or_never() else {
                             break;
                         };
@@ -285,7 +291,7 @@ impl SyncHub {
                     // once: those already done are answered together, their
                     // acks noted in one write.
                     let mut ready = vec![done];
-                    while ready.len() < CATCH_UP_BATCH {
+                    while ready.len() < TAKEN_AT_ONCE {
                         match pending.next().now_or_never() {
                             Some(Some(done)) => ready.push(done),
                             _ => break,
@@ -488,8 +494,9 @@ impl SyncHub {
         }
     }
 
-    /// A committed (or failed) write, as the driver is told it: the ack
-    /// noted for the device, the decisions audited, the authors named.
+    /// A committed (or failed) write, as the driver is told it: the
+    /// decisions audited, the authors named (its ack is noted beforehand,
+    /// with those made durable with it, by [`SyncHub::note_acks`]).
     fn on_stored(
         &self,
         driver: &mut ServerDriver,
