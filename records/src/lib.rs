@@ -12,6 +12,7 @@
 //! No I/O, no clock: callers pass the time in.
 
 pub mod access;
+pub mod attachment;
 pub mod header;
 pub mod inspect;
 pub mod ops;
@@ -20,6 +21,7 @@ pub mod schema;
 pub mod validate;
 
 pub use access::{Principal, Refusal, Role};
+pub use attachment::AttachmentRef;
 pub use header::Header;
 pub use inspect::{
     conflicts, effects, has_conflict, history, review_comments, review_edits, review_state,

@@ -27,6 +27,10 @@ impl FieldValue {
     pub fn parse(ty: FieldType, text: &str) -> Result<FieldValue, String> {
         match ty {
             FieldType::Str | FieldType::Enum(_) => Ok(FieldValue::Str(text.to_string())),
+            FieldType::Digest if crate::attachment::is_digest(text) => {
+                Ok(FieldValue::Str(text.to_string()))
+            }
+            FieldType::Digest => Err(format!("{text:?} is not a SHA-256 digest in hex")),
             FieldType::Int => text
                 .parse()
                 .map(FieldValue::Int)
@@ -127,6 +131,7 @@ pub fn check_value(field: &str, spec: &FieldSpec, value: &FieldValue) -> Result<
 fn check_scalar(field: &str, ty: FieldType, value: &FieldValue) -> Result<(), EditError> {
     let ok = match (ty, value) {
         (FieldType::Str, FieldValue::Str(_)) => true,
+        (FieldType::Digest, FieldValue::Str(s)) => crate::attachment::is_digest(s),
         (FieldType::Enum(allowed), FieldValue::Str(s)) => {
             if !allowed.contains(&s.as_str()) {
                 return Err(EditError::BadValue {

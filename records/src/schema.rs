@@ -81,6 +81,9 @@ pub enum FieldType {
     Bool,
     /// Milliseconds since the Unix epoch.
     Time,
+    /// A SHA-256 digest as 64 lowercase hex digits: how a record names an
+    /// attachment's bytes, which are not in the document.
+    Digest,
     /// One of a fixed set of strings.
     Enum(&'static [&'static str]),
     /// A list whose elements are maps with these fields (merged element by
@@ -302,6 +305,24 @@ const FOLLOW_UP: &[FieldSpec] = &[
     f("note", FieldType::Str),
 ];
 
+/// An attachment's reference, as an item of a list of attachments: the
+/// bytes live beside the record (uploaded on their own queue) and are
+/// named by their digest, so the document stays small and the reference
+/// cannot point at other bytes than those it was made for.
+pub const ATTACHMENT: &[FieldSpec] = &[
+    f("sha256", FieldType::Digest),
+    bounded("size_bytes", FieldType::Int, 0.0, f64::MAX),
+    f("mime", FieldType::Str),
+    f("name", FieldType::Str),
+    f("created_at", FieldType::Time),
+    f("created_by", FieldType::Str),
+];
+
+/// True for a list of attachment references ([`ATTACHMENT`] items).
+pub fn is_attachments(ty: FieldType) -> bool {
+    matches!(ty, FieldType::List(parts) if parts == ATTACHMENT)
+}
+
 const MEETING: &[FieldSpec] = &[
     f("title", FieldType::Str),
     f("held_at", FieldType::Time),
@@ -312,6 +333,9 @@ const MEETING: &[FieldSpec] = &[
     f("concerns", FieldType::List(CONCERN)),
     f("action_items", FieldType::List(ACTION_ITEM)),
     f("notes", FieldType::Text),
+    f("photos", FieldType::List(ATTACHMENT)),
+    f("audio", FieldType::List(ATTACHMENT)),
+    f("attendance_sheet", FieldType::List(ATTACHMENT)),
 ];
 
 const PATROL_NOTE: &[FieldSpec] = &[
@@ -321,6 +345,7 @@ const PATROL_NOTE: &[FieldSpec] = &[
     f("ended_at", FieldType::Time),
     f("observations", FieldType::List(OBSERVATION)),
     f("notes", FieldType::Text),
+    f("photos", FieldType::List(ATTACHMENT)),
 ];
 
 const FEEDBACK: &[FieldSpec] = &[
@@ -332,6 +357,8 @@ const FEEDBACK: &[FieldSpec] = &[
     f("status", FieldType::Enum(FEEDBACK_STATES)),
     f("follow_ups", FieldType::List(FOLLOW_UP)),
     f("contact", FieldType::Str),
+    f("photos", FieldType::List(ATTACHMENT)),
+    f("documents", FieldType::List(ATTACHMENT)),
 ];
 
 const FEEDBACK_CONTACT: &[FieldSpec] = &[
@@ -340,4 +367,5 @@ const FEEDBACK_CONTACT: &[FieldSpec] = &[
     f("phone", FieldType::Str),
     f("email", FieldType::Str),
     f("address", FieldType::Str),
+    f("documents", FieldType::List(ATTACHMENT)),
 ];

@@ -99,6 +99,7 @@ fn expected(ty: FieldType) -> String {
         FieldType::Int => "integer".into(),
         FieldType::Bool => "boolean".into(),
         FieldType::Time => "time (integer milliseconds)".into(),
+        FieldType::Digest => "a SHA-256 digest (64 lowercase hex digits)".into(),
         FieldType::Enum(_) => "one of a set of strings".into(),
         FieldType::List(_) => "list".into(),
         FieldType::Map(_) => "map".into(),
@@ -119,6 +120,10 @@ fn check_value(
     };
     match (ty, value) {
         (FieldType::Str, Value::Scalar(s)) if matches!(s.as_ref(), ScalarValue::Str(_)) => Ok(()),
+        (FieldType::Digest, Value::Scalar(s)) => match s.as_ref() {
+            ScalarValue::Str(v) if crate::attachment::is_digest(v) => Ok(()),
+            _ => Err(wrong()),
+        },
         (FieldType::Text, Value::Object(ObjType::Text)) => Ok(()),
         (FieldType::Int, Value::Scalar(s))
             if matches!(s.as_ref(), ScalarValue::Int(_) | ScalarValue::Uint(_)) =>

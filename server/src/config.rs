@@ -103,6 +103,13 @@ pub enum ConfigError {
         /// The key in the `[records]` table.
         name: &'static str,
     },
+    /// An `[attachments]` setting was set to zero, which would refuse
+    /// every attachment.
+    #[error("[attachments] {name} must be greater than zero")]
+    ZeroAttachmentsSetting {
+        /// The key in the `[attachments]` table.
+        name: &'static str,
+    },
     /// A connection setting was set to zero, which would refuse or cut off
     /// every connection.
     #[error("{name} must be greater than zero")]
@@ -428,6 +435,51 @@ pub struct FileConfig {
     /// How records are judged on arrival.
     #[serde(default)]
     pub records: RecordsConfig,
+    /// `[attachments]`: sizes, media types and chunks of attachments.
+    #[serde(default)]
+    pub attachments: AttachmentsConfig,
+}
+
+/// The `[attachments]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentsConfig {
+    /// Bytes one attachment may hold (default 32 MiB).
+    pub size_max_bytes: Option<u64>,
+    /// Bytes all attachments of one record may hold together (default
+    /// 128 MiB).
+    pub record_max_bytes: Option<u64>,
+    /// Media types accepted; `type/*` accepts a family (default JPEG,
+    /// PNG, WebP, any audio, PDF).
+    pub mime_allowed: Option<Vec<String>>,
+    /// Bytes one uploaded chunk may hold (default 1 MiB).
+    pub chunk_max_bytes: Option<usize>,
+}
+
+impl AttachmentsConfig {
+    /// The limits, defaults filled in.
+    pub fn limits(&self) -> crate::engine::attachments::AttachmentLimits {
+        let default = crate::engine::attachments::AttachmentLimits::default();
+        crate::engine::attachments::AttachmentLimits {
+            size_max_bytes: self.size_max_bytes.unwrap_or(default.size_max_bytes),
+            record_max_bytes: self.record_max_bytes.unwrap_or(default.record_max_bytes),
+            mime_allowed: self.mime_allowed.clone().unwrap_or(default.mime_allowed),
+            chunk_max_bytes: self.chunk_max_bytes.unwrap_or(default.chunk_max_bytes),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("size_max_bytes", self.size_max_bytes),
+            ("record_max_bytes", self.record_max_bytes),
+            ("chunk_max_bytes", self.chunk_max_bytes.map(|v| v as u64)),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError::ZeroAttachmentsSetting { name });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `[records]` table.
@@ -686,6 +738,8 @@ pub struct ServeConfig {
     pub connections: ConnectionLimits,
     /// How records are judged on arrival, from the `[records]` table.
     pub records: RecordsConfig,
+    /// Attachments' limits, from the `[attachments]` table.
+    pub attachments: AttachmentsConfig,
 }
 
 impl ServeConfig {
@@ -741,6 +795,7 @@ impl ServeConfig {
 
         file.limits.validate()?;
         file.records.validate()?;
+        file.attachments.validate()?;
         let connections = ConnectionLimits::merge(&args.connections, &file.connections)?;
         Ok(ServeConfig {
             data,
@@ -751,6 +806,7 @@ impl ServeConfig {
             access: file.access,
             connections,
             records: file.records,
+            attachments: file.attachments,
         })
     }
 }

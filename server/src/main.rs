@@ -379,7 +379,13 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     stdout.flush()?;
 
     let review_sessions = baraza_server::api::review::Sessions::new(storage.sessions.clone());
+    let attachments = std::sync::Arc::new(baraza_server::engine::attachments::Attachments::new(
+        hub.clone(),
+        storage.attachments.clone(),
+        config.attachments.limits(),
+    ));
     let state = AppState {
+        attachments,
         review_sessions,
         hub: hub.clone(),
         devices: devices.clone(),

@@ -22,6 +22,10 @@ const POLL_MS = numberParam("poll", 5000, 1000, 3600000);
 // test checks every field there appears here with its type).
 const S = (name, type, parts) => ({ name, type, parts: parts || [] });
 const GPS = [S("lat", "str"), S("lon", "str"), S("accuracy_m", "int")];
+const ATTACHMENT = [
+  S("sha256", "digest"), S("size_bytes", "int"), S("mime", "str"), S("name", "str"),
+  S("created_at", "time"), S("created_by", "str"),
+];
 const SCHEMA = {
   meeting: [
     S("title", "str"), S("held_at", "time"), S("place", "str"), S("facilitator", "str"),
@@ -30,20 +34,24 @@ const SCHEMA = {
     S("concerns", "list", [S("topic", "str"), S("text", "str"), S("raised_by", "str")]),
     S("action_items", "list", [S("text", "str"), S("owner", "str"), S("due", "time"), S("status", "enum")]),
     S("notes", "text"),
+    S("photos", "list", ATTACHMENT), S("audio", "list", ATTACHMENT), S("attendance_sheet", "list", ATTACHMENT),
   ],
   patrol_note: [
     S("officer", "str"), S("beat", "str"), S("started_at", "time"), S("ended_at", "time"),
     S("observations", "list", [S("at", "time"), S("text", "str"), S("gps", "map", GPS), S("tags", "str")]),
     S("notes", "text"),
+    S("photos", "list", ATTACHMENT),
   ],
   feedback: [
     S("channel", "enum"), S("category", "enum"), S("about", "str"), S("description", "text"),
     S("anonymous", "bool"), S("status", "enum"),
     S("follow_ups", "list", [S("at", "time"), S("by", "str"), S("status", "enum"), S("note", "str")]),
     S("contact", "str"),
+    S("photos", "list", ATTACHMENT), S("documents", "list", ATTACHMENT),
   ],
   feedback_contact: [
     S("feedback", "str"), S("name", "str"), S("phone", "str"), S("email", "str"), S("address", "str"),
+    S("documents", "list", ATTACHMENT),
   ],
 };
 

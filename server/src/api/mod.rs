@@ -8,11 +8,14 @@
 //!   [`SyncHub::serve_socket`]. Without a valid token it answers 401 before
 //!   any upgrade.
 //! - `POST /v1/enroll` ([`login`]) and `/v1/admin/users` ([`admin`]).
+//! - `/v1/records/{id}/attachments/{sha256}` ([`attachments`]): upload in
+//!   resumable chunks, download with ranges.
 //! - `/review` and `/review/api/` ([`review`]); `GET /` and
 //!   `/favicon.ico` redirect there. HEAD is answered on the desk's pages
 //!   and assets (and those redirects) as GET is, without the body.
 
 pub mod admin;
+pub mod attachments;
 pub mod export;
 pub mod login;
 pub mod review;
@@ -45,6 +48,8 @@ pub struct AppState {
     pub users: crate::identity::users::UserRegistry,
     /// Review desk sessions.
     pub review_sessions: crate::api::review::Sessions,
+    /// Attachments' bytes, judged.
+    pub attachments: Arc<crate::engine::attachments::Attachments>,
 }
 
 /// Why a request was refused. Turned into a plain-text response by
@@ -162,6 +167,7 @@ fn records_routes(
         let state = auth_state.clone();
         async move { authenticate(&headers, &state).await }
     });
+    let attachments = crate::api::attachments::routes(state.attachments.clone(), auth.clone());
     let hub = state.hub.clone();
     let list = warp::path!("v1" / "records")
         .and(warp::get())
@@ -236,7 +242,7 @@ fn records_routes(
                 })
             }
         });
-    list.or(one)
+    list.or(one).or(attachments)
 }
 
 /// A listing's `state` parameter: a review state's name, or what the names

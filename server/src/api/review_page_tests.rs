@@ -160,6 +160,7 @@ fn type_name(ty: FieldType) -> &'static str {
         FieldType::Int => "int",
         FieldType::Bool => "bool",
         FieldType::Time => "time",
+        FieldType::Digest => "digest",
         FieldType::Enum(_) => "enum",
         FieldType::List(_) => "list",
         FieldType::Map(_) => "map",

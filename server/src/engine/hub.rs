@@ -94,6 +94,22 @@ pub struct SyncHub {
     /// Other nodes write the same store: a copy a write was judged on may
     /// be overtaken, so pushes are kept to be judged again.
     shared: std::sync::atomic::AtomicBool,
+    /// Attachments' bytes: an erased record's go with it.
+    attachments: Arc<dyn crate::storage::attachments::AttachmentStore>,
+}
+
+/// What [`SyncHub::attachment_of`] found: the record's area and kind,
+/// the reference asked for and every reference the record holds.
+#[derive(Clone, Debug)]
+pub struct RecordAttachments {
+    /// The record's area.
+    pub area: String,
+    /// The record's kind.
+    pub kind: Kind,
+    /// The reference asked for.
+    pub one: baraza_records::AttachmentRef,
+    /// Every reference the record holds, that one included.
+    pub all: Vec<baraza_records::AttachmentRef>,
 }
 
 /// What a device's changes are applied to (see [`SyncHub::target`]).
@@ -294,6 +310,7 @@ impl SyncHub {
             closing: std::sync::atomic::AtomicBool::new(false),
             filling: std::sync::Mutex::new(()),
             shared: std::sync::atomic::AtomicBool::new(false),
+            attachments: storage.attachments.clone(),
         }))
     }
 
@@ -531,6 +548,41 @@ impl SyncHub {
         let handle = self.docs.handle(id)?;
         let live = handle.lock().unwrap_or_else(|p| p.into_inner());
         Ok(field_tree(&live.doc, &automerge::ROOT))
+    }
+
+    /// The reference to the attachment `sha256` that record `id` holds,
+    /// with every reference it holds, if `who` may read the record and it
+    /// holds that one: who may read an attachment follows the record. A
+    /// quarantined or erased record holds none.
+    pub fn attachment_of(
+        &self,
+        who: &Principal,
+        id: DocId,
+        sha256: &str,
+    ) -> Result<Option<RecordAttachments>, DocsError> {
+        let store = self.docs.store();
+        if store.doc_seq(id)?.is_none()
+            || !self.readable(who, id)?
+            || store.quarantined(id)?.is_some()
+            || store.erased(id)?.is_some()
+        {
+            return Ok(None);
+        }
+        let handle = self.docs.handle(id)?;
+        let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(header) = Header::read(&live.doc) else {
+            return Ok(None);
+        };
+        let all = baraza_records::attachment::refs(&live.doc, header.kind);
+        let Some(one) = all.iter().find(|r| r.sha256 == sha256).cloned() else {
+            return Ok(None);
+        };
+        Ok(Some(RecordAttachments {
+            area: header.area,
+            kind: header.kind,
+            one,
+            all,
+        }))
     }
 
     /// True if `who` may read the record (false if there is none).
@@ -884,7 +936,23 @@ impl SyncHub {
         if kind != Kind::FeedbackContact.name() {
             return Err(EraseError::NotContact(id, kind));
         }
+        // Read before the record goes: its attachments go with it.
+        let attached: Vec<baraza_records::AttachmentRef> = match store.erased(id)? {
+            Some(_) => Vec::new(),
+            None => {
+                let handle = self.docs.handle(id)?;
+                let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+                Header::read(&live.doc)
+                    .map(|h| baraza_records::attachment::refs(&live.doc, h.kind))
+                    .unwrap_or_default()
+            }
+        };
         let seq = self.docs.erase(id)?;
+        for r in &attached {
+            if let Some(digest) = crate::storage::attachments::parse_digest(&r.sha256) {
+                self.attachments.remove(&digest)?;
+            }
+        }
         self.access_cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -892,7 +960,13 @@ impl SyncHub {
         tracing::info!(record = %id, "record erased");
         self.audit.record(
             "record_erased",
-            serde_json::json!({ "record": id.to_string(), "kind": kind, "by": by, "feed": seq }),
+            serde_json::json!({
+                "record": id.to_string(),
+                "kind": kind,
+                "by": by,
+                "feed": seq,
+                "attachments_erased": attached.len(),
+            }),
         );
         Ok(())
     }

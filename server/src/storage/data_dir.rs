@@ -6,6 +6,7 @@
 //! Layout:
 //! - `DIR/db/`        the embedded database (everything the server keeps)
 //! - `DIR/tls/`       generated development CA and certificate, if used
+//! - `DIR/attachments/` attachments' bytes (`whole/`, `partial/`)
 //! - `DIR/admin.sock` the running server's admin socket
 
 use std::io;
@@ -85,6 +86,11 @@ impl DataDir {
     /// Where the generated development TLS files go.
     pub fn tls_dir(&self) -> PathBuf {
         self.root.join("tls")
+    }
+
+    /// Where attachments' bytes are kept, as files named by their digest.
+    pub fn attachments_dir(&self) -> PathBuf {
+        self.root.join("attachments")
     }
 
     /// The running server's admin socket.

@@ -7,7 +7,8 @@
 //! [`users::UserStore`]; [`devices::DeviceStore`]; [`audit::AuditStore`]:
 //! where the audit log's entries are kept, while [`audit::AuditLog`] is
 //! the hash chain over it; [`sessions::SessionStore`]: review desk
-//! sessions; [`throttles::ThrottleStore`]: login attempt counts). Every
+//! sessions; [`throttles::ThrottleStore`]: login attempt counts;
+//! [`attachments::AttachmentStore`]: attachments' bytes). Every
 //! call can fail with a [`store::StoreError`], which carries the backend's
 //! own error without naming its type. The rules over them (`identity`,
 //! `engine`, `api`) know only the traits.
@@ -18,6 +19,7 @@
 
 use std::sync::Arc;
 
+pub mod attachments;
 pub mod audit;
 pub mod catch_up;
 #[cfg(test)]
@@ -125,6 +127,8 @@ pub struct Storage {
     pub sessions: Arc<dyn sessions::SessionStore>,
     /// Login attempt counts.
     pub throttles: Arc<dyn throttles::ThrottleStore>,
+    /// Attachments' bytes.
+    pub attachments: Arc<dyn attachments::AttachmentStore>,
     /// The backend as a whole.
     pub backend: Arc<dyn Backend>,
 }

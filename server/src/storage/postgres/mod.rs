@@ -5,8 +5,8 @@
 //!
 //! Every storage trait is here: documents and the feed (see [`docs`] for
 //! how the feed stays in order across nodes), users, devices (tokens,
-//! acknowledged heads), review sessions, login throttles and the audit
-//! log.
+//! acknowledged heads), review sessions, login throttles, the audit
+//! log and attachments' bytes.
 //!
 //! The storage traits are synchronous, called from blocking contexts of
 //! the server's runtime and from plain threads. [`Pg`] owns a small tokio
@@ -32,6 +32,7 @@ use tokio_postgres::NoTls;
 use crate::storage::store::StoreError;
 use crate::storage::{Backend, Storage};
 
+mod attachments;
 mod audit;
 mod devices;
 mod docs;
@@ -42,6 +43,7 @@ mod sessions;
 mod throttles;
 mod users;
 
+pub use attachments::PgAttachments;
 pub use audit::PgAuditStore;
 pub use devices::PgDeviceStore;
 pub use docs::PgStore;
@@ -99,6 +101,7 @@ fn bundle(pg: Arc<Pg>) -> Result<Storage, StoreError> {
         audit: Arc::new(PgAuditStore::new(pg.clone())),
         sessions: Arc::new(PgSessionStore::new(pg.clone())),
         throttles: Arc::new(PgThrottles::new(pg.clone())),
+        attachments: Arc::new(PgAttachments::new(pg.clone())),
         backend: pg,
     })
 }

@@ -142,6 +142,21 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE doc_log ADD COLUMN node text;
     "#,
+    // 4: attachments' bytes, as the chunks they were uploaded in (each
+    // chunk a row, so an append writes only itself), and the digests
+    // whose chunks were checked whole.
+    r#"
+    CREATE TABLE attachment_chunks (
+        sha bytea NOT NULL,
+        at bigint NOT NULL,
+        bytes bytea NOT NULL,
+        PRIMARY KEY (sha, at)
+    );
+    CREATE TABLE attachments (
+        sha bytea PRIMARY KEY,
+        size bigint NOT NULL
+    );
+    "#,
 ];
 
 /// The newest schema version this binary knows.

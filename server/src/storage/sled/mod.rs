@@ -1,6 +1,8 @@
 //! The sled backend, the embedded default: every storage trait over one
-//! sled database in `DATA/db`, and the one place that opens it. Nothing
-//! outside this folder names a sled type.
+//! sled database in `DATA/db`, and the one place that opens it; beside it,
+//! attachments' bytes as files in `DATA/attachments` (sled holds values in
+//! memory and rewrites them as it compacts, which photos must not cost).
+//! Nothing outside this folder names a sled type.
 //!
 //! Durability: sled 0.34's flush uses `sync_file_range`, which does not
 //! flush the disk's write cache (sled issue 1452), so after a power cut
@@ -13,6 +15,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::storage::attachments::{AttachmentStore, FileAttachments, MemoryAttachments};
 use crate::storage::data_dir::{DataDir, DataDirError};
 use crate::storage::store::StoreError;
 use crate::storage::{Backend, Storage};
@@ -51,23 +54,29 @@ impl Backend for SledBackend {
 /// it) and every store in it.
 pub fn open(data: &DataDir) -> Result<Storage, DataDirError> {
     let db = open_db(data.root(), &data.root().join("db"))?;
-    Ok(open_in(db)?)
+    let files = FileAttachments::open(&data.attachments_dir())?;
+    Ok(open_in(db, Arc::new(files))?)
 }
 
 /// Opens a database in a directory of its own (tests, tools).
 pub fn open_path(path: &Path) -> Result<Storage, StoreError> {
-    open_in(sled::open(path)?)
+    let files = FileAttachments::open(&path.join("attachments"))?;
+    open_in(sled::open(path)?, Arc::new(files))
 }
 
 /// A database that lives in memory and vanishes when dropped (tests).
 pub fn temporary() -> Result<Storage, StoreError> {
-    open_in(sled::Config::new().temporary(true).open()?)
+    open_in(
+        sled::Config::new().temporary(true).open()?,
+        Arc::new(MemoryAttachments::default()),
+    )
 }
 
 /// Every store in `db`. A new store id (when there is none, or the last
 /// stop was not clean) is drawn at random.
-fn open_in(db: sled::Db) -> Result<Storage, StoreError> {
+fn open_in(db: sled::Db, attachments: Arc<dyn AttachmentStore>) -> Result<Storage, StoreError> {
     Ok(Storage {
+        attachments,
         users: Arc::new(SledUserStore::open(&db)?),
         devices: Arc::new(SledDeviceStore::open(&db)?),
         audit: Arc::new(SledAuditStore::open(&db)?),
