@@ -107,6 +107,32 @@ impl sdk::SyncListener for Relay {
             sdk::SyncEvent::Wiped(report) => vec![SyncProgress::Wiped {
                 report: WipeReport::from(report),
             }],
+            sdk::SyncEvent::Attachment {
+                record,
+                sha256,
+                upload,
+                done,
+                total,
+            } => vec![SyncProgress::Attachment {
+                record,
+                sha256,
+                upload,
+                done,
+                total,
+            }],
+            sdk::SyncEvent::AttachmentRefused {
+                record,
+                sha256,
+                code,
+                limit,
+                message,
+            } => vec![SyncProgress::AttachmentRefused {
+                record,
+                sha256,
+                code,
+                limit,
+                message,
+            }],
         };
         for event in out {
             self.listener.on_event(event);

@@ -550,4 +550,31 @@ pub enum SyncProgress {
         /// What was wiped.
         report: WipeReport,
     },
+    /// Bytes of an attachment moved, for a progress bar per attachment.
+    Attachment {
+        /// The record it belongs to.
+        record: String,
+        /// Its digest.
+        sha256: String,
+        /// True for an upload, false for a download.
+        upload: bool,
+        /// Bytes the server (upload) or the tablet (download) holds.
+        done: u64,
+        /// Its size.
+        total: u64,
+    },
+    /// The server refused an attachment; it stays on the tablet with the
+    /// reason until the app deletes it.
+    AttachmentRefused {
+        /// The record it belongs to.
+        record: String,
+        /// Its digest.
+        sha256: String,
+        /// The server's code (`over_limit`, `not_writable`, ...).
+        code: String,
+        /// The limit broken, for `over_limit`.
+        limit: Option<String>,
+        /// The server's words.
+        message: String,
+    },
 }

@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use baraza_client::{Client, Content, Record, Summary};
+use baraza_client::{Attachment, Client, Content, Record, Summary, UploadState};
 use chrono::{Local, SecondsFormat, TimeZone};
 use serde_json::{json, Map, Value as Json};
 
@@ -102,14 +102,82 @@ pub fn record_text(client: &Client, record: &Record) -> anyhow::Result<String> {
     for c in &record.review_comments {
         let _ = writeln!(out, "    {} at {}: {}", c.by, iso_ms(c.at), c.text);
     }
-    for f in record.fields.iter().filter(|f| f.name != "review") {
+    let attached = client.attachments(&record.id)?;
+    let lists = attachment_lists(record);
+    for f in record
+        .fields
+        .iter()
+        .filter(|f| f.name != "review" && !lists.contains(&f.name.as_str()))
+    {
         let kind = if f.text { " (text)" } else { "" };
         render(&mut out, 1, &format!("{}{kind}", f.name), &f.content);
         for other in &f.conflicts {
             let _ = writeln!(out, "    CONFLICT: also set to {other}");
         }
     }
+    if attached.is_empty() {
+        if !lists.is_empty() {
+            let _ = writeln!(out, "  attachments: (none)");
+        }
+    } else {
+        let _ = writeln!(out, "  attachments:");
+        for a in &attached {
+            let r = &a.reference;
+            let _ = writeln!(
+                out,
+                "    {}: {} ({}, {}) {}",
+                r.field,
+                r.name,
+                r.mime,
+                size_text(r.size_bytes),
+                upload_text(a)
+            );
+            let _ = writeln!(out, "      sha256 {}", r.sha256);
+        }
+    }
     Ok(out)
+}
+
+/// The record's fields that are attachment lists, shown as attachments.
+fn attachment_lists(record: &Record) -> Vec<&'static str> {
+    record
+        .header
+        .as_ref()
+        .map(|h| {
+            h.kind
+                .fields()
+                .iter()
+                .filter(|f| baraza_records::schema::is_attachments(f.ty))
+                .map(|f| f.name)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A size for people: bytes, kB or MB (decimal, as phones show them).
+pub fn size_text(bytes: u64) -> String {
+    match bytes {
+        0..=999 => format!("{bytes} B"),
+        1_000..=999_999 => format!("{:.1} kB", bytes as f64 / 1e3),
+        _ => format!("{:.1} MB", bytes as f64 / 1e6),
+    }
+}
+
+fn upload_text(a: &Attachment) -> String {
+    match &a.upload {
+        UploadState::Pending => "waiting to upload".into(),
+        UploadState::Uploaded => "uploaded".into(),
+        UploadState::Refused {
+            limit: Some(limit),
+            message,
+            ..
+        } => format!("REFUSED by limit {limit}: {message} (kept here; `baraza detach` deletes it)"),
+        UploadState::Refused { code, message, .. } => {
+            format!("REFUSED ({code}): {message} (kept here; `baraza detach` deletes it)")
+        }
+        UploadState::Remote if a.complete => "on the server, fetched".into(),
+        UploadState::Remote => "on the server (`baraza fetch` to read it)".into(),
+    }
 }
 
 /// One `key: value` line, or a key and its nested lines below it.
@@ -243,7 +311,36 @@ pub fn record_json(client: &Client, record: &Record) -> anyhow::Result<Json> {
     );
     let mut fields = Map::new();
     let mut conflicts = Map::new();
-    for f in record.fields.iter().filter(|f| f.name != "review") {
+    let lists = attachment_lists(record);
+    obj.insert(
+        "attachments".into(),
+        Json::Array(
+            client
+                .attachments(&record.id)?
+                .iter()
+                .map(|a| {
+                    json!({
+                        "field": a.reference.field,
+                        "sha256": a.reference.sha256,
+                        "size_bytes": a.reference.size_bytes,
+                        "mime": a.reference.mime,
+                        "name": a.reference.name,
+                        "created_at_ms": a.reference.created_at_ms,
+                        "created_at": iso_ms(a.reference.created_at_ms),
+                        "created_by": a.reference.created_by,
+                        "held_bytes": a.held_bytes,
+                        "complete": a.complete,
+                        "upload": a.upload,
+                    })
+                })
+                .collect(),
+        ),
+    );
+    for f in record
+        .fields
+        .iter()
+        .filter(|f| f.name != "review" && !lists.contains(&f.name.as_str()))
+    {
         put(&mut fields, &f.name, &f.content);
         if !f.conflicts.is_empty() {
             conflicts.insert(f.name.clone(), json!(f.conflicts));

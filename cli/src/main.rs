@@ -215,6 +215,45 @@ enum Command {
         /// Record id.
         id: String,
     },
+    /// Attaches a file (a photo, a recording, a scanned page) to an
+    /// attachment list of a record: `attach ID photos scene.jpg`. The
+    /// bytes are kept sealed on this tablet and uploaded after the next
+    /// sync, resuming where a cut left off.
+    Attach {
+        /// Record id.
+        id: String,
+        /// Attachment list (meeting: photos, audio, attendance_sheet;
+        /// patrol note: photos; feedback: photos, documents; contact:
+        /// documents).
+        field: String,
+        /// The file.
+        file: PathBuf,
+        /// Its media type (default: guessed from the file name).
+        #[arg(long)]
+        mime: Option<String>,
+    },
+    /// Writes an attachment's bytes to a file, fetching them from the
+    /// server first if they are not on this tablet: `fetch ID photos
+    /// out.jpg` (the list's only attachment, or the one --index names).
+    Fetch {
+        /// Record id.
+        id: String,
+        /// Attachment list.
+        field: String,
+        /// Where to write the bytes.
+        out: PathBuf,
+        /// Which attachment of the list, from 0, when it holds several.
+        #[arg(long)]
+        index: Option<usize>,
+    },
+    /// Deletes an attachment from a record and from this tablet (for one
+    /// the server refused, say): `detach ID SHA256`.
+    Detach {
+        /// Record id.
+        id: String,
+        /// The attachment's SHA-256, as `show` lists it.
+        sha256: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -404,6 +443,16 @@ impl SyncListener for Printer {
             }
             SyncEvent::Connecting { .. } | SyncEvent::Connected => {
                 tracing::debug!(?event, "sync");
+            }
+            SyncEvent::AttachmentRefused {
+                record, message, ..
+            } => {
+                self.bar.suspend(|| {
+                    eprintln!(
+                        "attachment of record {record} refused: {message} (kept on this tablet; \
+                         `baraza detach` deletes it)"
+                    )
+                });
             }
             _ => {}
         }
@@ -653,6 +702,15 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                     report.docs_received,
                     report.docs_reconciled
                 );
+                let a = &report.attachments;
+                if a.uploaded + a.waiting + a.refused > 0 {
+                    outln!(
+                        "attachments: {} uploaded, {} waiting, {} refused",
+                        a.uploaded,
+                        a.waiting,
+                        a.refused
+                    );
+                }
             }
             if report.unacknowledged > 0 {
                 let status = client.status()?;
@@ -689,6 +747,78 @@ fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             let keys = keys.join(", ");
             client.set_map(&id, &field, values)?;
             done(&format!("set {keys} of {field} of record {id}"));
+        }
+        Command::Attach {
+            id,
+            field,
+            file,
+            mime,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mime = mime.unwrap_or_else(|| {
+                mime_guess::from_path(&file)
+                    .first_or_octet_stream()
+                    .essence_str()
+                    .to_string()
+            });
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let reference = client.attach(&id, &field, &bytes, &mime, &name)?;
+            done(&format!(
+                "attached {name} ({mime}, {}) to {field} of record {id}; it uploads after the next sync",
+                cli_out::size_text(reference.size_bytes)
+            ));
+            outln!("{}", reference.sha256);
+        }
+        Command::Fetch {
+            id,
+            field,
+            out,
+            index,
+        } => {
+            let listed: Vec<_> = client
+                .attachments(&id)?
+                .into_iter()
+                .filter(|a| a.reference.field == field)
+                .collect();
+            let chosen = match (index, listed.len()) {
+                (_, 0) => bail!("record {id} has no attachment in {field}"),
+                (None, 1) => &listed[0],
+                (None, n) => bail!(
+                    "{field} of record {id} holds {n} attachments; pick one with --index 0..{}",
+                    n - 1
+                ),
+                (Some(i), n) if i >= n => {
+                    bail!("{field} of record {id} holds {n} attachments; --index {i} is past them")
+                }
+                (Some(i), _) => &listed[i],
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let printer = Printer::new();
+            let bytes =
+                runtime.block_on(client.fetch_attachment(&id, &chosen.reference.sha256, &printer));
+            printer.done();
+            let bytes = bytes?;
+            std::fs::write(&out, &bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            done(&format!(
+                "wrote {} ({}) to {}",
+                chosen.reference.name,
+                cli_out::size_text(bytes.len() as u64),
+                out.display()
+            ));
+        }
+        Command::Detach { id, sha256 } => {
+            client.delete_attachment(&id, &sha256)?;
+            done(&format!(
+                "deleted attachment {sha256} from record {id} and this tablet"
+            ));
         }
         Command::Remove { id, list, index } => {
             client.remove_item(&id, &list, index)?;

@@ -39,9 +39,13 @@ mod base;
 mod error;
 mod net;
 
+pub use baraza_records::AttachmentRef;
 pub use base::{
-    BaseClient, Content, Field, Record, RefusedRecord, Rejection, Status, Summary, WipeReport,
-    DEFAULT_OPEN_DEADLINE, KEY_LEN, STORE_OPEN_THREAD,
+    Attachment, BaseClient, Content, Field, Record, RefusedRecord, Rejection, Status, Summary,
+    UploadState, WipeReport, DEFAULT_OPEN_DEADLINE, KEY_LEN, STORE_OPEN_THREAD,
 };
 pub use error::{AuthRefusal, ClientError};
-pub use net::{BackgroundSync, Client, Enrolment, NoListener, SyncEvent, SyncListener, SyncReport};
+pub use net::{
+    BackgroundSync, Client, Enrolment, NoListener, SyncEvent, SyncListener, SyncReport,
+    UploadReport,
+};

@@ -74,6 +74,25 @@ pub fn find(doc: &(impl Reader + ?Sized), kind: Kind, sha256: &str) -> Option<At
     refs(doc, kind).into_iter().find(|r| r.sha256 == sha256)
 }
 
+/// Where in list `field` the items referring to `sha256` are (shown
+/// values only: what a removal by position removes), last first, so they
+/// can be removed in that order without moving one another.
+pub fn positions(doc: &(impl Reader + ?Sized), field: &str, sha256: &str) -> Vec<usize> {
+    let Some((Value::Object(ObjType::List), list)) = doc.shown(&ROOT, field.into()) else {
+        return Vec::new();
+    };
+    let mut found: Vec<usize> = (0..doc.length_of(&list))
+        .filter(|i| match doc.shown(&list, (*i).into()) {
+            Some((Value::Object(ObjType::Map), item)) => {
+                read_item(doc, &item, field).is_some_and(|r| r.sha256 == sha256)
+            }
+            _ => false,
+        })
+        .collect();
+    found.reverse();
+    found
+}
+
 fn read_item(doc: &(impl Reader + ?Sized), item: &ObjId, field: &str) -> Option<AttachmentRef> {
     let scalar = |key: &str| -> Option<ScalarValue> {
         match doc.shown(item, key.into())? {

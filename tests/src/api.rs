@@ -48,6 +48,26 @@ pub async fn https_request_with(
     https_exchange(server, None, method, path, headers, json).await
 }
 
+/// One HTTPS request whose body is `body` as it is (not JSON): an
+/// attachment's chunk.
+pub async fn https_request_raw(
+    server: &ServerProcess,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpReply {
+    let request = Request {
+        method,
+        path,
+        headers,
+        body: Some(body),
+    };
+    http::send(&endpoint(server), request, FRAME_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("the server answers in time: {e:#}"))
+}
+
 /// [`https_request_with`] from the loopback address `local`: the server
 /// throttles and counts connections per address.
 pub async fn https_request_from(

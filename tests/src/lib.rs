@@ -19,6 +19,8 @@
 //! - [`cli`](mod@cli): the `baraza` command-line tablet, with a key file beside its
 //!   data dir.
 //! - [`net`]: TLS trusting the dev CA, TCP from a chosen loopback address.
+//! - [`link`]: links that cut uploads ([`Link`]) or change bytes in
+//!   flight ([`Middlebox`]).
 //! - [`raw_connection`]: [`RawConnection`], a sync WebSocket that sends
 //!   whatever bytes a test wants and decodes what the server answers.
 //! - [`http`]: the one HTTP client of the harness and of `baraza-bench`;
@@ -39,6 +41,7 @@ pub mod api;
 pub mod cli;
 pub mod desk_session;
 pub mod http;
+pub mod link;
 pub mod net;
 pub mod process;
 pub mod raw_connection;
@@ -49,9 +52,12 @@ pub mod sse;
 pub mod tablet;
 pub mod webdriver;
 
-pub use api::{https_get, https_request, https_request_from, https_request_with, HttpReply};
+pub use api::{
+    https_get, https_request, https_request_from, https_request_raw, https_request_with, HttpReply,
+};
 pub use cli::{cli, cli_fails, run_cli, write_offline_ca};
 pub use desk_session::DeskSession;
+pub use link::{Link, Middlebox};
 pub use net::{tcp_connect_from, tls_connector, FRAME_TIMEOUT};
 pub use process::{binary, run_bounded, wait_until};
 pub use raw_connection::{actor_for, push_since, upgrade_status, RawConnection};

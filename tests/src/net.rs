@@ -79,3 +79,35 @@ pub async fn tcp_connect_from(server: &ServerProcess, local: IpAddr) -> TcpStrea
         .expect("the TCP connection is made in time")
         .unwrap_or_else(|e| panic!("TCP connect from {local}: {e:#}"))
 }
+
+/// A CA of the test's own, written to `dir/ca.pem`, and a TLS acceptor
+/// serving a certificate it signed for 127.0.0.1: for a forwarder that
+/// stands between a tablet (told to trust this CA) and the server.
+pub fn test_tls_acceptor(dir: &Path) -> (std::path::PathBuf, tokio_rustls::TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    use rustls::pki_types::PrivateKeyDer;
+
+    let mut ca_params = CertificateParams::default();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let ca_key = KeyPair::generate().expect("a CA key");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("a CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().expect("a key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("certificate parameters")
+        .signed_by(&leaf_key, &issuer)
+        .expect("a certificate");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).expect("write the CA");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::try_from(leaf_key.serialize_der()).expect("a private key"),
+        )
+        .expect("a server configuration");
+    (ca_file, tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}

@@ -245,6 +245,12 @@ impl ServerProcess {
         token
     }
 
+    /// True when this server keeps its data in PostgreSQL
+    /// (`BARAZA_TEST_STORE=postgres`), not in sled and files.
+    pub fn on_postgres(&self) -> bool {
+        store_for(self.data_dir()).is_some()
+    }
+
     /// The audit log, through `baraza-server audit export`, one JSON value
     /// per entry.
     pub fn audit_entries(&self) -> Vec<serde_json::Value> {

@@ -85,13 +85,15 @@ pub struct BaseClient {
     pub(crate) store: LocalStore,
     /// Woken by every local edit, so a sync in progress sends it.
     pub(crate) local_edits: Arc<Notify>,
+    /// Woken by every attachment added, so the upload queue takes it.
+    pub(crate) attachments_added: Arc<Notify>,
 }
 
 fn parse_id(id: &str) -> Result<DocId, ClientError> {
     id.parse().map_err(|_| ClientError::BadId(id.to_string()))
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -134,6 +136,7 @@ impl BaseClient {
         Ok(BaseClient {
             store,
             local_edits: Arc::new(Notify::new()),
+            attachments_added: Arc::new(Notify::new()),
         })
     }
 
@@ -156,7 +159,7 @@ impl BaseClient {
         )?))
     }
 
-    fn edit<F>(&self, id: DocId, create: bool, f: F) -> Result<(), ClientError>
+    pub(super) fn edit<F>(&self, id: DocId, create: bool, f: F) -> Result<(), ClientError>
     where
         F: FnOnce(&mut Automerge, Stamp<'_>) -> Result<(), ClientError>,
     {

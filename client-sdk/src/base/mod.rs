@@ -9,14 +9,19 @@
 //! or how a sync is carried. Nothing here imports from `net`; the
 //! net layer reaches in only through what this module exports.
 
+mod attachments;
 mod client;
 mod record;
 mod seal;
 mod store;
 
+pub use attachments::Attachment;
+pub(crate) use attachments::{parse_id, parse_sha};
 pub(crate) use client::wipe;
 pub use client::{BaseClient, RefusedRecord, Status, WipeReport};
 pub use record::{Content, Field, Record, Summary};
 pub use seal::KEY_LEN;
 pub(crate) use store::LocalStore;
-pub use store::{Rejection, DEFAULT_OPEN_DEADLINE, STORE_OPEN_THREAD};
+pub use store::{
+    AttachmentState, Rejection, UploadState, DEFAULT_OPEN_DEADLINE, PIECE_BYTES, STORE_OPEN_THREAD,
+};

@@ -5,7 +5,8 @@
 //! changes appended since that save), `known` (id → heads the server
 //! acknowledged), `unacked` (ids with changes the server has not
 //! acknowledged), `refused` (id → the server's reason), `meta` (settings,
-//! store id, cursor, last sync). A local edit is flushed before the call
+//! store id, cursor, last sync), and attachments' bytes and states
+//! (`attachments.rs`). A local edit is flushed before the call
 //! that made it returns: the tablet forgets nothing it was told to record.
 //!
 //! Every value is sealed ([`super::seal`]) under the key the app supplies,
@@ -38,7 +39,9 @@ use baraza_protocol::{docsync, DeviceName, DocId, ErrorCode, Head, Replica, Seq,
 use super::seal::Sealer;
 use crate::error::ClientError;
 
+mod attachments;
 mod open_guard;
+pub use attachments::{AttachmentState, UploadState, PIECE_BYTES};
 pub use open_guard::THREAD_NAME as STORE_OPEN_THREAD;
 
 /// Appended chunks a record may gather before the next write saves it whole.
@@ -158,6 +161,8 @@ pub struct LocalStore {
     unacked: SealedTree,
     refused: SealedTree,
     meta: SealedTree,
+    attachments: SealedTree,
+    attachment_state: SealedTree,
 }
 
 const CURSOR: &[u8] = b"cursor";
@@ -170,7 +175,16 @@ const FORMAT: &[u8] = b"format";
 /// Version of the store's layout; 1 is the first sealed one.
 const STORE_FORMAT: u8 = 1;
 const KEY_CHECK: &[u8] = b"baraza tablet store key check";
-const TREES: [&str; 6] = ["docs", "chunks", "known", "unacked", "refused", "meta"];
+const TREES: [&str; 8] = [
+    "docs",
+    "chunks",
+    "known",
+    "unacked",
+    "refused",
+    "meta",
+    "attachments",
+    "attachment_state",
+];
 
 /// How long opening the store may take before it is given up as stuck:
 /// far beyond what a healthy tablet store needs (well under a second for
@@ -227,6 +241,8 @@ impl LocalStore {
             unacked: SealedTree::open(&db, "unacked", &sealer)?,
             refused: SealedTree::open(&db, "refused", &sealer)?,
             meta: SealedTree::open(&db, "meta", &sealer)?,
+            attachments: SealedTree::open(&db, "attachments", &sealer)?,
+            attachment_state: SealedTree::open(&db, "attachment_state", &sealer)?,
             db,
         })
     }
@@ -409,6 +425,7 @@ impl LocalStore {
         for tree in [&self.docs, &self.known, &self.unacked, &self.refused] {
             tree.remove(id.as_bytes())?;
         }
+        self.remove_attachments_of(id)?;
         self.flush()
     }
 
@@ -430,6 +447,8 @@ impl LocalStore {
             &self.unacked,
             &self.refused,
             &self.meta,
+            &self.attachments,
+            &self.attachment_state,
         ] {
             tree.clear()?;
         }
@@ -591,7 +610,12 @@ fn validate(db: &sled::Db, sealer: &Sealer, path: &Path) -> Result<(), ClientErr
                     "its {name} tree lists keys out of order: its pages are linked wrongly"
                 )));
             }
-            if !(name == "meta" && key == FORMAT) {
+            // Of attachments' pieces, the first of each is opened: the
+            // rest hold bytes a read checks anyway, and opening every
+            // photo at every start would cost seconds.
+            let marker = name == "meta" && key == FORMAT;
+            let later_piece = name == "attachments" && !key.ends_with(&[0, 0, 0, 0]);
+            if !marker && !later_piece {
                 values += 1;
                 if sealer.open(name, &key, &value).is_err() {
                     unopened += 1;

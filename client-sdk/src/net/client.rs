@@ -11,6 +11,7 @@ use baraza_protocol::Limits;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::attachments::{self, UploadReport};
 use super::sync::{self, Mode, SyncEvent, SyncListener, SyncReport};
 use super::transport::{self, Endpoint};
 use crate::base::BaseClient;
@@ -44,6 +45,8 @@ pub struct Enrolment {
 pub struct BackgroundSync {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// The attachment upload queue, beside the records' connection.
+    uploads: tokio::task::JoinHandle<()>,
 }
 
 impl BackgroundSync {
@@ -57,6 +60,7 @@ impl BackgroundSync {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        let _ = self.uploads.await;
     }
 }
 
@@ -68,6 +72,9 @@ impl BackgroundSync {
 pub struct Client {
     base: BaseClient,
     limits: Limits,
+    /// Chunk sizes learnt from the link, kept from one upload pass to the
+    /// next.
+    sizer: Arc<std::sync::Mutex<attachments::ChunkSizer>>,
 }
 
 impl Deref for Client {
@@ -83,6 +90,7 @@ impl From<BaseClient> for Client {
         Client {
             base,
             limits: Limits::DEFAULT,
+            sizer: Default::default(),
         }
     }
 }
@@ -240,11 +248,16 @@ impl Client {
 
     /// Syncs once: returns when everything local is acknowledged and
     /// everything remote received, or with the reason it could not.
+    ///
+    /// Then attachments waiting on the tablet are uploaded (their records
+    /// have reached the server now); `attachments` in the report says what
+    /// that did. A failed upload pass does not fail the sync: the
+    /// attachments stay queued, counted as waiting.
     pub async fn sync_once(&self, listener: &dyn SyncListener) -> Result<SyncReport, ClientError> {
         let endpoint = self.endpoint()?;
         let (_tx, mut stop) = watch::channel(false);
         listener.on_event(SyncEvent::Connecting { attempt: 1 });
-        sync::run_connection(
+        let mut report = sync::run_connection(
             &self.base.store,
             &endpoint,
             &self.limits,
@@ -253,7 +266,58 @@ impl Client {
             &mut stop,
             listener,
         )
-        .await
+        .await?;
+        report.attachments = match self.upload_attachments(listener).await {
+            Ok(uploads) => uploads,
+            Err(e @ ClientError::Unauthorized { .. }) => return Err(e),
+            Err(error) => {
+                tracing::warn!(%error, "attachment uploads failed; they stay queued");
+                UploadReport {
+                    waiting: self.base.store.pending_uploads()?.len() as u64,
+                    ..UploadReport::default()
+                }
+            }
+        };
+        Ok(report)
+    }
+
+    /// Uploads the attachments waiting on the tablet, resuming each where
+    /// the server's copy ends. One pass; the background sync repeats it.
+    pub async fn upload_attachments(
+        &self,
+        listener: &dyn SyncListener,
+    ) -> Result<UploadReport, ClientError> {
+        let endpoint = self.endpoint()?;
+        let mut sizer = self.sizer.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let pass =
+            attachments::upload_pending(&self.base.store, &endpoint, &mut sizer, listener).await;
+        *self.sizer.lock().unwrap_or_else(|p| p.into_inner()) = sizer;
+        pass
+    }
+
+    /// The bytes of attachment `sha256` of record `id`: from the tablet if
+    /// they are here, else fetched from the server (resuming a cut
+    /// download where it stopped), checked against the digest, and kept.
+    pub async fn fetch_attachment(
+        &self,
+        id: &str,
+        sha256: &str,
+        listener: &dyn SyncListener,
+    ) -> Result<Vec<u8>, ClientError> {
+        let doc_id = crate::base::parse_id(id)?;
+        let digest = crate::base::parse_sha(sha256)?;
+        let size = self
+            .base
+            .attachments(id)?
+            .into_iter()
+            .find(|a| a.reference.sha256 == sha256)
+            .map(|a| a.reference.size_bytes)
+            .ok_or_else(|| ClientError::NotFound(format!("{id} attachment {sha256}")))?;
+        if let Some(bytes) = self.base.attachment_bytes(id, sha256)? {
+            return Ok(bytes);
+        }
+        let endpoint = self.endpoint()?;
+        attachments::fetch(&self.base.store, &endpoint, doc_id, &digest, size, listener).await
     }
 
     /// Starts syncing in the background (live changes, reconnect with
@@ -264,6 +328,13 @@ impl Client {
     ) -> Result<BackgroundSync, ClientError> {
         let endpoint = self.endpoint()?;
         let (stop, stop_rx) = watch::channel(false);
+        let uploads = tokio::spawn(attachments::run_uploader(
+            self.base.store.clone(),
+            endpoint.clone(),
+            self.base.attachments_added.clone(),
+            stop_rx.clone(),
+            listener.clone(),
+        ));
         let task = tokio::spawn(sync::run_background(
             self.base.store.clone(),
             endpoint,
@@ -272,7 +343,11 @@ impl Client {
             stop_rx,
             listener,
         ));
-        Ok(BackgroundSync { stop, task })
+        Ok(BackgroundSync {
+            stop,
+            task,
+            uploads,
+        })
     }
 }
 

@@ -11,9 +11,11 @@
 //! and schemas (the base layer and `baraza-records`), and the protocol's
 //! reconciliation rules (`baraza-protocol`'s driver decides what to send).
 
+mod attachments;
 mod client;
 mod sync;
 mod transport;
 
+pub use attachments::UploadReport;
 pub use client::{BackgroundSync, Client, Enrolment};
 pub use sync::{NoListener, SyncEvent, SyncListener, SyncReport};

@@ -34,6 +34,9 @@ pub struct SyncReport {
     /// binding's caller can tell the sync's own time from the crossing.
     #[serde(rename = "elapsed_us", serialize_with = "as_micros")]
     pub elapsed: Duration,
+    /// What the upload pass after it did with attachments (`sync_once`;
+    /// empty from a live connection, whose uploads run beside it).
+    pub attachments: super::attachments::UploadReport,
 }
 
 fn as_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -97,6 +100,34 @@ pub enum SyncEvent {
     /// The device was retired or revoked and wiped its store; background
     /// sync stopped.
     Wiped(WipeReport),
+    /// Bytes of an attachment moved: sent (upload) or received, of its
+    /// total.
+    Attachment {
+        /// The record it belongs to.
+        record: String,
+        /// Its digest.
+        sha256: String,
+        /// True for an upload, false for a download.
+        upload: bool,
+        /// Bytes the server holds (upload) or the tablet holds (download).
+        done: u64,
+        /// Its size.
+        total: u64,
+    },
+    /// The server refused an attachment's upload; it stays on the tablet
+    /// with the reason until the app deletes it.
+    AttachmentRefused {
+        /// The record it belongs to.
+        record: String,
+        /// Its digest.
+        sha256: String,
+        /// The server's code (`over_limit`, `not_writable`, ...).
+        code: String,
+        /// The limit broken, for `over_limit`.
+        limit: Option<String>,
+        /// The server's words.
+        message: String,
+    },
 }
 
 /// Receives sync events. Implemented by the app (or a UniFFI callback).
@@ -452,6 +483,7 @@ fn report(
         docs_reconciled: counts.docs_reconciled as u64,
         refused: store.refusals()?.len() as u64,
         unacknowledged: store.unacknowledged_count()? as u64,
+        attachments: Default::default(),
     })
 }
 

@@ -291,6 +291,122 @@ pub async fn post_json(
         .map_err(|_| connect_err(format!("no reply within {REQUEST_TIMEOUT:?}")))?
 }
 
+/// What an HTTPS exchange on a kept connection answered, body as bytes.
+#[derive(Debug)]
+pub struct BytesReply {
+    /// The status code.
+    pub status: u16,
+    /// The refusal code of a 401 or 503 (`Other` when none).
+    pub refusal: crate::AuthRefusal,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// One kept-alive HTTPS connection for a run of requests (the chunks of an
+/// upload, the pieces of a download), so each costs one round trip and
+/// not a TCP and TLS handshake too: on a 2G link with 300 ms round trips
+/// the handshakes would cost more than the chunks. Each request is bounded
+/// by [`REQUEST_TIMEOUT`] and its reply by the caller's byte limit.
+pub struct HttpsSession {
+    url: String,
+    host: String,
+    token: String,
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HttpsSession {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl HttpsSession {
+    /// Connects to the endpoint's server.
+    pub async fn open(endpoint: &Endpoint) -> Result<HttpsSession, ClientError> {
+        let target = parse(&endpoint.url)?;
+        let connect_err = |reason: String| ClientError::Connect {
+            url: endpoint.url.clone(),
+            reason,
+        };
+        let config = tls_config(endpoint.ca_file.as_deref())?;
+        let tls = tls_to(&endpoint.url, &target, config).await?;
+        let (sender, connection) = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)),
+        )
+        .await
+        .map_err(|_| connect_err(format!("no HTTP handshake within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| connect_err(e.to_string()))?;
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(HttpsSession {
+            url: endpoint.url.clone(),
+            host: target.host,
+            token: endpoint.token.clone(),
+            sender,
+            driver,
+        })
+    }
+
+    /// Sends one request with the device's token and reads the reply, at
+    /// most `reply_max` bytes of it.
+    pub async fn send(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+        reply_max: usize,
+    ) -> Result<BytesReply, ClientError> {
+        use http_body_util::{BodyExt, Full, Limited};
+        use hyper::header;
+        let url = self.url.clone();
+        let connect_err = |reason: String| ClientError::Connect {
+            url: url.clone(),
+            reason,
+        };
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, self.host.as_str())
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
+        }
+        let request = request
+            .body(Full::new(hyper::body::Bytes::from(body)))
+            .map_err(|e| connect_err(format!("request: {e}")))?;
+        let exchange = async {
+            self.sender
+                .ready()
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            let response = self
+                .sender
+                .send_request(request)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            let status = response.status().as_u16();
+            let refusal = refusal_of(response.headers());
+            let bytes = Limited::new(response.into_body(), reply_max)
+                .collect()
+                .await
+                .map_err(|e| connect_err(format!("reply: {e}")))?
+                .to_bytes();
+            Ok(BytesReply {
+                status,
+                refusal,
+                body: bytes.to_vec(),
+            })
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| connect_err(format!("no reply within {REQUEST_TIMEOUT:?}")))?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,9 @@
 //! Attachments over HTTP, behind a device token, apart from record sync:
 //!
 //! - `GET /v1/records/{id}/attachments/{sha256}/upload`: where an upload
-//!   stands, `{"offset", "size", "complete"}`: the tablet asks before it
-//!   sends, so a cut upload resumes at the last byte the server holds.
+//!   stands, `{"offset", "size", "complete", "chunk_max"}`: the tablet
+//!   asks before it sends, so a cut upload resumes at the last byte the
+//!   server holds, in chunks of at most `chunk_max` bytes.
 //! - `PUT /v1/records/{id}/attachments/{sha256}?offset=N`: one chunk
 //!   (at most `chunk_max_bytes`), its SHA-256 in the `baraza-chunk-sha256`
 //!   header; answered after the chunk is durable, with the status after
@@ -121,9 +122,14 @@ where
                 let Ok(doc) = id.parse::<DocId>() else {
                     return Ok::<_, Rejection>(refused(AttachmentError::Absent));
                 };
+                let chunk_max = service.limits().chunk_max_bytes;
                 Ok(
                     match blocking(move || service.status(&caller, doc, &sha)).await {
-                        Ok(status) => warp::reply::json(&status_json(&status)).into_response(),
+                        Ok(status) => {
+                            let mut body = status_json(&status);
+                            body["chunk_max"] = chunk_max.into();
+                            warp::reply::json(&body).into_response()
+                        }
                         Err(e) => refused(e),
                     },
                 )
