@@ -592,6 +592,43 @@ function mapTable(spec, value) {
       el("td", {}, cell(spec, p, value[p.name]))))));
 }
 
+function sizeText(bytes) {
+  const n = Number(bytes);
+  if (!Number.isFinite(n)) return "";
+  if (n < 1000) return n + " B";
+  if (n < 1e6) return (n / 1e3).toFixed(1) + " kB";
+  return (n / 1e6).toFixed(1) + " MB";
+}
+
+// Photos as the server's thumbnails (linking to the whole photo), audio
+// with the browser's player (ranges, so it seeks without the whole file),
+// anything else as a link to save it. Bytes not on the server yet say so.
+function attachmentsView(id, items) {
+  if (!Array.isArray(items) || items.length === 0) return absent();
+  return el("div", { class: "attachment-list" }, ...items.map((item) => {
+    const sha = String(item.sha256 || "");
+    if (!/^[0-9a-f]{64}$/.test(sha)) return null;
+    const url = "/review/api/records/" + encodeURIComponent(id) + "/attachments/" + sha;
+    const mime = String(item.mime || "");
+    const name = String(item.name || sha.slice(0, 12));
+    const caption = el("figcaption", { text: name + " (" + sizeText(item.size_bytes) + ")" });
+    const pending = () => el("span", { class: "pending", text: t("attachment.pending") });
+    if (/^image\/(jpeg|png|webp)$/.test(mime)) {
+      const img = el("img", { src: url + "?thumb=1", alt: name, loading: "lazy" });
+      const link = el("a", { href: url, target: "_blank", rel: "noopener" }, img);
+      img.addEventListener("error", () => link.replaceWith(pending()));
+      return el("figure", { class: "attachment photo", "data-sha": sha }, link, caption);
+    }
+    if (mime.startsWith("audio/")) {
+      const audio = el("audio", { controls: true, preload: "none", src: url });
+      audio.addEventListener("error", () => audio.replaceWith(pending()));
+      return el("figure", { class: "attachment audio", "data-sha": sha }, audio, caption);
+    }
+    return el("figure", { class: "attachment document", "data-sha": sha },
+      el("a", { href: url, download: name, text: name }), caption);
+  }));
+}
+
 function conflictedFields(data) {
   return new Set((data.conflicts || []).map((c) => String(c.path).split(".")[0]));
 }
@@ -611,7 +648,11 @@ function fieldsView(data) {
   for (const spec of specs) {
     const value = fields[spec.name];
     const marked = conflicted.has(spec.name) ? " has-conflict" : "";
-    if (spec.type === "list" || spec.type === "map") {
+    if (spec.parts === ATTACHMENT) {
+      blocks.push(el("section", { class: "field-block attachments" + marked, "data-field": spec.name },
+        el("h4", { text: fieldLabel(spec.name) }),
+        attachmentsView(data.id, value)));
+    } else if (spec.type === "list" || spec.type === "map") {
       blocks.push(el("section", { class: "field-block" + marked, "data-field": spec.name },
         el("h4", { text: fieldLabel(spec.name) }),
         spec.type === "list" ? listTable(spec, value) : mapTable(spec, value)));

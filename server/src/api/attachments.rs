@@ -263,7 +263,7 @@ fn parse_range(header: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
     Some(Ok((start, end + 1)))
 }
 
-fn download(
+pub(crate) fn download(
     service: Arc<Attachments>,
     reference: baraza_records::AttachmentRef,
     digest: crate::storage::attachments::Digest,

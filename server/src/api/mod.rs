@@ -20,6 +20,7 @@ pub mod export;
 pub mod login;
 pub mod review;
 pub mod review_events;
+pub mod thumbnail;
 
 use std::sync::Arc;
 

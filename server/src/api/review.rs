@@ -129,6 +129,8 @@ struct Desk {
     devices: crate::identity::devices::DeviceRegistry,
     sessions: Sessions,
     gate: Arc<LoginGate>,
+    attachments: Arc<crate::engine::attachments::Attachments>,
+    thumbnails: crate::api::thumbnail::Thumbnails,
 }
 
 /// A refusal before any work: turned into a JSON error reply.
@@ -299,8 +301,8 @@ mod page_tests;
 
 /// No inline script or style, nothing from elsewhere, no framing.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; \
-     frame-ancestors 'none'; base-uri 'none'";
+     style-src 'self'; img-src 'self'; media-src 'self'; connect-src 'self'; \
+     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// Adds the headers every review desk response carries.
 fn hardened(reply: warp::reply::Response) -> warp::reply::Response {
@@ -395,6 +397,8 @@ pub fn routes(
         devices: state.devices.clone(),
         sessions,
         gate,
+        attachments: state.attachments.clone(),
+        thumbnails: Default::default(),
     });
     let with_desk = warp::any().map(move || desk.clone());
     let body = warp::body::content_length_limit(BODY_BYTES_MAX).and(warp::body::bytes());
@@ -504,6 +508,22 @@ pub fn routes(
         .and(with_desk.clone())
         .and(warp::header::headers_cloned())
         .map(move |desk: Arc<Desk>, headers: HeaderMap| events(desk, &headers, stop.clone()));
+    let attachment = warp::path!("review" / "api" / "records" / String / "attachments" / String)
+        .and(warp::get())
+        .and(with_desk.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .and_then(
+            |id: String,
+             sha: String,
+             desk: Arc<Desk>,
+             headers: HeaderMap,
+             query: std::collections::HashMap<String, String>| async move {
+                Ok::<_, Rejection>(
+                    attachment(desk, headers, id, sha, query.contains_key("thumb")).await,
+                )
+            },
+        );
     let resolve = warp::path!("review" / "api" / "records" / String / "resolve")
         .and(warp::post())
         .and(with_desk)
@@ -535,7 +555,80 @@ pub fn routes(
         .unify()
         .or(events)
         .unify()
+        .or(attachment)
+        .unify()
         .map(hardened)
+}
+
+/// `GET records/{id}/attachments/{sha256}[?thumb]`: an attachment of a
+/// record the supervisor may read, as the device API serves it (ranges
+/// for audio), or with `thumb` the server's thumbnail of a photo. What
+/// is neither photo nor audio is sent to be saved, not shown in the page.
+async fn attachment(
+    desk: Arc<Desk>,
+    headers: HeaderMap,
+    id: String,
+    sha: String,
+    thumb: bool,
+) -> warp::reply::Response {
+    use crate::engine::attachments::AttachmentError;
+    let (caller, _) = match desk.caller(&headers, false) {
+        Ok(found) => found,
+        Err(refused) => return refused.reply(),
+    };
+    let Ok(doc) = id.parse::<DocId>() else {
+        return error(StatusCode::NOT_FOUND, "no such attachment");
+    };
+    let range = headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let worker = desk.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let (reference, digest) = worker.attachments.open(&caller, doc, &sha)?;
+        if !thumb {
+            return Ok((reference, digest, None));
+        }
+        if !crate::api::thumbnail::can_thumbnail(&reference.mime) {
+            return Err(AttachmentError::NotUploaded);
+        }
+        let size = usize::try_from(reference.size_bytes).unwrap_or(usize::MAX);
+        let made = worker.thumbnails.get(&digest, || {
+            worker.attachments.read(&digest, 0, size).ok().flatten()
+        });
+        Ok((reference, digest, made))
+    })
+    .await;
+    match opened {
+        Ok(Ok((_, _, Some(thumbnail)))) => {
+            warp::reply::with_header(thumbnail.to_vec(), "content-type", "image/jpeg")
+                .into_response()
+        }
+        Ok(Ok((_, _, None))) if thumb => error(StatusCode::NOT_FOUND, "no preview"),
+        Ok(Ok((reference, digest, None))) => {
+            let shown = reference.mime.starts_with("audio/")
+                || crate::api::thumbnail::can_thumbnail(&reference.mime);
+            let mut reply = crate::api::attachments::download(
+                desk.attachments.clone(),
+                reference,
+                digest,
+                range.as_deref(),
+            );
+            if !shown {
+                reply.headers_mut().insert(
+                    "content-disposition",
+                    warp::http::HeaderValue::from_static("attachment"),
+                );
+            }
+            reply
+        }
+        Ok(Err(AttachmentError::Absent)) => error(StatusCode::NOT_FOUND, "no such attachment"),
+        Ok(Err(AttachmentError::NotUploaded)) => error(StatusCode::NOT_FOUND, "not uploaded yet"),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "attachment storage unavailable",
+        ),
+    }
 }
 
 /// `GET events`: the live stream (see [`crate::api::review_events`]).
