@@ -47,12 +47,16 @@ fn iso_value(value: &serde_json::Value) -> serde_json::Value {
 /// value is a time.
 type Column = (String, Vec<&'static str>, bool);
 
-/// One column per scalar field; a list becomes its item count, a map one
-/// column per part (`headcount.women`).
+/// One column per scalar field; a list becomes its item count, a list of
+/// attachments the desk's links to them, a map one column per part
+/// (`headcount.women`).
 fn columns(kind: Kind) -> Vec<Column> {
     let mut out = Vec::new();
     for spec in kind.fields() {
         match spec.ty {
+            ty if baraza_records::schema::is_attachments(ty) => {
+                out.push((format!("{}_links", spec.name), vec![spec.name], false))
+            }
             FieldType::List(_) => {
                 out.push((format!("{}_count", spec.name), vec![spec.name], false))
             }
@@ -87,6 +91,26 @@ fn cell_of(value: &serde_json::Value, path: &[&str], count: bool) -> String {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+/// The review desk's links to the attachments of a list, space-separated
+/// (each opens behind the desk's sign-in).
+fn attachment_links(id: &str, fields: &serde_json::Value, path: &[&str]) -> String {
+    let mut v = fields;
+    for key in path {
+        v = &v[*key];
+    }
+    v.as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| item["sha256"].as_str())
+                .filter(|sha| baraza_records::attachment::is_digest(sha))
+                .map(|sha| format!("/review/api/records/{id}/attachments/{sha}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 /// Quotes a CSV cell when needed, and defuses text a spreadsheet would run
@@ -142,6 +166,10 @@ pub fn csv(kind: Kind, records: &[ExportRecord], contacts: bool) -> String {
             clock_flag(r.clock.as_ref()),
         ];
         for (name, path, time) in &cols {
+            if name.ends_with("_links") {
+                row.push(attachment_links(&r.id, &fields, path));
+                continue;
+            }
             let cell = cell_of(&fields, path, name.ends_with("_count"));
             row.push(match (*time, cell.parse::<i64>()) {
                 (true, Ok(ms)) => iso_time(ms),
@@ -353,5 +381,20 @@ mod tests {
         assert!(names.contains(&"attendees_count".to_string()));
         assert!(names.contains(&"headcount.women".to_string()));
         assert!(names.contains(&"place".to_string()));
+        assert!(names.contains(&"photos_links".to_string()));
+        assert!(!names.contains(&"photos_count".to_string()));
+    }
+
+    #[test]
+    fn attachment_lists_become_the_desks_links() {
+        let a = "a".repeat(64);
+        let fields = serde_json::json!({
+            "photos": [{ "sha256": a, "name": "x.jpg" }, { "sha256": "not a digest" }],
+        });
+        assert_eq!(
+            attachment_links("r1", &fields, &["photos"]),
+            format!("/review/api/records/r1/attachments/{a}")
+        );
+        assert_eq!(attachment_links("r1", &fields, &["audio"]), "");
     }
 }
