@@ -303,6 +303,73 @@ fun main() {
         expect(attendees.any { entry(it, "name") == FieldValue.Str("Chief Mwangi") }) { "tablet 1 lacks tablet 2's attendee" }
     }
 
+    case("a photo attached offline goes up with the sync, and the colleague's tablet fetches the same bytes") {
+        val a = t1 ?: throw Failure("no tablet 1")
+        val b = t2 ?: throw Failure("no tablet 2")
+        // The server checks the declared type and the digest, not the content.
+        val photo = ByteArray(3_000) { (it * 31 + 7).toByte() }
+        val attached = a.attach(meeting, "photos", photo, "image/jpeg", "market-hall.jpg")
+        expect(attached.sha256.length == 64 && attached.sizeBytes == photo.size.toULong()) { "attached $attached" }
+        expect(attached.field == "photos" && attached.name == "market-hall.jpg" && attached.createdBy == liaison) { "attached $attached" }
+        expect(attached.complete && attached.upload is UploadState.Pending) { "attached $attached" }
+        expect(a.attachments(meeting).map { it.sha256 } == listOf(attached.sha256)) { "listed ${a.attachments(meeting)}" }
+        expect(a.attachmentBytes(meeting, attached.sha256)?.contentEquals(photo) == true) { "tablet 1 lacks the bytes" }
+        // Refusals name what is at fault, and attach nothing.
+        val odd = File(work, "scan.bin").apply { writeBytes(photo) }
+        try {
+            a.attachFile(meeting, "photos", odd.path, null)
+            throw Failure("a file of unknown type was attached without a type")
+        } catch (e: TabletException.InvalidInput) {
+            expect(e.field == "mime") { "field ${e.field}" }
+        }
+        try {
+            a.attach(meeting, "fotos", photo, "image/jpeg", "x.jpg")
+            throw Failure("attached to fotos")
+        } catch (e: TabletException.InvalidInput) {
+            expect(e.field == "fotos") { "field ${e.field}" }
+        }
+        expect(a.attachments(meeting).size == 1) { "attachments ${a.attachments(meeting)}" }
+
+        val recorder = Recorder()
+        val summary = a.sync(recorder)
+        expect(summary.attachmentsUploaded == 1uL && summary.attachmentsWaiting == 0uL && summary.attachmentsRefused == 0uL) {
+            "summary $summary"
+        }
+        val up = recorder.events.filterIsInstance<SyncProgress.Attachment>()
+        expect(up.isNotEmpty() && up.all { it.upload && it.record == meeting && it.sha256 == attached.sha256 }) { "upload events $up" }
+        expect(up.last().done == up.last().total && up.last().total == photo.size.toULong()) { "last upload event ${up.last()}" }
+        val uploaded = a.attachments(meeting).single()
+        expect(uploaded.upload is UploadState.Uploaded && uploaded.complete) { "after sync $uploaded" }
+        val again = a.uploadAttachments(null)
+        expect(again.uploaded == 0uL && again.waiting == 0uL && again.bytesSent == 0uL) { "a second pass $again" }
+
+        // Tablet 2 gets the reference with the record, the bytes on request.
+        b.sync(null)
+        val remote = b.attachments(meeting).singleOrNull() ?: throw Failure("tablet 2 attachments ${b.attachments(meeting)}")
+        expect(remote.sha256 == attached.sha256 && remote.sizeBytes == attached.sizeBytes) { "tablet 2 $remote" }
+        expect(remote.upload is UploadState.Remote && !remote.complete && remote.heldBytes == 0uL) { "tablet 2 $remote" }
+        expect(b.attachmentBytes(meeting, attached.sha256) == null) { "tablet 2 holds bytes it never fetched" }
+        val downloads = Recorder()
+        val fetched = b.fetchAttachment(meeting, attached.sha256, downloads)
+        expect(fetched.contentEquals(photo)) { "fetched ${fetched.size} bytes, not the photo" }
+        val down = downloads.events.filterIsInstance<SyncProgress.Attachment>()
+        expect(down.isNotEmpty() && down.none { it.upload } && down.last().done == down.last().total) { "download events $down" }
+        val held = b.attachments(meeting).single()
+        expect(held.complete && held.heldBytes == held.sizeBytes) { "tablet 2 after the fetch $held" }
+        expect(b.attachmentBytes(meeting, attached.sha256)?.contentEquals(photo) == true) { "tablet 2 did not keep the bytes" }
+
+        // A file is attached under its name, typed by its extension; a
+        // deleted attachment leaves the record and is never uploaded.
+        val sheet = File(work, "sign-in-sheet.png").apply { writeBytes(byteArrayOf(1, 2, 3, 4)) }
+        val scanned = b.attachFile(meeting, "photos", sheet.path, null)
+        expect(scanned.mime == "image/png" && scanned.name == "sign-in-sheet.png" && scanned.sizeBytes == 4uL) { "scanned $scanned" }
+        b.deleteAttachment(meeting, scanned.sha256)
+        expect(b.attachments(meeting).map { it.sha256 } == listOf(attached.sha256)) { "after delete ${b.attachments(meeting)}" }
+        expect(b.attachmentBytes(meeting, scanned.sha256) == null) { "the deleted attachment's bytes stayed" }
+        val afterDelete = b.sync(null)
+        expect(afterDelete.attachmentsUploaded == 0uL && afterDelete.attachmentsWaiting == 0uL) { "after delete $afterDelete" }
+    }
+
     case("a cancelled call stops at once and leaves the tablet usable") {
         val tablet = t1 ?: throw Failure("no tablet 1")
         // A port that accepts connections and never answers: the TLS

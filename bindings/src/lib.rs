@@ -3,9 +3,9 @@
 //!
 //! One object, [`Tablet`], owns the SDK's [`baraza_client::Client`] and a
 //! tokio runtime of its own, so the foreign side never sees Rust's async:
-//! `sync()` and `enroll()` are Kotlin `suspend` / Swift `async` functions
-//! whose work runs on that runtime, and cancelling the coroutine (or
-//! task) aborts it. Everything else is a plain blocking call that returns
+//! `sync()`, `enroll()`, `upload_attachments()` and `fetch_attachment()`
+//! are Kotlin `suspend` / Swift `async` functions whose work runs on that
+//! runtime, and cancelling the coroutine (or task) aborts it. Everything else is a plain blocking call that returns
 //! once the edit is durable on the device; call it off the UI thread.
 //!
 //! What crosses the boundary is FFI-shaped: records and enums of strings,
@@ -21,7 +21,9 @@
 //! tablet.enroll(url, caPem, user, password, "Kibera tablet 2")
 //! val id = tablet.createMeeting("Market baraza", "Market hall", null)
 //! tablet.addAttendee(id, "Mzee Otieno", "elder")
-//! tablet.sync(null)                        // suspend
+//! val photo = tablet.attach(id, "photos", jpegBytes, "image/jpeg", "hall.jpg")
+//! tablet.sync(null)                        // suspend; uploads the photo too
+//! val bytes = other.fetchAttachment(id, photo.sha256, null)   // suspend
 //! val bg = tablet.startBackground(listener)
 //! bg.stop()                                // suspend
 //! ```

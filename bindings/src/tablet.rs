@@ -3,7 +3,7 @@
 //! coroutine awaits them, so cancelling it aborts the work.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -67,6 +67,36 @@ fn given(values: &[(&str, Option<String>)]) -> Vec<(String, String)> {
         .iter()
         .filter_map(|(name, value)| Some((name.to_string(), value.clone()?)))
         .collect()
+}
+
+/// The SDK's listener for a call given an optional foreign one: the
+/// relay to it, or one that ignores everything.
+fn relay_to(listener: Option<Arc<dyn SyncListener>>) -> Arc<dyn sdk::SyncListener> {
+    match listener {
+        Some(listener) => Arc::new(Relay::new(listener)),
+        None => Arc::new(NoListener),
+    }
+}
+
+/// The media type of a file by its extension, for the types a tablet
+/// records and the server accepts by default. Kept to these few on
+/// purpose: the server checks the type anyway, and an app that knows
+/// better passes it.
+fn mime_of(path: &Path) -> Option<&'static str> {
+    let extension = path.extension()?.to_str()?.to_ascii_lowercase();
+    Some(match extension.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "pdf" => "application/pdf",
+        "m4a" | "mp4a" => "audio/mp4",
+        "aac" => "audio/aac",
+        "mp3" => "audio/mpeg",
+        "ogg" | "opus" => "audio/ogg",
+        "wav" => "audio/wav",
+        "amr" => "audio/amr",
+        _ => return None,
+    })
 }
 
 /// The device part of an actor id (its first 16 bytes, hex).
@@ -185,16 +215,53 @@ impl Tablet {
         listener: Option<Arc<dyn SyncListener>>,
     ) -> Result<SyncSummary, TabletError> {
         let client = self.client.clone();
-        let relay = listener.map(Relay::new);
+        let listener = relay_to(listener);
         let report = self
-            .on_runtime(async move {
-                match &relay {
-                    Some(relay) => client.sync_once(relay).await,
-                    None => client.sync_once(&NoListener).await,
-                }
-            })
+            .on_runtime(async move { client.sync_once(listener.as_ref()).await })
             .await?;
         Ok(report.into())
+    }
+
+    /// Uploads the attachments queued on this tablet, each resuming where
+    /// the server's copy ends; one pass (`sync` and the background sync
+    /// run one after the records too). An attachment whose record has not
+    /// reached the server yet is counted as waiting: sync first. Bytes
+    /// moving go to `listener` as `Attachment` events, refusals as
+    /// `AttachmentRefused`. Cancelling the coroutine stops the pass; what
+    /// the server acknowledged is kept, and the next pass resumes there.
+    pub async fn upload_attachments(
+        &self,
+        listener: Option<Arc<dyn SyncListener>>,
+    ) -> Result<UploadSummary, TabletError> {
+        let client = self.client.clone();
+        let listener = relay_to(listener);
+        let report = self
+            .on_runtime(async move { client.upload_attachments(listener.as_ref()).await })
+            .await?;
+        Ok(report.into())
+    }
+
+    /// The bytes of attachment `sha256` of record `id`: from the tablet
+    /// when they are here, else fetched from the server and kept (so a
+    /// second call needs no network). A cut or cancelled download resumes
+    /// where it stopped next time; the bytes are checked against the
+    /// digest before they are returned. `NotFound` when the record has no
+    /// such attachment; `Sync` when its bytes have not reached the server
+    /// yet (the attaching tablet has not uploaded them).
+    pub async fn fetch_attachment(
+        &self,
+        id: String,
+        sha256: String,
+        listener: Option<Arc<dyn SyncListener>>,
+    ) -> Result<Vec<u8>, TabletError> {
+        let client = self.client.clone();
+        let listener = relay_to(listener);
+        self.on_runtime(async move {
+            client
+                .fetch_attachment(&id, &sha256, listener.as_ref())
+                .await
+        })
+        .await
     }
 
     /// Starts syncing in the background: live changes both ways; after a
@@ -475,6 +542,100 @@ impl Tablet {
         Ok(self.client.review(&id, decision, comment)?)
     }
 
+    /// Attaches `bytes` (a photo, a recording, a scanned page) to the
+    /// attachment list `field` of record `id` (`photos`, `audio`,
+    /// `attendance_sheet`, `documents`), as media type `mime`
+    /// (`image/jpeg`) under `name`. The bytes are sealed on the tablet
+    /// before the record refers to them, so a reference always has its
+    /// bytes here; the upload is queued for the next sync. A list the
+    /// kind does not have, or a `mime` that is not `type/subtype`, is
+    /// `InvalidInput` naming it, and nothing is attached.
+    pub fn attach(
+        &self,
+        id: String,
+        field: String,
+        bytes: Vec<u8>,
+        mime: String,
+        name: String,
+    ) -> Result<AttachmentInfo, TabletError> {
+        let reference = self.client.attach(&id, &field, &bytes, &mime, &name)?;
+        let held = reference.size_bytes;
+        Ok(AttachmentInfo::new(
+            reference,
+            held,
+            true,
+            UploadState::Pending,
+        ))
+    }
+
+    /// [`attach`](Self::attach) with the bytes of the file at `path`
+    /// (read whole; the server takes at most 32 MiB by default), under
+    /// the file's name. Without `mime` it is told by the extension for
+    /// the usual types (`jpg`, `png`, `webp`, `pdf`, `m4a`, `aac`, `mp3`,
+    /// `ogg`, `opus`, `wav`, `amr`); another extension is
+    /// `InvalidInput(mime)`: pass the type. A file that cannot be read is
+    /// `InvalidInput(path)`.
+    pub fn attach_file(
+        &self,
+        id: String,
+        field: String,
+        path: String,
+        mime: Option<String>,
+    ) -> Result<AttachmentInfo, TabletError> {
+        let file = Path::new(&path);
+        // The type first: a refusal should not cost reading a recording.
+        let mime = match mime {
+            Some(mime) => mime,
+            None => mime_of(file)
+                .ok_or_else(|| {
+                    invalid(
+                        "mime",
+                        format!("no media type given, and none known for {path:?}'s extension"),
+                    )
+                })?
+                .to_string(),
+        };
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| invalid("path", format!("{path:?} names no file")))?;
+        let bytes = std::fs::read(file)
+            .map_err(|e| invalid("path", format!("cannot read {path:?}: {e}")))?;
+        self.attach(id, field, bytes, mime, name)
+    }
+
+    /// Every attachment record `id` refers to, in the order of its
+    /// lists, with what the tablet holds of each and where its upload
+    /// stands.
+    pub fn attachments(&self, id: String) -> Result<Vec<AttachmentInfo>, TabletError> {
+        Ok(self
+            .client
+            .attachments(&id)?
+            .into_iter()
+            .map(AttachmentInfo::from)
+            .collect())
+    }
+
+    /// The bytes of attachment `sha256` of record `id` if all of them are
+    /// on this tablet (attached here, or fetched), checked against the
+    /// digest; None otherwise, without touching the network (see
+    /// `fetch_attachment`).
+    pub fn attachment_bytes(
+        &self,
+        id: String,
+        sha256: String,
+    ) -> Result<Option<Vec<u8>>, TabletError> {
+        Ok(self.client.attachment_bytes(&id, &sha256)?)
+    }
+
+    /// Deletes attachment `sha256` from record `id`: its reference leaves
+    /// the record (a change, synced as any other) and its bytes and queued
+    /// upload leave the tablet. What an app offers for an attachment the
+    /// server refused.
+    pub fn delete_attachment(&self, id: String, sha256: String) -> Result<(), TabletError> {
+        Ok(self.client.delete_attachment(&id, &sha256)?)
+    }
+
     /// A record read whole: every field in full, conflicts with each
     /// value's user, device and time, history, review state and comments,
     /// and the server's rejection if any.
@@ -589,5 +750,22 @@ impl Tablet {
             user: self.client.user()?,
             area: self.client.area()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_files_type_is_told_by_its_usual_extensions_only() {
+        assert_eq!(
+            mime_of(Path::new("/sdcard/DCIM/market.JPG")),
+            Some("image/jpeg")
+        );
+        assert_eq!(mime_of(Path::new("minutes.pdf")), Some("application/pdf"));
+        assert_eq!(mime_of(Path::new("elder.m4a")), Some("audio/mp4"));
+        assert_eq!(mime_of(Path::new("notes.bin")), None);
+        assert_eq!(mime_of(Path::new("README")), None);
     }
 }

@@ -473,6 +473,16 @@ pub struct SyncSummary {
     /// How long the sync itself took, in microseconds, from connecting to
     /// the last acknowledgement (what reaching the app took is not in it).
     pub elapsed_us: u64,
+    /// Attachments the upload pass after the records left whole on the
+    /// server.
+    pub attachments_uploaded: u64,
+    /// Attachments still queued: their record had not reached the server,
+    /// or the upload pass failed (it does not fail the sync); the next
+    /// sync or the background sync tries again.
+    pub attachments_waiting: u64,
+    /// Attachments the server refused in this pass; each stays on the
+    /// tablet with its reason ([`UploadState::Refused`]).
+    pub attachments_refused: u64,
 }
 
 impl From<sdk::SyncReport> for SyncSummary {
@@ -483,6 +493,138 @@ impl From<sdk::SyncReport> for SyncSummary {
             refused: r.refused,
             unacknowledged: r.unacknowledged,
             elapsed_us: u64::try_from(r.elapsed.as_micros()).unwrap_or(u64::MAX),
+            attachments_uploaded: r.attachments.uploaded,
+            attachments_waiting: r.attachments.waiting,
+            attachments_refused: r.attachments.refused,
+        }
+    }
+}
+
+/// Where an attachment's upload stands. An enum rather than a string so
+/// an app's `when`/`switch` is checked for every state, and a refusal
+/// carries its reason.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum UploadState {
+    /// Attached on this tablet; queued for the next upload pass.
+    Pending,
+    /// The server holds the bytes whole.
+    Uploaded,
+    /// The server refused the bytes. They stay on the tablet until the
+    /// app deletes the attachment (`delete_attachment`).
+    Refused {
+        /// The server's code (`over_limit`, `not_writable`,
+        /// `not_its_bytes`).
+        code: String,
+        /// The limit broken, for `over_limit` (`size_max_bytes`,
+        /// `record_max_bytes`, `mime_allowed`).
+        limit: Option<String>,
+        /// The server's words.
+        message: String,
+    },
+    /// Attached on another device: fetched on request
+    /// (`fetch_attachment`), never uploaded from here.
+    Remote,
+}
+
+impl From<sdk::UploadState> for UploadState {
+    fn from(state: sdk::UploadState) -> UploadState {
+        match state {
+            sdk::UploadState::Pending => UploadState::Pending,
+            sdk::UploadState::Uploaded => UploadState::Uploaded,
+            sdk::UploadState::Refused {
+                code,
+                limit,
+                message,
+            } => UploadState::Refused {
+                code,
+                limit,
+                message,
+            },
+            sdk::UploadState::Remote => UploadState::Remote,
+        }
+    }
+}
+
+/// One attachment of a record (a photo, a recording, a scanned page):
+/// the reference the record holds, flattened, with what this tablet holds
+/// of its bytes and where its upload stands.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct AttachmentInfo {
+    /// The record's attachment list it is in (`photos`, `audio`,
+    /// `attendance_sheet`, `documents`).
+    pub field: String,
+    /// Its SHA-256 (64 lowercase hex digits): how the calls name it.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size_bytes: u64,
+    /// Its media type (`image/jpeg`).
+    pub mime: String,
+    /// The name it was attached under (a file name).
+    pub name: String,
+    /// When it was attached, by the attaching device's clock.
+    pub created_at_ms: i64,
+    /// The user who attached it.
+    pub created_by: String,
+    /// Bytes of it on this tablet (less than `size_bytes` while a fetch
+    /// is under way or was cut).
+    pub held_bytes: u64,
+    /// True when all its bytes are on this tablet, checked against the
+    /// digest: `attachment_bytes` returns them without the network.
+    pub complete: bool,
+    /// Where its upload stands.
+    pub upload: UploadState,
+}
+
+impl AttachmentInfo {
+    /// An attachment as the tablet holds it: its reference, flattened.
+    pub(crate) fn new(
+        reference: sdk::AttachmentRef,
+        held_bytes: u64,
+        complete: bool,
+        upload: UploadState,
+    ) -> AttachmentInfo {
+        AttachmentInfo {
+            field: reference.field,
+            sha256: reference.sha256,
+            size_bytes: reference.size_bytes,
+            mime: reference.mime,
+            name: reference.name,
+            created_at_ms: reference.created_at_ms,
+            created_by: reference.created_by,
+            held_bytes,
+            complete,
+            upload,
+        }
+    }
+}
+
+impl From<sdk::Attachment> for AttachmentInfo {
+    fn from(a: sdk::Attachment) -> AttachmentInfo {
+        AttachmentInfo::new(a.reference, a.held_bytes, a.complete, a.upload.into())
+    }
+}
+
+/// What one upload pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, uniffi::Record)]
+pub struct UploadSummary {
+    /// Attachments the server now holds whole.
+    pub uploaded: u64,
+    /// Attachments still queued (their record has not reached the server
+    /// yet: sync first).
+    pub waiting: u64,
+    /// Attachments the server refused (kept on the tablet with why).
+    pub refused: u64,
+    /// Bytes of chunks sent.
+    pub bytes_sent: u64,
+}
+
+impl From<sdk::UploadReport> for UploadSummary {
+    fn from(r: sdk::UploadReport) -> UploadSummary {
+        UploadSummary {
+            uploaded: r.uploaded,
+            waiting: r.waiting,
+            refused: r.refused,
+            bytes_sent: r.bytes_sent,
         }
     }
 }
