@@ -454,6 +454,12 @@ pub struct AttachmentsConfig {
     pub mime_allowed: Option<Vec<String>>,
     /// Bytes one uploaded chunk may hold (default 1 MiB).
     pub chunk_max_bytes: Option<usize>,
+    /// How long bytes no record refers to any more are kept before they
+    /// are removed, in seconds (default 7 days).
+    pub garbage_grace_secs: Option<u64>,
+    /// How often the server looks for such bytes, in seconds (default
+    /// an hour).
+    pub garbage_every_secs: Option<u64>,
 }
 
 impl AttachmentsConfig {
@@ -468,8 +474,19 @@ impl AttachmentsConfig {
         }
     }
 
+    /// How long unreferenced bytes are kept.
+    pub fn garbage_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.garbage_grace_secs.unwrap_or(7 * 24 * 3600))
+    }
+
+    /// How often garbage is looked for.
+    pub fn garbage_every(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.garbage_every_secs.unwrap_or(3600))
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         for (name, value) in [
+            ("garbage_every_secs", self.garbage_every_secs),
             ("size_max_bytes", self.size_max_bytes),
             ("record_max_bytes", self.record_max_bytes),
             ("chunk_max_bytes", self.chunk_max_bytes.map(|v| v as u64)),

@@ -384,6 +384,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         storage.attachments.clone(),
         config.attachments.limits(),
     ));
+    attachments.start_collecting(
+        config.attachments.garbage_grace(),
+        config.attachments.garbage_every(),
+    )?;
     let state = AppState {
         attachments,
         review_sessions,

@@ -424,11 +424,13 @@ async fn attachments_follow_their_record_and_go_with_an_erased_contact() {
         (0, false)
     );
     if !server.on_postgres() {
-        assert!(!file_named(&server.data_dir().join("attachments"), &id_sha));
-        assert!(file_named(
-            &server.data_dir().join("attachments"),
-            &scene_sha
-        ));
+        let bytes_in = |sha: &str| {
+            ["whole", "partial"]
+                .iter()
+                .any(|d| file_named(&server.data_dir().join("attachments").join(d), sha))
+        };
+        assert!(!bytes_in(&id_sha));
+        assert!(bytes_in(&scene_sha));
     }
     supervisor.sync().await;
     assert!(
@@ -488,4 +490,94 @@ async fn an_attachment_over_the_limit_is_refused_by_name_kept_and_deletable() {
     assert_eq!(status, 200);
     let view: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(view["fields"]["photos"], serde_json::json!([]), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_no_record_refers_to_are_removed_after_the_grace_period() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start_with_config(
+        &tmp.path().join("server"),
+        "[attachments]\ngarbage_grace_secs = 1\ngarbage_every_secs = 1\n",
+    );
+    let liaison = Tablet::new(&server, "liaison's tablet");
+    let id = meeting(&liaison).await;
+    let dropped = photo(30_000, 7);
+    let kept = photo(30_000, 8);
+    let dropped_sha = liaison
+        .attach(&id, "photos", &dropped, "image/jpeg", "blurred.jpg")
+        .unwrap()
+        .sha256;
+    let kept_sha = liaison
+        .attach(&id, "photos", &kept, "image/jpeg", "sharp.jpg")
+        .unwrap()
+        .sha256;
+    assert_eq!(liaison.sync().await.attachments.uploaded, 2);
+    liaison.delete_attachment(&id, &dropped_sha).unwrap();
+    liaison.sync().await;
+
+    // A second record naming the dropped bytes asks where their upload
+    // stands: once collected, the server holds none of them.
+    let probe = liaison
+        .create_record("meeting", "kibera-north", vec![kv("title", "Probe")])
+        .unwrap();
+    liaison
+        .add_item(
+            &probe,
+            "photos",
+            vec![
+                kv("sha256", &dropped_sha),
+                kv("size_bytes", &dropped.len().to_string()),
+                kv("mime", "image/jpeg"),
+                kv("name", "blurred.jpg"),
+            ],
+        )
+        .unwrap();
+    liaison.sync().await;
+    // Asking made the probe an owner: it refers to the bytes, so they
+    // stay while it does.
+    assert_eq!(
+        upload_status(&server, &liaison, &probe, &dropped_sha).await,
+        (30_000, true)
+    );
+    liaison.remove_item(&probe, "photos", 0).unwrap();
+    liaison.sync().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let again = liaison
+            .create_record("meeting", "kibera-north", vec![kv("title", "Probe again")])
+            .unwrap();
+        liaison
+            .add_item(
+                &again,
+                "photos",
+                vec![
+                    kv("sha256", &dropped_sha),
+                    kv("size_bytes", &dropped.len().to_string()),
+                    kv("mime", "image/jpeg"),
+                    kv("name", "blurred.jpg"),
+                ],
+            )
+            .unwrap();
+        liaison.sync().await;
+        let (offset, complete) = upload_status(&server, &liaison, &again, &dropped_sha).await;
+        liaison.remove_item(&again, "photos", 0).unwrap();
+        liaison.sync().await;
+        if (offset, complete) == (0, false) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped photo was not collected"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        upload_status(&server, &liaison, &id, &kept_sha).await,
+        (30_000, true)
+    );
+    assert!(server
+        .audit_entries()
+        .iter()
+        .any(|e| e["event"] == "attachment_collected"
+            && e["details"]["sha256"] == dropped_sha.as_str()));
 }

@@ -285,6 +285,9 @@ impl Attachments {
         sha: &str,
     ) -> Result<UploadStatus, AttachmentError> {
         let (record, digest) = self.reach_to_write(caller, id, sha)?;
+        // Noted before the answer: garbage collection asks this record,
+        // whichever device made the bytes whole.
+        self.store.note_owner(&digest, id)?;
         self.status_of(&digest, record.one.size_bytes)
     }
 
@@ -308,6 +311,9 @@ impl Attachments {
         }
         if offset.saturating_add(chunk.len() as u64) > size {
             return Ok(ChunkOutcome::PastEnd);
+        }
+        if offset == 0 {
+            self.store.note_owner(&digest, id)?;
         }
         let end = match self.store.append(&digest, offset, chunk)? {
             Appended::NotAtEnd(_) => {
@@ -392,6 +398,101 @@ impl Attachments {
         len: usize,
     ) -> Result<Option<Vec<u8>>, AttachmentError> {
         Ok(self.store.read(digest, offset, len)?)
+    }
+}
+
+/// What one garbage collection did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Attachments held.
+    pub held: usize,
+    /// Of those, removed: no record refers to them any more, and they
+    /// have been left alone for the grace period.
+    pub removed: usize,
+}
+
+impl Attachments {
+    /// Removes the bytes no record refers to any more that have not
+    /// changed for `grace_ms` (an upload abandoned, an attachment deleted
+    /// from its record). An attachment is a candidate when none of the
+    /// records noted as its owners refers to it; candidates are then
+    /// checked against every record the store holds, so bytes a record
+    /// refers to are never removed, however it came to refer to them.
+    /// Blocking.
+    pub fn collect_garbage(
+        &self,
+        now_ms: u64,
+        grace_ms: u64,
+    ) -> Result<Collected, AttachmentError> {
+        let kept = self.store.kept()?;
+        let mut report = Collected {
+            held: kept.len(),
+            removed: 0,
+        };
+        let mut candidates = Vec::new();
+        for k in kept {
+            if now_ms.saturating_sub(k.changed_ms) < grace_ms {
+                continue;
+            }
+            let sha = hex::encode(k.sha);
+            let mut owned = false;
+            for owner in &k.owners {
+                if self.hub.refers_to(*owner, &sha)? {
+                    owned = true;
+                    break;
+                }
+            }
+            if !owned {
+                candidates.push((k.sha, sha));
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(report);
+        }
+        let referenced = self.hub.referenced_digests()?;
+        for (digest, sha) in candidates {
+            if referenced.contains(&sha) {
+                continue;
+            }
+            self.store.remove(&digest)?;
+            report.removed += 1;
+            tracing::info!(sha256 = %sha, "attachment no record refers to removed");
+            self.hub
+                .audit()
+                .record("attachment_collected", serde_json::json!({ "sha256": sha }));
+        }
+        Ok(report)
+    }
+
+    /// Collects garbage every `every`, on a thread of its own, for as
+    /// long as the process runs.
+    pub fn start_collecting(
+        self: &Arc<Self>,
+        grace: std::time::Duration,
+        every: std::time::Duration,
+    ) -> std::io::Result<()> {
+        let attachments = self.clone();
+        std::thread::Builder::new()
+            .name("baraza-attachment-gc".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                let now = crate::clock::unix_now_ms();
+                match attachments.collect_garbage(now, grace.as_millis() as u64) {
+                    Ok(done) if done.removed > 0 => {
+                        tracing::info!(
+                            held = done.held,
+                            removed = done.removed,
+                            "attachments collected"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "attachment garbage collection failed; trying again later"
+                    ),
+                }
+            })
+            .map(|_| ())
     }
 }
 

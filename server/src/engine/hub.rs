@@ -585,6 +585,58 @@ impl SyncHub {
         }))
     }
 
+    /// True if record `id` holds a reference to `sha256` (whoever may read
+    /// it); false for a record erased, quarantined or not there.
+    pub fn refers_to(&self, id: DocId, sha256: &str) -> Result<bool, DocsError> {
+        let store = self.docs.store();
+        if store.doc_seq(id)?.is_none()
+            || store.erased(id)?.is_some()
+            || store.quarantined(id)?.is_some()
+        {
+            return Ok(false);
+        }
+        let handle = self.docs.handle(id)?;
+        let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Header::read(&live.doc)
+            .ok()
+            .and_then(|h| baraza_records::attachment::find(&live.doc, h.kind, sha256))
+            .is_some())
+    }
+
+    /// Every digest any stored record refers to: a walk of the whole
+    /// feed, for garbage collection to confirm what it would remove.
+    /// Blocking, and costly in proportion to the records held.
+    pub fn referenced_digests(&self) -> Result<std::collections::HashSet<String>, DocsError> {
+        let store = self.docs.store();
+        let upto = store.feed_watermark()?;
+        let mut found = std::collections::HashSet::new();
+        let mut after = 0;
+        // Each step moves past at least one entry, and the feed below
+        // the watermark is finite.
+        loop {
+            let entries = store.entries_after(after, upto, 1024)?;
+            let Some(&(last, _)) = entries.last() else {
+                break;
+            };
+            for (_, id) in entries {
+                if store.erased(id)?.is_some() || store.quarantined(id)?.is_some() {
+                    continue;
+                }
+                let handle = self.docs.handle(id)?;
+                let live = handle.lock().unwrap_or_else(|p| p.into_inner());
+                if let Ok(h) = Header::read(&live.doc) {
+                    found.extend(
+                        baraza_records::attachment::refs(&live.doc, h.kind)
+                            .into_iter()
+                            .map(|r| r.sha256),
+                    );
+                }
+            }
+            after = last;
+        }
+        Ok(found)
+    }
+
     /// True if `who` may read the record (false if there is none).
     fn readable(&self, who: &Principal, id: DocId) -> Result<bool, DocsError> {
         Ok(self

@@ -17,6 +17,8 @@ use std::sync::Mutex;
 
 use sha2::{Digest as _, Sha256};
 
+use baraza_protocol::DocId;
+
 use crate::storage::store::StoreError;
 
 /// An attachment's name: the SHA-256 of its bytes.
@@ -54,6 +56,19 @@ pub enum Finished {
     Mismatch,
 }
 
+/// One attachment as kept, for garbage collection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kept {
+    /// Its digest.
+    pub sha: Digest,
+    /// How much of it is held.
+    pub held: Held,
+    /// When its bytes last changed, ms since 1970.
+    pub changed_ms: u64,
+    /// The records it was uploaded for or asked about, as noted.
+    pub owners: Vec<DocId>,
+}
+
 /// Where attachment bytes are kept.
 pub trait AttachmentStore: Send + Sync {
     /// How much of `sha` is held.
@@ -68,8 +83,14 @@ pub trait AttachmentStore: Send + Sync {
     /// Up to `len` bytes of the whole copy of `sha` from `offset` (fewer
     /// at its end); None if it is not whole.
     fn read(&self, sha: &Digest, offset: u64, len: usize) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Forgets `sha`, whole or partial.
+    /// Forgets `sha`, whole or partial, and its owners.
     fn remove(&self, sha: &Digest) -> Result<(), StoreError>;
+    /// Notes, durably, that record `record` refers to `sha` (its device
+    /// asked about or uploaded it), so garbage collection asks that
+    /// record before it removes the bytes. Noting twice is noting once.
+    fn note_owner(&self, sha: &Digest, record: DocId) -> Result<(), StoreError>;
+    /// Every attachment held, whole or partial, with its owners.
+    fn kept(&self) -> Result<Vec<Kept>, StoreError>;
 }
 
 /// Parses a digest written as 64 hex digits.
@@ -108,7 +129,7 @@ pub struct FileAttachments {
 impl FileAttachments {
     /// The store in `root`, made if missing.
     pub fn open(root: &Path) -> Result<FileAttachments, StoreError> {
-        for dir in ["whole", "partial"] {
+        for dir in ["whole", "partial", "owners"] {
             crate::storage::data_dir::create_private_dir(&root.join(dir)).map_err(io_error)?;
         }
         Ok(FileAttachments {
@@ -124,6 +145,24 @@ impl FileAttachments {
 
     fn partial_path(&self, sha: &Digest) -> PathBuf {
         self.root.join("partial").join(hex::encode(sha))
+    }
+
+    fn owners_path(&self, sha: &Digest) -> PathBuf {
+        self.root.join("owners").join(hex::encode(sha))
+    }
+
+    fn owners_of(&self, sha: &Digest) -> Result<Vec<DocId>, StoreError> {
+        let text = match std::fs::read_to_string(self.owners_path(sha)) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(e)),
+        };
+        // A line cut short by a crash is not an owner: it was never
+        // acknowledged as one.
+        Ok(text
+            .lines()
+            .filter_map(|line| line.trim().parse::<DocId>().ok())
+            .collect())
     }
 
     fn lock(&self, sha: &Digest) -> std::sync::MutexGuard<'_, ()> {
@@ -226,7 +265,11 @@ impl AttachmentStore for FileAttachments {
 
     fn remove(&self, sha: &Digest) -> Result<(), StoreError> {
         let _turn = self.lock(sha);
-        for path in [self.whole_path(sha), self.partial_path(sha)] {
+        for path in [
+            self.whole_path(sha),
+            self.partial_path(sha),
+            self.owners_path(sha),
+        ] {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -235,12 +278,81 @@ impl AttachmentStore for FileAttachments {
         }
         Ok(())
     }
+
+    fn note_owner(&self, sha: &Digest, record: DocId) -> Result<(), StoreError> {
+        let _turn = self.lock(sha);
+        let owners = self.owners_of(sha)?;
+        if owners.contains(&record) {
+            return Ok(());
+        }
+        let path = self.owners_path(sha);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_error)?;
+        writeln!(file, "{record}").map_err(io_error)?;
+        file.sync_data().map_err(io_error)?;
+        if owners.is_empty() {
+            sync_dir(&self.root.join("owners"))?;
+        }
+        Ok(())
+    }
+
+    fn kept(&self) -> Result<Vec<Kept>, StoreError> {
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut files = Vec::new();
+        let whole = self.root.join("whole");
+        for dir in std::fs::read_dir(&whole).map_err(io_error)? {
+            let dir = dir.map_err(io_error)?.path();
+            if dir.is_dir() {
+                for f in std::fs::read_dir(&dir).map_err(io_error)? {
+                    files.push(f.map_err(io_error)?.path());
+                }
+            }
+        }
+        for f in std::fs::read_dir(self.root.join("partial")).map_err(io_error)? {
+            files.push(f.map_err(io_error)?.path());
+        }
+        for path in files {
+            let Some(sha) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_digest)
+            else {
+                continue;
+            };
+            if !seen.insert(sha) {
+                continue;
+            }
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                // Moved to whole/ or removed since the listing.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error(e)),
+            };
+            let changed_ms = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            out.push(Kept {
+                sha,
+                held: self.held_unlocked(&sha)?,
+                changed_ms,
+                owners: self.owners_of(&sha)?,
+            });
+        }
+        Ok(out)
+    }
 }
 
 /// Attachments in memory, gone with the store (tests, temporary stores).
 #[derive(Default)]
 pub struct MemoryAttachments {
     held: Mutex<HashMap<Digest, (Vec<u8>, bool)>>,
+    owners: Mutex<HashMap<Digest, Vec<DocId>>>,
 }
 
 impl AttachmentStore for MemoryAttachments {
@@ -308,7 +420,43 @@ impl AttachmentStore for MemoryAttachments {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(sha);
+        self.owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sha);
         Ok(())
+    }
+
+    fn note_owner(&self, sha: &Digest, record: DocId) -> Result<(), StoreError> {
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        let of = owners.entry(*sha).or_default();
+        if !of.contains(&record) {
+            of.push(record);
+        }
+        Ok(())
+    }
+
+    fn kept(&self) -> Result<Vec<Kept>, StoreError> {
+        let shas: Vec<Digest> = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        let owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        shas.into_iter()
+            .map(|sha| {
+                Ok(Kept {
+                    sha,
+                    held: self.held(&sha)?,
+                    // Memory stores live for a test: their bytes are as
+                    // old as the store.
+                    changed_ms: 0,
+                    owners: owners.get(&sha).cloned().unwrap_or_default(),
+                })
+            })
+            .collect()
     }
 }
 
@@ -328,6 +476,38 @@ pub(crate) mod conformance {
         an_upload_grows_in_order_and_becomes_whole(store);
         bytes_that_do_not_hash_to_their_name_are_dropped(store);
         removed_attachments_are_gone(store);
+        owners_are_noted_once_and_listed(store);
+    }
+
+    fn owners_are_noted_once_and_listed(store: &dyn AttachmentStore) {
+        let sha = digest(b"a photo two records share");
+        store.append(&sha, 0, b"a photo two records share").unwrap();
+        store.finish(&sha).unwrap();
+        let half = digest(b"half an upload");
+        store.append(&half, 0, b"half").unwrap();
+        let (a, b) = (DocId::from_bytes([1; 16]), DocId::from_bytes([2; 16]));
+        store.note_owner(&sha, a).unwrap();
+        store.note_owner(&sha, b).unwrap();
+        store.note_owner(&sha, a).unwrap();
+        store.note_owner(&half, b).unwrap();
+        let kept = store.kept().unwrap();
+        let whole = kept.iter().find(|k| k.sha == sha).unwrap();
+        assert_eq!(whole.held, Held::Whole(25));
+        let mut owners = whole.owners.clone();
+        owners.sort_by_key(|d| *d.as_bytes());
+        assert_eq!(owners, vec![a, b]);
+        let partial = kept.iter().find(|k| k.sha == half).unwrap();
+        assert_eq!(
+            (partial.held, partial.owners.clone()),
+            (Held::Partial(4), vec![b])
+        );
+        store.remove(&sha).unwrap();
+        store.remove(&half).unwrap();
+        assert!(store
+            .kept()
+            .unwrap()
+            .iter()
+            .all(|k| k.sha != sha && k.sha != half));
     }
 
     fn an_upload_grows_in_order_and_becomes_whole(store: &dyn AttachmentStore) {

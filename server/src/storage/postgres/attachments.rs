@@ -71,10 +71,10 @@ impl AttachmentStore for PgAttachments {
             }
             tx.execute(
                 &tx.prepare_cached(
-                    "INSERT INTO attachment_chunks (sha, at, bytes) VALUES ($1, $2, $3)",
+                    "INSERT INTO attachment_chunks (sha, at, bytes, written_ms) VALUES ($1, $2, $3, $4)",
                 )
                 .await?,
-                &[&sha, &int(at), &bytes],
+                &[&sha, &int(at), &bytes, &now_ms()],
             )
             .await?;
             tx.commit().await?;
@@ -127,8 +127,8 @@ impl AttachmentStore for PgAttachments {
                 return Ok(Finished::Mismatch);
             }
             tx.execute(
-                "INSERT INTO attachments (sha, size) VALUES ($1, $2)",
-                &[&sha, &int(end)],
+                "INSERT INTO attachments (sha, size, stored_ms) VALUES ($1, $2, $3)",
+                &[&sha, &int(end), &now_ms()],
             )
             .await?;
             tx.commit().await?;
@@ -180,6 +180,26 @@ impl AttachmentStore for PgAttachments {
         })
     }
 
+    fn note_owner(&self, sha: &Digest, record: baraza_protocol::DocId) -> Result<(), StoreError> {
+        let sha = sha.to_vec();
+        let doc = record.as_bytes().to_vec();
+        self.pg.run(move |c| async move {
+            c.execute(
+                &c.prepare_cached(
+                    "INSERT INTO attachment_owners (sha, doc) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .await?,
+                &[&sha, &doc],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn kept(&self) -> Result<Vec<crate::storage::attachments::Kept>, StoreError> {
+        self.owners_and_kept()
+    }
+
     fn remove(&self, sha: &Digest) -> Result<(), StoreError> {
         let sha = sha.to_vec();
         self.pg.run(move |mut c| async move {
@@ -189,8 +209,61 @@ impl AttachmentStore for PgAttachments {
                 .await?;
             tx.execute("DELETE FROM attachment_chunks WHERE sha = $1", &[&sha])
                 .await?;
+            tx.execute("DELETE FROM attachment_owners WHERE sha = $1", &[&sha])
+                .await?;
             tx.commit().await?;
             Ok(())
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    int(crate::clock::unix_now_ms())
+}
+
+impl PgAttachments {
+    fn owners_and_kept(&self) -> Result<Vec<crate::storage::attachments::Kept>, StoreError> {
+        self.pg.run(move |c| async move {
+            let rows = c
+                .query(
+                    "SELECT s.sha, a.size, \
+                       coalesce(a.stored_ms, (SELECT max(written_ms) FROM attachment_chunks \
+                         WHERE sha = s.sha), 0), \
+                       (SELECT coalesce(max(at + length(bytes)), 0)::bigint \
+                         FROM attachment_chunks WHERE sha = s.sha), \
+                       coalesce((SELECT array_agg(doc) FROM attachment_owners \
+                         WHERE sha = s.sha), '{}') \
+                     FROM (SELECT sha FROM attachments UNION \
+                           SELECT DISTINCT sha FROM attachment_chunks) s \
+                     LEFT JOIN attachments a ON a.sha = s.sha",
+                    &[],
+                )
+                .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let sha: Vec<u8> = row.get(0);
+                let Ok(sha) = <[u8; 32]>::try_from(sha.as_slice()) else {
+                    continue;
+                };
+                let size: Option<i64> = row.get(1);
+                let changed: i64 = row.get(2);
+                let end: i64 = row.get(3);
+                let owners: Vec<Vec<u8>> = row.get(4);
+                out.push(crate::storage::attachments::Kept {
+                    sha,
+                    held: match size {
+                        Some(size) => Held::Whole(uint(size)),
+                        None => Held::Partial(uint(end)),
+                    },
+                    changed_ms: uint(changed),
+                    owners: owners
+                        .iter()
+                        .filter_map(|d| <[u8; 16]>::try_from(d.as_slice()).ok())
+                        .map(baraza_protocol::DocId::from_bytes)
+                        .collect(),
+                });
+            }
+            Ok(out)
         })
     }
 }

@@ -150,11 +150,18 @@ const MIGRATIONS: &[&str] = &[
         sha bytea NOT NULL,
         at bigint NOT NULL,
         bytes bytea NOT NULL,
+        written_ms bigint NOT NULL,
         PRIMARY KEY (sha, at)
     );
     CREATE TABLE attachments (
         sha bytea PRIMARY KEY,
-        size bigint NOT NULL
+        size bigint NOT NULL,
+        stored_ms bigint NOT NULL
+    );
+    CREATE TABLE attachment_owners (
+        sha bytea NOT NULL,
+        doc bytea NOT NULL,
+        PRIMARY KEY (sha, doc)
     );
     "#,
 ];
