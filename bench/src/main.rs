@@ -44,6 +44,10 @@ enum Scenario {
     /// to the record's event on an open desk, over --desk-records records.
     #[value(name = "desk-live")]
     DeskLive,
+    /// A 5 MB photo uploaded on loopback, at 256 kbit/s with 150 ms delay,
+    /// and so cut every 200 KB; the server's peak RSS while 50 tablets
+    /// upload 5 MB each at once.
+    Attachments,
     /// Login answer times at both doors (enrolment, review desk) for an
     /// unknown name, a wrong password, a locked and a disabled account, an
     /// officer at the desk, and a right password for reference.
@@ -262,6 +266,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let l = bench.login_timing()?;
             emit(&l, profile);
             outcomes.push(l);
+        }
+        if wants(Scenario::Attachments) {
+            let a = bench.attachments()?;
+            emit(&a, profile);
+            outcomes.push(a);
         }
         if wants(Scenario::S3Sdk) {
             let s3 = bench.fan_in_sdk()?;

@@ -94,6 +94,8 @@ struct Counters {
     link: std::sync::Mutex<Option<Link>>,
     /// Bytes from the server after which new connections are cut.
     cut_after: std::sync::Mutex<Option<u64>>,
+    /// Bytes to the server after which new connections are cut.
+    cut_up_after: std::sync::Mutex<Option<u64>>,
 }
 
 /// A running proxy; dropping it stops it and closes its connections.
@@ -149,6 +151,16 @@ impl CountingProxy {
         *self
             .counters
             .cut_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = bytes;
+    }
+
+    /// Cuts each connection opened from now on once `bytes` have gone up
+    /// it (none: never): an upload over a link that drops.
+    pub fn cut_up_every(&self, bytes: Option<u64>) {
+        *self
+            .counters
+            .cut_up_after
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = bytes;
     }
@@ -231,19 +243,23 @@ async fn relay(client: TcpStream, upstream: SocketAddr, counters: &Counters) {
     let (server_read, server_write) = server.into_split();
     let link = *counters.link.lock().unwrap_or_else(|p| p.into_inner());
     let cut = *counters.cut_after.lock().unwrap_or_else(|p| p.into_inner());
+    let cut_up = *counters
+        .cut_up_after
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let up = async {
         match link {
-            None => pump(client_read, server_write, &counters.up, None).await,
-            Some(link) => pump_shaped(client_read, server_write, &counters.up, link).await,
+            None => pump(client_read, server_write, &counters.up, cut_up).await,
+            Some(link) => pump_shaped(client_read, server_write, &counters.up, link, cut_up).await,
         }
     };
     let down = async {
         match link {
             None => pump(server_read, client_write, &counters.down, cut).await,
-            Some(link) => pump_shaped(server_read, client_write, &counters.down, link).await,
+            Some(link) => pump_shaped(server_read, client_write, &counters.down, link, cut).await,
         }
     };
-    if cut.is_some() {
+    if cut.is_some() || cut_up.is_some() {
         // A cut ends the connection both ways at once, as a dropped link
         // does: whichever side ends first drops the other's sockets.
         tokio::select! {
@@ -262,17 +278,25 @@ async fn pump_shaped(
     mut to: OwnedWriteHalf,
     count: &AtomicU64,
     link: Link,
+    cut: Option<u64>,
 ) {
     let (tx, mut rx) =
         tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(LINK_BUFFER_CHUNKS);
     let send = async move {
         let mut line_free = tokio::time::Instant::now();
         let mut buf = vec![0u8; LINK_CHUNK];
+        let mut passed = 0u64;
         loop {
-            let n = match from.read(&mut buf).await {
+            let want = match cut {
+                Some(limit) if passed >= limit => break,
+                Some(limit) => buf.len().min((limit - passed) as usize),
+                None => buf.len(),
+            };
+            let n = match from.read(&mut buf[..want]).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            passed += n as u64;
             count.fetch_add(n as u64, Ordering::SeqCst);
             let on_line = Duration::from_secs_f64(n as f64 / link.bytes_per_sec as f64);
             line_free = line_free.max(tokio::time::Instant::now()) + on_line;

@@ -41,10 +41,11 @@ mod net;
 
 pub use baraza_records::AttachmentRef;
 pub use base::{
-    Attachment, BaseClient, Content, Field, Record, RefusedRecord, Rejection, Status, Summary,
-    UploadState, WipeReport, DEFAULT_OPEN_DEADLINE, KEY_LEN, STORE_OPEN_THREAD,
+    Attachment, BaseClient, Content, Field, PrefetchPolicy, Record, RefusedRecord, Rejection,
+    Status, Summary, UploadState, WipeReport, DEFAULT_OPEN_DEADLINE, KEY_LEN, STORE_OPEN_THREAD,
 };
 pub use error::{AuthRefusal, ClientError};
+pub use net::UPLOAD_CHUNK_MAX;
 pub use net::{
     BackgroundSync, Client, Enrolment, NoListener, SyncEvent, SyncListener, SyncReport,
     UploadReport,

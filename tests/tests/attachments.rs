@@ -581,3 +581,66 @@ async fn bytes_no_record_refers_to_are_removed_after_the_grace_period() {
         .any(|e| e["event"] == "attachment_collected"
             && e["details"]["sha256"] == dropped_sha.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisors_tablet_prefetches_the_photos_of_submitted_meetings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&tmp.path().join("server"));
+    let liaison = Tablet::new(&server, "liaison's tablet");
+    let supervisor = Tablet::new(&server, "supervisor's tablet");
+    supervisor
+        .set_prefetch(Some(&baraza_client::PrefetchPolicy {
+            kinds: vec![baraza_records::Kind::Meeting],
+            states: vec![baraza_records::ReviewState::Submitted],
+            mime_prefixes: vec!["image/".into()],
+            size_max_bytes: None,
+        }))
+        .unwrap();
+
+    let submitted = meeting(&liaison).await;
+    let draft = meeting(&liaison).await;
+    let photo_bytes = photo(20_000, 9);
+    let photo_sha = liaison
+        .attach(&submitted, "photos", &photo_bytes, "image/jpeg", "hall.jpg")
+        .unwrap()
+        .sha256;
+    let audio_sha = liaison
+        .attach(
+            &submitted,
+            "audio",
+            &photo(10_000, 10),
+            "audio/ogg",
+            "minutes.ogg",
+        )
+        .unwrap()
+        .sha256;
+    let draft_sha = liaison
+        .attach(
+            &draft,
+            "photos",
+            &photo(10_000, 11),
+            "image/jpeg",
+            "draft.jpg",
+        )
+        .unwrap()
+        .sha256;
+    liaison.submit(&submitted).unwrap();
+    assert_eq!(liaison.sync().await.attachments.uploaded, 3);
+
+    let report = supervisor.sync().await;
+    assert_eq!(report.attachments.fetched, 1, "{report:?}");
+    assert_eq!(
+        supervisor.attachment_bytes(&submitted, &photo_sha).unwrap(),
+        Some(photo_bytes)
+    );
+    assert_eq!(
+        supervisor.attachment_bytes(&submitted, &audio_sha).unwrap(),
+        None
+    );
+    assert_eq!(
+        supervisor.attachment_bytes(&draft, &draft_sha).unwrap(),
+        None
+    );
+    // Nothing more to fetch the next time.
+    assert_eq!(supervisor.sync().await.attachments.fetched, 0);
+}

@@ -8,8 +8,10 @@
 //!   ([`s2_cold_start`]) on the same server.
 //! - [`s3_ingest`]: S3, the server's ingest under a fan-in of
 //!   protocol-level clients; [`s3_sdk`]: the same with SDK clients.
-//! - [`meeting`], [`review`], [`desk_live`], [`hostile`], [`login`].
+//! - [`meeting`], [`review`], [`desk_live`], [`hostile`], [`login`],
+//!   [`attachments`].
 
+pub mod attachments;
 pub mod desk_live;
 pub mod hostile;
 pub mod login;

@@ -27,6 +27,46 @@ pub struct Attachment {
     pub upload: UploadState,
 }
 
+/// Which attachments a tablet fetches by itself after each sync, so they
+/// are there when someone opens the record offline (a supervisor's
+/// tablet taking the photos of submitted records, say). Every list that
+/// is given must match; an empty `kinds` fetches nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PrefetchPolicy {
+    /// Kinds of record whose attachments are fetched.
+    pub kinds: Vec<baraza_records::Kind>,
+    /// Review states the record must be in (empty: any).
+    #[serde(default)]
+    pub states: Vec<baraza_records::ReviewState>,
+    /// Media type prefixes (`image/`; empty: any).
+    #[serde(default)]
+    pub mime_prefixes: Vec<String>,
+    /// Largest attachment fetched, in bytes (None: any size).
+    #[serde(default)]
+    pub size_max_bytes: Option<u64>,
+}
+
+impl PrefetchPolicy {
+    fn wants(
+        &self,
+        kind: baraza_records::Kind,
+        state: baraza_records::ReviewState,
+        r: &AttachmentRef,
+    ) -> bool {
+        self.kinds.contains(&kind)
+            && (self.states.is_empty() || self.states.contains(&state))
+            && (self.mime_prefixes.is_empty()
+                || self
+                    .mime_prefixes
+                    .iter()
+                    .any(|p| r.mime.starts_with(p.as_str())))
+            && self.size_max_bytes.is_none_or(|max| r.size_bytes <= max)
+    }
+}
+
+/// The setting the policy is kept under.
+const PREFETCH: &str = "prefetch";
+
 pub(crate) fn parse_id(id: &str) -> Result<DocId, ClientError> {
     id.parse().map_err(|_| ClientError::BadId(id.to_string()))
 }
@@ -179,6 +219,69 @@ impl BaseClient {
             });
         }
         Ok(Some(bytes))
+    }
+
+    /// Sets which attachments this tablet fetches by itself after each
+    /// sync (kept in the store; `None` fetches only on request).
+    pub fn set_prefetch(&self, policy: Option<&PrefetchPolicy>) -> Result<(), ClientError> {
+        let text = match policy {
+            Some(p) => serde_json::to_string(p).map_err(|e| ClientError::Corrupt {
+                what: "setting",
+                reason: e.to_string(),
+            })?,
+            None => String::new(),
+        };
+        self.store.set_setting(PREFETCH, &text)
+    }
+
+    /// The prefetch policy in force, if any.
+    pub fn prefetch(&self) -> Result<Option<PrefetchPolicy>, ClientError> {
+        match self.store.setting(PREFETCH)? {
+            Some(text) if !text.is_empty() => {
+                serde_json::from_str(&text)
+                    .map(Some)
+                    .map_err(|e| ClientError::Corrupt {
+                        what: "setting",
+                        reason: e.to_string(),
+                    })
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The attachments the prefetch policy wants that are not whole on
+    /// the tablet yet: (record id, reference).
+    pub(crate) fn prefetch_wanted(&self) -> Result<Vec<(String, AttachmentRef)>, ClientError> {
+        let Some(policy) = self.prefetch()? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for id in self.store.ids()? {
+            let Some(doc) = self.store.load(id)? else {
+                continue;
+            };
+            let Ok(header) = Header::read(&doc) else {
+                continue;
+            };
+            if !policy.kinds.contains(&header.kind) {
+                continue;
+            }
+            let state = baraza_records::review_state(&doc);
+            for r in baraza_records::attachment::refs(&doc, header.kind) {
+                if !policy.wants(header.kind, state, &r) {
+                    continue;
+                }
+                let digest = parse_sha(&r.sha256)?;
+                let whole = self
+                    .store
+                    .attachment_state(id, &digest)?
+                    .is_some_and(|s| s.complete);
+                if !whole {
+                    out.push((id.to_string(), r));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes an attachment from record `id`: the reference goes from

@@ -15,8 +15,8 @@ mod record;
 mod seal;
 mod store;
 
-pub use attachments::Attachment;
 pub(crate) use attachments::{parse_id, parse_sha};
+pub use attachments::{Attachment, PrefetchPolicy};
 pub(crate) use client::wipe;
 pub use client::{BaseClient, RefusedRecord, Status, WipeReport};
 pub use record::{Content, Field, Record, Summary};

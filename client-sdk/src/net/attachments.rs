@@ -58,6 +58,8 @@ pub struct UploadReport {
     pub refused: u64,
     /// Bytes of chunks sent.
     pub bytes_sent: u64,
+    /// Attachments fetched by the prefetch policy (`sync_once` only).
+    pub fetched: u64,
 }
 
 #[derive(Deserialize)]

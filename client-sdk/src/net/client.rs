@@ -250,23 +250,12 @@ impl Client {
     /// everything remote received, or with the reason it could not.
     ///
     /// Then attachments waiting on the tablet are uploaded (their records
-    /// have reached the server now); `attachments` in the report says what
-    /// that did. A failed upload pass does not fail the sync: the
-    /// attachments stay queued, counted as waiting.
+    /// have reached the server now), and those the prefetch policy wants
+    /// are fetched; `attachments` in the report says what that did. A
+    /// failed upload pass does not fail the sync: the attachments stay
+    /// queued, counted as waiting.
     pub async fn sync_once(&self, listener: &dyn SyncListener) -> Result<SyncReport, ClientError> {
-        let endpoint = self.endpoint()?;
-        let (_tx, mut stop) = watch::channel(false);
-        listener.on_event(SyncEvent::Connecting { attempt: 1 });
-        let mut report = sync::run_connection(
-            &self.base.store,
-            &endpoint,
-            &self.limits,
-            Mode::Once,
-            &self.base.local_edits,
-            &mut stop,
-            listener,
-        )
-        .await?;
+        let mut report = self.sync_records(listener).await?;
         report.attachments = match self.upload_attachments(listener).await {
             Ok(uploads) => uploads,
             Err(e @ ClientError::Unauthorized { .. }) => return Err(e),
@@ -278,7 +267,49 @@ impl Client {
                 }
             }
         };
+        report.attachments.fetched = self.prefetch_now(listener).await?;
         Ok(report)
+    }
+
+    /// Fetches what the prefetch policy wants; bytes not on the server yet
+    /// (or a failed fetch) wait for the next sync. The attachments fetched.
+    async fn prefetch_now(&self, listener: &dyn SyncListener) -> Result<u64, ClientError> {
+        let mut fetched = 0;
+        for (id, reference) in self.base.prefetch_wanted()? {
+            match self
+                .fetch_attachment(&id, &reference.sha256, listener)
+                .await
+            {
+                Ok(_) => fetched += 1,
+                Err(e @ ClientError::Unauthorized { .. }) => return Err(e),
+                Err(error) => {
+                    tracing::info!(record = %id, %error, "prefetch left for the next sync");
+                }
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// [`sync_once`](Self::sync_once) for the records only: attachments
+    /// stay queued for [`upload_attachments`](Self::upload_attachments)
+    /// (an app on a metered link, say, that sends photos later).
+    pub async fn sync_records(
+        &self,
+        listener: &dyn SyncListener,
+    ) -> Result<SyncReport, ClientError> {
+        let endpoint = self.endpoint()?;
+        let (_tx, mut stop) = watch::channel(false);
+        listener.on_event(SyncEvent::Connecting { attempt: 1 });
+        sync::run_connection(
+            &self.base.store,
+            &endpoint,
+            &self.limits,
+            Mode::Once,
+            &self.base.local_edits,
+            &mut stop,
+            listener,
+        )
+        .await
     }
 
     /// Uploads the attachments waiting on the tablet, resuming each where

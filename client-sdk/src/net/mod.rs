@@ -16,6 +16,6 @@ mod client;
 mod sync;
 mod transport;
 
-pub use attachments::UploadReport;
+pub use attachments::{UploadReport, CHUNK_MAX as UPLOAD_CHUNK_MAX};
 pub use client::{BackgroundSync, Client, Enrolment};
 pub use sync::{NoListener, SyncEvent, SyncListener, SyncReport};
