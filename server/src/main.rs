@@ -222,7 +222,10 @@ fn check(root: &std::path::Path, store: &StoreChoice, repair: bool) -> anyhow::R
             None
         }
     };
-    let problems = full_check(store, &audit, vouched.as_ref());
+    let mut problems = full_check(store, &audit, vouched.as_ref());
+    problems.extend(baraza_server::storage::integrity::attachment_check(
+        &*storage.attachments,
+    ));
     // A reader that goes away (`check | head`) must not stop a repair half
     // done nor turn a damaged verdict into success: its lines are dropped.
     let mut stdout = Unread(std::io::stdout());

@@ -240,6 +240,60 @@ fn problem(what: impl Into<String>, how: impl Into<String>) -> Problem {
     }
 }
 
+/// Reads every whole attachment and checks its bytes hash to its name
+/// (the files under `DATA/attachments`, or the database's rows, altered or
+/// cut short). Costs a read of every attachment: `check` runs it, start
+/// does not. Nothing is repaired: a damaged attachment comes back from a
+/// backup of the attachments, or from the tablet that attached it.
+pub fn attachment_check(store: &dyn crate::storage::attachments::AttachmentStore) -> Vec<Problem> {
+    use crate::storage::attachments::Held;
+    use sha2::Digest as _;
+    const PIECE: usize = 1 << 20;
+    let kept = match store.kept() {
+        Ok(kept) => kept,
+        Err(e) => return vec![problem("attachments", e.to_string())],
+    };
+    let mut found = Vec::new();
+    for k in kept {
+        let Held::Whole(size) = k.held else {
+            continue;
+        };
+        let name = hex::encode(k.sha);
+        let mut hasher = sha2::Sha256::new();
+        let mut at = 0u64;
+        let mut short = false;
+        while at < size {
+            match store.read(&k.sha, at, PIECE) {
+                Ok(Some(piece)) if !piece.is_empty() => {
+                    hasher.update(&piece);
+                    at += piece.len() as u64;
+                }
+                Ok(_) => {
+                    short = true;
+                    break;
+                }
+                Err(e) => {
+                    found.push(problem(format!("attachment {name}"), e.to_string()));
+                    short = true;
+                    break;
+                }
+            }
+        }
+        if short {
+            found.push(problem(
+                format!("attachment {name}"),
+                format!("holds {at} of its {size} bytes"),
+            ));
+        } else if <[u8; 32]>::from(hasher.finalize()) != k.sha {
+            found.push(problem(
+                format!("attachment {name}"),
+                "its bytes do not hash to its name: altered",
+            ));
+        }
+    }
+    found
+}
+
 /// Checks, at a cost that does not grow with the records held: the
 /// database reaches what the anchor vouches for, the feed's last entries
 /// are contiguous and name stored (or erased) records, and the audit
@@ -432,6 +486,25 @@ fn check_record(store: &dyn Store, doc: baraza_protocol::DocId) -> Option<Proble
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_altered_attachment_is_named() {
+        use crate::storage::attachments::{AttachmentStore, FileAttachments};
+        use sha2::Digest as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileAttachments::open(dir.path()).unwrap();
+        let bytes = b"a signed attendance sheet".to_vec();
+        let sha: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        store.append(&sha, 0, &bytes).unwrap();
+        store.finish(&sha).unwrap();
+        assert!(attachment_check(&store).is_empty());
+        let name = hex::encode(sha);
+        let file = dir.path().join("whole").join(&name[..2]).join(&name);
+        std::fs::write(&file, b"a forged attendance sheet").unwrap();
+        let found = attachment_check(&store);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].what, format!("attachment {name}"));
+    }
+
     use super::*;
 
     fn state(feed: u64) -> AnchorState {
