@@ -492,6 +492,29 @@ async fn an_attachment_over_the_limit_is_refused_by_name_kept_and_deletable() {
     assert_eq!(view["fields"]["photos"], serde_json::json!([]), "{body}");
 }
 
+/// A new meeting whose photos name the bytes `sha` (of `len` bytes), its
+/// reference synced: asking where their upload stands then says whether
+/// the server holds them.
+async fn naming(tablet: &Tablet, sha: &str, len: usize) -> String {
+    let id = tablet
+        .create_record("meeting", "kibera-north", vec![kv("title", "Probe")])
+        .unwrap();
+    tablet
+        .add_item(
+            &id,
+            "photos",
+            vec![
+                kv("sha256", sha),
+                kv("size_bytes", &len.to_string()),
+                kv("mime", "image/jpeg"),
+                kv("name", "probe.jpg"),
+            ],
+        )
+        .unwrap();
+    tablet.sync().await;
+    id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_no_record_refers_to_are_removed_after_the_grace_period() {
     let tmp = tempfile::tempdir().unwrap();
@@ -517,22 +540,7 @@ async fn bytes_no_record_refers_to_are_removed_after_the_grace_period() {
 
     // A second record naming the dropped bytes asks where their upload
     // stands: once collected, the server holds none of them.
-    let probe = liaison
-        .create_record("meeting", "kibera-north", vec![kv("title", "Probe")])
-        .unwrap();
-    liaison
-        .add_item(
-            &probe,
-            "photos",
-            vec![
-                kv("sha256", &dropped_sha),
-                kv("size_bytes", &dropped.len().to_string()),
-                kv("mime", "image/jpeg"),
-                kv("name", "blurred.jpg"),
-            ],
-        )
-        .unwrap();
-    liaison.sync().await;
+    let probe = naming(&liaison, &dropped_sha, dropped.len()).await;
     // Asking made the probe an owner: it refers to the bytes, so they
     // stay while it does.
     assert_eq!(
@@ -543,22 +551,7 @@ async fn bytes_no_record_refers_to_are_removed_after_the_grace_period() {
     liaison.sync().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let again = liaison
-            .create_record("meeting", "kibera-north", vec![kv("title", "Probe again")])
-            .unwrap();
-        liaison
-            .add_item(
-                &again,
-                "photos",
-                vec![
-                    kv("sha256", &dropped_sha),
-                    kv("size_bytes", &dropped.len().to_string()),
-                    kv("mime", "image/jpeg"),
-                    kv("name", "blurred.jpg"),
-                ],
-            )
-            .unwrap();
-        liaison.sync().await;
+        let again = naming(&liaison, &dropped_sha, dropped.len()).await;
         let (offset, complete) = upload_status(&server, &liaison, &again, &dropped_sha).await;
         liaison.remove_item(&again, "photos", 0).unwrap();
         liaison.sync().await;

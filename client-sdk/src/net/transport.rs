@@ -235,60 +235,24 @@ pub async fn post_json(
     body: &str,
     bearer: Option<&str>,
 ) -> Result<Reply, ClientError> {
-    use http_body_util::{BodyExt, Full, Limited};
-    use hyper::body::Bytes;
-    use hyper::header;
-
-    let target = parse(url)?;
-    let connect_err = |reason: String| ClientError::Connect {
-        url: url.to_string(),
-        reason,
-    };
-    let config = tls_config(Some(ca_file))?;
-    let tls = tls_to(url, &target, config).await?;
-    let mut request = hyper::Request::post(path)
-        .header(header::HOST, target.host.as_str())
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CONNECTION, "close");
-    if let Some(token) = bearer {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let request = request
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .map_err(|e| connect_err(format!("request: {e}")))?;
-    let exchange = async {
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| connect_err(e.to_string()))?;
-        // The connection future does the socket's reading and writing; it
-        // ends when the server closes after its reply (Connection: close).
-        let driver = tokio::spawn(connection);
-        let reply = async {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| connect_err(e.to_string()))?;
-            let status = response.status().as_u16();
-            let refusal = refusal_of(response.headers());
-            let bytes = Limited::new(response.into_body(), REPLY_BYTES_MAX)
-                .collect()
-                .await
-                .map_err(|e| connect_err(format!("reply: {e}")))?
-                .to_bytes();
-            Ok(Reply {
-                status,
-                refusal,
-                body: String::from_utf8_lossy(&bytes).into_owned(),
-            })
-        }
-        .await;
-        driver.abort();
-        reply
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .map_err(|_| connect_err(format!("no reply within {REQUEST_TIMEOUT:?}")))?
+    let mut session = HttpsSession::connect(url, Some(ca_file), bearer).await?;
+    let reply = session
+        .send(
+            hyper::Method::POST,
+            path,
+            &[
+                ("content-type", "application/json".into()),
+                ("connection", "close".into()),
+            ],
+            body.as_bytes().to_vec(),
+            REPLY_BYTES_MAX,
+        )
+        .await?;
+    Ok(Reply {
+        status: reply.status,
+        refusal: reply.refusal,
+        body: String::from_utf8_lossy(&reply.body).into_owned(),
+    })
 }
 
 /// What an HTTPS exchange on a kept connection answered, body as bytes.
@@ -310,7 +274,7 @@ pub struct BytesReply {
 pub struct HttpsSession {
     url: String,
     host: String,
-    token: String,
+    token: Option<String>,
     sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
     driver: tokio::task::JoinHandle<()>,
 }
@@ -322,15 +286,30 @@ impl Drop for HttpsSession {
 }
 
 impl HttpsSession {
-    /// Connects to the endpoint's server.
+    /// Connects to the endpoint's server, with its device token.
     pub async fn open(endpoint: &Endpoint) -> Result<HttpsSession, ClientError> {
-        let target = parse(&endpoint.url)?;
+        HttpsSession::connect(
+            &endpoint.url,
+            endpoint.ca_file.as_deref(),
+            Some(&endpoint.token),
+        )
+        .await
+    }
+
+    /// Connects to the server at `url` trusting `ca_file`; requests carry
+    /// `token` as a bearer when there is one.
+    pub async fn connect(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        token: Option<&str>,
+    ) -> Result<HttpsSession, ClientError> {
+        let target = parse(url)?;
         let connect_err = |reason: String| ClientError::Connect {
-            url: endpoint.url.clone(),
+            url: url.to_string(),
             reason,
         };
-        let config = tls_config(endpoint.ca_file.as_deref())?;
-        let tls = tls_to(&endpoint.url, &target, config).await?;
+        let config = tls_config(ca_file)?;
+        let tls = tls_to(url, &target, config).await?;
         let (sender, connection) = tokio::time::timeout(
             CONNECT_TIMEOUT,
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)),
@@ -342,16 +321,16 @@ impl HttpsSession {
             let _ = connection.await;
         });
         Ok(HttpsSession {
-            url: endpoint.url.clone(),
+            url: url.to_string(),
             host: target.host,
-            token: endpoint.token.clone(),
+            token: token.map(str::to_string),
             sender,
             driver,
         })
     }
 
-    /// Sends one request with the device's token and reads the reply, at
-    /// most `reply_max` bytes of it.
+    /// Sends one request (with the token, if the session has one) and
+    /// reads the reply, at most `reply_max` bytes of it.
     pub async fn send(
         &mut self,
         method: hyper::Method,
@@ -370,8 +349,10 @@ impl HttpsSession {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, self.host.as_str())
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+            .header(header::HOST, self.host.as_str());
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         for (name, value) in headers {
             request = request.header(*name, value.as_str());
         }
