@@ -223,8 +223,8 @@ enum Command {
         /// Record id.
         id: String,
         /// Attachment list (meeting: photos, audio, attendance_sheet;
-        /// patrol note: photos; feedback: photos, documents; contact:
-        /// documents).
+        /// patrol note: photos, or an observation's, observations.N.photos;
+        /// feedback: photos, documents; contact: documents).
         field: String,
         /// The file.
         file: PathBuf,

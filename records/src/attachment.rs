@@ -13,7 +13,7 @@ use automerge::{ObjId, ObjType, ScalarValue, Value, ROOT};
 use serde::{Deserialize, Serialize};
 
 use crate::read::Reader;
-use crate::schema::{is_attachments, Kind, ATTACHMENT};
+use crate::schema::{is_attachments, FieldType, Kind, ATTACHMENT};
 
 /// True if `text` is a SHA-256 digest as this crate writes them: 64
 /// lowercase hex digits.
@@ -40,26 +40,74 @@ pub struct AttachmentRef {
     pub created_by: String,
 }
 
+/// True if `path` names a list of attachments in records of `kind`: a
+/// root field (`photos`) or one in an item of a root list
+/// (`observations.2.photos`).
+pub fn is_attachment_list(kind: Kind, path: &str) -> bool {
+    crate::ops::ListPath::parse(path)
+        .and_then(|p| p.spec(kind).ok())
+        .is_some_and(|spec| is_attachments(spec.ty))
+}
+
+/// The attachment lists of `kind`, for messages: `photos`,
+/// `observations.N.photos`.
+pub fn attachment_lists(kind: Kind) -> Vec<String> {
+    let mut out = Vec::new();
+    for field in kind.fields() {
+        if is_attachments(field.ty) {
+            out.push(field.name.to_string());
+        } else if let FieldType::List(parts) = field.ty {
+            for part in parts.iter().filter(|p| is_attachments(p.ty)) {
+                out.push(format!("{}.N.{}", field.name, part.name));
+            }
+        }
+    }
+    out
+}
+
 /// Every attachment reference a record of `kind` holds, in field order
-/// and list order, each digest once (the first reference to it wins:
-/// the same bytes attached twice are one attachment). Items missing a
-/// digest or size, or holding one of the wrong type, are passed over:
+/// and list order (lists in items of a root list too, as
+/// `observations.2.photos`), each digest once (the first reference to it
+/// wins: the same bytes attached twice are one attachment). Items missing
+/// a digest or size, or holding one of the wrong type, are passed over:
 /// the schema check refuses them before they are stored.
 pub fn refs(doc: &(impl Reader + ?Sized), kind: Kind) -> Vec<AttachmentRef> {
     let mut found: Vec<AttachmentRef> = Vec::new();
-    for field in kind.fields().iter().filter(|f| is_attachments(f.ty)) {
+    for field in kind.fields() {
+        if is_attachments(field.ty) {
+            for (value, list) in doc.all(&ROOT, field.name.into()).iter() {
+                if matches!(value, Value::Object(ObjType::List)) {
+                    read_list(doc, list, field.name, &mut found);
+                }
+            }
+            continue;
+        }
+        let FieldType::List(parts) = field.ty else {
+            continue;
+        };
+        let inner: Vec<&str> = parts
+            .iter()
+            .filter(|p| is_attachments(p.ty))
+            .map(|p| p.name)
+            .collect();
+        if inner.is_empty() {
+            continue;
+        }
         for (value, list) in doc.all(&ROOT, field.name.into()).iter() {
             if !matches!(value, Value::Object(ObjType::List)) {
                 continue;
             }
             for i in 0..doc.length_of(list) {
-                for (item, id) in doc.all(list, i.into()).iter() {
+                for (item, item_id) in doc.all(list, i.into()).iter() {
                     if !matches!(item, Value::Object(ObjType::Map)) {
                         continue;
                     }
-                    if let Some(r) = read_item(doc, id, field.name) {
-                        if !found.iter().any(|f| f.sha256 == r.sha256) {
-                            found.push(r);
+                    for name in &inner {
+                        for (value, sub) in doc.all(item_id, (*name).into()).iter() {
+                            if matches!(value, Value::Object(ObjType::List)) {
+                                let path = format!("{}.{i}.{name}", field.name);
+                                read_list(doc, sub, &path, &mut found);
+                            }
                         }
                     }
                 }
@@ -69,16 +117,54 @@ pub fn refs(doc: &(impl Reader + ?Sized), kind: Kind) -> Vec<AttachmentRef> {
     found
 }
 
+/// The references in one list of attachments, added to `found` unless
+/// their digest is there already.
+fn read_list(
+    doc: &(impl Reader + ?Sized),
+    list: &ObjId,
+    path: &str,
+    found: &mut Vec<AttachmentRef>,
+) {
+    for i in 0..doc.length_of(list) {
+        for (item, id) in doc.all(list, i.into()).iter() {
+            if !matches!(item, Value::Object(ObjType::Map)) {
+                continue;
+            }
+            if let Some(r) = read_item(doc, id, path) {
+                if !found.iter().any(|f| f.sha256 == r.sha256) {
+                    found.push(r);
+                }
+            }
+        }
+    }
+}
+
 /// The reference to `sha256` a record holds, if it holds one.
 pub fn find(doc: &(impl Reader + ?Sized), kind: Kind, sha256: &str) -> Option<AttachmentRef> {
     refs(doc, kind).into_iter().find(|r| r.sha256 == sha256)
 }
 
-/// Where in list `field` the items referring to `sha256` are (shown
-/// values only: what a removal by position removes), last first, so they
-/// can be removed in that order without moving one another.
+/// Where in list `field` (a root list, or `observations.2.photos`) the
+/// items referring to `sha256` are (shown values only: what a removal by
+/// position removes), last first, so they can be removed in that order
+/// without moving one another.
 pub fn positions(doc: &(impl Reader + ?Sized), field: &str, sha256: &str) -> Vec<usize> {
-    let Some((Value::Object(ObjType::List), list)) = doc.shown(&ROOT, field.into()) else {
+    let list = match crate::ops::ListPath::parse(field) {
+        Some(crate::ops::ListPath::Root(name)) => doc.shown(&ROOT, name.into()),
+        Some(crate::ops::ListPath::InItem { list, index, field }) => {
+            match doc.shown(&ROOT, list.into()) {
+                Some((Value::Object(ObjType::List), outer)) => {
+                    match doc.shown(&outer, index.into()) {
+                        Some((Value::Object(ObjType::Map), item)) => doc.shown(&item, field.into()),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        }
+        None => None,
+    };
+    let Some((Value::Object(ObjType::List), list)) = list else {
         return Vec::new();
     };
     let mut found: Vec<usize> = (0..doc.length_of(&list))
@@ -175,6 +261,59 @@ mod tests {
         assert_eq!(found[1].sha256, b);
         assert_eq!(find(&doc, Kind::Meeting, &b).unwrap().field, "audio");
         assert!(find(&doc, Kind::Meeting, &"c".repeat(64)).is_none());
+    }
+
+    #[test]
+    fn an_observations_photos_are_found_and_removed_by_their_path() {
+        let header = Header {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            kind: Kind::PatrolNote,
+            area: "kisumu".into(),
+            created_by_user: "officer".into(),
+            created_by_device: "dev".into(),
+            created_at: 1,
+            schema: crate::SCHEMA_VERSION,
+        };
+        let mut doc = Automerge::new();
+        ops::create(&mut doc, &header, 1).unwrap();
+        ops::append(
+            &mut doc,
+            "observations",
+            &[("text", FieldValue::Str("gate".into()))],
+            2,
+        )
+        .unwrap();
+        ops::append(
+            &mut doc,
+            "observations",
+            &[("text", FieldValue::Str("road".into()))],
+            3,
+        )
+        .unwrap();
+        let a = "a".repeat(64);
+        assert!(is_attachment_list(
+            Kind::PatrolNote,
+            "observations.1.photos"
+        ));
+        assert!(is_attachment_list(Kind::PatrolNote, "photos"));
+        assert!(!is_attachment_list(Kind::PatrolNote, "observations.1.text"));
+        assert!(!is_attachment_list(Kind::PatrolNote, "observations.photos"));
+        ops::append(&mut doc, "observations.1.photos", &item(&a, 7), 4).unwrap();
+        assert!(
+            ops::append(&mut doc, "observations.5.photos", &item(&a, 7), 4).is_err(),
+            "no such observation"
+        );
+        let found = refs(&doc, Kind::PatrolNote);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].field, "observations.1.photos");
+        crate::validate(&doc).unwrap();
+        assert_eq!(positions(&doc, "observations.1.photos", &a), vec![0]);
+        ops::remove(&mut doc, "observations.1.photos", 0, 5).unwrap();
+        assert!(refs(&doc, Kind::PatrolNote).is_empty());
+        assert_eq!(
+            attachment_lists(Kind::PatrolNote),
+            vec!["observations.N.photos".to_string(), "photos".to_string()]
+        );
     }
 
     #[test]

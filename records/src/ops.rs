@@ -302,7 +302,81 @@ pub fn splice<'a>(
     Ok(())
 }
 
-/// Appends an item (a map) to a list field; returns its index.
+/// Where a list is: a root field (`attendees`), or a list in an item of
+/// a root list (`observations.2.photos`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListPath<'p> {
+    /// A root field.
+    Root(&'p str),
+    /// Field `field` of item `index` of root list `list`.
+    InItem {
+        /// The root list.
+        list: &'p str,
+        /// The item's position.
+        index: usize,
+        /// The item's list field.
+        field: &'p str,
+    },
+}
+
+impl<'p> ListPath<'p> {
+    /// `name` or `list.index.field`; None for anything else.
+    pub fn parse(path: &'p str) -> Option<ListPath<'p>> {
+        let mut parts = path.split('.');
+        let first = parts.next()?;
+        match (parts.next(), parts.next(), parts.next()) {
+            (None, _, _) => Some(ListPath::Root(first)),
+            (Some(index), Some(field), None) => Some(ListPath::InItem {
+                list: first,
+                index: index.parse().ok()?,
+                field,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The spec of the list this path names, in records of `kind`.
+    pub fn spec(&self, kind: Kind) -> Result<&'static FieldSpec, EditError> {
+        match *self {
+            ListPath::Root(name) => spec(kind.fields(), name, kind),
+            ListPath::InItem { list, field, .. } => {
+                let FieldType::List(parts) = spec(kind.fields(), list, kind)?.ty else {
+                    return Err(EditError::BadValue {
+                        field: list.into(),
+                        reason: "not a list".into(),
+                    });
+                };
+                spec(parts, field, kind)
+            }
+        }
+    }
+
+    /// The list object, made (empty) if the record has none there yet;
+    /// for a list in an item, the item must exist.
+    fn obj<T: Transactable + ReadDoc>(&self, tx: &mut T) -> Result<ObjId, EditError> {
+        match *self {
+            ListPath::Root(name) => list_obj(tx, name),
+            ListPath::InItem { list, index, field } => {
+                let item = item_obj(tx, list, index)?;
+                match tx.get(&item, field)? {
+                    Some((Value::Object(ObjType::List), obj)) => Ok(obj),
+                    _ => Ok(tx.put_object(&item, field, ObjType::List)?),
+                }
+            }
+        }
+    }
+}
+
+fn list_path(path: &str) -> Result<ListPath<'_>, EditError> {
+    ListPath::parse(path).ok_or_else(|| EditError::BadValue {
+        field: path.into(),
+        reason: "a list is named as FIELD or LIST.INDEX.FIELD".into(),
+    })
+}
+
+/// Appends an item (a map) to a list field, at the root (`attendees`) or
+/// in an item of a root list (`observations.2.photos`); returns its
+/// index.
 pub fn append<'a>(
     doc: &mut Automerge,
     field: &str,
@@ -310,7 +384,8 @@ pub fn append<'a>(
     at: impl Into<Stamp<'a>>,
 ) -> Result<usize, EditError> {
     let kind = Header::read(doc)?.kind;
-    let FieldType::List(item_spec) = spec(kind.fields(), field, kind)?.ty else {
+    let path = list_path(field)?;
+    let FieldType::List(item_spec) = path.spec(kind)?.ty else {
         return Err(EditError::BadValue {
             field: field.into(),
             reason: "not a list".into(),
@@ -321,7 +396,7 @@ pub fn append<'a>(
         check_value(&format!("{field}.{name}"), s, value)?;
     }
     let mut tx = doc.transaction();
-    let list = list_obj(&mut tx, field)?;
+    let list = path.obj(&mut tx)?;
     let index = tx.length(&list);
     let item = tx.insert_object(&list, index, ObjType::Map)?;
     for (name, value) in values {
@@ -461,15 +536,28 @@ pub fn set_item<'a>(
     Ok(())
 }
 
-/// Removes a list item.
+/// Removes a list item (of a root list, or of a list in an item:
+/// `observations.2.photos`).
 pub fn remove<'a>(
     doc: &mut Automerge,
     field: &str,
     index: usize,
     at: impl Into<Stamp<'a>>,
 ) -> Result<(), EditError> {
+    let path = list_path(field)?;
     let mut tx = doc.transaction();
-    let Some((Value::Object(ObjType::List), list)) = tx.get(ROOT, field)? else {
+    let found = match path {
+        ListPath::Root(name) => tx.get(ROOT, name)?,
+        ListPath::InItem {
+            list,
+            index: item,
+            field: inner,
+        } => {
+            let item = item_obj(&mut tx, list, item)?;
+            tx.get(&item, inner)?
+        }
+    };
+    let Some((Value::Object(ObjType::List), list)) = found else {
         return Err(EditError::NoItem {
             field: field.into(),
             index,

@@ -296,6 +296,7 @@ const OBSERVATION: &[FieldSpec] = &[
     f("text", FieldType::Str),
     f("gps", FieldType::Map(GPS)),
     f("tags", FieldType::Str),
+    f("photos", FieldType::List(ATTACHMENT)),
 ];
 
 const FOLLOW_UP: &[FieldSpec] = &[

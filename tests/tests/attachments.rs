@@ -352,8 +352,27 @@ async fn attachments_follow_their_record_and_go_with_an_erased_contact() {
         .attach(&contact, "documents", &id_card, "image/png", "id-card.png")
         .unwrap()
         .sha256;
+    // An observation's own photo, in the list inside its item.
+    officer
+        .add_item(&note, "observations", vec![kv("text", "broken gate")])
+        .unwrap();
+    let gate = photo(20_000, 12);
+    let gate_sha = officer
+        .attach(
+            &note,
+            "observations.0.photos",
+            &gate,
+            "image/jpeg",
+            "gate.jpg",
+        )
+        .unwrap()
+        .sha256;
     let report = officer.sync().await;
-    assert_eq!(report.attachments.uploaded, 2, "{report:?}");
+    assert_eq!(report.attachments.uploaded, 3, "{report:?}");
+    let listed = officer.attachments(&note).unwrap();
+    assert!(listed
+        .iter()
+        .any(|a| a.reference.field == "observations.0.photos" && a.reference.sha256 == gate_sha));
 
     // Another area's officer: absence, the same as for bytes that do not
     // exist, and audited.
@@ -391,6 +410,11 @@ async fn attachments_follow_their_record_and_go_with_an_erased_contact() {
         .await
         .unwrap();
     assert!(fetched == id_card);
+    let fetched = supervisor
+        .fetch_attachment(&note, &gate_sha, &baraza_client::NoListener)
+        .await
+        .unwrap();
+    assert!(fetched == gate);
 
     let out = server.command(&["record", "erase", "--id", &contact], "");
     assert!(out.status.success(), "{out:?}");

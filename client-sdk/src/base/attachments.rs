@@ -114,16 +114,8 @@ impl BaseClient {
     ) -> Result<AttachmentRef, ClientError> {
         let doc_id = parse_id(id)?;
         let (_, kind) = self.record_and_kind(doc_id)?;
-        let spec = kind
-            .field(field)
-            .filter(|f| baraza_records::schema::is_attachments(f.ty));
-        if spec.is_none() {
-            let lists: Vec<&str> = kind
-                .fields()
-                .iter()
-                .filter(|f| baraza_records::schema::is_attachments(f.ty))
-                .map(|f| f.name)
-                .collect();
+        if !baraza_records::attachment::is_attachment_list(kind, field) {
+            let lists = baraza_records::attachment::attachment_lists(kind);
             return Err(ClientError::BadEdit {
                 field: field.to_string(),
                 message: format!(
@@ -292,15 +284,24 @@ impl BaseClient {
         let doc_id = parse_id(id)?;
         let digest = parse_sha(sha256)?;
         let (doc, kind) = self.record_and_kind(doc_id)?;
-        let places: Vec<(&'static str, Vec<usize>)> = kind
-            .fields()
-            .iter()
-            .filter(|f| baraza_records::schema::is_attachments(f.ty))
-            .map(|f| {
-                (
-                    f.name,
-                    baraza_records::attachment::positions(&doc, f.name, sha256),
-                )
+        // Every list that names the bytes: refs names each digest once,
+        // so the kind's root lists are looked in as well.
+        let mut paths: Vec<String> = Vec::new();
+        for r in baraza_records::attachment::refs(&doc, kind) {
+            if r.sha256 == sha256 && !paths.contains(&r.field) {
+                paths.push(r.field);
+            }
+        }
+        for field in baraza_records::attachment::attachment_lists(kind) {
+            if !field.contains(".N.") && !paths.contains(&field) {
+                paths.push(field);
+            }
+        }
+        let places: Vec<(String, Vec<usize>)> = paths
+            .into_iter()
+            .map(|p| {
+                let at = baraza_records::attachment::positions(&doc, &p, sha256);
+                (p, at)
             })
             .filter(|(_, at)| !at.is_empty())
             .collect();

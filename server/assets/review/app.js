@@ -38,7 +38,9 @@ const SCHEMA = {
   ],
   patrol_note: [
     S("officer", "str"), S("beat", "str"), S("started_at", "time"), S("ended_at", "time"),
-    S("observations", "list", [S("at", "time"), S("text", "str"), S("gps", "map", GPS), S("tags", "str")]),
+    S("observations", "list", [
+      S("at", "time"), S("text", "str"), S("gps", "map", GPS), S("tags", "str"), S("photos", "list", ATTACHMENT),
+    ]),
     S("notes", "text"),
     S("photos", "list", ATTACHMENT),
   ],
@@ -566,7 +568,11 @@ function partsOf(spec, values) {
   return parts;
 }
 
+// The record being drawn, for the links of attachments inside list items.
+let drawnRecord = "";
+
 function cell(spec, part, value) {
+  if (part.parts === ATTACHMENT) return attachmentsView(drawnRecord, value);
   if (part.type === "map" && part.name === "gps") return gpsNode(value);
   if (part.type === "map" || (value && typeof value === "object")) return mapTable(part, value);
   return scalar(part.type, value);
@@ -634,6 +640,7 @@ function conflictedFields(data) {
 }
 
 function fieldsView(data) {
+  drawnRecord = String(data.id || "");
   const kind = data.header && data.header.kind;
   const fields = data.fields || {};
   const specs = (SCHEMA[kind] || []).slice();
