@@ -71,7 +71,11 @@ impl Bench {
             match self.rt.block_on(client.upload_attachments(&NoListener)) {
                 Ok(report) if report.waiting == 0 && report.refused == 0 => break,
                 Ok(report) => anyhow::bail!("an upload pass left work: {report:?}"),
-                Err(_) => continue,
+                Err(error) => {
+                    // A cut ends a pass; anything else is worth seeing.
+                    self.log(&format!("attachments: upload pass {passes} ended: {error}"));
+                    continue;
+                }
             }
         }
         let wall = start.elapsed();

@@ -124,6 +124,14 @@ impl ChunkSizer {
         self.next = self.next.min(self.max);
     }
 
+    /// A new connection: start again from [`CHUNK_FIRST`] at most, since
+    /// the link may not be the one the last pass learnt (a tablet that
+    /// left Wi-Fi for 2G would otherwise start with a chunk of a minute),
+    /// and after a cut the first chunks are the ones most likely lost.
+    pub fn new_pass(&mut self) {
+        self.next = self.next.min(CHUNK_FIRST).min(self.max);
+    }
+
     /// A chunk failed in flight: the next is smaller.
     pub fn failed(&mut self) {
         self.next = (self.next / 2).max(CHUNK_MIN.min(self.max));
@@ -190,6 +198,7 @@ pub(crate) async fn upload_pending(
         return Ok(report);
     }
     let mut session = HttpsSession::open(endpoint).await?;
+    sizer.new_pass();
     for (id, digest) in pending {
         match upload_one(
             store,
@@ -521,5 +530,11 @@ mod tests {
         assert_eq!(sizer.next(), CHUNK_MIN);
         sizer.failed();
         assert_eq!(sizer.next(), CHUNK_MIN);
+        // A new pass starts small, whatever the last one learnt.
+        for _ in 0..10 {
+            sizer.took(sizer.next(), Duration::from_millis(1));
+        }
+        sizer.new_pass();
+        assert_eq!(sizer.next(), CHUNK_FIRST);
     }
 }
