@@ -190,6 +190,23 @@ fn file_len(path: &Path) -> Result<Option<u64>, StoreError> {
     }
 }
 
+/// Appends `bytes` to the file at `path` (made if missing) and syncs
+/// them; with `new_name`, its directory too, so the name survives a
+/// crash as well as the bytes.
+fn append_durably(path: &Path, bytes: &[u8], new_name: bool) -> Result<(), StoreError> {
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_error)?;
+    file.write_all(bytes).map_err(io_error)?;
+    file.sync_data().map_err(io_error)?;
+    match path.parent() {
+        Some(dir) if new_name => sync_dir(dir),
+        _ => Ok(()),
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io_error)
 }
@@ -210,18 +227,7 @@ impl AttachmentStore for FileAttachments {
         if at != offset {
             return Ok(Appended::NotAtEnd(held));
         }
-        let path = self.partial_path(sha);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_error)?;
-        file.write_all(bytes).map_err(io_error)?;
-        file.sync_data().map_err(io_error)?;
-        if at == 0 {
-            // The new name must survive a crash as well as its bytes.
-            sync_dir(&self.root.join("partial"))?;
-        }
+        append_durably(&self.partial_path(sha), bytes, at == 0)?;
         Ok(Appended::To(at + bytes.len() as u64))
     }
 
@@ -285,17 +291,11 @@ impl AttachmentStore for FileAttachments {
         if owners.contains(&record) {
             return Ok(());
         }
-        let path = self.owners_path(sha);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_error)?;
-        writeln!(file, "{record}").map_err(io_error)?;
-        file.sync_data().map_err(io_error)?;
-        if owners.is_empty() {
-            sync_dir(&self.root.join("owners"))?;
-        }
+        append_durably(
+            &self.owners_path(sha),
+            format!("{record}\n").as_bytes(),
+            owners.is_empty(),
+        )?;
         Ok(())
     }
 
